@@ -1,3 +1,66 @@
+//! A hardware-agnostic, `no_std` core for two-step IOMMU DMA mapping.
+//!
+//! Linux 6.16 split DMA mapping in two: reserve an IOVA range once, write the
+//! translations for many physical pieces without touching the IOTLB, then make
+//! the batch visible with one flush. This crate brings that model to
+//! unikernels, firmware and hypervisors, on any IOMMU that implements
+//! [`IommuDomain`]:
+//!
+//! - [`iova_alloc`]: the IOVA allocator (aperture with holes, explicit
+//!   alignment, per-CPU caches, no heap needed);
+//! - [`pt`]: a generic radix page-table engine, parameterised by a
+//!   [`PtFormat`], with formats in [`formats`] (Arm LPAE stage 1, x86-64);
+//! - [`IotlbGather`]: what a batch must invalidate, flushed once;
+//! - [`dma`]: the two-step API ([`DmaMapper`], [`IovaState`]) and the one-shot
+//!   `map` / `map_sg` / `unmap` built on it;
+//! - [`fakes`] (feature `fakes`): an in-memory IOMMU with its own IOTLB, for
+//!   tests.
+//!
+//! # The two-step flow
+//!
+//! ```
+//! # #[cfg(feature = "fakes")] {
+//! use iova_core::fakes::{Access, fake_domain};
+//! use iova_core::formats::lpae::LpaeS1;
+//! use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
+//! use iova_core::{DmaMapper, Iova, IovaRange, PhysAddr, Prot};
+//!
+//! // A backend gives you a domain; here, the fake one.
+//! let (domain, _frames) = fake_domain(LpaeS1::va48());
+//! let aperture = IovaRange::new(Iova(0x1000_0000), 0x1000_0000).unwrap();
+//! let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, 0x1000), 64, 1).unwrap();
+//! let cpu = || 0; // which CPU we run on, for the allocator's per-CPU caches
+//! let mapper = DmaMapper::new(&domain, &iovas, &cpu).unwrap();
+//!
+//! // Reserve once, link scattered pages, sync once.
+//! let mut state = mapper.try_alloc(3 * 0x1000, 0x1000).unwrap();
+//! for (i, pa) in [0x8000_0000u64, 0x8123_4000, 0x9000_0000].into_iter().enumerate() {
+//!     state.link(i as u64 * 0x1000, PhysAddr(pa), 0x1000, Prot::RW).unwrap();
+//! }
+//! state.sync().unwrap(); // one IOTLB flush for the whole batch
+//! let dev = state.dma_addr(0x1004).unwrap();
+//! assert_eq!(domain.device_access(dev, Access::Read), Ok(PhysAddr(0x8123_4004)));
+//!
+//! // Tear down the same way: unlink, then sync (or destroy: unlink all + free).
+//! state.unlink(0x1000, 0x1000).unwrap();
+//! state.sync().unwrap();
+//! assert!(domain.device_access(dev, Access::Read).is_err());
+//! state.destroy().unwrap();
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! - `alloc`: heap-backed storage for the IOVA allocator and link lists.
+//! - `std`: implies `alloc`.
+//! - `fakes`: the in-memory IOMMU of [`fakes`] (implies `std`).
+//! - `log`, `defmt`: logging and `defmt::Format` for the public types.
+//!
+//! # Dependencies
+//!
+//! `bitflags` for [`Prot`]; `spin` for the allocator's locks (no OS to block
+//! on, and critical sections are short and bounded); `heapless` for fixed
+//! capacity storage when there is no heap.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -5,6 +68,25 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod cache;
+pub mod dma;
+pub mod domain;
+pub mod error;
+#[cfg(feature = "fakes")]
+pub mod fakes;
+pub mod formats;
+pub mod frame;
+pub mod gather;
 pub mod iova_alloc;
+pub mod prot;
+pub mod pt;
 
 pub use addr::{Iova, IovaRange, Overflow, PhysAddr};
+pub use cache::{CacheMaintenance, Coherent};
+pub use dma::{DmaMapper, IovaState, Link, LinkStore, Mapping, Returned};
+pub use domain::{IommuDomain, IotlbInvalidate, PageTableDomain};
+pub use error::Error;
+pub use frame::FrameAllocator;
+pub use gather::IotlbGather;
+pub use prot::Prot;
+pub use pt::{PageTable, PtFormat};

@@ -1,0 +1,361 @@
+//! An in-memory IOMMU for tests: ours, and users' own.
+//!
+//! - [`FakeFrames`] hands out zeroed host memory as "physical" frames whose
+//!   physical addresses differ from their virtual ones (so code that confuses
+//!   the two fails), counts live frames (so leaks show) and can be told to run
+//!   dry after a number of allocations (fault injection).
+//! - [`FakeIotlb`] is a device-side TLB: [`FakeDomain::device_access`] looks a
+//!   translation up in it first and walks the tables in memory only on a miss,
+//!   so a translation that was unmapped but not flushed keeps working, exactly
+//!   the stale behaviour a missing invalidation causes on hardware. It counts
+//!   flushes and can be told to fail them.
+//!
+//! ```
+//! use iova_core::fakes::{Access, fake_domain};
+//! use iova_core::formats::lpae::LpaeS1;
+//! use iova_core::{IommuDomain, IotlbGather, Iova, PhysAddr, Prot};
+//!
+//! let (domain, frames) = fake_domain(LpaeS1::va48());
+//! let mut gather = IotlbGather::new();
+//! domain.map(Iova(0x1000), PhysAddr(0x8000_0000), 0x1000, Prot::RW, &mut gather).unwrap();
+//! domain.flush(&mut gather).unwrap();
+//! assert_eq!(domain.device_access(Iova(0x1010), Access::Write), Ok(PhysAddr(0x8000_0010)));
+//! assert_eq!(domain.invalidator().flushes(), 1);
+//! assert!(frames.live() > 0);
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::vec::Vec;
+
+use crate::addr::{Iova, PhysAddr};
+use crate::domain::{IotlbInvalidate, PageTableDomain};
+use crate::error::Error;
+use crate::frame::FrameAllocator;
+use crate::gather::IotlbGather;
+use crate::prot::Prot;
+use crate::pt::{Entry, PageTable, PtFormat};
+
+/// Fake physical addresses are host virtual addresses with this bit flipped.
+const PHYS_XOR: u64 = 1 << 45;
+
+/// Host memory posing as physical frames.
+#[derive(Debug, Default)]
+pub struct FakeFrames {
+    frames: Mutex<HashMap<u64, usize>>,
+    /// Allocations left before `alloc_zeroed` fails; `usize::MAX` for no limit.
+    budget: AtomicUsize,
+    bad_frees: AtomicUsize,
+    total: AtomicUsize,
+}
+
+impl FakeFrames {
+    /// An allocator with no limit.
+    pub fn new() -> Self {
+        Self {
+            budget: AtomicUsize::new(usize::MAX),
+            ..Default::default()
+        }
+    }
+
+    /// Frames currently allocated.
+    pub fn live(&self) -> usize {
+        self.frames.lock().unwrap().len()
+    }
+
+    /// Frames allocated since creation.
+    pub fn total_allocated(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Frees of frames that were not allocated (or of the wrong size).
+    pub fn bad_frees(&self) -> usize {
+        self.bad_frees.load(Ordering::Relaxed)
+    }
+
+    /// After `n` more successful allocations, every allocation fails.
+    pub fn fail_after(&self, n: usize) {
+        self.budget.store(n, Ordering::SeqCst);
+    }
+
+    /// Removes the limit set by [`fail_after`](Self::fail_after).
+    pub fn unlimited(&self) {
+        self.budget.store(usize::MAX, Ordering::SeqCst);
+    }
+
+    fn layout(size: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(size.max(8), size.max(8)).expect("power-of-two frame size")
+    }
+}
+
+// SAFETY: frames come from the global allocator with size alignment, zeroed,
+// and are tracked until freed; `phys_to_virt` inverts the fixed XOR used to
+// make the physical address, so it points into the live allocation.
+unsafe impl FrameAllocator for FakeFrames {
+    fn alloc_zeroed(&self, size: usize) -> Option<PhysAddr> {
+        if self
+            .budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
+                usize::MAX => Some(b),
+                0 => None,
+                b => Some(b - 1),
+            })
+            .is_err()
+        {
+            return None;
+        }
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(size)) };
+        if ptr.is_null() {
+            return None;
+        }
+        let pa = ptr as u64 ^ PHYS_XOR;
+        self.frames.lock().unwrap().insert(pa, size);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(PhysAddr(pa))
+    }
+
+    unsafe fn free(&self, pa: PhysAddr, size: usize) {
+        let removed = self.frames.lock().unwrap().remove(&pa.0);
+        match removed {
+            Some(s) if s == size => {
+                // SAFETY: allocated above with this layout and not freed since
+                // (it was still in the map).
+                unsafe { std::alloc::dealloc(self.phys_to_virt(pa), Self::layout(size)) }
+            }
+            Some(s) => {
+                self.bad_frees.fetch_add(1, Ordering::Relaxed);
+                self.frames.lock().unwrap().insert(pa.0, s);
+            }
+            None => {
+                self.bad_frees.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
+        (pa.0 ^ PHYS_XOR) as *mut u8
+    }
+}
+
+/// Kind of device access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The device reads memory.
+    Read,
+    /// The device writes memory.
+    Write,
+}
+
+/// Why a fake device access failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Nothing translates the IOVA.
+    Translation(Iova),
+    /// A translation exists but does not allow the access.
+    Permission(Iova, Access),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TlbEntry {
+    pa: PhysAddr,
+    prot: Prot,
+}
+
+/// The device-side TLB of the fake IOMMU, and its invalidation.
+#[derive(Debug)]
+pub struct FakeIotlb {
+    granule: u64,
+    tlb: Mutex<HashMap<u64, TlbEntry>>,
+    flushes: AtomicUsize,
+    fail_flushes: AtomicUsize,
+    hits: AtomicUsize,
+    walks: AtomicUsize,
+}
+
+impl FakeIotlb {
+    fn new(granule: u64) -> Self {
+        Self {
+            granule,
+            tlb: Mutex::new(HashMap::new()),
+            flushes: AtomicUsize::new(0),
+            fail_flushes: AtomicUsize::new(0),
+            hits: AtomicUsize::new(0),
+            walks: AtomicUsize::new(0),
+        }
+    }
+
+    /// Invalidations requested (successful or not).
+    pub fn flushes(&self) -> usize {
+        self.flushes.load(Ordering::SeqCst)
+    }
+
+    /// Device accesses answered from the TLB.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Device accesses that walked the tables.
+    pub fn walks(&self) -> usize {
+        self.walks.load(Ordering::SeqCst)
+    }
+
+    /// Translations cached now.
+    pub fn cached(&self) -> usize {
+        self.tlb.lock().unwrap().len()
+    }
+
+    /// The next `n` invalidations fail with [`Error::Timeout`] and change nothing.
+    pub fn fail_next_flushes(&self, n: usize) {
+        self.fail_flushes.store(n, Ordering::SeqCst);
+    }
+}
+
+// SAFETY: the fake's walker keeps no pointer into the tables between accesses
+// (it caches leaf results only), so once the cached leaves of the gather's
+// ranges are dropped nothing can reach a freed table.
+unsafe impl IotlbInvalidate for FakeIotlb {
+    fn invalidate(&self, gather: &IotlbGather) -> Result<(), Error> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        if self
+            .fail_flushes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::Timeout);
+        }
+        let ranges = gather.ranges();
+        self.tlb
+            .lock()
+            .unwrap()
+            .retain(|&page, _| !ranges.iter().any(|r| r.start.0 <= page && page < r.end.0));
+        Ok(())
+    }
+}
+
+/// A page-table domain over fake memory with a fake IOTLB.
+pub type FakeDomain<F> = PageTableDomain<F, Arc<FakeFrames>, FakeIotlb>;
+
+/// A fresh fake domain of format `fmt`, and its frame allocator.
+pub fn fake_domain<F: PtFormat>(fmt: F) -> (FakeDomain<F>, Arc<FakeFrames>) {
+    let frames = Arc::new(FakeFrames::new());
+    let table = PageTable::new(fmt, Arc::clone(&frames)).expect("fake frames do not run dry");
+    let granule = table.granule();
+    (PageTableDomain::new(table, FakeIotlb::new(granule)), frames)
+}
+
+/// A leaf found by [`FakeDomain::leaves`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// First IOVA the leaf maps.
+    pub iova: Iova,
+    /// Output address.
+    pub pa: PhysAddr,
+    /// Size of the page or block.
+    pub size: u64,
+    /// Permissions.
+    pub prot: Prot,
+}
+
+/// An independent walker over the tables in memory, used as the test oracle.
+struct Walker<'t, F: PtFormat> {
+    fmt: &'t F,
+    frames: &'t FakeFrames,
+    shifts: Vec<u32>,
+}
+
+impl<'t, F: PtFormat> Walker<'t, F> {
+    fn new(fmt: &'t F, frames: &'t FakeFrames) -> Self {
+        let levels = fmt.levels();
+        let mut shifts = vec![0; levels];
+        let mut s = fmt.granule_shift();
+        for d in (0..levels).rev() {
+            shifts[d] = s;
+            s += fmt.index_bits(d);
+        }
+        Self { fmt, frames, shifts }
+    }
+
+    fn read(&self, table: PhysAddr, idx: usize) -> u64 {
+        let p = self.frames.phys_to_virt(table).cast::<u64>();
+        // SAFETY: tests only walk tables reachable from a live root; entries are
+        // read atomically-sized and aligned, as the engine writes them.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(p.add(idx)).load(Ordering::Acquire) }
+    }
+
+    fn walk(&self, root: PhysAddr, iova: u64) -> Option<(PhysAddr, Prot)> {
+        let mut table = root;
+        for d in 0..self.fmt.levels() {
+            let idx = ((iova >> self.shifts[d]) & ((1 << self.fmt.index_bits(d)) - 1)) as usize;
+            match self.fmt.decode(d, self.read(table, idx)) {
+                Entry::Invalid => return None,
+                Entry::Table(t) => table = t,
+                Entry::Leaf { pa, prot } => {
+                    let off = iova & ((1 << self.shifts[d]) - 1);
+                    return Some((PhysAddr(pa.0 + off), prot));
+                }
+            }
+        }
+        None
+    }
+
+    fn collect(&self, table: PhysAddr, depth: usize, base: u64, out: &mut Vec<Leaf>) {
+        for i in 0..1usize << self.fmt.index_bits(depth) {
+            let iova = base + ((i as u64) << self.shifts[depth]);
+            match self.fmt.decode(depth, self.read(table, i)) {
+                Entry::Invalid => {}
+                Entry::Table(t) => self.collect(t, depth + 1, iova, out),
+                Entry::Leaf { pa, prot } => out.push(Leaf {
+                    iova: Iova(iova),
+                    pa,
+                    size: 1 << self.shifts[depth],
+                    prot,
+                }),
+            }
+        }
+    }
+}
+
+impl<F: PtFormat> PageTableDomain<F, Arc<FakeFrames>, FakeIotlb> {
+    /// What the device gets when it accesses `iova`: the TLB first, then a walk
+    /// of the tables in memory (whose result is cached).
+    pub fn device_access(&self, iova: Iova, access: Access) -> Result<PhysAddr, Fault> {
+        let tlb = self.invalidator();
+        let page = iova.align_down(tlb.granule).0;
+        let cached = tlb.tlb.lock().unwrap().get(&page).copied();
+        let entry = match cached {
+            Some(e) => {
+                tlb.hits.fetch_add(1, Ordering::SeqCst);
+                e
+            }
+            None => {
+                tlb.walks.fetch_add(1, Ordering::SeqCst);
+                let walker = Walker::new(self.table().format(), self.table().frames());
+                let (pa, prot) = walker
+                    .walk(self.table().root(), page)
+                    .ok_or(Fault::Translation(iova))?;
+                let e = TlbEntry { pa, prot };
+                tlb.tlb.lock().unwrap().insert(page, e);
+                e
+            }
+        };
+        let needed = match access {
+            Access::Read => Prot::READ,
+            Access::Write => Prot::WRITE,
+        };
+        if !entry.prot.contains(needed) {
+            return Err(Fault::Permission(iova, access));
+        }
+        Ok(PhysAddr(entry.pa.0 + iova.offset_in(tlb.granule)))
+    }
+
+    /// Every leaf in the tables, in IOVA order (what a walker would find now,
+    /// ignoring the TLB).
+    pub fn leaves(&self) -> Vec<Leaf> {
+        let walker = Walker::new(self.table().format(), self.table().frames());
+        let mut out = Vec::new();
+        walker.collect(self.table().root(), 0, 0, &mut out);
+        out
+    }
+}

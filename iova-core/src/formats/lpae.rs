@@ -1,0 +1,243 @@
+//! Arm VMSAv8-64 (LPAE) stage-1 descriptors, 4 KiB granule.
+//!
+//! Leaves always have AF set (QEMU 9.0+ and real SMMUs fault on AF=0 unless
+//! the context descriptor disables access-flag faults) and nG set (the
+//! translations belong to one ASID). Memory attributes select an index of the
+//! MAIR value [`MAIR`] that the backend must program: normal non-cacheable,
+//! normal write-back cacheable (with [`Prot::CACHE`]), or Device-nGnRE (with
+//! [`Prot::MMIO`]). Stage 1 cannot express write-only: [`Prot::WRITE`] without
+//! [`Prot::READ`] maps read-write, as on every LPAE IOMMU.
+
+use crate::addr::PhysAddr;
+use crate::error::Error;
+use crate::prot::Prot;
+use crate::pt::PtFormat;
+
+/// Descriptor is valid.
+pub const VALID: u64 = 1 << 0;
+/// At levels 0-2: a table (not a block). At level 3: must be set (page).
+pub const TABLE_OR_PAGE: u64 = 1 << 1;
+/// Attribute index field, bits 4:2.
+pub const ATTR_INDX_SHIFT: u32 = 2;
+/// AP[1]: unprivileged (EL0) access allowed.
+pub const AP_UNPRIV: u64 = 1 << 6;
+/// AP[2]: read-only.
+pub const AP_RDONLY: u64 = 1 << 7;
+/// Shareability: inner shareable.
+pub const SH_IS: u64 = 3 << 8;
+/// Shareability: outer shareable.
+pub const SH_OS: u64 = 2 << 8;
+/// Access flag.
+pub const AF: u64 = 1 << 10;
+/// Not global: the translation belongs to the current ASID.
+pub const NG: u64 = 1 << 11;
+/// Privileged execute-never.
+pub const PXN: u64 = 1 << 53;
+/// (Unprivileged) execute-never.
+pub const UXN: u64 = 1 << 54;
+/// Output address bits 47:12.
+pub const ADDR_MASK: u64 = 0x0000_FFFF_FFFF_F000;
+
+/// MAIR index of normal non-cacheable memory.
+pub const ATTR_IDX_NC: u64 = 0;
+/// MAIR index of normal write-back, read/write-allocate memory.
+pub const ATTR_IDX_CACHE: u64 = 1;
+/// MAIR index of Device-nGnRE memory.
+pub const ATTR_IDX_DEV: u64 = 2;
+/// The MAIR value these descriptors assume: Attr0 = 0x44 (normal NC),
+/// Attr1 = 0xff (normal WB RWA), Attr2 = 0x04 (Device-nGnRE).
+pub const MAIR: u64 = 0x44 | 0xff << 8 | 0x04 << 16;
+
+/// LPAE stage 1 with a 4 KiB granule: 2 MiB and 1 GiB blocks, up to 48-bit
+/// input and output addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LpaeS1 {
+    levels: usize,
+    root_bits: u32,
+    oa_bits: u32,
+}
+
+impl LpaeS1 {
+    /// A format for `ia_bits` of input (25..=48, i.e. T0SZ 16..=39) and
+    /// `oa_bits` of output address (32..=48).
+    pub fn new(ia_bits: u32, oa_bits: u32) -> Result<Self, Error> {
+        if !(25..=48).contains(&ia_bits) || !(32..=48).contains(&oa_bits) {
+            return Err(Error::OutOfRange);
+        }
+        let (levels, root_bits) = super::split_levels(ia_bits, 12, 9);
+        Ok(Self {
+            levels,
+            root_bits,
+            oa_bits,
+        })
+    }
+
+    /// The common case: 48-bit input and output, four levels.
+    pub fn va48() -> Self {
+        Self {
+            levels: 4,
+            root_bits: 9,
+            oa_bits: 48,
+        }
+    }
+
+    /// The architectural level (0-3) of a depth.
+    fn arch_level(&self, depth: usize) -> usize {
+        4 - self.levels + depth
+    }
+}
+
+impl PtFormat for LpaeS1 {
+    fn levels(&self) -> usize {
+        self.levels
+    }
+    fn granule_shift(&self) -> u32 {
+        12
+    }
+    fn index_bits(&self, depth: usize) -> u32 {
+        if depth == 0 { self.root_bits } else { 9 }
+    }
+    fn block_allowed(&self, depth: usize) -> bool {
+        // 4 KiB granule: blocks at levels 1 (1 GiB) and 2 (2 MiB) only.
+        matches!(self.arch_level(depth), 1 | 2)
+    }
+    fn oa_bits(&self) -> u32 {
+        self.oa_bits
+    }
+    #[inline]
+    fn is_present(&self, _: usize, raw: u64) -> bool {
+        raw & VALID != 0
+    }
+    #[inline]
+    fn is_table(&self, depth: usize, raw: u64) -> bool {
+        raw & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE && depth + 1 < self.levels
+    }
+    #[inline]
+    fn table_pa(&self, raw: u64) -> PhysAddr {
+        PhysAddr(raw & ADDR_MASK)
+    }
+    #[inline]
+    fn leaf_pa(&self, _: usize, raw: u64) -> PhysAddr {
+        PhysAddr(raw & ADDR_MASK)
+    }
+    fn leaf_prot(&self, _: usize, raw: u64) -> Prot {
+        let mut p = Prot::READ;
+        if raw & AP_RDONLY == 0 {
+            p |= Prot::WRITE;
+        }
+        if raw & AP_UNPRIV == 0 {
+            p |= Prot::PRIV;
+        }
+        if raw & (UXN | PXN) != 0 {
+            p |= Prot::NOEXEC;
+        }
+        match (raw >> ATTR_INDX_SHIFT) & 7 {
+            ATTR_IDX_CACHE => p |= Prot::CACHE,
+            ATTR_IDX_DEV => p |= Prot::MMIO,
+            _ => {}
+        }
+        p
+    }
+    #[inline]
+    fn encode_table(&self, _: usize, pa: PhysAddr) -> u64 {
+        (pa.0 & ADDR_MASK) | VALID | TABLE_OR_PAGE
+    }
+    #[inline]
+    fn encode_leaf(&self, depth: usize, pa: PhysAddr, prot: Prot) -> u64 {
+        let mut raw = (pa.0 & ADDR_MASK) | VALID | AF | NG;
+        if depth + 1 == self.levels {
+            raw |= TABLE_OR_PAGE;
+        }
+        if !prot.contains(Prot::WRITE) {
+            raw |= AP_RDONLY;
+        }
+        if !prot.contains(Prot::PRIV) {
+            raw |= AP_UNPRIV;
+        }
+        if prot.contains(Prot::NOEXEC) {
+            raw |= UXN | PXN;
+        }
+        let (idx, sh) = if prot.contains(Prot::MMIO) {
+            (ATTR_IDX_DEV, SH_OS)
+        } else if prot.contains(Prot::CACHE) {
+            (ATTR_IDX_CACHE, SH_IS)
+        } else {
+            (ATTR_IDX_NC, SH_OS)
+        };
+        raw | idx << ATTR_INDX_SHIFT | sh
+    }
+    fn supports(&self, prot: Prot) -> bool {
+        prot.grants_access() && !prot.contains(Prot::MMIO | Prot::CACHE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pt::Entry;
+
+    #[test]
+    fn geometry_follows_t0sz() {
+        let f = LpaeS1::new(48, 48).unwrap();
+        assert_eq!((f.levels(), f.index_bits(0)), (4, 9));
+        let f = LpaeS1::new(39, 40).unwrap();
+        assert_eq!((f.levels(), f.index_bits(0)), (3, 9));
+        assert!(f.block_allowed(0) && f.block_allowed(1) && !f.block_allowed(2));
+        let f = LpaeS1::new(32, 40).unwrap();
+        assert_eq!((f.levels(), f.index_bits(0)), (3, 2));
+        assert_eq!(LpaeS1::new(49, 48), Err(Error::OutOfRange));
+        assert_eq!(LpaeS1::new(24, 48), Err(Error::OutOfRange));
+    }
+
+    #[test]
+    fn known_descriptor_values() {
+        let f = LpaeS1::va48();
+        // Level-3 page, RW, unprivileged, non-cacheable, outer shareable:
+        // VALID|PAGE|AttrIndx0|AP_UNPRIV|SH_OS|AF|nG = 0xE43, plus the address.
+        assert_eq!(
+            f.encode_leaf(3, PhysAddr(0x4020_1000), Prot::RW),
+            0x4020_1000 | 0xE43
+        );
+        // Level-2 block, read-only, cacheable, no exec.
+        let raw = f.encode_leaf(2, PhysAddr(0x8000_0000), Prot::READ | Prot::CACHE | Prot::NOEXEC);
+        assert_eq!(raw, 0x8000_0000 | 1 | 1 << 2 | 1 << 6 | 1 << 7 | 3 << 8 | 1 << 10 | 1 << 11 | 3 << 53);
+        assert_eq!(f.encode_table(0, PhysAddr(0x4100_0000)), 0x4100_0003);
+    }
+
+    #[test]
+    fn round_trips() {
+        let f = LpaeS1::va48();
+        for prot in [
+            Prot::RW,
+            Prot::READ,
+            Prot::RW | Prot::PRIV,
+            Prot::READ | Prot::CACHE,
+            Prot::RW | Prot::MMIO | Prot::NOEXEC,
+        ] {
+            for depth in 1..4 {
+                let raw = f.encode_leaf(depth, PhysAddr(0x1234_4000_0000), prot);
+                assert_eq!(
+                    f.decode(depth, raw),
+                    Entry::Leaf { pa: PhysAddr(0x1234_4000_0000), prot }
+                );
+            }
+        }
+        // Write-only cannot be expressed: it reads back as read-write.
+        let raw = f.encode_leaf(3, PhysAddr(0x1000), Prot::WRITE);
+        assert_eq!(f.leaf_prot(3, raw), Prot::RW);
+        assert_eq!(f.decode(1, f.encode_table(1, PhysAddr(0x5000))), Entry::Table(PhysAddr(0x5000)));
+        // A level-3 descriptor with bits 1:0 = 0b11 is a page, not a table.
+        assert!(!f.is_table(3, 0x1003));
+    }
+
+    #[test]
+    fn low_bits_clear_is_invalid() {
+        let f = LpaeS1::va48();
+        for depth in 0..4 {
+            assert_eq!(f.decode(depth, 0), Entry::Invalid);
+            assert_eq!(f.decode(depth, 0x4000_0800), Entry::Invalid);
+        }
+        assert!(!f.supports(Prot::empty()));
+        assert!(!f.supports(Prot::RW | Prot::MMIO | Prot::CACHE));
+    }
+}

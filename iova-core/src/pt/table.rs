@@ -1,0 +1,628 @@
+//! The generic radix page-table engine.
+//!
+//! # Concurrency
+//!
+//! Every operation takes `&self`. Callers on several CPUs may map and unmap at
+//! once as long as their ranges are disjoint, which the IOVA allocator
+//! guarantees: each range has one owner until it is freed. New tables are
+//! installed with compare-and-swap (the loser frees its unpublished table and
+//! uses the winner's). A table is detached and freed only by an unmap whose
+//! range covers the table's whole span, or by a map that puts a block where an
+//! empty table was: that caller owns the span, so no other caller can be
+//! walking below it. Tables emptied piece by piece stay until the same span is
+//! unmapped whole, [`PageTable::reclaim_empty`] runs with exclusive access, or
+//! the table is dropped. This is the rule Linux's io-pgtable follows.
+//!
+//! # Freeing after the flush
+//!
+//! A detached table may still be cached by the IOMMU's walk caches, so it goes
+//! onto the gather's list ([`IotlbGather`]) and returns to the frame allocator
+//! only in [`PageTable::release_tables`], which the backend calls after the
+//! invalidation that made it unreachable has completed.
+
+use core::hint::spin_loop;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::addr::{Iova, PhysAddr};
+use crate::cache::{CacheMaintenance, Coherent};
+use crate::error::Error;
+use crate::frame::FrameAllocator;
+use crate::gather::IotlbGather;
+use crate::prot::Prot;
+use crate::pt::format::{Entry, PtFormat};
+
+/// Deepest tree the engine handles (x86 5-level paging has 5).
+pub const MAX_LEVELS: usize = 6;
+
+/// Marks a freed table's first entry as a link in the gather's free list. Bits
+/// 1:0 stay clear, so every supported format reads the entry as not present.
+const FREE_LINK: u64 = 1 << 11;
+
+/// The shape of a tree, computed once from the format.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    levels: usize,
+    /// log2 of the span of one entry at each depth.
+    shift: [u32; MAX_LEVELS],
+    /// Index bits of the table at each depth.
+    bits: [u32; MAX_LEVELS],
+    /// Whether a leaf may sit at each depth.
+    leaf: [bool; MAX_LEVELS],
+    ia_bits: u32,
+}
+
+impl Geometry {
+    fn new<F: PtFormat>(fmt: &F) -> Result<Self, Error> {
+        let levels = fmt.levels();
+        if levels == 0 || levels > MAX_LEVELS {
+            return Err(Error::OutOfRange);
+        }
+        let mut g = Geometry {
+            levels,
+            shift: [0; MAX_LEVELS],
+            bits: [0; MAX_LEVELS],
+            leaf: [false; MAX_LEVELS],
+            ia_bits: 0,
+        };
+        let mut shift = fmt.granule_shift();
+        for d in (0..levels).rev() {
+            let bits = fmt.index_bits(d);
+            if bits == 0 || bits > 16 {
+                return Err(Error::OutOfRange);
+            }
+            g.shift[d] = shift;
+            g.bits[d] = bits;
+            g.leaf[d] = d == levels - 1 || fmt.block_allowed(d);
+            shift += bits;
+        }
+        // Freed tables go back to the frame allocator with one size, so every
+        // table below the root has the same width.
+        if g.bits[1..levels].windows(2).any(|w| w[0] != w[1]) {
+            return Err(Error::OutOfRange);
+        }
+        if shift >= 64 || fmt.oa_bits() > 64 {
+            return Err(Error::OutOfRange);
+        }
+        g.ia_bits = shift;
+        Ok(g)
+    }
+
+    #[inline]
+    fn index(&self, iova: u64, depth: usize) -> usize {
+        ((iova >> self.shift[depth]) & ((1 << self.bits[depth]) - 1)) as usize
+    }
+
+    #[inline]
+    fn table_bytes(&self, depth: usize) -> usize {
+        8 << self.bits[depth]
+    }
+
+    #[inline]
+    fn granule(&self) -> u64 {
+        1 << self.shift[self.levels - 1]
+    }
+}
+
+/// What [`PageTable::translate`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// The output address for the IOVA asked about.
+    pub pa: PhysAddr,
+    /// The leaf's permissions.
+    pub prot: Prot,
+    /// Size of the leaf (page or block) that maps it.
+    pub page_size: u64,
+}
+
+/// A page table of format `F` whose tables come from `A`, with cache
+/// maintenance `C` for walkers that do not snoop CPU caches.
+pub struct PageTable<F: PtFormat, A: FrameAllocator, C: CacheMaintenance = Coherent> {
+    fmt: F,
+    frames: A,
+    cache: C,
+    geo: Geometry,
+    root: PhysAddr,
+    /// Software walkers ([`PageTable::translate`]) in flight; table release waits for zero.
+    walkers: AtomicUsize,
+}
+
+impl<F: PtFormat, A: FrameAllocator> PageTable<F, A> {
+    /// An empty table for a coherent walker.
+    pub fn new(fmt: F, frames: A) -> Result<Self, Error> {
+        Self::with_cache(fmt, frames, Coherent)
+    }
+}
+
+impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
+    /// An empty table; entries are cleaned with `cache` after every write when
+    /// the walker is not coherent.
+    pub fn with_cache(fmt: F, frames: A, cache: C) -> Result<Self, Error> {
+        let geo = Geometry::new(&fmt)?;
+        let root = frames
+            .alloc_zeroed(geo.table_bytes(0))
+            .ok_or(Error::NoMemory)?;
+        let pt = Self {
+            fmt,
+            frames,
+            cache,
+            geo,
+            root,
+            walkers: AtomicUsize::new(0),
+        };
+        pt.clean(root, geo.table_bytes(0));
+        pt.complete();
+        Ok(pt)
+    }
+
+    /// Physical address of the root table (for TTBR, VTTBR, SLPTPTR, ...).
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// The format.
+    pub fn format(&self) -> &F {
+        &self.fmt
+    }
+
+    /// The frame allocator the tables come from.
+    pub fn frames(&self) -> &A {
+        &self.frames
+    }
+
+    /// Input address bits: IOVAs must be below `1 << ia_bits()`.
+    pub fn ia_bits(&self) -> u32 {
+        self.geo.ia_bits
+    }
+
+    /// The smallest page size.
+    pub fn granule(&self) -> u64 {
+        self.geo.granule()
+    }
+
+    /// Bitmap of the page and block sizes this table can map (bit `n`: `1 << n`).
+    pub fn page_sizes(&self) -> u64 {
+        (0..self.geo.levels)
+            .filter(|&d| self.geo.leaf[d])
+            .fold(0, |acc, d| acc | 1 << self.geo.shift[d])
+    }
+
+    #[inline]
+    fn entry(&self, table: PhysAddr, idx: usize) -> &AtomicU64 {
+        let base = self.frames.phys_to_virt(table).cast::<u64>();
+        // SAFETY: `table` is a table this engine allocated and has not freed (we
+        // only reach tables through live entries of tables we own, and a table is
+        // freed only after it was detached and no software walker is left);
+        // `idx` is below the table's entry count (masked by `Geometry::index`);
+        // the frame allocator's contract makes the memory valid for atomic access
+        // and 8-byte aligned (frames are aligned to their size).
+        unsafe { AtomicU64::from_ptr(base.add(idx)) }
+    }
+
+    #[inline]
+    fn clean(&self, pa: PhysAddr, len: usize) {
+        if !self.cache.is_coherent() {
+            self.cache.clean(pa, len as u64);
+        }
+    }
+
+    #[inline]
+    fn clean_entries(&self, table: PhysAddr, first: usize, last: usize) {
+        if !self.cache.is_coherent() {
+            self.cache
+                .clean(PhysAddr(table.0 + first as u64 * 8), (last - first + 1) as u64 * 8);
+        }
+    }
+
+    #[inline]
+    fn complete(&self) {
+        if !self.cache.is_coherent() {
+            self.cache.complete();
+        }
+    }
+
+    fn check_range(&self, iova: Iova, len: u64) -> Result<u64, Error> {
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        let g = self.geo.granule();
+        if !iova.is_aligned(g) || len & (g - 1) != 0 {
+            return Err(Error::Misaligned);
+        }
+        let end = iova.checked_add(len)?.0;
+        if end > 1 << self.geo.ia_bits {
+            return Err(Error::OutOfRange);
+        }
+        Ok(end)
+    }
+
+    fn check_gather(&self, gather: &IotlbGather) -> Result<(), Error> {
+        if gather.accepts_freed_from(self.root) {
+            Ok(())
+        } else {
+            Err(Error::ForeignGather)
+        }
+    }
+
+    /// Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot`, using the
+    /// largest page or block that fits at each step. Writes entries only: the
+    /// gather records what the backend's flush must do.
+    ///
+    /// On error nothing of this call stays mapped (what it had written is
+    /// unmapped again and recorded in `gather`).
+    pub fn map(
+        &self,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+        gather: &mut IotlbGather,
+    ) -> Result<(), Error> {
+        self.check_range(iova, len)?;
+        self.check_gather(gather)?;
+        if !pa.is_aligned(self.geo.granule()) {
+            return Err(Error::Misaligned);
+        }
+        let pa_end = pa.checked_add(len)?.0;
+        if self.fmt.oa_bits() < 64 && pa_end > 1 << self.fmt.oa_bits() {
+            return Err(Error::OutOfRange);
+        }
+        if !self.fmt.supports(prot) {
+            return Err(Error::InvalidProt);
+        }
+        let mut done = 0;
+        while done < len {
+            let (n, result) = self.map_run(iova.0 + done, pa.0 + done, len - done, prot, gather);
+            done += n;
+            if let Err(e) = result {
+                if done > 0 {
+                    // Removes exactly the leaves this call wrote, so nothing can
+                    // straddle the range's ends.
+                    self.unmap_range(iova.0, iova.0 + done, gather);
+                }
+                self.complete();
+                return Err(e);
+            }
+        }
+        self.complete();
+        gather.add_mapped(iova, len);
+        Ok(())
+    }
+
+    /// Writes a run of same-sized leaves into one table; returns the bytes mapped,
+    /// and the error that stopped the run early, if any.
+    fn map_run(
+        &self,
+        iova: u64,
+        pa: u64,
+        remaining: u64,
+        prot: Prot,
+        gather: &mut IotlbGather,
+    ) -> (u64, Result<(), Error>) {
+        let geo = &self.geo;
+        let Some(depth) = (0..geo.levels).find(|&d| {
+            let size = 1u64 << geo.shift[d];
+            geo.leaf[d] && (iova | pa) & (size - 1) == 0 && remaining >= size
+        }) else {
+            return (0, Err(Error::Misaligned));
+        };
+        let table = match self.walk_alloc(iova, depth) {
+            Ok(t) => t,
+            Err(e) => return (0, Err(e)),
+        };
+        let size = 1u64 << geo.shift[depth];
+        let first = geo.index(iova, depth);
+        let count = ((remaining / size) as usize).min((1 << geo.bits[depth]) - first);
+        let mut written = 0;
+        let mut result = Ok(());
+        for i in 0..count {
+            let slot = self.entry(table, first + i);
+            let raw = slot.load(Ordering::Acquire);
+            let off = i as u64 * size;
+            let leaf = self.fmt.encode_leaf(depth, PhysAddr(pa + off), prot);
+            if self.fmt.is_present(depth, raw) {
+                if !self.fmt.is_table(depth, raw)
+                    || !self.subtree_is_empty(self.fmt.table_pa(raw), depth + 1)
+                {
+                    result = Err(Error::AlreadyMapped);
+                    break;
+                }
+                // An empty table where a block fits: we own the whole span, so
+                // nobody else walks below it; replace it and free it after the flush.
+                slot.store(leaf, Ordering::Release);
+                let mut none = 0;
+                self.free_subtree(self.fmt.table_pa(raw), depth + 1, gather, &mut none);
+                gather.add_table_change(Iova(iova + off), size);
+            } else {
+                slot.store(leaf, Ordering::Release);
+            }
+            written += 1;
+        }
+        if written > 0 {
+            self.clean_entries(table, first, first + written - 1);
+        }
+        (written as u64 * size, result)
+    }
+
+    /// The table at `depth` covering `iova`, installing missing tables on the way.
+    fn walk_alloc(&self, iova: u64, depth: usize) -> Result<PhysAddr, Error> {
+        let mut table = self.root;
+        for d in 0..depth {
+            let slot = self.entry(table, self.geo.index(iova, d));
+            let raw = slot.load(Ordering::Acquire);
+            if self.fmt.is_table(d, raw) {
+                table = self.fmt.table_pa(raw);
+                continue;
+            }
+            if self.fmt.is_present(d, raw) {
+                return Err(Error::AlreadyMapped);
+            }
+            let bytes = self.geo.table_bytes(d + 1);
+            let new = self.frames.alloc_zeroed(bytes).ok_or(Error::NoMemory)?;
+            self.clean(new, bytes);
+            match slot.compare_exchange(
+                raw,
+                self.fmt.encode_table(d, new),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.clean_entries(table, self.geo.index(iova, d), self.geo.index(iova, d));
+                    table = new;
+                }
+                Err(cur) => {
+                    // SAFETY: `new` came from `alloc_zeroed(bytes)` just above and
+                    // was never published, so nothing else can reach it.
+                    unsafe { self.frames.free(new, bytes) };
+                    if !self.fmt.is_table(d, cur) {
+                        return Err(Error::AlreadyMapped);
+                    }
+                    table = self.fmt.table_pa(cur);
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    fn subtree_is_empty(&self, table: PhysAddr, depth: usize) -> bool {
+        (0..1usize << self.geo.bits[depth]).all(|i| {
+            let raw = self.entry(table, i).load(Ordering::Acquire);
+            !self.fmt.is_present(depth, raw)
+                || (self.fmt.is_table(depth, raw)
+                    && self.subtree_is_empty(self.fmt.table_pa(raw), depth + 1))
+        })
+    }
+
+    /// Puts `table` and every table below it on the gather's free list; returns
+    /// the bytes of leaves that were still in it and records their sizes.
+    fn free_subtree(
+        &self,
+        table: PhysAddr,
+        depth: usize,
+        gather: &mut IotlbGather,
+        page_sizes: &mut u64,
+    ) -> u64 {
+        let mut bytes = 0;
+        for i in 0..1usize << self.geo.bits[depth] {
+            let raw = self.entry(table, i).load(Ordering::Acquire);
+            if !self.fmt.is_present(depth, raw) {
+                continue;
+            }
+            if self.fmt.is_table(depth, raw) {
+                bytes += self.free_subtree(self.fmt.table_pa(raw), depth + 1, gather, page_sizes);
+            } else {
+                bytes += 1 << self.geo.shift[depth];
+                *page_sizes |= 1 << self.geo.shift[depth];
+            }
+        }
+        let next = gather.push_freed(self.root, table).map_or(0, |n| n.0 | FREE_LINK);
+        self.entry(table, 0).store(next, Ordering::Release);
+        bytes
+    }
+
+    /// Unmaps every leaf in `[iova, iova + len)` and returns how many bytes were
+    /// mapped there. Holes are skipped. A block that lies partly outside the range
+    /// is [`Error::PartialUnmap`], checked before anything changes.
+    pub fn unmap(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64, Error> {
+        let end = self.check_range(iova, len)?;
+        self.check_gather(gather)?;
+        for probe in [iova.0, end - 1] {
+            if let Some((start, size)) = self.leaf_at(probe) {
+                if start < iova.0 || start + size > end {
+                    return Err(Error::PartialUnmap);
+                }
+            }
+        }
+        Ok(self.unmap_range(iova.0, end, gather))
+    }
+
+    fn unmap_range(&self, start: u64, end: u64, gather: &mut IotlbGather) -> u64 {
+        let mut sizes = 0;
+        let mut tables = false;
+        let bytes = self.unmap_level(self.root, 0, start, end, gather, &mut sizes, &mut tables);
+        self.complete();
+        if bytes > 0 {
+            gather.add_unmapped(Iova(start), end - start, sizes);
+        }
+        if tables {
+            gather.add_table_change(Iova(start), end - start);
+        }
+        bytes
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn unmap_level(
+        &self,
+        table: PhysAddr,
+        depth: usize,
+        start: u64,
+        end: u64,
+        gather: &mut IotlbGather,
+        sizes: &mut u64,
+        tables: &mut bool,
+    ) -> u64 {
+        let size = 1u64 << self.geo.shift[depth];
+        let mut a = start;
+        let mut bytes = 0;
+        let mut dirty: Option<(usize, usize)> = None;
+        while a < end {
+            let idx = self.geo.index(a, depth);
+            let slot_start = a & !(size - 1);
+            let slot_end = slot_start + size;
+            let next = slot_end.min(end);
+            let slot = self.entry(table, idx);
+            let raw = slot.load(Ordering::Acquire);
+            if self.fmt.is_table(depth, raw) {
+                let child = self.fmt.table_pa(raw);
+                if a == slot_start && next == slot_end {
+                    slot.store(0, Ordering::Release);
+                    dirty = Some(dirty.map_or((idx, idx), |(f, _)| (f, idx)));
+                    bytes += self.free_subtree(child, depth + 1, gather, sizes);
+                    *tables = true;
+                } else {
+                    bytes += self.unmap_level(child, depth + 1, a, next, gather, sizes, tables);
+                }
+            } else if self.fmt.is_present(depth, raw) {
+                // `unmap` checked that no block straddles the range's ends.
+                slot.store(0, Ordering::Release);
+                dirty = Some(dirty.map_or((idx, idx), |(f, _)| (f, idx)));
+                bytes += size;
+                *sizes |= size;
+            }
+            a = next;
+        }
+        if let Some((first, last)) = dirty {
+            self.clean_entries(table, first, last);
+        }
+        bytes
+    }
+
+    /// The leaf covering `iova`, as (start, size).
+    fn leaf_at(&self, iova: u64) -> Option<(u64, u64)> {
+        let mut table = self.root;
+        for d in 0..self.geo.levels {
+            let raw = self.entry(table, self.geo.index(iova, d)).load(Ordering::Acquire);
+            if !self.fmt.is_present(d, raw) {
+                return None;
+            }
+            if !self.fmt.is_table(d, raw) {
+                let size = 1u64 << self.geo.shift[d];
+                return Some((iova & !(size - 1), size));
+            }
+            table = self.fmt.table_pa(raw);
+        }
+        None
+    }
+
+    /// Where `iova` translates to, as the walker would see it in memory (the
+    /// IOTLB may still hold older translations until the next flush).
+    pub fn translate(&self, iova: Iova) -> Option<Translation> {
+        if iova.0 >> self.geo.ia_bits != 0 {
+            return None;
+        }
+        self.walkers.fetch_add(1, Ordering::SeqCst);
+        let mut table = self.root;
+        let mut found = None;
+        for d in 0..self.geo.levels {
+            let raw = self.entry(table, self.geo.index(iova.0, d)).load(Ordering::Acquire);
+            match self.fmt.decode(d, raw) {
+                Entry::Invalid => break,
+                Entry::Table(next) => table = next,
+                Entry::Leaf { pa, prot } => {
+                    let size = 1u64 << self.geo.shift[d];
+                    found = Some(Translation {
+                        pa: PhysAddr(pa.0 + iova.offset_in(size)),
+                        prot,
+                        page_size: size,
+                    });
+                    break;
+                }
+            }
+        }
+        self.walkers.fetch_sub(1, Ordering::SeqCst);
+        found
+    }
+
+    /// Returns the tables that `gather` holds to the frame allocator.
+    ///
+    /// # Safety
+    ///
+    /// The invalidation covering `gather` has completed on every IOMMU that
+    /// walks this table, so no walker holds a pointer to those tables. (Tables
+    /// that another page table put in `gather` are left alone.)
+    pub unsafe fn release_tables(&self, gather: &mut IotlbGather) {
+        let mut next = gather.take_freed(self.root);
+        // A software walker that started before the tables were detached may
+        // still be reading them; it finishes in a bounded number of steps.
+        while self.walkers.load(Ordering::SeqCst) != 0 {
+            spin_loop();
+        }
+        while let Some(table) = next {
+            let link = self.entry(table, 0).load(Ordering::Acquire);
+            next = (link & FREE_LINK != 0).then_some(PhysAddr(link & !FREE_LINK));
+            // SAFETY: the table was allocated by this engine with the size of a
+            // non-root table, detached from the tree, pushed once on the list, and
+            // the caller guarantees no hardware walker can reach it any more.
+            unsafe { self.frames.free(table, self.geo.table_bytes(1)) };
+        }
+    }
+
+    /// Detaches every table that holds no valid entry (the root excepted) and
+    /// puts it on `gather`'s free list. Needs exclusive access, because emptiness
+    /// is only stable when nobody else maps.
+    pub fn reclaim_empty(&mut self, gather: &mut IotlbGather) -> Result<usize, Error> {
+        self.check_gather(gather)?;
+        let before = gather.freed_tables();
+        self.reclaim_level(self.root, 0, 0, gather);
+        Ok(gather.freed_tables() - before)
+    }
+
+    fn reclaim_level(&self, table: PhysAddr, depth: usize, base: u64, gather: &mut IotlbGather) -> bool {
+        let mut empty = true;
+        for i in 0..1usize << self.geo.bits[depth] {
+            let slot = self.entry(table, i);
+            let raw = slot.load(Ordering::Acquire);
+            if !self.fmt.is_present(depth, raw) {
+                continue;
+            }
+            let span = base + ((i as u64) << self.geo.shift[depth]);
+            if self.fmt.is_table(depth, raw)
+                && self.reclaim_level(self.fmt.table_pa(raw), depth + 1, span, gather)
+            {
+                slot.store(0, Ordering::Release);
+                self.clean_entries(table, i, i);
+                let mut none = 0;
+                self.free_subtree(self.fmt.table_pa(raw), depth + 1, gather, &mut none);
+                gather.add_table_change(Iova(span), 1 << self.geo.shift[depth]);
+            } else {
+                empty = false;
+            }
+        }
+        self.complete();
+        empty
+    }
+
+    fn free_all(&mut self, table: PhysAddr, depth: usize) {
+        if depth + 1 < self.geo.levels {
+            for i in 0..1usize << self.geo.bits[depth] {
+                let raw = self.entry(table, i).load(Ordering::Acquire);
+                if self.fmt.is_table(depth, raw) {
+                    self.free_all(self.fmt.table_pa(raw), depth + 1);
+                }
+            }
+        }
+        // SAFETY: `table` was allocated by this engine with this depth's size and
+        // is reachable from the root; `Drop` owns the tree exclusively and the
+        // owner detached it from the hardware before dropping (see `Drop`).
+        unsafe { self.frames.free(table, self.geo.table_bytes(depth)) };
+    }
+}
+
+/// Dropping a page table frees every table in it. Its owner (a backend domain)
+/// must first make sure no IOMMU can walk it any more: detach it from every
+/// device and invalidate.
+impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> Drop for PageTable<F, A, C> {
+    fn drop(&mut self) {
+        let root = self.root;
+        self.free_all(root, 0);
+    }
+}
