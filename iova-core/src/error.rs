@@ -37,6 +37,9 @@ pub enum Error {
     ForeignGather,
     /// No memory for a page table (the frame allocator returned nothing).
     NoMemory,
+    /// The frame allocator returned a table the format cannot point to (above
+    /// its output address size, or misaligned).
+    TableUnreachable,
     /// The bookkeeping storage (links of a state, extent slots) is full.
     StorageFull,
     /// The IOVA allocator could not satisfy the request.
@@ -73,6 +76,7 @@ impl fmt::Display for Error {
             Error::StillLinked => f.write_str("state still holds links"),
             Error::ForeignGather => f.write_str("gather holds another table's freed tables"),
             Error::NoMemory => f.write_str("out of page-table memory"),
+            Error::TableUnreachable => f.write_str("page-table frame out of the format's reach"),
             Error::StorageFull => f.write_str("bookkeeping storage full"),
             Error::Iova(e) => write!(f, "IOVA allocation failed: {e:?}"),
             Error::Timeout => f.write_str("hardware timed out"),

@@ -37,34 +37,83 @@ use crate::gather::IotlbGather;
 use crate::prot::Prot;
 use crate::pt::{Entry, PageTable, PtFormat};
 
-/// Fake physical addresses are host virtual addresses with this bit flipped.
-const PHYS_XOR: u64 = 1 << 45;
+/// Where fake physical memory starts: 256 GiB, so that fake physical addresses
+/// differ from host virtual ones and fit every format's output size.
+pub const FAKE_PHYS_BASE: u64 = 0x40_0000_0000;
 
-/// Host memory posing as physical frames.
-#[derive(Debug, Default)]
+const FRAME: usize = 4096;
+
+/// Host memory posing as physical frames: one zeroed arena handed out in 4 KiB
+/// frames (runs of frames for larger tables), at physical addresses from
+/// [`FAKE_PHYS_BASE`].
+#[derive(Debug)]
 pub struct FakeFrames {
-    frames: Mutex<HashMap<u64, usize>>,
+    base: *mut u8,
+    bytes: usize,
+    arena: Mutex<Arena>,
     /// Allocations left before `alloc_zeroed` fails; `usize::MAX` for no limit.
     budget: AtomicUsize,
     bad_frees: AtomicUsize,
     total: AtomicUsize,
 }
 
+#[derive(Debug)]
+struct Arena {
+    used: Vec<u64>,
+    /// Frames each live allocation holds, by first frame.
+    live: HashMap<usize, usize>,
+    hint: usize,
+}
+
+// SAFETY: the arena pointer is only dereferenced through frames handed out under
+// the mutex; the struct owns the allocation.
+unsafe impl Send for FakeFrames {}
+// SAFETY: as above; all bookkeeping is behind the mutex or atomics.
+unsafe impl Sync for FakeFrames {}
+
+impl Default for FakeFrames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FakeFrames {
-    /// An allocator with no limit.
+    /// 256 MiB of fake physical memory (host memory is committed lazily).
     pub fn new() -> Self {
+        Self::with_capacity(256 << 20)
+    }
+
+    /// `bytes` of fake physical memory (rounded up to 4 KiB).
+    pub fn with_capacity(bytes: usize) -> Self {
+        let frames = bytes.div_ceil(FRAME).max(1);
+        let bytes = frames * FRAME;
+        // SAFETY: non-zero size, valid alignment.
+        let base = unsafe { std::alloc::alloc_zeroed(Self::layout(bytes)) };
+        assert!(!base.is_null(), "cannot reserve fake physical memory");
         Self {
+            base,
+            bytes,
+            arena: Mutex::new(Arena {
+                used: vec![0; frames.div_ceil(64)],
+                live: HashMap::new(),
+                hint: 0,
+            }),
             budget: AtomicUsize::new(usize::MAX),
-            ..Default::default()
+            bad_frees: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
         }
     }
 
-    /// Frames currently allocated.
-    pub fn live(&self) -> usize {
-        self.frames.lock().unwrap().len()
+    fn layout(bytes: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(bytes, FRAME).expect("arena layout")
     }
 
-    /// Frames allocated since creation.
+    /// Allocations currently live.
+    pub fn live(&self) -> usize {
+        self.arena.lock().unwrap().live.len()
+    }
+
+    /// Allocations made since creation.
     pub fn total_allocated(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
@@ -83,17 +132,45 @@ impl FakeFrames {
     pub fn unlimited(&self) {
         self.budget.store(usize::MAX, Ordering::SeqCst);
     }
+}
 
-    fn layout(size: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(size.max(8), size.max(8)).expect("power-of-two frame size")
+impl Arena {
+    fn is_used(&self, f: usize) -> bool {
+        self.used[f / 64] & 1 << (f % 64) != 0
+    }
+    fn set(&mut self, f: usize, used: bool) {
+        if used {
+            self.used[f / 64] |= 1 << (f % 64);
+        } else {
+            self.used[f / 64] &= !(1 << (f % 64));
+        }
+    }
+    /// First free run of `n` frames aligned to `n`, searching from the hint.
+    fn find(&self, n: usize, frames: usize) -> Option<usize> {
+        let start = (self.hint / n * n).min(frames);
+        (start..frames)
+            .step_by(n)
+            .chain((0..start).step_by(n))
+            .filter(|f| f + n <= frames)
+            .find(|&f| (f..f + n).all(|g| !self.is_used(g)))
     }
 }
 
-// SAFETY: frames come from the global allocator with size alignment, zeroed,
-// and are tracked until freed; `phys_to_virt` inverts the fixed XOR used to
-// make the physical address, so it points into the live allocation.
+impl Drop for FakeFrames {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `with_capacity` with this layout.
+        unsafe { std::alloc::dealloc(self.base, Self::layout(self.bytes)) }
+    }
+}
+
+// SAFETY: every frame handed out is a zeroed, size-aligned run of the arena that
+// is marked used until freed; `phys_to_virt` maps the fixed physical window
+// onto the arena.
 unsafe impl FrameAllocator for FakeFrames {
     fn alloc_zeroed(&self, size: usize) -> Option<PhysAddr> {
+        if !size.is_power_of_two() {
+            return None;
+        }
         if self
             .budget
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
@@ -105,37 +182,47 @@ unsafe impl FrameAllocator for FakeFrames {
         {
             return None;
         }
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(size)) };
-        if ptr.is_null() {
-            return None;
+        let n = size.div_ceil(FRAME);
+        let mut arena = self.arena.lock().unwrap();
+        let first = arena.find(n, self.bytes / FRAME)?;
+        for f in first..first + n {
+            arena.set(f, true);
         }
-        let pa = ptr as u64 ^ PHYS_XOR;
-        self.frames.lock().unwrap().insert(pa, size);
+        arena.live.insert(first, n);
+        arena.hint = first + n;
+        drop(arena);
+        // SAFETY: the run lies inside the arena and is ours alone now.
+        unsafe { core::ptr::write_bytes(self.base.add(first * FRAME), 0, n * FRAME) };
         self.total.fetch_add(1, Ordering::Relaxed);
-        Some(PhysAddr(pa))
+        Some(PhysAddr(FAKE_PHYS_BASE + (first * FRAME) as u64))
     }
 
     unsafe fn free(&self, pa: PhysAddr, size: usize) {
-        let removed = self.frames.lock().unwrap().remove(&pa.0);
-        match removed {
-            Some(s) if s == size => {
-                // SAFETY: allocated above with this layout and not freed since
-                // (it was still in the map).
-                unsafe { std::alloc::dealloc(self.phys_to_virt(pa), Self::layout(size)) }
+        let Some(first) = pa
+            .0
+            .checked_sub(FAKE_PHYS_BASE)
+            .map(|o| o as usize / FRAME)
+            .filter(|_| pa.is_aligned(FRAME as u64))
+        else {
+            self.bad_frees.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut arena = self.arena.lock().unwrap();
+        match arena.live.get(&first) {
+            Some(&n) if n == size.div_ceil(FRAME) => {
+                arena.live.remove(&first);
+                for f in first..first + n {
+                    arena.set(f, false);
+                }
             }
-            Some(s) => {
-                self.bad_frees.fetch_add(1, Ordering::Relaxed);
-                self.frames.lock().unwrap().insert(pa.0, s);
-            }
-            None => {
+            _ => {
                 self.bad_frees.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
     fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
-        (pa.0 ^ PHYS_XOR) as *mut u8
+        self.base.wrapping_add(pa.0.wrapping_sub(FAKE_PHYS_BASE) as usize)
     }
 }
 

@@ -25,8 +25,8 @@ pub struct IotlbGather {
     tables_changed: bool,
     freed: Option<PhysAddr>,
     freed_count: usize,
-    /// Root of the page table the freed tables belong to.
-    freed_owner: Option<PhysAddr>,
+    /// Identity of the page table the freed tables belong to.
+    freed_owner: Option<u64>,
 }
 
 impl IotlbGather {
@@ -169,7 +169,7 @@ impl IotlbGather {
     /// Pushes `table` on the list of freed tables and returns the old head, which
     /// the page-table engine stores in the table itself (as a non-present entry,
     /// so a stale walker reads nothing).
-    pub(crate) fn push_freed(&mut self, owner: PhysAddr, table: PhysAddr) -> Option<PhysAddr> {
+    pub(crate) fn push_freed(&mut self, owner: u64, table: PhysAddr) -> Option<PhysAddr> {
         self.freed_owner = Some(owner);
         self.freed_count += 1;
         self.freed.replace(table)
@@ -177,7 +177,7 @@ impl IotlbGather {
 
     /// Takes the list of freed tables out of the gather: call only after the
     /// flush that made them unreachable has completed.
-    pub(crate) fn take_freed(&mut self, owner: PhysAddr) -> Option<PhysAddr> {
+    pub(crate) fn take_freed(&mut self, owner: u64) -> Option<PhysAddr> {
         if self.freed_owner != Some(owner) {
             return None;
         }
@@ -188,7 +188,7 @@ impl IotlbGather {
 
     /// Whether the page table with root `owner` may add freed tables to this
     /// gather (it holds none, or only that table's).
-    pub(crate) fn accepts_freed_from(&self, owner: PhysAddr) -> bool {
+    pub(crate) fn accepts_freed_from(&self, owner: u64) -> bool {
         self.freed_owner.is_none_or(|o| o == owner)
     }
 

@@ -124,7 +124,11 @@ pub struct PageTable<F: PtFormat, A: FrameAllocator, C: CacheMaintenance = Coher
     root: PhysAddr,
     /// Software walkers ([`PageTable::translate`]) in flight; table release waits for zero.
     walkers: AtomicUsize,
+    /// Tells this table's freed tables apart from others' in a gather.
+    id: u64,
 }
+
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl<F: PtFormat, A: FrameAllocator> PageTable<F, A> {
     /// An empty table for a coherent walker.
@@ -138,9 +142,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     /// the walker is not coherent.
     pub fn with_cache(fmt: F, frames: A, cache: C) -> Result<Self, Error> {
         let geo = Geometry::new(&fmt)?;
-        let root = frames
-            .alloc_zeroed(geo.table_bytes(0))
-            .ok_or(Error::NoMemory)?;
+        let root = alloc_table(&fmt, &frames, geo.table_bytes(0))?;
         let pt = Self {
             fmt,
             frames,
@@ -148,6 +150,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
             geo,
             root,
             walkers: AtomicUsize::new(0),
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
         };
         pt.clean(root, geo.table_bytes(0));
         pt.complete();
@@ -167,6 +170,11 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     /// The frame allocator the tables come from.
     pub fn frames(&self) -> &A {
         &self.frames
+    }
+
+    /// The cache maintenance used for a non-coherent walker.
+    pub fn cache(&self) -> &C {
+        &self.cache
     }
 
     /// Input address bits: IOVAs must be below `1 << ia_bits()`.
@@ -236,7 +244,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     }
 
     fn check_gather(&self, gather: &IotlbGather) -> Result<(), Error> {
-        if gather.accepts_freed_from(self.root) {
+        if gather.accepts_freed_from(self.id) {
             Ok(())
         } else {
             Err(Error::ForeignGather)
@@ -357,7 +365,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
                 return Err(Error::AlreadyMapped);
             }
             let bytes = self.geo.table_bytes(d + 1);
-            let new = self.frames.alloc_zeroed(bytes).ok_or(Error::NoMemory)?;
+            let new = alloc_table(&self.fmt, &self.frames, bytes)?;
             self.clean(new, bytes);
             match slot.compare_exchange(
                 raw,
@@ -414,7 +422,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
                 *page_sizes |= 1 << self.geo.shift[depth];
             }
         }
-        let next = gather.push_freed(self.root, table).map_or(0, |n| n.0 | FREE_LINK);
+        let next = gather.push_freed(self.id, table).map_or(0, |n| n.0 | FREE_LINK);
         self.entry(table, 0).store(next, Ordering::Release);
         bytes
     }
@@ -550,7 +558,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     /// walks this table, so no walker holds a pointer to those tables. (Tables
     /// that another page table put in `gather` are left alone.)
     pub unsafe fn release_tables(&self, gather: &mut IotlbGather) {
-        let mut next = gather.take_freed(self.root);
+        let mut next = gather.take_freed(self.id);
         // A software walker that started before the tables were detached may
         // still be reading them; it finishes in a bounded number of steps.
         while self.walkers.load(Ordering::SeqCst) != 0 {
@@ -615,6 +623,19 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         // owner detached it from the hardware before dropping (see `Drop`).
         unsafe { self.frames.free(table, self.geo.table_bytes(depth)) };
     }
+}
+
+/// A zeroed table the format can point to: a frame above the format's output
+/// size would be silently truncated by the entry encoding.
+fn alloc_table<F: PtFormat, A: FrameAllocator>(fmt: &F, frames: &A, bytes: usize) -> Result<PhysAddr, Error> {
+    let pa = frames.alloc_zeroed(bytes).ok_or(Error::NoMemory)?;
+    let reachable = fmt.oa_bits() >= 64 || pa.0.checked_add(bytes as u64).is_some_and(|e| e <= 1 << fmt.oa_bits());
+    if !reachable || !pa.is_aligned(bytes as u64) {
+        // SAFETY: just allocated with this size, never published.
+        unsafe { frames.free(pa, bytes) };
+        return Err(Error::TableUnreachable);
+    }
+    Ok(pa)
 }
 
 /// Dropping a page table frees every table in it. Its owner (a backend domain)

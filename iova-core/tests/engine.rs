@@ -1,0 +1,315 @@
+//! The generic page-table engine against the fake IOMMU.
+#![cfg(feature = "fakes")]
+
+use std::sync::Mutex;
+
+use iova_core::fakes::{Access, Fault, FakeFrames, Leaf, fake_domain};
+use iova_core::formats::lpae::LpaeS1;
+use iova_core::formats::x86_64::X86_64;
+use iova_core::{
+    CacheMaintenance, Error, IommuDomain, IotlbGather, Iova, PageTable, PhysAddr, Prot, PtFormat,
+};
+
+const K4: u64 = 0x1000;
+const M2: u64 = 0x20_0000;
+const G1: u64 = 0x4000_0000;
+
+fn map_flush<D: IommuDomain>(d: &D, iova: u64, pa: u64, len: u64, prot: Prot) -> Result<(), Error> {
+    let mut g = IotlbGather::new();
+    let r = d.map(Iova(iova), PhysAddr(pa), len, prot, &mut g);
+    d.flush(&mut g).unwrap();
+    r
+}
+
+fn unmap_flush<D: IommuDomain>(d: &D, iova: u64, len: u64) -> Result<u64, Error> {
+    let mut g = IotlbGather::new();
+    let r = d.unmap(Iova(iova), len, &mut g);
+    d.flush(&mut g).unwrap();
+    r
+}
+
+fn sizes(leaves: &[Leaf]) -> Vec<u64> {
+    leaves.iter().map(|l| l.size).collect()
+}
+
+#[test]
+fn uses_the_largest_page_that_fits() {
+    for fmt_is_lpae in [true, false] {
+        let run = |leaves: Vec<Leaf>| sizes(&leaves);
+        let got = if fmt_is_lpae {
+            let (d, _) = fake_domain(LpaeS1::va48());
+            // 4 KiB up to the 2 MiB boundary, then blocks, then a 1 GiB block, then pages.
+            map_flush(&d, G1 - M2 - K4, 0x1_0000_0000 - M2 - K4, K4 + M2 + G1 + K4, Prot::RW).unwrap();
+            run(d.leaves())
+        } else {
+            let (d, _) = fake_domain(X86_64::four_level());
+            map_flush(&d, G1 - M2 - K4, 0x1_0000_0000 - M2 - K4, K4 + M2 + G1 + K4, Prot::RW).unwrap();
+            run(d.leaves())
+        };
+        assert_eq!(got, vec![K4, M2, G1, K4]);
+    }
+}
+
+#[test]
+fn a_gigabyte_of_2m_aligned_memory_is_512_blocks() {
+    let (d, _) = fake_domain(LpaeS1::va48());
+    map_flush(&d, 0x40_0000_0000 + M2, 0x8000_0000 + M2, G1, Prot::RW).unwrap();
+    let leaves = d.leaves();
+    assert_eq!(leaves.len(), 512);
+    assert!(leaves.iter().all(|l| l.size == M2));
+}
+
+#[test]
+fn no_1g_blocks_where_the_format_forbids_them() {
+    let (d, _) = fake_domain(X86_64::new(4, false, 46).unwrap());
+    map_flush(&d, G1, G1, G1, Prot::RW).unwrap();
+    assert_eq!(d.leaves().len(), 512);
+}
+
+#[test]
+fn translations_and_permissions() {
+    let (d, _) = fake_domain(LpaeS1::va48());
+    map_flush(&d, 0x10_0000, 0x8765_4000, 2 * K4, Prot::READ).unwrap();
+    assert_eq!(d.device_access(Iova(0x10_1abc), Access::Read), Ok(PhysAddr(0x8765_5abc)));
+    assert_eq!(
+        d.device_access(Iova(0x10_1abc), Access::Write),
+        Err(Fault::Permission(Iova(0x10_1abc), Access::Write))
+    );
+    assert_eq!(
+        d.device_access(Iova(0x10_2000), Access::Read),
+        Err(Fault::Translation(Iova(0x10_2000)))
+    );
+    let t = d.table().translate(Iova(0x10_0008)).unwrap();
+    assert_eq!((t.pa, t.page_size), (PhysAddr(0x8765_4008), K4));
+}
+
+#[test]
+fn bad_arguments_change_nothing() {
+    let (d, frames) = fake_domain(LpaeS1::va48());
+    let mut g = IotlbGather::new();
+    let live = frames.live();
+    let cases: [(u64, u64, u64, Prot, Error); 8] = [
+        (0, 0, 0, Prot::RW, Error::ZeroLength),
+        (0x800, 0, K4, Prot::RW, Error::Misaligned),
+        (0, 0x800, K4, Prot::RW, Error::Misaligned),
+        (0, 0, 0x800, Prot::RW, Error::Misaligned),
+        (1 << 48, 0, K4, Prot::RW, Error::OutOfRange),
+        ((1 << 48) - K4, 0, 2 * K4, Prot::RW, Error::OutOfRange),
+        (0, 1 << 48, K4, Prot::RW, Error::OutOfRange),
+        (0, 0, K4, Prot::empty(), Error::InvalidProt),
+    ];
+    for (iova, pa, len, prot, err) in cases {
+        assert_eq!(d.map(Iova(iova), PhysAddr(pa), len, prot, &mut g), Err(err), "{iova:#x} {pa:#x} {len:#x}");
+    }
+    assert_eq!(
+        d.map(Iova(u64::MAX & !0xfff), PhysAddr(0), 2 * K4, Prot::RW, &mut g),
+        Err(Error::Overflow)
+    );
+    assert_eq!(
+        d.map(Iova(0), PhysAddr(u64::MAX & !0xfff), 2 * K4, Prot::RW, &mut g),
+        Err(Error::Overflow)
+    );
+    assert_eq!(d.unmap(Iova(0x10), K4, &mut g), Err(Error::Misaligned));
+    assert_eq!(d.unmap(Iova(0), 0, &mut g), Err(Error::ZeroLength));
+    assert!(g.is_empty());
+    assert_eq!(frames.live(), live);
+    assert!(d.leaves().is_empty());
+}
+
+#[test]
+fn overlapping_map_is_refused_and_unwound() {
+    let (d, _) = fake_domain(LpaeS1::va48());
+    map_flush(&d, 0x20_5000, 0x9000_0000, K4, Prot::RW).unwrap();
+    // A 16 KiB map whose third page collides: the first two must be unwound.
+    assert_eq!(
+        map_flush(&d, 0x20_3000, 0xa000_0000, 4 * K4, Prot::RW),
+        Err(Error::AlreadyMapped)
+    );
+    assert_eq!(d.leaves().len(), 1);
+    assert_eq!(d.leaves()[0].iova, Iova(0x20_5000));
+    // A block over an existing page, and a page under an existing block.
+    assert_eq!(map_flush(&d, 0, 0, M2 * 2, Prot::RW), Err(Error::AlreadyMapped));
+    map_flush(&d, 0x40_0000, 0x40_0000, M2, Prot::RW).unwrap();
+    assert_eq!(map_flush(&d, 0x40_1000, 0, K4, Prot::RW), Err(Error::AlreadyMapped));
+    assert_eq!(d.leaves().len(), 2);
+}
+
+#[test]
+fn unmap_refuses_to_split_a_block() {
+    let (d, _) = fake_domain(LpaeS1::va48());
+    map_flush(&d, M2, M2, M2, Prot::RW).unwrap();
+    assert_eq!(unmap_flush(&d, M2, K4), Err(Error::PartialUnmap));
+    assert_eq!(unmap_flush(&d, M2 + K4, M2), Err(Error::PartialUnmap));
+    assert_eq!(d.leaves().len(), 1);
+    assert_eq!(unmap_flush(&d, 0, 3 * M2), Ok(M2));
+    assert!(d.leaves().is_empty());
+}
+
+#[test]
+fn out_of_memory_mid_map_leaves_nothing_mapped() {
+    let (d, frames) = fake_domain(LpaeS1::va48());
+    // The range spans two level-3 tables; allow the tables of the first only.
+    frames.fail_after(3);
+    let mut g = IotlbGather::new();
+    assert_eq!(
+        d.map(Iova(M2 - K4), PhysAddr(0x4000_0000 - K4), 2 * K4, Prot::RW, &mut g),
+        Err(Error::NoMemory)
+    );
+    assert!(d.leaves().is_empty());
+    // The unwound page is in the gather (it was briefly visible).
+    assert!(g.has_unmapped());
+    d.flush(&mut g).unwrap();
+    frames.unlimited();
+    map_flush(&d, M2 - K4, 0x4000_0000 - K4, 2 * K4, Prot::RW).unwrap();
+    assert_eq!(d.leaves().len(), 2);
+}
+
+#[test]
+fn missing_flush_leaves_a_stale_translation() {
+    let (d, _) = fake_domain(LpaeS1::va48());
+    map_flush(&d, 0x7000, 0x8000_7000, K4, Prot::RW).unwrap();
+    assert_eq!(d.device_access(Iova(0x7000), Access::Read), Ok(PhysAddr(0x8000_7000)));
+    let mut g = IotlbGather::new();
+    assert_eq!(d.unmap(Iova(0x7000), K4, &mut g), Ok(K4));
+    // Not flushed yet: the IOTLB still answers.
+    assert_eq!(d.device_access(Iova(0x7000), Access::Read), Ok(PhysAddr(0x8000_7000)));
+    assert_eq!(g.min_page_size(), Some(K4));
+    assert!(!g.tables_changed());
+    d.flush(&mut g).unwrap();
+    assert!(d.device_access(Iova(0x7000), Access::Read).is_err());
+}
+
+#[test]
+fn tables_emptied_by_a_covering_unmap_are_freed_only_after_the_flush() {
+    let (d, frames) = fake_domain(LpaeS1::va48());
+    let base = frames.live();
+    map_flush(&d, 0x40_0000_0000, 0x1000_0000, 4 * K4, Prot::RW).unwrap();
+    assert_eq!(frames.live(), base + 3, "L1, L2 and L3 tables");
+    let mut g = IotlbGather::new();
+    // The unmap covers the whole 1 GiB span of the level-1 entry.
+    assert_eq!(d.unmap(Iova(0x40_0000_0000), G1, &mut g), Ok(4 * K4));
+    assert_eq!(g.freed_tables(), 2);
+    assert!(g.tables_changed());
+    assert_eq!(frames.live(), base + 3, "not freed before the flush");
+    d.invalidator().fail_next_flushes(1);
+    assert_eq!(d.flush(&mut g), Err(Error::Timeout));
+    assert_eq!(frames.live(), base + 3, "not freed after a failed flush");
+    d.flush(&mut g).unwrap();
+    assert_eq!(frames.live(), base + 1);
+    assert_eq!(frames.bad_frees(), 0);
+    assert!(g.is_empty());
+}
+
+#[test]
+fn a_block_replaces_an_empty_table() {
+    let (d, frames) = fake_domain(LpaeS1::va48());
+    map_flush(&d, M2, M2, K4, Prot::RW).unwrap();
+    unmap_flush(&d, M2, K4).unwrap();
+    let live = frames.live();
+    let mut g = IotlbGather::new();
+    d.map(Iova(M2), PhysAddr(0x8000_0000), M2, Prot::RW, &mut g).unwrap();
+    assert_eq!(g.freed_tables(), 1);
+    d.flush(&mut g).unwrap();
+    assert_eq!(frames.live(), live - 1);
+    assert_eq!(sizes(&d.leaves()), vec![M2]);
+}
+
+#[test]
+fn reclaim_frees_tables_emptied_piecemeal() {
+    let (d, frames) = fake_domain(LpaeS1::va48());
+    let base = frames.live();
+    map_flush(&d, 0x1000, 0x1000, K4, Prot::RW).unwrap();
+    unmap_flush(&d, 0x1000, K4).unwrap();
+    assert_eq!(frames.live(), base + 3);
+    let mut table = PageTable::new(LpaeS1::va48(), FakeFrames::new()).unwrap();
+    let mut g = IotlbGather::new();
+    table.map(Iova(0x5000), PhysAddr(0x5000), K4, Prot::RW, &mut g).unwrap();
+    table.unmap(Iova(0x5000), K4, &mut g).unwrap();
+    assert_eq!(table.frames().live(), 4);
+    assert_eq!(table.reclaim_empty(&mut g), Ok(3));
+    // SAFETY: nothing walks this table but the test.
+    unsafe { table.release_tables(&mut g) };
+    g.clear_ranges();
+    assert_eq!(table.frames().live(), 1);
+}
+
+#[test]
+fn a_gather_holding_another_tables_frees_is_refused() {
+    let (a, _) = fake_domain(LpaeS1::va48());
+    let (b, _) = fake_domain(LpaeS1::va48());
+    map_flush(&a, 0, 0, K4, Prot::RW).unwrap();
+    let mut g = IotlbGather::new();
+    a.unmap(Iova(0), G1, &mut g).unwrap();
+    assert!(g.freed_tables() > 0);
+    assert_eq!(b.map(Iova(0), PhysAddr(0), K4, Prot::RW, &mut g), Err(Error::ForeignGather));
+    // Flushing it through the wrong domain frees nothing of `a`'s.
+    b.flush(&mut g).unwrap();
+    assert_eq!(a.table().frames().bad_frees(), 0);
+}
+
+#[test]
+fn dropping_a_table_frees_every_frame() {
+    let frames = FakeFrames::new();
+    {
+        let table = PageTable::new(X86_64::four_level(), &frames).unwrap();
+        let mut g = IotlbGather::new();
+        for i in 0..64 {
+            table.map(Iova(i * G1 + i * K4), PhysAddr(i * K4), K4, Prot::RW, &mut g).unwrap();
+        }
+        assert!(frames.live() > 64);
+    }
+    assert_eq!(frames.live(), 0);
+    assert_eq!(frames.bad_frees(), 0);
+}
+
+#[derive(Default)]
+struct CountingCache {
+    cleans: Mutex<Vec<(u64, u64)>>,
+    completes: Mutex<usize>,
+}
+
+impl CacheMaintenance for CountingCache {
+    fn is_coherent(&self) -> bool {
+        false
+    }
+    fn clean(&self, pa: PhysAddr, len: u64) {
+        self.cleans.lock().unwrap().push((pa.0, len));
+    }
+    fn invalidate(&self, _: PhysAddr, _: u64) {}
+    fn complete(&self) {
+        *self.completes.lock().unwrap() += 1;
+    }
+}
+
+#[test]
+fn non_coherent_walkers_get_every_written_entry_cleaned() {
+    let frames = FakeFrames::new();
+    let table = PageTable::with_cache(LpaeS1::va48(), &frames, CountingCache::default()).unwrap();
+    let mut g = IotlbGather::new();
+    table.map(Iova(0x10_0000), PhysAddr(0x10_0000), 16 * K4, Prot::RW, &mut g).unwrap();
+    let cleans = table_cache(&table).cleans.lock().unwrap().clone();
+    // Root (whole table), three new tables, three table entries, one run of 16 leaves.
+    let leaf_run = cleans.iter().filter(|&&(_, len)| len == 16 * 8).count();
+    assert_eq!(leaf_run, 1, "{cleans:x?}");
+    assert_eq!(cleans.iter().filter(|&&(_, len)| len == 4096).count(), 4);
+    assert_eq!(cleans.iter().filter(|&&(_, len)| len == 8).count(), 3);
+    let completes = *table_cache(&table).completes.lock().unwrap();
+    table.unmap(Iova(0x10_0000), 16 * K4, &mut g).unwrap();
+    assert_eq!(table_cache(&table).cleans.lock().unwrap().len(), cleans.len() + 1);
+    assert!(*table_cache(&table).completes.lock().unwrap() > completes);
+}
+
+fn table_cache<F: PtFormat, A: iova_core::FrameAllocator>(
+    t: &PageTable<F, A, CountingCache>,
+) -> &CountingCache {
+    t.cache()
+}
+
+#[test]
+fn tables_out_of_the_formats_reach_are_refused() {
+    // Fake frames live at 256 GiB; a 32-bit output size cannot point there.
+    let frames = FakeFrames::new();
+    let r = PageTable::new(X86_64::new(4, true, 32).unwrap(), &frames);
+    assert!(matches!(r, Err(Error::TableUnreachable)));
+    assert_eq!(frames.live(), 0);
+}
