@@ -55,7 +55,10 @@ impl Link {
     }
     /// The granule-rounded span the link occupies, `[start, end)`.
     fn span(&self, granule: u64) -> (u64, u64) {
-        (self.offset & !(granule - 1), (self.end() + granule - 1) & !(granule - 1))
+        (
+            self.offset & !(granule - 1),
+            (self.end() + granule - 1) & !(granule - 1),
+        )
     }
 }
 
@@ -200,7 +203,11 @@ impl<'a, D: IommuDomain + ?Sized> DmaMapper<'a, D> {
 
     /// [`try_alloc_with`](Self::try_alloc_with) with a heap-backed link store.
     #[cfg(feature = "alloc")]
-    pub fn try_alloc(&self, size: u64, align: u64) -> Result<IovaState<'a, D, DefaultLinks>, Error> {
+    pub fn try_alloc(
+        &self,
+        size: u64,
+        align: u64,
+    ) -> Result<IovaState<'a, D, DefaultLinks>, Error> {
         self.try_alloc_with(size, align, DefaultLinks::new())
     }
 
@@ -266,6 +273,8 @@ impl<'a, D: IommuDomain + ?Sized> DmaMapper<'a, D> {
     }
 
     /// One-shot teardown of a [`map`](Self::map): unmaps, flushes and frees the IOVA.
+    // The mapping comes back by value on failure: there may be no heap to box it.
+    #[allow(clippy::result_large_err)]
     pub fn unmap(&self, mapping: Mapping<'a, D>) -> Result<(), Returned<Mapping<'a, D>>> {
         let Mapping { addr, len, state } = mapping;
         state.destroy().map_err(|r| Returned {
@@ -291,7 +300,9 @@ pub struct Returned<S> {
 
 impl<S> fmt::Debug for Returned<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Returned").field("error", &self.error).finish_non_exhaustive()
+        f.debug_struct("Returned")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 
@@ -446,10 +457,13 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
         }
         self.links.insert(idx, link)?;
         let iova = Iova(self.base.0 + start);
-        let mapped = self
-            .mapper
-            .domain
-            .map(iova, pa.align_down(g), stop - start, prot, &mut self.pending);
+        let mapped = self.mapper.domain.map(
+            iova,
+            pa.align_down(g),
+            stop - start,
+            prot,
+            &mut self.pending,
+        );
         if let Err(e) = mapped {
             self.links.remove(idx, idx + 1);
             return Err(e);
@@ -544,6 +558,8 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
     /// If the flush fails, the state comes back with no links (their entries are
     /// gone, their invalidation still pending): retry, or drop it (which leaks
     /// the IOVA range rather than reuse it unflushed).
+    // The state comes back by value on failure: there may be no heap to box it.
+    #[allow(clippy::result_large_err)]
     pub fn destroy(mut self) -> Result<(), Returned<Self>> {
         if let Err(error) = self.unlink_all() {
             return Err(Returned { error, state: self });
@@ -553,6 +569,7 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
 
     /// Frees the IOVA range. The state must hold no link
     /// ([`Error::StillLinked`] otherwise); pending unlinks are flushed first.
+    #[allow(clippy::result_large_err)]
     pub fn free(mut self) -> Result<(), Returned<Self>> {
         if self.is_linked() {
             return Err(Returned {
@@ -602,9 +619,13 @@ impl<D: IommuDomain + ?Sized, S: LinkStore> Drop for IovaState<'_, D, S> {
         if self.unlink_all().is_ok() && self.sync().is_ok() {
             self.release_iova();
         } else {
-            // Leak the IOVA range: handing it out again could let a device use a
-            // stale translation.
-            core::mem::forget(self.alloc.take());
+            // Leak the IOVA range (the allocator keeps it live forever): handing
+            // it out again could let a device use a stale translation.
+            let leaked = self.alloc.take().map_or(0, |a| a.range().start.0);
+            crate::warn_event!(
+                "iova-core: flush failed while dropping a state; leaking IOVA {:#x}",
+                leaked
+            );
         }
     }
 }

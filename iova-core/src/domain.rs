@@ -58,12 +58,19 @@ pub unsafe trait IotlbInvalidate: Sync {
 }
 
 /// A domain made of the generic page-table engine and a backend's invalidation.
-pub struct PageTableDomain<F: PtFormat, A: FrameAllocator, I: IotlbInvalidate, C: CacheMaintenance = Coherent> {
+pub struct PageTableDomain<
+    F: PtFormat,
+    A: FrameAllocator,
+    I: IotlbInvalidate,
+    C: CacheMaintenance = Coherent,
+> {
     table: PageTable<F, A, C>,
     inval: I,
 }
 
-impl<F: PtFormat, A: FrameAllocator, I: IotlbInvalidate, C: CacheMaintenance> PageTableDomain<F, A, I, C> {
+impl<F: PtFormat, A: FrameAllocator, I: IotlbInvalidate, C: CacheMaintenance>
+    PageTableDomain<F, A, I, C>
+{
     /// Combines a table and the invalidation for the unit that walks it.
     pub fn new(table: PageTable<F, A, C>, inval: I) -> Self {
         Self { table, inval }

@@ -198,11 +198,10 @@ unsafe impl FrameAllocator for FakeFrames {
     }
 
     unsafe fn free(&self, pa: PhysAddr, size: usize) {
-        let Some(first) = pa
-            .0
-            .checked_sub(FAKE_PHYS_BASE)
-            .map(|o| o as usize / FRAME)
-            .filter(|_| pa.is_aligned(FRAME as u64))
+        let Some(first) =
+            pa.0.checked_sub(FAKE_PHYS_BASE)
+                .map(|o| o as usize / FRAME)
+                .filter(|_| pa.is_aligned(FRAME as u64))
         else {
             self.bad_frees.fetch_add(1, Ordering::Relaxed);
             return;
@@ -222,7 +221,8 @@ unsafe impl FrameAllocator for FakeFrames {
     }
 
     fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
-        self.base.wrapping_add(pa.0.wrapping_sub(FAKE_PHYS_BASE) as usize)
+        self.base
+            .wrapping_add(pa.0.wrapping_sub(FAKE_PHYS_BASE) as usize)
     }
 }
 
@@ -361,7 +361,11 @@ impl<'t, F: PtFormat> Walker<'t, F> {
             shifts[d] = s;
             s += fmt.index_bits(d);
         }
-        Self { fmt, frames, shifts }
+        Self {
+            fmt,
+            frames,
+            shifts,
+        }
     }
 
     fn read(&self, table: PhysAddr, idx: usize) -> u64 {

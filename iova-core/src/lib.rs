@@ -67,6 +67,19 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+/// Reports a condition the caller cannot see in a return value, through the
+/// optional `log` and `defmt` features (nothing when both are off).
+macro_rules! warn_event {
+    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
+        #[cfg(feature = "log")]
+        log::warn!($fmt $(, $arg)*);
+        #[cfg(feature = "defmt")]
+        defmt::warn!($fmt $(, $arg)*);
+        $(let _ = &$arg;)*
+    }};
+}
+pub(crate) use warn_event;
+
 pub mod addr;
 pub mod cache;
 pub mod dma;

@@ -31,3 +31,10 @@ impl Prot {
         self.intersects(Prot::RW)
     }
 }
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for Prot {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "Prot({=u8:#x})", self.bits())
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use iova_core::fakes::{Access, Fault, FakeFrames, Leaf, fake_domain};
+use iova_core::fakes::{Access, FakeFrames, Fault, Leaf, fake_domain};
 use iova_core::formats::lpae::LpaeS1;
 use iova_core::formats::x86_64::X86_64;
 use iova_core::{
@@ -39,11 +39,25 @@ fn uses_the_largest_page_that_fits() {
         let got = if fmt_is_lpae {
             let (d, _) = fake_domain(LpaeS1::va48());
             // 4 KiB up to the 2 MiB boundary, then blocks, then a 1 GiB block, then pages.
-            map_flush(&d, G1 - M2 - K4, 0x1_0000_0000 - M2 - K4, K4 + M2 + G1 + K4, Prot::RW).unwrap();
+            map_flush(
+                &d,
+                G1 - M2 - K4,
+                0x1_0000_0000 - M2 - K4,
+                K4 + M2 + G1 + K4,
+                Prot::RW,
+            )
+            .unwrap();
             run(d.leaves())
         } else {
             let (d, _) = fake_domain(X86_64::four_level());
-            map_flush(&d, G1 - M2 - K4, 0x1_0000_0000 - M2 - K4, K4 + M2 + G1 + K4, Prot::RW).unwrap();
+            map_flush(
+                &d,
+                G1 - M2 - K4,
+                0x1_0000_0000 - M2 - K4,
+                K4 + M2 + G1 + K4,
+                Prot::RW,
+            )
+            .unwrap();
             run(d.leaves())
         };
         assert_eq!(got, vec![K4, M2, G1, K4]);
@@ -70,7 +84,10 @@ fn no_1g_blocks_where_the_format_forbids_them() {
 fn translations_and_permissions() {
     let (d, _) = fake_domain(LpaeS1::va48());
     map_flush(&d, 0x10_0000, 0x8765_4000, 2 * K4, Prot::READ).unwrap();
-    assert_eq!(d.device_access(Iova(0x10_1abc), Access::Read), Ok(PhysAddr(0x8765_5abc)));
+    assert_eq!(
+        d.device_access(Iova(0x10_1abc), Access::Read),
+        Ok(PhysAddr(0x8765_5abc))
+    );
     assert_eq!(
         d.device_access(Iova(0x10_1abc), Access::Write),
         Err(Fault::Permission(Iova(0x10_1abc), Access::Write))
@@ -99,14 +116,30 @@ fn bad_arguments_change_nothing() {
         (0, 0, K4, Prot::empty(), Error::InvalidProt),
     ];
     for (iova, pa, len, prot, err) in cases {
-        assert_eq!(d.map(Iova(iova), PhysAddr(pa), len, prot, &mut g), Err(err), "{iova:#x} {pa:#x} {len:#x}");
+        assert_eq!(
+            d.map(Iova(iova), PhysAddr(pa), len, prot, &mut g),
+            Err(err),
+            "{iova:#x} {pa:#x} {len:#x}"
+        );
     }
     assert_eq!(
-        d.map(Iova(u64::MAX & !0xfff), PhysAddr(0), 2 * K4, Prot::RW, &mut g),
+        d.map(
+            Iova(u64::MAX & !0xfff),
+            PhysAddr(0),
+            2 * K4,
+            Prot::RW,
+            &mut g
+        ),
         Err(Error::Overflow)
     );
     assert_eq!(
-        d.map(Iova(0), PhysAddr(u64::MAX & !0xfff), 2 * K4, Prot::RW, &mut g),
+        d.map(
+            Iova(0),
+            PhysAddr(u64::MAX & !0xfff),
+            2 * K4,
+            Prot::RW,
+            &mut g
+        ),
         Err(Error::Overflow)
     );
     assert_eq!(d.unmap(Iova(0x10), K4, &mut g), Err(Error::Misaligned));
@@ -128,9 +161,15 @@ fn overlapping_map_is_refused_and_unwound() {
     assert_eq!(d.leaves().len(), 1);
     assert_eq!(d.leaves()[0].iova, Iova(0x20_5000));
     // A block over an existing page, and a page under an existing block.
-    assert_eq!(map_flush(&d, 0, 0, M2 * 2, Prot::RW), Err(Error::AlreadyMapped));
+    assert_eq!(
+        map_flush(&d, 0, 0, M2 * 2, Prot::RW),
+        Err(Error::AlreadyMapped)
+    );
     map_flush(&d, 0x40_0000, 0x40_0000, M2, Prot::RW).unwrap();
-    assert_eq!(map_flush(&d, 0x40_1000, 0, K4, Prot::RW), Err(Error::AlreadyMapped));
+    assert_eq!(
+        map_flush(&d, 0x40_1000, 0, K4, Prot::RW),
+        Err(Error::AlreadyMapped)
+    );
     assert_eq!(d.leaves().len(), 2);
 }
 
@@ -152,7 +191,13 @@ fn out_of_memory_mid_map_leaves_nothing_mapped() {
     frames.fail_after(3);
     let mut g = IotlbGather::new();
     assert_eq!(
-        d.map(Iova(M2 - K4), PhysAddr(0x4000_0000 - K4), 2 * K4, Prot::RW, &mut g),
+        d.map(
+            Iova(M2 - K4),
+            PhysAddr(0x4000_0000 - K4),
+            2 * K4,
+            Prot::RW,
+            &mut g
+        ),
         Err(Error::NoMemory)
     );
     assert!(d.leaves().is_empty());
@@ -168,11 +213,17 @@ fn out_of_memory_mid_map_leaves_nothing_mapped() {
 fn missing_flush_leaves_a_stale_translation() {
     let (d, _) = fake_domain(LpaeS1::va48());
     map_flush(&d, 0x7000, 0x8000_7000, K4, Prot::RW).unwrap();
-    assert_eq!(d.device_access(Iova(0x7000), Access::Read), Ok(PhysAddr(0x8000_7000)));
+    assert_eq!(
+        d.device_access(Iova(0x7000), Access::Read),
+        Ok(PhysAddr(0x8000_7000))
+    );
     let mut g = IotlbGather::new();
     assert_eq!(d.unmap(Iova(0x7000), K4, &mut g), Ok(K4));
     // Not flushed yet: the IOTLB still answers.
-    assert_eq!(d.device_access(Iova(0x7000), Access::Read), Ok(PhysAddr(0x8000_7000)));
+    assert_eq!(
+        d.device_access(Iova(0x7000), Access::Read),
+        Ok(PhysAddr(0x8000_7000))
+    );
     assert_eq!(g.min_page_size(), Some(K4));
     assert!(!g.tables_changed());
     d.flush(&mut g).unwrap();
@@ -207,7 +258,8 @@ fn a_block_replaces_an_empty_table() {
     unmap_flush(&d, M2, K4).unwrap();
     let live = frames.live();
     let mut g = IotlbGather::new();
-    d.map(Iova(M2), PhysAddr(0x8000_0000), M2, Prot::RW, &mut g).unwrap();
+    d.map(Iova(M2), PhysAddr(0x8000_0000), M2, Prot::RW, &mut g)
+        .unwrap();
     assert_eq!(g.freed_tables(), 1);
     d.flush(&mut g).unwrap();
     assert_eq!(frames.live(), live - 1);
@@ -223,7 +275,9 @@ fn reclaim_frees_tables_emptied_piecemeal() {
     assert_eq!(frames.live(), base + 3);
     let mut table = PageTable::new(LpaeS1::va48(), FakeFrames::new()).unwrap();
     let mut g = IotlbGather::new();
-    table.map(Iova(0x5000), PhysAddr(0x5000), K4, Prot::RW, &mut g).unwrap();
+    table
+        .map(Iova(0x5000), PhysAddr(0x5000), K4, Prot::RW, &mut g)
+        .unwrap();
     table.unmap(Iova(0x5000), K4, &mut g).unwrap();
     assert_eq!(table.frames().live(), 4);
     assert_eq!(table.reclaim_empty(&mut g), Ok(3));
@@ -241,7 +295,10 @@ fn a_gather_holding_another_tables_frees_is_refused() {
     let mut g = IotlbGather::new();
     a.unmap(Iova(0), G1, &mut g).unwrap();
     assert!(g.freed_tables() > 0);
-    assert_eq!(b.map(Iova(0), PhysAddr(0), K4, Prot::RW, &mut g), Err(Error::ForeignGather));
+    assert_eq!(
+        b.map(Iova(0), PhysAddr(0), K4, Prot::RW, &mut g),
+        Err(Error::ForeignGather)
+    );
     // Flushing it through the wrong domain frees nothing of `a`'s.
     b.flush(&mut g).unwrap();
     assert_eq!(a.table().frames().bad_frees(), 0);
@@ -254,7 +311,15 @@ fn dropping_a_table_frees_every_frame() {
         let table = PageTable::new(X86_64::four_level(), &frames).unwrap();
         let mut g = IotlbGather::new();
         for i in 0..64 {
-            table.map(Iova(i * G1 + i * K4), PhysAddr(i * K4), K4, Prot::RW, &mut g).unwrap();
+            table
+                .map(
+                    Iova(i * G1 + i * K4),
+                    PhysAddr(i * K4),
+                    K4,
+                    Prot::RW,
+                    &mut g,
+                )
+                .unwrap();
         }
         assert!(frames.live() > 64);
     }
@@ -286,7 +351,15 @@ fn non_coherent_walkers_get_every_written_entry_cleaned() {
     let frames = FakeFrames::new();
     let table = PageTable::with_cache(LpaeS1::va48(), &frames, CountingCache::default()).unwrap();
     let mut g = IotlbGather::new();
-    table.map(Iova(0x10_0000), PhysAddr(0x10_0000), 16 * K4, Prot::RW, &mut g).unwrap();
+    table
+        .map(
+            Iova(0x10_0000),
+            PhysAddr(0x10_0000),
+            16 * K4,
+            Prot::RW,
+            &mut g,
+        )
+        .unwrap();
     let cleans = table_cache(&table).cleans.lock().unwrap().clone();
     // Root (whole table), three new tables, three table entries, one run of 16 leaves.
     let leaf_run = cleans.iter().filter(|&&(_, len)| len == 16 * 8).count();
@@ -295,7 +368,10 @@ fn non_coherent_walkers_get_every_written_entry_cleaned() {
     assert_eq!(cleans.iter().filter(|&&(_, len)| len == 8).count(), 3);
     let completes = *table_cache(&table).completes.lock().unwrap();
     table.unmap(Iova(0x10_0000), 16 * K4, &mut g).unwrap();
-    assert_eq!(table_cache(&table).cleans.lock().unwrap().len(), cleans.len() + 1);
+    assert_eq!(
+        table_cache(&table).cleans.lock().unwrap().len(),
+        cleans.len() + 1
+    );
     assert!(*table_cache(&table).completes.lock().unwrap() > completes);
 }
 

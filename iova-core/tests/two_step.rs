@@ -19,7 +19,8 @@ struct Env {
 fn env() -> Env {
     let (domain, _) = fake_domain(LpaeS1::va48());
     let aperture = IovaRange::new(Iova(0x1_0000_0000), 0x10_0000_0000).unwrap();
-    let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, K4), 256, 2).unwrap();
+    let iovas =
+        IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, K4), 256, 2).unwrap();
     Env { domain, iovas }
 }
 
@@ -43,7 +44,8 @@ fn sync_is_exactly_one_flush_for_many_links() {
     let m = env.mapper();
     let mut s = m.try_alloc(64 * K4, K4).unwrap();
     for i in 0..64 {
-        s.link(i * K4, PhysAddr(0x8000_0000 + i * 3 * K4), K4, Prot::RW).unwrap();
+        s.link(i * K4, PhysAddr(0x8000_0000 + i * 3 * K4), K4, Prot::RW)
+            .unwrap();
     }
     assert_eq!(env.flushes(), 0, "link does no IOTLB work");
     s.sync().unwrap();
@@ -72,7 +74,11 @@ fn unlinked_translations_last_until_the_sync() {
     assert_eq!(env.read(iova), Ok(PhysAddr(0x9000_1000)));
     s.unlink(0, 2 * K4).unwrap();
     assert!(s.needs_sync());
-    assert_eq!(env.read(iova), Ok(PhysAddr(0x9000_1000)), "stale until the flush");
+    assert_eq!(
+        env.read(iova),
+        Ok(PhysAddr(0x9000_1000)),
+        "stale until the flush"
+    );
     s.sync().unwrap();
     assert_eq!(env.read(iova), Err(Fault::Translation(iova)));
     s.free().unwrap();
@@ -83,7 +89,8 @@ fn link_errors_change_nothing() {
     let env = env();
     let m = env.mapper();
     let mut s = m.try_alloc(8 * K4, K4).unwrap();
-    s.link(2 * K4, PhysAddr(0xa000_2000), 2 * K4, Prot::RW).unwrap();
+    s.link(2 * K4, PhysAddr(0xa000_2000), 2 * K4, Prot::RW)
+        .unwrap();
     let before = (s.links().to_vec(), env.domain.leaves());
     let cases: &[(u64, u64, u64, Prot, Error)] = &[
         (0, 0x1000, 0, Prot::RW, Error::ZeroLength),
@@ -104,19 +111,31 @@ fn link_errors_change_nothing() {
         (0, 0, 0x800, Prot::RW, Error::Misaligned),
     ];
     for &(off, pa, len, prot, err) in cases {
-        assert_eq!(s.link(off, PhysAddr(pa), len, prot), Err(err), "{off:#x} {pa:#x} {len:#x}");
+        assert_eq!(
+            s.link(off, PhysAddr(pa), len, prot),
+            Err(err),
+            "{off:#x} {pa:#x} {len:#x}"
+        );
         assert_eq!((s.links().to_vec(), env.domain.leaves()), before);
     }
     // The lowest link may start, and the highest may end, inside a granule.
-    s.link(0x10, PhysAddr(0xb000_0010), 2 * K4 - 0x10, Prot::RW).unwrap();
-    s.link(4 * K4, PhysAddr(0xc000_0000), K4 + 0x20, Prot::RW).unwrap();
+    s.link(0x10, PhysAddr(0xb000_0010), 2 * K4 - 0x10, Prot::RW)
+        .unwrap();
+    s.link(4 * K4, PhysAddr(0xc000_0000), K4 + 0x20, Prot::RW)
+        .unwrap();
     // Nothing may go above a link that ends inside a granule, or below one that
     // starts inside one.
-    assert_eq!(s.link(6 * K4, PhysAddr(0xd000_0000), K4, Prot::RW), Err(Error::Misaligned));
+    assert_eq!(
+        s.link(6 * K4, PhysAddr(0xd000_0000), K4, Prot::RW),
+        Err(Error::Misaligned)
+    );
     s.sync().unwrap();
     let first = s.dma_addr(0x10).unwrap();
     assert_eq!(env.read(first), Ok(PhysAddr(0xb000_0010)));
-    assert_eq!(env.read(s.dma_addr(5 * K4 + 0x1f).unwrap()), Ok(PhysAddr(0xc000_101f)));
+    assert_eq!(
+        env.read(s.dma_addr(5 * K4 + 0x1f).unwrap()),
+        Ok(PhysAddr(0xc000_101f))
+    );
     s.destroy().unwrap();
 }
 
@@ -124,7 +143,8 @@ fn link_errors_change_nothing() {
 fn a_failed_link_leaves_nothing_of_that_call_mapped() {
     let (domain, frames) = fake_domain(LpaeS1::va48());
     let aperture = IovaRange::new(Iova(0x1_0000_0000), 0x1_0000_0000).unwrap();
-    let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, K4), 64, 1).unwrap();
+    let iovas =
+        IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, K4), 64, 1).unwrap();
     let m = DmaMapper::new(&domain, &iovas, &CPU0).unwrap();
     // Crosses a 2 MiB boundary: needs two level-3 tables.
     let mut s = m.try_alloc(4 * M2, M2).unwrap();
@@ -136,7 +156,8 @@ fn a_failed_link_leaves_nothing_of_that_call_mapped() {
     assert!(s.links().is_empty());
     assert!(domain.leaves().is_empty());
     frames.unlimited();
-    s.link(M2 - K4, PhysAddr(0x8000_0000 - K4), 2 * K4, Prot::RW).unwrap();
+    s.link(M2 - K4, PhysAddr(0x8000_0000 - K4), 2 * K4, Prot::RW)
+        .unwrap();
     s.sync().unwrap();
     assert_eq!(domain.leaves().len(), 2);
     s.destroy().unwrap();
@@ -201,8 +222,14 @@ fn try_alloc_errors() {
     let m = env.mapper();
     assert_eq!(m.try_alloc(0, K4).unwrap_err(), Error::ZeroLength);
     assert_eq!(m.try_alloc(K4, 3 * K4).unwrap_err(), Error::Misaligned);
-    assert!(matches!(m.try_alloc(u64::MAX, K4).unwrap_err(), Error::Overflow | Error::Iova(_)));
-    assert!(matches!(m.try_alloc(0x100_0000_0000, K4).unwrap_err(), Error::Iova(_)));
+    assert!(matches!(
+        m.try_alloc(u64::MAX, K4).unwrap_err(),
+        Error::Overflow | Error::Iova(_)
+    ));
+    assert!(matches!(
+        m.try_alloc(0x100_0000_0000, K4).unwrap_err(),
+        Error::Iova(_)
+    ));
     // Alignment is honoured, up to 1 GiB.
     for align in [K4, 0x1_0000, M2, 0x4000_0000] {
         let s = m.try_alloc(K4, align).unwrap();
@@ -237,7 +264,8 @@ fn destroy_unlinks_everything_and_frees() {
     let mut s = m.try_alloc(4 * M2, M2).unwrap();
     s.link(0, PhysAddr(0x4000_0000), M2, Prot::RW).unwrap();
     s.link(M2, PhysAddr(0x8000_0000), K4, Prot::RW).unwrap();
-    s.link(3 * M2, PhysAddr(0xc000_0000), M2, Prot::READ).unwrap();
+    s.link(3 * M2, PhysAddr(0xc000_0000), M2, Prot::READ)
+        .unwrap();
     s.sync().unwrap();
     let probe = s.dma_addr(3 * M2 + 5).unwrap();
     assert_eq!(env.read(probe), Ok(PhysAddr(0xc000_0005)));
@@ -274,7 +302,11 @@ fn a_state_whose_flush_keeps_failing_leaks_its_iova_on_drop() {
     s.sync().unwrap();
     env.domain.invalidator().fail_next_flushes(100);
     drop(s);
-    assert_eq!(env.iovas.stats().live_allocations, 1, "never reused unflushed");
+    assert_eq!(
+        env.iovas.stats().live_allocations,
+        1,
+        "never reused unflushed"
+    );
 }
 
 #[test]
@@ -292,7 +324,10 @@ fn one_shot_map_and_unmap() {
     let addr = mapping.addr();
     m.unmap(mapping).unwrap();
     assert!(env.read(addr).is_err());
-    assert_eq!(m.map(PhysAddr(0), 0, Prot::RW).err(), Some(Error::ZeroLength));
+    assert_eq!(
+        m.map(PhysAddr(0), 0, Prot::RW).err(),
+        Some(Error::ZeroLength)
+    );
     assert_eq!(env.iovas.stats().live_allocations, 0);
 }
 
@@ -325,10 +360,15 @@ fn one_shot_scatter_gather() {
 fn fixed_capacity_link_store() {
     let env = env();
     let m = env.mapper();
-    let mut s = m.try_alloc_with(4 * K4, K4, heapless::Vec::<_, 2>::new()).unwrap();
+    let mut s = m
+        .try_alloc_with(4 * K4, K4, heapless::Vec::<_, 2>::new())
+        .unwrap();
     s.link(0, PhysAddr(0x1000), K4, Prot::RW).unwrap();
     s.link(K4, PhysAddr(0x1000), K4, Prot::RW).unwrap();
-    assert_eq!(s.link(2 * K4, PhysAddr(0x1000), K4, Prot::RW), Err(Error::StorageFull));
+    assert_eq!(
+        s.link(2 * K4, PhysAddr(0x1000), K4, Prot::RW),
+        Err(Error::StorageFull)
+    );
     assert_eq!(env.domain.leaves().len(), 2);
     s.destroy().unwrap();
 }
@@ -359,18 +399,27 @@ fn non_coherent_devices_get_batched_cache_maintenance() {
     let cache = RecordingCache::default();
     let m = env.mapper().with_cache(&cache);
     let mut s = m.try_alloc(3 * K4, K4).unwrap();
-    s.link(0x100, PhysAddr(0x1_0100), K4 - 0x100, Prot::RW).unwrap();
+    s.link(0x100, PhysAddr(0x1_0100), K4 - 0x100, Prot::RW)
+        .unwrap();
     s.link(K4, PhysAddr(0x5_0000), 2 * K4, Prot::RW).unwrap();
     s.sync().unwrap();
     assert_eq!(
         *cache.ops.lock().unwrap(),
-        vec![("clean", 0x1_0100, 0xf00), ("clean", 0x5_0000, 0x2000), ("complete", 0, 0)]
+        vec![
+            ("clean", 0x1_0100, 0xf00),
+            ("clean", 0x5_0000, 0x2000),
+            ("complete", 0, 0)
+        ]
     );
     cache.ops.lock().unwrap().clear();
     s.sync_for_cpu(0x800, 0x1000);
     assert_eq!(
         *cache.ops.lock().unwrap(),
-        vec![("inval", 0x1_0800, 0x800), ("inval", 0x5_0000, 0x800), ("complete", 0, 0)]
+        vec![
+            ("inval", 0x1_0800, 0x800),
+            ("inval", 0x5_0000, 0x800),
+            ("complete", 0, 0)
+        ]
     );
     s.destroy().unwrap();
 }
@@ -379,6 +428,10 @@ fn non_coherent_devices_get_batched_cache_maintenance() {
 fn mapper_rejects_an_allocator_with_a_finer_granule() {
     let (domain, _) = fake_domain(LpaeS1::va48());
     let aperture = IovaRange::new(Iova(0), 0x1000_0000).unwrap();
-    let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, 0x800), 16, 1).unwrap();
-    assert_eq!(DmaMapper::new(&domain, &iovas, &CPU0).unwrap_err(), Error::Misaligned);
+    let iovas =
+        IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, 0x800), 16, 1).unwrap();
+    assert_eq!(
+        DmaMapper::new(&domain, &iovas, &CPU0).unwrap_err(),
+        Error::Misaligned
+    );
 }

@@ -199,8 +199,15 @@ mod tests {
             0x4020_1000 | 0xE43
         );
         // Level-2 block, read-only, cacheable, no exec.
-        let raw = f.encode_leaf(2, PhysAddr(0x8000_0000), Prot::READ | Prot::CACHE | Prot::NOEXEC);
-        assert_eq!(raw, 0x8000_0000 | 1 | 1 << 2 | 1 << 6 | 1 << 7 | 3 << 8 | 1 << 10 | 1 << 11 | 3 << 53);
+        let raw = f.encode_leaf(
+            2,
+            PhysAddr(0x8000_0000),
+            Prot::READ | Prot::CACHE | Prot::NOEXEC,
+        );
+        assert_eq!(
+            raw,
+            0x8000_0000 | 1 | 1 << 2 | 1 << 6 | 1 << 7 | 3 << 8 | 1 << 10 | 1 << 11 | 3 << 53
+        );
         assert_eq!(f.encode_table(0, PhysAddr(0x4100_0000)), 0x4100_0003);
     }
 
@@ -218,14 +225,20 @@ mod tests {
                 let raw = f.encode_leaf(depth, PhysAddr(0x1234_4000_0000), prot);
                 assert_eq!(
                     f.decode(depth, raw),
-                    Entry::Leaf { pa: PhysAddr(0x1234_4000_0000), prot }
+                    Entry::Leaf {
+                        pa: PhysAddr(0x1234_4000_0000),
+                        prot
+                    }
                 );
             }
         }
         // Write-only cannot be expressed: it reads back as read-write.
         let raw = f.encode_leaf(3, PhysAddr(0x1000), Prot::WRITE);
         assert_eq!(f.leaf_prot(3, raw), Prot::RW);
-        assert_eq!(f.decode(1, f.encode_table(1, PhysAddr(0x5000))), Entry::Table(PhysAddr(0x5000)));
+        assert_eq!(
+            f.decode(1, f.encode_table(1, PhysAddr(0x5000))),
+            Entry::Table(PhysAddr(0x5000))
+        );
         // A level-3 descriptor with bits 1:0 = 0b11 is a page, not a table.
         assert!(!f.is_table(3, 0x1003));
     }

@@ -160,13 +160,29 @@ mod tests {
     #[test]
     fn known_values_and_round_trips() {
         let f = X86_64::four_level();
-        assert_eq!(f.encode_leaf(3, PhysAddr(0x20_3000), Prot::RW), 0x20_3000 | 0x67);
-        assert_eq!(f.encode_leaf(2, PhysAddr(0x4000_0000), Prot::READ), 0x4000_0000 | 0xA5);
+        assert_eq!(
+            f.encode_leaf(3, PhysAddr(0x20_3000), Prot::RW),
+            0x20_3000 | 0x67
+        );
+        assert_eq!(
+            f.encode_leaf(2, PhysAddr(0x4000_0000), Prot::READ),
+            0x4000_0000 | 0xA5
+        );
         assert_eq!(f.encode_table(0, PhysAddr(0x9000)), 0x9027);
         for depth in 1..4 {
-            for prot in [Prot::RW | Prot::CACHE, Prot::READ | Prot::PRIV | Prot::CACHE, Prot::RW | Prot::MMIO | Prot::NOEXEC] {
+            for prot in [
+                Prot::RW | Prot::CACHE,
+                Prot::READ | Prot::PRIV | Prot::CACHE,
+                Prot::RW | Prot::MMIO | Prot::NOEXEC,
+            ] {
                 let raw = f.encode_leaf(depth, PhysAddr(0x8_0000_0000), prot);
-                assert_eq!(f.decode(depth, raw), Entry::Leaf { pa: PhysAddr(0x8_0000_0000), prot });
+                assert_eq!(
+                    f.decode(depth, raw),
+                    Entry::Leaf {
+                        pa: PhysAddr(0x8_0000_0000),
+                        prot
+                    }
+                );
             }
         }
         assert!(f.block_allowed(1) && f.block_allowed(2) && !f.block_allowed(0));

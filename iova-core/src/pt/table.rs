@@ -216,8 +216,10 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     #[inline]
     fn clean_entries(&self, table: PhysAddr, first: usize, last: usize) {
         if !self.cache.is_coherent() {
-            self.cache
-                .clean(PhysAddr(table.0 + first as u64 * 8), (last - first + 1) as u64 * 8);
+            self.cache.clean(
+                PhysAddr(table.0 + first as u64 * 8),
+                (last - first + 1) as u64 * 8,
+            );
         }
     }
 
@@ -422,7 +424,9 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
                 *page_sizes |= 1 << self.geo.shift[depth];
             }
         }
-        let next = gather.push_freed(self.id, table).map_or(0, |n| n.0 | FREE_LINK);
+        let next = gather
+            .push_freed(self.id, table)
+            .map_or(0, |n| n.0 | FREE_LINK);
         self.entry(table, 0).store(next, Ordering::Release);
         bytes
     }
@@ -508,7 +512,9 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     fn leaf_at(&self, iova: u64) -> Option<(u64, u64)> {
         let mut table = self.root;
         for d in 0..self.geo.levels {
-            let raw = self.entry(table, self.geo.index(iova, d)).load(Ordering::Acquire);
+            let raw = self
+                .entry(table, self.geo.index(iova, d))
+                .load(Ordering::Acquire);
             if !self.fmt.is_present(d, raw) {
                 return None;
             }
@@ -531,7 +537,9 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         let mut table = self.root;
         let mut found = None;
         for d in 0..self.geo.levels {
-            let raw = self.entry(table, self.geo.index(iova.0, d)).load(Ordering::Acquire);
+            let raw = self
+                .entry(table, self.geo.index(iova.0, d))
+                .load(Ordering::Acquire);
             match self.fmt.decode(d, raw) {
                 Entry::Invalid => break,
                 Entry::Table(next) => table = next,
@@ -584,7 +592,13 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         Ok(gather.freed_tables() - before)
     }
 
-    fn reclaim_level(&self, table: PhysAddr, depth: usize, base: u64, gather: &mut IotlbGather) -> bool {
+    fn reclaim_level(
+        &self,
+        table: PhysAddr,
+        depth: usize,
+        base: u64,
+        gather: &mut IotlbGather,
+    ) -> bool {
         let mut empty = true;
         for i in 0..1usize << self.geo.bits[depth] {
             let slot = self.entry(table, i);
@@ -627,9 +641,17 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
 
 /// A zeroed table the format can point to: a frame above the format's output
 /// size would be silently truncated by the entry encoding.
-fn alloc_table<F: PtFormat, A: FrameAllocator>(fmt: &F, frames: &A, bytes: usize) -> Result<PhysAddr, Error> {
+fn alloc_table<F: PtFormat, A: FrameAllocator>(
+    fmt: &F,
+    frames: &A,
+    bytes: usize,
+) -> Result<PhysAddr, Error> {
     let pa = frames.alloc_zeroed(bytes).ok_or(Error::NoMemory)?;
-    let reachable = fmt.oa_bits() >= 64 || pa.0.checked_add(bytes as u64).is_some_and(|e| e <= 1 << fmt.oa_bits());
+    let reachable = fmt.oa_bits() >= 64
+        || pa
+            .0
+            .checked_add(bytes as u64)
+            .is_some_and(|e| e <= 1 << fmt.oa_bits());
     if !reachable || !pa.is_aligned(bytes as u64) {
         // SAFETY: just allocated with this size, never published.
         unsafe { frames.free(pa, bytes) };
