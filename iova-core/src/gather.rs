@@ -120,6 +120,13 @@ impl IotlbGather {
             return;
         }
         let end = iova.0.saturating_add(len);
+        // Fast path: growing the highest range upwards (sequential work).
+        if let Some(last) = self.ranges.last_mut() {
+            if last.start.0 <= iova.0 && iova.0 <= last.end.0 {
+                last.end = Iova(last.end.0.max(end));
+                return;
+            }
+        }
         let mut new = IovaRange {
             start: iova,
             end: Iova(end),
@@ -200,5 +207,51 @@ impl IotlbGather {
         self.unmapped = false;
         self.mapped = false;
         self.tables_changed = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(a: u64, b: u64) -> IovaRange {
+        IovaRange {
+            start: Iova(a),
+            end: Iova(b),
+        }
+    }
+
+    #[test]
+    fn ranges_merge_and_stay_sorted() {
+        let mut g = IotlbGather::new();
+        g.add_unmapped(Iova(0x5000), 0x1000, 0x1000);
+        g.add_unmapped(Iova(0x1000), 0x1000, 0x1000);
+        g.add_unmapped(Iova(0x2000), 0x1000, 0x20_0000);
+        g.add_mapped(Iova(0x6000), 0x1000);
+        assert_eq!(g.ranges(), &[r(0x1000, 0x3000), r(0x5000, 0x7000)]);
+        assert_eq!(g.page_sizes(), 0x20_1000);
+        assert_eq!(g.min_page_size(), Some(0x1000));
+        assert!(g.has_unmapped() && g.has_mapped() && !g.tables_changed());
+        g.add_table_change(Iova(0x2800), 0x3000);
+        assert_eq!(g.ranges(), &[r(0x1000, 0x7000)]);
+        assert_eq!(g.span(), Some(r(0x1000, 0x7000)));
+        g.clear_ranges();
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_full_gather_widens_the_nearest_range_never_drops_one() {
+        let mut g = IotlbGather::new();
+        for i in 0..GATHER_RANGES as u64 {
+            g.add_unmapped(Iova(i * 0x10_0000), 0x1000, 0x1000);
+        }
+        assert_eq!(g.ranges().len(), GATHER_RANGES);
+        g.add_unmapped(Iova(0x30_4000), 0x1000, 0x1000);
+        assert_eq!(g.ranges().len(), GATHER_RANGES);
+        // Every address ever added is still covered.
+        for a in (0..GATHER_RANGES as u64).map(|i| i * 0x10_0000).chain([0x30_4000]) {
+            assert!(g.ranges().iter().any(|x| x.start.0 <= a && a < x.end.0), "{a:#x}");
+        }
+        assert!(g.ranges().windows(2).all(|w| w[0].end.0 < w[1].start.0));
     }
 }
