@@ -101,5 +101,6 @@ pub use domain::{IommuDomain, IotlbInvalidate, PageTableDomain};
 pub use error::Error;
 pub use frame::FrameAllocator;
 pub use gather::IotlbGather;
+pub use iova_alloc::{CurrentCpu, IovaAlloc, IovaAllocError, IovaAllocator, IovaAllocatorConfig};
 pub use prot::Prot;
 pub use pt::{PageTable, PtFormat};
