@@ -529,6 +529,13 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
 
     /// Where `iova` translates to, as the walker would see it in memory (the
     /// IOTLB may still hold older translations until the next flush).
+    ///
+    /// Safe to call while other CPUs map and unmap: [`release_tables`] waits
+    /// for software walks in flight before freeing detached tables. So do not
+    /// flush from an interrupt handler that can interrupt a `translate` on the
+    /// same CPU.
+    ///
+    /// [`release_tables`]: PageTable::release_tables
     pub fn translate(&self, iova: Iova) -> Option<Translation> {
         if iova.0 >> self.geo.ia_bits != 0 {
             return None;
