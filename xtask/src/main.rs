@@ -1,1 +1,571 @@
-fn main() {}
+//! `cargo xtask`: the project's test driver.
+//!
+//! * `cargo xtask test [FILTER]`: prerequisites, host tests, clippy, rustfmt,
+//!   bare-metal builds, and the QEMU system tests; one PASS/FAIL line per
+//!   step, then `N passed, N failed`.
+//! * `cargo xtask demo [FILTER]`: boots the examples and explains what they did.
+//!
+//! The system tests are a table in `systests.rs`. Plain std, no dependencies.
+
+mod prereq;
+mod qemu;
+mod systests;
+mod util;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use prereq::Needs;
+use systests::{Arch, EXAMPLES, SYSTEM_TESTS, SystemTest};
+
+const HELP: &str = "\
+cargo xtask: build, lint and test the workspace, and boot the bare-metal examples under QEMU
+
+USAGE:
+    cargo xtask test [FILTER]     run every step whose name contains FILTER (all if omitted)
+    cargo xtask test --list       list the step names
+    cargo xtask demo [FILTER]     boot the examples (whose system-test name contains FILTER)
+                                  and explain in a few lines what each one did
+    cargo xtask help              this text
+
+`test` runs, in order:
+    prerequisites                 Rust targets, clippy/rustfmt, QEMU >= 10.0 (installed if
+                                  possible: rustup; apt + bookworm-backports when root on bookworm)
+    host-tests                    cargo test --workspace --all-features
+    clippy                        cargo clippy --workspace --all-targets --all-features -- -D warnings
+    fmt, fmt-examples             cargo fmt --all -- --check (root workspace, examples/)
+    build-iova-core-<arch>        cargo build -p iova-core --no-default-features --target <arch>-unknown-none
+    build-<example>-<arch>        every example for each of its targets
+    clippy-examples-<arch>        clippy -D warnings on examples/ for each target
+    qemu:<system test>            boot an example under QEMU; pass = expected exit status and
+                                  required serial lines (the command line is printed)
+One PASS/FAIL line per step, then `N passed, N failed`; the exit status is non-zero on
+any failure. Logs: target/xtask/logs/<step>.log (the tail is shown on failure).
+
+ENVIRONMENT:
+    QEMU_SYSTEM_AARCH64     QEMU binary for aarch64 (default qemu-system-aarch64)
+    QEMU_SYSTEM_X86_64      QEMU binary for x86_64 (default qemu-system-x86_64)
+    QEMU_EXTRA_ARGS         extra arguments appended to every QEMU command line; split on
+                            whitespace, with '...' and \"...\" quoting, e.g.
+                            QEMU_EXTRA_ARGS=\"-trace 'smmuv3_*' -D /tmp/t.log\"
+    XTASK_TIMEOUT           seconds per QEMU run before it is killed (default 60)
+    XTASK_VERBOSE           if set (not 0), echo the guest's serial output live
+
+ADDING A SYSTEM TEST:
+    add a row to SYSTEM_TESTS in xtask/src/systests.rs (name, arch, example, QEMU args,
+    expected exit, required serial lines); a new example crate also needs a row in EXAMPLES.
+    Exit statuses: aarch64 semihosting exit 0 = pass; x86_64 isa-debug-exit 33 = pass
+    (the guest writes 0x10; failure writes 0x11 -> 35).
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str).unwrap_or("help");
+    let rest = &args[args.len().min(1)..];
+    match command {
+        "test" => cmd_test(rest),
+        "demo" => cmd_demo(rest),
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!("xtask: unknown command {other:?}\n");
+            eprint!("{HELP}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The single optional FILTER argument.
+fn parse_filter(rest: &[String]) -> Result<Option<String>, String> {
+    match rest {
+        [] => Ok(None),
+        [f] if !f.starts_with('-') => Ok(Some(f.clone())),
+        _ => Err(format!(
+            "unexpected arguments {rest:?}; usage: cargo xtask test|demo [FILTER]"
+        )),
+    }
+}
+
+enum Kind {
+    Cargo { dir: PathBuf, args: Vec<String> },
+    Qemu(&'static SystemTest),
+}
+
+struct Step {
+    name: String,
+    kind: Kind,
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn all_steps() -> Vec<Step> {
+    let root = util::repo_root();
+    let cargo = |name: &str, args: &[&str]| Step {
+        name: name.to_string(),
+        kind: Kind::Cargo {
+            dir: root.clone(),
+            args: strings(args),
+        },
+    };
+    let mut steps = vec![
+        cargo("host-tests", &["test", "--workspace", "--all-features"]),
+        cargo(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        cargo("fmt", &["fmt", "--all", "--", "--check"]),
+        cargo(
+            "fmt-examples",
+            &[
+                "fmt",
+                "--all",
+                "--manifest-path",
+                "examples/Cargo.toml",
+                "--",
+                "--check",
+            ],
+        ),
+    ];
+    for arch in Arch::ALL {
+        steps.push(cargo(
+            &format!("build-iova-core-{}", arch.name()),
+            &[
+                "build",
+                "-p",
+                "iova-core",
+                "--no-default-features",
+                "--target",
+                arch.target(),
+            ],
+        ));
+    }
+    for example in EXAMPLES {
+        for &arch in example.arches {
+            steps.push(Step {
+                name: format!("build-{}-{}", example.package, arch.name()),
+                kind: Kind::Cargo {
+                    dir: root.clone(),
+                    args: qemu::build_args(example.package, arch),
+                },
+            });
+        }
+    }
+    for arch in Arch::ALL {
+        steps.push(cargo(
+            &format!("clippy-examples-{}", arch.name()),
+            &[
+                "clippy",
+                "--manifest-path",
+                "examples/Cargo.toml",
+                "--workspace",
+                "--target",
+                arch.target(),
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ));
+    }
+    for test in SYSTEM_TESTS {
+        steps.push(Step {
+            name: format!("qemu:{}", test.name),
+            kind: Kind::Qemu(test),
+        });
+    }
+    steps
+}
+
+fn needs_of(steps: &[Step]) -> Needs {
+    let mut needs = Needs::default();
+    for step in steps {
+        match &step.kind {
+            Kind::Cargo { args, .. } => {
+                let first = args.first().map(String::as_str);
+                needs.clippy |= first == Some("clippy");
+                needs.rustfmt |= first == Some("fmt");
+                needs.targets |= args.iter().any(|a| a.ends_with("-unknown-none"));
+            }
+            Kind::Qemu(test) => {
+                needs.targets = true;
+                needs.qemu(test.arch);
+            }
+        }
+    }
+    needs
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn flush() {
+    let _ = io::stdout().flush();
+}
+
+fn show_tail(log: &std::path::Path, n: usize) {
+    println!("    last lines of {}:", util::display_path(log));
+    for line in util::tail(log, n) {
+        println!("    | {line}");
+    }
+}
+
+struct Tally {
+    passed: usize,
+    failed: usize,
+}
+
+impl Tally {
+    fn record(&mut self, name: &str, result: Result<String, String>, elapsed: Duration) -> bool {
+        match result {
+            Ok(detail) => {
+                self.passed += 1;
+                println!("PASS {name} ({}{detail})", secs(elapsed));
+                true
+            }
+            Err(why) => {
+                self.failed += 1;
+                println!("FAIL {name} ({}): {why}", secs(elapsed));
+                false
+            }
+        }
+    }
+
+    fn finish(&self) -> ExitCode {
+        println!("{} passed, {} failed", self.passed, self.failed);
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_test(rest: &[String]) -> ExitCode {
+    if rest.len() == 1 && rest[0] == "--list" {
+        println!("prerequisites (always run)");
+        for step in all_steps() {
+            println!("{}", step.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filter = match parse_filter(rest) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let steps: Vec<Step> = all_steps()
+        .into_iter()
+        .filter(|s| filter.as_deref().is_none_or(|f| s.name.contains(f)))
+        .collect();
+    let mut tally = Tally {
+        passed: 0,
+        failed: 0,
+    };
+    if steps.is_empty() {
+        println!(
+            "xtask: no step matches {:?} (see cargo xtask test --list)",
+            filter.unwrap_or_default()
+        );
+        tally.failed += 1;
+        return tally.finish();
+    }
+    let logs = match util::logs_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("xtask: cannot create target/xtask/logs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    // (1) prerequisites
+    let start = Instant::now();
+    let prereqs = prereq::ensure(&needs_of(&steps)).map(|notes| {
+        if notes.is_empty() {
+            "; nothing needed".to_string()
+        } else {
+            format!("; {}", notes.join(", "))
+        }
+    });
+    if !tally.record("prerequisites", prereqs, start.elapsed()) {
+        return tally.finish();
+    }
+    let (timeout, extra) = match (qemu::timeout(), qemu::extra_args()) {
+        (Ok(t), Ok(e)) => (t, e),
+        (Err(e), _) | (_, Err(e)) => {
+            println!("xtask: {e}");
+            tally.failed += 1;
+            return tally.finish();
+        }
+    };
+    if !extra.is_empty() {
+        println!("xtask: QEMU_EXTRA_ARGS adds {extra:?} to every QEMU run");
+    }
+
+    for step in &steps {
+        let log_name = match &step.kind {
+            Kind::Qemu(test) => test.name,
+            Kind::Cargo { .. } => step.name.as_str(),
+        };
+        let log = logs.join(util::log_file_name(log_name));
+        match &step.kind {
+            Kind::Cargo { dir, args } => {
+                println!("  $ {}", util::command_line("cargo", args));
+                flush();
+                let start = Instant::now();
+                let result = match util::run_logged("cargo", args, dir, &log) {
+                    Ok(true) => Ok(String::new()),
+                    Ok(false) => Err(format!("see {}", util::display_path(&log))),
+                    Err(e) => Err(format!("{e}")),
+                };
+                if !tally.record(&step.name, result, start.elapsed()) {
+                    show_tail(&log, 30);
+                }
+            }
+            Kind::Qemu(test) => {
+                let start = Instant::now();
+                let result = run_system_test(test, &log, timeout);
+                let failed_log = result.as_ref().err().and_then(|(_, l)| l.clone());
+                let result = result.map_err(|(why, _)| why);
+                if !tally.record(&step.name, result, start.elapsed()) {
+                    if let Some(l) = failed_log {
+                        show_tail(&l, 25);
+                    }
+                }
+            }
+        }
+        flush();
+    }
+    tally.finish()
+}
+
+/// Builds the example, prints and runs the QEMU command, judges the result.
+/// On failure returns the reason and the log worth showing.
+fn run_system_test(
+    test: &SystemTest,
+    log: &std::path::Path,
+    timeout: Duration,
+) -> Result<String, (String, Option<PathBuf>)> {
+    let (program, args) = qemu::command(test).map_err(|e| (e, None))?;
+    let build_log = log.with_extension("build.log");
+    match util::run_logged(
+        "cargo",
+        &qemu::build_args(test.example, test.arch),
+        &util::repo_root(),
+        &build_log,
+    ) {
+        Ok(true) => {}
+        Ok(false) => return Err((format!("building {} failed", test.example), Some(build_log))),
+        Err(e) => return Err((format!("building {}: {e}", test.example), None)),
+    }
+    println!("  $ {}", util::command_line(&program, &args));
+    flush();
+    let outcome = qemu::run(&program, &args, log, timeout).map_err(|e| (e.to_string(), None))?;
+    let verdict = qemu::judge(test, &outcome);
+    let detail = format!(
+        "; exit status {}; serial log {}",
+        test.arch.explain_status(outcome.status),
+        util::display_path(&outcome.log)
+    );
+    match verdict {
+        Ok(()) => Ok(detail),
+        Err(why) => Err((format!("{why}{detail}"), Some(outcome.log))),
+    }
+}
+
+/// `demo: key: text` lines of the serial output.
+fn demo_lines(serial: &[String]) -> Vec<(String, String)> {
+    serial
+        .iter()
+        .filter_map(|line| {
+            let rest = line.trim_start_matches('\r').strip_prefix("demo: ")?;
+            match rest.split_once(": ") {
+                Some((k, v)) if !k.contains(' ') => Some((k.to_string(), v.to_string())),
+                _ => Some((String::new(), rest.to_string())),
+            }
+        })
+        .collect()
+}
+
+fn cmd_demo(rest: &[String]) -> ExitCode {
+    let filter = match parse_filter(rest) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tests: Vec<&SystemTest> = SYSTEM_TESTS
+        .iter()
+        .filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f)))
+        .collect();
+    let mut tally = Tally {
+        passed: 0,
+        failed: 0,
+    };
+    if tests.is_empty() {
+        println!(
+            "xtask: no system test matches {:?}",
+            filter.unwrap_or_default()
+        );
+        tally.failed += 1;
+        return tally.finish();
+    }
+    let mut needs = Needs {
+        targets: true,
+        ..Needs::default()
+    };
+    for t in &tests {
+        needs.qemu(t.arch);
+    }
+    if let Err(e) = prereq::ensure(&needs) {
+        println!("xtask: prerequisites: {e}");
+        tally.failed += 1;
+        return tally.finish();
+    }
+    let (logs, timeout) = match (util::logs_dir(), qemu::timeout()) {
+        (Ok(l), Ok(t)) => (l, t),
+        (Err(e), _) => {
+            println!("xtask: cannot create target/xtask/logs: {e}");
+            return ExitCode::FAILURE;
+        }
+        (_, Err(e)) => {
+            println!("xtask: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    for test in tests {
+        println!();
+        println!(
+            "== {}: {} (IOMMU: {}) ==",
+            test.name, test.summary, test.iommu
+        );
+        let log = logs.join(util::log_file_name(&format!("demo-{}", test.name)));
+        let (program, args) = match qemu::command(test) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("   {e}");
+                tally.failed += 1;
+                continue;
+            }
+        };
+        let build_log = log.with_extension("build.log");
+        let built = util::run_logged(
+            "cargo",
+            &qemu::build_args(test.example, test.arch),
+            &util::repo_root(),
+            &build_log,
+        );
+        if !matches!(built, Ok(true)) {
+            println!(
+                "   building {} for {} failed:",
+                test.example,
+                test.arch.target()
+            );
+            show_tail(&build_log, 20);
+            tally.failed += 1;
+            continue;
+        }
+        println!("   $ {}", util::command_line(&program, &args));
+        flush();
+        let outcome = match qemu::run(&program, &args, &log, timeout) {
+            Ok(o) => o,
+            Err(e) => {
+                println!("   {e}");
+                tally.failed += 1;
+                continue;
+            }
+        };
+        let lines = demo_lines(&outcome.serial);
+        if lines.is_empty() {
+            println!("   (the guest printed no `demo:` lines; its last serial lines were:)");
+            for line in outcome.serial.iter().rev().take(10).rev() {
+                println!("   | {line}");
+            }
+        }
+        let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (key, text) in &lines {
+            println!("   {key:<width$}  {text}");
+        }
+        let verdict = qemu::judge(test, &outcome);
+        let how = format!(
+            "QEMU exit status {} after {}; serial log {}",
+            test.arch.explain_status(outcome.status),
+            secs(outcome.elapsed),
+            util::display_path(&outcome.log)
+        );
+        match verdict {
+            Ok(()) => {
+                tally.passed += 1;
+                println!("   => PASS: {how}");
+            }
+            Err(why) => {
+                tally.failed += 1;
+                println!("   => FAIL: {why}; {how}");
+            }
+        }
+        flush();
+    }
+    println!();
+    tally.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_test_rows_are_consistent() {
+        let mut names = std::collections::HashSet::new();
+        for test in SYSTEM_TESTS {
+            assert!(
+                names.insert(test.name),
+                "duplicate system test {}",
+                test.name
+            );
+            assert!(
+                EXAMPLES
+                    .iter()
+                    .any(|e| e.package == test.example && e.arches.contains(&test.arch)),
+                "{}: example {} not built for {:?}",
+                test.name,
+                test.example,
+                test.arch
+            );
+        }
+    }
+
+    #[test]
+    fn demo_lines_are_parsed() {
+        let serial = vec![
+            "edu-dma: starting".to_string(),
+            "demo: iommu: none".to_string(),
+            "\rdemo: result: FAILED: edu: timeout".to_string(),
+            "demo: free text without key".to_string(),
+        ];
+        assert_eq!(
+            demo_lines(&serial),
+            [
+                ("iommu".to_string(), "none".to_string()),
+                ("result".to_string(), "FAILED: edu: timeout".to_string()),
+                (String::new(), "free text without key".to_string()),
+            ]
+        );
+    }
+}

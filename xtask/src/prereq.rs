@@ -1,0 +1,325 @@
+//! Making sure the tools the tests need are installed.
+//!
+//! * the `aarch64-unknown-none` / `x86_64-unknown-none` Rust targets
+//!   (`rustup target add` if missing);
+//! * the clippy and rustfmt components (`rustup component add` if missing);
+//! * QEMU >= 10.0 for each architecture a selected system test uses. If the
+//!   default binary is missing or too old and we are root on Debian
+//!   bookworm, it is installed from bookworm-backports; otherwise we stop
+//!   and say what to install.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::systests::Arch;
+use crate::util::capture;
+
+/// QEMU's minimum version (major, minor).
+pub const MIN_QEMU: (u32, u32) = (10, 0);
+const BACKPORTS_LINE: &str = "deb http://deb.debian.org/debian bookworm-backports main";
+const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/backports.list";
+const TARGETS: [&str; 2] = ["aarch64-unknown-none", "x86_64-unknown-none"];
+
+/// What the selected steps need.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Needs {
+    pub targets: bool,
+    pub clippy: bool,
+    pub rustfmt: bool,
+    pub qemu_aarch64: bool,
+    pub qemu_x86_64: bool,
+}
+
+impl Needs {
+    pub fn qemu(&mut self, arch: Arch) {
+        match arch {
+            Arch::Aarch64 => self.qemu_aarch64 = true,
+            Arch::X86_64 => self.qemu_x86_64 = true,
+        }
+    }
+
+    fn qemu_arches(&self) -> Vec<Arch> {
+        Arch::ALL
+            .into_iter()
+            .filter(|a| match a {
+                Arch::Aarch64 => self.qemu_aarch64,
+                Arch::X86_64 => self.qemu_x86_64,
+            })
+            .collect()
+    }
+}
+
+/// Runs a command with inherited output, after saying what it is.
+fn run_visible(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let line = crate::util::command_line(
+        program,
+        &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    );
+    let env_prefix: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    println!("xtask: running: {env_prefix}{line}");
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("could not run {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{env_prefix}{line}` failed: {status}"))
+    }
+}
+
+fn have_rustup() -> bool {
+    capture("rustup", &["--version"]).is_some()
+}
+
+fn missing_targets() -> Vec<&'static str> {
+    let Some(sysroot) = capture("rustc", &["--print", "sysroot"]) else {
+        return TARGETS.to_vec();
+    };
+    let root = Path::new(sysroot.trim()).join("lib").join("rustlib");
+    TARGETS
+        .into_iter()
+        .filter(|t| !root.join(t).join("lib").is_dir())
+        .collect()
+}
+
+fn ensure_targets(notes: &mut Vec<String>) -> Result<(), String> {
+    let missing = missing_targets();
+    if missing.is_empty() {
+        notes.push("Rust targets present".into());
+        return Ok(());
+    }
+    if !have_rustup() {
+        return Err(format!(
+            "the Rust targets {} are missing and rustup is not available: install them for your toolchain",
+            missing.join(", ")
+        ));
+    }
+    println!("xtask: installing Rust targets {}", missing.join(", "));
+    let mut args = vec!["target", "add"];
+    args.extend(&missing);
+    run_visible("rustup", &args, &[])?;
+    let still = missing_targets();
+    if !still.is_empty() {
+        return Err(format!(
+            "Rust targets still missing after rustup: {}",
+            still.join(", ")
+        ));
+    }
+    notes.push(format!("installed Rust targets {}", missing.join(", ")));
+    Ok(())
+}
+
+fn ensure_components(needs: &Needs, notes: &mut Vec<String>) -> Result<(), String> {
+    let mut missing = Vec::new();
+    if needs.clippy && capture("cargo", &["clippy", "--version"]).is_none() {
+        missing.push("clippy");
+    }
+    if needs.rustfmt && capture("cargo", &["fmt", "--version"]).is_none() {
+        missing.push("rustfmt");
+    }
+    if missing.is_empty() {
+        if needs.clippy || needs.rustfmt {
+            notes.push("clippy/rustfmt present".into());
+        }
+        return Ok(());
+    }
+    if !have_rustup() {
+        return Err(format!(
+            "the Rust components {} are missing and rustup is not available: install them",
+            missing.join(", ")
+        ));
+    }
+    println!("xtask: installing Rust components {}", missing.join(", "));
+    let mut args = vec!["component", "add"];
+    args.extend(&missing);
+    run_visible("rustup", &args, &[])?;
+    notes.push(format!("installed Rust components {}", missing.join(", ")));
+    Ok(())
+}
+
+/// Parses "QEMU emulator version 10.0.2 (...)" into (10, 0, 2).
+pub fn parse_qemu_version(text: &str) -> Option<(u32, u32, u32)> {
+    let rest = &text[text.find("version ")? + "version ".len()..];
+    let word = rest.split_whitespace().next()?;
+    let mut parts = word.split('.').map(|p| {
+        let digits: String = p.chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let micro = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, micro))
+}
+
+/// The version of a QEMU binary, or why there is none.
+fn qemu_version(binary: &str) -> Result<(u32, u32, u32), String> {
+    let out = capture(binary, &["--version"])
+        .ok_or_else(|| format!("{binary}: not found or not runnable"))?;
+    parse_qemu_version(&out)
+        .ok_or_else(|| format!("{binary}: cannot parse version from {:?}", out.trim()))
+}
+
+fn version_ok(v: (u32, u32, u32)) -> bool {
+    (v.0, v.1) >= MIN_QEMU
+}
+
+fn is_root() -> bool {
+    // Effective UID is the second field of the "Uid:" line.
+    if let Ok(status) = fs::read_to_string("/proc/self/status") {
+        if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
+            return line.split_whitespace().nth(2) == Some("0");
+        }
+    }
+    capture("id", &["-u"]).is_some_and(|s| s.trim() == "0")
+}
+
+fn is_debian_bookworm() -> bool {
+    let Ok(text) = fs::read_to_string("/etc/os-release") else {
+        return false;
+    };
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim_matches('"').to_string())
+    };
+    field("ID=").as_deref() == Some("debian")
+        && field("VERSION_CODENAME=").as_deref() == Some("bookworm")
+}
+
+fn install_instructions() -> String {
+    format!(
+        "install QEMU >= {}.{} (qemu-system-aarch64 and qemu-system-x86_64). On Debian bookworm, as root:\n\
+         \x20   echo '{BACKPORTS_LINE}' > {BACKPORTS_FILE}\n\
+         \x20   apt-get update\n\
+         \x20   DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports --no-install-recommends qemu-system-arm qemu-system-x86\n\
+         (plain bookworm only has QEMU 7.2). Elsewhere install QEMU {}.{} or newer from your distribution, \
+         or set QEMU_SYSTEM_AARCH64 / QEMU_SYSTEM_X86_64 to suitable binaries.",
+        MIN_QEMU.0, MIN_QEMU.1, MIN_QEMU.0, MIN_QEMU.1
+    )
+}
+
+fn apt_install_backports() -> Result<(), String> {
+    println!(
+        "xtask: installing QEMU {}.x from bookworm-backports (qemu-system-arm, qemu-system-x86)",
+        MIN_QEMU.0
+    );
+    let current = fs::read_to_string(BACKPORTS_FILE).unwrap_or_default();
+    if !current.lines().any(|l| l.trim() == BACKPORTS_LINE) {
+        println!("xtask: adding `{BACKPORTS_LINE}` to {BACKPORTS_FILE}");
+        let mut text = current;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(BACKPORTS_LINE);
+        text.push('\n');
+        fs::write(BACKPORTS_FILE, text)
+            .map_err(|e| format!("cannot write {BACKPORTS_FILE}: {e}"))?;
+    }
+    run_visible("apt-get", &["update"], &[])?;
+    run_visible(
+        "apt-get",
+        &[
+            "install",
+            "-y",
+            "-t",
+            "bookworm-backports",
+            "--no-install-recommends",
+            "qemu-system-arm",
+            "qemu-system-x86",
+        ],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )
+}
+
+fn ensure_qemu(needs: &Needs, notes: &mut Vec<String>) -> Result<(), String> {
+    let arches = needs.qemu_arches();
+    let mut installed = false;
+    for arch in arches {
+        let binary = arch.qemu_binary();
+        let overridden = std::env::var(arch.qemu_env()).is_ok_and(|v| !v.trim().is_empty());
+        let problem = match qemu_version(&binary) {
+            Ok(v) if version_ok(v) => {
+                notes.push(format!("{binary} {}.{}.{}", v.0, v.1, v.2));
+                continue;
+            }
+            Ok(v) => format!(
+                "{binary} is version {}.{}.{}, older than {}.{}",
+                v.0, v.1, v.2, MIN_QEMU.0, MIN_QEMU.1
+            ),
+            Err(e) => e,
+        };
+        if overridden {
+            return Err(format!(
+                "{problem} ({} is set): point it at QEMU >= {}.{}",
+                arch.qemu_env(),
+                MIN_QEMU.0,
+                MIN_QEMU.1
+            ));
+        }
+        if installed || !is_root() || !is_debian_bookworm() {
+            return Err(format!("{problem}: {}", install_instructions()));
+        }
+        apt_install_backports()?;
+        installed = true;
+        match qemu_version(&binary) {
+            Ok(v) if version_ok(v) => {
+                notes.push(format!("installed {binary} {}.{}.{}", v.0, v.1, v.2))
+            }
+            Ok(v) => {
+                return Err(format!(
+                    "{binary} is still {}.{}.{} after installing from backports (is another one earlier in PATH?)",
+                    v.0, v.1, v.2
+                ));
+            }
+            Err(e) => return Err(format!("{e} after installing from backports")),
+        }
+    }
+    Ok(())
+}
+
+/// Checks (and where possible installs) everything `needs` asks for.
+/// Returns short notes on what was found or installed.
+pub fn ensure(needs: &Needs) -> Result<Vec<String>, String> {
+    let mut notes = Vec::new();
+    if needs.targets {
+        ensure_targets(&mut notes)?;
+    }
+    ensure_components(needs, &mut notes)?;
+    ensure_qemu(needs, &mut notes)?;
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_qemu_versions() {
+        assert_eq!(
+            parse_qemu_version(
+                "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright"
+            ),
+            Some((10, 0, 2))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 7.2.22 (Debian)"),
+            Some((7, 2, 22))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 9.2.0-rc1"),
+            Some((9, 2, 0))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 11.1"),
+            Some((11, 1, 0))
+        );
+        assert_eq!(parse_qemu_version("nonsense"), None);
+        assert!(version_ok((10, 0, 0)));
+        assert!(version_ok((11, 0, 0)));
+        assert!(!version_ok((9, 2, 4)));
+    }
+}

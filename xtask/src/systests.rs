@@ -1,0 +1,230 @@
+//! The examples and the QEMU system tests, as tables.
+//!
+//! To add a system test, add one [`SystemTest`] row to [`SYSTEM_TESTS`] (and,
+//! for a new example crate, an [`Example`] row to [`EXAMPLES`]). Each row is
+//! one QEMU boot: the harness builds the example for the row's
+//! architecture, runs
+//!
+//! ```text
+//! <qemu binary> <Arch::base_args> <row.qemu_args> -kernel <example ELF> <QEMU_EXTRA_ARGS>
+//! ```
+//!
+//! from the repository root with a timeout, saves the serial output to
+//! `target/xtask/logs/<row.name>.log`, and passes the row if QEMU's exit
+//! status is the expected one and every `require` string occurs in the
+//! serial output.
+
+use std::env;
+
+/// A guest architecture / QEMU machine family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `qemu-system-aarch64`, `aarch64-unknown-none`.
+    Aarch64,
+    /// `qemu-system-x86_64`, `x86_64-unknown-none`.
+    X86_64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Aarch64, Arch::X86_64];
+
+    /// Short name used in step names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "aarch64",
+            Arch::X86_64 => "x86_64",
+        }
+    }
+
+    /// Rust target triple.
+    pub fn target(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "aarch64-unknown-none",
+            Arch::X86_64 => "x86_64-unknown-none",
+        }
+    }
+
+    /// Environment variable that overrides the QEMU binary.
+    pub fn qemu_env(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "QEMU_SYSTEM_AARCH64",
+            Arch::X86_64 => "QEMU_SYSTEM_X86_64",
+        }
+    }
+
+    /// Default QEMU binary.
+    pub fn qemu_default(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "qemu-system-aarch64",
+            Arch::X86_64 => "qemu-system-x86_64",
+        }
+    }
+
+    /// The QEMU binary to run (environment override or default).
+    pub fn qemu_binary(self) -> String {
+        env::var(self.qemu_env())
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| self.qemu_default().to_string())
+    }
+
+    /// Arguments every run on this architecture gets, before the row's own
+    /// (a row may override `-cpu` or `-m`: QEMU takes the last one).
+    ///
+    /// * serial on stdio (the harness captures it), no default devices, no
+    ///   display, `-no-reboot` so a triple fault or reset ends QEMU;
+    /// * aarch64: semihosting for the exit status; cortex-a57 puts the virt
+    ///   ECAM high (0x40_1000_0000), which the examples find in the DTB;
+    /// * x86_64: `isa-debug-exit` for the exit status.
+    pub fn base_args(self) -> &'static [&'static str] {
+        match self {
+            Arch::Aarch64 => &[
+                "-cpu",
+                "cortex-a57",
+                "-m",
+                "512M",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-semihosting-config",
+                "enable=on,target=native",
+            ],
+            Arch::X86_64 => &[
+                "-m",
+                "512M",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            ],
+        }
+    }
+
+    /// QEMU's exit status when the guest reports success: semihosting exit(0)
+    /// on aarch64; on x86_64 the guest writes 0x10 to isa-debug-exit, and QEMU
+    /// exits with (0x10 << 1) | 1 = 33. Keep in sync with
+    /// `examples/platform/src/exit.rs`.
+    pub fn success_status(self) -> i32 {
+        match self {
+            Arch::Aarch64 => 0,
+            Arch::X86_64 => 33,
+        }
+    }
+
+    /// QEMU's exit status when the guest reports failure (1; x86_64: 0x11 -> 35).
+    pub fn failure_status(self) -> i32 {
+        match self {
+            Arch::Aarch64 => 1,
+            Arch::X86_64 => 35,
+        }
+    }
+
+    /// Explains an exit status.
+    pub fn explain_status(self, code: Option<i32>) -> String {
+        match code {
+            None => "killed by a signal".to_string(),
+            Some(c) if c == self.success_status() => format!("{c} (guest reported success)"),
+            Some(c) if c == self.failure_status() => format!("{c} (guest reported failure)"),
+            Some(0) => {
+                "0 (QEMU shut down without the guest reporting: reset, triple fault or poweroff)"
+                    .to_string()
+            }
+            Some(c) => format!("{c} (not a guest status: QEMU error?)"),
+        }
+    }
+}
+
+/// A bare-metal example crate in `examples/` and the architectures it builds for.
+#[derive(Debug)]
+pub struct Example {
+    /// Cargo package (and binary) name.
+    pub package: &'static str,
+    /// Architectures it is built for.
+    pub arches: &'static [Arch],
+}
+
+/// Every example; each is built (and linted) for each of its architectures.
+pub const EXAMPLES: &[Example] = &[Example {
+    package: "edu-dma",
+    arches: &[Arch::Aarch64, Arch::X86_64],
+}];
+
+/// What QEMU's exit status must be for a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The guest exited through `platform::exit` with success.
+    GuestSuccess,
+    /// Exactly this status (e.g. a row that expects the guest to fail).
+    #[allow(dead_code)] // not used by any row yet
+    Status(i32),
+}
+
+impl Expect {
+    pub fn status(self, arch: Arch) -> i32 {
+        match self {
+            Expect::GuestSuccess => arch.success_status(),
+            Expect::Status(s) => s,
+        }
+    }
+}
+
+/// One QEMU boot.
+#[derive(Debug)]
+pub struct SystemTest {
+    /// Unique name; also the log file name. Convention: `<example>-<arch>[-<variant>]`.
+    pub name: &'static str,
+    /// Guest architecture.
+    pub arch: Arch,
+    /// Example package to boot (must be in [`EXAMPLES`] for `arch`).
+    pub example: &'static str,
+    /// One line for humans (shown by `cargo xtask demo`).
+    pub summary: &'static str,
+    /// Which IOMMU QEMU emulates for this run ("none", "SMMUv3", ...).
+    pub iommu: &'static str,
+    /// Machine and device arguments (after the architecture's base args).
+    pub qemu_args: &'static [&'static str],
+    /// Required exit status.
+    pub expect: Expect,
+    /// Strings that must each occur somewhere in the serial output.
+    pub require: &'static [&'static str],
+}
+
+/// Every QEMU system test, in the order they run.
+pub const SYSTEM_TESTS: &[SystemTest] = &[
+    SystemTest {
+        name: "edu-dma-aarch64",
+        arch: Arch::Aarch64,
+        example: "edu-dma",
+        summary: "edu DMA RAM -> device -> RAM on virt",
+        iommu: "none",
+        // edu masks DMA addresses with (1 << 28) - 1 by default, and RAM on
+        // virt starts at 1 GiB: widen the mask, or the DMA lands elsewhere.
+        qemu_args: &["-M", "virt", "-device", "edu,dma_mask=0xffffffffffffffff"],
+        expect: Expect::GuestSuccess,
+        require: &[
+            "edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM",
+            "demo: result: OK",
+        ],
+    },
+    SystemTest {
+        name: "edu-dma-x86_64",
+        arch: Arch::X86_64,
+        example: "edu-dma",
+        summary: "edu DMA RAM -> device -> RAM on q35",
+        iommu: "none",
+        // Our buffers are below 256 MiB, so the default dma_mask is fine here.
+        qemu_args: &["-M", "q35", "-device", "edu"],
+        expect: Expect::GuestSuccess,
+        require: &[
+            "edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM",
+            "demo: result: OK",
+        ],
+    },
+];
