@@ -431,7 +431,8 @@ impl Window {
             .and_then(|a| a.checked_next_multiple_of(size))
             .ok_or(full)?;
         let end = start.checked_add(size).ok_or(full)?;
-        if end > self.pci_base + self.size {
+        let limit = self.pci_base.checked_add(self.size).ok_or(full)?;
+        if end > limit {
             return Err(full);
         }
         self.used = end - self.pci_base;
