@@ -249,8 +249,14 @@ mod tests {
         g.add_unmapped(Iova(0x30_4000), 0x1000, 0x1000);
         assert_eq!(g.ranges().len(), GATHER_RANGES);
         // Every address ever added is still covered.
-        for a in (0..GATHER_RANGES as u64).map(|i| i * 0x10_0000).chain([0x30_4000]) {
-            assert!(g.ranges().iter().any(|x| x.start.0 <= a && a < x.end.0), "{a:#x}");
+        for a in (0..GATHER_RANGES as u64)
+            .map(|i| i * 0x10_0000)
+            .chain([0x30_4000])
+        {
+            assert!(
+                g.ranges().iter().any(|x| x.start.0 <= a && a < x.end.0),
+                "{a:#x}"
+            );
         }
         assert!(g.ranges().windows(2).all(|w| w[0].end.0 < w[1].start.0));
     }

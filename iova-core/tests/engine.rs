@@ -124,7 +124,7 @@ fn bad_arguments_change_nothing() {
     }
     assert_eq!(
         d.map(
-            Iova(u64::MAX & !0xfff),
+            Iova(!0xfffu64),
             PhysAddr(0),
             2 * K4,
             Prot::RW,
@@ -135,7 +135,7 @@ fn bad_arguments_change_nothing() {
     assert_eq!(
         d.map(
             Iova(0),
-            PhysAddr(u64::MAX & !0xfff),
+            PhysAddr(!0xfffu64),
             2 * K4,
             Prot::RW,
             &mut g
