@@ -123,23 +123,11 @@ fn bad_arguments_change_nothing() {
         );
     }
     assert_eq!(
-        d.map(
-            Iova(!0xfffu64),
-            PhysAddr(0),
-            2 * K4,
-            Prot::RW,
-            &mut g
-        ),
+        d.map(Iova(!0xfffu64), PhysAddr(0), 2 * K4, Prot::RW, &mut g),
         Err(Error::Overflow)
     );
     assert_eq!(
-        d.map(
-            Iova(0),
-            PhysAddr(!0xfffu64),
-            2 * K4,
-            Prot::RW,
-            &mut g
-        ),
+        d.map(Iova(0), PhysAddr(!0xfffu64), 2 * K4, Prot::RW, &mut g),
         Err(Error::Overflow)
     );
     assert_eq!(d.unmap(Iova(0x10), K4, &mut g), Err(Error::Misaligned));
