@@ -34,34 +34,15 @@ fn sizes(leaves: &[Leaf]) -> Vec<u64> {
 
 #[test]
 fn uses_the_largest_page_that_fits() {
-    for fmt_is_lpae in [true, false] {
-        let run = |leaves: Vec<Leaf>| sizes(&leaves);
-        let got = if fmt_is_lpae {
-            let (d, _) = fake_domain(LpaeS1::va48());
-            // 4 KiB up to the 2 MiB boundary, then blocks, then a 1 GiB block, then pages.
-            map_flush(
-                &d,
-                G1 - M2 - K4,
-                0x1_0000_0000 - M2 - K4,
-                K4 + M2 + G1 + K4,
-                Prot::RW,
-            )
-            .unwrap();
-            run(d.leaves())
-        } else {
-            let (d, _) = fake_domain(X86_64::four_level());
-            map_flush(
-                &d,
-                G1 - M2 - K4,
-                0x1_0000_0000 - M2 - K4,
-                K4 + M2 + G1 + K4,
-                Prot::RW,
-            )
-            .unwrap();
-            run(d.leaves())
-        };
-        assert_eq!(got, vec![K4, M2, G1, K4]);
+    fn leaf_sizes<F: PtFormat>(fmt: F) -> Vec<u64> {
+        let (d, _) = fake_domain(fmt);
+        // 4 KiB up to the 2 MiB boundary, then blocks, then a 1 GiB block, then pages.
+        let (iova, pa) = (G1 - M2 - K4, 0x1_0000_0000 - M2 - K4);
+        map_flush(&d, iova, pa, K4 + M2 + G1 + K4, Prot::RW).unwrap();
+        sizes(&d.leaves())
     }
+    assert_eq!(leaf_sizes(LpaeS1::va48()), vec![K4, M2, G1, K4]);
+    assert_eq!(leaf_sizes(X86_64::four_level()), vec![K4, M2, G1, K4]);
 }
 
 #[test]
