@@ -21,7 +21,11 @@ pub struct IotlbGather {
     ranges: heapless::Vec<IovaRange, GATHER_RANGES>,
     page_sizes: u64,
     unmapped: bool,
-    mapped: bool,
+    /// Span of the new entries, `[lo, hi)`; empty when `lo >= hi`. Kept apart
+    /// from `ranges`: only some backends act on new entries, and mapping is
+    /// the hot path.
+    mapped_lo: u64,
+    mapped_hi: u64,
     tables_changed: bool,
     freed: Option<PhysAddr>,
     freed_count: usize,
@@ -36,7 +40,8 @@ impl IotlbGather {
             ranges: heapless::Vec::new(),
             page_sizes: 0,
             unmapped: false,
-            mapped: false,
+            mapped_lo: u64::MAX,
+            mapped_hi: 0,
             tables_changed: false,
             freed: None,
             freed_count: 0,
@@ -44,22 +49,33 @@ impl IotlbGather {
         }
     }
 
-    /// Nothing to invalidate and no table to free.
+    /// Nothing to invalidate, nothing new to announce, and no table to free.
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty() && self.freed.is_none()
+        self.ranges.is_empty() && !self.has_mapped() && self.freed.is_none()
     }
 
-    /// The IOVA ranges touched, disjoint and sorted. At most [`GATHER_RANGES`]:
-    /// beyond that, the closest ranges are merged (over-invalidating, never under).
+    /// The IOVA ranges whose entries were removed or replaced (what stale
+    /// translations and walk caches may cover), disjoint and sorted. At most
+    /// [`GATHER_RANGES`]: beyond that, the closest ranges are merged
+    /// (over-invalidating, never under). New entries are in
+    /// [`mapped_span`](Self::mapped_span).
     pub fn ranges(&self) -> &[IovaRange] {
         &self.ranges
     }
 
-    /// One range covering everything touched, if anything was.
+    /// One range covering every removed or replaced entry, if any was.
     pub fn span(&self) -> Option<IovaRange> {
         Some(IovaRange {
             start: self.ranges.first()?.start,
             end: self.ranges.last()?.end,
+        })
+    }
+
+    /// One range covering every new entry, if any was written.
+    pub fn mapped_span(&self) -> Option<IovaRange> {
+        self.has_mapped().then_some(IovaRange {
+            start: Iova(self.mapped_lo),
+            end: Iova(self.mapped_hi),
         })
     }
 
@@ -82,7 +98,7 @@ impl IotlbGather {
     /// backends that cache non-present entries (VT-d caching mode) or that map by
     /// request (virtio-iommu) act on this.
     pub fn has_mapped(&self) -> bool {
-        self.mapped
+        self.mapped_lo < self.mapped_hi
     }
 
     /// Table entries (not only leaves) were removed or replaced: walk caches for
@@ -105,8 +121,10 @@ impl IotlbGather {
 
     /// Records that new entries were written for `[iova, iova + len)`.
     pub fn add_mapped(&mut self, iova: Iova, len: u64) {
-        self.mapped = true;
-        self.add_range(iova, len);
+        if len > 0 {
+            self.mapped_lo = self.mapped_lo.min(iova.0);
+            self.mapped_hi = self.mapped_hi.max(iova.0.saturating_add(len));
+        }
     }
 
     /// Records that table entries covering `[iova, iova + len)` were removed.
@@ -205,7 +223,8 @@ impl IotlbGather {
         self.ranges.clear();
         self.page_sizes = 0;
         self.unmapped = false;
-        self.mapped = false;
+        self.mapped_lo = u64::MAX;
+        self.mapped_hi = 0;
         self.tables_changed = false;
     }
 }
@@ -228,13 +247,15 @@ mod tests {
         g.add_unmapped(Iova(0x1000), 0x1000, 0x1000);
         g.add_unmapped(Iova(0x2000), 0x1000, 0x20_0000);
         g.add_mapped(Iova(0x6000), 0x1000);
-        assert_eq!(g.ranges(), &[r(0x1000, 0x3000), r(0x5000, 0x7000)]);
+        g.add_mapped(Iova(0x9000), 0x1000);
+        assert_eq!(g.ranges(), &[r(0x1000, 0x3000), r(0x5000, 0x6000)]);
+        assert_eq!(g.mapped_span(), Some(r(0x6000, 0xa000)));
         assert_eq!(g.page_sizes(), 0x20_1000);
         assert_eq!(g.min_page_size(), Some(0x1000));
         assert!(g.has_unmapped() && g.has_mapped() && !g.tables_changed());
         g.add_table_change(Iova(0x2800), 0x3000);
-        assert_eq!(g.ranges(), &[r(0x1000, 0x7000)]);
-        assert_eq!(g.span(), Some(r(0x1000, 0x7000)));
+        assert_eq!(g.ranges(), &[r(0x1000, 0x6000)]);
+        assert_eq!(g.span(), Some(r(0x1000, 0x6000)));
         g.clear_ranges();
         assert!(g.is_empty());
     }
