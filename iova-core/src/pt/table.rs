@@ -46,6 +46,8 @@ struct Geometry {
     shift: [u32; MAX_LEVELS],
     /// Index bits of the table at each depth.
     bits: [u32; MAX_LEVELS],
+    /// `(1 << bits[d]) - 1`.
+    mask: [u64; MAX_LEVELS],
     /// Whether a leaf may sit at each depth.
     leaf: [bool; MAX_LEVELS],
     ia_bits: u32,
@@ -61,6 +63,7 @@ impl Geometry {
             levels,
             shift: [0; MAX_LEVELS],
             bits: [0; MAX_LEVELS],
+            mask: [0; MAX_LEVELS],
             leaf: [false; MAX_LEVELS],
             ia_bits: 0,
         };
@@ -72,6 +75,7 @@ impl Geometry {
             }
             g.shift[d] = shift;
             g.bits[d] = bits;
+            g.mask[d] = (1 << bits) - 1;
             g.leaf[d] = d == levels - 1 || fmt.block_allowed(d);
             shift += bits;
         }
@@ -89,7 +93,7 @@ impl Geometry {
 
     #[inline]
     fn index(&self, iova: u64, depth: usize) -> usize {
-        ((iova >> self.shift[depth]) & ((1 << self.bits[depth]) - 1)) as usize
+        ((iova >> self.shift[depth]) & self.mask[depth]) as usize
     }
 
     #[inline]
@@ -309,11 +313,17 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         gather: &mut IotlbGather,
     ) -> (u64, Result<(), Error>) {
         let geo = &self.geo;
-        let Some(depth) = (0..geo.levels).find(|&d| {
-            let size = 1u64 << geo.shift[d];
-            geo.leaf[d] && (iova | pa) & (size - 1) == 0 && remaining >= size
-        }) else {
-            return (0, Err(Error::Misaligned));
+        // One granule (the common scattered case) needs no search.
+        let depth = if remaining == geo.granule() {
+            geo.levels - 1
+        } else {
+            let Some(d) = (0..geo.levels).find(|&d| {
+                let size = 1u64 << geo.shift[d];
+                geo.leaf[d] && (iova | pa) & (size - 1) == 0 && remaining >= size
+            }) else {
+                return (0, Err(Error::Misaligned));
+            };
+            d
         };
         let table = match self.walk_alloc(iova, depth) {
             Ok(t) => t,
@@ -321,7 +331,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         };
         let size = 1u64 << geo.shift[depth];
         let first = geo.index(iova, depth);
-        let count = ((remaining / size) as usize).min((1 << geo.bits[depth]) - first);
+        let count = ((remaining >> geo.shift[depth]) as usize).min((1 << geo.bits[depth]) - first);
         let mut written = 0;
         let mut result = Ok(());
         for i in 0..count {
