@@ -36,6 +36,8 @@ pub struct X86_64 {
     levels: usize,
     huge_1g: bool,
     oa_bits: u32,
+    /// Address bits of a 4 KiB page or table entry.
+    addr_mask: u64,
 }
 
 impl X86_64 {
@@ -49,6 +51,7 @@ impl X86_64 {
             levels,
             huge_1g,
             oa_bits,
+            addr_mask: ((1u64 << oa_bits) - 1) & !0xfff,
         })
     }
 
@@ -58,11 +61,8 @@ impl X86_64 {
             levels: 4,
             huge_1g: true,
             oa_bits: 52,
+            addr_mask: ((1u64 << 52) - 1) & !0xfff,
         }
-    }
-
-    fn addr_mask(&self) -> u64 {
-        ((1u64 << self.oa_bits) - 1) & !0xfff
     }
 }
 
@@ -93,15 +93,15 @@ impl PtFormat for X86_64 {
     }
     #[inline]
     fn table_pa(&self, raw: u64) -> PhysAddr {
-        PhysAddr(raw & self.addr_mask())
+        PhysAddr(raw & self.addr_mask)
     }
     #[inline]
     fn leaf_pa(&self, depth: usize, raw: u64) -> PhysAddr {
         // In a large page, bit 12 is PAT, not an address bit.
         let mask = if depth + 1 < self.levels {
-            self.addr_mask() & !0x1fff
+            self.addr_mask & !0x1fff
         } else {
-            self.addr_mask()
+            self.addr_mask
         };
         PhysAddr(raw & mask)
     }
@@ -125,11 +125,11 @@ impl PtFormat for X86_64 {
     }
     #[inline]
     fn encode_table(&self, _: usize, pa: PhysAddr) -> u64 {
-        (pa.0 & self.addr_mask()) | P | RW | US | A
+        (pa.0 & self.addr_mask) | P | RW | US | A
     }
     #[inline]
     fn encode_leaf(&self, depth: usize, pa: PhysAddr, prot: Prot) -> u64 {
-        let mut raw = (pa.0 & self.addr_mask()) | P | A;
+        let mut raw = (pa.0 & self.addr_mask) | P | A;
         if depth + 1 < self.levels {
             raw |= PS;
         }

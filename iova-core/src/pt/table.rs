@@ -34,6 +34,10 @@ use crate::pt::format::{Entry, PtFormat};
 /// Deepest tree the engine handles (x86 5-level paging has 5).
 pub const MAX_LEVELS: usize = 6;
 
+/// Per-depth arrays are this long (a power of two, so masking a depth with
+/// `GEO_SLOTS - 1` proves it in bounds without a check).
+const GEO_SLOTS: usize = 8;
+
 /// Marks a freed table's first entry as a link in the gather's free list. Bits
 /// 1:0 stay clear, so every supported format reads the entry as not present.
 const FREE_LINK: u64 = 1 << 11;
@@ -43,14 +47,20 @@ const FREE_LINK: u64 = 1 << 11;
 struct Geometry {
     levels: usize,
     /// log2 of the span of one entry at each depth.
-    shift: [u32; MAX_LEVELS],
+    shift: [u32; GEO_SLOTS],
     /// Index bits of the table at each depth.
-    bits: [u32; MAX_LEVELS],
+    bits: [u32; GEO_SLOTS],
     /// `(1 << bits[d]) - 1`.
-    mask: [u64; MAX_LEVELS],
+    mask: [u64; GEO_SLOTS],
     /// Whether a leaf may sit at each depth.
-    leaf: [bool; MAX_LEVELS],
+    leaf: [bool; GEO_SLOTS],
     ia_bits: u32,
+    /// The smallest page.
+    granule: u64,
+    /// IOVAs end at or below this (`1 << ia_bits`).
+    ia_limit: u64,
+    /// Output addresses end at or below this (`1 << oa_bits`, or `u64::MAX`).
+    oa_limit: u64,
 }
 
 impl Geometry {
@@ -61,11 +71,14 @@ impl Geometry {
         }
         let mut g = Geometry {
             levels,
-            shift: [0; MAX_LEVELS],
-            bits: [0; MAX_LEVELS],
-            mask: [0; MAX_LEVELS],
-            leaf: [false; MAX_LEVELS],
+            shift: [0; GEO_SLOTS],
+            bits: [0; GEO_SLOTS],
+            mask: [0; GEO_SLOTS],
+            leaf: [false; GEO_SLOTS],
             ia_bits: 0,
+            granule: 1 << fmt.granule_shift(),
+            ia_limit: 0,
+            oa_limit: 0,
         };
         let mut shift = fmt.granule_shift();
         for d in (0..levels).rev() {
@@ -88,12 +101,18 @@ impl Geometry {
             return Err(Error::OutOfRange);
         }
         g.ia_bits = shift;
+        g.ia_limit = 1 << shift;
+        g.oa_limit = match fmt.oa_bits() {
+            64 => u64::MAX,
+            bits => 1 << bits,
+        };
         Ok(g)
     }
 
     #[inline]
     fn index(&self, iova: u64, depth: usize) -> usize {
-        ((iova >> self.shift[depth]) & self.mask[depth]) as usize
+        let d = depth & (GEO_SLOTS - 1); // a no-op for valid depths; spares the bounds checks
+        ((iova >> self.shift[d]) & self.mask[d]) as usize
     }
 
     #[inline]
@@ -103,7 +122,7 @@ impl Geometry {
 
     #[inline]
     fn granule(&self) -> u64 {
-        1 << self.shift[self.levels - 1]
+        self.granule
     }
 }
 
@@ -243,7 +262,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
             return Err(Error::Misaligned);
         }
         let end = iova.checked_add(len)?.0;
-        if end > 1 << self.geo.ia_bits {
+        if end > self.geo.ia_limit {
             return Err(Error::OutOfRange);
         }
         Ok(end)
@@ -276,8 +295,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         if !pa.is_aligned(self.geo.granule()) {
             return Err(Error::Misaligned);
         }
-        let pa_end = pa.checked_add(len)?.0;
-        if self.fmt.oa_bits() < 64 && pa_end > 1 << self.fmt.oa_bits() {
+        if pa.checked_add(len)?.0 > self.geo.oa_limit {
             return Err(Error::OutOfRange);
         }
         if !self.fmt.supports(prot) {
