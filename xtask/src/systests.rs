@@ -151,10 +151,16 @@ pub struct Example {
 }
 
 /// Every example; each is built (and linted) for each of its architectures.
-pub const EXAMPLES: &[Example] = &[Example {
-    package: "edu-dma",
-    arches: &[Arch::Aarch64, Arch::X86_64],
-}];
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        package: "edu-dma",
+        arches: &[Arch::Aarch64, Arch::X86_64],
+    },
+    Example {
+        package: "two-step-sw",
+        arches: &[Arch::Aarch64, Arch::X86_64],
+    },
+];
 
 /// What QEMU's exit status must be for a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,5 +232,25 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM",
             "demo: result: OK",
         ],
+    },
+    SystemTest {
+        name: "two-step-sw-aarch64",
+        arch: Arch::Aarch64,
+        example: "two-step-sw",
+        summary: "iova-core two-step API bare-metal, software-walked LPAE table, edu DMA",
+        iommu: "software (iova-core PageTable)",
+        qemu_args: &["-M", "virt", "-device", "edu,dma_mask=0xffffffffffffffff"],
+        expect: Expect::GuestSuccess,
+        require: &["two-step-sw: two-step over a software", "demo: result: OK"],
+    },
+    SystemTest {
+        name: "two-step-sw-x86_64",
+        arch: Arch::X86_64,
+        example: "two-step-sw",
+        summary: "iova-core two-step API bare-metal, software-walked x86-64 table, edu DMA",
+        iommu: "software (iova-core PageTable)",
+        qemu_args: &["-M", "q35", "-device", "edu"],
+        expect: Expect::GuestSuccess,
+        require: &["two-step-sw: two-step over a software", "demo: result: OK"],
     },
 ];

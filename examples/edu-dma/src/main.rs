@@ -17,9 +17,9 @@
 
 use core::fmt;
 
-use platform::edu::{self, Edu, EduError};
+use platform::edu::{self, EduError};
 use platform::frames::{FRAME_SIZE, FrameAllocator, FramesError};
-use platform::pci::{self, CMD_BUS_MASTER, CMD_MEMORY, PciError};
+use platform::setup::SetupError;
 use platform::{BootInfo, demo, println};
 
 platform::entry!(main);
@@ -32,12 +32,10 @@ const POISON_DST: u8 = 0xee;
 
 #[derive(Debug)]
 enum Error {
-    Pci(PciError),
+    Setup(SetupError),
     Edu(EduError),
     Frames(FramesError),
-    NoEdu,
     NoFrameAllocator,
-    NotEnabled(u16),
     Mismatch {
         what: &'static str,
         offset: usize,
@@ -50,20 +48,10 @@ enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Pci(e) => write!(f, "{e}"),
+            Self::Setup(e) => write!(f, "{e}"),
             Self::Edu(e) => write!(f, "{e}"),
             Self::Frames(e) => write!(f, "{e}"),
-            Self::NoEdu => write!(
-                f,
-                "no edu device ({:04x}:{:04x}) found; run QEMU with -device edu",
-                edu::VENDOR_ID,
-                edu::DEVICE_ID
-            ),
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
-            Self::NotEnabled(cmd) => write!(
-                f,
-                "edu command register reads {cmd:#06x} after enabling MEM+BME"
-            ),
             Self::Mismatch {
                 what,
                 offset,
@@ -78,9 +66,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl From<PciError> for Error {
-    fn from(e: PciError) -> Self {
-        Self::Pci(e)
+impl From<SetupError> for Error {
+    fn from(e: SetupError) -> Self {
+        Self::Setup(e)
     }
 }
 impl From<EduError> for Error {
@@ -126,67 +114,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     platform::banner(NAME, boot);
     demo!("iommu", "none (the device uses physical addresses)");
 
-    let mut host = pci::discover(boot)?;
-    let ecam = host.ecam();
-    println!(
-        "{NAME}: PCI ECAM at {:#x}, buses {:?}",
-        ecam.base(),
-        ecam.buses()
-    );
-    match host.mem32_window() {
-        Some(w) => println!(
-            "{NAME}: 32-bit MMIO window: CPU {:#x}, PCI {:#x}, size {:#x}",
-            w.cpu_base, w.pci_base, w.size
-        ),
-        None => println!("{NAME}: no MMIO window to assign from (firmware assigned the BARs)"),
-    }
-    let mut found = None;
-    for function in host.functions() {
-        println!("{NAME}: pci {function}");
-        if found.is_none() && (function.vendor, function.device) == (edu::VENDOR_ID, edu::DEVICE_ID)
-        {
-            found = Some(function);
-        }
-    }
-    let function = found.ok_or(Error::NoEdu)?;
-    let bdf = function.bdf;
-
-    let before = host.bar(bdf, 0)?;
-    // SAFETY: nothing else uses edu's BAR0 or the MMIO window.
-    let bar0 = unsafe { host.assign_bar(bdf, 0)? };
-    let how = if before.pci_addr == 0 {
-        "assigned by us"
-    } else {
-        "assigned by firmware"
-    };
-    println!(
-        "{NAME}: edu at {bdf}: BAR0 {:#x} ({} KiB, {how}), command {:#06x}",
-        bar0.cpu_addr,
-        bar0.size >> 10,
-        host.command(bdf)
-    );
-    // SAFETY: edu only DMAs when its command register is written, which
-    // below happens only with addresses of frames this program owns.
-    let cmd = unsafe { host.enable(bdf, CMD_MEMORY | CMD_BUS_MASTER)? };
-    if cmd & (CMD_MEMORY | CMD_BUS_MASTER) != CMD_MEMORY | CMD_BUS_MASTER {
-        return Err(Error::NotEnabled(cmd));
-    }
-    demo!(
-        "device",
-        "edu {:04x}:{:04x} at {bdf}, BAR0 {:#x} ({how}), memory decoding + bus master on",
-        function.vendor,
-        function.device,
-        bar0.cpu_addr
-    );
-
-    // SAFETY: BAR0 of the edu function, assigned, decoding, reachable, and
-    // driven by nobody else.
-    let mut edu = unsafe { Edu::new(bar0.cpu_addr as usize) };
-    edu.check()?;
-    println!(
-        "{NAME}: edu ID {:#010x}, liveness register inverts: OK",
-        edu.id()
-    );
+    let mut edu = platform::setup::open_edu(boot, NAME)?;
 
     let mut frames = FrameAllocator::take().ok_or(Error::NoFrameAllocator)?;
     let mut src = frames.alloc(1)?;

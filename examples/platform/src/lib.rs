@@ -42,6 +42,7 @@ pub mod exit;
 pub mod frames;
 pub mod mmio;
 pub mod pci;
+pub mod setup;
 pub mod time;
 
 use core::fmt;
