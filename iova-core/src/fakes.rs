@@ -335,6 +335,13 @@ pub fn fake_domain<F: PtFormat>(fmt: F) -> (FakeDomain<F>, Arc<FakeFrames>) {
     (PageTableDomain::new(table, FakeIotlb::new(granule)), frames)
 }
 
+/// How many tables are reachable from `root` (the root included), read from
+/// fake memory: with nobody mapping concurrently, every live frame of a table
+/// should be one of them (or waiting in a gather to be freed).
+pub fn count_tables<F: PtFormat>(fmt: &F, frames: &FakeFrames, root: PhysAddr) -> usize {
+    Walker::new(fmt, frames).count_tables(root, 0)
+}
+
 /// A leaf found by [`FakeDomain::leaves`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leaf {
@@ -394,6 +401,15 @@ impl<'t, F: PtFormat> Walker<'t, F> {
         None
     }
 
+    fn count_tables(&self, table: PhysAddr, depth: usize) -> usize {
+        1 + (0..1usize << self.fmt.index_bits(depth))
+            .filter_map(|i| match self.fmt.decode(depth, self.read(table, i)) {
+                Entry::Table(t) => Some(self.count_tables(t, depth + 1)),
+                _ => None,
+            })
+            .sum::<usize>()
+    }
+
     fn collect(&self, table: PhysAddr, depth: usize, base: u64, out: &mut Vec<Leaf>) {
         for i in 0..1usize << self.fmt.index_bits(depth) {
             let iova = base + ((i as u64) << self.shifts[depth]);
@@ -442,6 +458,15 @@ impl<F: PtFormat> PageTableDomain<F, Arc<FakeFrames>, FakeIotlb> {
             return Err(Fault::Permission(iova, access));
         }
         Ok(PhysAddr(entry.pa.0 + iova.offset_in(tlb.granule)))
+    }
+
+    /// Tables reachable from the root, the root included ([`count_tables`]).
+    pub fn tables(&self) -> usize {
+        count_tables(
+            self.table().format(),
+            self.table().frames(),
+            self.table().root(),
+        )
     }
 
     /// Every leaf in the tables, in IOVA order (what a walker would find now,

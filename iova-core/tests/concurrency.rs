@@ -16,18 +16,16 @@
 
 use std::cell::Cell;
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
 use iova_core::dma::DefaultLinks;
-use iova_core::fakes::{Access, FakeDomain, FakeFrames, Fault, Leaf, fake_domain};
+use iova_core::fakes::{Access, FakeDomain, FakeFrames, Fault, Leaf, count_tables, fake_domain};
 use iova_core::formats::lpae::LpaeS1;
 use iova_core::formats::x86_64::X86_64;
 use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig, extent_slots_needed};
-use iova_core::pt::{Entry, Translation};
+use iova_core::pt::Translation;
 use iova_core::{
-    DmaMapper, FrameAllocator, IotlbGather, Iova, IovaRange, IovaState, Link, PageTable, PhysAddr,
-    Prot, PtFormat,
+    DmaMapper, IotlbGather, Iova, IovaRange, IovaState, Link, PageTable, PhysAddr, Prot, PtFormat,
 };
 
 const THREADS: usize = 4;
@@ -71,30 +69,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-/// Tables reachable from `root` (the root included).
-fn reachable_tables<F: PtFormat>(fmt: &F, frames: &FakeFrames, root: PhysAddr) -> usize {
-    fn walk<F: PtFormat>(fmt: &F, frames: &FakeFrames, table: PhysAddr, depth: usize) -> usize {
-        let base = frames.phys_to_virt(table).cast::<u64>();
-        let mut n = 1;
-        for i in 0..1usize << fmt.index_bits(depth) {
-            // SAFETY: `table` is reachable from a live root while no thread maps
-            // or unmaps, so its frame is allocated and holds
-            // `1 << index_bits(depth)` aligned 8-byte entries.
-            let raw = unsafe { AtomicU64::from_ptr(base.add(i)) }.load(Ordering::Acquire);
-            if let Entry::Table(next) = fmt.decode(depth, raw) {
-                n += walk(fmt, frames, next, depth + 1);
-            }
-        }
-        n
-    }
-    walk(fmt, frames, root, 0)
-}
-
-fn domain_tables<F: PtFormat>(domain: &FakeDomain<F>) -> usize {
-    let t = domain.table();
-    reachable_tables(t.format(), t.frames(), t.root())
 }
 
 /// Permissions as the format stores them.
@@ -368,11 +342,7 @@ fn check_union<F: PtFormat>(
         "tables differ from the union of the threads' links"
     );
     assert_eq!(frames.bad_frees(), 0);
-    assert_eq!(
-        frames.live(),
-        domain_tables(domain),
-        "page-table frames leaked"
-    );
+    assert_eq!(frames.live(), domain.tables(), "page-table frames leaked");
     (
         got.iter().filter(|l| l.size == M2).count(),
         owners.values().filter(|t| t.len() > 1).count(),
@@ -432,7 +402,7 @@ fn shared_mapper_run<F: PtFormat + Copy>(
             o.state.destroy().unwrap();
         }
         assert!(domain.leaves().is_empty());
-        assert_eq!(frames.live(), domain_tables(&domain));
+        assert_eq!(frames.live(), domain.tables());
         assert_eq!(iovas.stats().live_allocations, 0);
     }
     drop(iovas);
@@ -513,7 +483,7 @@ fn race_round<F: PtFormat + Copy>(fmt: F, frames: &FakeFrames) -> usize {
     // Root, two tables at each of the two middle levels, one per region below.
     let expected = 1 + 2 + 2 + REGIONS as usize;
     assert_eq!(
-        reachable_tables(&fmt, frames, table.root()),
+        count_tables(&fmt, frames, table.root()),
         expected,
         "a table was installed twice or lost"
     );
@@ -548,7 +518,7 @@ fn race_round<F: PtFormat + Copy>(fmt: F, frames: &FakeFrames) -> usize {
         }
     });
     assert_eq!(table.translate(Iova(page(0, 0))), None);
-    assert_eq!(reachable_tables(&fmt, frames, table.root()), 5);
+    assert_eq!(count_tables(&fmt, frames, table.root()), 5);
     assert_eq!(frames.live(), root_only + 4);
     assert_eq!(frames.bad_frees(), 0);
     drop(table);

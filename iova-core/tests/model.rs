@@ -33,7 +33,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use iova_core::dma::DefaultLinks;
 use iova_core::fakes::{Access, FakeDomain, FakeFrames, Fault, Leaf, fake_domain};
@@ -42,10 +41,8 @@ use iova_core::formats::x86_64::X86_64;
 use iova_core::iova_alloc::{
     IovaAllocError, IovaAllocator, IovaAllocatorConfig, extent_slots_needed,
 };
-use iova_core::pt::Entry;
 use iova_core::{
-    DmaMapper, Error, FrameAllocator, Iova, IovaRange, IovaState, Link, Mapping, PhysAddr, Prot,
-    PtFormat, Returned,
+    DmaMapper, Error, Iova, IovaRange, IovaState, Link, Mapping, PhysAddr, Prot, PtFormat, Returned,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -389,27 +386,6 @@ fn outcome(op: &str, r: &Result<(), Error>) -> String {
         Ok(()) => format!("{op} ok"),
         Err(e) => format!("{op} {e:?}"),
     }
-}
-
-/// Tables reachable from the root (the root included), read from the fake
-/// physical memory.
-fn reachable_tables<F: PtFormat>(domain: &FakeDomain<F>) -> usize {
-    fn walk<F: PtFormat>(fmt: &F, frames: &FakeFrames, table: PhysAddr, depth: usize) -> usize {
-        let base = frames.phys_to_virt(table).cast::<u64>();
-        let mut n = 1;
-        for i in 0..1usize << fmt.index_bits(depth) {
-            // SAFETY: `table` is a table reachable from the live root of a
-            // domain nobody maps into concurrently, so its frame is allocated
-            // and holds `1 << index_bits(depth)` aligned 8-byte entries.
-            let raw = unsafe { AtomicU64::from_ptr(base.add(i)) }.load(Ordering::Acquire);
-            if let Entry::Table(next) = fmt.decode(depth, raw) {
-                n += walk(fmt, frames, next, depth + 1);
-            }
-        }
-        n
-    }
-    let t = domain.table();
-    walk(t.format(), t.frames(), t.root(), 0)
 }
 
 #[derive(Clone, Debug)]
@@ -1031,7 +1007,7 @@ impl<'a, F: PtFormat + Copy + 'static> Harness<'a, F> {
             prop_assert_eq!(self.live_iovas(), live, "IOVA freed despite a failed flush");
             m.remove_all(&self.geo);
             self.leaked.push(m);
-            let reachable = reachable_tables(self.domain);
+            let reachable = self.domain.tables();
             let live_frames = self.frames.live();
             prop_assert!(live_frames >= reachable + self.leaked_frames);
             self.leaked_frames = live_frames - reachable;
@@ -1360,7 +1336,7 @@ impl<'a, F: PtFormat + Copy + 'static> Harness<'a, F> {
         if !self.others_dirty(None) {
             prop_assert_eq!(
                 self.frames.live(),
-                reachable_tables(self.domain) + self.leaked_frames,
+                self.domain.tables() + self.leaked_frames,
                 "page-table frames leaked"
             );
         }
