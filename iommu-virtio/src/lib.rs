@@ -1,6 +1,13 @@
 //! virtio-iommu driver and backend for [`iova_core`].
 //!
-//! Not implemented yet: this crate reserves the name and the place in the
-//! workspace. The driver (transports, ATTACH/MAP/UNMAP/PROBE, events, the
-//! `iova_core` domain) is tracked by its own issue.
-#![no_std]
+//! Work in progress: the wire structures ([`wire`]), feature bits
+//! ([`Features`]) and status codes ([`Status`], [`VirtioIommuError`]).
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod error;
+pub mod features;
+pub mod wire;
+
+pub use error::{RequestKind, Status, VirtioIommuError};
+pub use features::Features;

@@ -1,0 +1,302 @@
+//! Status codes and the driver's error type.
+
+use core::fmt;
+
+/// A request's status, as the device writes it in the tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// 0: success.
+    Ok,
+    /// 1: unspecified error.
+    IoErr,
+    /// 2: unsupported request.
+    Unsupp,
+    /// 3: internal device error.
+    DevErr,
+    /// 4: invalid parameters.
+    Inval,
+    /// 5: out-of-range parameters (e.g. an UNMAP that would split a mapping).
+    Range,
+    /// 6: entry not found (unknown domain or endpoint).
+    NoEnt,
+    /// 7: bad address.
+    Fault,
+    /// 8: insufficient resources.
+    NoMem,
+    /// A code the specification does not define.
+    Unknown(u8),
+}
+
+impl Status {
+    /// Decodes a tail's status byte.
+    pub const fn from_code(code: u8) -> Self {
+        match code {
+            0 => Status::Ok,
+            1 => Status::IoErr,
+            2 => Status::Unsupp,
+            3 => Status::DevErr,
+            4 => Status::Inval,
+            5 => Status::Range,
+            6 => Status::NoEnt,
+            7 => Status::Fault,
+            8 => Status::NoMem,
+            c => Status::Unknown(c),
+        }
+    }
+
+    /// The status byte.
+    pub const fn code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::IoErr => 1,
+            Status::Unsupp => 2,
+            Status::DevErr => 3,
+            Status::Inval => 4,
+            Status::Range => 5,
+            Status::NoEnt => 6,
+            Status::Fault => 7,
+            Status::NoMem => 8,
+            Status::Unknown(c) => c,
+        }
+    }
+
+    /// `Ok(())` for [`Status::Ok`], the status as an error otherwise.
+    pub fn result(self, request: RequestKind) -> Result<(), VirtioIommuError> {
+        match self {
+            Status::Ok => Ok(()),
+            Status::Unknown(code) => Err(VirtioIommuError::UnknownStatus { request, code }),
+            status => Err(VirtioIommuError::Request { request, status }),
+        }
+    }
+}
+
+/// Which request a reply or an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// ATTACH.
+    Attach,
+    /// DETACH.
+    Detach,
+    /// MAP.
+    Map,
+    /// UNMAP.
+    Unmap,
+    /// PROBE.
+    Probe,
+}
+
+/// Why a virtio-iommu operation failed. Nothing changed on the device unless
+/// the variant says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VirtioIommuError {
+    /// The transport's device is not a virtio-iommu (device type).
+    NotAnIommu(u32),
+    /// The device does not offer a feature the driver needs.
+    MissingFeatures(u64),
+    /// The device did not keep `FEATURES_OK` set after negotiation.
+    FeaturesRejected,
+    /// The device did not finish a reset in time.
+    ResetTimeout,
+    /// The device set `DEVICE_NEEDS_RESET` (or `FAILED` is set).
+    DeviceFailed(u8),
+    /// The device configuration is unusable (the message says which field).
+    BadConfig(&'static str),
+    /// A queue is missing, too small, or already in use.
+    Queue(&'static str),
+    /// The DMA allocator returned nothing.
+    NoDmaMemory,
+    /// The device answered a request with an error status.
+    Request {
+        /// Which request.
+        request: RequestKind,
+        /// What it said.
+        status: Status,
+    },
+    /// The device wrote a status code the specification does not define.
+    UnknownStatus {
+        /// Which request.
+        request: RequestKind,
+        /// The code.
+        code: u8,
+    },
+    /// The device reported fewer bytes written than the reply needs.
+    ShortReply {
+        /// Which request.
+        request: RequestKind,
+        /// The used length it reported.
+        used: u32,
+        /// The bytes the reply needs.
+        needed: u32,
+    },
+    /// The device put a buffer on the used ring that the driver has not
+    /// given it (or gave twice). The driver stops using the device.
+    BadUsedEntry(u32),
+    /// No reply within the wait budget. Requests may still be in flight, so
+    /// the driver stops using the device (every later request fails with
+    /// [`VirtioIommuError::Broken`]).
+    Timeout,
+    /// An earlier timeout or protocol violation made the device unusable.
+    Broken,
+    /// A PROBE reply's property list is malformed.
+    BadProbe(&'static str),
+    /// An endpoint or domain ID outside what the device supports.
+    OutOfRange,
+    /// The feature this needs was not negotiated (e.g. a bypass domain
+    /// without `BYPASS_CONFIG`, an MMIO mapping without `MMIO`).
+    NotNegotiated(u64),
+    /// The range is already mapped in the domain.
+    AlreadyMapped,
+    /// Part of the range is not mapped in the domain.
+    NotMapped,
+    /// The unmap would cut a device mapping in two (the device would answer
+    /// RANGE); refused before it reached the device.
+    SplitsMapping,
+    /// The driver's bookkeeping (mapping records, fault buffer) is full.
+    StorageFull,
+    /// Bad argument (zero length, misalignment, overflow, no access).
+    InvalidArgument(&'static str),
+}
+
+impl fmt::Display for VirtioIommuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotAnIommu(t) => write!(f, "virtio device type {t} is not an IOMMU (23)"),
+            Self::MissingFeatures(b) => write!(f, "device lacks required features {b:#x}"),
+            Self::FeaturesRejected => f.write_str("device rejected the negotiated features"),
+            Self::ResetTimeout => f.write_str("device reset did not complete"),
+            Self::DeviceFailed(s) => write!(f, "device failed (status {s:#x})"),
+            Self::BadConfig(w) => write!(f, "unusable device config: {w}"),
+            Self::Queue(w) => write!(f, "virtqueue: {w}"),
+            Self::NoDmaMemory => f.write_str("no DMA memory"),
+            Self::Request { request, status } => write!(f, "{request:?} failed: {status:?}"),
+            Self::UnknownStatus { request, code } => {
+                write!(f, "{request:?}: undefined status {code}")
+            }
+            Self::ShortReply {
+                request,
+                used,
+                needed,
+            } => write!(
+                f,
+                "{request:?}: device wrote {used} bytes, reply needs {needed}"
+            ),
+            Self::BadUsedEntry(id) => write!(f, "device returned unknown buffer {id}"),
+            Self::Timeout => f.write_str("no reply from the device in time"),
+            Self::Broken => f.write_str("device unusable after an earlier failure"),
+            Self::BadProbe(w) => write!(f, "malformed PROBE reply: {w}"),
+            Self::OutOfRange => f.write_str("ID or address out of the device's range"),
+            Self::NotNegotiated(b) => write!(f, "needs feature {b:#x}, not negotiated"),
+            Self::AlreadyMapped => f.write_str("range already mapped"),
+            Self::NotMapped => f.write_str("range not mapped"),
+            Self::SplitsMapping => f.write_str("unmap would split a mapping"),
+            Self::StorageFull => f.write_str("bookkeeping storage full"),
+            Self::InvalidArgument(w) => write!(f, "invalid argument: {w}"),
+        }
+    }
+}
+
+impl core::error::Error for VirtioIommuError {}
+
+/// Codes carried by [`iova_core::Error::Device`] for errors that have no
+/// closer core equivalent: `0x7600_0000 | status` for a device status,
+/// `0x7601_0000 | n` for the driver-side conditions.
+pub mod device_code {
+    /// Base of device status codes.
+    pub const STATUS: u32 = 0x7600_0000;
+    /// A reply shorter than its tail.
+    pub const SHORT_REPLY: u32 = 0x7601_0001;
+    /// An unknown buffer on the used ring.
+    pub const BAD_USED: u32 = 0x7601_0002;
+    /// The device is unusable after an earlier failure.
+    pub const BROKEN: u32 = 0x7601_0003;
+    /// A feature was not negotiated.
+    pub const NOT_NEGOTIATED: u32 = 0x7601_0004;
+    /// Another driver-side failure.
+    pub const OTHER: u32 = 0x7601_00ff;
+}
+
+impl From<VirtioIommuError> for iova_core::Error {
+    fn from(e: VirtioIommuError) -> Self {
+        use iova_core::Error as E;
+        match e {
+            VirtioIommuError::Timeout => E::Timeout,
+            VirtioIommuError::AlreadyMapped => E::AlreadyMapped,
+            VirtioIommuError::NotMapped => E::NotMapped,
+            VirtioIommuError::SplitsMapping => E::PartialUnmap,
+            VirtioIommuError::StorageFull => E::StorageFull,
+            VirtioIommuError::OutOfRange => E::OutOfRange,
+            VirtioIommuError::NoDmaMemory => E::NoMemory,
+            VirtioIommuError::InvalidArgument(_) => E::Misaligned,
+            VirtioIommuError::NotNegotiated(_) => E::InvalidProt,
+            VirtioIommuError::Request { status, .. } => {
+                E::Device(device_code::STATUS | u32::from(status.code()))
+            }
+            VirtioIommuError::UnknownStatus { code, .. } => {
+                E::Device(device_code::STATUS | u32::from(code))
+            }
+            VirtioIommuError::ShortReply { .. } => E::Device(device_code::SHORT_REPLY),
+            VirtioIommuError::BadUsedEntry(_) => E::Device(device_code::BAD_USED),
+            VirtioIommuError::Broken => E::Device(device_code::BROKEN),
+            _ => E::Device(device_code::OTHER),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_code_round_trips_and_decodes_to_its_variant() {
+        let named = [
+            (0, Status::Ok),
+            (1, Status::IoErr),
+            (2, Status::Unsupp),
+            (3, Status::DevErr),
+            (4, Status::Inval),
+            (5, Status::Range),
+            (6, Status::NoEnt),
+            (7, Status::Fault),
+            (8, Status::NoMem),
+        ];
+        for (code, status) in named {
+            assert_eq!(Status::from_code(code), status);
+            assert_eq!(status.code(), code);
+        }
+        for code in 9..=255u8 {
+            assert_eq!(Status::from_code(code), Status::Unknown(code));
+            assert_eq!(Status::from_code(code).code(), code);
+        }
+    }
+
+    #[test]
+    fn error_statuses_become_typed_errors() {
+        assert_eq!(Status::Ok.result(RequestKind::Map), Ok(()));
+        assert_eq!(
+            Status::Range.result(RequestKind::Unmap),
+            Err(VirtioIommuError::Request {
+                request: RequestKind::Unmap,
+                status: Status::Range
+            })
+        );
+        assert_eq!(
+            Status::from_code(0x42).result(RequestKind::Attach),
+            Err(VirtioIommuError::UnknownStatus {
+                request: RequestKind::Attach,
+                code: 0x42
+            })
+        );
+        let core: iova_core::Error = Status::NoEnt.result(RequestKind::Map).unwrap_err().into();
+        assert_eq!(core, iova_core::Error::Device(device_code::STATUS | 6));
+        assert_eq!(
+            iova_core::Error::from(VirtioIommuError::Timeout),
+            iova_core::Error::Timeout
+        );
+        assert_eq!(
+            iova_core::Error::from(VirtioIommuError::SplitsMapping),
+            iova_core::Error::PartialUnmap
+        );
+    }
+}
