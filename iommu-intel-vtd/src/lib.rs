@@ -1,7 +1,8 @@
 //! Intel VT-d backend for [`iova_core`].
 //!
-//! Not implemented yet: this crate reserves the name and the place in the
-//! workspace. The driver (DMAR parsing, root/context tables, queued
-//! invalidation, fault recording, the `iova_core` domain) is tracked by its
-//! own issue.
-#![no_std]
+//! - [`acpi`]: finds the DMAR table from the RSDP and parses it (remapping
+//!   units, device scopes, reserved regions, ATS root ports).
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod acpi;
