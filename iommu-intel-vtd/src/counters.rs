@@ -1,0 +1,107 @@
+//! What the driver did, for users and tests: descriptors by type, waits,
+//! register-based invalidations, write-buffer flushes, faults read.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::descriptor::{self, Descriptor};
+
+/// Live counters of one unit (relaxed atomics; read with [`snapshot`](Self::snapshot)).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub(crate) context: AtomicU64,
+    pub(crate) iotlb_global: AtomicU64,
+    pub(crate) iotlb_domain: AtomicU64,
+    pub(crate) iotlb_page: AtomicU64,
+    pub(crate) wait: AtomicU64,
+    pub(crate) other: AtomicU64,
+    pub(crate) waits: AtomicU64,
+    pub(crate) register_invalidations: AtomicU64,
+    pub(crate) write_buffer_flushes: AtomicU64,
+    pub(crate) faults: AtomicU64,
+    pub(crate) queue_errors: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// Context-cache invalidations (queued or register-based).
+    pub context: u64,
+    /// Global IOTLB invalidations.
+    pub iotlb_global: u64,
+    /// Domain-selective IOTLB invalidations.
+    pub iotlb_domain: u64,
+    /// Page-selective IOTLB invalidations.
+    pub iotlb_page: u64,
+    /// Wait descriptors written.
+    pub wait_descriptors: u64,
+    /// Descriptors of other types.
+    pub other: u64,
+    /// Completion waits (one per queued batch).
+    pub waits: u64,
+    /// Invalidations done through the registers (no queue).
+    pub register_invalidations: u64,
+    /// Write-buffer flushes (CAP.RWBF).
+    pub write_buffer_flushes: u64,
+    /// Fault records read and cleared.
+    pub faults: u64,
+    /// Invalidation queue errors (FSTS.IQE) seen.
+    pub queue_errors: u64,
+}
+
+impl CounterSnapshot {
+    /// IOTLB invalidations of every granularity.
+    pub fn iotlb(&self) -> u64 {
+        self.iotlb_global + self.iotlb_domain + self.iotlb_page
+    }
+
+    /// Every counter minus `earlier`'s (what happened in between).
+    pub fn since(&self, earlier: &CounterSnapshot) -> CounterSnapshot {
+        CounterSnapshot {
+            context: self.context - earlier.context,
+            iotlb_global: self.iotlb_global - earlier.iotlb_global,
+            iotlb_domain: self.iotlb_domain - earlier.iotlb_domain,
+            iotlb_page: self.iotlb_page - earlier.iotlb_page,
+            wait_descriptors: self.wait_descriptors - earlier.wait_descriptors,
+            other: self.other - earlier.other,
+            waits: self.waits - earlier.waits,
+            register_invalidations: self.register_invalidations - earlier.register_invalidations,
+            write_buffer_flushes: self.write_buffer_flushes - earlier.write_buffer_flushes,
+            faults: self.faults - earlier.faults,
+            queue_errors: self.queue_errors - earlier.queue_errors,
+        }
+    }
+}
+
+impl Counters {
+    pub(crate) fn count_descriptor(&self, d: &Descriptor) {
+        let c = match d.kind() {
+            descriptor::TYPE_CONTEXT => &self.context,
+            descriptor::TYPE_IOTLB => match (d.lo >> 4) & 3 {
+                1 => &self.iotlb_global,
+                2 => &self.iotlb_domain,
+                _ => &self.iotlb_page,
+            },
+            descriptor::TYPE_WAIT => &self.wait,
+            _ => &self.other,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            context: r(&self.context),
+            iotlb_global: r(&self.iotlb_global),
+            iotlb_domain: r(&self.iotlb_domain),
+            iotlb_page: r(&self.iotlb_page),
+            wait_descriptors: r(&self.wait),
+            other: r(&self.other),
+            waits: r(&self.waits),
+            register_invalidations: r(&self.register_invalidations),
+            write_buffer_flushes: r(&self.write_buffer_flushes),
+            faults: r(&self.faults),
+            queue_errors: r(&self.queue_errors),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The backend half of an iova-core domain: invalidation of one domain ID on
+//! one unit, so that `PageTableDomain<SecondLevel, _, VtdInvalidator>` is an
+//! [`iova_core::IommuDomain`] and the whole two-step API runs over VT-d.
+//!
+//! One flush is one batch and one wait: write-buffer flush first where
+//! CAP.RWBF; for removed entries one page-selective descriptor per gathered
+//! range that fits the maximum address mask (MAMV), with the leaf-only hint
+//! when no table was removed; one domain-selective descriptor instead when
+//! the unit has no PSI or the ranges need more than the configured limit;
+//! with CAP.CM, the new entries too (the unit may have cached them as not
+//! present). New entries on a unit without CM need nothing.
+
+use iova_core::{Error, FrameAllocator, IotlbGather, IotlbInvalidate};
+
+use crate::descriptor::Descriptor;
+use crate::regs::Mmio;
+use crate::unit::{VtdError, VtdUnit};
+
+/// Descriptors one flush can hold before it falls back to domain-selective.
+const BATCH: usize = 64;
+
+/// Invalidation of domain `did` on a unit.
+#[derive(Debug)]
+pub struct VtdInvalidator<'u, M: Mmio, A: FrameAllocator> {
+    unit: &'u VtdUnit<M, A>,
+    did: u16,
+}
+
+impl<'u, M: Mmio, A: FrameAllocator> VtdInvalidator<'u, M, A> {
+    /// Invalidation of `did` on `unit`; refuses a domain ID the unit does not
+    /// have (or 0 in caching mode, where it is reserved).
+    pub fn new(unit: &'u VtdUnit<M, A>, did: u16) -> Result<Self, VtdError> {
+        unit.check_did(did)?;
+        Ok(Self { unit, did })
+    }
+
+    /// The domain ID.
+    pub fn did(&self) -> u16 {
+        self.did
+    }
+
+    /// The unit.
+    pub fn unit(&self) -> &'u VtdUnit<M, A> {
+        self.unit
+    }
+
+    /// The descriptors a flush of `gather` submits (before its wait).
+    pub fn batch(&self, gather: &IotlbGather) -> heapless::Vec<Descriptor, BATCH> {
+        let unit = self.unit;
+        let mut batch = heapless::Vec::new();
+        let removed = gather.has_unmapped() || gather.tables_changed() || gather.freed_tables() > 0;
+        let mut fine = true;
+        if removed {
+            let leaf_only = !gather.tables_changed() && gather.freed_tables() == 0;
+            for r in gather.ranges() {
+                fine &=
+                    unit.range_invalidations(self.did, r.start.0, r.end.0, leaf_only, &mut batch);
+            }
+        }
+        if unit.features().cap.caching_mode() {
+            if let Some(m) = gather.mapped_span() {
+                // A not-present entry may be cached at any level: no hint.
+                fine &= unit.range_invalidations(self.did, m.start.0, m.end.0, false, &mut batch);
+            }
+        }
+        if !fine {
+            batch.clear();
+            // Cannot fail: the vector is empty.
+            let _ = batch.push(unit.domain_invalidation(self.did));
+        }
+        batch
+    }
+}
+
+// SAFETY: `invalidate` returns Ok only after the unit reported completion of
+// every descriptor covering the gather's ranges for this domain (the wait
+// descriptor's status write, or each register invalidation's IVT clearing),
+// and page-selective invalidation without the leaf hint, or domain-selective
+// invalidation, also drops paging-structure caches; so no translation or
+// cached table pointer of the ranges is left when the engine frees tables.
+unsafe impl<M: Mmio, A: FrameAllocator> IotlbInvalidate for VtdInvalidator<'_, M, A> {
+    fn invalidate(&self, gather: &IotlbGather) -> Result<(), Error> {
+        let batch = self.batch(gather);
+        if batch.is_empty() && !gather.has_mapped() {
+            return Ok(());
+        }
+        // New or removed entries must be out of the write buffer first.
+        self.unit.flush_write_buffer()?;
+        self.unit.submit(&batch)?;
+        Ok(())
+    }
+}
