@@ -1,0 +1,1065 @@
+//! The virtio-iommu driver: initialisation, the request queue, the event queue.
+//!
+//! Requests are built in per-request slots of DMA memory (head and body, then
+//! the tail the device writes) and put on the request queue as two
+//! descriptors. [`VirtioIommu::run`] is the batch primitive everything else
+//! uses: it puts as many requests on the queue as fit, notifies the device
+//! once, waits (bounded) for every reply, and goes on with the rest if the
+//! queue was full. A timeout, or a used-ring entry the driver did not hand
+//! out, leaves requests in an unknown state: the driver then refuses all
+//! further work ([`VirtioIommuError::Broken`]) rather than reuse buffers the
+//! device may still write.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
+use virtio_drivers::{BufferDirection, Hal};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::dma::DmaRegion;
+use crate::error::{RequestKind, Status, VirtioIommuError};
+use crate::fault::FaultRecord;
+use crate::features::Features;
+use crate::probe::ProbeInfo;
+use crate::wire::{self, config_offset as off};
+
+/// Buffers kept on the event queue (its size).
+pub const EVENT_QUEUE_SIZE: usize = 8;
+/// Faults kept for [`VirtioIommu::pop_fault`] before new ones are dropped.
+pub const FAULT_LOG: usize = 64;
+/// The largest `probe_size` the driver accepts.
+pub const MAX_PROBE_SIZE: u32 = 0x1_0000;
+
+const REQ_QUEUE: u16 = 0;
+const EVENT_QUEUE: u16 = 1;
+/// Bytes per request slot: the device-readable part (at most 40 bytes) at 0,
+/// the tail at [`TAIL_AT`].
+const SLOT: usize = 64;
+const TAIL_AT: usize = 48;
+const EVENT_BUF: usize = 64;
+/// Where the PROBE buffer keeps its properties (the request is at 0).
+const PROBE_PROPS_AT: usize = 128;
+const NO_SLOT: u16 = u16::MAX;
+
+/// How long the driver waits for the device, at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitBudget {
+    /// Polls of the used ring before giving up (always applies).
+    pub max_polls: u64,
+    /// A microsecond clock and a timeout on it (applies as well when set).
+    pub clock: Option<(fn() -> u64, u64)>,
+}
+
+impl Default for WaitBudget {
+    fn default() -> Self {
+        Self {
+            max_polls: 50_000_000,
+            clock: None,
+        }
+    }
+}
+
+struct Deadline {
+    polls: u64,
+    clock: Option<(fn() -> u64, u64)>,
+}
+
+impl Deadline {
+    fn start(budget: &WaitBudget) -> Self {
+        Self {
+            polls: budget.max_polls,
+            clock: budget.clock.map(|(now, t)| (now, now().saturating_add(t))),
+        }
+    }
+
+    fn expired(&mut self) -> bool {
+        if self.polls == 0 {
+            return true;
+        }
+        self.polls -= 1;
+        self.clock.is_some_and(|(now, end)| now() >= end)
+    }
+}
+
+/// How the driver sets the device up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DriverConfig {
+    /// The wait for replies and for the reset.
+    pub wait: WaitBudget,
+    /// Let endpoints nobody attached bypass translation. Off by default:
+    /// when the device offers `BYPASS_CONFIG` the driver writes `bypass = 0`,
+    /// so their DMA faults (default deny).
+    pub bypass_unattached: bool,
+}
+
+/// What the device supports, from its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Page sizes the device maps (bit `n`: `1 << n`).
+    pub page_size_mask: u64,
+    /// The smallest page size: the granule of every mapping.
+    pub granule: u64,
+    /// First usable IOVA.
+    pub input_start: u64,
+    /// Last usable IOVA (inclusive).
+    pub input_end: u64,
+    /// First domain ID.
+    pub domain_start: u32,
+    /// Last domain ID (inclusive).
+    pub domain_end: u32,
+    /// Bytes of properties in a PROBE reply (0 without `PROBE`).
+    pub probe_size: u32,
+    /// Whether endpoints nobody attached bypass translation, after init.
+    pub unattached_bypass: bool,
+}
+
+impl Geometry {
+    /// The usable IOVAs as a half-open range of whole granules, or `None`
+    /// if not one granule fits.
+    pub fn aperture(&self) -> Option<iova_core::IovaRange> {
+        let g = self.granule;
+        let start = self.input_start.checked_next_multiple_of(g)?;
+        // One past the last byte, rounded down to a granule; an input range
+        // ending at u64::MAX keeps its last whole granule out (not
+        // representable as a half-open end).
+        let end = match self.input_end.checked_add(1) {
+            Some(e) => e & !(g - 1),
+            None => !(g - 1),
+        };
+        (end > start).then_some(iova_core::IovaRange {
+            start: iova_core::Iova(start),
+            end: iova_core::Iova(end),
+        })
+    }
+
+    /// Whether the device accepts `domain` as an ID.
+    pub fn domain_ok(&self, domain: u32) -> bool {
+        (self.domain_start..=self.domain_end).contains(&domain)
+    }
+}
+
+/// One request, as the driver puts it on the queue (PROBE has its own call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// Attach `endpoint` to `domain` (`flags`: `wire::ATTACH_F_*`).
+    Attach {
+        /// Domain ID.
+        domain: u32,
+        /// Endpoint ID.
+        endpoint: u32,
+        /// Flags.
+        flags: u32,
+    },
+    /// Detach `endpoint` from `domain`.
+    Detach {
+        /// Domain ID.
+        domain: u32,
+        /// Endpoint ID.
+        endpoint: u32,
+    },
+    /// Map `[start, end]` (inclusive) to `phys` (`flags`: `wire::MAP_F_*`).
+    Map {
+        /// Domain ID.
+        domain: u32,
+        /// First IOVA.
+        start: u64,
+        /// Last IOVA.
+        end: u64,
+        /// Physical address of `start`.
+        phys: u64,
+        /// Flags.
+        flags: u32,
+    },
+    /// Unmap `[start, end]` (inclusive).
+    Unmap {
+        /// Domain ID.
+        domain: u32,
+        /// First IOVA.
+        start: u64,
+        /// Last IOVA.
+        end: u64,
+    },
+}
+
+impl Request {
+    /// Which kind of request.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Attach { .. } => RequestKind::Attach,
+            Request::Detach { .. } => RequestKind::Detach,
+            Request::Map { .. } => RequestKind::Map,
+            Request::Unmap { .. } => RequestKind::Unmap,
+        }
+    }
+
+    /// Writes the device-readable bytes into `out`; returns their length.
+    fn encode(&self, out: &mut [u8; SLOT]) -> usize {
+        fn put(out: &mut [u8], bytes: &[u8]) -> usize {
+            out[..bytes.len()].copy_from_slice(bytes);
+            bytes.len()
+        }
+        let head = |kind| wire::ReqHead {
+            kind,
+            reserved: [0; 3],
+        };
+        match *self {
+            Request::Attach {
+                domain,
+                endpoint,
+                flags,
+            } => put(
+                out,
+                wire::AttachReq {
+                    head: head(wire::T_ATTACH),
+                    domain: U32::new(domain),
+                    endpoint: U32::new(endpoint),
+                    flags: U32::new(flags),
+                    reserved: [0; 4],
+                }
+                .as_bytes(),
+            ),
+            Request::Detach { domain, endpoint } => put(
+                out,
+                wire::DetachReq {
+                    head: head(wire::T_DETACH),
+                    domain: U32::new(domain),
+                    endpoint: U32::new(endpoint),
+                    reserved: [0; 8],
+                }
+                .as_bytes(),
+            ),
+            Request::Map {
+                domain,
+                start,
+                end,
+                phys,
+                flags,
+            } => put(
+                out,
+                wire::MapReq {
+                    head: head(wire::T_MAP),
+                    domain: U32::new(domain),
+                    virt_start: U64::new(start),
+                    virt_end: U64::new(end),
+                    phys_start: U64::new(phys),
+                    flags: U32::new(flags),
+                }
+                .as_bytes(),
+            ),
+            Request::Unmap { domain, start, end } => put(
+                out,
+                wire::UnmapReq {
+                    head: head(wire::T_UNMAP),
+                    domain: U32::new(domain),
+                    virt_start: U64::new(start),
+                    virt_end: U64::new(end),
+                    reserved: [0; 4],
+                }
+                .as_bytes(),
+            ),
+        }
+    }
+}
+
+/// Event counts since the driver started.
+#[derive(Debug, Default)]
+struct Counters {
+    requests: [AtomicU64; 5],
+    notifications: AtomicU64,
+    event_notifications: AtomicU64,
+    replies: AtomicU64,
+    events: AtomicU64,
+    faults_dropped: AtomicU64,
+    malformed_events: AtomicU64,
+}
+
+/// A snapshot of the driver's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterSnapshot {
+    /// ATTACH requests sent.
+    pub attach: u64,
+    /// DETACH requests sent.
+    pub detach: u64,
+    /// MAP requests sent.
+    pub map: u64,
+    /// UNMAP requests sent.
+    pub unmap: u64,
+    /// PROBE requests sent.
+    pub probe: u64,
+    /// Notifications of the request queue.
+    pub notifications: u64,
+    /// Notifications of the event queue (buffers given back).
+    pub event_notifications: u64,
+    /// Replies received.
+    pub replies: u64,
+    /// Events received.
+    pub events: u64,
+    /// Faults received while the fault log was full.
+    pub faults_dropped: u64,
+    /// Event buffers the device returned with fewer bytes than a fault.
+    pub malformed_events: u64,
+}
+
+impl CounterSnapshot {
+    /// Requests of every type.
+    pub fn requests(&self) -> u64 {
+        self.attach + self.detach + self.map + self.unmap + self.probe
+    }
+
+    /// What changed since `earlier`.
+    pub fn since(&self, earlier: &CounterSnapshot) -> CounterSnapshot {
+        CounterSnapshot {
+            attach: self.attach - earlier.attach,
+            detach: self.detach - earlier.detach,
+            map: self.map - earlier.map,
+            unmap: self.unmap - earlier.unmap,
+            probe: self.probe - earlier.probe,
+            notifications: self.notifications - earlier.notifications,
+            event_notifications: self.event_notifications - earlier.event_notifications,
+            replies: self.replies - earlier.replies,
+            events: self.events - earlier.events,
+            faults_dropped: self.faults_dropped - earlier.faults_dropped,
+            malformed_events: self.malformed_events - earlier.malformed_events,
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Inner<H: Hal, T: Transport, const Q: usize> {
+    transport: T,
+    req: VirtQueue<H, Q>,
+    evt: VirtQueue<H, EVENT_QUEUE_SIZE>,
+    slots: DmaRegion<H>,
+    free: [u16; Q],
+    free_len: usize,
+    /// Per descriptor-chain head: the slot it uses, or `NO_SLOT`.
+    slot_of_token: [u16; Q],
+    /// Per slot: what the request was and the caller's index for it.
+    slot_meta: [(RequestKind, u32); Q],
+    outstanding: usize,
+    probe: Option<DmaRegion<H>>,
+    events: DmaRegion<H>,
+    event_of_token: [u8; EVENT_QUEUE_SIZE],
+    faults: heapless::Deque<FaultRecord, FAULT_LOG>,
+    broken: bool,
+}
+
+/// A virtio-iommu device, set up and running.
+///
+/// `Q` is the request queue's size (a power of two no larger than the
+/// device's maximum); each request takes two descriptors, so `Q / 2`
+/// requests fit in one batch.
+pub struct VirtioIommu<H: Hal, T: Transport, const Q: usize = 256> {
+    inner: spin::Mutex<Inner<H, T, Q>>,
+    geometry: Geometry,
+    features: Features,
+    config: DriverConfig,
+    counters: Counters,
+}
+
+// SAFETY: all mutable state is behind the mutex; the DMA regions are owned.
+unsafe impl<H: Hal, T: Transport + Send, const Q: usize> Sync for VirtioIommu<H, T, Q> {}
+// SAFETY: as above; the transport is `Send`.
+unsafe impl<H: Hal, T: Transport + Send, const Q: usize> Send for VirtioIommu<H, T, Q> {}
+
+impl<H: Hal, T: Transport, const Q: usize> core::fmt::Debug for VirtioIommu<H, T, Q> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VirtioIommu")
+            .field("geometry", &self.geometry)
+            .field("features", &self.features)
+            .finish_non_exhaustive()
+    }
+}
+
+fn wait_reset<T: Transport>(t: &mut T, budget: &WaitBudget) -> Result<(), VirtioIommuError> {
+    t.set_status(DeviceStatus::empty());
+    let mut d = Deadline::start(budget);
+    while t.get_status() != DeviceStatus::empty() {
+        if d.expired() {
+            return Err(VirtioIommuError::ResetTimeout);
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+fn read_u32<T: Transport>(t: &T, offset: usize) -> Result<u32, VirtioIommuError> {
+    t.read_config_space::<u32>(offset)
+        .map_err(|_| VirtioIommuError::BadConfig("device config space too small"))
+}
+
+fn read_u64<T: Transport>(t: &T, offset: usize) -> Result<u64, VirtioIommuError> {
+    Ok(u64::from(read_u32(t, offset)?) | (u64::from(read_u32(t, offset + 4)?) << 32))
+}
+
+/// Reads the config fields, retrying while the generation changes (bounded).
+fn read_geometry<T: Transport>(t: &T, f: Features) -> Result<Geometry, VirtioIommuError> {
+    for _ in 0..16 {
+        let gen_before = t.read_config_generation();
+        let page_size_mask = read_u64(t, off::PAGE_SIZE_MASK)?;
+        let (input_start, input_end) = if f.contains(Features::INPUT_RANGE) {
+            (read_u64(t, off::INPUT_START)?, read_u64(t, off::INPUT_END)?)
+        } else {
+            (0, u64::MAX)
+        };
+        let (domain_start, domain_end) = if f.contains(Features::DOMAIN_RANGE) {
+            (
+                read_u32(t, off::DOMAIN_START)?,
+                read_u32(t, off::DOMAIN_END)?,
+            )
+        } else {
+            (0, u32::MAX)
+        };
+        let probe_size = if f.contains(Features::PROBE) {
+            read_u32(t, off::PROBE_SIZE)?
+        } else {
+            0
+        };
+        if t.read_config_generation() != gen_before {
+            continue;
+        }
+        if page_size_mask == 0 {
+            return Err(VirtioIommuError::BadConfig("page_size_mask is 0"));
+        }
+        if input_end < input_start {
+            return Err(VirtioIommuError::BadConfig("input_range is empty"));
+        }
+        if domain_end < domain_start {
+            return Err(VirtioIommuError::BadConfig("domain_range is empty"));
+        }
+        if probe_size > MAX_PROBE_SIZE {
+            return Err(VirtioIommuError::BadConfig("probe_size too large"));
+        }
+        return Ok(Geometry {
+            page_size_mask,
+            granule: 1 << page_size_mask.trailing_zeros(),
+            input_start,
+            input_end,
+            domain_start,
+            domain_end,
+            probe_size,
+            unattached_bypass: f.contains(Features::BYPASS),
+        });
+    }
+    Err(VirtioIommuError::BadConfig(
+        "config generation kept changing",
+    ))
+}
+
+fn dma<H: Hal>(bytes: usize, dir: BufferDirection) -> Result<DmaRegion<H>, VirtioIommuError> {
+    DmaRegion::new(bytes, dir).ok_or(VirtioIommuError::NoDmaMemory)
+}
+
+impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
+    /// Resets the device behind `transport`, negotiates features, reads the
+    /// configuration, sets up both queues, stocks the event queue, turns off
+    /// bypass for unattached endpoints (unless `config` asks to keep it) and
+    /// sets `DRIVER_OK`.
+    ///
+    /// On error the device is left with `FAILED` set (or still in reset).
+    pub fn new(mut transport: T, config: DriverConfig) -> Result<Self, VirtioIommuError> {
+        match Self::init(&mut transport, &config) {
+            Ok((features, geometry, req, evt)) => {
+                Self::assemble(transport, config, features, geometry, req, evt)
+            }
+            Err(e) => {
+                let s = transport.get_status();
+                transport.set_status(s | DeviceStatus::FAILED);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn init(
+        t: &mut T,
+        config: &DriverConfig,
+    ) -> Result<
+        (
+            Features,
+            Geometry,
+            VirtQueue<H, Q>,
+            VirtQueue<H, EVENT_QUEUE_SIZE>,
+        ),
+        VirtioIommuError,
+    > {
+        if !Q.is_power_of_two() || Q < 2 || Q > 0x8000 {
+            return Err(VirtioIommuError::Queue(
+                "queue size must be a power of two >= 2",
+            ));
+        }
+        if t.device_type() != DeviceType::IOMMU {
+            return Err(VirtioIommuError::NotAnIommu(t.device_type() as u32));
+        }
+        wait_reset(t, &config.wait)?;
+        t.set_status(DeviceStatus::ACKNOWLEDGE);
+        t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        let offered = Features::from_bits_retain(t.read_device_features());
+        if !offered.contains(Features::REQUIRED) {
+            return Err(VirtioIommuError::MissingFeatures(
+                (Features::REQUIRED - offered).bits(),
+            ));
+        }
+        let features = offered & Features::SUPPORTED;
+        t.write_driver_features(features.bits());
+        let ok = DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK;
+        t.set_status(ok);
+        if !t.get_status().contains(DeviceStatus::FEATURES_OK) {
+            return Err(VirtioIommuError::FeaturesRejected);
+        }
+        let mut geometry = read_geometry(t, features)?;
+        let req = VirtQueue::<H, Q>::new(t, REQ_QUEUE, false, false)
+            .map_err(|_| VirtioIommuError::Queue("request queue unavailable or too small"))?;
+        let evt = VirtQueue::<H, EVENT_QUEUE_SIZE>::new(t, EVENT_QUEUE, false, false)
+            .map_err(|_| VirtioIommuError::Queue("event queue unavailable or too small"))?;
+        if features.contains(Features::BYPASS_CONFIG) {
+            let want = u8::from(config.bypass_unattached);
+            t.write_config_space::<u8>(off::BYPASS, want)
+                .map_err(|_| VirtioIommuError::BadConfig("bypass not writable"))?;
+            let now = t
+                .read_config_space::<u8>(off::BYPASS)
+                .map_err(|_| VirtioIommuError::BadConfig("bypass not readable"))?;
+            if now != want {
+                return Err(VirtioIommuError::BadConfig("bypass did not take the value"));
+            }
+            geometry.unattached_bypass = now == 1;
+        }
+        let status = t.get_status();
+        if status.intersects(DeviceStatus::DEVICE_NEEDS_RESET | DeviceStatus::FAILED) {
+            return Err(VirtioIommuError::DeviceFailed(status.bits() as u8));
+        }
+        Ok((features, geometry, req, evt))
+    }
+
+    fn assemble(
+        mut transport: T,
+        config: DriverConfig,
+        features: Features,
+        geometry: Geometry,
+        req: VirtQueue<H, Q>,
+        evt: VirtQueue<H, EVENT_QUEUE_SIZE>,
+    ) -> Result<Self, VirtioIommuError> {
+        let fail = |t: &mut T, e| {
+            let s = t.get_status();
+            t.set_status(s | DeviceStatus::FAILED);
+            e
+        };
+        let slots =
+            dma::<H>(Q / 2 * SLOT, BufferDirection::Both).map_err(|e| fail(&mut transport, e))?;
+        let events = dma::<H>(
+            EVENT_QUEUE_SIZE * EVENT_BUF,
+            BufferDirection::DeviceToDriver,
+        )
+        .map_err(|e| fail(&mut transport, e))?;
+        let probe = if geometry.probe_size > 0 {
+            Some(
+                dma::<H>(
+                    PROBE_PROPS_AT + geometry.probe_size as usize + size_of::<wire::ReqTail>(),
+                    BufferDirection::Both,
+                )
+                .map_err(|e| fail(&mut transport, e))?,
+            )
+        } else {
+            None
+        };
+        let mut free = [0u16; Q];
+        for (i, f) in free.iter_mut().enumerate().take(Q / 2) {
+            *f = (Q / 2 - 1 - i) as u16;
+        }
+        let mut inner = Inner {
+            transport,
+            req,
+            evt,
+            slots,
+            free,
+            free_len: Q / 2,
+            slot_of_token: [NO_SLOT; Q],
+            slot_meta: [(RequestKind::Attach, 0); Q],
+            outstanding: 0,
+            probe,
+            events,
+            event_of_token: [u8::MAX; EVENT_QUEUE_SIZE],
+            faults: heapless::Deque::new(),
+            broken: false,
+        };
+        for i in 0..EVENT_QUEUE_SIZE {
+            if let Err(e) = inner.post_event_buffer(i) {
+                return Err(fail(&mut inner.transport, e));
+            }
+        }
+        inner.transport.set_status(
+            DeviceStatus::ACKNOWLEDGE
+                | DeviceStatus::DRIVER
+                | DeviceStatus::FEATURES_OK
+                | DeviceStatus::DRIVER_OK,
+        );
+        let me = Self {
+            inner: spin::Mutex::new(inner),
+            geometry,
+            features,
+            config,
+            counters: Counters::default(),
+        };
+        {
+            let mut inner = me.inner.lock();
+            inner.transport.notify(EVENT_QUEUE);
+            bump(&me.counters.event_notifications);
+        }
+        Ok(me)
+    }
+
+    /// What the device supports.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    /// The negotiated features.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// The driver's counters.
+    pub fn counters(&self) -> CounterSnapshot {
+        let c = &self.counters;
+        let r = |k: RequestKind| c.requests[k as usize].load(Ordering::Relaxed);
+        CounterSnapshot {
+            attach: r(RequestKind::Attach),
+            detach: r(RequestKind::Detach),
+            map: r(RequestKind::Map),
+            unmap: r(RequestKind::Unmap),
+            probe: r(RequestKind::Probe),
+            notifications: c.notifications.load(Ordering::Relaxed),
+            event_notifications: c.event_notifications.load(Ordering::Relaxed),
+            replies: c.replies.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+            faults_dropped: c.faults_dropped.load(Ordering::Relaxed),
+            malformed_events: c.malformed_events.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How many requests fit in the queue at once.
+    pub const fn batch_capacity() -> usize {
+        Q / 2
+    }
+
+    /// Sends `requests`: as many as fit on the queue, one notification, a
+    /// bounded wait for every reply, then the rest. Each request's outcome
+    /// goes to the matching entry of `results` (which must be as long).
+    /// The requests go out exactly as given (no validation: see
+    /// [`VirtioDomain`](crate::VirtioDomain) for the checked interface).
+    ///
+    /// `Err` means the batch could not complete: [`VirtioIommuError::Timeout`]
+    /// or [`VirtioIommuError::BadUsedEntry`] (the device is now unusable),
+    /// [`VirtioIommuError::Broken`], or a length mismatch
+    /// ([`VirtioIommuError::InvalidArgument`]). Entries of `results` for
+    /// requests that never completed are left as they were.
+    pub fn run(
+        &self,
+        requests: &[Request],
+        results: &mut [Result<(), VirtioIommuError>],
+    ) -> Result<(), VirtioIommuError> {
+        if requests.len() != results.len() {
+            return Err(VirtioIommuError::InvalidArgument(
+                "results and requests differ in length",
+            ));
+        }
+        let mut inner = self.inner.lock();
+        if inner.broken {
+            return Err(VirtioIommuError::Broken);
+        }
+        let mut next = 0;
+        while next < requests.len() {
+            while next < requests.len() && inner.free_len > 0 {
+                let r = &requests[next];
+                inner.enqueue(r, next as u32)?;
+                bump(&self.counters.requests[r.kind() as usize]);
+                next += 1;
+            }
+            self.notify_and_wait(&mut inner, &mut |i, res| results[i as usize] = res)?;
+        }
+        Ok(())
+    }
+
+    /// One request, sent and waited for.
+    pub fn request(&self, request: Request) -> Result<(), VirtioIommuError> {
+        let mut result = [Ok(())];
+        self.run(&[request], &mut result)?;
+        result[0]
+    }
+
+    /// Attaches `endpoint` to `domain` (created by the device if new).
+    pub fn attach(&self, endpoint: u32, domain: u32) -> Result<(), VirtioIommuError> {
+        self.check_domain(domain)?;
+        self.request(Request::Attach {
+            domain,
+            endpoint,
+            flags: 0,
+        })
+    }
+
+    /// Attaches `endpoint` to `domain` as a bypass (identity) domain. Needs
+    /// `BYPASS_CONFIG`.
+    pub fn attach_bypass(&self, endpoint: u32, domain: u32) -> Result<(), VirtioIommuError> {
+        self.check_domain(domain)?;
+        if !self.features.contains(Features::BYPASS_CONFIG) {
+            return Err(VirtioIommuError::NotNegotiated(
+                Features::BYPASS_CONFIG.bits(),
+            ));
+        }
+        self.request(Request::Attach {
+            domain,
+            endpoint,
+            flags: wire::ATTACH_F_BYPASS,
+        })
+    }
+
+    /// Detaches `endpoint` from `domain`.
+    pub fn detach(&self, endpoint: u32, domain: u32) -> Result<(), VirtioIommuError> {
+        self.check_domain(domain)?;
+        self.request(Request::Detach { domain, endpoint })
+    }
+
+    pub(crate) fn check_domain(&self, domain: u32) -> Result<(), VirtioIommuError> {
+        if self.geometry.domain_ok(domain) {
+            Ok(())
+        } else {
+            Err(VirtioIommuError::OutOfRange)
+        }
+    }
+
+    /// Asks the device for `endpoint`'s properties (its reserved regions).
+    pub fn probe(&self, endpoint: u32) -> Result<ProbeInfo, VirtioIommuError> {
+        if !self.features.contains(Features::PROBE) || self.geometry.probe_size == 0 {
+            return Err(VirtioIommuError::NotNegotiated(Features::PROBE.bits()));
+        }
+        let size = self.geometry.probe_size as usize;
+        let mut inner = self.inner.lock();
+        if inner.broken {
+            return Err(VirtioIommuError::Broken);
+        }
+        let Inner { probe, req, .. } = &mut *inner;
+        let Some(buf) = probe.as_ref() else {
+            return Err(VirtioIommuError::NoDmaMemory);
+        };
+        let base = buf.ptr(0);
+        let request = wire::ProbeReq {
+            head: wire::ReqHead {
+                kind: wire::T_PROBE,
+                reserved: [0; 3],
+            },
+            endpoint: U32::new(endpoint),
+            reserved: [0; 64],
+        };
+        let reply_len = size + size_of::<wire::ReqTail>();
+        // SAFETY: the probe buffer is ours, at least PROBE_PROPS_AT +
+        // reply_len bytes, and the device does not access it now (no PROBE
+        // is in flight: the lock is held and every wait drains the queue).
+        unsafe {
+            core::ptr::copy_nonoverlapping(request.as_bytes().as_ptr(), base, 72);
+            core::ptr::write_bytes(base.add(PROBE_PROPS_AT), 0, size);
+            core::ptr::write_bytes(base.add(PROBE_PROPS_AT + size), 0xff, 4);
+        }
+        let (out, reply) = probe_slices(base, reply_len);
+        // SAFETY: the buffers stay valid and untouched until popped below
+        // (or forever, if the driver breaks on a timeout).
+        let token = unsafe { req.add(&[out], &mut [reply]) }
+            .map_err(|_| VirtioIommuError::Queue("no room for PROBE"))?;
+        inner.slot_of_token[usize::from(token)] = PROBE_SLOT;
+        inner.outstanding += 1;
+        bump(&self.counters.requests[RequestKind::Probe as usize]);
+        let mut status = Ok(());
+        self.notify_and_wait(&mut inner, &mut |_, r| status = r)?;
+        status?;
+        // SAFETY: the device has returned the buffer; nothing else uses it.
+        let props = unsafe { core::slice::from_raw_parts(base.add(PROBE_PROPS_AT), size) };
+        ProbeInfo::parse(props)
+    }
+
+    fn notify_and_wait(
+        &self,
+        inner: &mut Inner<H, T, Q>,
+        on_reply: &mut dyn FnMut(u32, Result<(), VirtioIommuError>),
+    ) -> Result<(), VirtioIommuError> {
+        if inner.outstanding == 0 {
+            return Ok(());
+        }
+        if inner.req.should_notify() {
+            inner.transport.notify(REQ_QUEUE);
+            bump(&self.counters.notifications);
+        }
+        let mut deadline = Deadline::start(&self.config.wait);
+        let probe_size = self.geometry.probe_size as usize;
+        while inner.outstanding > 0 {
+            let Some(token) = inner.req.peek_used() else {
+                if deadline.expired() {
+                    inner.broken = true;
+                    return Err(VirtioIommuError::Timeout);
+                }
+                core::hint::spin_loop();
+                continue;
+            };
+            let (meta, result) = inner.complete(token, probe_size)?;
+            bump(&self.counters.replies);
+            on_reply(meta, result);
+        }
+        // Faults may have been posted meanwhile; keep the event queue stocked.
+        self.poll_events_locked(inner);
+        Ok(())
+    }
+
+    /// Takes the faults the device posted from the event queue into the
+    /// fault log and gives the buffers back. Returns how many arrived.
+    pub fn poll_events(&self) -> usize {
+        let mut inner = self.inner.lock();
+        self.poll_events_locked(&mut inner)
+    }
+
+    fn poll_events_locked(&self, inner: &mut Inner<H, T, Q>) -> usize {
+        if inner.broken {
+            return 0;
+        }
+        let mut n = 0;
+        while let Some(token) = inner.evt.peek_used() {
+            let Some(&index) = inner.event_of_token.get(usize::from(token)) else {
+                inner.broken = true;
+                break;
+            };
+            if usize::from(index) >= EVENT_QUEUE_SIZE {
+                inner.broken = true;
+                break;
+            }
+            let index = usize::from(index);
+            let ptr = event_ptr(&inner.events, index);
+            let buf = event_slice(ptr);
+            // SAFETY: the same buffer that was added with this token.
+            let used = match unsafe { inner.evt.pop_used(token, &[], &mut [buf]) } {
+                Ok(len) => len as usize,
+                Err(_) => {
+                    inner.broken = true;
+                    break;
+                }
+            };
+            inner.event_of_token[usize::from(token)] = u8::MAX;
+            n += 1;
+            bump(&self.counters.events);
+            if used >= size_of::<wire::Fault>() {
+                // SAFETY: the device returned the buffer; it is ours to read.
+                let raw = unsafe { core::ptr::read_volatile(ptr.cast::<[u8; 24]>()) };
+                if let Ok(f) = wire::Fault::read_from_bytes(&raw) {
+                    if inner.faults.push_back(FaultRecord::decode(&f)).is_err() {
+                        bump(&self.counters.faults_dropped);
+                    }
+                }
+            } else {
+                bump(&self.counters.malformed_events);
+            }
+            if inner.post_event_buffer(index).is_err() {
+                inner.broken = true;
+                break;
+            }
+        }
+        if n > 0 {
+            inner.transport.notify(EVENT_QUEUE);
+            bump(&self.counters.event_notifications);
+        }
+        n
+    }
+
+    /// The oldest fault in the log (after polling the event queue).
+    pub fn pop_fault(&self) -> Option<FaultRecord> {
+        let mut inner = self.inner.lock();
+        self.poll_events_locked(&mut inner);
+        inner.faults.pop_front()
+    }
+
+    /// Whether an earlier timeout or protocol violation made the driver stop.
+    pub fn is_broken(&self) -> bool {
+        self.inner.lock().broken
+    }
+
+    /// Resets the device (bounded wait) and gives the transport back. The
+    /// driver's DMA memory is freed only once the reset completed; after a
+    /// reset timeout it is leaked, because the device may still write it.
+    pub fn reset(self) -> Result<T, VirtioIommuError> {
+        let inner = self.inner.into_inner();
+        let Inner {
+            mut transport,
+            req,
+            evt,
+            slots,
+            probe,
+            events,
+            ..
+        } = inner;
+        match wait_reset(&mut transport, &self.config.wait) {
+            Ok(()) => Ok(transport),
+            Err(e) => {
+                core::mem::forget((req, evt, slots, probe, events));
+                Err(e)
+            }
+        }
+    }
+}
+
+const PROBE_SLOT: u16 = u16::MAX - 1;
+
+fn probe_slices<'a>(base: *mut u8, reply_len: usize) -> (&'a [u8], &'a mut [u8]) {
+    // SAFETY: callers pass the probe buffer's base, which holds the 72-byte
+    // request at 0 and `reply_len` bytes at PROBE_PROPS_AT; the two do not
+    // overlap.
+    unsafe {
+        (
+            core::slice::from_raw_parts(base, size_of::<wire::ProbeReq>()),
+            core::slice::from_raw_parts_mut(base.add(PROBE_PROPS_AT), reply_len),
+        )
+    }
+}
+
+fn slot_ptr<H: Hal>(slots: &DmaRegion<H>, slot: usize) -> *mut u8 {
+    slots.ptr(slot * SLOT)
+}
+
+fn slot_slices<'a>(ptr: *mut u8, out_len: usize) -> (&'a [u8], &'a mut [u8]) {
+    // SAFETY: `ptr` is a slot of SLOT bytes in the driver's DMA region; the
+    // out part [0, out_len <= 40) and the tail [TAIL_AT, TAIL_AT + 4) do not
+    // overlap.
+    unsafe {
+        (
+            core::slice::from_raw_parts(ptr, out_len),
+            core::slice::from_raw_parts_mut(ptr.add(TAIL_AT), size_of::<wire::ReqTail>()),
+        )
+    }
+}
+
+fn event_ptr<H: Hal>(events: &DmaRegion<H>, index: usize) -> *mut u8 {
+    events.ptr(index * EVENT_BUF)
+}
+
+fn event_slice<'a>(ptr: *mut u8) -> &'a mut [u8] {
+    // SAFETY: `ptr` is an event buffer of EVENT_BUF bytes in the driver's
+    // DMA region, used for nothing else.
+    unsafe { core::slice::from_raw_parts_mut(ptr, EVENT_BUF) }
+}
+
+const fn out_len(kind: RequestKind) -> usize {
+    match kind {
+        RequestKind::Attach | RequestKind::Detach => 20,
+        RequestKind::Map => 36,
+        RequestKind::Unmap => 28,
+        RequestKind::Probe => 72,
+    }
+}
+
+impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
+    fn enqueue(&mut self, r: &Request, meta: u32) -> Result<(), VirtioIommuError> {
+        let Some(slot) = self.free_len.checked_sub(1).map(|i| self.free[i]) else {
+            return Err(VirtioIommuError::Queue("no free slot"));
+        };
+        let mut bytes = [0u8; SLOT];
+        let len = r.encode(&mut bytes);
+        let ptr = slot_ptr(&self.slots, usize::from(slot));
+        // SAFETY: the slot is free: the device does not access it.
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, len);
+            // A tail the device never writes reads back as status 0xff.
+            core::ptr::write_bytes(ptr.add(TAIL_AT), 0xff, 4);
+        }
+        let (out, tail) = slot_slices(ptr, len);
+        // SAFETY: the slot stays valid and untouched until its token is
+        // popped (or forever, if the driver breaks on a timeout).
+        let token = unsafe { self.req.add(&[out], &mut [tail]) }
+            .map_err(|_| VirtioIommuError::Queue("descriptors exhausted"))?;
+        self.free_len -= 1;
+        self.slot_of_token[usize::from(token)] = slot;
+        self.slot_meta[usize::from(slot)] = (r.kind(), meta);
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    /// Pops the used entry `token`: checks it is ours, frees its slot and
+    /// decodes the reply.
+    #[allow(clippy::type_complexity)]
+    fn complete(
+        &mut self,
+        token: u16,
+        probe_size: usize,
+    ) -> Result<(u32, Result<(), VirtioIommuError>), VirtioIommuError> {
+        let bad = |me: &mut Self| {
+            me.broken = true;
+            VirtioIommuError::BadUsedEntry(u32::from(token))
+        };
+        let Some(&slot) = self.slot_of_token.get(usize::from(token)) else {
+            return Err(bad(self));
+        };
+        if slot == NO_SLOT {
+            return Err(bad(self));
+        }
+        let (kind, meta, tail_ptr, needed, used) = if slot == PROBE_SLOT {
+            let Some(buf) = self.probe.as_ref() else {
+                return Err(bad(self));
+            };
+            let base = buf.ptr(0);
+            let reply_len = probe_size + size_of::<wire::ReqTail>();
+            let (out, reply) = probe_slices(base, reply_len);
+            // SAFETY: the buffers added with this token.
+            let used = unsafe { self.req.pop_used(token, &[out], &mut [reply]) };
+            // SAFETY: inside the probe buffer.
+            let tail = unsafe { base.add(PROBE_PROPS_AT + probe_size) };
+            (RequestKind::Probe, 0, tail, reply_len, used)
+        } else {
+            let (kind, meta) = self.slot_meta[usize::from(slot)];
+            let ptr = slot_ptr(&self.slots, usize::from(slot));
+            let (out, tail) = slot_slices(ptr, out_len(kind));
+            // SAFETY: the buffers added with this token.
+            let used = unsafe { self.req.pop_used(token, &[out], &mut [tail]) };
+            // SAFETY: inside the slot.
+            let tail = unsafe { ptr.add(TAIL_AT) };
+            (kind, meta, tail, size_of::<wire::ReqTail>(), used)
+        };
+        let Ok(used) = used else {
+            return Err(bad(self));
+        };
+        self.slot_of_token[usize::from(token)] = NO_SLOT;
+        self.outstanding -= 1;
+        if slot != PROBE_SLOT {
+            self.free[self.free_len] = slot;
+            self.free_len += 1;
+        }
+        // The status is the first byte of the tail, which sits at the end of
+        // what the device may write: a reply shorter than that has no status.
+        let result = if (used as usize) < needed {
+            Err(VirtioIommuError::ShortReply {
+                request: kind,
+                used,
+                needed: needed as u32,
+            })
+        } else {
+            // SAFETY: the device has returned the buffer.
+            let status = unsafe { core::ptr::read_volatile(tail_ptr) };
+            Status::from_code(status).result(kind)
+        };
+        Ok((meta, result))
+    }
+
+    fn post_event_buffer(&mut self, index: usize) -> Result<(), VirtioIommuError> {
+        let ptr = event_ptr(&self.events, index);
+        // SAFETY: the buffer is not on the queue, so the device does not
+        // access it.
+        unsafe { core::ptr::write_bytes(ptr, 0, EVENT_BUF) };
+        let buf = event_slice(ptr);
+        // SAFETY: the buffer stays valid and is not touched until popped.
+        let token = unsafe { self.evt.add(&[], &mut [buf]) }
+            .map_err(|_| VirtioIommuError::Queue("event queue full"))?;
+        self.event_of_token[usize::from(token)] = index as u8;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

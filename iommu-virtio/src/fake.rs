@@ -1,0 +1,871 @@
+//! A fake virtio-iommu device on a host thread, and a host [`Hal`], for tests
+//! (feature `fake`).
+//!
+//! [`FakeIommu`] models the device as the specification describes it: it
+//! reads the split virtqueues from memory (the "physical" addresses are host
+//! pointers, see [`HostHal`]), keeps endpoints, domains and their mappings,
+//! answers every request with the status the specification asks for
+//! (including RANGE for an UNMAP that would split a mapping, NOENT for an
+//! unknown domain, INVAL for a bad flag), answers PROBE with the endpoint's
+//! reserved regions, and posts faults on the event queue when
+//! [`FakeIommu::dma`] finds no translation. It can also misbehave on demand
+//! ([`Misbehave`]): stay silent, report short used lengths, write undefined
+//! status codes, return buffers it was never given.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ptr::NonNull;
+use std::sync::atomic::{Ordering, fence};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::vec::Vec;
+
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
+use virtio_drivers::{BufferDirection, Error as VirtioError, Hal, PAGE_SIZE, PhysAddr};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::features::Features;
+use crate::wire;
+
+/// A [`Hal`] for host tests: DMA memory from the heap, "physical" address =
+/// the host pointer, so [`FakeIommu`]'s thread can follow it.
+#[derive(Debug)]
+pub struct HostHal;
+
+// SAFETY: `dma_alloc` returns zeroed, page-aligned heap memory that nothing
+// else uses until `dma_dealloc`; shared buffers are identity "mapped".
+unsafe impl Hal for HostHal {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        let Ok(layout) = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE) else {
+            return (0, NonNull::dangling());
+        };
+        // SAFETY: the layout has a non-zero size (pages >= 1 for our callers).
+        let p = unsafe { alloc_zeroed(layout) };
+        match NonNull::new(p) {
+            Some(p) => (p.as_ptr() as PhysAddr, p),
+            None => (0, NonNull::dangling()),
+        }
+    }
+
+    unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).unwrap();
+        // SAFETY: allocated by `dma_alloc` with the same layout.
+        unsafe { dealloc(vaddr.as_ptr(), layout) };
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+        NonNull::new(paddr as *mut u8).unwrap_or(NonNull::dangling())
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        buffer.as_ptr().cast::<u8>() as PhysAddr
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
+
+/// Ways the fake device can misbehave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Misbehave {
+    /// Never take requests off the queue (a device that does not answer).
+    pub silent: bool,
+    /// Report this used length for every reply instead of the real one.
+    pub used_len: Option<u32>,
+    /// Write this status instead of the real one (the request still acts).
+    pub status: Option<u8>,
+    /// Put this descriptor index on the used ring instead of the real head.
+    pub used_id: Option<u32>,
+}
+
+/// What the fake did with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    /// The request type byte.
+    pub kind: u8,
+    /// The status written.
+    pub status: u8,
+    /// For MAP/UNMAP: the range `[start, end]`.
+    pub range: Option<(u64, u64)>,
+}
+
+/// One mapping of a fake domain, `[start, end]` -> `phys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeMapping {
+    /// First IOVA.
+    pub start: u64,
+    /// Last IOVA (inclusive).
+    pub end: u64,
+    /// Physical address of `start`.
+    pub phys: u64,
+    /// `MAP_F_*`.
+    pub flags: u32,
+}
+
+#[derive(Debug, Default)]
+struct Domain {
+    bypass: bool,
+    endpoints: BTreeSet<u32>,
+    maps: BTreeMap<u64, FakeMapping>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Queue {
+    size: u16,
+    desc: u64,
+    driver: u64,
+    device: u64,
+    ready: bool,
+    last_avail: u16,
+    used_idx: u16,
+}
+
+#[derive(Debug)]
+struct State {
+    status: u8,
+    device_features: u64,
+    driver_features: u64,
+    max_queue: u16,
+    queues: [Queue; 2],
+    config: wire::Config,
+    generation: u32,
+    pending: [bool; 2],
+    stop: bool,
+    endpoints: BTreeMap<u32, Vec<ResvRegion>>,
+    attached: BTreeMap<u32, u32>,
+    domains: BTreeMap<u32, Domain>,
+    misbehave: Misbehave,
+    handled: Vec<Handled>,
+    notifications: [u64; 2],
+    faults_dropped: u64,
+    bypass_writes: u32,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+/// A reserved region of a fake endpoint: `(subtype, start, end)`, inclusive.
+pub type ResvRegion = (u8, u64, u64);
+
+/// Builds a [`FakeIommu`].
+#[derive(Debug, Clone)]
+pub struct FakeConfig {
+    /// Offered features.
+    pub features: Features,
+    /// `page_size_mask`.
+    pub page_size_mask: u64,
+    /// `input_range` (inclusive).
+    pub input_range: (u64, u64),
+    /// `domain_range` (inclusive).
+    pub domain_range: (u32, u32),
+    /// `probe_size`.
+    pub probe_size: u32,
+    /// Initial `bypass`.
+    pub bypass: u8,
+    /// Largest queue size.
+    pub max_queue: u16,
+    /// Endpoints behind the IOMMU and their reserved regions
+    /// `(subtype, start, end)`.
+    pub endpoints: Vec<(u32, Vec<ResvRegion>)>,
+}
+
+impl Default for FakeConfig {
+    /// What QEMU 10.0's virtio-iommu-pci offers on q35, with one endpoint
+    /// 0x10 whose MSI doorbell is 0xfee00000-0xfeefffff.
+    fn default() -> Self {
+        Self {
+            features: Features::from_bits_retain(0x0000_0101_3000_0077),
+            page_size_mask: !0xfff,
+            input_range: (0, 0x7f_ffff_ffff),
+            domain_range: (0, u32::MAX),
+            probe_size: 512,
+            bypass: 1,
+            max_queue: 256,
+            endpoints: vec![(0x10, vec![(wire::RESV_MEM_T_MSI, 0xfee0_0000, 0xfeef_ffff)])],
+        }
+    }
+}
+
+/// The fake device. Dropping it stops its thread.
+pub struct FakeIommu {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for FakeIommu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeIommu").finish_non_exhaustive()
+    }
+}
+
+/// The transport half of a [`FakeIommu`], handed to the driver.
+pub struct FakeTransport {
+    shared: Arc<Shared>,
+}
+
+impl FakeIommu {
+    /// A device configured as `config`, with its thread running.
+    pub fn new(config: FakeConfig) -> (Self, FakeTransport) {
+        let state = State {
+            status: 0,
+            device_features: config.features.bits(),
+            driver_features: 0,
+            max_queue: config.max_queue,
+            queues: [Queue::default(); 2],
+            config: wire::Config {
+                page_size_mask: config.page_size_mask.into(),
+                input_start: config.input_range.0.into(),
+                input_end: config.input_range.1.into(),
+                domain_start: config.domain_range.0.into(),
+                domain_end: config.domain_range.1.into(),
+                probe_size: config.probe_size.into(),
+                bypass: config.bypass,
+                reserved: [0; 3],
+            },
+            generation: 0,
+            pending: [false; 2],
+            stop: false,
+            endpoints: config.endpoints.into_iter().collect(),
+            attached: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            misbehave: Misbehave::default(),
+            handled: Vec::new(),
+            notifications: [0; 2],
+            faults_dropped: 0,
+            bypass_writes: 0,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+        });
+        let s = shared.clone();
+        let thread = std::thread::spawn(move || device_thread(&s));
+        (
+            Self {
+                shared: shared.clone(),
+                thread: Some(thread),
+            },
+            FakeTransport { shared },
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap()
+    }
+
+    /// Changes how the device misbehaves from now on.
+    pub fn misbehave(&self, m: Misbehave) {
+        self.lock().misbehave = m;
+    }
+
+    /// Every request handled so far, in order.
+    pub fn handled(&self) -> Vec<Handled> {
+        self.lock().handled.clone()
+    }
+
+    /// Request-queue and event-queue notifications received.
+    pub fn notifications(&self) -> [u64; 2] {
+        self.lock().notifications
+    }
+
+    /// The device's `bypass` config byte.
+    pub fn bypass(&self) -> u8 {
+        self.lock().config.bypass
+    }
+
+    /// How many times the driver wrote `bypass`.
+    pub fn bypass_writes(&self) -> u32 {
+        self.lock().bypass_writes
+    }
+
+    /// The driver's status byte.
+    pub fn status(&self) -> u8 {
+        self.lock().status
+    }
+
+    /// Features the driver accepted.
+    pub fn driver_features(&self) -> Features {
+        Features::from_bits_retain(self.lock().driver_features)
+    }
+
+    /// The mappings of `domain`, or `None` if it does not exist.
+    pub fn mappings(&self, domain: u32) -> Option<Vec<FakeMapping>> {
+        self.lock()
+            .domains
+            .get(&domain)
+            .map(|d| d.maps.values().copied().collect())
+    }
+
+    /// The domain `endpoint` is attached to.
+    pub fn domain_of(&self, endpoint: u32) -> Option<u32> {
+        self.lock().attached.get(&endpoint).copied()
+    }
+
+    /// Faults lost because no event buffer was available.
+    pub fn faults_dropped(&self) -> u64 {
+        self.lock().faults_dropped
+    }
+
+    /// A DMA by `endpoint` at `iova`: the physical address it reaches, or
+    /// `None` after posting the fault the device reports.
+    pub fn dma(&self, endpoint: u32, iova: u64, write: bool) -> Option<u64> {
+        let mut s = self.lock();
+        let need = if write {
+            wire::MAP_F_WRITE
+        } else {
+            wire::MAP_F_READ
+        };
+        let access = if write {
+            wire::FAULT_F_WRITE
+        } else {
+            wire::FAULT_F_READ
+        };
+        let fault = match s.attached.get(&endpoint).and_then(|d| s.domains.get(d)) {
+            None => {
+                if s.config.bypass == 1 {
+                    return Some(iova);
+                }
+                let reason = if s.endpoints.contains_key(&endpoint) {
+                    wire::FAULT_R_DOMAIN
+                } else {
+                    wire::FAULT_R_UNKNOWN
+                };
+                (reason, wire::FAULT_F_ADDRESS)
+            }
+            Some(d) if d.bypass => return Some(iova),
+            Some(d) => match d.maps.range(..=iova).next_back().map(|(_, m)| *m) {
+                Some(m) if iova <= m.end && m.flags & need != 0 => {
+                    return Some(m.phys + (iova - m.start));
+                }
+                // A permission fault reports the access; a missing mapping does not.
+                Some(m) if iova <= m.end => (wire::FAULT_R_MAPPING, wire::FAULT_F_ADDRESS | access),
+                _ => (wire::FAULT_R_MAPPING, wire::FAULT_F_ADDRESS),
+            },
+        };
+        let f = wire::Fault {
+            reason: fault.0,
+            flags: fault.1.into(),
+            endpoint: endpoint.into(),
+            address: iova.into(),
+            ..Default::default()
+        };
+        s.post_event(f.as_bytes(), 24);
+        None
+    }
+
+    /// Posts raw bytes on the event queue with the given used length (for
+    /// malformed-event tests). Returns whether a buffer was available.
+    pub fn post_raw_event(&self, bytes: &[u8], used_len: u32) -> bool {
+        self.lock().post_event(bytes, used_len)
+    }
+}
+
+impl Drop for FakeIommu {
+    fn drop(&mut self) {
+        self.lock().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn device_thread(shared: &Shared) {
+    let mut s = shared.state.lock().unwrap();
+    loop {
+        if s.stop {
+            return;
+        }
+        if s.pending[0] && !s.misbehave.silent {
+            s.pending[0] = false;
+            s.process_requests();
+            continue;
+        }
+        s = shared.wake.wait(s).unwrap();
+    }
+}
+
+// Ring accesses: the "physical" addresses are host pointers into memory the
+// driver allocated with `HostHal` and keeps alive while the queue is set up.
+fn rd16(addr: u64) -> u16 {
+    // SAFETY: see above; ring fields are 2-byte aligned.
+    unsafe { std::ptr::read_volatile(addr as *const u16) }
+}
+fn rd32(addr: u64) -> u32 {
+    // SAFETY: see above.
+    unsafe { std::ptr::read_volatile(addr as *const u32) }
+}
+fn rd64(addr: u64) -> u64 {
+    // SAFETY: see above.
+    unsafe { std::ptr::read_volatile(addr as *const u64) }
+}
+fn wr16(addr: u64, v: u16) {
+    // SAFETY: see above.
+    unsafe { std::ptr::write_volatile(addr as *mut u16, v) }
+}
+fn wr32(addr: u64, v: u32) {
+    // SAFETY: see above.
+    unsafe { std::ptr::write_volatile(addr as *mut u32, v) }
+}
+
+const DESC_NEXT: u16 = 1;
+const DESC_WRITE: u16 = 2;
+
+/// Reads a descriptor chain: the device-readable bytes, and the writable
+/// buffers `(addr, len)`.
+fn read_chain(q: &Queue, head: u16) -> (Vec<u8>, Vec<(u64, u32)>) {
+    let mut out = Vec::new();
+    let mut writable = Vec::new();
+    let mut i = head;
+    for _ in 0..q.size {
+        let d = q.desc + 16 * u64::from(i % q.size);
+        let (addr, len, flags, next) = (rd64(d), rd32(d + 8), rd16(d + 12), rd16(d + 14));
+        if flags & DESC_WRITE != 0 {
+            writable.push((addr, len));
+        } else {
+            // SAFETY: a buffer the driver shared for reading.
+            let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) };
+            out.extend_from_slice(bytes);
+        }
+        if flags & DESC_NEXT == 0 {
+            break;
+        }
+        i = next;
+    }
+    (out, writable)
+}
+
+/// Writes `bytes` across the writable buffers; returns how many fit.
+fn write_chain(writable: &[(u64, u32)], bytes: &[u8]) -> u32 {
+    let mut done = 0usize;
+    for &(addr, len) in writable {
+        let n = (len as usize).min(bytes.len() - done);
+        // SAFETY: a buffer the driver shared for writing, `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), addr as *mut u8, n) };
+        done += n;
+        if done == bytes.len() {
+            break;
+        }
+    }
+    done as u32
+}
+
+fn body<T: FromBytes>(out: &[u8]) -> Option<T> {
+    T::read_from_prefix(out).ok().map(|(t, _)| t)
+}
+
+impl State {
+    fn negotiated(&self, f: Features) -> bool {
+        self.driver_features & f.bits() != 0
+    }
+
+    fn push_used(&mut self, qi: usize, id: u32, len: u32) {
+        let q = &mut self.queues[qi];
+        let slot = q.device + 4 + 8 * u64::from(q.used_idx % q.size);
+        wr32(slot, id);
+        wr32(slot + 4, len);
+        q.used_idx = q.used_idx.wrapping_add(1);
+        fence(Ordering::SeqCst);
+        wr16(q.device + 2, q.used_idx);
+    }
+
+    fn post_event(&mut self, bytes: &[u8], used_len: u32) -> bool {
+        let q = self.queues[1];
+        if !q.ready || rd16(q.driver + 2) == q.last_avail {
+            self.faults_dropped += 1;
+            return false;
+        }
+        fence(Ordering::SeqCst);
+        let head = rd16(q.driver + 4 + 2 * u64::from(q.last_avail % q.size));
+        self.queues[1].last_avail = q.last_avail.wrapping_add(1);
+        let (_, writable) = read_chain(&q, head);
+        write_chain(&writable, bytes);
+        self.push_used(1, u32::from(head), used_len);
+        true
+    }
+
+    fn process_requests(&mut self) {
+        let q = self.queues[0];
+        if !q.ready || self.status & DeviceStatus::DRIVER_OK.bits() as u8 == 0 {
+            return;
+        }
+        loop {
+            let q = self.queues[0];
+            let avail = rd16(q.driver + 2);
+            if avail == q.last_avail {
+                return;
+            }
+            fence(Ordering::SeqCst);
+            let head = rd16(q.driver + 4 + 2 * u64::from(q.last_avail % q.size));
+            self.queues[0].last_avail = q.last_avail.wrapping_add(1);
+            let (out, writable) = read_chain(&q, head);
+            let (mut reply, status_at, record) = self.handle(&out);
+            let mut status = reply.get(status_at).copied().unwrap_or(0);
+            if let Some(forced) = self.misbehave.status {
+                status = forced;
+                if let Some(b) = reply.get_mut(status_at) {
+                    *b = forced;
+                }
+            }
+            let written = write_chain(&writable, &reply);
+            self.handled.push(Handled { status, ..record });
+            let id = self.misbehave.used_id.unwrap_or(u32::from(head));
+            let len = self.misbehave.used_len.unwrap_or(written);
+            self.push_used(0, id, len);
+        }
+    }
+
+    /// Decodes and executes one request; returns the reply bytes, where the
+    /// status byte is in them, and the record.
+    fn handle(&mut self, out: &[u8]) -> (Vec<u8>, usize, Handled) {
+        let kind = out.first().copied().unwrap_or(0);
+        let mut record = Handled {
+            kind,
+            status: 0,
+            range: None,
+        };
+        let tail = |status: u8| vec![status, 0, 0, 0];
+        let status = match kind {
+            wire::T_ATTACH => match body::<wire::AttachReq>(out) {
+                Some(r) => self.attach(r.domain.get(), r.endpoint.get(), r.flags.get()),
+                None => wire_status::INVAL,
+            },
+            wire::T_DETACH => match body::<wire::DetachReq>(out) {
+                Some(r) => self.detach(r.domain.get(), r.endpoint.get()),
+                None => wire_status::INVAL,
+            },
+            wire::T_MAP => match body::<wire::MapReq>(out) {
+                Some(r) => {
+                    record.range = Some((r.virt_start.get(), r.virt_end.get()));
+                    self.map(
+                        r.domain.get(),
+                        r.virt_start.get(),
+                        r.virt_end.get(),
+                        r.phys_start.get(),
+                        r.flags.get(),
+                    )
+                }
+                None => wire_status::INVAL,
+            },
+            wire::T_UNMAP => match body::<wire::UnmapReq>(out) {
+                Some(r) => {
+                    record.range = Some((r.virt_start.get(), r.virt_end.get()));
+                    self.unmap(r.domain.get(), r.virt_start.get(), r.virt_end.get())
+                }
+                None => wire_status::INVAL,
+            },
+            wire::T_PROBE => {
+                let size = self.config.probe_size.get() as usize;
+                let mut reply = vec![0u8; size + 4];
+                let status = match body::<wire::ProbeReq>(out) {
+                    Some(r) if self.negotiated(Features::PROBE) => {
+                        match self.endpoints.get(&r.endpoint.get()) {
+                            Some(regions) => {
+                                let mut at = 0;
+                                for &(subtype, start, end) in regions {
+                                    let head = wire::ProbeProperty {
+                                        kind: wire::PROBE_T_RESV_MEM.into(),
+                                        length: 20.into(),
+                                    };
+                                    let mem = wire::ResvMem {
+                                        subtype,
+                                        reserved: [0; 3],
+                                        start: start.into(),
+                                        end: end.into(),
+                                    };
+                                    if at + 24 <= size {
+                                        reply[at..at + 4].copy_from_slice(head.as_bytes());
+                                        reply[at + 4..at + 24].copy_from_slice(mem.as_bytes());
+                                        at += 24;
+                                    }
+                                }
+                                wire_status::OK
+                            }
+                            None => wire_status::NOENT,
+                        }
+                    }
+                    Some(_) => wire_status::UNSUPP,
+                    None => wire_status::INVAL,
+                };
+                reply[size] = status;
+                record.status = status;
+                return (reply, size, record);
+            }
+            _ => wire_status::UNSUPP,
+        };
+        record.status = status;
+        (tail(status), 0, record)
+    }
+
+    fn attach(&mut self, domain: u32, endpoint: u32, flags: u32) -> u8 {
+        if !self.endpoints.contains_key(&endpoint) {
+            return wire_status::NOENT;
+        }
+        if flags & !wire::ATTACH_F_BYPASS != 0 {
+            return wire_status::INVAL;
+        }
+        let bypass = flags & wire::ATTACH_F_BYPASS != 0;
+        if bypass && !self.negotiated(Features::BYPASS_CONFIG) {
+            return wire_status::INVAL;
+        }
+        if !(self.config.domain_start.get()..=self.config.domain_end.get()).contains(&domain) {
+            return wire_status::RANGE;
+        }
+        if self
+            .domains
+            .get(&domain)
+            .is_some_and(|d| d.bypass != bypass)
+        {
+            return wire_status::INVAL;
+        }
+        if let Some(old) = self.attached.get(&endpoint).copied() {
+            self.detach(old, endpoint);
+        }
+        let d = self.domains.entry(domain).or_default();
+        d.bypass = bypass;
+        d.endpoints.insert(endpoint);
+        self.attached.insert(endpoint, domain);
+        wire_status::OK
+    }
+
+    fn detach(&mut self, domain: u32, endpoint: u32) -> u8 {
+        if !self.endpoints.contains_key(&endpoint) {
+            return wire_status::NOENT;
+        }
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return wire_status::NOENT;
+        };
+        if !d.endpoints.remove(&endpoint) {
+            return wire_status::INVAL;
+        }
+        if d.endpoints.is_empty() {
+            self.domains.remove(&domain);
+        }
+        self.attached.remove(&endpoint);
+        wire_status::OK
+    }
+
+    fn map(&mut self, domain: u32, start: u64, end: u64, phys: u64, flags: u32) -> u8 {
+        let mmio_ok = self.negotiated(Features::MMIO);
+        let granule = 1u64 << self.config.page_size_mask.get().trailing_zeros().min(63);
+        let (lo, hi) = (self.config.input_start.get(), self.config.input_end.get());
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return wire_status::NOENT;
+        };
+        if flags & !wire::MAP_F_MASK != 0 || (flags & wire::MAP_F_MMIO != 0 && !mmio_ok) {
+            return wire_status::INVAL;
+        }
+        if d.bypass || end < start {
+            return wire_status::INVAL;
+        }
+        if start < lo || end > hi {
+            return wire_status::RANGE;
+        }
+        let aligned = |a: u64| a % granule == 0;
+        if !aligned(start) || !aligned(phys) || !end.checked_add(1).is_none_or(aligned) {
+            return wire_status::RANGE;
+        }
+        let overlaps = d
+            .maps
+            .range(..=end)
+            .next_back()
+            .is_some_and(|(_, m)| m.end >= start);
+        if overlaps {
+            return wire_status::INVAL;
+        }
+        d.maps.insert(
+            start,
+            FakeMapping {
+                start,
+                end,
+                phys,
+                flags,
+            },
+        );
+        wire_status::OK
+    }
+
+    fn unmap(&mut self, domain: u32, start: u64, end: u64) -> u8 {
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return wire_status::NOENT;
+        };
+        if d.bypass || end < start {
+            return wire_status::INVAL;
+        }
+        let hit: Vec<FakeMapping> = d
+            .maps
+            .values()
+            .filter(|m| m.start <= end && start <= m.end)
+            .copied()
+            .collect();
+        if hit.iter().any(|m| m.start < start || m.end > end) {
+            return wire_status::RANGE;
+        }
+        for m in hit {
+            d.maps.remove(&m.start);
+        }
+        wire_status::OK
+    }
+
+    fn reset(&mut self) {
+        self.status = 0;
+        self.driver_features = 0;
+        self.queues = [Queue::default(); 2];
+        self.pending = [false; 2];
+        self.attached.clear();
+        self.domains.clear();
+    }
+}
+
+/// Status bytes, as the fake writes them.
+mod wire_status {
+    pub const OK: u8 = 0;
+    pub const UNSUPP: u8 = 2;
+    pub const INVAL: u8 = 4;
+    pub const RANGE: u8 = 5;
+    pub const NOENT: u8 = 6;
+}
+
+impl FakeTransport {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap()
+    }
+}
+
+impl Transport for FakeTransport {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::IOMMU
+    }
+
+    fn read_device_features(&mut self) -> u64 {
+        self.lock().device_features
+    }
+
+    fn write_driver_features(&mut self, driver_features: u64) {
+        self.lock().driver_features = driver_features;
+    }
+
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        let s = self.lock();
+        if usize::from(queue) < s.queues.len() {
+            u32::from(s.max_queue)
+        } else {
+            0
+        }
+    }
+
+    fn notify(&mut self, queue: u16) {
+        let mut s = self.lock();
+        if let Some(p) = s.pending.get_mut(usize::from(queue)) {
+            *p = true;
+            s.notifications[usize::from(queue)] += 1;
+        }
+        drop(s);
+        self.shared.wake.notify_all();
+    }
+
+    fn get_status(&self) -> DeviceStatus {
+        DeviceStatus::from_bits_retain(u32::from(self.lock().status))
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        let mut s = self.lock();
+        let mut v = status.bits() as u8;
+        if v == 0 {
+            s.reset();
+            return;
+        }
+        if v & DeviceStatus::FEATURES_OK.bits() as u8 != 0
+            && s.driver_features & !s.device_features != 0
+        {
+            v &= !(DeviceStatus::FEATURES_OK.bits() as u8);
+        }
+        // DEVICE_NEEDS_RESET is the device's to set; keep it.
+        v |= s.status & DeviceStatus::DEVICE_NEEDS_RESET.bits() as u8;
+        s.status = v;
+    }
+
+    fn set_guest_page_size(&mut self, _guest_page_size: u32) {}
+
+    fn requires_legacy_layout(&self) -> bool {
+        false
+    }
+
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
+        let mut s = self.lock();
+        if let Some(q) = s.queues.get_mut(usize::from(queue)) {
+            *q = Queue {
+                size: size as u16,
+                desc: descriptors,
+                driver: driver_area,
+                device: device_area,
+                ready: true,
+                last_avail: 0,
+                used_idx: 0,
+            };
+        }
+    }
+
+    fn queue_unset(&mut self, queue: u16) {
+        if let Some(q) = self.lock().queues.get_mut(usize::from(queue)) {
+            q.ready = false;
+        }
+    }
+
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.lock()
+            .queues
+            .get(usize::from(queue))
+            .is_some_and(|q| q.ready)
+    }
+
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        InterruptStatus::empty()
+    }
+
+    fn read_config_generation(&self) -> u32 {
+        self.lock().generation
+    }
+
+    fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, VirtioError> {
+        let s = self.lock();
+        let bytes = s.config.as_bytes();
+        let end = offset
+            .checked_add(size_of::<T>())
+            .ok_or(VirtioError::ConfigSpaceTooSmall)?;
+        let b = bytes
+            .get(offset..end)
+            .ok_or(VirtioError::ConfigSpaceTooSmall)?;
+        T::read_from_bytes(b).map_err(|_| VirtioError::InvalidParam)
+    }
+
+    fn write_config_space<T: IntoBytes + Immutable>(
+        &mut self,
+        offset: usize,
+        value: T,
+    ) -> Result<(), VirtioError> {
+        let mut s = self.lock();
+        let v = value.as_bytes();
+        // Only `bypass` is writable, and only with BYPASS_CONFIG: otherwise
+        // the device fails, as QEMU's does.
+        if offset != wire::config_offset::BYPASS || v.len() != 1 {
+            return Err(VirtioError::InvalidParam);
+        }
+        if !s.negotiated(Features::BYPASS_CONFIG) || v[0] > 1 {
+            s.status |= DeviceStatus::DEVICE_NEEDS_RESET.bits() as u8;
+            return Ok(());
+        }
+        s.config.bypass = v[0];
+        s.bypass_writes += 1;
+        Ok(())
+    }
+}

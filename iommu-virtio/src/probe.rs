@@ -1,0 +1,169 @@
+//! PROBE replies: the endpoint's properties.
+
+use zerocopy::FromBytes;
+
+use crate::error::VirtioIommuError;
+use crate::wire;
+
+/// How many reserved regions a [`ProbeInfo`] keeps.
+pub const MAX_RESERVED: usize = 8;
+
+/// What a reserved region is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReservedKind {
+    /// Not translated: accesses fault or are dropped.
+    Reserved,
+    /// A software MSI doorbell: accesses bypass translation.
+    Msi,
+    /// A subtype the specification does not define (treated as reserved).
+    Other(u8),
+}
+
+/// An address range of an endpoint that must not be used for IOVAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservedRegion {
+    /// First address.
+    pub start: u64,
+    /// Last address (inclusive, as on the wire).
+    pub end: u64,
+    /// What it is.
+    pub kind: ReservedKind,
+}
+
+impl ReservedRegion {
+    /// The region as a half-open IOVA range (the end saturates at `u64::MAX`).
+    pub fn range(&self) -> iova_core::IovaRange {
+        iova_core::IovaRange {
+            start: iova_core::Iova(self.start),
+            end: iova_core::Iova(self.end.saturating_add(1)),
+        }
+    }
+}
+
+/// An endpoint's properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeInfo {
+    /// Its reserved regions.
+    pub reserved: heapless::Vec<ReservedRegion, MAX_RESERVED>,
+    /// Properties of types this driver does not know, skipped.
+    pub unknown_properties: usize,
+}
+
+impl ProbeInfo {
+    /// Parses the property list the device wrote (`probe_size` bytes).
+    pub fn parse(mut props: &[u8]) -> Result<Self, VirtioIommuError> {
+        let mut info = ProbeInfo::default();
+        while let Ok((head, rest)) = wire::ProbeProperty::read_from_prefix(props) {
+            let kind = head.kind.get() & wire::PROBE_T_MASK;
+            if kind == wire::PROBE_T_NONE {
+                break;
+            }
+            let len = usize::from(head.length.get());
+            let value = rest
+                .get(..len)
+                .ok_or(VirtioIommuError::BadProbe("property runs past probe_size"))?;
+            if kind == wire::PROBE_T_RESV_MEM {
+                let mem = wire::ResvMem::read_from_prefix(value)
+                    .map_err(|_| VirtioIommuError::BadProbe("RESV_MEM shorter than 20 bytes"))?
+                    .0;
+                let (start, end) = (mem.start.get(), mem.end.get());
+                if end < start {
+                    return Err(VirtioIommuError::BadProbe("RESV_MEM ends before it starts"));
+                }
+                let region = ReservedRegion {
+                    start,
+                    end,
+                    kind: match mem.subtype {
+                        wire::RESV_MEM_T_RESERVED => ReservedKind::Reserved,
+                        wire::RESV_MEM_T_MSI => ReservedKind::Msi,
+                        s => ReservedKind::Other(s),
+                    },
+                };
+                info.reserved
+                    .push(region)
+                    .map_err(|_| VirtioIommuError::StorageFull)?;
+            } else {
+                info.unknown_properties += 1;
+            }
+            props = &rest[len..];
+        }
+        Ok(info)
+    }
+
+    /// Makes every reserved region a hole in `iovas`, so it is never handed
+    /// out as an IOVA. Returns how many regions were reserved.
+    pub fn reserve_in(
+        &self,
+        iovas: &iova_core::IovaAllocator<'_>,
+    ) -> Result<usize, iova_core::IovaAllocError> {
+        for r in &self.reserved {
+            iovas.reserve(r.range())?;
+        }
+        Ok(self.reserved.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resv(subtype: u8, start: u64, end: u64) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0..2].copy_from_slice(&1u16.to_le_bytes());
+        b[2..4].copy_from_slice(&20u16.to_le_bytes());
+        b[4] = subtype;
+        b[8..16].copy_from_slice(&start.to_le_bytes());
+        b[16..24].copy_from_slice(&end.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn parses_regions_skips_unknown_properties_and_stops_at_none() {
+        let mut buf = [0u8; 512];
+        buf[..24].copy_from_slice(&resv(1, 0xfee0_0000, 0xfeef_ffff));
+        // An unknown property type 0x7 with 4 bytes of value.
+        buf[24..28].copy_from_slice(&[7, 0, 4, 0]);
+        buf[32..56].copy_from_slice(&resv(0, 0x1000, 0x1fff));
+        let info = ProbeInfo::parse(&buf).unwrap();
+        assert_eq!(info.unknown_properties, 1);
+        assert_eq!(
+            info.reserved.as_slice(),
+            &[
+                ReservedRegion {
+                    start: 0xfee0_0000,
+                    end: 0xfeef_ffff,
+                    kind: ReservedKind::Msi
+                },
+                ReservedRegion {
+                    start: 0x1000,
+                    end: 0x1fff,
+                    kind: ReservedKind::Reserved
+                }
+            ]
+        );
+        assert_eq!(info.reserved[0].range().len(), 0x10_0000);
+    }
+
+    #[test]
+    fn malformed_lists_are_errors() {
+        let mut buf = [0u8; 24];
+        buf.copy_from_slice(&resv(1, 0x2000, 0x1000));
+        assert!(matches!(
+            ProbeInfo::parse(&buf),
+            Err(VirtioIommuError::BadProbe(_))
+        ));
+        let mut short = resv(1, 0, 0xfff);
+        short[2] = 40; // length past the end of the buffer
+        assert!(matches!(
+            ProbeInfo::parse(&short),
+            Err(VirtioIommuError::BadProbe(_))
+        ));
+        let mut tiny = resv(1, 0, 0xfff);
+        tiny[2] = 8; // too short for RESV_MEM
+        assert!(matches!(
+            ProbeInfo::parse(&tiny),
+            Err(VirtioIommuError::BadProbe(_))
+        ));
+    }
+}
