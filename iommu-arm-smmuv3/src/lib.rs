@@ -1,6 +1,106 @@
 //! Arm SMMUv3 backend for [`iova_core`].
 //!
-//! Not implemented yet: this crate reserves the name and the place in the
-//! workspace. The driver (probe, stream table, command and event queues, the
-//! `iova_core` domain) is tracked by its own issue.
-#![no_std]
+//! - [`regs`]: register offsets and fields, and the [`Mmio`] access (exact
+//!   widths: 32-bit registers are never read with 64-bit accesses);
+//! - [`features`]: IDR0-IDR5 decoded into [`Features`], refusing hardware
+//!   the driver cannot use;
+//! - [`ste`], [`cd`], [`cmd`], [`event`]: bit-exact stream table entries,
+//!   context descriptors, commands and event records;
+//! - [`s2`]: the LPAE stage-2 page-table format (stage 1 is
+//!   [`iova_core::formats::lpae::LpaeS1`]);
+//! - [`Smmu`]: bring-up in the architected order with GBPA abort, a linear or
+//!   two-level stream table (level-2 tables on first use; every stream not
+//!   attached is invalid, so it is blocked and reported), the command queue
+//!   (bounded waits, refused commands reported and skipped), the event queue
+//!   (typed [`Event`]s, overflow reported), counters;
+//! - [`domain`]: stage-1 and stage-2 domains whose flush is one batch of
+//!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC;
+//! - [`fake`] (feature `fakes`): a fake SMMUv3 behind [`Mmio`] for host tests.
+//!
+//! # Use
+//!
+//! ```
+//! # #[cfg(feature = "fakes")] {
+//! use std::sync::Arc;
+//! use iommu_arm_smmuv3::fake::{FakeSmmu, QEMU_10_VIRT};
+//! use iommu_arm_smmuv3::{Config, Smmu};
+//! use iova_core::fakes::FakeFrames;
+//! use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
+//! use iova_core::{DmaMapper, Iova, IovaRange, FrameAllocator, Prot};
+//!
+//! let mem = Arc::new(FakeFrames::new());
+//! let fake = FakeSmmu::new(Arc::clone(&mem), QEMU_10_VIRT);
+//! let smmu = Smmu::new(&fake, Arc::clone(&mem), Config::default()).unwrap();
+//! let domain = smmu.s1_domain(Arc::clone(&mem), 48).unwrap();
+//! smmu.attach_s1(8, &domain).unwrap();
+//!
+//! let aperture = IovaRange::new(Iova(0x1000_0000), 0x1000_0000).unwrap();
+//! let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, 0x1000), 64, 1).unwrap();
+//! let cpu = || 0;
+//! let mapper = DmaMapper::new(&domain, &iovas, &cpu).unwrap();
+//! let page = mem.alloc_zeroed(0x1000).unwrap();
+//! let mut state = mapper.try_alloc(0x1000, 0x1000).unwrap();
+//! state.link(0, page, 0x1000, Prot::RW).unwrap();
+//! state.sync().unwrap();
+//! // The fake device on stream 8 writes through the SMMU.
+//! fake.dma_write(8, state.iova(), &[1, 2, 3]).unwrap();
+//! state.unlink(0, 0x1000).unwrap();
+//! state.sync().unwrap(); // one TLBI + one CMD_SYNC
+//! assert!(fake.dma_write(8, state.iova(), &[4]).is_err());
+//! state.free().unwrap();
+//! # }
+//! ```
+//!
+//! # Limits
+//!
+//! 4 KiB granule only (16K/64K are decoded, not used); one context
+//! descriptor per stream (no SubstreamIDs); polling only (no MSIs, no
+//! wired interrupts); coherent SMMUs only (IDR0.COHACC), because the driver
+//! does no cache maintenance for its queues and tables.
+//!
+//! # Dependencies
+//!
+//! `spin` for the locks around the queues and stream table (no OS to block
+//! on; critical sections are short and bounded).
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+/// Reports a condition through the optional `log` / `defmt` features.
+macro_rules! warn_event {
+    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
+        #[cfg(feature = "log")]
+        log::warn!($fmt $(, $arg)*);
+        #[cfg(feature = "defmt")]
+        defmt::warn!($fmt $(, $arg)*);
+        $(let _ = &$arg;)*
+    }};
+}
+pub(crate) use warn_event;
+
+mod barrier;
+pub mod cd;
+pub mod cmd;
+pub mod domain;
+pub mod error;
+pub mod event;
+#[cfg(feature = "fakes")]
+pub mod fake;
+pub mod features;
+pub mod queue;
+pub mod regs;
+pub mod s2;
+pub mod smmu;
+pub mod ste;
+pub mod strtab;
+
+pub use cmd::{Command, CommandCounts, CommandErrorKind};
+pub use domain::{S1Domain, S1Inval, S2Domain, S2Inval};
+pub use error::{CommandError, SmmuError, Wait};
+pub use event::{Event, FaultKind};
+pub use features::{Features, IdRegs, Unsupported};
+pub use queue::DrainReport;
+pub use regs::{Mmio, MmioRegion};
+pub use s2::LpaeS2;
+pub use smmu::{Config, Counters, Layout, Smmu, probe};
+pub use ste::Ste;
+pub use strtab::StreamTableFormat;

@@ -1,0 +1,126 @@
+//! The driver's error type.
+
+use core::fmt;
+
+use crate::cmd::CommandErrorKind;
+use crate::features::Unsupported;
+
+/// What a bounded wait was waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Wait {
+    /// CR0ACK to match CR0.
+    Cr0Ack,
+    /// GBPA.UPDATE to clear.
+    GbpaUpdate,
+    /// Room in the command queue.
+    CmdqSpace,
+    /// A CMD_SYNC to complete.
+    CmdSync,
+}
+
+/// A command the SMMU refused: which one and why. The driver replaced it
+/// with a CMD_SYNC and let the queue carry on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CommandError {
+    /// Queue index (CMDQ_CONS.RD, wrap bit included) of the command.
+    pub index: u32,
+    /// Its opcode.
+    pub opcode: u8,
+    /// The two doublewords as they were.
+    pub raw: [u64; 2],
+    /// CMDQ_CONS.ERR.
+    pub kind: CommandErrorKind,
+}
+
+/// Why a driver operation failed. Operations that fail change nothing unless
+/// documented otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum SmmuError {
+    /// The hardware lacks something the driver needs.
+    Unsupported(Unsupported),
+    /// The frame allocator returned nothing (or memory the SMMU cannot reach).
+    NoMemory,
+    /// A bounded wait on the hardware expired.
+    Timeout(Wait),
+    /// The SMMU refused a command (it was skipped; the others completed).
+    Command(CommandError),
+    /// A StreamID beyond what the SMMU or the stream table covers.
+    StreamIdOutOfRange(u32),
+    /// No ASID or VMID left.
+    IdsExhausted,
+    /// The requested translation stage is not offered by the hardware.
+    StageUnsupported,
+    /// A domain geometry (input/output size) the hardware cannot walk.
+    BadGeometry,
+    /// The SMMU was enabled before we were, with tables we did not write, and
+    /// would not disable.
+    AlreadyEnabled,
+    /// The SMMU reported a global error that stops it (SFM_ERR).
+    ServiceFailure,
+    /// A page-table engine error.
+    Table(iova_core::Error),
+}
+
+impl From<Unsupported> for SmmuError {
+    fn from(u: Unsupported) -> Self {
+        Self::Unsupported(u)
+    }
+}
+
+impl From<iova_core::Error> for SmmuError {
+    fn from(e: iova_core::Error) -> Self {
+        Self::Table(e)
+    }
+}
+
+impl From<SmmuError> for iova_core::Error {
+    /// Timeouts map to [`iova_core::Error::Timeout`]; command errors to
+    /// `Device(opcode << 8 | CMDQ_CONS.ERR)`; the rest to `Device` codes
+    /// `0x1_0000 +` the variant.
+    fn from(e: SmmuError) -> Self {
+        match e {
+            SmmuError::Timeout(_) => iova_core::Error::Timeout,
+            SmmuError::NoMemory => iova_core::Error::NoMemory,
+            SmmuError::Table(t) => t,
+            SmmuError::Command(c) => {
+                iova_core::Error::Device(u32::from(c.opcode) << 8 | u32::from(c.kind.code()))
+            }
+            SmmuError::Unsupported(_) => iova_core::Error::Device(0x1_0001),
+            SmmuError::StreamIdOutOfRange(_) => iova_core::Error::Device(0x1_0002),
+            SmmuError::IdsExhausted => iova_core::Error::Device(0x1_0003),
+            SmmuError::StageUnsupported => iova_core::Error::Device(0x1_0004),
+            SmmuError::BadGeometry => iova_core::Error::Device(0x1_0005),
+            SmmuError::AlreadyEnabled => iova_core::Error::Device(0x1_0006),
+            SmmuError::ServiceFailure => iova_core::Error::Device(0x1_0007),
+        }
+    }
+}
+
+impl fmt::Display for SmmuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unsupported(u) => write!(f, "SMMU lacks a needed feature: {u:?}"),
+            Self::NoMemory => f.write_str("out of memory for SMMU structures"),
+            Self::Timeout(w) => write!(f, "SMMU did not respond in time ({w:?})"),
+            Self::Command(c) => write!(
+                f,
+                "SMMU refused command {:#04x} at queue index {:#x}: {:?} (raw {:#018x} {:#018x})",
+                c.opcode, c.index, c.kind, c.raw[0], c.raw[1]
+            ),
+            Self::StreamIdOutOfRange(s) => write!(f, "StreamID {s:#x} out of range"),
+            Self::IdsExhausted => f.write_str("no ASID/VMID left"),
+            Self::StageUnsupported => f.write_str("translation stage not supported by the SMMU"),
+            Self::BadGeometry => f.write_str("address sizes not supported by the SMMU"),
+            Self::AlreadyEnabled => f.write_str("SMMU enabled by someone else and would not stop"),
+            Self::ServiceFailure => f.write_str("SMMU entered service failure mode"),
+            Self::Table(e) => write!(f, "page table: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for SmmuError {}

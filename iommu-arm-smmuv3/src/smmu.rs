@@ -1,0 +1,498 @@
+//! The driver: bring-up, stream table updates, command submission, event
+//! draining and counters.
+
+use iova_core::{FrameAllocator, PhysAddr};
+use spin::Mutex;
+
+use crate::cd::{CD_BYTES, Cd};
+use crate::cmd::{Command, CommandCounts};
+use crate::error::{CommandError, SmmuError, Wait};
+use crate::event::Event;
+use crate::features::{Features, IdRegs, StreamTableLevels};
+use crate::queue::{CmdQueue, DmaBuf, DrainReport, EventQueue, poll};
+use crate::regs::{Mmio, cr0, cr1, cr2, gbpa, gerror, off};
+use crate::ste::Ste;
+use crate::strtab::{StreamTable, StreamTableFormat};
+
+/// Choices the driver makes within what the hardware offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// log2 of the command queue entries wanted (clamped to IDR1.CMDQS).
+    pub cmdq_log2: u32,
+    /// log2 of the event queue entries wanted (clamped to IDR1.EVENTQS).
+    pub evtq_log2: u32,
+    /// StreamID bits the stream table covers (clamped to IDR1.SIDSIZE).
+    pub sid_bits: u32,
+    /// Build a two-level table when the SMMU offers one and `sid_bits`
+    /// exceeds this (a linear table of more StreamIDs wastes memory).
+    pub linear_max_sid_bits: u32,
+    /// STEs per level-2 table, log2 (6, 8 or 10).
+    pub l2_split: u32,
+    /// Spins before any wait on the hardware gives up.
+    pub poll_limit: u32,
+    /// Without range invalidation, per-page TLBIs of one flush beyond this
+    /// many become one invalidation of the whole ASID / VMID.
+    pub tlbi_page_threshold: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cmdq_log2: 8,
+            evtq_log2: 7,
+            sid_bits: 16,
+            linear_max_sid_bits: 8,
+            l2_split: 6,
+            poll_limit: 1_000_000,
+            tlbi_page_threshold: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Sets `sid_bits`.
+    pub fn with_sid_bits(mut self, bits: u32) -> Self {
+        self.sid_bits = bits;
+        self
+    }
+    /// Sets `evtq_log2`.
+    pub fn with_evtq_log2(mut self, log2: u32) -> Self {
+        self.evtq_log2 = log2;
+        self
+    }
+    /// Sets `cmdq_log2`.
+    pub fn with_cmdq_log2(mut self, log2: u32) -> Self {
+        self.cmdq_log2 = log2;
+        self
+    }
+    /// Sets `linear_max_sid_bits`.
+    pub fn with_linear_max_sid_bits(mut self, bits: u32) -> Self {
+        self.linear_max_sid_bits = bits;
+        self
+    }
+    /// Sets `poll_limit`.
+    pub fn with_poll_limit(mut self, limit: u32) -> Self {
+        self.poll_limit = limit;
+        self
+    }
+    /// Sets `tlbi_page_threshold`.
+    pub fn with_tlbi_page_threshold(mut self, n: u32) -> Self {
+        self.tlbi_page_threshold = n;
+        self
+    }
+}
+
+/// What a user can read about the driver's work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Commands issued, by kind (CMD_SYNCs in `commands.sync`).
+    pub commands: CommandCounts,
+    /// Event records drained.
+    pub events: u64,
+    /// Drains that found events lost (overflow or write abort).
+    pub event_losses: u64,
+    /// STE writes.
+    pub ste_writes: u64,
+}
+
+/// The state of the queues and tables the SMMU was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Layout {
+    /// Command queue entries.
+    pub cmdq_entries: u32,
+    /// Event queue entries.
+    pub evtq_entries: u32,
+    /// Stream table format.
+    pub stream_table: StreamTableFormat,
+    /// StreamID bits covered.
+    pub sid_bits: u32,
+    /// Whether GBPA.ABORT reads back set (QEMU 7.2 does not implement GBPA).
+    pub gbpa_abort: bool,
+}
+
+/// A small bitmap allocator of ASIDs or VMIDs (1..limit; 0 stays reserved:
+/// VMID 0 tags stage-1-only streams, ASID 0 is never handed out).
+pub(crate) struct IdAlloc {
+    bits: [u64; 16],
+    limit: u32,
+}
+
+impl IdAlloc {
+    fn new(id_bits: u32) -> Self {
+        Self {
+            bits: [1; 16],
+            limit: (1u32 << id_bits).min(1024),
+        }
+    }
+    pub(crate) fn alloc(&mut self) -> Option<u16> {
+        (1..self.limit)
+            .find(|&i| self.bits[i as usize / 64] & 1 << (i % 64) == 0)
+            .map(|i| {
+                self.bits[i as usize / 64] |= 1 << (i % 64);
+                i as u16
+            })
+    }
+    pub(crate) fn free(&mut self, id: u16) {
+        if id != 0 && u32::from(id) < self.limit {
+            self.bits[id as usize / 64] &= !(1 << (id % 64));
+        }
+    }
+}
+
+/// An SMMUv3 brought up by this driver.
+///
+/// `M` reaches its registers; `A` provides the memory of its queues, stream
+/// table and context descriptors (page tables come from each domain's own
+/// allocator). All methods take `&self`; the command queue, event queue and
+/// stream table each have a lock.
+pub struct Smmu<M: Mmio, A: FrameAllocator> {
+    pub(crate) mmio: M,
+    pub(crate) frames: A,
+    features: Features,
+    layout: Layout,
+    pub(crate) config: Config,
+    pub(crate) cmdq: Mutex<CmdQueue>,
+    evtq: Mutex<EventQueue>,
+    strtab: Mutex<Option<StreamTable>>,
+    stats: Mutex<(u64, u64, u64)>,
+    pub(crate) asids: Mutex<IdAlloc>,
+    pub(crate) vmids: Mutex<IdAlloc>,
+}
+
+/// Reads and decodes the ID registers without touching anything else.
+pub fn probe(mmio: &impl Mmio) -> Result<Features, SmmuError> {
+    Ok(Features::decode(&IdRegs::read(mmio))?)
+}
+
+impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
+    /// Probes the SMMU and brings it up in the architected order:
+    ///
+    /// 1. GBPA.ABORT, so nothing bypasses while translation is off;
+    /// 2. SMMUEN, queues off (wait for CR0ACK);
+    /// 3. CR1/CR2, the stream table (every STE invalid: default deny), the
+    ///    command queue, which is enabled and used to invalidate all cached
+    ///    configuration and TLB entries;
+    /// 4. the event queue, global errors acknowledged;
+    /// 5. SMMUEN.
+    pub fn new(mmio: M, frames: A, config: Config) -> Result<Self, SmmuError> {
+        let features = probe(&mmio)?;
+        let limit = config.poll_limit;
+        // 1-2: abort while disabled, then disable.
+        mmio.write32(off::GBPA, gbpa::UPDATE | gbpa::ABORT);
+        poll(limit, Wait::GbpaUpdate, || {
+            mmio.read32(off::GBPA) & gbpa::UPDATE == 0
+        })?;
+        let gbpa_abort = mmio.read32(off::GBPA) & gbpa::ABORT != 0;
+        write_cr0(&mmio, 0, limit).map_err(|_| SmmuError::AlreadyEnabled)?;
+
+        // 3: tables and command queue.
+        mmio.write32(
+            off::CR1,
+            cr1::ISH << cr1::TABLE_SH_SHIFT
+                | cr1::WB << cr1::TABLE_OC_SHIFT
+                | cr1::WB << cr1::TABLE_IC_SHIFT
+                | cr1::ISH << cr1::QUEUE_SH_SHIFT
+                | cr1::WB << cr1::QUEUE_OC_SHIFT
+                | cr1::WB << cr1::QUEUE_IC_SHIFT,
+        );
+        mmio.write32(off::CR2, cr2::RECINVSID | cr2::PTM);
+
+        let sid_bits = config.sid_bits.min(features.sid_bits);
+        let format = if features.st_levels == StreamTableLevels::TwoLevel
+            && sid_bits > config.linear_max_sid_bits
+        {
+            StreamTableFormat::TwoLevel {
+                split: match config.l2_split {
+                    0..=6 => 6,
+                    7..=8 => 8,
+                    _ => 10,
+                },
+            }
+        } else {
+            StreamTableFormat::Linear
+        };
+        let format = match format {
+            StreamTableFormat::TwoLevel { split } => StreamTableFormat::TwoLevel {
+                split: split.min(sid_bits),
+            },
+            f => f,
+        };
+        let cmdq_log2 = config.cmdq_log2.clamp(1, features.cmdq_log2.min(19));
+        let evtq_log2 = config.evtq_log2.clamp(0, features.evtq_log2.min(19));
+        let strtab = StreamTable::new(&frames, format, sid_bits)?;
+        let cmdq_mem = DmaBuf::alloc(&frames, 16 << cmdq_log2);
+        let evtq_mem = DmaBuf::alloc(&frames, 32 << evtq_log2);
+        let (cmdq_mem, evtq_mem) = match (cmdq_mem, evtq_mem) {
+            (Ok(c), Ok(e)) => (c, e),
+            (c, e) => {
+                // SAFETY: never handed to the SMMU.
+                unsafe {
+                    strtab.free(&frames);
+                    if let Ok(c) = c {
+                        c.free(&frames);
+                    }
+                    if let Ok(e) = e {
+                        e.free(&frames);
+                    }
+                }
+                return Err(SmmuError::NoMemory);
+            }
+        };
+        let cmdq = CmdQueue::new(cmdq_mem, cmdq_log2, limit);
+        let evtq = EventQueue::new(evtq_mem, evtq_log2);
+
+        let smmu = Self {
+            layout: Layout {
+                cmdq_entries: 1 << cmdq_log2,
+                evtq_entries: 1 << evtq_log2,
+                stream_table: format,
+                sid_bits,
+                gbpa_abort,
+            },
+            features,
+            config,
+            cmdq: Mutex::new(cmdq),
+            evtq: Mutex::new(evtq),
+            strtab: Mutex::new(Some(strtab)),
+            stats: Mutex::new((0, 0, 0)),
+            asids: Mutex::new(IdAlloc::new(features.asid_bits)),
+            vmids: Mutex::new(IdAlloc::new(features.vmid_bits)),
+            mmio,
+            frames,
+        };
+        smmu.bring_up()?;
+        Ok(smmu)
+    }
+
+    fn bring_up(&self) -> Result<(), SmmuError> {
+        let m = &self.mmio;
+        let limit = self.config.poll_limit;
+        {
+            let st = self.strtab.lock();
+            let st = st.as_ref().ok_or(SmmuError::NoMemory)?;
+            m.write64(off::STRTAB_BASE, st.base_reg());
+            m.write32(off::STRTAB_BASE_CFG, st.cfg_reg());
+        }
+        {
+            let q = self.cmdq.lock();
+            m.write64(off::CMDQ_BASE, q.base_reg());
+            m.write32(off::CMDQ_PROD, 0);
+            m.write32(off::CMDQ_CONS, 0);
+        }
+        // Clear errors left from before us.
+        let pending = m.read32(off::GERROR) ^ m.read32(off::GERRORN);
+        if pending != 0 {
+            m.write32(off::GERRORN, m.read32(off::GERRORN) ^ pending);
+        }
+        crate::barrier::publish();
+        write_cr0(m, cr0::CMDQEN, limit)?;
+        // Nothing cached from before us may survive.
+        let inval = [
+            Command::cfgi_all(),
+            Command::tlbi_nsnh_all(),
+            Command::tlbi_el2_all(),
+        ];
+        let n = if self.features.hyp { 3 } else { 2 };
+        self.cmdq.lock().submit(m, &inval[..n])?;
+        {
+            let q = self.evtq.lock();
+            m.write64(off::EVENTQ_BASE, q.base_reg());
+            m.write32(off::EVENTQ_PROD, 0);
+            m.write32(off::EVENTQ_CONS, 0);
+        }
+        write_cr0(m, cr0::CMDQEN | cr0::EVENTQEN, limit)?;
+        write_cr0(m, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN, limit)?;
+        Ok(())
+    }
+
+    /// What the hardware offers.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// The queues and table the driver built.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The register access.
+    pub fn mmio(&self) -> &M {
+        &self.mmio
+    }
+
+    /// The allocator of queues, stream table and CDs.
+    pub fn frames(&self) -> &A {
+        &self.frames
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        let commands = self.cmdq.lock().counts;
+        let (events, event_losses, ste_writes) = *self.stats.lock();
+        Counters {
+            commands,
+            events,
+            event_losses,
+            ste_writes,
+        }
+    }
+
+    /// The most recent command the SMMU refused.
+    pub fn last_command_error(&self) -> Option<CommandError> {
+        self.cmdq.lock().last_error
+    }
+
+    /// Queues `cmds` and one CMD_SYNC, and waits (bounded) for completion.
+    ///
+    /// A command the SMMU refuses is reported (the first one, as
+    /// [`SmmuError::Command`]), replaced by a CMD_SYNC so the queue carries
+    /// on, and every other command still completes.
+    pub fn submit(&self, cmds: &[Command]) -> Result<(), SmmuError> {
+        self.cmdq.lock().submit(&self.mmio, cmds)
+    }
+
+    /// Level-2 stream tables allocated so far.
+    pub fn l2_tables(&self) -> usize {
+        self.strtab
+            .lock()
+            .as_ref()
+            .map_or(0, StreamTable::l2_tables)
+    }
+
+    /// The STE of `sid` as it is in memory (invalid if never written).
+    pub fn ste(&self, sid: u32) -> Result<Ste, SmmuError> {
+        let mut st = self.strtab.lock();
+        let st = st.as_mut().ok_or(SmmuError::NoMemory)?;
+        Ok(st
+            .with_slot(&self.frames, sid, false, |s| s.read())?
+            .unwrap_or_default())
+    }
+
+    /// Writes the STE of `sid` in the architected order and makes the SMMU
+    /// use it: a live entry is first made invalid and invalidated
+    /// (break-before-make), then words 1-7 are written, then word 0 with V,
+    /// then CFGI_STE (Leaf = 0, which also covers a new level-1 descriptor)
+    /// and CFGI_CD_ALL, and one CMD_SYNC.
+    pub fn write_ste(&self, sid: u32, ste: &Ste) -> Result<(), SmmuError> {
+        let mut st = self.strtab.lock();
+        let st = st.as_mut().ok_or(SmmuError::NoMemory)?;
+        let m = &self.mmio;
+        let inval = [Command::cfgi_ste(sid, false), Command::cfgi_cd_all(sid)];
+        let old = st
+            .with_slot(&self.frames, sid, true, |s| s.read())?
+            .unwrap_or_default();
+        if old == *ste {
+            return Ok(());
+        }
+        if old.is_valid() {
+            st.with_slot(&self.frames, sid, false, |s| s.write_word(0, 0))?;
+            self.cmdq.lock().submit(m, &inval)?;
+        }
+        st.with_slot(&self.frames, sid, false, |s| {
+            for i in 1..8 {
+                s.write_word(i, ste.0[i]);
+            }
+            crate::barrier::publish();
+            s.write_word(0, ste.0[0]);
+        })?;
+        self.stats.lock().2 += 1;
+        self.cmdq.lock().submit(m, &inval)
+    }
+
+    /// Makes `sid` abort without recording events (an attached-but-blocked stream).
+    pub fn set_abort(&self, sid: u32) -> Result<(), SmmuError> {
+        self.write_ste(sid, &Ste::abort())
+    }
+
+    /// Makes `sid` bypass translation.
+    pub fn set_bypass(&self, sid: u32) -> Result<(), SmmuError> {
+        self.write_ste(sid, &Ste::bypass())
+    }
+
+    /// Returns `sid` to the default: invalid, so its transactions are
+    /// terminated and reported (C_BAD_STE).
+    pub fn detach(&self, sid: u32) -> Result<(), SmmuError> {
+        self.write_ste(sid, &Ste::invalid())
+    }
+
+    /// Allocates and writes a context descriptor (valid word last).
+    pub(crate) fn alloc_cd(&self, cd: &Cd) -> Result<PhysAddr, SmmuError> {
+        let buf = DmaBuf::alloc(&self.frames, CD_BYTES)?;
+        for i in 1..8 {
+            buf.write(i, cd.0[i]);
+        }
+        crate::barrier::publish();
+        buf.write(0, cd.0[0]);
+        crate::barrier::publish();
+        // From now on the domain owns the CD by its address.
+        Ok(buf.pa)
+    }
+
+    /// Frees a CD from [`alloc_cd`](Self::alloc_cd).
+    ///
+    /// # Safety
+    ///
+    /// No STE points at it and its configuration was invalidated.
+    pub(crate) unsafe fn free_cd(&self, pa: PhysAddr) {
+        // SAFETY: the caller's promise; allocated with this size.
+        unsafe { DmaBuf::view(&self.frames, pa, CD_BYTES).free(&self.frames) }
+    }
+
+    /// Hands every pending event record to `f`, and reports lost events
+    /// (queue overflow, event write aborts) so none goes unnoticed.
+    pub fn drain_events(&self, f: impl FnMut(Event)) -> DrainReport {
+        let r = self.evtq.lock().drain(&self.mmio, f);
+        let mut s = self.stats.lock();
+        s.0 += u64::from(r.events);
+        if r.lost_events() {
+            s.1 += 1;
+        }
+        r
+    }
+
+    /// Global errors pending now (GERROR ^ GERRORN), acknowledging all but
+    /// CMDQ_ERR (which the command queue handles itself).
+    pub fn global_errors(&self) -> Result<u32, SmmuError> {
+        let m = &self.mmio;
+        let pending = (m.read32(off::GERROR) ^ m.read32(off::GERRORN)) & gerror::ALL;
+        let ack = pending & !gerror::CMDQ_ERR;
+        if ack != 0 {
+            m.write32(off::GERRORN, m.read32(off::GERRORN) ^ ack);
+        }
+        if pending & gerror::SFM_ERR != 0 {
+            return Err(SmmuError::ServiceFailure);
+        }
+        Ok(pending)
+    }
+}
+
+impl<M: Mmio, A: FrameAllocator> Drop for Smmu<M, A> {
+    /// Disables translation and the queues (GBPA stays abort), then returns
+    /// the queues and stream table. If the SMMU does not acknowledge, the
+    /// memory is leaked rather than freed under its feet.
+    fn drop(&mut self) {
+        if write_cr0(&self.mmio, 0, self.config.poll_limit).is_err() {
+            return;
+        }
+        if let Some(st) = self.strtab.lock().take() {
+            // SAFETY: translation is off (acknowledged), so nothing reads the table.
+            unsafe { st.free(&self.frames) };
+        }
+        let dummy = || DmaBuf::view(&self.frames, PhysAddr(0), 0);
+        let c = core::mem::replace(&mut self.cmdq.lock().mem, dummy());
+        let e = core::mem::replace(&mut self.evtq.lock().mem, dummy());
+        // SAFETY: the queues are disabled (acknowledged).
+        unsafe {
+            c.free(&self.frames);
+            e.free(&self.frames);
+        }
+    }
+}
+
+fn write_cr0(m: &impl Mmio, v: u32, limit: u32) -> Result<(), SmmuError> {
+    m.write32(off::CR0, v);
+    poll(limit, Wait::Cr0Ack, || m.read32(off::CR0ACK) == v)
+}
