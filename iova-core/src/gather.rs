@@ -120,6 +120,7 @@ impl IotlbGather {
     }
 
     /// Records that new entries were written for `[iova, iova + len)`.
+    #[inline]
     pub fn add_mapped(&mut self, iova: Iova, len: u64) {
         if len > 0 {
             self.mapped_lo = self.mapped_lo.min(iova.0);

@@ -118,6 +118,32 @@ fn bad_arguments_change_nothing() {
     assert!(d.leaves().is_empty());
 }
 
+/// The single-granule fast path and the general path agree at the edges of
+/// the input and output ranges.
+#[test]
+fn the_last_granule_of_both_ranges_maps_and_the_next_does_not() {
+    fn check<F: PtFormat>(fmt: F) {
+        let (ia, oa) = (1u64 << fmt.levels() as u32 * 9 + 12, 1u64 << fmt.oa_bits());
+        let (d, _frames) = fake_domain(fmt);
+        assert_eq!(map_flush(&d, ia - K4, oa - K4, K4, Prot::RW), Ok(()));
+        assert_eq!(
+            d.device_access(Iova(ia - 8), Access::Write),
+            Ok(PhysAddr(oa - 8))
+        );
+        for (iova, pa) in [(ia, 0), (0, oa), (ia - K4, oa), (ia, oa - K4)] {
+            assert_eq!(
+                map_flush(&d, iova, pa, K4, Prot::RW),
+                Err(Error::OutOfRange),
+                "{iova:#x} -> {pa:#x}"
+            );
+        }
+        assert_eq!(map_flush(&d, 0, !0xfff, K4, Prot::RW), Err(Error::Overflow));
+        assert_eq!(d.leaves().len(), 1);
+    }
+    check(LpaeS1::va48());
+    check(X86_64::four_level());
+}
+
 #[test]
 fn overlapping_map_is_refused_and_unwound() {
     let (d, _) = fake_domain(LpaeS1::va48());

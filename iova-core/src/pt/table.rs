@@ -61,6 +61,9 @@ struct Geometry {
     ia_limit: u64,
     /// Output addresses end at or below this (`1 << oa_bits`, or `u64::MAX`).
     oa_limit: u64,
+    /// The highest IOVA and output address at which a granule fits below the limits.
+    ia_last_page: u64,
+    oa_last_page: u64,
 }
 
 impl Geometry {
@@ -79,6 +82,8 @@ impl Geometry {
             granule: 1 << fmt.granule_shift(),
             ia_limit: 0,
             oa_limit: 0,
+            ia_last_page: 0,
+            oa_last_page: 0,
         };
         let mut shift = fmt.granule_shift();
         for d in (0..levels).rev() {
@@ -106,6 +111,13 @@ impl Geometry {
             64 => u64::MAX,
             bits => 1 << bits,
         };
+        // Both limits are at least one granule: `shift` exceeds the granule's
+        // shift, and the output size is checked against the granule below.
+        if g.oa_limit < g.granule {
+            return Err(Error::OutOfRange);
+        }
+        g.ia_last_page = g.ia_limit - g.granule;
+        g.oa_last_page = g.oa_limit - g.granule;
         Ok(g)
     }
 
@@ -282,6 +294,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     ///
     /// On error nothing of this call stays mapped (what it had written is
     /// unmapped again and recorded in `gather`).
+    #[inline]
     pub fn map(
         &self,
         iova: Iova,
@@ -290,8 +303,19 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         prot: Prot,
         gather: &mut IotlbGather,
     ) -> Result<(), Error> {
-        self.check_range(iova, len)?;
         self.check_gather(gather)?;
+        let geo = &self.geo;
+        // One granule, all in reach: the common scattered case, checked in one
+        // go. Anything else takes the checks below, which name the error.
+        if len == geo.granule
+            && (iova.0 | pa.0) & (geo.granule - 1) == 0
+            && iova.0 <= geo.ia_last_page
+            && pa.0 <= geo.oa_last_page
+            && self.fmt.supports(prot)
+        {
+            return self.map_granule(iova.0, pa.0, prot, gather);
+        }
+        self.check_range(iova, len)?;
         if !pa.is_aligned(self.geo.granule()) {
             return Err(Error::Misaligned);
         }
@@ -301,22 +325,64 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         if !self.fmt.supports(prot) {
             return Err(Error::InvalidProt);
         }
+        self.map_runs(iova.0, pa.0, len, prot, gather)
+    }
+
+    /// The general case of [`map`](Self::map), arguments checked: runs of the
+    /// largest leaves that fit.
+    #[inline(never)]
+    fn map_runs(
+        &self,
+        iova: u64,
+        pa: u64,
+        len: u64,
+        prot: Prot,
+        gather: &mut IotlbGather,
+    ) -> Result<(), Error> {
         let mut done = 0;
         while done < len {
-            let (n, result) = self.map_run(iova.0 + done, pa.0 + done, len - done, prot, gather);
+            let (n, result) = self.map_run(iova + done, pa + done, len - done, prot, gather);
             done += n;
             if let Err(e) = result {
                 if done > 0 {
                     // Removes exactly the leaves this call wrote, so nothing can
                     // straddle the range's ends.
-                    self.unmap_range(iova.0, iova.0 + done, gather);
+                    self.unmap_range(iova, iova + done, gather);
                 }
                 self.complete();
                 return Err(e);
             }
         }
         self.complete();
-        gather.add_mapped(iova, len);
+        gather.add_mapped(Iova(iova), len);
+        Ok(())
+    }
+
+    /// Maps one granule: the scattered case, which needs no search for the
+    /// page size and no run.
+    #[inline]
+    fn map_granule(
+        &self,
+        iova: u64,
+        pa: u64,
+        prot: Prot,
+        gather: &mut IotlbGather,
+    ) -> Result<(), Error> {
+        let depth = self.geo.levels - 1;
+        let table = self.walk_alloc(iova, depth)?;
+        let idx = self.geo.index(iova, depth);
+        let slot = self.entry(table, idx);
+        // At the last depth a present entry is always a leaf.
+        if self.fmt.is_present(depth, slot.load(Ordering::Acquire)) {
+            return Err(Error::AlreadyMapped);
+        }
+        slot.store(
+            self.fmt.encode_leaf(depth, PhysAddr(pa), prot),
+            Ordering::Release,
+        );
+        self.clean_entries(table, idx, idx);
+        self.complete();
+        gather.add_mapped(Iova(iova), self.geo.granule());
         Ok(())
     }
 
@@ -382,43 +448,60 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     }
 
     /// The table at `depth` covering `iova`, installing missing tables on the way.
+    #[inline]
     fn walk_alloc(&self, iova: u64, depth: usize) -> Result<PhysAddr, Error> {
         let mut table = self.root;
         for d in 0..depth {
-            let slot = self.entry(table, self.geo.index(iova, d));
-            let raw = slot.load(Ordering::Acquire);
-            if self.fmt.is_table(d, raw) {
-                table = self.fmt.table_pa(raw);
-                continue;
+            let idx = self.geo.index(iova, d);
+            let raw = self.entry(table, idx).load(Ordering::Acquire);
+            table = if self.fmt.is_table(d, raw) {
+                self.fmt.table_pa(raw)
+            } else {
+                self.install_table(table, idx, d, raw)?
+            };
+        }
+        Ok(table)
+    }
+
+    /// Puts a new table at entry `idx` of `parent` (at `depth`), which held
+    /// `raw`, or returns the table another CPU installed there first.
+    #[cold]
+    #[inline(never)]
+    fn install_table(
+        &self,
+        parent: PhysAddr,
+        idx: usize,
+        depth: usize,
+        raw: u64,
+    ) -> Result<PhysAddr, Error> {
+        if self.fmt.is_present(depth, raw) {
+            return Err(Error::AlreadyMapped);
+        }
+        let bytes = self.geo.table_bytes(depth + 1);
+        let new = alloc_table(&self.fmt, &self.frames, bytes)?;
+        self.clean(new, bytes);
+        let slot = self.entry(parent, idx);
+        match slot.compare_exchange(
+            raw,
+            self.fmt.encode_table(depth, new),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                self.clean_entries(parent, idx, idx);
+                Ok(new)
             }
-            if self.fmt.is_present(d, raw) {
-                return Err(Error::AlreadyMapped);
-            }
-            let bytes = self.geo.table_bytes(d + 1);
-            let new = alloc_table(&self.fmt, &self.frames, bytes)?;
-            self.clean(new, bytes);
-            match slot.compare_exchange(
-                raw,
-                self.fmt.encode_table(d, new),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.clean_entries(table, self.geo.index(iova, d), self.geo.index(iova, d));
-                    table = new;
-                }
-                Err(cur) => {
-                    // SAFETY: `new` came from `alloc_zeroed(bytes)` just above and
-                    // was never published, so nothing else can reach it.
-                    unsafe { self.frames.free(new, bytes) };
-                    if !self.fmt.is_table(d, cur) {
-                        return Err(Error::AlreadyMapped);
-                    }
-                    table = self.fmt.table_pa(cur);
+            Err(cur) => {
+                // SAFETY: `new` came from `alloc_zeroed(bytes)` just above and
+                // was never published, so nothing else can reach it.
+                unsafe { self.frames.free(new, bytes) };
+                if self.fmt.is_table(depth, cur) {
+                    Ok(self.fmt.table_pa(cur))
+                } else {
+                    Err(Error::AlreadyMapped)
                 }
             }
         }
-        Ok(table)
     }
 
     fn subtree_is_empty(&self, table: PhysAddr, depth: usize) -> bool {
