@@ -123,7 +123,10 @@ fn bad_arguments_change_nothing() {
 #[test]
 fn the_last_granule_of_both_ranges_maps_and_the_next_does_not() {
     fn check<F: PtFormat>(fmt: F) {
-        let (ia, oa) = (1u64 << fmt.levels() as u32 * 9 + 12, 1u64 << fmt.oa_bits());
+        let (ia, oa) = (
+            1u64 << (fmt.levels() as u32 * 9 + 12),
+            1u64 << fmt.oa_bits(),
+        );
         let (d, _frames) = fake_domain(fmt);
         assert_eq!(map_flush(&d, ia - K4, oa - K4, K4, Prot::RW), Ok(()));
         assert_eq!(
