@@ -5,6 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod dma;
+pub mod domain;
 pub mod driver;
 pub mod error;
 #[cfg(any(test, feature = "fake"))]
@@ -16,6 +17,7 @@ pub mod probe;
 pub mod transport;
 pub mod wire;
 
+pub use domain::VirtioDomain;
 pub use driver::{CounterSnapshot, DriverConfig, Geometry, Request, VirtioIommu, WaitBudget};
 pub use error::{RequestKind, Status, VirtioIommuError};
 pub use fault::{FaultReason, FaultRecord};

@@ -1,0 +1,401 @@
+//! A virtio-iommu domain as an [`iova_core::IommuDomain`]: map by request.
+//!
+//! There are no page tables: `map` queues a MAP request and `unmap` an UNMAP,
+//! in software, without touching the device; `flush` sends the whole batch
+//! with one notification ([`VirtioIommu::run`]) and waits for every reply.
+//! So the two-step API's `link`...`link` + `sync` costs one notification per
+//! sync, whatever the number of pieces.
+//!
+//! - **Merging.** A map that continues the last queued MAP (next IOVA, next
+//!   physical address, same permissions) extends it instead of adding a
+//!   request: one MAP per physically contiguous run.
+//! - **Whole mappings only.** The device fails an UNMAP that would split one
+//!   of its mappings (RANGE), so the domain remembers every mapping it asked
+//!   for and refuses such an unmap itself, before the device sees it
+//!   ([`Error::PartialUnmap`]). With merging on, a mapping may hold several
+//!   of the caller's maps; unmapping only some of them is refused. Turn
+//!   merging off ([`VirtioDomain::with_merging`]) when pieces must come and
+//!   go one by one.
+//! - **Never dropped.** When the software batch is full, `map`/`unmap` send it
+//!   first (a flush in the middle) and go on; when the queue is smaller than
+//!   the batch, `run` sends it in queue-sized parts.
+//! - **Retry.** A request the device rejects stays queued, and `flush`
+//!   returns the first rejection ([`Error::Device`] with the status, see
+//!   [`crate::error::device_code`]); the next flush sends it again. An unmap
+//!   of a mapping whose MAP has not succeeded yet simply drops that MAP.
+
+use iova_core::{Error, IommuDomain, IotlbGather, Iova, PhysAddr, Prot};
+use virtio_drivers::Hal;
+use virtio_drivers::transport::Transport;
+
+use crate::driver::{Request, VirtioIommu};
+use crate::error::VirtioIommuError;
+use crate::features::Features;
+use crate::wire;
+
+/// Requests a domain queues before it sends them on its own.
+pub const PENDING: usize = 128;
+
+/// One mapping the device has (or will have, once its MAP succeeds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    start: u64,
+    /// Exclusive.
+    end: u64,
+    pa: u64,
+    flags: u32,
+    /// Its MAP is still in `pending` (not acknowledged by the device).
+    queued: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// `[start, end)` -> `pa`.
+    Map {
+        start: u64,
+        end: u64,
+        pa: u64,
+        flags: u32,
+    },
+    /// `[start, end)`.
+    Unmap { start: u64, end: u64 },
+}
+
+struct State<const M: usize> {
+    records: heapless::Vec<Record, M>,
+    pending: heapless::Vec<Pending, PENDING>,
+}
+
+/// A domain on a virtio-iommu, keeping up to `M` mappings.
+pub struct VirtioDomain<'a, H: Hal, T: Transport, const Q: usize = 256, const M: usize = 512> {
+    iommu: &'a VirtioIommu<H, T, Q>,
+    id: u32,
+    merge: bool,
+    state: spin::Mutex<State<M>>,
+}
+
+impl<H: Hal, T: Transport, const Q: usize, const M: usize> core::fmt::Debug
+    for VirtioDomain<'_, H, T, Q, M>
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VirtioDomain")
+            .field("id", &self.id)
+            .field("merge", &self.merge)
+            .finish_non_exhaustive()
+    }
+}
+
+fn flags_of(prot: Prot, mmio_ok: bool) -> Result<u32, VirtioIommuError> {
+    if !prot.grants_access() {
+        return Err(VirtioIommuError::InvalidArgument("no access"));
+    }
+    let mut f = 0;
+    if prot.contains(Prot::READ) {
+        f |= wire::MAP_F_READ;
+    }
+    if prot.contains(Prot::WRITE) {
+        f |= wire::MAP_F_WRITE;
+    }
+    if prot.contains(Prot::MMIO) {
+        if !mmio_ok {
+            return Err(VirtioIommuError::NotNegotiated(Features::MMIO.bits()));
+        }
+        f |= wire::MAP_F_MMIO;
+    }
+    Ok(f)
+}
+
+impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize> VirtioDomain<'a, H, T, Q, M> {
+    /// Domain `id` on `iommu` (the device creates it at the first attach).
+    /// Merging of contiguous maps is on.
+    pub fn new(iommu: &'a VirtioIommu<H, T, Q>, id: u32) -> Result<Self, VirtioIommuError> {
+        iommu.check_domain(id)?;
+        Ok(Self {
+            iommu,
+            id,
+            merge: true,
+            state: spin::Mutex::new(State {
+                records: heapless::Vec::new(),
+                pending: heapless::Vec::new(),
+            }),
+        })
+    }
+
+    /// The same domain with merging of contiguous maps on or off.
+    pub fn with_merging(self, merge: bool) -> Self {
+        Self { merge, ..self }
+    }
+
+    /// The domain ID.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The device.
+    pub fn iommu(&self) -> &'a VirtioIommu<H, T, Q> {
+        self.iommu
+    }
+
+    /// Attaches `endpoint` (moving it from any other domain).
+    pub fn attach(&self, endpoint: u32) -> Result<(), VirtioIommuError> {
+        self.iommu.attach(endpoint, self.id)
+    }
+
+    /// Detaches `endpoint`.
+    pub fn detach(&self, endpoint: u32) -> Result<(), VirtioIommuError> {
+        self.iommu.detach(endpoint, self.id)
+    }
+
+    /// How many mappings the domain records (acknowledged or queued).
+    pub fn mappings(&self) -> usize {
+        self.state.lock().records.len()
+    }
+
+    /// How many requests wait for the next flush.
+    pub fn pending(&self) -> usize {
+        self.state.lock().pending.len()
+    }
+
+    fn check_range(&self, iova: u64, pa: u64, len: u64) -> Result<u64, VirtioIommuError> {
+        let g = self.iommu.geometry();
+        if len == 0 {
+            return Err(VirtioIommuError::InvalidArgument("zero length"));
+        }
+        let end = iova
+            .checked_add(len)
+            .ok_or(VirtioIommuError::InvalidArgument("overflow"))?;
+        pa.checked_add(len)
+            .ok_or(VirtioIommuError::InvalidArgument("overflow"))?;
+        let gm = g.granule - 1;
+        if iova & gm != 0 || pa & gm != 0 || len & gm != 0 {
+            return Err(VirtioIommuError::InvalidArgument("not granule aligned"));
+        }
+        if iova < g.input_start || end - 1 > g.input_end {
+            return Err(VirtioIommuError::OutOfRange);
+        }
+        Ok(end)
+    }
+
+    /// Sends the queued requests; keeps the ones the device rejected.
+    fn submit(&self, st: &mut State<M>) -> Result<(), VirtioIommuError> {
+        if st.pending.is_empty() {
+            return Ok(());
+        }
+        let mut reqs: heapless::Vec<Request, PENDING> = heapless::Vec::new();
+        for p in &st.pending {
+            let r = match *p {
+                Pending::Map {
+                    start,
+                    end,
+                    pa,
+                    flags,
+                } => Request::Map {
+                    domain: self.id,
+                    start,
+                    end: end - 1,
+                    phys: pa,
+                    flags,
+                },
+                Pending::Unmap { start, end } => Request::Unmap {
+                    domain: self.id,
+                    start,
+                    end: end - 1,
+                },
+            };
+            // Same capacity as `pending`: cannot fail.
+            let _ = reqs.push(r);
+        }
+        let mut results = [Ok(()); PENDING];
+        let results = &mut results[..reqs.len()];
+        self.iommu.run(&reqs, results)?;
+        let mut first_error = None;
+        let mut kept: heapless::Vec<Pending, PENDING> = heapless::Vec::new();
+        for (p, r) in st.pending.iter().zip(results.iter()) {
+            match (r, p) {
+                (Ok(()), Pending::Map { start, .. }) => {
+                    if let Some(rec) = st.records.iter_mut().find(|r| r.start == *start) {
+                        rec.queued = false;
+                    }
+                }
+                (Ok(()), Pending::Unmap { .. }) => {}
+                (Err(e), _) => {
+                    first_error.get_or_insert(*e);
+                    let _ = kept.push(*p);
+                }
+            }
+        }
+        st.pending = kept;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn push(&self, st: &mut State<M>, p: Pending) -> Result<(), VirtioIommuError> {
+        if st.pending.is_full() {
+            self.submit(st)?;
+        }
+        st.pending
+            .push(p)
+            .map_err(|_| VirtioIommuError::StorageFull)
+    }
+
+    fn do_map(&self, iova: u64, pa: u64, len: u64, prot: Prot) -> Result<(), VirtioIommuError> {
+        let end = self.check_range(iova, pa, len)?;
+        let flags = flags_of(prot, self.iommu.features().contains(Features::MMIO))?;
+        let mut st = self.state.lock();
+        let idx = st.records.partition_point(|r| r.start < iova);
+        let prev_overlaps = idx > 0 && st.records[idx - 1].end > iova;
+        let next_overlaps = st.records.get(idx).is_some_and(|r| r.start < end);
+        if prev_overlaps || next_overlaps {
+            return Err(VirtioIommuError::AlreadyMapped);
+        }
+        if self.merge && idx > 0 {
+            let prev = st.records[idx - 1];
+            let last = st.pending.last().copied();
+            if let Some(Pending::Map {
+                start,
+                end: pend,
+                pa: ppa,
+                flags: pflags,
+            }) = last
+            {
+                let contiguous = prev.queued
+                    && prev.start == start
+                    && pend == iova
+                    && ppa.checked_add(pend - start) == Some(pa)
+                    && pflags == flags;
+                if contiguous {
+                    st.records[idx - 1].end = end;
+                    if let Some(Pending::Map { end: e, .. }) = st.pending.last_mut() {
+                        *e = end;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if st.records.is_full() {
+            return Err(VirtioIommuError::StorageFull);
+        }
+        self.push(
+            &mut st,
+            Pending::Map {
+                start: iova,
+                end,
+                pa,
+                flags,
+            },
+        )?;
+        // Not full (checked above, and `push` does not add records).
+        let _ = st.records.insert(
+            idx,
+            Record {
+                start: iova,
+                end,
+                pa,
+                flags,
+                queued: true,
+            },
+        );
+        Ok(())
+    }
+
+    fn do_unmap(&self, iova: u64, len: u64) -> Result<u64, VirtioIommuError> {
+        let end = self.check_range(iova, 0, len)?;
+        let mut st = self.state.lock();
+        let first = st.records.partition_point(|r| r.end <= iova);
+        let last = first + st.records[first..].partition_point(|r| r.start < end);
+        let hit = &st.records[first..last];
+        if hit.iter().any(|r| r.start < iova || r.end > end) {
+            return Err(VirtioIommuError::SplitsMapping);
+        }
+        let live = hit.iter().filter(|r| !r.queued).count();
+        // Room for the UNMAPs first, so a failure changes nothing.
+        if st.pending.len() + live > PENDING {
+            self.submit(&mut st)?;
+            if st.pending.len() + live > PENDING {
+                return Err(VirtioIommuError::StorageFull);
+            }
+        }
+        let mut bytes = 0;
+        for i in first..last {
+            let r = st.records[i];
+            bytes += r.end - r.start;
+            if r.queued {
+                // Its MAP never reached the device (or failed): drop it.
+                st.pending
+                    .retain(|p| !matches!(p, Pending::Map { start, .. } if *start == r.start));
+                continue;
+            }
+            if let Some(Pending::Unmap { end: e, .. }) = st.pending.last_mut() {
+                if *e == r.start {
+                    *e = r.end;
+                    continue;
+                }
+            }
+            let _ = st.pending.push(Pending::Unmap {
+                start: r.start,
+                end: r.end,
+            });
+        }
+        let removed = last - first;
+        let n = st.records.len();
+        st.records.copy_within(last..n, first);
+        st.records.truncate(n - removed);
+        Ok(bytes)
+    }
+
+    /// Sends everything queued with one notification and waits for the
+    /// replies (what [`IommuDomain::flush`] does, without a gather).
+    pub fn sync(&self) -> Result<(), VirtioIommuError> {
+        let mut st = self.state.lock();
+        self.submit(&mut st)
+    }
+}
+
+impl<H: Hal, T: Transport + Send, const Q: usize, const M: usize> IommuDomain
+    for VirtioDomain<'_, H, T, Q, M>
+{
+    fn granule(&self) -> u64 {
+        self.iommu.geometry().granule
+    }
+
+    fn map(
+        &self,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+        gather: &mut IotlbGather,
+    ) -> Result<(), Error> {
+        self.do_map(iova.0, pa.0, len, prot).map_err(|e| match e {
+            VirtioIommuError::InvalidArgument("no access") => Error::InvalidProt,
+            VirtioIommuError::InvalidArgument("zero length") => Error::ZeroLength,
+            VirtioIommuError::InvalidArgument("overflow") => Error::Overflow,
+            e => e.into(),
+        })?;
+        gather.add_mapped(iova, len);
+        Ok(())
+    }
+
+    fn unmap(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64, Error> {
+        let bytes = self.do_unmap(iova.0, len).map_err(|e| match e {
+            VirtioIommuError::InvalidArgument("zero length") => Error::ZeroLength,
+            VirtioIommuError::InvalidArgument("overflow") => Error::Overflow,
+            e => e.into(),
+        })?;
+        if bytes > 0 {
+            gather.add_unmapped(iova, len, self.granule());
+        }
+        Ok(bytes)
+    }
+
+    fn flush(&self, gather: &mut IotlbGather) -> Result<(), Error> {
+        self.sync()?;
+        gather.clear_ranges();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

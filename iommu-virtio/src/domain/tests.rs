@@ -1,0 +1,375 @@
+//! The domain and the two-step API over the fake device.
+
+use super::*;
+use crate::driver::{DriverConfig, WaitBudget};
+use crate::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave};
+use iova_core::iova_alloc::IovaAllocatorConfig;
+use iova_core::{DmaMapper, IovaAllocator, IovaRange};
+
+const EP: u32 = 0x10;
+const G: u64 = 0x1000;
+
+type Iommu<const Q: usize> = VirtioIommu<HostHal, FakeTransport, Q>;
+
+fn iommu<const Q: usize>() -> (FakeIommu, Iommu<Q>) {
+    let (fake, t) = FakeIommu::new(FakeConfig::default());
+    (fake, Iommu::<Q>::new(t, DriverConfig::default()).unwrap())
+}
+
+fn scattered(i: u64) -> u64 {
+    0x4000_0000 + i * 3 * G
+}
+
+#[test]
+fn map_queues_without_notifying_and_flush_notifies_once() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let before = io.counters();
+    let mut g = IotlbGather::new();
+    for i in 0..10 {
+        d.map(
+            Iova(0x100_0000 + i * G),
+            PhysAddr(scattered(i)),
+            G,
+            Prot::RW,
+            &mut g,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        io.counters().since(&before).notifications,
+        0,
+        "map never notifies"
+    );
+    assert_eq!(fake.mappings(1), Some(vec![]), "nothing reached the device");
+    assert_eq!(d.pending(), 10);
+    d.flush(&mut g).unwrap();
+    assert!(g.is_empty());
+    let c = io.counters().since(&before);
+    assert_eq!((c.map, c.notifications, c.replies), (10, 1, 10));
+    assert_eq!(fake.mappings(1).unwrap().len(), 10);
+    assert_eq!(
+        fake.dma(EP, 0x100_0000 + 3 * G + 8, false),
+        Some(scattered(3) + 8)
+    );
+}
+
+#[test]
+fn contiguous_maps_merge_into_one_request_unless_merging_is_off() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let mut g = IotlbGather::new();
+    for i in 0..4 {
+        d.map(
+            Iova(0x10_0000 + i * G),
+            PhysAddr(0x5000_0000 + i * G),
+            G,
+            Prot::READ,
+            &mut g,
+        )
+        .unwrap();
+    }
+    // Physically discontiguous, then different permissions: new requests.
+    d.map(
+        Iova(0x10_4000),
+        PhysAddr(0x6000_0000),
+        G,
+        Prot::READ,
+        &mut g,
+    )
+    .unwrap();
+    d.map(Iova(0x10_5000), PhysAddr(0x6000_1000), G, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    let maps = fake.mappings(1).unwrap();
+    assert_eq!(maps.len(), 3);
+    assert_eq!(
+        (maps[0].start, maps[0].end, maps[0].phys),
+        (0x10_0000, 0x10_3fff, 0x5000_0000)
+    );
+    assert_eq!(io.counters().map, 3);
+    // A continuation after the flush is a new mapping (the old one is live).
+    d.map(Iova(0x10_6000), PhysAddr(0x6000_2000), G, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    assert_eq!(fake.mappings(1).unwrap().len(), 4);
+
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap().with_merging(false);
+    d.attach(EP).unwrap();
+    for i in 0..4 {
+        d.map(
+            Iova(0x10_0000 + i * G),
+            PhysAddr(0x5000_0000 + i * G),
+            G,
+            Prot::READ,
+            &mut g,
+        )
+        .unwrap();
+    }
+    d.flush(&mut g).unwrap();
+    assert_eq!(fake.mappings(1).unwrap().len(), 4);
+}
+
+#[test]
+fn unmap_covers_whole_mappings_and_a_split_never_reaches_the_device() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let mut g = IotlbGather::new();
+    d.map(
+        Iova(0x10_0000),
+        PhysAddr(0x5000_0000),
+        4 * G,
+        Prot::RW,
+        &mut g,
+    )
+    .unwrap();
+    d.map(Iova(0x20_0000), PhysAddr(0x6000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    let sent = fake.handled().len();
+    assert_eq!(
+        d.unmap(Iova(0x10_1000), G, &mut g),
+        Err(Error::PartialUnmap)
+    );
+    assert_eq!(
+        d.unmap(Iova(0x0f_f000), 2 * G, &mut g),
+        Err(Error::PartialUnmap)
+    );
+    assert_eq!(fake.handled().len(), sent, "refused before the device");
+    assert_eq!(d.mappings(), 2);
+    assert_eq!(
+        d.unmap(Iova(0x30_0000), G, &mut g),
+        Ok(0),
+        "a hole unmaps nothing"
+    );
+    // One call covering both mappings and the hole between them.
+    assert_eq!(d.unmap(Iova(0x10_0000), 0x10_1000, &mut g), Ok(5 * G));
+    assert_eq!(
+        fake.dma(EP, 0x10_0000, false),
+        Some(0x5000_0000),
+        "until the flush"
+    );
+    d.flush(&mut g).unwrap();
+    assert_eq!(fake.mappings(1), Some(vec![]));
+    assert_eq!(fake.dma(EP, 0x10_0000, false), None);
+    assert_eq!(io.counters().unmap, 2);
+}
+
+#[test]
+fn unmapping_before_the_flush_cancels_the_map() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let sent = fake.handled().len();
+    let mut g = IotlbGather::new();
+    d.map(Iova(0x10_0000), PhysAddr(0x5000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    assert_eq!(d.unmap(Iova(0x10_0000), G, &mut g), Ok(G));
+    d.flush(&mut g).unwrap();
+    assert_eq!(fake.handled().len(), sent, "nothing to send");
+    assert_eq!(d.mappings(), 0);
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_is_queued() {
+    let (_fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    let mut g = IotlbGather::new();
+    let m = |iova: u64, pa: u64, len: u64, prot: Prot, g: &mut IotlbGather| {
+        d.map(Iova(iova), PhysAddr(pa), len, prot, g)
+    };
+    assert_eq!(
+        m(0x1800, 0x1000, G, Prot::RW, &mut g),
+        Err(Error::Misaligned)
+    );
+    assert_eq!(
+        m(0x1000, 0x1000, 0, Prot::RW, &mut g),
+        Err(Error::ZeroLength)
+    );
+    assert_eq!(
+        m(0x1000, 0x1000, G, Prot::empty(), &mut g),
+        Err(Error::InvalidProt)
+    );
+    assert_eq!(
+        m(0x80_0000_0000, 0, G, Prot::RW, &mut g),
+        Err(Error::OutOfRange),
+        "past input_range"
+    );
+    assert_eq!(m(!0xfff, 0, 2 * G, Prot::RW, &mut g), Err(Error::Overflow));
+    m(0x1000, 0x1000, 2 * G, Prot::RW, &mut g).unwrap();
+    assert_eq!(
+        m(0x2000, 0x9000, G, Prot::RW, &mut g),
+        Err(Error::AlreadyMapped)
+    );
+    assert_eq!(d.pending(), 1);
+    assert!(VirtioDomain::<'_, _, _, 256>::new(&io, 1).is_ok());
+    // MMIO mappings need the MMIO feature (offered here).
+    m(0x10_0000, 0x1000_0000, G, Prot::RW | Prot::MMIO, &mut g).unwrap();
+    d.flush(&mut g).unwrap_err(); // domain 1 was never attached: NOENT
+}
+
+#[test]
+fn a_full_batch_is_sent_in_the_middle_and_nothing_is_dropped() {
+    // Q = 16: 8 requests per notification; PENDING = 128 per software batch.
+    let (fake, io) = iommu::<16>();
+    let d: VirtioDomain<'_, _, _, 16, 1024> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let before = io.counters();
+    let mut g = IotlbGather::new();
+    let n = PENDING as u64 + 10;
+    for i in 0..n {
+        d.map(
+            Iova(0x100_0000 + 2 * i * G),
+            PhysAddr(scattered(i)),
+            G,
+            Prot::READ,
+            &mut g,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        d.pending(),
+        10,
+        "the first 128 went out when the batch filled"
+    );
+    d.flush(&mut g).unwrap();
+    let c = io.counters().since(&before);
+    assert_eq!(c.map, n);
+    assert_eq!(
+        c.notifications,
+        128 / 8 + 2,
+        "16 for the first batch, 2 for the rest"
+    );
+    assert_eq!(fake.mappings(1).unwrap().len() as u64, n);
+}
+
+#[test]
+fn a_rejected_request_stays_queued_and_the_flush_can_be_retried() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 5).unwrap();
+    let mut g = IotlbGather::new();
+    d.map(Iova(0x10_0000), PhysAddr(0x5000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    // Not attached yet: the device does not know domain 5.
+    let e = d.flush(&mut g).unwrap_err();
+    assert_eq!(e, Error::Device(crate::error::device_code::STATUS | 6));
+    assert!(!g.is_empty(), "the gather is kept for the retry");
+    assert_eq!(d.pending(), 1);
+    d.attach(EP).unwrap();
+    d.flush(&mut g).unwrap();
+    assert!(g.is_empty());
+    assert_eq!(fake.dma(EP, 0x10_0000, true), Some(0x5000_0000));
+}
+
+#[test]
+fn a_silent_device_makes_the_flush_time_out() {
+    let (fake, t) = FakeIommu::new(FakeConfig::default());
+    let dc = DriverConfig {
+        wait: WaitBudget {
+            max_polls: 100_000,
+            clock: None,
+        },
+        ..Default::default()
+    };
+    let io = Iommu::<256>::new(t, dc).unwrap();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let mut g = IotlbGather::new();
+    d.map(Iova(0x10_0000), PhysAddr(0x5000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    fake.misbehave(Misbehave {
+        silent: true,
+        ..Default::default()
+    });
+    assert_eq!(d.flush(&mut g), Err(Error::Timeout));
+    assert!(!g.is_empty());
+}
+
+#[test]
+fn the_two_step_api_links_64_scattered_pages_with_one_notification() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let aperture = io.geometry().aperture().unwrap();
+    let aperture = IovaRange::new(Iova(0x80_0000_0000 - (1 << 32)), 1 << 32)
+        .ok()
+        .filter(|a| aperture.contains_range(a))
+        .unwrap();
+    let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, G), 64, 1).unwrap();
+    io.probe(EP).unwrap().reserve_in(&iovas).unwrap();
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu).unwrap();
+    let before = io.counters();
+    let mut state = mapper.try_alloc(64 * G, G).unwrap();
+    for i in 0..64 {
+        state
+            .link(i * G, PhysAddr(scattered(i)), G, Prot::RW)
+            .unwrap();
+    }
+    assert_eq!(io.counters().since(&before).notifications, 0);
+    state.sync().unwrap();
+    let c = io.counters().since(&before);
+    assert_eq!(
+        (c.map, c.notifications),
+        (64, 1),
+        "one MAP per piece, one notification"
+    );
+    for i in 0..64 {
+        let dev = state.dma_addr(i * G + 0x10).unwrap();
+        assert_eq!(fake.dma(EP, dev.0, true), Some(scattered(i) + 0x10));
+    }
+    // Unlink two pieces, one sync; their IOVAs fault, the others still work.
+    state.unlink(5 * G, G).unwrap();
+    state.unlink(9 * G, G).unwrap();
+    let before = io.counters();
+    state.sync().unwrap();
+    let c = io.counters().since(&before);
+    assert_eq!((c.unmap, c.notifications), (2, 1));
+    let gone = state.dma_addr(5 * G).unwrap();
+    assert_eq!(fake.dma(EP, gone.0, false), None);
+    let f = io.pop_fault().unwrap();
+    assert_eq!((f.endpoint, f.address), (EP, Some(gone.0)));
+    assert!(
+        fake.dma(EP, state.dma_addr(6 * G).unwrap().0, false)
+            .is_some()
+    );
+    state.destroy().unwrap();
+    assert_eq!(fake.mappings(1), Some(vec![]));
+    assert_eq!(d.mappings(), 0);
+}
+
+#[test]
+fn contiguous_links_merge_and_destroy_unmaps_them_whole() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let aperture = IovaRange::new(Iova(0x1_0000_0000), 1 << 30).unwrap();
+    let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, G), 64, 1).unwrap();
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu).unwrap();
+    let mut state = mapper.try_alloc(8 * G, G).unwrap();
+    // Two runs of 4 physically contiguous pages.
+    for i in 0..8 {
+        let pa = if i < 4 { 0x5000_0000 } else { 0x7000_0000 } + (i % 4) * G;
+        state.link(i * G, PhysAddr(pa), G, Prot::READ).unwrap();
+    }
+    state.sync().unwrap();
+    assert_eq!(
+        fake.mappings(1).unwrap().len(),
+        2,
+        "one MAP per contiguous run"
+    );
+    assert_eq!(io.counters().map, 2);
+    assert_eq!(
+        state.unlink(G, G),
+        Err(Error::PartialUnmap),
+        "inside a merged MAP"
+    );
+    state.destroy().unwrap();
+    assert_eq!(fake.mappings(1), Some(vec![]));
+    assert_eq!(io.counters().unmap, 1, "adjacent whole mappings: one UNMAP");
+}
