@@ -451,56 +451,89 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     #[inline]
     fn walk_alloc(&self, iova: u64, depth: usize) -> Result<PhysAddr, Error> {
         let mut table = self.root;
-        for d in 0..depth {
+        let mut d = 0;
+        while d < depth {
             let idx = self.geo.index(iova, d);
             let raw = self.entry(table, idx).load(Ordering::Acquire);
-            table = if self.fmt.is_table(d, raw) {
-                self.fmt.table_pa(raw)
+            if self.fmt.is_table(d, raw) {
+                table = self.fmt.table_pa(raw);
+                d += 1;
             } else {
-                self.install_table(table, idx, d, raw)?
-            };
+                (table, d) = self.install_tables(table, idx, d, raw, iova, depth)?;
+            }
         }
         Ok(table)
     }
 
-    /// Puts a new table at entry `idx` of `parent` (at `depth`), which held
-    /// `raw`, or returns the table another CPU installed there first.
+    /// Entry `idx` of `parent` (at `depth`) held `raw`, which is not a table:
+    /// builds the missing tables down to `target` where nothing can see them,
+    /// and publishes them all with one compare-and-swap. Returns the table at
+    /// `target`, or, when another CPU installed a table there first, that
+    /// table and `depth + 1` (the walk goes on from it).
     #[cold]
     #[inline(never)]
-    fn install_table(
+    fn install_tables(
         &self,
         parent: PhysAddr,
         idx: usize,
         depth: usize,
         raw: u64,
-    ) -> Result<PhysAddr, Error> {
+        iova: u64,
+        target: usize,
+    ) -> Result<(PhysAddr, usize), Error> {
         if self.fmt.is_present(depth, raw) {
             return Err(Error::AlreadyMapped);
         }
-        let bytes = self.geo.table_bytes(depth + 1);
-        let new = alloc_table(&self.fmt, &self.frames, bytes)?;
-        self.clean(new, bytes);
+        // Every table below the root has the same size (`Geometry::new`).
+        let bytes = self.geo.table_bytes(1);
+        let mut chain = [PhysAddr(0); MAX_LEVELS];
+        let new = &mut chain[..target - depth];
+        for d in 0..new.len() {
+            match alloc_table(&self.fmt, &self.frames, bytes) {
+                Ok(t) => new[d] = t,
+                Err(e) => {
+                    self.free_unpublished(&new[..d]);
+                    return Err(e);
+                }
+            }
+            if d > 0 {
+                let at = depth + d;
+                let slot = self.entry(new[d - 1], self.geo.index(iova, at));
+                slot.store(self.fmt.encode_table(at, new[d]), Ordering::Relaxed);
+            }
+        }
+        for &t in new.iter() {
+            self.clean(t, bytes);
+        }
         let slot = self.entry(parent, idx);
         match slot.compare_exchange(
             raw,
-            self.fmt.encode_table(depth, new),
+            self.fmt.encode_table(depth, new[0]),
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
             Ok(_) => {
                 self.clean_entries(parent, idx, idx);
-                Ok(new)
+                Ok((new[new.len() - 1], target))
             }
             Err(cur) => {
-                // SAFETY: `new` came from `alloc_zeroed(bytes)` just above and
-                // was never published, so nothing else can reach it.
-                unsafe { self.frames.free(new, bytes) };
+                self.free_unpublished(new);
                 if self.fmt.is_table(depth, cur) {
-                    Ok(self.fmt.table_pa(cur))
+                    Ok((self.fmt.table_pa(cur), depth + 1))
                 } else {
                     Err(Error::AlreadyMapped)
                 }
             }
+        }
+    }
+
+    /// Returns tables that were allocated but never linked into the tree.
+    fn free_unpublished(&self, tables: &[PhysAddr]) {
+        for &t in tables {
+            // SAFETY: `t` came from `alloc_zeroed` with the size of a table
+            // below the root and was never published, so nothing else can
+            // reach it.
+            unsafe { self.frames.free(t, self.geo.table_bytes(1)) };
         }
     }
 
