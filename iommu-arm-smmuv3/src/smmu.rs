@@ -122,8 +122,10 @@ pub(crate) struct IdAlloc {
 
 impl IdAlloc {
     fn new(id_bits: u32) -> Self {
+        let mut bits = [0; 16];
+        bits[0] = 1; // ID 0 is reserved
         Self {
-            bits: [1; 16],
+            bits,
             limit: (1u32 << id_bits).min(1024),
         }
     }

@@ -1,0 +1,846 @@
+//! The driver against the fake SMMUv3: bring-up, every STE state, stage 1,
+//! stage 2 and nested, every command and its error path, the queues, events,
+//! and invalidations that a driver could forget.
+#![cfg(feature = "fakes")]
+
+use std::sync::Arc;
+
+use iommu_arm_smmuv3::cmd::op;
+use iommu_arm_smmuv3::event::Stage;
+use iommu_arm_smmuv3::fake::{DmaFault, FakeSmmu, QEMU_7_2, QEMU_10_VIRT, QEMU_10_VIRT_9_1};
+use iommu_arm_smmuv3::regs::{Mmio, cr0, gbpa, off};
+use iommu_arm_smmuv3::{
+    Command, CommandErrorKind, Config, Event, FaultKind, IdRegs, Smmu, SmmuError, Ste,
+    StreamTableFormat, Wait,
+};
+use iova_core::fakes::{FAKE_PHYS_BASE, FakeFrames};
+use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
+use iova_core::{
+    DmaMapper, Error, FrameAllocator, IommuDomain, IotlbGather, Iova, IovaRange, PhysAddr, Prot,
+};
+
+const K4: u64 = 0x1000;
+const M2: u64 = 0x20_0000;
+const SID: u32 = 8;
+
+fn mem() -> Arc<FakeFrames> {
+    Arc::new(FakeFrames::new())
+}
+
+fn page(mem: &FakeFrames) -> PhysAddr {
+    mem.alloc_zeroed(K4 as usize).unwrap()
+}
+
+fn map<D: IommuDomain>(d: &D, iova: u64, pa: PhysAddr, len: u64, prot: Prot) {
+    let mut g = IotlbGather::new();
+    d.map(Iova(iova), pa, len, prot, &mut g).unwrap();
+    d.flush(&mut g).unwrap();
+}
+
+fn unmap<D: IommuDomain>(d: &D, iova: u64, len: u64) -> Result<(), Error> {
+    let mut g = IotlbGather::new();
+    d.unmap(Iova(iova), len, &mut g).unwrap();
+    d.flush(&mut g)
+}
+
+fn events<M: Mmio, A: FrameAllocator>(smmu: &Smmu<M, A>) -> Vec<Event> {
+    let mut v = Vec::new();
+    let r = smmu.drain_events(|e| v.push(e));
+    assert!(!r.lost_events());
+    v
+}
+
+fn read_mem(mem: &FakeFrames, pa: PhysAddr, len: usize) -> Vec<u8> {
+    let p = mem.phys_to_virt(pa);
+    // SAFETY: a page the test allocated; nothing writes it concurrently.
+    unsafe { std::slice::from_raw_parts(p, len).to_vec() }
+}
+
+fn opcodes(fake: &FakeSmmu) -> Vec<u8> {
+    fake.commands().iter().map(Command::opcode).collect()
+}
+
+#[test]
+fn bring_up_in_order_with_exact_widths() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    assert_eq!(fake.bad_accesses(), 0, "every register at its width");
+    assert_eq!(
+        fake.read32(off::CR0),
+        cr0::SMMUEN | cr0::CMDQEN | cr0::EVENTQEN
+    );
+    assert_ne!(fake.read32(off::GBPA) & gbpa::ABORT, 0);
+    assert!(smmu.layout().gbpa_abort);
+    // Everything cached before us is invalidated, then one sync.
+    assert_eq!(
+        opcodes(&fake),
+        [op::CFGI_STE_RANGE, op::TLBI_NSNH_ALL, op::CMD_SYNC]
+    );
+    assert_eq!(fake.commands()[0], Command::cfgi_all());
+    // 16 SID bits on an SMMU with 2-level support: two-level, nothing allocated yet.
+    assert_eq!(
+        smmu.layout().stream_table,
+        StreamTableFormat::TwoLevel { split: 6 }
+    );
+    assert_eq!(smmu.l2_tables(), 0);
+    assert_eq!(smmu.layout().cmdq_entries, 256);
+    let c = smmu.counters();
+    assert_eq!((c.commands.total, c.commands.sync), (3, 1));
+    drop(smmu);
+    assert!(!fake.enabled(), "dropping the driver disables translation");
+    assert_eq!(m.live(), 0, "queues and stream table returned");
+}
+
+#[test]
+fn a_64_bit_read_of_a_32_bit_register_reads_zero_so_probe_uses_32_bits() {
+    let fake = FakeSmmu::new(mem(), QEMU_10_VIRT);
+    assert_eq!(fake.read64(off::IDR0), 0);
+    assert_eq!(fake.bad_accesses(), 1);
+    let f = iommu_arm_smmuv3::probe(&fake).unwrap();
+    assert!(f.stage1 && f.stage2 && f.ril);
+    assert_eq!(fake.bad_accesses(), 1);
+}
+
+#[test]
+fn linear_table_when_few_stream_ids_or_no_two_level() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default().with_sid_bits(6)).unwrap();
+    assert_eq!(smmu.layout().stream_table, StreamTableFormat::Linear);
+    assert_eq!(smmu.layout().sid_bits, 6);
+    assert_eq!(smmu.set_bypass(64), Err(SmmuError::StreamIdOutOfRange(64)));
+    smmu.set_bypass(63).unwrap();
+    assert_eq!(fake.translate(63, Iova(0x1234), true), Ok(PhysAddr(0x1234)));
+    drop(smmu);
+    // Linear-only hardware.
+    let mut id = QEMU_10_VIRT;
+    id.idr[0] &= !(3 << 27);
+    let fake = FakeSmmu::new(Arc::clone(&m), id);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default().with_sid_bits(10)).unwrap();
+    assert_eq!(smmu.layout().stream_table, StreamTableFormat::Linear);
+    smmu.set_bypass(1000).unwrap();
+    assert_eq!(
+        fake.translate(1000, Iova(0x5000), false),
+        Ok(PhysAddr(0x5000))
+    );
+}
+
+#[test]
+fn refuses_what_the_hardware_cannot_do() {
+    let m = mem();
+    let mut id = QEMU_10_VIRT;
+    id.idr[5] &= !(1 << 4); // no 4 KiB granule
+    let fake = FakeSmmu::new(Arc::clone(&m), id);
+    assert!(matches!(
+        Smmu::new(&fake, Arc::clone(&m), Config::default()),
+        Err(SmmuError::Unsupported(_))
+    ));
+    assert!(!fake.enabled());
+    assert_eq!(m.live(), 0);
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT_9_1);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    assert!(matches!(
+        smmu.s2_domain(Arc::clone(&m), 40),
+        Err(SmmuError::StageUnsupported)
+    ));
+    assert!(matches!(
+        smmu.s1_domain(Arc::clone(&m), 49),
+        Err(SmmuError::BadGeometry)
+    ));
+    assert!(matches!(
+        smmu.s1_domain(Arc::clone(&m), 20),
+        Err(SmmuError::BadGeometry)
+    ));
+}
+
+#[test]
+fn unattached_streams_are_denied_and_reported() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    // No level-2 table for the range: C_BAD_STREAMID.
+    assert_eq!(
+        fake.dma_write(SID, Iova(0x1000), &[1]),
+        Err(DmaFault::Terminated(Some(0x02)))
+    );
+    // A level-2 table exists (a neighbour was attached), the STE is invalid: C_BAD_STE.
+    smmu.set_bypass(SID + 1).unwrap();
+    assert_eq!(smmu.l2_tables(), 1);
+    assert_eq!(
+        fake.dma_read(SID, Iova(0x1000), 4),
+        Err(DmaFault::Terminated(Some(0x04)))
+    );
+    let ev = events(&smmu);
+    assert_eq!(ev.len(), 2);
+    assert_eq!((ev[0].kind, ev[0].sid), (FaultKind::BadStreamId, SID));
+    assert_eq!((ev[1].kind, ev[1].sid), (FaultKind::BadSte, SID));
+    assert_eq!(smmu.counters().events, 2);
+    // Beyond the SMMU's StreamIDs.
+    assert_eq!(
+        smmu.set_bypass(1 << 16),
+        Err(SmmuError::StreamIdOutOfRange(1 << 16))
+    );
+}
+
+#[test]
+fn level_2_tables_are_allocated_on_first_use_only() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let before = m.live();
+    smmu.set_abort(0x10).unwrap();
+    smmu.set_abort(0x3f).unwrap(); // same 64-STE table
+    assert_eq!((smmu.l2_tables(), m.live() - before), (1, 1));
+    smmu.set_abort(0x40).unwrap();
+    smmu.set_abort(0xfff0).unwrap();
+    assert_eq!(smmu.l2_tables(), 3);
+    // Reading an untouched STE allocates nothing.
+    assert_eq!(smmu.ste(0x8000).unwrap(), Ste::invalid());
+    assert_eq!(smmu.l2_tables(), 3);
+}
+
+#[test]
+fn abort_and_bypass_states() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let p = page(&m);
+    smmu.set_bypass(SID).unwrap();
+    fake.dma_write(SID, Iova(p.0), b"bypass").unwrap();
+    assert_eq!(read_mem(&m, p, 6), b"bypass");
+    // A live entry changes with break-before-make: V=0 + CFGI first.
+    fake.clear_commands();
+    smmu.set_abort(SID).unwrap();
+    assert_eq!(
+        opcodes(&fake),
+        [
+            op::CFGI_STE,
+            op::CFGI_CD_ALL,
+            op::CMD_SYNC,
+            op::CFGI_STE,
+            op::CFGI_CD_ALL,
+            op::CMD_SYNC
+        ]
+    );
+    assert_eq!(fake.commands()[0], Command::cfgi_ste(SID, false));
+    // Abort: terminated without a record.
+    assert_eq!(
+        fake.dma_write(SID, Iova(p.0), b"x"),
+        Err(DmaFault::Terminated(None))
+    );
+    assert!(events(&smmu).is_empty());
+    assert_eq!(smmu.ste(SID).unwrap(), Ste::abort());
+    // Writing the same STE again issues nothing.
+    fake.clear_commands();
+    smmu.set_abort(SID).unwrap();
+    assert!(fake.commands().is_empty());
+    // Detach: back to invalid, reported.
+    smmu.detach(SID).unwrap();
+    assert_eq!(
+        fake.dma_write(SID, Iova(p.0), b"x"),
+        Err(DmaFault::Terminated(Some(0x04)))
+    );
+}
+
+#[test]
+fn a_driver_that_skipped_cfgi_would_see_the_old_ste() {
+    // The fake caches STEs: rewriting one in memory without CFGI_STE changes nothing.
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    smmu.set_bypass(SID).unwrap();
+    assert!(fake.translate(SID, Iova(0x4000), false).is_ok());
+    assert_eq!(fake.cached_stes(), 1);
+    smmu.submit(&[]).unwrap(); // a CMD_SYNC alone invalidates nothing
+    assert_eq!(fake.cached_stes(), 1);
+    smmu.set_abort(SID).unwrap(); // our path: CFGI_STE
+    assert_eq!(
+        fake.translate(SID, Iova(0x4000), false),
+        Err(DmaFault::Terminated(None))
+    );
+}
+
+#[test]
+fn stage1_translates_faults_and_invalidates() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    let (src, dst) = (page(&m), page(&m));
+    map(&d, 0x1_0000_0000, src, K4, Prot::READ);
+    map(&d, 0x2_0000_0000, dst, K4, Prot::WRITE);
+    assert_ne!(src.0, 0x1_0000_0000);
+    fake.dma_write(SID, Iova(0x2_0000_0010), b"through the SMMU")
+        .unwrap();
+    assert_eq!(&read_mem(&m, dst, 0x20)[0x10..], b"through the SMMU");
+    assert_eq!(fake.dma_read(SID, Iova(0x1_0000_0000), 2), Ok(vec![0, 0]));
+    // Read-only: a write is a permission fault and memory stays as it was.
+    assert_eq!(
+        fake.dma_write(SID, Iova(0x1_0000_0008), b"no"),
+        Err(DmaFault::Terminated(Some(0x13)))
+    );
+    assert_eq!(read_mem(&m, src, 16), vec![0; 16]);
+    // Unmapped address: translation fault with the stream, address and direction.
+    assert!(fake.dma_read(SID, Iova(0x3_0000_0040), 4).is_err());
+    let ev = events(&smmu);
+    assert_eq!(ev.len(), 2);
+    assert_eq!(
+        (ev[0].kind, ev[0].sid, ev[0].addr, ev[0].read),
+        (FaultKind::Permission, SID, Some(0x1_0000_0008), Some(false))
+    );
+    assert_eq!(
+        (ev[1].kind, ev[1].addr, ev[1].read, ev[1].stage),
+        (
+            FaultKind::Translation,
+            Some(0x3_0000_0040),
+            Some(true),
+            Stage::One
+        )
+    );
+    // Unmap + flush: one range TLBI, one sync; the device can no longer reach the page.
+    fake.clear_commands();
+    unmap(&d, 0x2_0000_0000, K4).unwrap();
+    let cmds = fake.commands();
+    assert_eq!(opcodes(&fake), [op::TLBI_NH_VA, op::CMD_SYNC]);
+    assert_eq!(cmds[0].asid(), d.invalidator().asid());
+    assert_eq!(cmds[0].addr(), 0x2_0000_0000);
+    assert!(cmds[0].range().is_some() && cmds[0].leaf());
+    assert_eq!(
+        fake.dma_write(SID, Iova(0x2_0000_0000), b"late"),
+        Err(DmaFault::Terminated(Some(0x10)))
+    );
+    assert_eq!(&read_mem(&m, dst, 4), b"\0\0\0\0");
+}
+
+#[test]
+fn the_fake_keeps_stale_translations_until_a_tlbi() {
+    // The control experiment for every "no stale access" test: unmapping without
+    // the driver's invalidation leaves the device a working translation.
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    let p = page(&m);
+    map(&d, 0x10_0000, p, K4, Prot::RW);
+    fake.dma_write(SID, Iova(0x10_0000), b"a").unwrap();
+    let mut g = IotlbGather::new();
+    d.table().unmap(Iova(0x10_0000), K4, &mut g).unwrap();
+    assert!(d.table().translate(Iova(0x10_0000)).is_none());
+    // Forgotten flush: the device still writes the page.
+    fake.dma_write(SID, Iova(0x10_0000), b"b").unwrap();
+    assert_eq!(read_mem(&m, p, 1), b"b");
+    assert!(fake.tlb_hits() > 0);
+    d.flush(&mut g).unwrap();
+    assert!(fake.dma_write(SID, Iova(0x10_0000), b"c").is_err());
+    assert_eq!(read_mem(&m, p, 1), b"b");
+}
+
+#[test]
+fn freed_tables_are_dropped_from_the_walk_cache() {
+    // Unmapping a whole 2 MiB span frees its level-3 table: the flush must use
+    // Leaf = 0, or the fake keeps walking the freed table.
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    let p = page(&m);
+    map(&d, 0x4000_0000, p, K4, Prot::RW);
+    fake.dma_write(SID, Iova(0x4000_0000), b"1").unwrap();
+    fake.clear_commands();
+    let mut g = IotlbGather::new();
+    d.unmap(Iova(0x4000_0000), M2, &mut g).unwrap();
+    assert!(g.tables_changed() && g.freed_tables() == 1);
+    d.flush(&mut g).unwrap();
+    assert!(!fake.commands()[0].leaf(), "tables changed: Leaf must be 0");
+    // A 2 MiB block in the same place now.
+    let block = m.alloc_zeroed(M2 as usize).unwrap();
+    map(&d, 0x4000_0000, block, M2, Prot::RW);
+    fake.dma_write(SID, Iova(0x4000_0000 + 0x1234), b"blk")
+        .unwrap();
+    assert_eq!(&read_mem(&m, PhysAddr(block.0 + 0x1234), 3), b"blk");
+    assert_eq!(read_mem(&m, p, 1), b"1");
+}
+
+#[test]
+fn switching_domains_drops_the_cached_cd() {
+    // The fake drops cached CDs only on CFGI_CD(_ALL): a driver that rewrote the
+    // STE with CFGI_STE alone would keep translating through the old domain.
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let a = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    let b = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    assert_ne!(a.invalidator().asid(), b.invalidator().asid());
+    let (pa, pb) = (page(&m), page(&m));
+    map(&a, 0x8000, pa, K4, Prot::RW);
+    map(&b, 0x8000, pb, K4, Prot::RW);
+    smmu.attach_s1(SID, &a).unwrap();
+    fake.dma_write(SID, Iova(0x8000), b"A").unwrap();
+    assert_eq!(fake.cached_cds(), 1);
+    smmu.attach_s1(SID, &b).unwrap();
+    fake.dma_write(SID, Iova(0x8000), b"B").unwrap();
+    assert_eq!(
+        (read_mem(&m, pa, 1), read_mem(&m, pb, 1)),
+        (b"A".to_vec(), b"B".to_vec())
+    );
+}
+
+#[test]
+fn two_step_api_end_to_end_with_one_sync_per_batch() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    let aperture = IovaRange::new(Iova(0x10_0000_0000), 1 << 32).unwrap();
+    let iovas =
+        IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, K4), 64, 1).unwrap();
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu).unwrap();
+    let pages: Vec<PhysAddr> = (0..64).map(|_| page(&m)).collect();
+    let mut st = mapper.try_alloc(64 * K4, K4).unwrap();
+    // Scattered: every page linked, in reverse order.
+    for (i, p) in pages.iter().rev().enumerate() {
+        st.link(i as u64 * K4, *p, K4, Prot::RW).unwrap();
+    }
+    let before = smmu.counters().commands;
+    st.sync().unwrap();
+    let after = smmu.counters().commands;
+    // New entries need no command at all on a coherent SMMU.
+    assert_eq!(after.total - before.total, 0);
+    for i in 0..64u64 {
+        fake.dma_write(SID, st.dma_addr(i * K4).unwrap(), &[i as u8; 8])
+            .unwrap();
+    }
+    for (i, p) in pages.iter().rev().enumerate() {
+        assert_eq!(read_mem(&m, *p, 8), vec![i as u8; 8]);
+    }
+    // Unlink all 64: one range TLBI and one CMD_SYNC for the batch.
+    st.unlink(0, 64 * K4).unwrap();
+    let before = smmu.counters().commands;
+    st.sync().unwrap();
+    let after = smmu.counters().commands;
+    assert_eq!(after.sync - before.sync, 1);
+    assert_eq!(after.tlbi_range - before.tlbi_range, 1);
+    assert_eq!(after.total - before.total, 2);
+    for i in 0..64u64 {
+        assert!(
+            fake.dma_write(SID, st.dma_addr(i * K4).unwrap(), &[0xff])
+                .is_err()
+        );
+    }
+    let iova = st.iova();
+    st.free().unwrap();
+    let ev = events(&smmu);
+    assert_eq!(ev.len(), 64);
+    assert!(
+        ev.iter().enumerate().all(
+            |(i, e)| e.kind == FaultKind::Translation && e.addr == Some(iova.0 + i as u64 * K4)
+        )
+    );
+}
+
+#[test]
+fn without_ril_per_page_then_by_asid() {
+    let m = mem();
+    let mut id = QEMU_10_VIRT;
+    id.idr[3] &= !(1 << 10);
+    let fake = FakeSmmu::new(Arc::clone(&m), id);
+    let smmu = Smmu::new(
+        &fake,
+        Arc::clone(&m),
+        Config::default().with_tlbi_page_threshold(8),
+    )
+    .unwrap();
+    assert!(!smmu.features().ril);
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    let big = m.alloc_zeroed(16 * K4 as usize).unwrap();
+    map(&d, 0x100_0000, big, 16 * K4, Prot::RW);
+    for i in 0..16 {
+        fake.dma_write(SID, Iova(0x100_0000 + i * K4), b"x")
+            .unwrap();
+    }
+    fake.clear_commands();
+    unmap(&d, 0x100_0000, 8 * K4).unwrap();
+    let cmds = fake.commands();
+    assert_eq!(cmds.len(), 9);
+    for (i, c) in cmds[..8].iter().enumerate() {
+        assert_eq!(
+            (c.opcode(), c.addr(), c.range()),
+            (op::TLBI_NH_VA, 0x100_0000 + i as u64 * K4, None)
+        );
+    }
+    fake.clear_commands();
+    unmap(&d, 0x100_0000 + 8 * K4, 8 * K4).unwrap();
+    assert_eq!(opcodes(&fake).len(), 9);
+    // Past the threshold: one TLBI_NH_ASID.
+    map(&d, 0x100_0000, big, 16 * K4, Prot::RW);
+    for i in 0..16 {
+        fake.dma_write(SID, Iova(0x100_0000 + i * K4), b"x")
+            .unwrap();
+    }
+    fake.clear_commands();
+    unmap(&d, 0x100_0000, 16 * K4).unwrap();
+    assert_eq!(opcodes(&fake), [op::TLBI_NH_ASID, op::CMD_SYNC]);
+    for i in 0..16 {
+        assert!(
+            fake.dma_write(SID, Iova(0x100_0000 + i * K4), b"x")
+                .is_err()
+        );
+    }
+}
+
+#[test]
+fn refused_command_is_reported_skipped_and_the_queue_carries_on() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    smmu.set_bypass(SID).unwrap();
+    fake.clear_commands();
+    let bad = Command([0x7f | 0x1234 << 32, 0x55]);
+    let r = smmu.submit(&[Command::tlbi_nsnh_all(), bad, Command::cfgi_ste(SID, false)]);
+    let Err(SmmuError::Command(e)) = r else {
+        panic!("expected a command error, got {r:?}");
+    };
+    assert_eq!(
+        (e.opcode, e.kind, e.raw),
+        (0x7f, CommandErrorKind::Illegal, bad.0)
+    );
+    assert_eq!(smmu.last_command_error(), Some(e));
+    assert_eq!(smmu.counters().commands.errors, 1);
+    // The command after the bad one ran: the fake saw it, and the batch's sync.
+    assert_eq!(
+        opcodes(&fake),
+        [
+            op::TLBI_NSNH_ALL,
+            0x7f,
+            op::CMD_SYNC,
+            op::CFGI_STE,
+            op::CMD_SYNC
+        ]
+    );
+    // The error is acknowledged; the queue works.
+    smmu.submit(&[Command::cfgi_all()]).unwrap();
+    assert_eq!(smmu.global_errors(), Ok(0));
+    // An invalidation the SMMU refuses is an error for the engine (no Ok flush).
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    map(&d, 0x1000, page(&m), K4, Prot::RW);
+    fake.refuse_opcode(op::TLBI_NH_VA);
+    let mut g = IotlbGather::new();
+    d.unmap(Iova(0x1000), K4, &mut g).unwrap();
+    assert_eq!(d.flush(&mut g), Err(Error::Device(0x12 << 8 | 1)));
+    assert!(!g.is_empty(), "a failed flush keeps the gather for a retry");
+    std::mem::forget(g);
+}
+
+#[test]
+fn stage_commands_the_hardware_lacks_are_refused() {
+    // On stage-1-only hardware the fake refuses S2 TLBIs, like QEMU 10.
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT_9_1);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    for c in [
+        Command::tlbi_s12_vmall(1),
+        Command::tlbi_s2_ipa(1, 0, true),
+        Command::tlbi_el2_all(),
+    ] {
+        assert!(matches!(smmu.submit(&[c]), Err(SmmuError::Command(e)) if e.opcode == c.opcode()));
+    }
+    smmu.submit(&[
+        Command::tlbi_nh_asid(0, 1),
+        Command::tlbi_nh_all(0),
+        Command::cfgi_cd(SID, true),
+    ])
+    .unwrap();
+}
+
+#[test]
+fn every_wait_is_bounded() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(
+        &fake,
+        Arc::clone(&m),
+        Config::default().with_poll_limit(100),
+    )
+    .unwrap();
+    fake.set_stalled(true);
+    assert_eq!(smmu.submit(&[]), Err(SmmuError::Timeout(Wait::CmdSync)));
+    fake.set_stalled(false);
+    // The queue was consumed on resume; the next batch completes.
+    smmu.submit(&[Command::cfgi_all()]).unwrap();
+    drop(smmu);
+    // An SMMU that never acknowledges CR0 cannot be brought up.
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    fake.set_stalled(true);
+    assert!(
+        Smmu::new(
+            &fake,
+            Arc::clone(&m),
+            Config::default().with_poll_limit(100)
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn command_queue_wraps_and_waits_when_full() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default().with_cmdq_log2(2)).unwrap();
+    assert_eq!(smmu.layout().cmdq_entries, 4);
+    fake.clear_commands();
+    let cmds: Vec<Command> = (0..11).map(|i| Command::cfgi_ste(i, true)).collect();
+    smmu.submit(&cmds).unwrap();
+    smmu.submit(&cmds[..3]).unwrap();
+    let seen: Vec<u32> = fake
+        .commands()
+        .iter()
+        .filter(|c| c.opcode() == op::CFGI_STE)
+        .map(Command::sid)
+        .collect();
+    let want: Vec<u32> = (0..11).chain(0..3).collect();
+    assert_eq!(seen, want, "every command once, in order, across wraps");
+    // Queue full while the SMMU is stalled: bounded wait for room.
+    let smmu2 = smmu;
+    fake.set_stalled(true);
+    let r = smmu2.submit(&cmds);
+    assert!(
+        matches!(r, Err(SmmuError::Timeout(Wait::CmdqSpace))),
+        "{r:?}"
+    );
+    fake.set_stalled(false);
+}
+
+#[test]
+fn event_queue_overflow_is_reported_not_silent() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default().with_evtq_log2(2)).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    for i in 0..10u64 {
+        assert!(fake.dma_read(SID, Iova(0x9000_0000 + i * K4), 4).is_err());
+    }
+    assert_eq!((fake.events_written(), fake.events_lost()), (4, 6));
+    let mut got = Vec::new();
+    let r = smmu.drain_events(|e| got.push(e));
+    assert_eq!((r.events, r.overflowed, r.write_aborted), (4, true, false));
+    assert_eq!(got[3].addr, Some(0x9000_3000));
+    assert_eq!(smmu.counters().event_losses, 1);
+    // Acknowledged: the next fault is recorded and no new overflow is reported.
+    assert!(fake.dma_read(SID, Iova(0x1000), 4).is_err());
+    let r = smmu.drain_events(|_| {});
+    assert_eq!((r.events, r.overflowed), (1, false));
+    // QEMU's way: GERROR.EVENTQ_ABT_ERR.
+    fake.set_qemu_event_abort(true);
+    for i in 0..6u64 {
+        assert!(fake.dma_read(SID, Iova(0x9100_0000 + i * K4), 4).is_err());
+    }
+    let r = smmu.drain_events(|_| {});
+    assert_eq!((r.events, r.overflowed, r.write_aborted), (4, false, true));
+    assert!(r.lost_events());
+    assert_eq!(smmu.global_errors(), Ok(0), "acknowledged by the drain");
+}
+
+fn identity_s2<M: Mmio, A: FrameAllocator, T: FrameAllocator>(
+    d: &iommu_arm_smmuv3::S2Domain<'_, M, A, T>,
+) {
+    // Fake memory, 256 MiB at FAKE_PHYS_BASE, mapped to itself with 2 MiB blocks.
+    map(
+        d,
+        FAKE_PHYS_BASE,
+        PhysAddr(FAKE_PHYS_BASE),
+        256 << 20,
+        Prot::RW,
+    );
+}
+
+#[test]
+fn stage2_translates_and_invalidates_by_ipa() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s2_domain(Arc::clone(&m), 40).unwrap();
+    assert_eq!(d.table().format().start_level(), 1);
+    smmu.attach_s2(SID, &d).unwrap();
+    let ste = smmu.ste(SID).unwrap();
+    assert_eq!((ste.config(), ste.vmid()), (0b110, d.invalidator().vmid()));
+    let p = page(&m);
+    map(&d, 0x80_0000_0000 >> 2, p, K4, Prot::WRITE);
+    fake.dma_write(SID, Iova(0x20_0000_0100), b"s2").unwrap();
+    assert_eq!(&read_mem(&m, PhysAddr(p.0 + 0x100), 2), b"s2");
+    // Write-only at stage 2: reads fault.
+    assert_eq!(
+        fake.dma_read(SID, Iova(0x20_0000_0000), 1),
+        Err(DmaFault::Terminated(Some(0x13)))
+    );
+    fake.clear_commands();
+    unmap(&d, 0x20_0000_0000, K4).unwrap();
+    let c = fake.commands()[0];
+    assert_eq!(
+        (c.opcode(), c.vmid(), c.addr()),
+        (op::TLBI_S2_IPA, d.invalidator().vmid(), 0x20_0000_0000)
+    );
+    assert!(fake.dma_write(SID, Iova(0x20_0000_0100), b"xx").is_err());
+    let ev = events(&smmu);
+    assert_eq!(ev.len(), 2);
+    assert_eq!(
+        (ev[1].kind, ev[1].stage, ev[1].ipa),
+        (FaultKind::Translation, Stage::Two, Some(0x20_0000_0000))
+    );
+    // Beyond the IPA size.
+    assert!(fake.dma_read(SID, Iova(1 << 41), 1).is_err());
+}
+
+#[test]
+fn nested_stage1_over_stage2() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let s2 = smmu.s2_domain(Arc::clone(&m), 44).unwrap();
+    // The guest's memory (where its CD and tables are): identity; and one
+    // extra IPA window at 0x100_0000_0000 backed by a page elsewhere.
+    identity_s2(&s2);
+    let backing = page(&m);
+    map(&s2, 0x100_0000_0000, backing, K4, Prot::RW);
+    let s1 = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    map(&s1, 0x7000, PhysAddr(0x100_0000_0000), K4, Prot::RW);
+    smmu.attach_nested(SID, &s1, &s2).unwrap();
+    assert_eq!(smmu.ste(SID).unwrap().config(), 0b111);
+    fake.dma_write(SID, Iova(0x7010), b"nested").unwrap();
+    assert_eq!(&read_mem(&m, PhysAddr(backing.0 + 0x10), 6), b"nested");
+    // A stage-2 unmap must reach the combined entry too.
+    fake.clear_commands();
+    unmap(&s2, 0x100_0000_0000, K4).unwrap();
+    assert_eq!(
+        opcodes(&fake),
+        [op::TLBI_S2_IPA, op::TLBI_NH_ALL, op::CMD_SYNC]
+    );
+    assert_eq!(
+        fake.dma_write(SID, Iova(0x7010), b"x"),
+        Err(DmaFault::Terminated(Some(0x10)))
+    );
+    let ev = events(&smmu);
+    assert_eq!(
+        (ev[0].stage, ev[0].ipa, ev[0].addr),
+        (Stage::Two, Some(0x100_0000_0000), Some(0x7010))
+    );
+    // Stage-1 unmaps in a nested context use the VMID.
+    map(&s2, 0x100_0000_0000, backing, K4, Prot::RW);
+    fake.dma_write(SID, Iova(0x7010), b"again").unwrap();
+    fake.clear_commands();
+    unmap(&s1, 0x7000, K4).unwrap();
+    assert_eq!(fake.commands()[0].vmid(), s2.invalidator().vmid());
+    assert!(fake.dma_write(SID, Iova(0x7010), b"x").is_err());
+    // A nested context is not also a plain one.
+    assert_eq!(smmu.attach_s1(SID + 1, &s1), Err(SmmuError::BadGeometry));
+}
+
+#[test]
+fn nesting_needs_both_stages() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_7_2);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    assert!(!smmu.features().stage2 && smmu.features().vmid_bits == 8);
+    assert!(matches!(
+        smmu.s2_domain(Arc::clone(&m), 40),
+        Err(SmmuError::StageUnsupported)
+    ));
+}
+
+#[test]
+fn stage_1_only_stes_on_stage_1_only_hardware_and_bad_stes() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT_9_1);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    // An S2 STE written by hand on hardware without stage 2: C_BAD_STE.
+    let s2 = iommu_arm_smmuv3::ste::S2Config {
+        vmid: 1,
+        ia_bits: 40,
+        start_level: 1,
+        oa_bits: 44,
+        ttb: 0x40_0000_0000,
+    };
+    smmu.write_ste(SID, &Ste::s2(&s2)).unwrap();
+    assert_eq!(
+        fake.dma_read(SID, Iova(0), 1),
+        Err(DmaFault::Terminated(Some(0x04)))
+    );
+    // A CD pointer to memory that does not exist: F_CD_FETCH.
+    smmu.write_ste(SID, &Ste::s1(0x10_0000_0000_0000)).unwrap();
+    assert_eq!(
+        fake.dma_read(SID, Iova(0), 1),
+        Err(DmaFault::Terminated(Some(0x09)))
+    );
+    let ev = events(&smmu);
+    assert_eq!(
+        (ev[0].kind, ev[1].kind),
+        (FaultKind::BadSte, FaultKind::CdFetch)
+    );
+}
+
+#[test]
+fn dropping_detached_domains_returns_everything() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let base = m.live();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    let asid = d.invalidator().asid();
+    smmu.attach_s1(SID, &d).unwrap();
+    smmu.detach_s1(SID, &d).unwrap();
+    drop(d);
+    // One level-2 stream table stays (allocated on first use); the rest is back.
+    assert_eq!(m.live() - base, 1);
+    let d2 = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    assert_eq!(d2.invalidator().asid(), asid, "the ASID was returned");
+    // An attached domain that is dropped leaks its CD rather than freeing it under the SMMU.
+    smmu.attach_s1(SID, &d2).unwrap();
+    let live = m.live();
+    drop(d2);
+    assert_eq!(m.live(), live - 1, "only the page table (root) went");
+}
+
+#[test]
+fn ids_are_bounded() {
+    let m = mem();
+    let mut id = QEMU_10_VIRT;
+    id.idr[0] &= !(1 << 12); // 8-bit ASIDs
+    let fake = FakeSmmu::new(Arc::clone(&m), id);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let domains: Vec<_> = (0..255)
+        .map(|_| smmu.s1_domain(Arc::clone(&m), 39).unwrap())
+        .collect();
+    assert!(matches!(
+        smmu.s1_domain(Arc::clone(&m), 39),
+        Err(SmmuError::IdsExhausted)
+    ));
+    assert_eq!(domains.len(), 255);
+}
+
+#[test]
+fn gbpa_abort_blocks_while_disabled() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    // Before the driver: reset GBPA bypasses.
+    assert_eq!(
+        fake.translate(SID, Iova(0x1000), true),
+        Ok(PhysAddr(0x1000))
+    );
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    drop(smmu);
+    // After the driver stopped: GBPA abort keeps blocking.
+    assert!(!fake.enabled());
+    assert_eq!(
+        fake.translate(SID, Iova(0x1000), true),
+        Err(DmaFault::Terminated(None))
+    );
+    let _ = IdRegs::default();
+}
