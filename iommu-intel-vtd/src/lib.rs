@@ -16,7 +16,7 @@
 //!   [`IommuDomain`](iova_core::IommuDomain).
 //! - [`fault`]: typed fault records.
 //! - [`counters`]: what the driver did.
-//! - `fake` (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
+//! - [`fake`] (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
 //!
 //! # Dependencies
 //!
@@ -33,11 +33,16 @@ pub mod context;
 pub mod counters;
 pub mod descriptor;
 pub mod domain;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fake;
 pub mod fault;
 pub mod queue;
 pub mod regs;
 pub mod second_level;
 pub mod unit;
+
+#[cfg(test)]
+mod tests;
 
 pub use acpi::dmar::{Bdf, Dmar};
 pub use caps::Features;

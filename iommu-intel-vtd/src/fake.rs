@@ -1,0 +1,756 @@
+//! A fake VT-d unit behind mocked MMIO, for host tests (ours and users').
+//!
+//! [`FakeVtd`] implements [`Mmio`] and behaves like a unit (modelled on the
+//! specification and on what was measured of QEMU's model):
+//!
+//! - global commands take effect synchronously (SRTP latches RTADDR, TE, QIE,
+//!   WBF), register-based context and IOTLB invalidation run on the register
+//!   write and are ignored while queued invalidation is on;
+//! - the invalidation queue is processed from memory on each IQT write:
+//!   context-cache, IOTLB (global, domain, page-selective with address mask
+//!   and leaf hint), wait (status write or interrupt), with QEMU's reserved
+//!   bit checks; a bad descriptor sets FSTS.IQE and stops the queue at it;
+//!   **a wait asking for both status write and interrupt panics** (QEMU
+//!   aborts);
+//! - [`FakeVtd::translate`] is a device's DMA: it uses cached context entries,
+//!   cached translations and cached non-leaf entries (paging-structure cache)
+//!   until they are invalidated, walks root -> context -> second-level table
+//!   otherwise, checks reserved bits and permissions, and records faults in
+//!   the fault recording registers with QEMU's compression (one pending
+//!   record per source ID) and overflow (FSTS.PFO);
+//! - with CAP.CM it also caches not-present context entries and not-present
+//!   translations, so a driver that does not invalidate after making an
+//!   entry present keeps faulting.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::vec::Vec;
+
+use iova_core::fakes::FakeFrames;
+use iova_core::{FrameAllocator, PhysAddr};
+
+use crate::acpi::dmar::Bdf;
+use crate::caps::{Capability, ExtCapability};
+use crate::descriptor;
+use crate::fault::FaultReason;
+use crate::regs::{self, Mmio};
+
+/// QEMU 10's default CAP with `aw-bits=48`.
+pub const QEMU_CAP_48: u64 = 0x00D2_008C_222F_0606;
+/// QEMU's CAP with `aw-bits=39`.
+pub const QEMU_CAP_39: u64 = 0x00D2_008C_2226_0206;
+/// QEMU's default ECAP under TCG.
+pub const QEMU_ECAP: u64 = 0x0000_0000_00F0_0F4A;
+
+/// Bytes of fake physical memory the fake reads tables from: that of
+/// [`FakeFrames::new`]. Table pointers outside it are access faults.
+pub const FAKE_MEMORY: u64 = 256 << 20;
+
+/// A DMA direction, as the device sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dma {
+    /// The device reads memory.
+    Read,
+    /// The device writes memory.
+    Write,
+}
+
+/// What the fake did, for assertions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeStats {
+    /// Descriptors processed, by type (index = type, 0..16).
+    pub descriptors: [u64; 16],
+    /// Page-selective IOTLB descriptors processed with the leaf hint.
+    pub psi_leaf_hint: u64,
+    /// Status writes done by wait descriptors.
+    pub status_writes: u64,
+    /// Wait descriptors that raised the completion interrupt.
+    pub wait_interrupts: u64,
+    /// Register-based context/IOTLB invalidations performed.
+    pub register_invalidations: u64,
+    /// Register-based invalidations ignored because queued invalidation was on.
+    pub ignored_register_invalidations: u64,
+    /// Write-buffer flushes requested.
+    pub write_buffer_flushes: u64,
+    /// SRTP commands.
+    pub root_pointer_sets: u64,
+    /// Translations answered from the IOTLB.
+    pub iotlb_hits: u64,
+    /// Table walks.
+    pub walks: u64,
+    /// Context entries answered from the context cache.
+    pub context_hits: u64,
+    /// Accesses to offsets the fake does not implement.
+    pub unknown_accesses: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CachedTranslation {
+    /// Output address of the leaf (aligned to `size`), or `None` for a
+    /// cached not-present entry (caching mode).
+    pa: Option<u64>,
+    size: u64,
+    perms: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    cap: Capability,
+    ecap: ExtCapability,
+    gsts: u32,
+    rtaddr: u64,
+    root: Option<u64>,
+    ccmd: u64,
+    iva: u64,
+    iotlb_reg: u64,
+    fsts: u32,
+    fectl: u32,
+    iqa: u64,
+    iqh: u64,
+    iqt: u64,
+    ics: u32,
+    frcd: Vec<[u64; 2]>,
+    next_frcd: usize,
+    /// Context entries by source ID (raw lo, hi).
+    context_cache: HashMap<u16, [u64; 2]>,
+    /// Leaf translations by (domain, IOVA of the leaf).
+    iotlb: HashMap<(u16, u64), CachedTranslation>,
+    /// Non-leaf entries by (domain, level, IOVA >> the level's entry shift).
+    pscache: HashMap<(u16, usize, u64), u64>,
+    stats: FakeStats,
+    stall_waits: bool,
+}
+
+/// A fake VT-d unit over fake physical memory.
+#[derive(Debug)]
+pub struct FakeVtd {
+    frames: Arc<FakeFrames>,
+    state: Mutex<State>,
+}
+
+const CC_RESERVED: u64 = 0xfffc_0000_0000_f1c0;
+const IOTLB_RESERVED: [u64; 2] = [0xffff_ffff_0000_f100, 0xf80];
+const WAIT_RESERVED: [u64; 2] = [0xffff_f180, 0b11];
+
+impl FakeVtd {
+    /// A unit with these CAP and ECAP values whose tables and queue live in
+    /// `frames`.
+    pub fn new(frames: Arc<FakeFrames>, cap: u64, ecap: u64) -> Self {
+        let cap = Capability(cap);
+        Self {
+            frames,
+            state: Mutex::new(State {
+                cap,
+                ecap: ExtCapability(ecap),
+                gsts: 0,
+                rtaddr: 0,
+                root: None,
+                ccmd: 0,
+                iva: 0,
+                iotlb_reg: 0,
+                fsts: 0,
+                fectl: regs::FECTL_IM,
+                iqa: 0,
+                iqh: 0,
+                iqt: 0,
+                ics: 0,
+                frcd: vec![[0; 2]; cap.fault_records()],
+                next_frcd: 0,
+                context_cache: HashMap::new(),
+                iotlb: HashMap::new(),
+                pscache: HashMap::new(),
+                stats: FakeStats::default(),
+                stall_waits: false,
+            }),
+        }
+    }
+
+    /// The state; a panic while it was held (the deliberate one on a bad
+    /// wait descriptor) does not make every later access panic too.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// QEMU's defaults for `aw-bits` 39 or 48.
+    pub fn qemu(frames: Arc<FakeFrames>, aw_bits: u32) -> Self {
+        let cap = if aw_bits == 39 {
+            QEMU_CAP_39
+        } else {
+            QEMU_CAP_48
+        };
+        Self::new(frames, cap, QEMU_ECAP)
+    }
+
+    /// What the fake did so far.
+    pub fn stats(&self) -> FakeStats {
+        self.lock().stats.clone()
+    }
+
+    /// Cached translations (leaf and not-present) now held.
+    pub fn cached_translations(&self) -> usize {
+        self.lock().iotlb.len()
+    }
+
+    /// Cached context entries now held.
+    pub fn cached_contexts(&self) -> usize {
+        self.lock().context_cache.len()
+    }
+
+    /// When set, wait descriptors complete without writing their status
+    /// (the driver's bounded poll must time out).
+    pub fn stall_waits(&self, stall: bool) {
+        self.lock().stall_waits = stall;
+    }
+
+    /// The raw fault recording registers (lo, hi).
+    pub fn fault_registers(&self) -> Vec<[u64; 2]> {
+        self.lock().frcd.clone()
+    }
+
+    /// A DMA of `access` by `dev` at `iova`: the physical address it reaches,
+    /// or the fault reason (recorded in the fault registers unless
+    /// suppressed by FPD, compressed, or lost to overflow).
+    pub fn translate(&self, dev: Bdf, iova: u64, access: Dma) -> Result<u64, FaultReason> {
+        let mut s = self.lock();
+        let (result, fpd) = self.translate_locked(&mut s, dev.source_id(), iova, access);
+        if let Err(reason) = result {
+            let qualified = !matches!(
+                reason,
+                FaultReason::RootNotPresent
+                    | FaultReason::ContextNotPresent
+                    | FaultReason::ContextInvalid
+                    | FaultReason::RootReserved
+                    | FaultReason::ContextReserved
+            );
+            if !(qualified && fpd) {
+                s.record_fault(dev.source_id(), iova, access, reason);
+            }
+        }
+        result
+    }
+
+    fn read_mem(&self, pa: u64) -> u64 {
+        let p = self.frames.phys_to_virt(PhysAddr(pa)).cast::<u64>();
+        // SAFETY: tests point the fake only at frames of `frames`, which stay
+        // allocated while the driver uses them; reads are aligned.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(p) }
+            .load(core::sync::atomic::Ordering::Acquire)
+    }
+
+    fn write_mem32(&self, pa: u64, v: u32) {
+        let p = self.frames.phys_to_virt(PhysAddr(pa)).cast::<u32>();
+        // SAFETY: as in `read_mem`; the status word is 4-byte aligned.
+        unsafe { core::sync::atomic::AtomicU32::from_ptr(p) }
+            .store(v, core::sync::atomic::Ordering::Release)
+    }
+
+    fn in_frames(&self, pa: u64) -> bool {
+        let base = iova_core::fakes::FAKE_PHYS_BASE;
+        (base..base + FAKE_MEMORY).contains(&pa)
+    }
+
+    fn context_entry(&self, s: &mut State, sid: u16) -> Result<[u64; 2], FaultReason> {
+        if let Some(&c) = s.context_cache.get(&sid) {
+            s.stats.context_hits += 1;
+            if c[0] & 1 == 0 {
+                return Err(FaultReason::ContextNotPresent);
+            }
+            return Ok(c);
+        }
+        let root = s.root.ok_or(FaultReason::RootTableAccess)?;
+        let bus = u64::from(sid >> 8);
+        let re = root + bus * 16;
+        if !self.in_frames(re) {
+            return Err(FaultReason::RootTableAccess);
+        }
+        let (rlo, rhi) = (self.read_mem(re), self.read_mem(re + 8));
+        if rlo & 1 == 0 {
+            if s.cap.caching_mode() {
+                s.context_cache.insert(sid, [0, 0]);
+            }
+            return Err(FaultReason::RootNotPresent);
+        }
+        if rhi != 0 || rlo & 0xffe != 0 || (rlo & !0xfff) >> s.cap.mgaw() != 0 {
+            return Err(FaultReason::RootReserved);
+        }
+        let ce = (rlo & !0xfff) + u64::from(sid & 0xff) * 16;
+        if !self.in_frames(ce) {
+            return Err(FaultReason::ContextTableAccess);
+        }
+        let (lo, hi) = (self.read_mem(ce), self.read_mem(ce + 8));
+        if lo & 1 == 0 {
+            if s.cap.caching_mode() {
+                s.context_cache.insert(sid, [0, 0]);
+            }
+            return Err(FaultReason::ContextNotPresent);
+        }
+        if hi & !0xff_ffff != 0 || hi & 1 << 7 != 0 || lo & 0xff0 != 0 {
+            return Err(FaultReason::ContextReserved);
+        }
+        let tt = (lo >> 2) & 3;
+        let valid_tt = match tt {
+            0 => true,
+            1 => s.ecap.device_tlb(),
+            2 => s.ecap.pass_through(),
+            _ => false,
+        };
+        let levels = (hi & 7) as usize + 2;
+        if !valid_tt || !s.cap.supports_levels(levels) {
+            return Err(FaultReason::ContextInvalid);
+        }
+        s.context_cache.insert(sid, [lo, hi]);
+        Ok([lo, hi])
+    }
+
+    fn translate_locked(
+        &self,
+        s: &mut State,
+        sid: u16,
+        iova: u64,
+        access: Dma,
+    ) -> (Result<u64, FaultReason>, bool) {
+        if s.gsts & regs::G_TE == 0 {
+            return (Ok(iova), false);
+        }
+        let [lo, hi] = match self.context_entry(s, sid) {
+            Ok(c) => c,
+            Err(e) => return (Err(e), false),
+        };
+        let fpd = lo & 2 != 0;
+        if (lo >> 2) & 3 == 2 {
+            return (Ok(iova), fpd);
+        }
+        let did = (hi >> 8) as u16;
+        let levels = (hi & 7) as usize + 2;
+        let width = (12 + 9 * levels as u32).min(s.cap.mgaw());
+        if width < 64 && iova >> width != 0 {
+            return (Err(FaultReason::BeyondAddressWidth), fpd);
+        }
+        let denied = match access {
+            Dma::Read => FaultReason::ReadDenied,
+            Dma::Write => FaultReason::WriteDenied,
+        };
+        let need = match access {
+            Dma::Read => 1,
+            Dma::Write => 2,
+        };
+        for size in [1u64 << 12, 1 << 21, 1 << 30] {
+            if let Some(t) = s.iotlb.get(&(did, iova & !(size - 1))).copied() {
+                if t.size != size {
+                    continue;
+                }
+                s.stats.iotlb_hits += 1;
+                let r = match t.pa {
+                    Some(pa) if t.perms & need != 0 => Ok(pa | (iova & (size - 1))),
+                    _ => Err(denied),
+                };
+                return (self.check_output(r), fpd);
+            }
+        }
+        s.stats.walks += 1;
+        let mut table = lo & !0xfff;
+        let mut perms = 3;
+        let mgaw = s.cap.mgaw();
+        for depth in 0..levels {
+            let level = levels - depth;
+            let shift = 12 + 9 * (level as u32 - 1);
+            let key = (did, level, iova >> shift);
+            let raw = match s.pscache.get(&key) {
+                Some(&raw) => raw,
+                None => {
+                    let pa = table + ((iova >> shift) & 511) * 8;
+                    if !self.in_frames(pa) {
+                        return (Err(FaultReason::PagingEntryAccess), fpd);
+                    }
+                    self.read_mem(pa)
+                }
+            };
+            if raw & 3 == 0 {
+                if s.cap.caching_mode() {
+                    s.iotlb.insert(
+                        (did, iova & !0xfff),
+                        CachedTranslation {
+                            pa: None,
+                            size: 1 << 12,
+                            perms: 0,
+                        },
+                    );
+                }
+                return (Err(denied), fpd);
+            }
+            let addr_hi = raw & 0x000f_ffff_ffff_f000;
+            let leaf = level == 1 || raw & 1 << 7 != 0;
+            let bad_ps = raw & 1 << 7 != 0
+                && match level {
+                    2 => !s.cap.superpage_2m(),
+                    3 => !s.cap.superpage_1g(),
+                    _ => true,
+                };
+            if (mgaw < 52 && addr_hi >> mgaw != 0)
+                || (raw & 1 << 11 != 0 && !s.ecap.snoop_control())
+                || bad_ps
+            {
+                return (Err(FaultReason::PagingReserved), fpd);
+            }
+            perms &= raw & 3;
+            if leaf {
+                let size = 1u64 << shift;
+                let pa = addr_hi & !(size - 1);
+                s.iotlb.insert(
+                    (did, iova & !(size - 1)),
+                    CachedTranslation {
+                        pa: Some(pa),
+                        size,
+                        perms,
+                    },
+                );
+                let r = if perms & need != 0 {
+                    Ok(pa | (iova & (size - 1)))
+                } else {
+                    Err(denied)
+                };
+                return (self.check_output(r), fpd);
+            }
+            s.pscache.insert(key, raw);
+            table = addr_hi;
+        }
+        (Err(denied), fpd)
+    }
+
+    fn check_output(&self, r: Result<u64, FaultReason>) -> Result<u64, FaultReason> {
+        match r {
+            Ok(pa) if (0xfee0_0000..0xfef0_0000).contains(&pa) => {
+                Err(FaultReason::InterruptAddress)
+            }
+            r => r,
+        }
+    }
+
+    fn process_queue(&self, s: &mut State) {
+        if s.gsts & regs::G_QIE == 0 || s.fsts & regs::FSTS_IQE != 0 {
+            return;
+        }
+        let entries = 256u64 << (s.iqa & 7);
+        let tail = s.iqt >> 4;
+        if tail >= entries || s.iqt & 0xf != 0 {
+            s.fsts |= regs::FSTS_IQE;
+            return;
+        }
+        let base = s.iqa & !0xfff;
+        while (s.iqh >> 4) != tail {
+            let at = base + (s.iqh >> 4) * 16;
+            let (lo, hi) = (self.read_mem(at), self.read_mem(at + 8));
+            if !self.process_descriptor(s, lo, hi) {
+                s.fsts |= regs::FSTS_IQE;
+                return;
+            }
+            s.iqh = (((s.iqh >> 4) + 1) % entries) << 4;
+        }
+    }
+
+    fn process_descriptor(&self, s: &mut State, lo: u64, hi: u64) -> bool {
+        let kind = ((lo >> 5) & 0x70) | (lo & 0xf);
+        let ok = match kind {
+            descriptor::TYPE_CONTEXT => {
+                lo & CC_RESERVED == 0 && hi == 0 && s.invalidate_context(lo)
+            }
+            descriptor::TYPE_IOTLB => {
+                lo & IOTLB_RESERVED[0] == 0
+                    && hi & IOTLB_RESERVED[1] == 0
+                    && s.invalidate_iotlb((lo >> 4) & 3, (lo >> 16) as u16, hi)
+            }
+            descriptor::TYPE_DEVICE_TLB | descriptor::TYPE_IEC => true,
+            descriptor::TYPE_WAIT => {
+                let (sw, irq) = (lo & descriptor::WAIT_SW != 0, lo & descriptor::WAIT_IF != 0);
+                assert!(
+                    !(sw && irq),
+                    "wait descriptor with both status write and interrupt: QEMU aborts"
+                );
+                if lo & WAIT_RESERVED[0] != 0 || hi & WAIT_RESERVED[1] != 0 || !(sw || irq) {
+                    false
+                } else if sw {
+                    if !s.stall_waits {
+                        self.write_mem32(hi, (lo >> 32) as u32);
+                        s.stats.status_writes += 1;
+                    }
+                    true
+                } else {
+                    s.ics |= 1;
+                    s.stats.wait_interrupts += 1;
+                    true
+                }
+            }
+            // PASID-based descriptors exist only in scalable mode.
+            _ => false,
+        };
+        if ok {
+            s.stats.descriptors[kind as usize & 15] += 1;
+        }
+        ok
+    }
+
+    fn gcmd(&self, s: &mut State, v: u32) {
+        if v & regs::G_SRTP != 0 {
+            s.root = Some(s.rtaddr & !0xfff);
+            s.gsts |= regs::G_SRTP;
+            s.stats.root_pointer_sets += 1;
+        }
+        if v & regs::G_WBF != 0 {
+            s.stats.write_buffer_flushes += 1;
+        }
+        for bit in [regs::G_TE, regs::G_QIE] {
+            let on = v & bit != 0;
+            if on != (s.gsts & bit != 0) {
+                if on {
+                    s.gsts |= bit;
+                    if bit == regs::G_QIE {
+                        s.iqh = 0;
+                    }
+                } else {
+                    s.gsts &= !bit;
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    fn invalidate_context(&mut self, lo: u64) -> bool {
+        match (lo >> 4) & 3 {
+            1 => self.context_cache.clear(),
+            2 => {
+                let did = (lo >> 16) as u16;
+                self.context_cache
+                    .retain(|_, c| (c[1] >> 8) as u16 != did || c[0] & 1 == 0);
+            }
+            3 => {
+                let sid = (lo >> 32) as u16;
+                let mask = match (lo >> 48) & 3 {
+                    0 => 0xffff,
+                    fm => 0xffffu16 << fm,
+                };
+                self.context_cache.retain(|&k, _| k & mask != sid & mask);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn invalidate_iotlb(&mut self, g: u64, did: u16, hi: u64) -> bool {
+        match g {
+            1 => {
+                self.iotlb.clear();
+                self.pscache.clear();
+            }
+            2 => {
+                self.iotlb.retain(|&(d, _), _| d != did);
+                self.pscache.retain(|&(d, _, _), _| d != did);
+            }
+            3 => {
+                let am = (hi & 0x3f) as u32;
+                if am > self.cap.mamv() || !self.cap.psi() {
+                    return false;
+                }
+                let size = 1u64 << (12 + am);
+                let addr = hi & !0xfff;
+                if addr & (size - 1) != 0 {
+                    return false;
+                }
+                let end = addr + size;
+                self.iotlb
+                    .retain(|&(d, base), t| d != did || base + t.size <= addr || base >= end);
+                if hi & 1 << 6 == 0 {
+                    self.pscache.retain(|&(d, level, prefix), _| {
+                        let shift = 12 + 9 * (level as u32 - 1);
+                        let start = prefix << shift;
+                        d != did || start.saturating_add(1 << shift) <= addr || start >= end
+                    });
+                } else {
+                    self.stats.psi_leaf_hint += 1;
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn record_fault(&mut self, sid: u16, iova: u64, access: Dma, reason: FaultReason) {
+        if self.fsts & regs::FSTS_PFO != 0 {
+            return;
+        }
+        if self
+            .frcd
+            .iter()
+            .any(|r| r[1] & regs::FRCD_F != 0 && r[1] as u16 == sid)
+        {
+            return;
+        }
+        let i = self.next_frcd;
+        if self.frcd[i][1] & regs::FRCD_F != 0 {
+            self.fsts |= regs::FSTS_PFO;
+            return;
+        }
+        let t = match access {
+            Dma::Read => 1u64 << 62,
+            Dma::Write => 0,
+        };
+        // Like QEMU: PV reads all ones for requests without a PASID.
+        self.frcd[i] = [
+            iova & !0xfff,
+            regs::FRCD_F | t | 0xffff << 40 | u64::from(reason.code()) << 32 | u64::from(sid),
+        ];
+        if !self
+            .frcd
+            .iter()
+            .enumerate()
+            .any(|(j, r)| j != i && r[1] & regs::FRCD_F != 0)
+        {
+            self.fsts =
+                (self.fsts & !(0xff << regs::FSTS_FRI_SHIFT)) | (i as u32) << regs::FSTS_FRI_SHIFT;
+        }
+        self.next_frcd = (i + 1) % self.frcd.len();
+    }
+
+    fn fsts(&self) -> u32 {
+        let ppf = if self.frcd.iter().any(|r| r[1] & regs::FRCD_F != 0) {
+            regs::FSTS_PPF
+        } else {
+            0
+        };
+        (self.fsts & !regs::FSTS_PPF) | ppf
+    }
+
+    fn fault_slot(&self, offset: usize) -> Option<(usize, usize)> {
+        let base = self.cap.fault_record_offset();
+        let rel = offset.checked_sub(base)?;
+        let i = rel / 16;
+        (i < self.frcd.len()).then_some((i, rel % 16))
+    }
+}
+
+impl Mmio for FakeVtd {
+    fn read32(&self, offset: usize) -> u32 {
+        let s = self.lock();
+        match offset {
+            regs::VER => 0x10,
+            regs::GSTS => s.gsts,
+            regs::FSTS => s.fsts(),
+            regs::FECTL => s.fectl,
+            regs::ICS => s.ics,
+            o if o % 8 == 4 => {
+                drop(s);
+                (self.read64(o - 4) >> 32) as u32
+            }
+            o => {
+                drop(s);
+                self.read64(o) as u32
+            }
+        }
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        let mut s = self.lock();
+        let iro = s.ecap.iotlb_offset();
+        match offset {
+            regs::CAP => s.cap.0,
+            regs::ECAP => s.ecap.0,
+            regs::RTADDR => s.rtaddr,
+            regs::CCMD => s.ccmd,
+            regs::IQH => s.iqh,
+            regs::IQT => s.iqt,
+            regs::IQA => s.iqa,
+            o if o == iro => s.iva,
+            o if o == iro + 8 => s.iotlb_reg,
+            o => match s.fault_slot(o) {
+                Some((i, 0)) => s.frcd[i][0],
+                Some((i, 8)) => s.frcd[i][1],
+                _ => {
+                    s.stats.unknown_accesses += 1;
+                    0
+                }
+            },
+        }
+    }
+
+    fn write32(&self, offset: usize, v: u32) {
+        let mut s = self.lock();
+        match offset {
+            regs::GCMD => self.gcmd(&mut s, v),
+            regs::FSTS => {
+                let w1c = v & (regs::FSTS_PFO | regs::FSTS_IQE | regs::FSTS_ICE | regs::FSTS_ITE);
+                s.fsts &= !w1c;
+            }
+            regs::FECTL => s.fectl = v & regs::FECTL_IM,
+            regs::ICS => s.ics &= !(v & 1),
+            o => match s.fault_slot(o) {
+                Some((i, 12)) if v & 1 << 31 != 0 => s.frcd[i][1] &= !regs::FRCD_F,
+                Some(_) => {}
+                None => {
+                    drop(s);
+                    // A 32-bit write to the high half of a 64-bit register
+                    // (CCMD at 0x2c triggers the command, as on QEMU).
+                    if o % 8 == 4 {
+                        let low = self.read64(o - 4) as u32;
+                        self.write64(o - 4, u64::from(low) | u64::from(v) << 32);
+                    } else {
+                        self.lock().stats.unknown_accesses += 1;
+                    }
+                }
+            },
+        }
+    }
+
+    fn write64(&self, offset: usize, v: u64) {
+        let mut s = self.lock();
+        let iro = s.ecap.iotlb_offset();
+        let qi = s.gsts & regs::G_QIE != 0;
+        match offset {
+            regs::RTADDR => s.rtaddr = v,
+            regs::CCMD => {
+                s.ccmd = v;
+                if v & regs::CCMD_ICC != 0 {
+                    if qi {
+                        s.stats.ignored_register_invalidations += 1;
+                        return;
+                    }
+                    let g = (v >> 61) & 3;
+                    let lo = g << 4
+                        | (v & 0xffff) << 16
+                        | ((v >> 16) & 0xffff) << 32
+                        | ((v >> 32) & 3) << 48;
+                    let ok = s.invalidate_context(lo);
+                    s.stats.register_invalidations += 1;
+                    s.ccmd =
+                        (v & !regs::CCMD_ICC) | if ok { g << regs::CCMD_CAIG_SHIFT } else { 0 };
+                }
+            }
+            regs::IQT => {
+                s.iqt = v;
+                self.process_queue(&mut s);
+            }
+            regs::IQA => s.iqa = v,
+            o if o == iro => s.iva = v,
+            o if o == iro + 8 => {
+                s.iotlb_reg = v;
+                if v & regs::IOTLB_IVT != 0 {
+                    if qi {
+                        s.stats.ignored_register_invalidations += 1;
+                        return;
+                    }
+                    let g = (v >> 60) & 3;
+                    let did = (v >> 32) as u16;
+                    let iva = s.iva;
+                    let ok = s.invalidate_iotlb(g, did, iva);
+                    s.stats.register_invalidations += 1;
+                    s.iotlb_reg =
+                        (v & !regs::IOTLB_IVT) | if ok { g << regs::IOTLB_IAIG_SHIFT } else { 0 };
+                }
+            }
+            o => match s.fault_slot(o) {
+                Some((i, 8)) if v & regs::FRCD_F != 0 => s.frcd[i][1] &= !regs::FRCD_F,
+                Some(_) => {}
+                None => s.stats.unknown_accesses += 1,
+            },
+        }
+    }
+}

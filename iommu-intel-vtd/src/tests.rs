@@ -1,0 +1,784 @@
+//! The driver against the fake unit: probe, context states, both table
+//! depths, every descriptor, invalidation counts, faults, and tests that fail
+//! if the driver forgets an invalidation.
+
+use std::sync::Arc;
+use std::vec::Vec;
+
+use iova_core::fakes::FakeFrames;
+use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
+use iova_core::pt::PtFormat;
+use iova_core::{
+    DmaMapper, IommuDomain, IotlbGather, IotlbInvalidate, Iova, IovaRange, PageTable,
+    PageTableDomain, PhysAddr, Prot,
+};
+
+use crate::descriptor::{self, ContextScope, Descriptor, IotlbScope};
+use crate::fake::{Dma, FakeVtd, QEMU_CAP_39, QEMU_CAP_48, QEMU_ECAP};
+use crate::{
+    Bdf, ContextState, FaultReason, FaultRecord, SecondLevel, UnitConfig, VtdError, VtdInvalidator,
+    VtdUnit,
+};
+
+const EDU: Bdf = Bdf::new(0, 1, 0);
+const OTHER: Bdf = Bdf::new(0, 2, 0);
+const FAR: Bdf = Bdf::new(3, 0, 0);
+const CM: u64 = 1 << 7;
+const RWBF: u64 = 1 << 4;
+const QI: u64 = 1 << 1;
+
+type Unit<'f> = VtdUnit<&'f FakeVtd, Arc<FakeFrames>>;
+type Domain<'u, 'f> =
+    PageTableDomain<SecondLevel, Arc<FakeFrames>, VtdInvalidator<'u, &'f FakeVtd, Arc<FakeFrames>>>;
+
+fn fake(cap: u64, ecap: u64) -> (Arc<FakeFrames>, FakeVtd) {
+    let frames = Arc::new(FakeFrames::new());
+    let f = FakeVtd::new(Arc::clone(&frames), cap, ecap);
+    (frames, f)
+}
+
+fn unit<'f>(f: &'f FakeVtd, frames: &Arc<FakeFrames>) -> Unit<'f> {
+    VtdUnit::new(f, Arc::clone(frames), UnitConfig::default()).unwrap()
+}
+
+fn domain<'u, 'f>(
+    u: &'u Unit<'f>,
+    frames: &Arc<FakeFrames>,
+    did: u16,
+    levels: usize,
+) -> Domain<'u, 'f> {
+    let fmt = u.second_level_format(levels).unwrap();
+    let table = PageTable::new(fmt, Arc::clone(frames)).unwrap();
+    PageTableDomain::new(table, VtdInvalidator::new(u, did).unwrap())
+}
+
+fn attach(u: &Unit<'_>, d: &Domain<'_, '_>, dev: Bdf, did: u16) {
+    let aw = d.table().format().context_aw();
+    u.set_context(
+        dev,
+        ContextState::Translated {
+            did,
+            root: d.table().root().0,
+            aw,
+        },
+        false,
+    )
+    .unwrap();
+}
+
+fn faults(u: &Unit<'_>) -> Vec<FaultRecord> {
+    let mut v = Vec::new();
+    u.drain_faults(|r| v.push(r));
+    v
+}
+
+fn map(d: &Domain<'_, '_>, iova: u64, pa: u64, len: u64, prot: Prot) {
+    let mut g = IotlbGather::new();
+    d.map(Iova(iova), PhysAddr(pa), len, prot, &mut g).unwrap();
+    d.flush(&mut g).unwrap();
+}
+
+fn unmap(d: &Domain<'_, '_>, iova: u64, len: u64) {
+    let mut g = IotlbGather::new();
+    d.unmap(Iova(iova), len, &mut g).unwrap();
+    d.flush(&mut g).unwrap();
+}
+
+#[test]
+fn probe_takes_over_with_queued_invalidation() {
+    for (cap, levels) in [(QEMU_CAP_39, 3), (QEMU_CAP_48, 4)] {
+        let (frames, f) = fake(cap, QEMU_ECAP);
+        let u = unit(&f, &frames);
+        assert!(u.queued_invalidation());
+        assert_eq!(u.features().max_levels(), Some(levels));
+        assert_eq!(u.second_level_format(5).unwrap().levels(), levels);
+        let s = f.stats();
+        assert_eq!(s.root_pointer_sets, 1);
+        assert_eq!(s.descriptors[descriptor::TYPE_CONTEXT as usize], 1);
+        assert_eq!(s.descriptors[descriptor::TYPE_IOTLB as usize], 1);
+        assert_eq!(s.descriptors[descriptor::TYPE_WAIT as usize], 1);
+        assert_eq!(s.status_writes, 1);
+        assert_eq!(s.unknown_accesses, 0);
+        let c = u.counters().snapshot();
+        assert_eq!(
+            (c.context, c.iotlb_global, c.waits, c.wait_descriptors),
+            (1, 1, 1, 1)
+        );
+        assert!(!u.translation_enabled());
+        // Translation off: DMA is untranslated.
+        assert_eq!(f.translate(EDU, 0x1234, Dma::Read), Ok(0x1234));
+        u.enable_translation().unwrap();
+        assert!(u.translation_enabled());
+        drop(u);
+        assert_eq!(frames.live(), 0, "the unit frees its root table and queue");
+    }
+}
+
+#[test]
+fn probe_refuses_what_it_cannot_drive() {
+    let (frames, f) = fake(QEMU_CAP_48 & !(0x1f << 8), QEMU_ECAP);
+    assert_eq!(
+        VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).err(),
+        Some(VtdError::NoDmaTranslation)
+    );
+    let (frames, f) = fake(QEMU_CAP_48 | 7, QEMU_ECAP);
+    assert_eq!(
+        VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).err(),
+        Some(VtdError::NoDomains)
+    );
+    // Fault records at 0x3f0 * 16: beyond a 4 KiB block.
+    let (frames, f) = fake((QEMU_CAP_48 & !(0x3ff << 24)) | 0x3f0 << 24, QEMU_ECAP);
+    assert!(matches!(
+        VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).err(),
+        Some(VtdError::RegistersTooSmall {
+            needed: 0x3f10,
+            have: 4096
+        })
+    ));
+    for n in 0..3 {
+        let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+        frames.fail_after(n);
+        assert_eq!(
+            VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).err(),
+            Some(VtdError::NoMemory)
+        );
+        assert_eq!(frames.live(), 0, "nothing leaked after {n} allocations");
+    }
+    // Nothing was programmed by a refused probe.
+    assert_eq!(f.stats().root_pointer_sets, 0);
+}
+
+#[test]
+fn devices_without_a_context_entry_are_blocked_and_reported() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    u.enable_translation().unwrap();
+    // Same bus as a present entry: context not present.
+    assert_eq!(
+        f.translate(OTHER, 0x1000, Dma::Write),
+        Err(FaultReason::ContextNotPresent)
+    );
+    let r = faults(&u);
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].source, r[0].reason, r[0].address),
+        (OTHER, FaultReason::ContextNotPresent, 0x1000)
+    );
+    assert_eq!(r[0].access, crate::fault::AccessKind::Write);
+    // A bus with no context table: root not present.
+    assert_eq!(
+        f.translate(FAR, 0x2000, Dma::Read),
+        Err(FaultReason::RootNotPresent)
+    );
+    let r = faults(&u);
+    assert_eq!(
+        (r[0].source, r[0].reason),
+        (FAR, FaultReason::RootNotPresent)
+    );
+    assert_eq!(r[0].access, crate::fault::AccessKind::Read);
+    assert_eq!(u.counters().snapshot().faults, 2);
+    assert!(faults(&u).is_empty(), "records are cleared");
+}
+
+#[test]
+fn translated_dma_at_both_depths_with_permissions() {
+    for (cap, levels) in [(QEMU_CAP_39, 3), (QEMU_CAP_48, 4)] {
+        let (frames, f) = fake(cap, QEMU_ECAP);
+        let u = unit(&f, &frames);
+        let d = domain(&u, &frames, 1, levels);
+        attach(&u, &d, EDU, 1);
+        u.enable_translation().unwrap();
+        let iova = 0x40_0000_0000 - 0x10_0000; // near the top of 39 bits
+        map(&d, iova, 0x1234_5000, 0x2000, Prot::RW);
+        map(&d, iova + 0x2000, 0x7000, 0x1000, Prot::READ);
+        assert_eq!(f.translate(EDU, iova + 0x1010, Dma::Write), Ok(0x1234_6010));
+        assert_eq!(f.translate(EDU, iova + 0x2004, Dma::Read), Ok(0x7004));
+        assert_eq!(
+            f.translate(EDU, iova + 0x2004, Dma::Write),
+            Err(FaultReason::WriteDenied)
+        );
+        // Another device on the same domain would be compressed with EDU's
+        // record if it were the same SID; it is not.
+        assert_eq!(
+            f.translate(EDU, iova + 0x3000, Dma::Read),
+            Err(FaultReason::ReadDenied)
+        );
+        let r = faults(&u);
+        assert_eq!(r.len(), 1, "one record per source ID until cleared");
+        assert_eq!(
+            (r[0].reason, r[0].address),
+            (FaultReason::WriteDenied, iova + 0x2000)
+        );
+        // Beyond the table's (and MGAW's) width.
+        assert_eq!(
+            f.translate(EDU, 1 << (9 * levels + 12), Dma::Read),
+            Err(FaultReason::BeyondAddressWidth)
+        );
+    }
+}
+
+#[test]
+fn pass_through_only_where_offered() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    u.set_context(EDU, ContextState::PassThrough { did: 3, aw: 2 }, false)
+        .unwrap();
+    u.enable_translation().unwrap();
+    assert_eq!(f.translate(EDU, 0xabc_d000, Dma::Write), Ok(0xabc_d000));
+    assert_eq!(u.context(EDU), ContextState::PassThrough { did: 3, aw: 2 });
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP & !(1 << 6));
+    let u = unit(&f, &frames);
+    assert_eq!(
+        u.set_context(EDU, ContextState::PassThrough { did: 3, aw: 2 }, false),
+        Err(VtdError::PassThroughUnsupported)
+    );
+    assert_eq!(
+        u.set_context(EDU, ContextState::PassThrough { did: 3, aw: 3 }, false),
+        Err(VtdError::PassThroughUnsupported)
+    );
+}
+
+#[test]
+fn context_changes_invalidate_the_cached_entry() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let a = domain(&u, &frames, 1, 4);
+    let b = domain(&u, &frames, 2, 4);
+    map(&a, 0x10_0000, 0xa000, 0x1000, Prot::RW);
+    map(&b, 0x10_0000, 0xb000, 0x1000, Prot::RW);
+    attach(&u, &a, EDU, 1);
+    u.enable_translation().unwrap();
+    assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xa000));
+    assert!(f.cached_contexts() == 1 && f.cached_translations() == 1);
+    // Move the device to domain 2: the old context entry and domain 1's
+    // translations must not be used any more.
+    attach(&u, &b, EDU, 2);
+    assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xb000));
+    // Same domain ID, new table (e.g. the domain was rebuilt): translations
+    // cached under the domain ID must go too.
+    let c = domain(&u, &frames, 2, 4);
+    map(&c, 0x10_0000, 0xc000, 0x1000, Prot::RW);
+    attach(&u, &c, EDU, 2);
+    assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xc000));
+    // Pass-through, then detach: blocked again.
+    u.set_context(EDU, ContextState::PassThrough { did: 2, aw: 2 }, false)
+        .unwrap();
+    assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0x10_0000));
+    u.set_context(EDU, ContextState::NotPresent, false).unwrap();
+    assert_eq!(
+        f.translate(EDU, 0x10_0000, Dma::Read),
+        Err(FaultReason::ContextNotPresent)
+    );
+    assert_eq!(u.context(EDU), ContextState::NotPresent);
+    // Domain IDs the unit does not have.
+    assert_eq!(VtdInvalidator::new(&u, 0).map(|_| ()), Ok(()));
+    assert!(matches!(
+        u.set_context(
+            EDU,
+            ContextState::Translated {
+                did: 1,
+                root: 0x1234,
+                aw: 2
+            },
+            false
+        ),
+        Err(VtdError::FrameUnreachable(0x1234))
+    ));
+    assert!(matches!(
+        u.set_context(
+            EDU,
+            ContextState::Translated {
+                did: 1,
+                root: 0x1000,
+                aw: 3
+            },
+            false
+        ),
+        Err(VtdError::LevelsUnsupported(5))
+    ));
+}
+
+#[test]
+fn fault_processing_disable_suppresses_translation_faults() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    u.set_context(
+        EDU,
+        ContextState::Translated {
+            did: 1,
+            root: d.table().root().0,
+            aw: 2,
+        },
+        true,
+    )
+    .unwrap();
+    u.enable_translation().unwrap();
+    assert_eq!(
+        f.translate(EDU, 0x5000, Dma::Write),
+        Err(FaultReason::WriteDenied)
+    );
+    assert!(faults(&u).is_empty());
+}
+
+/// An invalidator that does nothing: what a driver that forgets looks like.
+struct Forgetful;
+// SAFETY: deliberately wrong, only used to show the fake catches it; the
+// fake's tables are never freed while it could walk them (frames are
+// reclaimed only when the test ends).
+unsafe impl IotlbInvalidate for Forgetful {
+    fn invalidate(&self, _: &IotlbGather) -> Result<(), iova_core::Error> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_forgotten_iotlb_invalidation_leaves_a_stale_translation() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let fmt = u.second_level_format(4).unwrap();
+    let broken = PageTableDomain::new(PageTable::new(fmt, Arc::clone(&frames)).unwrap(), Forgetful);
+    u.set_context(
+        EDU,
+        ContextState::Translated {
+            did: 1,
+            root: broken.table().root().0,
+            aw: 2,
+        },
+        false,
+    )
+    .unwrap();
+    u.enable_translation().unwrap();
+    let mut g = IotlbGather::new();
+    broken
+        .map(Iova(0x20_0000), PhysAddr(0x9000), 0x1000, Prot::RW, &mut g)
+        .unwrap();
+    broken.flush(&mut g).unwrap();
+    assert_eq!(f.translate(EDU, 0x20_0000, Dma::Write), Ok(0x9000));
+    broken.unmap(Iova(0x20_0000), 0x1000, &mut g).unwrap();
+    broken.flush(&mut g).unwrap();
+    // The fake still uses the cached translation: the bug is visible.
+    assert_eq!(f.translate(EDU, 0x20_0000, Dma::Write), Ok(0x9000));
+
+    // The real invalidator removes it.
+    let d = domain(&u, &frames, 2, 4);
+    attach(&u, &d, OTHER, 2);
+    map(&d, 0x20_0000, 0x9000, 0x1000, Prot::RW);
+    assert_eq!(f.translate(OTHER, 0x20_0000, Dma::Write), Ok(0x9000));
+    let before = u.counters().snapshot();
+    unmap(&d, 0x20_0000, 0x1000);
+    let delta = u.counters().snapshot().since(&before);
+    assert_eq!(
+        (delta.iotlb_page, delta.waits, delta.iotlb_domain),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        f.translate(OTHER, 0x20_0000, Dma::Write),
+        Err(FaultReason::WriteDenied)
+    );
+}
+
+#[test]
+fn freed_tables_drop_the_paging_structure_cache() {
+    // Unmapping a whole 2 MiB span frees its last-level table: the flush must
+    // not carry the leaf-only hint, or the unit keeps walking the freed table.
+    let (frames, f) = fake(QEMU_CAP_48 & !(3 << 34), QEMU_ECAP); // no superpages
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    u.enable_translation().unwrap();
+    map(&d, 0x40_0000, 0x1_0000, 0x1000, Prot::RW);
+    assert_eq!(f.translate(EDU, 0x40_0000, Dma::Read), Ok(0x1_0000));
+    let hints = f.stats().psi_leaf_hint;
+    unmap(&d, 0x40_0000, 0x20_0000);
+    assert_eq!(
+        f.stats().psi_leaf_hint,
+        hints,
+        "tables changed: no leaf hint"
+    );
+    map(&d, 0x40_0000, 0x2_0000, 0x1000, Prot::RW);
+    assert_eq!(f.translate(EDU, 0x40_0000, Dma::Read), Ok(0x2_0000));
+    // A leaf-only unmap carries the hint.
+    unmap(&d, 0x40_0000, 0x1000);
+    assert_eq!(f.stats().psi_leaf_hint, hints + 1);
+    assert_eq!(
+        f.translate(EDU, 0x40_0000, Dma::Read),
+        Err(FaultReason::ReadDenied)
+    );
+}
+
+#[test]
+fn two_step_batches_flush_once() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    u.enable_translation().unwrap();
+    let aperture = IovaRange::new(Iova(0x1_0000_0000), 1 << 32).unwrap();
+    let iovas =
+        IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, 0x1000), 64, 1).unwrap();
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu).unwrap();
+    let mut state = mapper.try_alloc(64 * 0x1000, 0x1000).unwrap();
+    let pa = |i: u64| 0x100_0000 + i * 0x3000; // scattered
+    let before = u.counters().snapshot();
+    for i in 0..64 {
+        state
+            .link(i * 0x1000, PhysAddr(pa(i)), 0x1000, Prot::RW)
+            .unwrap();
+    }
+    state.sync().unwrap();
+    let linked = u.counters().snapshot().since(&before);
+    assert_eq!(
+        linked.waits, 0,
+        "new entries need no invalidation without CM"
+    );
+    for i in 0..64 {
+        let iova = state.dma_addr(i * 0x1000 + 8).unwrap().0;
+        assert_eq!(f.translate(EDU, iova, Dma::Read), Ok(pa(i) + 8));
+    }
+    let before = u.counters().snapshot();
+    state.unlink(0, 64 * 0x1000).unwrap();
+    state.sync().unwrap();
+    let unlinked = u.counters().snapshot().since(&before);
+    assert_eq!(
+        (
+            unlinked.iotlb_page,
+            unlinked.waits,
+            unlinked.wait_descriptors
+        ),
+        (1, 1, 1)
+    );
+    for i in 0..64 {
+        let iova = state.dma_addr(i * 0x1000).unwrap().0;
+        assert_eq!(
+            f.translate(EDU, iova, Dma::Read),
+            Err(FaultReason::ReadDenied)
+        );
+        faults(&u);
+    }
+    // Three disjoint ranges: three page-selective descriptors, one wait.
+    for i in [0, 10, 20] {
+        state
+            .link(i * 0x1000, PhysAddr(pa(i)), 0x1000, Prot::RW)
+            .unwrap();
+    }
+    state.sync().unwrap();
+    let before = u.counters().snapshot();
+    for i in [0, 10, 20] {
+        state.unlink(i * 0x1000, 0x1000).unwrap();
+    }
+    state.sync().unwrap();
+    let three = u.counters().snapshot().since(&before);
+    assert_eq!((three.iotlb_page, three.waits), (3, 1));
+    state.destroy().unwrap();
+}
+
+#[test]
+fn too_many_blocks_fall_back_to_domain_selective() {
+    // MAMV 0: one page per descriptor, more than psi_limit of them.
+    let cap = QEMU_CAP_48 & !(0x3f << 48);
+    let (frames, f) = fake(cap, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    u.enable_translation().unwrap();
+    map(&d, 0x10_0000, 0x10_0000, 0x40_000, Prot::RW);
+    let before = u.counters().snapshot();
+    unmap(&d, 0x10_0000, 0x4000);
+    let small = u.counters().snapshot().since(&before);
+    assert_eq!((small.iotlb_page, small.iotlb_domain), (4, 0));
+    assert_eq!(
+        f.translate(EDU, 0x10_2000, Dma::Read),
+        Err(FaultReason::ReadDenied)
+    );
+    let before = u.counters().snapshot();
+    unmap(&d, 0x10_4000, 0x3c_000);
+    let big = u.counters().snapshot().since(&before);
+    assert_eq!((big.iotlb_page, big.iotlb_domain, big.waits), (0, 1, 1));
+    // Without PSI at all: domain-selective.
+    let (frames, f) = fake(QEMU_CAP_48 & !(1 << 39), QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    u.enable_translation().unwrap();
+    map(&d, 0x10_0000, 0x10_0000, 0x1000, Prot::RW);
+    assert!(f.translate(EDU, 0x10_0000, Dma::Read).is_ok());
+    let before = u.counters().snapshot();
+    unmap(&d, 0x10_0000, 0x1000);
+    let c = u.counters().snapshot().since(&before);
+    assert_eq!((c.iotlb_page, c.iotlb_domain), (0, 1));
+    assert!(f.translate(EDU, 0x10_0000, Dma::Read).is_err());
+}
+
+#[test]
+fn caching_mode_invalidates_new_entries_too() {
+    let (frames, f) = fake(QEMU_CAP_48 | CM, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    assert!(matches!(
+        VtdInvalidator::new(&u, 0),
+        Err(VtdError::BadDomainId(0))
+    ));
+    u.enable_translation().unwrap();
+    // The unit caches EDU's not-present context entry...
+    assert_eq!(
+        f.translate(EDU, 0x10_0000, Dma::Read),
+        Err(FaultReason::RootNotPresent)
+    );
+    faults(&u);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    // ...and the driver invalidated it when making the entry present.
+    assert_eq!(
+        f.translate(EDU, 0x10_0000, Dma::Read),
+        Err(FaultReason::ReadDenied)
+    );
+    faults(&u);
+    // Now a not-present translation is cached; mapping must invalidate it.
+    let before = u.counters().snapshot();
+    map(&d, 0x10_0000, 0x5000, 0x1000, Prot::RW);
+    let c = u.counters().snapshot().since(&before);
+    assert_eq!((c.iotlb_page, c.waits), (1, 1));
+    assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0x5000));
+
+    // The same with a forgetful driver keeps faulting: the test would catch it.
+    let fmt = u.second_level_format(4).unwrap();
+    let broken = PageTableDomain::new(PageTable::new(fmt, Arc::clone(&frames)).unwrap(), Forgetful);
+    u.set_context(
+        OTHER,
+        ContextState::Translated {
+            did: 2,
+            root: broken.table().root().0,
+            aw: 2,
+        },
+        false,
+    )
+    .unwrap();
+    assert!(f.translate(OTHER, 0x30_0000, Dma::Read).is_err());
+    let mut g = IotlbGather::new();
+    broken
+        .map(Iova(0x30_0000), PhysAddr(0x6000), 0x1000, Prot::RW, &mut g)
+        .unwrap();
+    broken.flush(&mut g).unwrap();
+    assert_eq!(
+        f.translate(OTHER, 0x30_0000, Dma::Read),
+        Err(FaultReason::ReadDenied)
+    );
+}
+
+#[test]
+fn register_based_invalidation_and_write_buffer_flush() {
+    let (frames, f) = fake(QEMU_CAP_48 | RWBF, QEMU_ECAP & !QI);
+    let u = unit(&f, &frames);
+    assert!(!u.queued_invalidation());
+    let s = f.stats();
+    assert_eq!(
+        s.register_invalidations, 2,
+        "global context + global IOTLB at probe"
+    );
+    assert_eq!(s.descriptors.iter().sum::<u64>(), 0);
+    let d = domain(&u, &frames, 1, 4);
+    let wbf = f.stats().write_buffer_flushes;
+    attach(&u, &d, EDU, 1);
+    assert_eq!(
+        f.stats().write_buffer_flushes,
+        wbf + 1,
+        "RWBF: flushed after the context entry"
+    );
+    u.enable_translation().unwrap();
+    map(&d, 0x10_0000, 0x8000, 0x2000, Prot::RW);
+    assert_eq!(
+        f.stats().write_buffer_flushes,
+        wbf + 2,
+        "RWBF: flushed after new entries"
+    );
+    assert_eq!(f.translate(EDU, 0x10_1000, Dma::Read), Ok(0x9000));
+    let before = f.stats().register_invalidations;
+    unmap(&d, 0x10_0000, 0x2000);
+    assert_eq!(f.stats().register_invalidations, before + 1);
+    assert_eq!(
+        f.translate(EDU, 0x10_1000, Dma::Read),
+        Err(FaultReason::ReadDenied)
+    );
+    assert_eq!(f.stats().ignored_register_invalidations, 0);
+    let c = u.counters().snapshot();
+    assert_eq!(c.waits, 0);
+    assert!(c.register_invalidations >= 3);
+    // Context change through CCMD, device-selective.
+    u.set_context(EDU, ContextState::NotPresent, false).unwrap();
+    assert_eq!(
+        f.translate(EDU, 0x10_1000, Dma::Read),
+        Err(FaultReason::ContextNotPresent)
+    );
+}
+
+#[test]
+fn a_queue_error_is_reported_with_the_descriptor_and_the_queue_recovers() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let bad = Descriptor {
+        lo: descriptor::TYPE_IOTLB | 1 << 4 | 1 << 8,
+        hi: 0,
+    };
+    let good = Descriptor::context(ContextScope::Global);
+    let err = u.submit(&[good, bad]).unwrap_err();
+    assert_eq!(
+        err,
+        VtdError::QueueError {
+            index: 4,
+            descriptor: bad
+        }
+    );
+    assert_eq!(u.counters().snapshot().queue_errors, 1);
+    // PASID-cache invalidation is invalid in legacy mode; page-selective
+    // with a mask above MAMV and an unaligned address too.
+    for bad in [
+        Descriptor {
+            lo: descriptor::TYPE_PASID_CACHE,
+            hi: 0,
+        },
+        Descriptor::iotlb(
+            IotlbScope::Pages {
+                did: 1,
+                addr: 0,
+                mask: 19,
+                leaf_only: false,
+            },
+            false,
+            false,
+        ),
+        Descriptor::iotlb(
+            IotlbScope::Pages {
+                did: 1,
+                addr: 0x1000,
+                mask: 1,
+                leaf_only: false,
+            },
+            false,
+            false,
+        ),
+    ] {
+        assert!(
+            matches!(u.submit(&[bad]), Err(VtdError::QueueError { descriptor, .. }) if descriptor == bad)
+        );
+    }
+    // Still usable.
+    u.submit(&[Descriptor::iotlb(IotlbScope::Domain(1), true, true)])
+        .unwrap();
+    u.invalidate_all().unwrap();
+}
+
+#[test]
+fn a_wait_that_never_completes_times_out() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let config = UnitConfig {
+        poll_limit: 1000,
+        ..UnitConfig::default()
+    };
+    let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
+    f.stall_waits(true);
+    assert_eq!(
+        u.invalidate_all(),
+        Err(VtdError::Timeout("invalidation wait"))
+    );
+    let d = domain(&u, &frames, 1, 4);
+    let mut g = IotlbGather::new();
+    d.map(Iova(0x1000), PhysAddr(0x1000), 0x1000, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    d.unmap(Iova(0x1000), 0x1000, &mut g).unwrap();
+    assert_eq!(d.flush(&mut g), Err(iova_core::Error::Timeout));
+    assert!(!g.is_empty(), "a failed flush keeps the gather");
+    f.stall_waits(false);
+    d.flush(&mut g).unwrap();
+}
+
+#[test]
+#[should_panic(expected = "both status write and interrupt")]
+fn the_fake_aborts_like_qemu_on_a_wait_with_both_flags() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let both = Descriptor {
+        lo: descriptor::TYPE_WAIT | descriptor::WAIT_SW | descriptor::WAIT_IF,
+        hi: 0x1000,
+    };
+    let _ = u.submit(&[both]);
+}
+
+#[test]
+fn interrupt_waits_are_accepted_by_the_fake() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    u.submit(&[Descriptor::wait_interrupt()]).unwrap();
+    assert_eq!(f.stats().wait_interrupts, 1);
+}
+
+#[test]
+fn fault_overflow_is_reported_and_recording_resumes() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP); // one fault record
+    let u = unit(&f, &frames);
+    u.enable_translation().unwrap();
+    assert!(f.translate(EDU, 0x1000, Dma::Read).is_err());
+    assert!(f.translate(EDU, 0x2000, Dma::Read).is_err()); // compressed
+    assert!(f.translate(OTHER, 0x3000, Dma::Read).is_err()); // overflow
+    let mut v = Vec::new();
+    let s = u.drain_faults(|r| v.push(r));
+    assert_eq!((s.records, s.overflow), (1, true));
+    assert_eq!((v[0].source, v[0].address), (EDU, 0x1000));
+    assert!(f.translate(OTHER, 0x4000, Dma::Write).is_err());
+    let v = faults(&u);
+    assert_eq!((v[0].source, v[0].address), (OTHER, 0x4000));
+    // Eight records: read from FSTS.FRI round the ring.
+    let (frames, f) = fake(QEMU_CAP_48 | 7 << 40, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    u.enable_translation().unwrap();
+    for bus in 0..10u8 {
+        assert!(f.translate(Bdf::new(bus, 0, 0), 0x1000, Dma::Read).is_err());
+    }
+    let mut v = Vec::new();
+    let s = u.drain_faults(|r| v.push(r));
+    assert_eq!((s.records, s.overflow), (8, true));
+    assert_eq!(
+        v.iter().map(|r| r.source.bus).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn superpages_where_the_unit_has_them() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    u.enable_translation().unwrap();
+    map(&d, 0x4000_0000, 0x8000_0000, 0x4000_0000, Prot::RW);
+    map(&d, 0x8020_0000, 0x20_0000, 0x20_0000, Prot::READ);
+    let sizes: Vec<_> = d
+        .table()
+        .translate(Iova(0x4000_1000))
+        .into_iter()
+        .chain(d.table().translate(Iova(0x8020_1000)))
+        .map(|t| t.page_size)
+        .collect();
+    assert_eq!(sizes, [1 << 30, 1 << 21]);
+    assert_eq!(f.translate(EDU, 0x4123_4567, Dma::Write), Ok(0x8123_4567));
+    assert_eq!(f.translate(EDU, 0x803f_fff0, Dma::Read), Ok(0x3f_fff0));
+    assert_eq!(
+        f.translate(EDU, 0x803f_fff0, Dma::Write),
+        Err(FaultReason::WriteDenied)
+    );
+    // A unit without SLLPS gets 4 KiB pages only, and refuses PS entries.
+    let (frames, f) = fake(QEMU_CAP_48 & !(3 << 34), QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    u.enable_translation().unwrap();
+    map(&d, 0x20_0000, 0x20_0000, 0x20_0000, Prot::RW);
+    assert_eq!(
+        d.table().translate(Iova(0x20_0000)).unwrap().page_size,
+        0x1000
+    );
+    assert_eq!(f.translate(EDU, 0x3f_f000, Dma::Read), Ok(0x3f_f000));
+}
