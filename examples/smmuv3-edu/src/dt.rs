@@ -1,0 +1,92 @@
+//! What the device tree says about the SMMU: its registers, and which
+//! StreamID a PCI requester ID gets (the host bridge's `iommu-map`).
+
+use platform::dtb::{DtbError, Fdt};
+
+/// The SMMUv3 node.
+#[derive(Debug, Clone, Copy)]
+pub struct SmmuNode {
+    /// Register frame base.
+    pub base: u64,
+    /// Its size.
+    pub size: u64,
+    /// The node's phandle (what `iommu-map` entries point at).
+    pub phandle: Option<u32>,
+}
+
+/// Why the lookup failed.
+#[derive(Debug, Clone, Copy)]
+pub enum DtError {
+    /// The tree is malformed.
+    Dtb(DtbError),
+    /// No `compatible = "arm,smmu-v3"` node.
+    NoSmmu,
+    /// The node has no `reg`.
+    NoReg,
+    /// The PCI host has no `iommu-map` entry for this RID that points at our SMMU.
+    NoMapping(u16),
+}
+
+impl core::fmt::Display for DtError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Dtb(e) => write!(f, "device tree: {e:?}"),
+            Self::NoSmmu => f.write_str("no arm,smmu-v3 node; run QEMU with -M virt,iommu=smmuv3"),
+            Self::NoReg => f.write_str("arm,smmu-v3 node has no reg"),
+            Self::NoMapping(rid) => write!(f, "no iommu-map entry for RID {rid:#x}"),
+        }
+    }
+}
+
+/// Finds the first SMMUv3.
+pub fn smmu(fdt: &Fdt<'_>) -> Result<SmmuNode, DtError> {
+    let node = fdt
+        .find_compatible("arm,smmu-v3")
+        .map_err(DtError::Dtb)?
+        .ok_or(DtError::NoSmmu)?;
+    let (base, size) = node.reg().next().ok_or(DtError::NoReg)?;
+    Ok(SmmuNode {
+        base,
+        size,
+        phandle: node.prop_u32("phandle"),
+    })
+}
+
+/// The StreamID of requester `rid`: from the `iommu-map` of the ECAM host
+/// bridge, entries `<rid-base iommu-phandle sid-base length>`.
+pub fn stream_id(fdt: &Fdt<'_>, smmu: &SmmuNode, rid: u16) -> Result<u32, DtError> {
+    let host = fdt
+        .find_compatible("pci-host-ecam-generic")
+        .map_err(DtError::Dtb)?
+        .ok_or(DtError::NoMapping(rid))?;
+    let map = host.prop("iommu-map").ok_or(DtError::NoMapping(rid))?;
+    let cell = |i: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(
+            map.get(4 * i..4 * i + 4)?.try_into().ok()?,
+        ))
+    };
+    for e in 0..map.len() / 16 {
+        let (Some(rid_base), Some(ph), Some(sid_base), Some(len)) = (
+            cell(4 * e),
+            cell(4 * e + 1),
+            cell(4 * e + 2),
+            cell(4 * e + 3),
+        ) else {
+            break;
+        };
+        let rid = u32::from(rid);
+        if smmu.phandle.is_some_and(|p| p != ph) || rid < rid_base || rid - rid_base >= len {
+            continue;
+        }
+        return Ok(sid_base + (rid - rid_base));
+    }
+    Err(DtError::NoMapping(rid))
+}
+
+/// `/chosen/bootargs` (QEMU's `-append`), if any.
+pub fn bootargs<'a>(fdt: &Fdt<'a>) -> Option<&'a str> {
+    fdt.nodes()
+        .filter_map(Result::ok)
+        .find(|n| n.depth() == 2 && n.name() == "chosen")
+        .and_then(|n| n.prop_str("bootargs"))
+}

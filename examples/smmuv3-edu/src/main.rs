@@ -1,0 +1,909 @@
+//! `smmuv3-edu`: the `iommu-arm-smmuv3` driver on QEMU's SMMUv3, with the
+//! `edu` device doing real DMA through it.
+//!
+//! The SMMU's registers and the edu's StreamID come from the device tree
+//! (`arm,smmu-v3` and the PCI host's `iommu-map`). The scenario is chosen
+//! with `-append <name>` (read from `/chosen/bootargs`):
+//!
+//! - `map`: a buffer mapped at an IOVA that is not its physical address,
+//!   DMA RAM -> edu -> RAM with every byte checked; then a DMA to an unmapped
+//!   IOVA, reported as typed translation-fault events;
+//! - `batch`: 64 scattered pages linked with one sync, DMA through all of
+//!   them, the command counters for the link and the unlink batches;
+//! - `stale`: unlink + sync, then a DMA to the old IOVA (whose translation
+//!   QEMU had cached) cannot reach the page, and a 4 KiB fault storm (about
+//!   1024 events) into a smaller event queue is reported as lost events;
+//! - `perm`: a read-only mapping written by the device: permission fault,
+//!   memory unchanged;
+//! - `second-fn`: a second edu that nobody attached tries to DMA: blocked
+//!   and reported with its StreamID;
+//! - `block`: a 2 MiB-aligned mapping becomes a block entry, DMA through it;
+//! - `s2`: stage-2 translation (VMID, VTTBR) as a hypervisor gives a device
+//!   to a guest; `nested`: stage 1 over stage 2.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod dt;
+mod pool;
+
+use core::fmt;
+
+use iommu_arm_smmuv3::event::Stage;
+use iommu_arm_smmuv3::{Config, DrainReport, Event, FaultKind, MmioRegion, Smmu, SmmuError};
+use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
+use iova_core::{
+    DmaMapper, Error as CoreError, IommuDomain, Iova, IovaAllocator, IovaRange, PhysAddr, Prot,
+};
+use platform::edu::{self, Edu, EduError};
+use platform::frames::{FRAME_SIZE, FrameAllocator, Frames, FramesError};
+use platform::pci::{self, Bdf, CMD_BUS_MASTER, CMD_MEMORY, PciError};
+use platform::{BootInfo, demo, println};
+
+use crate::dt::DtError;
+use crate::pool::Pool;
+
+platform::entry!(main);
+
+const NAME: &str = "smmuv3-edu";
+const PAGE: u64 = FRAME_SIZE as u64;
+const M2: u64 = 0x20_0000;
+/// Frames for the SMMU's queues, tables, CDs and page tables.
+const POOL_FRAMES: usize = 96;
+/// Where IOVAs are handed out: far from RAM (which starts at 1 GiB).
+const APERTURE: u64 = 0x80_0000_0000;
+
+#[derive(Debug)]
+enum Error {
+    Pci(PciError),
+    Edu(EduError),
+    Frames(FramesError),
+    Core(CoreError),
+    Smmu(SmmuError),
+    Dt(DtError),
+    NoEdu(usize),
+    NoFrameAllocator,
+    NoDtb,
+    UnknownScenario,
+    Check(&'static str, u64),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pci(e) => write!(f, "{e}"),
+            Self::Edu(e) => write!(f, "{e}"),
+            Self::Frames(e) => write!(f, "{e}"),
+            Self::Core(e) => write!(f, "iova-core: {e}"),
+            Self::Smmu(e) => write!(f, "smmuv3: {e}"),
+            Self::Dt(e) => write!(f, "{e}"),
+            Self::NoEdu(n) => write!(f, "this scenario needs {n} edu device(s)"),
+            Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
+            Self::NoDtb => f.write_str("no device tree"),
+            Self::UnknownScenario => f.write_str(
+                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|nested)",
+            ),
+            Self::Check(what, at) => write!(f, "{what} (at {at:#x})"),
+        }
+    }
+}
+
+macro_rules! from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Self::$v(e)
+            }
+        }
+    )*};
+}
+from!(PciError => Pci, EduError => Edu, FramesError => Frames, CoreError => Core, SmmuError => Smmu, DtError => Dt);
+
+type Driver<'p> = Smmu<MmioRegion, &'p Pool>;
+
+/// An `edu` function with memory decoding and bus mastering on.
+struct Device {
+    bdf: Bdf,
+    sid: u32,
+    edu: Edu,
+}
+
+/// Finds up to two edu functions, assigns their BARs from one window and
+/// enables them.
+fn open_edus(boot: &BootInfo) -> Result<heapless::Vec<(Bdf, Edu), 2>, Error> {
+    let mut host = pci::discover(boot)?;
+    let mut found = heapless::Vec::<Bdf, 2>::new();
+    for f in host.functions() {
+        if (f.vendor, f.device) == (edu::VENDOR_ID, edu::DEVICE_ID) {
+            let _ = found.push(f.bdf);
+        }
+    }
+    let mut out = heapless::Vec::new();
+    for bdf in found {
+        // SAFETY: nothing else uses the edu BARs or the MMIO window.
+        let bar0 = unsafe { host.assign_bar(bdf, 0)? };
+        // SAFETY: edu DMAs only when we program it, with addresses the SMMU
+        // translates (or blocks).
+        unsafe { host.enable(bdf, CMD_MEMORY | CMD_BUS_MASTER)? };
+        // SAFETY: BAR0 of an edu function, assigned and decoding; driven only by us.
+        let mut e = unsafe { Edu::new(bar0.cpu_addr as usize) };
+        e.check()?;
+        println!("{NAME}: edu at {bdf}, BAR0 {:#x}", bar0.cpu_addr);
+        let _ = out.push((bdf, e));
+    }
+    Ok(out)
+}
+
+fn pattern(seed: u64, i: usize) -> u8 {
+    (i.wrapping_mul(131) ^ (seed as usize).wrapping_mul(71) ^ 0xa5) as u8
+}
+
+fn fill(f: &mut Frames, seed: u64) {
+    for (i, b) in f.as_mut_slice().iter_mut().enumerate() {
+        *b = pattern(seed, i);
+    }
+}
+
+/// Drains the event queue, keeping the first 32 records.
+fn drain<'p>(smmu: &Driver<'p>) -> (heapless::Vec<Event, 32>, DrainReport) {
+    let mut v = heapless::Vec::new();
+    let r = smmu.drain_events(|e| {
+        let _ = v.push(e);
+    });
+    (v, r)
+}
+
+fn show(e: &Event) -> impl fmt::Display + '_ {
+    struct S<'a>(&'a Event);
+    impl fmt::Display for S<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let e = self.0;
+            write!(f, "{:?} (type {:#04x}) sid {:#x}", e.kind, e.code, e.sid)?;
+            if let Some(a) = e.addr {
+                write!(f, " iova {a:#x}")?;
+            }
+            if let Some(r) = e.read {
+                write!(f, " {}", if r { "read" } else { "write" })?;
+            }
+            if let Some(ipa) = e.ipa {
+                write!(f, " ipa {ipa:#x}")?;
+            }
+            write!(f, " stage {:?} class {:?}", e.stage, e.class)
+        }
+    }
+    S(e)
+}
+
+/// Checks that faults were reported for `sid`, of `kind`, at addresses in
+/// `[lo, lo + len)`; returns how many were drained.
+fn expect_faults<'p>(
+    smmu: &Driver<'p>,
+    sid: u32,
+    kind: FaultKind,
+    lo: u64,
+    len: u64,
+    read: Option<bool>,
+) -> Result<(u32, DrainReport), Error> {
+    let (ev, r) = drain(smmu);
+    let first = ev.first().ok_or(Error::Check("no event reported", lo))?;
+    println!("{NAME}: first event: {}", show(first));
+    for e in &ev {
+        if e.kind != kind || e.sid != sid {
+            println!("{NAME}: unexpected event: {}", show(e));
+            return Err(Error::Check(
+                "wrong event kind or stream",
+                u64::from(e.code),
+            ));
+        }
+        if len != 0 && !e.addr.is_some_and(|a| (lo..lo + len).contains(&a)) {
+            return Err(Error::Check(
+                "event address outside the DMA",
+                e.addr.unwrap_or(0),
+            ));
+        }
+        if read.is_some() && e.read != read {
+            return Err(Error::Check("event direction wrong", lo));
+        }
+    }
+    Ok((r.events, r))
+}
+
+fn main(boot: &BootInfo) -> Result<(), Error> {
+    platform::banner(NAME, boot);
+    let fdt = boot.arch.dtb.map_err(|_| Error::NoDtb)?;
+    let scenario = dt::bootargs(&fdt).unwrap_or("map").trim();
+    println!("{NAME}: scenario `{scenario}`");
+    let node = dt::smmu(&fdt)?;
+    let edus = open_edus(boot)?;
+    if edus.is_empty() {
+        return Err(Error::NoEdu(1));
+    }
+    let mut devs = heapless::Vec::<Device, 2>::new();
+    for (bdf, edu) in edus {
+        let sid = dt::stream_id(&fdt, &node, bdf.rid())?;
+        let _ = devs.push(Device { bdf, sid, edu });
+    }
+    println!(
+        "{NAME}: SMMUv3 at {:#x} (+{:#x}), edu {} has StreamID {:#x}",
+        node.base, node.size, devs[0].bdf, devs[0].sid
+    );
+
+    let mut frames = FrameAllocator::take().ok_or(Error::NoFrameAllocator)?;
+    let pool = Pool::new(frames.alloc_aligned(POOL_FRAMES, 0x1_0000)?);
+    // SAFETY: the device tree's SMMUv3 register frame, identity mapped (MMU
+    // off), driven by nobody else.
+    let regs = unsafe { MmioRegion::new(node.base as usize) };
+    let smmu = Smmu::new(regs, &pool, Config::default().with_evtq_log2(8))?;
+    let f = smmu.features();
+    let l = smmu.layout();
+    println!(
+        "{NAME}: IDR: stage1 {} stage2 {} nesting {} RIL {} ASID{} VMID{} SID bits {} OAS {} coherent {}",
+        f.stage1,
+        f.stage2,
+        f.nesting,
+        f.ril,
+        f.asid_bits,
+        f.vmid_bits,
+        f.sid_bits,
+        f.oas_bits,
+        f.coherent
+    );
+    println!(
+        "{NAME}: brought up: {:?}, cmdq {} entries, evtq {} entries, GBPA abort {}",
+        l.stream_table, l.cmdq_entries, l.evtq_entries, l.gbpa_abort
+    );
+    demo!(
+        "iommu",
+        "SMMUv3 at {:#x}: {:?} stream table, stage 1 {}, stage 2 {}, range TLBI {}",
+        node.base,
+        l.stream_table,
+        f.stage1,
+        f.stage2,
+        f.ril
+    );
+
+    match scenario {
+        "map" => map(&smmu, &pool, &mut frames, &mut devs[0]),
+        "batch" => batch(&smmu, &pool, &mut frames, &mut devs[0]),
+        "stale" => stale(&smmu, &pool, &mut frames, &mut devs[0]),
+        "perm" => perm(&smmu, &pool, &mut frames, &mut devs[0]),
+        "second-fn" => second_fn(&smmu, &pool, &mut frames, &mut devs),
+        "block" => block(&smmu, &pool, boot, &mut frames, &mut devs[0]),
+        "s2" => stage2(&smmu, &pool, &mut frames, &mut devs[0]),
+        "nested" => nested(&smmu, &pool, &mut frames, &mut devs[0]),
+        _ => Err(Error::UnknownScenario),
+    }?;
+    let c = smmu.counters();
+    println!(
+        "{NAME}: counters: {} commands ({} CMD_SYNC, {} TLBI_NH_VA of which {} range, {} TLBI_NH_ASID, {} TLBI_S2_IPA, {} CFGI_STE, {} CFGI_CD), {} errors, {} events, {} event losses, {} STE writes; {} KiB of pool used, {} frees",
+        c.commands.total,
+        c.commands.sync,
+        c.commands.tlbi_nh_va,
+        c.commands.tlbi_range,
+        c.commands.tlbi_nh_asid,
+        c.commands.tlbi_s2_ipa,
+        c.commands.cfgi_ste,
+        c.commands.cfgi_cd,
+        c.commands.errors,
+        c.events,
+        c.event_losses,
+        c.ste_writes,
+        pool.used() >> 10,
+        pool.freed()
+    );
+    if smmu.global_errors()? != 0 {
+        return Err(Error::Check("global errors pending", 0));
+    }
+    println!("{NAME}: scenario `{scenario}` passed");
+    demo!("result", "OK");
+    Ok(())
+}
+
+/// An IOVA allocator over [`APERTURE`], with caller-provided storage.
+macro_rules! iovas {
+    ($iovas:ident) => {
+        let mut slots = [const { ExtentSlot::new() }; 16];
+        let mut cpus = [const { CpuCache::new() }; 1];
+        let aperture = IovaRange::new(Iova(APERTURE), 1 << 32).map_err(CoreError::from)?;
+        let $iovas = IovaAllocator::new(
+            IovaAllocatorConfig::new(aperture, PAGE),
+            &mut slots,
+            &mut cpus,
+        )
+        .map_err(CoreError::from)?;
+    };
+}
+
+fn map(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    frames: &mut FrameAllocator,
+    dev: &mut Device,
+) -> Result<(), Error> {
+    let d = smmu.s1_domain(pool, 48)?;
+    smmu.attach_s1(dev.sid, &d)?;
+    iovas!(iovas);
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu)?;
+    let mut src = frames.alloc(1)?;
+    let mut dst = frames.alloc(1)?;
+    fill(&mut src, 1);
+    dst.as_mut_slice().fill(0xee);
+    let ms = mapper.map(PhysAddr(src.phys()), PAGE, Prot::READ)?;
+    let md = mapper.map(PhysAddr(dst.phys()), PAGE, Prot::WRITE)?;
+    if ms.addr().0 == src.phys() || md.addr().0 == dst.phys() {
+        return Err(Error::Check(
+            "IOVA equals the physical address",
+            ms.addr().0,
+        ));
+    }
+    println!(
+        "{NAME}: source {:#x} at IOVA {:#x}, destination {:#x} at IOVA {:#x}",
+        src.phys(),
+        ms.addr().0,
+        dst.phys(),
+        md.addr().0
+    );
+    // SAFETY: the device reads `src` and writes `dst` through their IOVAs;
+    // both are ours and the CPU does not touch them during the transfers.
+    unsafe {
+        dev.edu.dma_to_device(ms.addr().0, 0, edu::BUFFER_SIZE)?;
+        dev.edu.dma_from_device(0, md.addr().0, edu::BUFFER_SIZE)?;
+    }
+    platform::arch::dma_barrier();
+    if let Some(i) = dst
+        .as_mut_slice()
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b != pattern(1, i))
+    {
+        return Err(Error::Check("byte came back wrong", md.addr().0 + i as u64));
+    }
+    println!("{NAME}: 4096 bytes RAM -> edu -> RAM through the SMMU, every byte checked");
+    demo!(
+        "dma",
+        "4096 bytes RAM -> edu -> RAM, source at IOVA {:#x} (PA {:#x}), destination at IOVA {:#x} (PA {:#x}), bytes checked",
+        ms.addr().0,
+        src.phys(),
+        md.addr().0,
+        dst.phys()
+    );
+    let hole = APERTURE + 0x8000_0000;
+    // SAFETY: the IOVA is unmapped: the SMMU terminates the writes.
+    unsafe { dev.edu.dma_from_device(0, hole, 64)? };
+    let (n, _) = expect_faults(smmu, dev.sid, FaultKind::Translation, hole, 64, Some(false))?;
+    println!(
+        "{NAME}: DMA to unmapped IOVA {hole:#x}: {n} translation-fault events, all for StreamID {:#x} inside the 64 bytes",
+        dev.sid
+    );
+    demo!(
+        "fault",
+        "64-byte DMA to unmapped IOVA {hole:#x}: {n} F_TRANSLATION events for StreamID {:#x}",
+        dev.sid
+    );
+    mapper.unmap(ms).map_err(|r| r.error)?;
+    mapper.unmap(md).map_err(|r| r.error)?;
+    Ok(())
+}
+
+fn batch(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    frames: &mut FrameAllocator,
+    dev: &mut Device,
+) -> Result<(), Error> {
+    const N: u64 = 64;
+    const CHUNK: u32 = (edu::BUFFER_SIZE as u64 / N) as u32;
+    let d = smmu.s1_domain(pool, 48)?;
+    smmu.attach_s1(dev.sid, &d)?;
+    iovas!(iovas);
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu)?;
+    // 64 pages scattered over 128 frames, linked in reverse order.
+    let mut src = frames.alloc(2 * N as usize)?;
+    fill(&mut src, 2);
+    let base = src.phys();
+    let piece = |p: u64| base + 2 * (N - 1 - p) * PAGE;
+    let mut sink = frames.alloc(1)?;
+    sink.as_mut_slice().fill(0);
+    let mut st = mapper.try_alloc_with(N * PAGE, PAGE, heapless::Vec::<_, 64>::new())?;
+    for p in 0..N {
+        st.link(p * PAGE, PhysAddr(piece(p)), PAGE, Prot::READ)?;
+    }
+    let before = smmu.counters().commands;
+    st.sync()?;
+    let after = smmu.counters().commands;
+    let (link_syncs, link_cmds) = (after.sync - before.sync, after.total - before.total);
+    if link_syncs > 1 {
+        return Err(Error::Check(
+            "more than one CMD_SYNC for the link batch",
+            link_syncs,
+        ));
+    }
+    let ms = mapper.map(PhysAddr(sink.phys()), PAGE, Prot::WRITE)?;
+    // One 64-byte chunk of each page into the edu buffer, then all of it back.
+    for p in 0..N {
+        let iova = st.dma_addr(p * PAGE + p * u64::from(CHUNK))?;
+        // SAFETY: the device reads our linked pages through their IOVAs.
+        unsafe { dev.edu.dma_to_device(iova.0, p as u32 * CHUNK, CHUNK)? };
+    }
+    // SAFETY: the device writes the sink page through its IOVA.
+    unsafe { dev.edu.dma_from_device(0, ms.addr().0, edu::BUFFER_SIZE)? };
+    platform::arch::dma_barrier();
+    let got = sink.as_mut_slice();
+    for p in 0..N {
+        let off = (piece(p) - base) as usize + (p * u64::from(CHUNK)) as usize;
+        for i in 0..CHUNK as usize {
+            let at = p as usize * CHUNK as usize + i;
+            if got[at] != pattern(2, off + i) {
+                return Err(Error::Check("byte from a linked page wrong", at as u64));
+            }
+        }
+    }
+    st.unlink(0, N * PAGE)?;
+    let before = smmu.counters().commands;
+    st.sync()?;
+    let after = smmu.counters().commands;
+    let (unlink_syncs, unlink_tlbi) = (
+        after.sync - before.sync,
+        after.tlbi_nh_va + after.tlbi_nh_asid - before.tlbi_nh_va - before.tlbi_nh_asid,
+    );
+    if unlink_syncs != 1 {
+        return Err(Error::Check(
+            "unlink batch must take one CMD_SYNC",
+            unlink_syncs,
+        ));
+    }
+    println!(
+        "{NAME}: link of {N} scattered pages + sync: {link_cmds} commands, {link_syncs} CMD_SYNC; DMA through all {N} checked; unlink + sync: {unlink_tlbi} TLBI, {unlink_syncs} CMD_SYNC"
+    );
+    demo!(
+        "batch",
+        "{N} scattered pages linked with one sync ({link_syncs} CMD_SYNC: new entries need none), DMA from every page checked, unlinked with {unlink_tlbi} TLBI + {unlink_syncs} CMD_SYNC"
+    );
+    st.free().map_err(|r| r.error)?;
+    mapper.unmap(ms).map_err(|r| r.error)?;
+    Ok(())
+}
+
+fn stale(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    frames: &mut FrameAllocator,
+    dev: &mut Device,
+) -> Result<(), Error> {
+    let d = smmu.s1_domain(pool, 48)?;
+    smmu.attach_s1(dev.sid, &d)?;
+    iovas!(iovas);
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu)?;
+    let mut page = frames.alloc(1)?;
+    page.as_mut_slice().fill(0x11);
+    let mut st = mapper.try_alloc_with(PAGE, PAGE, heapless::Vec::<_, 1>::new())?;
+    st.link(0, PhysAddr(page.phys()), PAGE, Prot::RW)?;
+    st.sync()?;
+    let iova = st.iova().0;
+    // Warm QEMU's IOTLB: the device writes the page once through the IOVA.
+    // SAFETY: the device writes our page through its IOVA.
+    unsafe { dev.edu.dma_to_device(iova, 0, edu::BUFFER_SIZE)? }; // reads 0x11s
+    // SAFETY: as above.
+    unsafe { dev.edu.dma_from_device(0, iova, 64)? };
+    st.unlink(0, PAGE)?;
+    st.sync()?;
+    page.as_mut_slice().fill(0x22);
+    platform::arch::dma_barrier();
+    // The edu buffer holds 0x11s: if the stale translation were used, they would land.
+    // SAFETY: the IOVA is unlinked; the SMMU must terminate the writes.
+    unsafe { dev.edu.dma_from_device(0, iova, 64)? };
+    platform::arch::dma_barrier();
+    if let Some(i) = page.as_mut_slice().iter().position(|&b| b != 0x22) {
+        return Err(Error::Check(
+            "device reached an unlinked page (stale IOTLB)",
+            iova + i as u64,
+        ));
+    }
+    let (n, _) = expect_faults(smmu, dev.sid, FaultKind::Translation, iova, 64, Some(false))?;
+    println!(
+        "{NAME}: after unlink + sync, DMA to old IOVA {iova:#x} blocked, page unchanged, {n} translation faults for StreamID {:#x}",
+        dev.sid
+    );
+    demo!(
+        "fault",
+        "unlinked IOVA {iova:#x}: DMA blocked (QEMU's cached translation was invalidated), page unchanged, {n} F_TRANSLATION events"
+    );
+    // A 4 KiB fault storm: QEMU records one event per 4 bytes (about 1024),
+    // more than the event queue holds. The driver drains and reports the loss.
+    // SAFETY: as above.
+    unsafe { dev.edu.dma_from_device(0, iova, edu::BUFFER_SIZE)? };
+    let (n, r) = expect_faults(
+        smmu,
+        dev.sid,
+        FaultKind::Translation,
+        iova,
+        PAGE,
+        Some(false),
+    )?;
+    if !r.lost_events() || n != smmu.layout().evtq_entries {
+        return Err(Error::Check(
+            "fault storm: expected a full queue and reported loss",
+            u64::from(n),
+        ));
+    }
+    println!(
+        "{NAME}: 4 KiB fault storm: {n} events drained (queue of {}), loss reported (overflow {}, write abort {})",
+        smmu.layout().evtq_entries,
+        r.overflowed,
+        r.write_aborted
+    );
+    demo!(
+        "storm",
+        "4 KiB DMA to an unmapped page: {n} events drained, the rest reported lost"
+    );
+    st.free().map_err(|r| r.error)?;
+    Ok(())
+}
+
+fn perm(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    frames: &mut FrameAllocator,
+    dev: &mut Device,
+) -> Result<(), Error> {
+    let d = smmu.s1_domain(pool, 48)?;
+    smmu.attach_s1(dev.sid, &d)?;
+    iovas!(iovas);
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu)?;
+    let mut page = frames.alloc(1)?;
+    fill(&mut page, 4);
+    let m = mapper.map(PhysAddr(page.phys()), PAGE, Prot::READ)?;
+    // Reading is allowed: the edu buffer gets the page.
+    // SAFETY: the device reads our page through its IOVA.
+    unsafe { dev.edu.dma_to_device(m.addr().0, 0, edu::BUFFER_SIZE)? };
+    // Writing is not.
+    // SAFETY: a read-only mapping: the SMMU must terminate the writes.
+    unsafe { dev.edu.dma_from_device(0x100, m.addr().0 + 0x100, 64)? };
+    platform::arch::dma_barrier();
+    if page
+        .as_mut_slice()
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b != pattern(4, i))
+    {
+        return Err(Error::Check("device wrote a read-only page", m.addr().0));
+    }
+    let (n, _) = expect_faults(
+        smmu,
+        dev.sid,
+        FaultKind::Permission,
+        m.addr().0 + 0x100,
+        64,
+        Some(false),
+    )?;
+    println!(
+        "{NAME}: write to read-only IOVA {:#x}: blocked, page unchanged, {n} permission faults",
+        m.addr().0
+    );
+    demo!(
+        "fault",
+        "device write to a read-only mapping: {n} F_PERMISSION events, memory unchanged"
+    );
+    mapper.unmap(m).map_err(|r| r.error)?;
+    Ok(())
+}
+
+fn second_fn(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    frames: &mut FrameAllocator,
+    devs: &mut heapless::Vec<Device, 2>,
+) -> Result<(), Error> {
+    if devs.len() < 2 {
+        return Err(Error::NoEdu(2));
+    }
+    let d = smmu.s1_domain(pool, 48)?;
+    smmu.attach_s1(devs[0].sid, &d)?;
+    let mut page = frames.alloc(1)?;
+    page.as_mut_slice().fill(0x33);
+    let mut gather = iova_core::IotlbGather::new();
+    d.map(
+        Iova(APERTURE),
+        PhysAddr(page.phys()),
+        PAGE,
+        Prot::RW,
+        &mut gather,
+    )?;
+    d.flush(&mut gather)?;
+    let other = &mut devs[1];
+    println!(
+        "{NAME}: second edu {} (StreamID {:#x}) was never attached",
+        other.bdf, other.sid
+    );
+    // Neither the IOVA (mapped for the first edu only) nor the physical address works.
+    for addr in [APERTURE, page.phys()] {
+        // SAFETY: the stream is not attached: the SMMU must block the writes.
+        unsafe { other.edu.dma_from_device(0, addr, 64)? };
+    }
+    platform::arch::dma_barrier();
+    if page.as_mut_slice().iter().any(|&b| b != 0x33) {
+        return Err(Error::Check(
+            "an unattached function reached memory",
+            page.phys(),
+        ));
+    }
+    let (ev, r) = drain(smmu);
+    let first = ev
+        .first()
+        .ok_or(Error::Check("no event for the unattached function", 0))?;
+    println!("{NAME}: first event: {}", show(first));
+    if ev.iter().any(|e| {
+        e.sid != other.sid || !matches!(e.kind, FaultKind::BadSte | FaultKind::BadStreamId)
+    }) {
+        return Err(Error::Check(
+            "wrong event for the unattached function",
+            u64::from(first.code),
+        ));
+    }
+    println!(
+        "{NAME}: unattached function blocked, page unchanged, {} {:?} events with its StreamID",
+        r.events, first.kind
+    );
+    demo!(
+        "fault",
+        "second edu (StreamID {:#x}, never attached): DMA blocked, {} {:?} events",
+        other.sid,
+        r.events,
+        first.kind
+    );
+    // The attached one still works.
+    // SAFETY: the first edu writes our page through its IOVA.
+    unsafe { devs[0].edu.dma_from_device(0, APERTURE, 64)? };
+    Ok(())
+}
+
+fn block(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    boot: &BootInfo,
+    frames: &mut FrameAllocator,
+    dev: &mut Device,
+) -> Result<(), Error> {
+    // 2 MiB of RAM above the image (nothing else uses it: no heap, no firmware).
+    let (_, image_end) = platform::image_range();
+    let pa = image_end.next_multiple_of(M2) + M2;
+    if !boot.ram().iter().any(|&(b, s)| b <= pa && pa + M2 <= b + s) {
+        return Err(Error::Check("no 2 MiB of free RAM above the image", pa));
+    }
+    let d = smmu.s1_domain(pool, 48)?;
+    smmu.attach_s1(dev.sid, &d)?;
+    iovas!(iovas);
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu)?;
+    let mut st = mapper.try_alloc_with(M2, M2, heapless::Vec::<_, 1>::new())?;
+    st.link(0, PhysAddr(pa), M2, Prot::RW)?;
+    st.sync()?;
+    let iova = st.iova().0;
+    let t = d
+        .table()
+        .translate(Iova(iova + 0x12_3456))
+        .ok_or(Error::Check("block does not translate", iova))?;
+    if t.page_size != M2 || t.pa.0 != pa + 0x12_3456 || iova == pa {
+        return Err(Error::Check("not a 2 MiB block entry", t.page_size));
+    }
+    let mut src = frames.alloc(1)?;
+    fill(&mut src, 7);
+    let ms = mapper.map(PhysAddr(src.phys()), PAGE, Prot::READ)?;
+    // SAFETY: reads our page, writes the last page of the block (free RAM we claimed).
+    unsafe {
+        dev.edu.dma_to_device(ms.addr().0, 0, edu::BUFFER_SIZE)?;
+        dev.edu
+            .dma_from_device(0, iova + M2 - PAGE, edu::BUFFER_SIZE)?;
+    }
+    platform::arch::dma_barrier();
+    for i in 0..PAGE as usize {
+        // SAFETY: RAM we claimed above, identity mapped; the DMA completed.
+        let b = unsafe { core::ptr::read_volatile((pa + M2 - PAGE + i as u64) as *const u8) };
+        if b != pattern(7, i) {
+            return Err(Error::Check(
+                "byte through the block wrong",
+                pa + M2 - PAGE + i as u64,
+            ));
+        }
+    }
+    println!(
+        "{NAME}: 2 MiB at IOVA {iova:#x} -> PA {pa:#x} is one block entry; DMA into its last page checked"
+    );
+    demo!(
+        "block",
+        "2 MiB-aligned link at IOVA {iova:#x} became one block entry; DMA through it checked"
+    );
+    st.destroy().map_err(|r| r.error)?;
+    mapper.unmap(ms).map_err(|r| r.error)?;
+    Ok(())
+}
+
+fn stage2(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    frames: &mut FrameAllocator,
+    dev: &mut Device,
+) -> Result<(), Error> {
+    let d = smmu.s2_domain(pool, 40)?;
+    smmu.attach_s2(dev.sid, &d)?;
+    let ste = smmu.ste(dev.sid)?;
+    println!(
+        "{NAME}: stage-2 STE for StreamID {:#x}: VMID {}, start level {}, {} concatenated root tables",
+        dev.sid,
+        ste.vmid(),
+        d.table().format().start_level(),
+        d.table().format().concatenated()
+    );
+    // The "guest" sees its buffers at IPAs of its own choosing.
+    let (ipa_src, ipa_dst) = (0x10_0000_0000u64, 0x10_0020_0000u64);
+    let mut src = frames.alloc(1)?;
+    let mut dst = frames.alloc(1)?;
+    fill(&mut src, 6);
+    dst.as_mut_slice().fill(0);
+    let mut g = iova_core::IotlbGather::new();
+    d.map(
+        Iova(ipa_src),
+        PhysAddr(src.phys()),
+        PAGE,
+        Prot::READ,
+        &mut g,
+    )?;
+    d.map(
+        Iova(ipa_dst),
+        PhysAddr(dst.phys()),
+        PAGE,
+        Prot::WRITE,
+        &mut g,
+    )?;
+    d.flush(&mut g)?;
+    // SAFETY: the device reads `src` and writes `dst` through their IPAs.
+    unsafe {
+        dev.edu.dma_to_device(ipa_src, 0, edu::BUFFER_SIZE)?;
+        dev.edu.dma_from_device(0, ipa_dst, edu::BUFFER_SIZE)?;
+    }
+    platform::arch::dma_barrier();
+    if dst
+        .as_mut_slice()
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b != pattern(6, i))
+    {
+        return Err(Error::Check("byte through stage 2 wrong", ipa_dst));
+    }
+    d.unmap(Iova(ipa_dst), PAGE, &mut g)?;
+    d.flush(&mut g)?;
+    dst.as_mut_slice().fill(0x44);
+    platform::arch::dma_barrier();
+    // SAFETY: unmapped at stage 2: the SMMU must terminate the writes.
+    unsafe { dev.edu.dma_from_device(0, ipa_dst, 64)? };
+    platform::arch::dma_barrier();
+    if dst.as_mut_slice().iter().any(|&b| b != 0x44) {
+        return Err(Error::Check(
+            "device reached a page unmapped at stage 2",
+            ipa_dst,
+        ));
+    }
+    let (ev, r) = drain(smmu);
+    let first = ev
+        .first()
+        .ok_or(Error::Check("no stage-2 fault reported", ipa_dst))?;
+    println!("{NAME}: first event: {}", show(first));
+    if first.kind != FaultKind::Translation || first.stage != Stage::Two || first.sid != dev.sid {
+        return Err(Error::Check(
+            "expected a stage-2 translation fault",
+            u64::from(first.code),
+        ));
+    }
+    println!(
+        "{NAME}: stage 2: 4096 bytes RAM -> edu -> RAM through IPAs checked; after unmap, {} stage-2 faults",
+        r.events
+    );
+    demo!(
+        "s2",
+        "stage-2 translation (VMID {}): DMA through IPAs checked; unmapped IPA faults at stage 2 ({} events)",
+        ste.vmid(),
+        r.events
+    );
+    Ok(())
+}
+
+fn nested(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    frames: &mut FrameAllocator,
+    dev: &mut Device,
+) -> Result<(), Error> {
+    if !smmu.features().nesting {
+        return Err(Error::Smmu(SmmuError::StageUnsupported));
+    }
+    let s2 = smmu.s2_domain(pool, 44)?;
+    let s1 = smmu.s1_domain(pool, 48)?;
+    // Stage 2 maps the pool (the CD and the stage-1 tables live there) to
+    // itself, and the guest's data page at a different IPA.
+    let mut dst = frames.alloc(1)?;
+    dst.as_mut_slice().fill(0);
+    let (pool_lo, pool_len) = pool.range();
+    let ipa_data = 0x20_0000_0000u64;
+    let mut g = iova_core::IotlbGather::new();
+    s2.map(Iova(pool_lo), PhysAddr(pool_lo), pool_len, Prot::RW, &mut g)?;
+    s2.map(Iova(ipa_data), PhysAddr(dst.phys()), PAGE, Prot::RW, &mut g)?;
+    s2.flush(&mut g)?;
+    let iova = 0x7000_0000u64;
+    s1.map(Iova(iova), PhysAddr(ipa_data), PAGE, Prot::RW, &mut g)?;
+    s1.flush(&mut g)?;
+    smmu.attach_nested(dev.sid, &s1, &s2)?;
+    let mut src = frames.alloc(1)?;
+    fill(&mut src, 8);
+    // The source: IOVA iova + PAGE -> IPA = its PA, mapped to itself at stage 2.
+    s2.map(
+        Iova(src.phys()),
+        PhysAddr(src.phys()),
+        PAGE,
+        Prot::READ,
+        &mut g,
+    )?;
+    s2.flush(&mut g)?;
+    s1.map(
+        Iova(iova + PAGE),
+        PhysAddr(src.phys()),
+        PAGE,
+        Prot::READ,
+        &mut g,
+    )?;
+    s1.flush(&mut g)?;
+    // SAFETY: the device reads `src` and writes `dst` through IOVA -> IPA -> PA.
+    unsafe {
+        dev.edu.dma_to_device(iova + PAGE, 0, edu::BUFFER_SIZE)?;
+        dev.edu.dma_from_device(0, iova, edu::BUFFER_SIZE)?;
+    }
+    platform::arch::dma_barrier();
+    if dst
+        .as_mut_slice()
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b != pattern(8, i))
+    {
+        return Err(Error::Check("byte through nested translation wrong", iova));
+    }
+    // Take the data page away at stage 2: the combined entry must go too.
+    s2.unmap(Iova(ipa_data), PAGE, &mut g)?;
+    s2.flush(&mut g)?;
+    dst.as_mut_slice().fill(0x55);
+    platform::arch::dma_barrier();
+    // SAFETY: unmapped at stage 2: the SMMU must terminate the writes.
+    unsafe { dev.edu.dma_from_device(0, iova, 64)? };
+    platform::arch::dma_barrier();
+    if dst.as_mut_slice().iter().any(|&b| b != 0x55) {
+        return Err(Error::Check(
+            "device reached a page unmapped at stage 2 (nested)",
+            iova,
+        ));
+    }
+    let (ev, r) = drain(smmu);
+    let first = ev
+        .first()
+        .ok_or(Error::Check("no nested fault reported", iova))?;
+    println!("{NAME}: first event: {}", show(first));
+    if first.stage != Stage::Two || first.sid != dev.sid {
+        return Err(Error::Check(
+            "expected a stage-2 fault",
+            u64::from(first.code),
+        ));
+    }
+    println!(
+        "{NAME}: nested: IOVA {iova:#x} -> IPA {ipa_data:#x} -> PA {:#x}, 4096 bytes checked; stage-2 unmap faults ({} events)",
+        dst.phys(),
+        r.events
+    );
+    demo!(
+        "nested",
+        "stage 1 over stage 2: IOVA {iova:#x} -> IPA {ipa_data:#x} -> PA {:#x}, DMA checked; stage-2 unmap blocks it ({} events)",
+        dst.phys(),
+        r.events
+    );
+    Ok(())
+}
