@@ -317,6 +317,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         expect: Expect::GuestSuccess,
         require: &[
             "blocked, page unchanged",
+            "control: PTE cleared without TLBI -> device still wrote the page",
             "4 KiB fault storm:",
             "loss reported",
             "smmuv3-edu: scenario `stale` passed",

@@ -488,6 +488,40 @@ fn stale(
     unsafe { dev.edu.dma_to_device(iova, 0, edu::BUFFER_SIZE)? }; // reads 0x11s
     // SAFETY: as above.
     unsafe { dev.edu.dma_from_device(0, iova, 64)? };
+    // Control experiment: a page unmapped *without* the flush stays reachable,
+    // because QEMU keeps its cached translation. This is what makes the check
+    // below meaningful: only the driver's TLBI removes it.
+    let mut ctl = frames.alloc(1)?;
+    let ctl_iova = APERTURE + 0x1000_0000;
+    let mut g = iova_core::IotlbGather::new();
+    d.map(Iova(ctl_iova), PhysAddr(ctl.phys()), PAGE, Prot::RW, &mut g)?;
+    d.flush(&mut g)?;
+    // SAFETY: the device writes our control page through its IOVA.
+    unsafe { dev.edu.dma_from_device(0, ctl_iova, 64)? };
+    d.unmap(Iova(ctl_iova), PAGE, &mut g)?;
+    ctl.as_mut_slice().fill(0x77);
+    platform::arch::dma_barrier();
+    // SAFETY: as above (the page is still ours; only its PTE is gone).
+    unsafe { dev.edu.dma_from_device(0, ctl_iova, 64)? };
+    platform::arch::dma_barrier();
+    let stale_hit = ctl.as_mut_slice()[..64].iter().all(|&b| b == 0x11);
+    d.flush(&mut g)?;
+    ctl.as_mut_slice().fill(0x77);
+    platform::arch::dma_barrier();
+    // SAFETY: unmapped and invalidated: the SMMU must terminate the writes.
+    unsafe { dev.edu.dma_from_device(0, ctl_iova, 64)? };
+    platform::arch::dma_barrier();
+    let blocked = ctl.as_mut_slice().iter().all(|&b| b == 0x77);
+    let _ = drain(smmu);
+    if !stale_hit || !blocked {
+        return Err(Error::Check(
+            "control: expected stale access before the TLBI, none after",
+            ctl_iova,
+        ));
+    }
+    println!(
+        "{NAME}: control: PTE cleared without TLBI -> device still wrote the page (QEMU IOTLB); after the flush -> blocked"
+    );
     st.unlink(0, PAGE)?;
     st.sync()?;
     page.as_mut_slice().fill(0x22);
