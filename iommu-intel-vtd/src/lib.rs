@@ -4,7 +4,7 @@
 //!   units, device scopes, reserved regions, ATS root ports).
 //! - [`caps`]: VER, CAP and ECAP decoded.
 //! - [`regs`]: register offsets and MMIO access ([`regs::Mmio`]).
-//! - [`unit`]: one remapping unit ([`VtdUnit`]): probe, root and context
+//! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, root and context
 //!   tables, global commands, fault recording.
 //! - [`context`]: legacy root and context entries.
 //! - [`second_level`]: the second-level page-table format for iova-core's
@@ -17,6 +17,61 @@
 //! - [`fault`]: typed fault records.
 //! - [`counters`]: what the driver did.
 //! - [`fake`] (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
+//!
+//! # The two-step flow over VT-d
+//!
+//! On hardware the registers come from the DMAR's DRHD
+//! ([`regs::MmioRegion`]); here the host fake stands in for them.
+//!
+//! ```
+//! # #[cfg(feature = "fakes")] {
+//! use std::sync::Arc;
+//! use iova_core::fakes::FakeFrames;
+//! use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
+//! use iova_core::{DmaMapper, Iova, IovaRange, PageTable, PageTableDomain, PhysAddr, Prot};
+//! use iommu_intel_vtd::fake::{Dma, FakeVtd};
+//! use iommu_intel_vtd::{Bdf, ContextState, FaultReason, UnitConfig, VtdInvalidator, VtdUnit};
+//!
+//! let frames = Arc::new(FakeFrames::new());
+//! let hw = FakeVtd::qemu(Arc::clone(&frames), 48);
+//! let unit = VtdUnit::new(&hw, Arc::clone(&frames), UnitConfig::default()).unwrap();
+//!
+//! // A domain: second-level tables the unit can walk, invalidated by domain ID 1.
+//! let format = unit.second_level_format(4).unwrap();
+//! let table = PageTable::new(format, Arc::clone(&frames)).unwrap();
+//! let domain = PageTableDomain::new(table, VtdInvalidator::new(&unit, 1).unwrap());
+//! let dev = Bdf::new(0, 1, 0);
+//! let root = domain.table().root().0;
+//! let aw = format.context_aw();
+//! unit.set_context(dev, ContextState::Translated { did: 1, root, aw }, false).unwrap();
+//! unit.enable_translation().unwrap();
+//!
+//! let aperture = IovaRange::new(Iova(0x1_0000_0000), 1 << 30).unwrap();
+//! let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, 0x1000), 64, 1).unwrap();
+//! let cpu = || 0;
+//! let mapper = DmaMapper::new(&domain, &iovas, &cpu).unwrap();
+//!
+//! // Reserve, link scattered pages, one sync.
+//! let mut state = mapper.try_alloc(2 * 0x1000, 0x1000).unwrap();
+//! state.link(0, PhysAddr(0x8000_0000), 0x1000, Prot::RW).unwrap();
+//! state.link(0x1000, PhysAddr(0x9123_4000), 0x1000, Prot::RW).unwrap();
+//! state.sync().unwrap();
+//! let iova = state.dma_addr(0x1010).unwrap().0;
+//! assert_eq!(hw.translate(dev, iova, Dma::Write), Ok(0x9123_4010));
+//!
+//! // Unlink + sync: one page-selective invalidation and one wait.
+//! let before = unit.counters().snapshot();
+//! state.unlink(0x1000, 0x1000).unwrap();
+//! state.sync().unwrap();
+//! let spent = unit.counters().snapshot().since(&before);
+//! assert_eq!((spent.iotlb_page, spent.waits), (1, 1));
+//! assert_eq!(hw.translate(dev, iova, Dma::Write), Err(FaultReason::WriteDenied));
+//! let mut faults = Vec::new();
+//! unit.drain_faults(|r| faults.push(r));
+//! assert_eq!((faults[0].source, faults[0].address), (dev, iova & !0xfff));
+//! state.destroy().unwrap();
+//! # }
+//! ```
 //!
 //! # Dependencies
 //!

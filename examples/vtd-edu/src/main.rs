@@ -1,0 +1,646 @@
+//! `vtd-edu`: QEMU's Intel VT-d (q35, `-device intel-iommu`) translating the
+//! `edu` device's DMA, driven by `iommu-intel-vtd` under iova-core's
+//! two-step API.
+//!
+//! The unit is found the way an OS finds it: the PVH start info's RSDP ->
+//! XSDT -> DMAR -> the DRHD whose scope holds edu's BDF. Then:
+//!
+//! 1. a buffer mapped at an IOVA far from its physical address: DMA RAM ->
+//!    edu -> RAM through IOVAs, every byte checked;
+//! 2. 64 scattered pages linked with one sync, DMA from every one, counters
+//!    show one invalidation batch (one wait) for the unlink of all 64;
+//! 3. unmap + sync, then a DMA write to the old IOVA: blocked (it was cached
+//!    in QEMU's IOTLB, so a missing invalidation lets it through), target
+//!    bytes unchanged, a fault record with edu's source ID, the address and
+//!    reason "write denied";
+//! 4. a read-only mapping written by the device: fault, memory unchanged;
+//! 5. a second edu with no context entry: blocked and reported;
+//! 6. a 2 MiB-aligned mapping uses a superpage (where CAP.SLLPS has 2 MiB)
+//!    and DMA through it works.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use iommu_intel_vtd::acpi::dmar::Structure;
+use iommu_intel_vtd::acpi::{self, AcpiError, PhysMemory};
+use iommu_intel_vtd::fault::AccessKind;
+use iommu_intel_vtd::regs::MmioRegion;
+use iommu_intel_vtd::{
+    Bdf, ContextState, Dmar, FaultReason, FaultRecord, SecondLevel, UnitConfig, VtdError,
+    VtdInvalidator, VtdUnit,
+};
+use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
+use iova_core::pt::PtFormat;
+use iova_core::{
+    DmaMapper, Error as CoreError, FrameAllocator as TableFrames, Iova, IovaAllocator, IovaRange,
+    PageTable, PageTableDomain, PhysAddr, Prot,
+};
+use platform::edu::{self, Edu, EduError};
+use platform::frames::{FRAME_SIZE, FrameAllocator, Frames, FramesError};
+use platform::pci::{self, CMD_BUS_MASTER, CMD_MEMORY, PciHost};
+use platform::setup::SetupError;
+use platform::{BootInfo, demo, print, println};
+
+platform::entry!(main);
+
+const NAME: &str = "vtd-edu";
+const PAGE: u64 = FRAME_SIZE as u64;
+/// Pages linked with one sync in check 2.
+const SCATTERED: u64 = 64;
+/// Frames for the unit (root, context tables, queue, status) and page tables.
+const TABLE_FRAMES: usize = 48;
+/// IOVAs start here: far from any RAM address, inside 39 bits.
+const APERTURE: u64 = 0x10_0000_0000;
+/// Physical RAM used for the 2 MiB superpage check (free RAM on a 512 MiB
+/// q35: above the image at 16 MiB, below SeaBIOS' tables at the top).
+const SUPERPAGE_PA: u64 = 0x0800_0000;
+const SUPERPAGE: u64 = 0x20_0000;
+
+#[derive(Debug)]
+enum Error {
+    Setup(SetupError),
+    Pci(pci::PciError),
+    Edu(EduError),
+    Frames(FramesError),
+    Core(CoreError),
+    Acpi(AcpiError),
+    Vtd(VtdError),
+    NoStartInfo,
+    NoUnit(Bdf),
+    Check(&'static str, u64),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Setup(e) => write!(f, "{e}"),
+            Self::Pci(e) => write!(f, "{e}"),
+            Self::Edu(e) => write!(f, "{e}"),
+            Self::Frames(e) => write!(f, "{e}"),
+            Self::Core(e) => write!(f, "iova-core: {e}"),
+            Self::Acpi(e) => write!(f, "{e}"),
+            Self::Vtd(e) => write!(f, "{e}"),
+            Self::NoStartInfo => f.write_str("no PVH start info, so no RSDP"),
+            Self::NoUnit(b) => write!(f, "no DMAR unit covers {b}"),
+            Self::Check(what, at) => write!(f, "{what} ({at:#x})"),
+        }
+    }
+}
+
+macro_rules! from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Self::$v(e)
+            }
+        }
+    )*};
+}
+from!(SetupError => Setup, pci::PciError => Pci, EduError => Edu, FramesError => Frames,
+      CoreError => Core, AcpiError => Acpi, VtdError => Vtd);
+
+/// Firmware tables, read where they are: the boot stub identity-maps 0-4 GiB.
+/// Only below 2 GiB, where q35 has RAM and nothing with read side effects.
+struct IdentityMapped;
+
+impl PhysMemory for IdentityMapped {
+    fn read(&self, pa: u64, len: usize) -> Option<&[u8]> {
+        let end = pa.checked_add(len as u64)?;
+        if pa == 0 || end > 0x8000_0000 {
+            return None;
+        }
+        // SAFETY: identity-mapped RAM (or unbacked space reading as ones);
+        // firmware tables are not written while we parse them.
+        Some(unsafe { core::slice::from_raw_parts(pa as usize as *const u8, len) })
+    }
+}
+
+/// Frames for the unit and its page tables: a bump allocator over one block
+/// of the platform pool (single CPU, so plain loads and stores).
+struct TablePool {
+    block: Frames,
+    next: AtomicUsize,
+    freed: AtomicUsize,
+}
+
+// SAFETY: frames are 4 KiB-aligned pieces of a block this program owns,
+// handed out once each and zeroed; identity mapped, so the physical address
+// is the pointer. Nothing asks for more than 4 KiB.
+unsafe impl TableFrames for TablePool {
+    fn alloc_zeroed(&self, size: usize) -> Option<PhysAddr> {
+        let i = self.next.load(Ordering::Relaxed);
+        if size > FRAME_SIZE || !size.is_power_of_two() || i >= self.block.len() / FRAME_SIZE {
+            return None;
+        }
+        self.next.store(i + 1, Ordering::Relaxed);
+        let pa = self.block.phys() + (i * FRAME_SIZE) as u64;
+        // SAFETY: inside our block, handed out for the first time.
+        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, FRAME_SIZE) };
+        Some(PhysAddr(pa))
+    }
+
+    unsafe fn free(&self, _: PhysAddr, _: usize) {
+        let n = self.freed.load(Ordering::Relaxed);
+        self.freed.store(n + 1, Ordering::Relaxed);
+    }
+
+    fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
+        pa.0 as *mut u8
+    }
+}
+
+type Unit<'p> = VtdUnit<MmioRegion, &'p TablePool>;
+
+fn vtd_bdf(b: pci::Bdf) -> Bdf {
+    Bdf::new(b.bus, b.device, b.function)
+}
+
+/// A PCI bridge's secondary and subordinate bus numbers, for DMAR scopes.
+fn bridge_buses(host: &PciHost, b: Bdf) -> Option<(u8, u8)> {
+    let bdf = pci::Bdf::new(b.bus, b.device, b.function)?;
+    let ecam = host.ecam();
+    let f = ecam.function(bdf)?;
+    (f.header_type & 0x7f == 1).then(|| (ecam.read8(bdf, 0x19), ecam.read8(bdf, 0x1a)))
+}
+
+fn print_structure(s: &Structure<'_>) {
+    let scopes = match s {
+        Structure::Drhd(u) => {
+            println!(
+                "{NAME}: DRHD: registers {:#x}, segment {}, flags {:#x}",
+                u.register_base, u.segment, u.flags
+            );
+            u.scopes
+        }
+        Structure::Rmrr(r) => {
+            println!("{NAME}: RMRR: {:#x}..={:#x}", r.base, r.limit);
+            r.scopes
+        }
+        Structure::Atsr(a) => {
+            println!("{NAME}: ATSR: flags {:#x}", a.flags);
+            a.scopes
+        }
+        other => {
+            println!("{NAME}: {other:?}");
+            return;
+        }
+    };
+    for scope in scopes {
+        match scope {
+            Ok(sc) => {
+                print!(
+                    "{NAME}:   scope {:?}, id {}, bus {:#04x}, path",
+                    sc.kind, sc.enumeration_id, sc.start_bus
+                );
+                for (d, f) in sc.path() {
+                    print!(" {d:02x}.{f}");
+                }
+                println!();
+            }
+            Err(e) => println!("{NAME}:   malformed scope: {e:?}"),
+        }
+    }
+}
+
+/// The RSDP's physical address from the PVH start info. VT-d exists only on
+/// x86; on other targets (the example is linted for them too) there is none.
+#[cfg(target_arch = "x86_64")]
+fn rsdp(boot: &BootInfo) -> Option<u64> {
+    boot.arch
+        .start_info
+        .map(|s| s.rsdp_paddr)
+        .filter(|&a| a != 0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn rsdp(_: &BootInfo) -> Option<u64> {
+    None
+}
+
+fn pattern(page: u64, i: usize) -> u8 {
+    (i.wrapping_mul(131) ^ (page as usize).wrapping_mul(37) ^ 0xa5) as u8
+}
+
+/// The faults recorded since the last call; exactly one expected.
+fn one_fault(unit: &Unit<'_>) -> Result<FaultRecord, Error> {
+    let mut first = None;
+    let summary = unit.drain_faults(|r| {
+        first.get_or_insert(r);
+    });
+    match first {
+        Some(r) if summary.records == 1 && !summary.overflow => Ok(r),
+        _ => Err(Error::Check(
+            "expected exactly one fault record",
+            summary.records as u64,
+        )),
+    }
+}
+
+fn check_fault(
+    r: &FaultRecord,
+    source: Bdf,
+    address: u64,
+    reason: FaultReason,
+    access: AccessKind,
+) -> Result<(), Error> {
+    if r.source != source {
+        return Err(Error::Check(
+            "fault from the wrong source",
+            u64::from(r.source.source_id()),
+        ));
+    }
+    if r.address != address & !0xfff {
+        return Err(Error::Check("fault at the wrong address", r.address));
+    }
+    if r.reason != reason {
+        return Err(Error::Check(
+            "fault with the wrong reason",
+            u64::from(r.reason.code()),
+        ));
+    }
+    if r.access != access {
+        return Err(Error::Check("fault with the wrong access type", r.address));
+    }
+    Ok(())
+}
+
+fn main(boot: &BootInfo) -> Result<(), Error> {
+    platform::banner(NAME, boot);
+
+    // Discovery: RSDP from the PVH start info -> DMAR.
+    let rsdp = rsdp(boot).ok_or(Error::NoStartInfo)?;
+    let dmar = Dmar::parse(acpi::find_table(&IdentityMapped, rsdp, *b"DMAR")?)?;
+    println!(
+        "{NAME}: DMAR via RSDP {rsdp:#x}: host address width {} bits, flags {:#x}",
+        dmar.address_bits(),
+        dmar.flags
+    );
+    for s in dmar.structures() {
+        print_structure(&s);
+    }
+
+    let mut edu = platform::setup::open_edu(boot, NAME)?;
+    let host = pci::discover(boot)?;
+    let mut edus = host
+        .functions()
+        .filter(|f| (f.vendor, f.device) == (edu::VENDOR_ID, edu::DEVICE_ID));
+    let edu_pci = edus.next().ok_or(SetupError::NoEdu)?.bdf;
+    let second_pci = edus.next().map(|f| f.bdf);
+    let edu_bdf = vtd_bdf(edu_pci);
+    let drhd = dmar
+        .unit_for(0, edu_bdf, |b| bridge_buses(&host, b))
+        .ok_or(Error::NoUnit(edu_bdf))?;
+    println!(
+        "{NAME}: {edu_bdf} is covered by the unit at {:#x} ({} KiB registers{})",
+        drhd.register_base,
+        drhd.register_size() >> 10,
+        if drhd.include_pci_all() {
+            ", INCLUDE_PCI_ALL"
+        } else {
+            ", explicit scope"
+        }
+    );
+    if !platform::arch::cpu_can_reach(drhd.register_base, drhd.register_size()) {
+        return Err(Error::Check(
+            "unit registers not mapped",
+            drhd.register_base,
+        ));
+    }
+
+    let mut frames = FrameAllocator::take().ok_or(Error::Check("frame pool taken", 0))?;
+    let pool = TablePool {
+        block: frames.alloc(TABLE_FRAMES)?,
+        next: AtomicUsize::new(0),
+        freed: AtomicUsize::new(0),
+    };
+    // SAFETY: the DRHD's register block, identity mapped and uncached by the
+    // boot stub (above 2 GiB), programmed by nobody else.
+    let regs = unsafe {
+        MmioRegion::new(
+            drhd.register_base as usize as *mut u8,
+            drhd.register_size() as usize,
+        )
+    };
+    let config = UnitConfig {
+        register_size: drhd.register_size() as usize,
+        ..UnitConfig::default()
+    };
+    let unit = VtdUnit::new(regs, &pool, config)?;
+    println!("{NAME}: {}", unit.features());
+    let format: SecondLevel = unit.second_level_format(4)?;
+    let levels = format.levels();
+    demo!(
+        "iommu",
+        "Intel VT-d at {:#x} (from ACPI DMAR), {}-level second-level tables ({}-bit IOVAs), queued invalidation {}",
+        drhd.register_base,
+        levels,
+        format.ia_bits(),
+        unit.queued_invalidation()
+    );
+
+    const DID: u16 = 1;
+    let table = PageTable::new(format, &pool)?;
+    let domain = PageTableDomain::new(table, VtdInvalidator::new(&unit, DID)?);
+    unit.set_context(
+        edu_bdf,
+        ContextState::Translated {
+            did: DID,
+            root: domain.table().root().0,
+            aw: format.context_aw(),
+        },
+        false,
+    )?;
+    unit.enable_translation()?;
+    println!("{NAME}: {edu_bdf} attached to domain {DID}; translation enabled");
+
+    let mut slots = [const { ExtentSlot::new() }; 32];
+    let mut cpus = [const { CpuCache::new() }; 1];
+    let aperture = IovaRange::new(Iova(APERTURE), 1 << 32).map_err(CoreError::from)?;
+    let iovas = IovaAllocator::new(
+        IovaAllocatorConfig::new(aperture, PAGE),
+        &mut slots,
+        &mut cpus,
+    )
+    .map_err(CoreError::from)?;
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&domain, &iovas, &cpu)?;
+
+    // 1. One buffer each way, at IOVAs unrelated to their physical addresses.
+    let mut src = frames.alloc(1)?;
+    let mut dst = frames.alloc(1)?;
+    for (i, b) in src.as_mut_slice().iter_mut().enumerate() {
+        *b = pattern(1000, i);
+    }
+    dst.as_mut_slice().fill(0);
+    let src_map = mapper.map(PhysAddr(src.phys()), PAGE, Prot::READ)?;
+    let sink = mapper.map(PhysAddr(dst.phys()), PAGE, Prot::WRITE)?;
+    if src_map.addr().0 == src.phys() || sink.addr().0 == dst.phys() {
+        return Err(Error::Check(
+            "IOVA equals the physical address",
+            sink.addr().0,
+        ));
+    }
+    // SAFETY: the device reads `src` and writes `dst` through the IOMMU;
+    // both are ours and the CPU does not touch them during the transfers.
+    unsafe {
+        edu.dma_to_device(src_map.addr().0, 0, edu::BUFFER_SIZE)?;
+        edu.dma_from_device(0, sink.addr().0, edu::BUFFER_SIZE)?;
+    }
+    platform::arch::dma_barrier();
+    if let Some(i) = (0..FRAME_SIZE).find(|&i| dst.as_mut_slice()[i] != pattern(1000, i)) {
+        return Err(Error::Check("byte came back wrong", i as u64));
+    }
+    println!(
+        "{NAME}: check 1 OK: 4096 bytes RAM {:#x} (IOVA {:#x}) -> edu -> RAM {:#x} (IOVA {:#x})",
+        src.phys(),
+        src_map.addr(),
+        dst.phys(),
+        sink.addr()
+    );
+    demo!(
+        "mapped",
+        "source page {:#x} at IOVA {:#x} (read-only), sink page {:#x} at IOVA {:#x} (write-only)",
+        src.phys(),
+        src_map.addr(),
+        dst.phys(),
+        sink.addr()
+    );
+
+    // 2. 64 scattered pages, one sync; a slice of each DMA'd into edu.
+    let mut pages = frames.alloc(2 * SCATTERED as usize)?;
+    let base = pages.phys();
+    let piece = |p: u64| PhysAddr(base + 2 * (SCATTERED - 1 - p) * PAGE);
+    for p in 0..SCATTERED {
+        let off = (piece(p).0 - base) as usize;
+        for (i, b) in pages.as_mut_slice()[off..off + FRAME_SIZE]
+            .iter_mut()
+            .enumerate()
+        {
+            *b = pattern(p, i);
+        }
+    }
+    let mut state = mapper.try_alloc_with(
+        SCATTERED * PAGE,
+        PAGE,
+        heapless::Vec::<_, { SCATTERED as usize }>::new(),
+    )?;
+    let before = unit.counters().snapshot();
+    for p in 0..SCATTERED {
+        state.link(p * PAGE, piece(p), PAGE, Prot::READ)?;
+    }
+    state.sync()?;
+    let link = unit.counters().snapshot().since(&before);
+    let slot = edu::BUFFER_SIZE as u64 / SCATTERED;
+    for p in 0..SCATTERED {
+        // Slot p of edu's buffer gets bytes [p * slot, (p + 1) * slot) of page p.
+        let iova = state.dma_addr(p * PAGE + p * slot)?;
+        // SAFETY: the device reads a linked page of `pages`, ours and unchanged.
+        unsafe { edu.dma_to_device(iova.0, (p * slot) as u32, slot as u32)? };
+    }
+    dst.as_mut_slice().fill(0);
+    // SAFETY: the device writes `dst` through the sink mapping.
+    unsafe { edu.dma_from_device(0, sink.addr().0, edu::BUFFER_SIZE)? };
+    platform::arch::dma_barrier();
+    for i in 0..FRAME_SIZE {
+        let p = i as u64 / slot;
+        if dst.as_mut_slice()[i] != pattern(p, i) {
+            return Err(Error::Check("scattered page byte wrong", i as u64));
+        }
+    }
+    let before = unit.counters().snapshot();
+    state.unlink(0, SCATTERED * PAGE)?;
+    state.sync()?;
+    let unlink = unit.counters().snapshot().since(&before);
+    if unlink.waits != 1 || unlink.iotlb() != 1 {
+        return Err(Error::Check(
+            "unlink of 64 pages: not one IOTLB descriptor + one wait",
+            unlink.iotlb(),
+        ));
+    }
+    println!(
+        "{NAME}: check 2 OK: {SCATTERED} scattered pages linked + one sync ({} waits, {} descriptors), DMA from each; unlink + sync: {} IOTLB descriptor ({} page-selective), {} wait",
+        link.waits,
+        link.iotlb() + link.context,
+        unlink.iotlb(),
+        unlink.iotlb_page,
+        unlink.waits
+    );
+    state.destroy().map_err(|r| r.error)?;
+    demo!(
+        "dma",
+        "4 KiB RAM -> edu -> RAM through IOVAs; {SCATTERED} scattered pages linked with one sync and read by edu; unlinked with {} descriptor + 1 wait",
+        unlink.iotlb()
+    );
+
+    // 3. Unmap the sink (which edu wrote through, so QEMU has it cached),
+    //    then DMA to its old IOVA: blocked, bytes unchanged, fault recorded.
+    let old_sink = sink.addr();
+    mapper.unmap(sink).map_err(|r| r.error)?;
+    dst.as_mut_slice().fill(0x5a);
+    platform::arch::dma_barrier();
+    // SAFETY: the IOVA is unmapped; if the IOMMU let it through it would
+    // only reach `dst`, which we own and do not hold references into.
+    unsafe { edu.dma_from_device(0, old_sink.0, edu::BUFFER_SIZE)? };
+    platform::arch::dma_barrier();
+    if dst.as_mut_slice().iter().any(|&b| b != 0x5a) {
+        return Err(Error::Check(
+            "DMA to an unmapped IOVA reached memory",
+            old_sink.0,
+        ));
+    }
+    let f3 = one_fault(&unit)?;
+    check_fault(
+        &f3,
+        edu_bdf,
+        old_sink.0,
+        FaultReason::WriteDenied,
+        AccessKind::Write,
+    )?;
+    println!(
+        "{NAME}: check 3 OK: after unmap + sync, a write to IOVA {old_sink:#x} was blocked, memory unchanged; {f3}"
+    );
+    demo!("fault", "{f3}");
+
+    // 4. A read-only mapping written by the device.
+    let mut ro = frames.alloc(1)?;
+    ro.as_mut_slice().fill(0x33);
+    let ro_map = mapper.map(PhysAddr(ro.phys()), PAGE, Prot::READ)?;
+    // SAFETY: the mapping is read-only; a write would only reach `ro`.
+    unsafe { edu.dma_from_device(0, ro_map.addr().0, edu::BUFFER_SIZE)? };
+    platform::arch::dma_barrier();
+    if ro.as_mut_slice().iter().any(|&b| b != 0x33) {
+        return Err(Error::Check(
+            "write through a read-only mapping reached memory",
+            ro_map.addr().0,
+        ));
+    }
+    let f4 = one_fault(&unit)?;
+    check_fault(
+        &f4,
+        edu_bdf,
+        ro_map.addr().0,
+        FaultReason::WriteDenied,
+        AccessKind::Write,
+    )?;
+    println!(
+        "{NAME}: check 4 OK: write to read-only IOVA {:#x} blocked, memory unchanged; {f4}",
+        ro_map.addr()
+    );
+    mapper.unmap(ro_map).map_err(|r| r.error)?;
+
+    // 5. A second edu with no context entry.
+    match second_pci {
+        Some(b) => {
+            let bar = host.bar(b, 0)?;
+            // SAFETY: the second edu's BAR0 as SeaBIOS assigned it; it DMAs
+            // only when we start it, at an address whose page we own.
+            unsafe { host.enable(b, CMD_MEMORY | CMD_BUS_MASTER)? };
+            // SAFETY: BAR0 of an edu function, decoding, used by nobody else.
+            let mut other = unsafe { Edu::new(bar.cpu_addr as usize) };
+            other.check()?;
+            let mut target = frames.alloc(1)?;
+            target.as_mut_slice().fill(0x77);
+            platform::arch::dma_barrier();
+            // SAFETY: untranslated this would write `target`, which we own.
+            unsafe { other.dma_from_device(0, target.phys(), 64)? };
+            platform::arch::dma_barrier();
+            if target.as_mut_slice().iter().any(|&b| b != 0x77) {
+                return Err(Error::Check(
+                    "device without a context entry reached memory",
+                    target.phys(),
+                ));
+            }
+            let f5 = one_fault(&unit)?;
+            let source = vtd_bdf(b);
+            if f5.source != source
+                || !matches!(
+                    f5.reason,
+                    FaultReason::ContextNotPresent | FaultReason::RootNotPresent
+                )
+            {
+                return Err(Error::Check(
+                    "wrong fault for the unattached device",
+                    u64::from(f5.reason.code()),
+                ));
+            }
+            println!(
+                "{NAME}: check 5 OK: {source} has no context entry: its DMA was blocked; {f5}"
+            );
+        }
+        None => println!("{NAME}: check 5 skipped: no second edu (add another -device edu)"),
+    }
+
+    // 6. A 2 MiB superpage.
+    if unit.features().cap.superpage_2m() {
+        let in_ram = boot
+            .ram()
+            .iter()
+            .any(|&(b, s)| b <= SUPERPAGE_PA && SUPERPAGE_PA + SUPERPAGE <= b + s);
+        let (img_start, img_end) = platform::image_range();
+        if !in_ram || (img_start < SUPERPAGE_PA + SUPERPAGE && SUPERPAGE_PA < img_end) {
+            return Err(Error::Check(
+                "superpage test memory not free RAM",
+                SUPERPAGE_PA,
+            ));
+        }
+        let last = SUPERPAGE_PA + SUPERPAGE - PAGE;
+        for i in 0..FRAME_SIZE {
+            // SAFETY: free RAM (checked above), identity mapped, used by nobody.
+            unsafe { ((last as usize + i) as *mut u8).write_volatile(pattern(2000, i)) };
+        }
+        let mut big = mapper.try_alloc_with(SUPERPAGE, SUPERPAGE, heapless::Vec::<_, 1>::new())?;
+        big.link(0, PhysAddr(SUPERPAGE_PA), SUPERPAGE, Prot::READ)?;
+        big.sync()?;
+        let size = domain
+            .table()
+            .translate(big.iova())
+            .map(|t| t.page_size)
+            .unwrap_or(0);
+        if size != SUPERPAGE {
+            return Err(Error::Check("2 MiB link did not use a superpage", size));
+        }
+        let sink = mapper.map(PhysAddr(dst.phys()), PAGE, Prot::WRITE)?;
+        dst.as_mut_slice().fill(0);
+        // SAFETY: the device reads the superpage (our free RAM) and writes `dst`.
+        unsafe {
+            edu.dma_to_device(big.dma_addr(SUPERPAGE - PAGE)?.0, 0, edu::BUFFER_SIZE)?;
+            edu.dma_from_device(0, sink.addr().0, edu::BUFFER_SIZE)?;
+        }
+        platform::arch::dma_barrier();
+        if let Some(i) = (0..FRAME_SIZE).find(|&i| dst.as_mut_slice()[i] != pattern(2000, i)) {
+            return Err(Error::Check("superpage byte wrong", i as u64));
+        }
+        println!(
+            "{NAME}: check 6 OK: 2 MiB at IOVA {:#x} -> {SUPERPAGE_PA:#x} is one superpage; DMA from its last page checked",
+            big.iova()
+        );
+        big.destroy().map_err(|r| r.error)?;
+        mapper.unmap(sink).map_err(|r| r.error)?;
+    } else {
+        println!("{NAME}: check 6 skipped: CAP.SLLPS has no 2 MiB pages");
+    }
+
+    mapper.unmap(src_map).map_err(|r| r.error)?;
+    let stray = unit.drain_faults(|r| println!("{NAME}: unexpected fault: {r}"));
+    if stray.records != 0 || stray.overflow {
+        return Err(Error::Check("unexpected faults", stray.records as u64));
+    }
+    let c = unit.counters().snapshot();
+    println!(
+        "{NAME}: counters: {} context, {} IOTLB global, {} domain, {} page-selective, {} waits, {} faults read, {} queue errors; {} table frames used",
+        c.context,
+        c.iotlb_global,
+        c.iotlb_domain,
+        c.iotlb_page,
+        c.waits,
+        c.faults,
+        c.queue_errors,
+        pool.next.load(Ordering::Relaxed)
+    );
+    println!("{NAME}: all checks passed with {levels}-level tables");
+    demo!("result", "OK");
+    Ok(())
+}
