@@ -23,4 +23,4 @@ pub use error::{RequestKind, Status, VirtioIommuError};
 pub use fault::{FaultReason, FaultRecord};
 pub use features::Features;
 pub use probe::{ProbeInfo, ReservedKind, ReservedRegion};
-pub use virtio_drivers::Hal;
+pub use virtio_drivers::{self, Hal};

@@ -44,6 +44,7 @@ pub mod mmio;
 pub mod pci;
 pub mod setup;
 pub mod time;
+pub mod virtio_pci;
 
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
