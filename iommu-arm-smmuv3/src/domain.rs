@@ -226,8 +226,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     ) -> Result<(), SmmuError> {
         let ste = self.ste(sid)?;
         let inval = domain.invalidator();
-        if !ste.is_valid() || ste.cd_ptr() != inval.cd.0 {
-            return Err(SmmuError::StreamIdOutOfRange(sid));
+        if !ste.is_valid() || ste.config() != crate::ste::CONFIG_S1 || ste.cd_ptr() != inval.cd.0 {
+            return Err(SmmuError::NotAttached(sid));
         }
         self.detach(sid)?;
         inval.attached.fetch_sub(1, Ordering::Relaxed);

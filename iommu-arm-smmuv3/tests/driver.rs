@@ -796,6 +796,7 @@ fn dropping_detached_domains_returns_everything() {
     let asid = d.invalidator().asid();
     smmu.attach_s1(SID, &d).unwrap();
     smmu.detach_s1(SID, &d).unwrap();
+    assert_eq!(smmu.detach_s1(SID, &d), Err(SmmuError::NotAttached(SID)));
     drop(d);
     // One level-2 stream table stays (allocated on first use); the rest is back.
     assert_eq!(m.live() - base, 1);
@@ -843,4 +844,71 @@ fn gbpa_abort_blocks_while_disabled() {
         Err(DmaFault::Terminated(None))
     );
     let _ = IdRegs::default();
+}
+
+#[test]
+fn commands_per_batch_for_1_64_4096_pages() {
+    // The benchmark's targets, as a regression test: one CMD_SYNC per unlink
+    // batch, none for a link batch; with RIL one TLBI per contiguous range;
+    // without, one per page up to the threshold (64), then one by ASID.
+    for (ril, pages, tlbi) in [
+        (true, 1u64, 1u64),
+        (true, 64, 1),
+        (true, 4096, 1),
+        (false, 1, 1),
+        (false, 64, 64),
+        (false, 4096, 1),
+    ] {
+        let m = mem();
+        let mut id = QEMU_10_VIRT;
+        if !ril {
+            id.idr[3] &= !(1 << 10);
+        }
+        let fake = FakeSmmu::new(Arc::clone(&m), id);
+        let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+        let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+        smmu.attach_s1(SID, &d).unwrap();
+        let aperture = IovaRange::new(Iova(0x10_0000_0000), 1 << 36).unwrap();
+        let iovas =
+            IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, K4), 64, 1).unwrap();
+        let cpu = || 0;
+        let mapper = DmaMapper::new(&d, &iovas, &cpu).unwrap();
+        let block = m.alloc_zeroed((2 * pages * K4) as usize).unwrap();
+        let mut st = mapper.try_alloc(pages * K4, K4).unwrap();
+        for p in 0..pages {
+            st.link(
+                p * K4,
+                PhysAddr(block.0 + 2 * (pages - 1 - p) * K4),
+                K4,
+                Prot::RW,
+            )
+            .unwrap();
+        }
+        let c0 = smmu.counters().commands;
+        st.sync().unwrap();
+        assert_eq!(
+            smmu.counters().commands.total,
+            c0.total,
+            "link batch: no command"
+        );
+        for p in 0..pages {
+            fake.dma_write(SID, st.dma_addr(p * K4).unwrap(), &[1])
+                .unwrap();
+        }
+        st.unlink(0, pages * K4).unwrap();
+        let c1 = smmu.counters().commands;
+        st.sync().unwrap();
+        let c2 = smmu.counters().commands;
+        assert_eq!(c2.sync - c1.sync, 1, "ril {ril} pages {pages}");
+        let t = (c2.tlbi_nh_va + c2.tlbi_nh_asid) - (c1.tlbi_nh_va + c1.tlbi_nh_asid);
+        assert_eq!(t, tlbi, "ril {ril} pages {pages}");
+        // And nothing stale remains.
+        for p in [0, pages - 1] {
+            assert!(
+                fake.dma_write(SID, st.dma_addr(p * K4).unwrap(), &[2])
+                    .is_err()
+            );
+        }
+        st.free().unwrap();
+    }
 }
