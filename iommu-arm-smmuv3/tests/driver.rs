@@ -912,3 +912,95 @@ fn commands_per_batch_for_1_64_4096_pages() {
         st.free().unwrap();
     }
 }
+
+#[test]
+fn walk_and_fetch_aborts_are_typed() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    // A CD whose TTB0 is outside memory: the first table read aborts.
+    let cd = iommu_arm_smmuv3::cd::Cd::s1(&iommu_arm_smmuv3::cd::CdConfig {
+        asid: 77,
+        ia_bits: 48,
+        oa_bits: 44,
+        ttb0: 0x0f00_0000_0000,
+        mair: iova_core::formats::lpae::MAIR,
+    });
+    let cd_pa = page(&m);
+    let p = m.phys_to_virt(cd_pa).cast::<u64>();
+    for (i, w) in cd.0.iter().enumerate() {
+        // SAFETY: a page the test owns, 8-byte aligned.
+        unsafe { p.add(i).write_volatile(*w) };
+    }
+    smmu.write_ste(SID, &Ste::s1(cd_pa.0)).unwrap();
+    assert_eq!(
+        fake.dma_write(SID, Iova(0x1000), b"x"),
+        Err(DmaFault::Terminated(Some(0x0b)))
+    );
+    // An invalid CD (V = 0): C_BAD_CD.
+    // SAFETY: as above.
+    unsafe { p.write_volatile(cd.0[0] & !iommu_arm_smmuv3::cd::V) };
+    smmu.write_ste(SID, &Ste::abort()).unwrap();
+    smmu.write_ste(SID, &Ste::s1(cd_pa.0)).unwrap();
+    assert_eq!(
+        fake.dma_write(SID, Iova(0x1000), b"x"),
+        Err(DmaFault::Terminated(Some(0x0a)))
+    );
+    let ev = events(&smmu);
+    assert_eq!(
+        (ev[0].kind, ev[0].addr, ev[1].kind),
+        (FaultKind::WalkAbort, Some(0x1000), FaultKind::BadCd)
+    );
+}
+
+#[test]
+fn takes_over_an_smmu_left_enabled() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    // "Firmware" left translation on, in bypass-ish state, with garbage queues.
+    fake.write64(off::CMDQ_BASE, 0xdead_0000 | 4);
+    fake.write32(off::CR0, cr0::SMMUEN | cr0::CMDQEN);
+    assert!(fake.enabled());
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    assert_eq!(fake.bad_accesses(), 0);
+    // Our queue is in use (the bring-up commands went through it).
+    assert_eq!(
+        opcodes(&fake)[..3],
+        [op::CFGI_STE_RANGE, op::TLBI_NSNH_ALL, op::CMD_SYNC]
+    );
+    smmu.set_bypass(SID).unwrap();
+    assert!(fake.translate(SID, Iova(0x2000), true).is_ok());
+}
+
+#[test]
+fn concurrent_mappers_share_one_smmu() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default().with_cmdq_log2(3)).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    let pages: Vec<PhysAddr> = (0..4).map(|_| page(&m)).collect();
+    std::thread::scope(|s| {
+        for (t, p) in pages.iter().enumerate() {
+            let (d, fake, p) = (&d, &fake, *p);
+            s.spawn(move || {
+                let iova = 0x1_0000_0000 * (t as u64 + 1);
+                for round in 0..50u8 {
+                    map(d, iova, p, K4, Prot::RW);
+                    fake.dma_write(SID, Iova(iova + 8), &[round]).unwrap();
+                    unmap(d, iova, K4).unwrap();
+                    assert!(fake.dma_write(SID, Iova(iova + 8), &[0xff]).is_err());
+                }
+            });
+        }
+    });
+    for p in &pages {
+        assert_eq!(read_mem(&m, *p, 9)[8], 49);
+    }
+    let c = smmu.counters().commands;
+    assert_eq!(c.errors, 0);
+    assert!(c.sync >= 200, "one sync per unmap flush: {}", c.sync);
+    let r = smmu.drain_events(|e| assert_eq!(e.kind, FaultKind::Translation));
+    assert_eq!(r.events, 128, "the event queue holds 128 of the 200 faults");
+    assert!(r.lost_events());
+}
