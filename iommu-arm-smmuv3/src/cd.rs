@@ -1,6 +1,7 @@
 //! Context descriptors (64 bytes): the stage-1 translation regime of a stream.
 
 use crate::features::size_code;
+use crate::lpae_large::Granule;
 
 /// Size of a CD in bytes.
 pub const CD_BYTES: usize = 64;
@@ -70,8 +71,14 @@ impl Cd {
     /// (TTB1 disabled), write-back inner-shareable walks, faults recorded
     /// (R) and aborted (A), access-flag faults enabled, no stalls.
     pub const fn s1(c: &CdConfig) -> Self {
+        Self::s1_granule(c, Granule::K4)
+    }
+
+    /// As [`Cd::s1`], with the tables' granule in TG0.
+    pub const fn s1_granule(c: &CdConfig, granule: Granule) -> Self {
         let mut w = [0; 8];
         w[0] = (64 - c.ia_bits as u64) << T0SZ_SHIFT
+            | granule.tg0() << TG0_SHIFT
             | 1 << IR0_SHIFT
             | 1 << OR0_SHIFT
             | 3 << SH0_SHIFT
@@ -142,6 +149,22 @@ mod tests {
         assert_eq!(cd.0[2], 0);
         assert_eq!(cd.0[3], 0x04_ff44);
         assert_eq!(cd.0[4..], [0; 4]);
+    }
+
+    #[test]
+    fn tg0_of_each_granule() {
+        let c = CdConfig {
+            asid: 1,
+            ia_bits: 48,
+            oa_bits: 48,
+            ttb0: 0x10000,
+            mair: 0,
+        };
+        for (g, tg) in [(Granule::K4, 0), (Granule::K16, 2), (Granule::K64, 1)] {
+            let cd = Cd::s1_granule(&c, g);
+            assert_eq!((cd.0[0] >> 6) & 3, tg);
+            assert_eq!(cd.0[0] & !(3 << 6), Cd::s1(&c).0[0]);
+        }
     }
 
     #[test]

@@ -206,6 +206,26 @@ impl Command {
         ])
     }
 
+    /// TLBI_NH_VA, range form with granule code `tg` (1 = 4K, 2 = 16K,
+    /// 3 = 64K): `(num + 1) << scale` pages of that granule.
+    pub const fn tlbi_nh_va_range_tg(
+        vmid: u16,
+        asid: u16,
+        va: u64,
+        range: TlbiRange,
+        tg: u64,
+        leaf: bool,
+    ) -> Self {
+        let mut c = Self::tlbi_nh_va_range(vmid, asid, va, range, leaf);
+        c.0[1] = (c.0[1] & !(3 << TG_SHIFT)) | (tg & 3) << TG_SHIFT;
+        c
+    }
+
+    /// The TG field (0: not a range command).
+    pub const fn tg(&self) -> u64 {
+        (self.0[1] >> TG_SHIFT) & 3
+    }
+
     /// TLBI_S2_IPA for one 4 KiB page.
     pub const fn tlbi_s2_ipa(vmid: u16, ipa: u64, leaf: bool) -> Self {
         Command([
@@ -381,6 +401,9 @@ mod tests {
         assert_eq!(vr.0[0], 0x0005_0000_0000_0012 | 3 << 12 | 6 << 20);
         assert_eq!(vr.0[1], 0x8000_0000 | 1 << 10);
         assert_eq!(vr.range(), Some(r));
+        let v64 = Command::tlbi_nh_va_range_tg(0, 5, 0x8000_0000, r, 3, true);
+        assert_eq!(v64.0[1], 0x8000_0000 | 3 << 10 | 1);
+        assert_eq!((v64.0[0], v64.tg(), vr.tg()), (vr.0[0], 3, 1));
         assert_eq!(vr.asid(), 5);
         assert!(!vr.leaf());
         assert_eq!(Command::tlbi_s12_vmall(9).0, [0x0000_0009_0000_0028, 0]);

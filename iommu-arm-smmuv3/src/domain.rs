@@ -18,19 +18,37 @@ use iova_core::{
 use crate::cd::{Cd, CdConfig};
 use crate::cmd::{Command, TlbiRange};
 use crate::error::SmmuError;
+use crate::lpae_large::{Granule, LpaeS1Large};
 use crate::regs::Mmio;
 use crate::s2::LpaeS2;
 use crate::smmu::Smmu;
 use crate::ste::{S2Config, Ste};
 
-/// 4 KiB: the granule of our formats and of the TLBI address fields.
-const PAGE: u64 = 0x1000;
+/// A stage-1 page-table format the SMMU can walk: LPAE with one of the
+/// three granules.
+pub trait S1Format: iova_core::PtFormat {
+    /// The translation granule (for CD.TG0 and the TLBI granule).
+    fn granule(&self) -> Granule;
+}
+
+impl S1Format for LpaeS1 {
+    fn granule(&self) -> Granule {
+        Granule::K4
+    }
+}
+
+impl S1Format for LpaeS1Large {
+    fn granule(&self) -> Granule {
+        LpaeS1Large::granule(self)
+    }
+}
 
 /// Stage-1 invalidation for one ASID, and the domain's context descriptor.
 pub struct S1Inval<'s, M: Mmio, A: FrameAllocator> {
     smmu: &'s Smmu<M, A>,
     asid: u16,
     cd: PhysAddr,
+    granule: Granule,
     attached: AtomicU32,
     /// VMID of the stage 2 this context is nested under (0: none).
     vmid: AtomicU32,
@@ -45,8 +63,9 @@ pub struct S2Inval<'s, M: Mmio, A: FrameAllocator> {
     nested: AtomicU32,
 }
 
-/// A stage-1 domain: LPAE stage-1 tables from `T`, ASID-tagged.
-pub type S1Domain<'s, M, A, T> = PageTableDomain<LpaeS1, T, S1Inval<'s, M, A>>;
+/// A stage-1 domain: LPAE stage-1 tables (format `F`, 4 KiB granule by
+/// default) from `T`, ASID-tagged.
+pub type S1Domain<'s, M, A, T, F = LpaeS1> = PageTableDomain<F, T, S1Inval<'s, M, A>>;
 /// A stage-2 domain: LPAE stage-2 tables from `T`, VMID-tagged.
 pub type S2Domain<'s, M, A, T> = PageTableDomain<LpaeS2, T, S2Inval<'s, M, A>>;
 
@@ -77,38 +96,74 @@ impl<M: Mmio, A: FrameAllocator> S2Inval<'_, M, A> {
 }
 
 enum Tag {
-    S1 { vmid: u16, asid: u16 },
-    S2 { vmid: u16, nested: bool },
+    S1 {
+        vmid: u16,
+        asid: u16,
+        granule: Granule,
+    },
+    S2 {
+        vmid: u16,
+        nested: bool,
+    },
 }
 
 impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
-    /// A new stage-1 domain with `ia_bits` of IOVA (25..=48), tables from
-    /// `tables`. Its ASID's TLB entries are invalidated first (the ASID may
-    /// have been used before).
+    /// A new stage-1 domain with `ia_bits` of IOVA (25..=48) and a 4 KiB
+    /// granule, tables from `tables`. Its ASID's TLB entries are invalidated
+    /// first (the ASID may have been used before).
     pub fn s1_domain<T: FrameAllocator>(
         &self,
         tables: T,
         ia_bits: u32,
     ) -> Result<S1Domain<'_, M, A, T>, SmmuError> {
         let f = self.features();
+        if ia_bits > f.ias_s1_bits.min(48) {
+            return Err(SmmuError::BadGeometry);
+        }
+        let fmt = LpaeS1::new(ia_bits, f.table_oas_bits()).map_err(|_| SmmuError::BadGeometry)?;
+        self.s1_domain_with(tables, fmt)
+    }
+
+    /// A new stage-1 domain of format `fmt` (any granule the SMMU offers:
+    /// [`LpaeS1`], or [`LpaeS1Large`] for 16 KiB / 64 KiB).
+    pub fn s1_domain_with<T: FrameAllocator, F: S1Format>(
+        &self,
+        tables: T,
+        fmt: F,
+    ) -> Result<S1Domain<'_, M, A, T, F>, SmmuError> {
+        let f = self.features();
         if !f.stage1 {
             return Err(SmmuError::StageUnsupported);
         }
-        let oa = f.table_oas_bits();
-        let fmt =
-            LpaeS1::new(ia_bits.min(f.ias_s1_bits), oa).map_err(|_| SmmuError::BadGeometry)?;
-        if ia_bits > 48 {
+        let granule = fmt.granule();
+        let offered = match granule {
+            Granule::K4 => f.granules.g4k,
+            Granule::K16 => f.granules.g16k,
+            Granule::K64 => f.granules.g64k,
+        };
+        if !offered {
+            return Err(SmmuError::GranuleUnsupported);
+        }
+        let oa = fmt.oa_bits();
+        if oa > f.table_oas_bits() {
             return Err(SmmuError::BadGeometry);
         }
         let table = PageTable::new(fmt, tables)?;
+        let ia_bits = table.ia_bits();
+        if !(25..=48).contains(&ia_bits) {
+            return Err(SmmuError::BadGeometry);
+        }
         let asid = self.asids.lock().alloc().ok_or(SmmuError::IdsExhausted)?;
-        let cd = Cd::s1(&CdConfig {
-            asid,
-            ia_bits,
-            oa_bits: oa,
-            ttb0: table.root().0,
-            mair: MAIR,
-        });
+        let cd = Cd::s1_granule(
+            &CdConfig {
+                asid,
+                ia_bits,
+                oa_bits: oa,
+                ttb0: table.root().0,
+                mair: MAIR,
+            },
+            granule,
+        );
         let setup = self
             .submit(&[Command::tlbi_nh_asid(0, asid)])
             .and_then(|()| self.alloc_cd(&cd));
@@ -125,6 +180,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 smmu: self,
                 asid,
                 cd,
+                granule,
                 attached: AtomicU32::new(0),
                 vmid: AtomicU32::new(0),
             },
@@ -161,10 +217,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     }
 
     /// Points `sid` at a stage-1 domain.
-    pub fn attach_s1<T: FrameAllocator>(
+    pub fn attach_s1<T: FrameAllocator, F: S1Format>(
         &self,
         sid: u32,
-        domain: &S1Domain<'_, M, A, T>,
+        domain: &S1Domain<'_, M, A, T, F>,
     ) -> Result<(), SmmuError> {
         let inval = domain.invalidator();
         if inval.vmid.load(Ordering::Relaxed) != 0 {
@@ -192,10 +248,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     /// are read through `s2`, so their addresses (the frames `s1`'s and this
     /// SMMU's allocators hand out) must be IPAs that `s2` maps, read-write,
     /// to themselves or to wherever the caller placed them.
-    pub fn attach_nested<T1: FrameAllocator, T2: FrameAllocator>(
+    pub fn attach_nested<T1: FrameAllocator, T2: FrameAllocator, F: S1Format>(
         &self,
         sid: u32,
-        s1: &S1Domain<'_, M, A, T1>,
+        s1: &S1Domain<'_, M, A, T1, F>,
         s2: &S2Domain<'_, M, A, T2>,
     ) -> Result<(), SmmuError> {
         if !self.features().nesting {
@@ -219,10 +275,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
 
     /// Detaches `sid` from a stage-1 domain: the STE becomes invalid again
     /// (default deny, reported).
-    pub fn detach_s1<T: FrameAllocator>(
+    pub fn detach_s1<T: FrameAllocator, F: S1Format>(
         &self,
         sid: u32,
-        domain: &S1Domain<'_, M, A, T>,
+        domain: &S1Domain<'_, M, A, T, F>,
     ) -> Result<(), SmmuError> {
         let ste = self.ste(sid)?;
         let inval = domain.invalidator();
@@ -243,10 +299,15 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         }
         let leaf = !gather.tables_changed();
         let ril = self.features().ril;
-        let step = gather.min_page_size().unwrap_or(PAGE).max(PAGE);
+        let granule = match tag {
+            Tag::S1 { granule, .. } => granule,
+            Tag::S2 { .. } => Granule::K4,
+        };
+        let gsize = 1u64 << granule.shift();
+        let step = gather.min_page_size().unwrap_or(gsize).max(gsize);
         let per_page: u64 = gather.ranges().iter().map(|r| r.len().div_ceil(step)).sum();
         let whole = match tag {
-            Tag::S1 { vmid, asid } => Command::tlbi_nh_asid(vmid, asid),
+            Tag::S1 { vmid, asid, .. } => Command::tlbi_nh_asid(vmid, asid),
             Tag::S2 { vmid, .. } => Command::tlbi_s12_vmall(vmid),
         };
         let mut q = self.cmdq.lock();
@@ -255,14 +316,19 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         if !by_whole {
             for r in gather.ranges() {
                 if ril {
-                    let Some(range) = TlbiRange::covering(r.len().div_ceil(PAGE)) else {
+                    let Some(range) = TlbiRange::covering(r.len().div_ceil(gsize)) else {
                         by_whole = true;
                         break;
                     };
                     let c = match tag {
-                        Tag::S1 { vmid, asid } => {
-                            Command::tlbi_nh_va_range(vmid, asid, r.start.0, range, leaf)
-                        }
+                        Tag::S1 { vmid, asid, .. } => Command::tlbi_nh_va_range_tg(
+                            vmid,
+                            asid,
+                            r.start.0,
+                            range,
+                            granule.tlbi_tg(),
+                            leaf,
+                        ),
                         Tag::S2 { vmid, .. } => {
                             Command::tlbi_s2_ipa_range(vmid, r.start.0, range, leaf)
                         }
@@ -272,7 +338,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                     let mut a = r.start.0 & !(step - 1);
                     while a < r.end.0 {
                         let c = match tag {
-                            Tag::S1 { vmid, asid } => Command::tlbi_nh_va(vmid, asid, a, leaf),
+                            Tag::S1 { vmid, asid, .. } => Command::tlbi_nh_va(vmid, asid, a, leaf),
                             Tag::S2 { vmid, .. } => Command::tlbi_s2_ipa(vmid, a, leaf),
                         };
                         q.push(m, &c)?;
@@ -313,6 +379,7 @@ unsafe impl<M: Mmio, A: FrameAllocator> IotlbInvalidate for S1Inval<'_, M, A> {
             Tag::S1 {
                 vmid: self.vmid.load(Ordering::Relaxed) as u16,
                 asid: self.asid,
+                granule: self.granule,
             },
             gather,
         )?)

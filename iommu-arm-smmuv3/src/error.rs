@@ -62,6 +62,8 @@ pub enum SmmuError {
     AlreadyEnabled,
     /// The SMMU reported a global error that stops it (SFM_ERR).
     ServiceFailure,
+    /// The translation granule is not offered by the SMMU (IDR5).
+    GranuleUnsupported,
     /// The stream is not attached to the domain it was to be detached from.
     NotAttached(u32),
     /// A page-table engine error.
@@ -100,6 +102,7 @@ impl From<SmmuError> for iova_core::Error {
             SmmuError::AlreadyEnabled => iova_core::Error::Device(0x1_0006),
             SmmuError::ServiceFailure => iova_core::Error::Device(0x1_0007),
             SmmuError::NotAttached(_) => iova_core::Error::Device(0x1_0008),
+            SmmuError::GranuleUnsupported => iova_core::Error::Device(0x1_0009),
         }
     }
 }
@@ -121,6 +124,7 @@ impl fmt::Display for SmmuError {
             Self::BadGeometry => f.write_str("address sizes not supported by the SMMU"),
             Self::AlreadyEnabled => f.write_str("SMMU enabled by someone else and would not stop"),
             Self::ServiceFailure => f.write_str("SMMU entered service failure mode"),
+            Self::GranuleUnsupported => f.write_str("translation granule not offered by the SMMU"),
             Self::NotAttached(s) => write!(f, "StreamID {s:#x} is not attached to that domain"),
             Self::Table(e) => write!(f, "page table: {e}"),
         }

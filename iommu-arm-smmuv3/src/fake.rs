@@ -23,7 +23,8 @@
 //!   does);
 //! - devices DMA with [`FakeSmmu::dma_read`] / [`FakeSmmu::dma_write`].
 //!
-//! Only the 4 KiB granule is walked; SubstreamIDs, stalls, ATS and PRI are not
+//! Stage 1 walks 4, 16 and 64 KiB granules (as IDR5 offers), stage 2 only
+//! 4 KiB; SubstreamIDs, stalls, ATS and PRI are not
 //! modelled.
 
 use std::collections::{HashMap, HashSet};
@@ -706,7 +707,7 @@ impl FakeSmmu {
                     && w0 & crate::cd::A != 0
                     && w0 & (crate::cd::S | crate::cd::HA | crate::cd::HD | crate::cd::ENDI) == 0
                     && (16..=39).contains(&t0sz)
-                    && bits(w0, 6, 2) == 0;
+                    && granule_shift(s.id.idr[5], bits(w0, 6, 2)).is_some();
                 if !ok {
                     return Err(Some(Fault::cfg(code::C_BAD_CD)));
                 }
@@ -742,11 +743,13 @@ impl FakeSmmu {
             4 => 44,
             _ => 48,
         };
+        let gshift = granule_shift(s.id.idr[5], bits(cd[0], 6, 2)).unwrap_or(12);
         let w = self.walk(
             s,
             tag,
             cd[1] & crate::cd::TTB_MASK,
             ia_bits,
+            gshift,
             None,
             iova,
             ips,
@@ -861,6 +864,7 @@ impl FakeSmmu {
             Tag::S2 { vmid: s2.vmid },
             s2.ttb,
             s2.ia_bits,
+            12,
             Some(s2.start),
             ipa,
             s2.oa_bits,
@@ -879,6 +883,7 @@ impl FakeSmmu {
         tag: Tag,
         ttb: u64,
         ia_bits: u32,
+        gshift: u32,
         start: Option<u32>,
         a: u64,
         oa_bits: u32,
@@ -886,7 +891,8 @@ impl FakeSmmu {
         stage2: bool,
         fault: &dyn Fn(u8, bool) -> Fault,
     ) -> Result<Walked, Option<Fault>> {
-        let start = start.unwrap_or_else(|| 4 - (ia_bits - 12).div_ceil(9));
+        let stride = gshift - 3;
+        let start = start.unwrap_or_else(|| 4 - (ia_bits - gshift).div_ceil(stride));
         let mut level = start;
         let mut table = ttb;
         // Resume from the deepest cached table pointer.
@@ -900,8 +906,12 @@ impl FakeSmmu {
             table = w.table;
         }
         loop {
-            let shift = 12 + 9 * (3 - level);
-            let idx_bits = if level == start { ia_bits - shift } else { 9 };
+            let shift = gshift + stride * (3 - level);
+            let idx_bits = if level == start {
+                ia_bits - shift
+            } else {
+                stride
+            };
             let idx = (a >> shift) & ((1 << idx_bits) - 1);
             let mut at = table + 8 * idx;
             if let Some(s2) = nest {
@@ -913,7 +923,7 @@ impl FakeSmmu {
             if d & 1 == 0 {
                 return Err(Some(fault(code::F_TRANSLATION, true)));
             }
-            let out = d & 0x0000_ffff_ffff_f000;
+            let out = d & 0x0000_ffff_ffff_f000 & !((1u64 << gshift) - 1);
             if level < 3 && d & 2 != 0 {
                 let span = 1u64 << shift;
                 s.walk.push(WalkEntry {
@@ -927,7 +937,10 @@ impl FakeSmmu {
                 level += 1;
                 continue;
             }
-            if (level == 3 && d & 2 == 0) || level == 0 {
+            // Blocks: levels 1 and 2 with 4 KiB, level 2 only with 16/64 KiB
+            // (their level-1 blocks need 52-bit addresses).
+            let block_ok = level == 2 || (level == 1 && gshift == 12);
+            if (level == 3 && d & 2 == 0) || (level < 3 && !block_ok) {
                 return Err(Some(fault(code::F_TRANSLATION, true)));
             }
             if d & (1 << 10) == 0 {
@@ -1069,6 +1082,16 @@ impl FakeSmmu {
     }
 }
 
+/// log2 of the granule a CD.TG0 code selects, if IDR5 offers it.
+fn granule_shift(idr5: u32, tg0: u64) -> Option<u32> {
+    match tg0 {
+        0 if idr5 & crate::regs::idr5::GRAN4K != 0 => Some(12),
+        2 if idr5 & crate::regs::idr5::GRAN16K != 0 => Some(14),
+        1 if idr5 & crate::regs::idr5::GRAN64K != 0 => Some(16),
+        _ => None,
+    }
+}
+
 fn overlaps(base: u64, size: u64, lo: u64, len: u64) -> bool {
     base < lo.saturating_add(len) && lo < base.saturating_add(size)
 }
@@ -1078,12 +1101,11 @@ fn tlbi_span(c: &Command) -> Result<(u64, u64), u8> {
     let addr = c.addr();
     match bits(c.0[1], 10, 2) {
         0 => Ok((addr, 0x1000)),
-        1 => {
+        tg => {
             let r = c.range().ok_or(1u8)?;
-            Ok((addr, r.pages() << 12))
+            // TG 1, 2, 3: 4, 16, 64 KiB pages.
+            Ok((addr, r.pages() << (10 + 2 * tg)))
         }
-        // 16K / 64K granule ranges: not used by the driver; refuse, strictly.
-        _ => Err(1),
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`ste`], [`cd`], [`cmd`], [`event`]: bit-exact stream table entries,
 //!   context descriptors, commands and event records;
 //! - [`s2`]: the LPAE stage-2 page-table format (stage 1 is
-//!   [`iova_core::formats::lpae::LpaeS1`]);
+//!   [`iova_core::formats::lpae::LpaeS1`] for 4 KiB, [`lpae_large`] for the
+//!   16 KiB and 64 KiB granules);
 //! - [`Smmu`]: bring-up in the architected order with GBPA abort, a linear or
 //!   two-level stream table (level-2 tables on first use; every stream not
 //!   attached is invalid, so it is blocked and reported), the command queue
@@ -53,7 +54,7 @@
 //!
 //! # Limits
 //!
-//! 4 KiB granule only (16K/64K are decoded, not used); one context
+//! Stage 2 uses the 4 KiB granule only (stage 1 offers all three); one context
 //! descriptor per stream (no SubstreamIDs); polling only (no MSIs, no
 //! wired interrupts); coherent SMMUs only (IDR0.COHACC), because the driver
 //! does no cache maintenance for its queues and tables.
@@ -86,6 +87,7 @@ pub mod event;
 #[cfg(feature = "fakes")]
 pub mod fake;
 pub mod features;
+pub mod lpae_large;
 pub mod queue;
 pub mod regs;
 pub mod s2;
@@ -94,10 +96,11 @@ pub mod ste;
 pub mod strtab;
 
 pub use cmd::{Command, CommandCounts, CommandErrorKind};
-pub use domain::{S1Domain, S1Inval, S2Domain, S2Inval};
+pub use domain::{S1Domain, S1Format, S1Inval, S2Domain, S2Inval};
 pub use error::{CommandError, SmmuError, Wait};
 pub use event::{Event, FaultKind};
 pub use features::{Features, IdRegs, Unsupported};
+pub use lpae_large::{Granule, LpaeS1Large};
 pub use queue::DrainReport;
 pub use regs::{Mmio, MmioRegion};
 pub use s2::LpaeS2;

@@ -1004,3 +1004,84 @@ fn concurrent_mappers_share_one_smmu() {
     assert_eq!(r.events, 128, "the event queue holds 128 of the 200 faults");
     assert!(r.lost_events());
 }
+
+#[test]
+fn stage1_with_16k_and_64k_granules() {
+    use iommu_arm_smmuv3::{Granule, LpaeS1Large};
+    for (g, tg) in [(Granule::K16, 2u64), (Granule::K64, 3)] {
+        let m = mem();
+        let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+        let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+        let fmt = LpaeS1Large::new(g, 48, 44).unwrap();
+        let d = smmu.s1_domain_with(Arc::clone(&m), fmt).unwrap();
+        assert_eq!(d.granule(), 1 << g.shift());
+        smmu.attach_s1(SID, &d).unwrap();
+        let gsz = 1u64 << g.shift();
+        let buf = m.alloc_zeroed(2 * gsz as usize).unwrap();
+        let iova = 0x40_0000_0000;
+        map(&d, iova, buf, 2 * gsz, Prot::RW);
+        // The last 4 KiB of the second granule page: the walk used the granule's geometry.
+        fake.dma_write(SID, Iova(iova + 2 * gsz - 8), b"granule!")
+            .unwrap();
+        assert_eq!(read_mem(&m, PhysAddr(buf.0 + 2 * gsz - 8), 8), b"granule!");
+        fake.clear_commands();
+        unmap(&d, iova, 2 * gsz).unwrap();
+        let c = fake.commands()[0];
+        // One range TLBI in units of the granule: 2 pages, TG = 2 (16K) / 3 (64K).
+        assert_eq!(
+            (c.opcode(), c.tg(), c.range().unwrap().pages()),
+            (op::TLBI_NH_VA, tg, 2)
+        );
+        assert!(fake.dma_write(SID, Iova(iova + 2 * gsz - 8), b"x").is_err());
+        assert!(fake.dma_write(SID, Iova(iova), b"x").is_err());
+    }
+    // A granule the SMMU does not offer is refused.
+    let m = mem();
+    let mut id = QEMU_10_VIRT;
+    id.idr[5] &= !(1 << 6);
+    let fake = FakeSmmu::new(Arc::clone(&m), id);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let fmt = LpaeS1Large::new(Granule::K64, 48, 44).unwrap();
+    assert!(matches!(
+        smmu.s1_domain_with(Arc::clone(&m), fmt),
+        Err(SmmuError::GranuleUnsupported)
+    ));
+}
+
+#[test]
+fn a_64k_granule_without_ril_steps_by_granule() {
+    use iommu_arm_smmuv3::{Granule, LpaeS1Large};
+    let m = mem();
+    let mut id = QEMU_10_VIRT;
+    id.idr[3] &= !(1 << 10);
+    let fake = FakeSmmu::new(Arc::clone(&m), id);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu
+        .s1_domain_with(
+            Arc::clone(&m),
+            LpaeS1Large::new(Granule::K64, 42, 44).unwrap(),
+        )
+        .unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    let buf = m.alloc_zeroed(0x4_0000).unwrap();
+    map(&d, 0x100_0000, buf, 0x3_0000, Prot::RW);
+    for i in 0..3 {
+        fake.dma_write(SID, Iova(0x100_0000 + i * 0x1_0000 + 0x8000), b"x")
+            .unwrap();
+    }
+    fake.clear_commands();
+    unmap(&d, 0x100_0000, 0x3_0000).unwrap();
+    let addrs: Vec<u64> = fake
+        .commands()
+        .iter()
+        .filter(|c| c.opcode() == op::TLBI_NH_VA)
+        .map(Command::addr)
+        .collect();
+    assert_eq!(addrs, [0x100_0000, 0x101_0000, 0x102_0000]);
+    for i in 0..3 {
+        assert!(
+            fake.dma_write(SID, Iova(0x100_0000 + i * 0x1_0000 + 0x8000), b"x")
+                .is_err()
+        );
+    }
+}
