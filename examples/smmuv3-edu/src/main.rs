@@ -19,7 +19,8 @@
 //!   and reported with its StreamID;
 //! - `block`: a 2 MiB-aligned mapping becomes a block entry, DMA through it;
 //! - `s2`: stage-2 translation (VMID, VTTBR) as a hypervisor gives a device
-//!   to a guest; `nested`: stage 1 over stage 2.
+//!   to a guest; `nested`: stage 1 over stage 2;
+//! - `gran16k`, `gran64k`: stage 1 with a 16 KiB / 64 KiB granule.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -30,7 +31,9 @@ mod pool;
 use core::fmt;
 
 use iommu_arm_smmuv3::event::Stage;
-use iommu_arm_smmuv3::{Config, DrainReport, Event, FaultKind, MmioRegion, Smmu, SmmuError};
+use iommu_arm_smmuv3::{
+    Config, DrainReport, Event, FaultKind, Granule, LpaeS1Large, MmioRegion, Smmu, SmmuError,
+};
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::{
     DmaMapper, Error as CoreError, IommuDomain, Iova, IovaAllocator, IovaRange, PhysAddr, Prot,
@@ -81,7 +84,7 @@ impl fmt::Display for Error {
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::NoDtb => f.write_str("no device tree"),
             Self::UnknownScenario => f.write_str(
-                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|nested)",
+                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|nested|gran16k|gran64k)",
             ),
             Self::Check(what, at) => write!(f, "{what} (at {at:#x})"),
         }
@@ -271,6 +274,8 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         "block" => block(&smmu, &pool, boot, &mut frames, &mut devs[0]),
         "s2" => stage2(&smmu, &pool, &mut frames, &mut devs[0]),
         "nested" => nested(&smmu, &pool, &mut frames, &mut devs[0]),
+        "gran16k" => granule(&smmu, &pool, &mut frames, &mut devs[0], Granule::K16),
+        "gran64k" => granule(&smmu, &pool, &mut frames, &mut devs[0], Granule::K64),
         _ => Err(Error::UnknownScenario),
     }?;
     let c = smmu.counters();
@@ -938,6 +943,95 @@ fn nested(
         "stage 1 over stage 2: IOVA {iova:#x} -> IPA {ipa_data:#x} -> PA {:#x}, DMA checked; stage-2 unmap blocks it ({} events)",
         dst.phys(),
         r.events
+    );
+    Ok(())
+}
+
+fn granule(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    frames: &mut FrameAllocator,
+    dev: &mut Device,
+    g: Granule,
+) -> Result<(), Error> {
+    let gsz = 1u64 << g.shift();
+    let d = smmu.s1_domain_with(pool, LpaeS1Large::new(g, 48, 44)?)?;
+    smmu.attach_s1(dev.sid, &d)?;
+    let per = (gsz / PAGE) as usize;
+    let mut src = frames.alloc_aligned(per, gsz as usize)?;
+    let mut dst = frames.alloc_aligned(per, gsz as usize)?;
+    fill(&mut src, 9);
+    dst.as_mut_slice().fill(0);
+    let (iova_src, iova_dst) = (0x10_0000_0000u64, 0x10_0100_0000u64);
+    let mut gather = iova_core::IotlbGather::new();
+    d.map(
+        Iova(iova_src),
+        PhysAddr(src.phys()),
+        gsz,
+        Prot::READ,
+        &mut gather,
+    )?;
+    d.map(
+        Iova(iova_dst),
+        PhysAddr(dst.phys()),
+        gsz,
+        Prot::RW,
+        &mut gather,
+    )?;
+    d.flush(&mut gather)?;
+    // The last 4 KiB of each granule page: only the right geometry reaches it.
+    let off = gsz - PAGE;
+    // SAFETY: the device reads `src` and writes `dst` through their IOVAs.
+    unsafe {
+        dev.edu.dma_to_device(iova_src + off, 0, edu::BUFFER_SIZE)?;
+        dev.edu
+            .dma_from_device(0, iova_dst + off, edu::BUFFER_SIZE)?;
+    }
+    platform::arch::dma_barrier();
+    let got = &dst.as_mut_slice()[off as usize..];
+    if got
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b != pattern(9, off as usize + i))
+    {
+        return Err(Error::Check(
+            "byte through the large granule wrong",
+            iova_dst + off,
+        ));
+    }
+    let before = smmu.counters().commands;
+    d.unmap(Iova(iova_dst), gsz, &mut gather)?;
+    d.flush(&mut gather)?;
+    let after = smmu.counters().commands;
+    dst.as_mut_slice().fill(0x66);
+    platform::arch::dma_barrier();
+    // SAFETY: unmapped: the SMMU must terminate the writes.
+    unsafe { dev.edu.dma_from_device(0, iova_dst + off, 64)? };
+    platform::arch::dma_barrier();
+    if dst.as_mut_slice().iter().any(|&b| b != 0x66) {
+        return Err(Error::Check(
+            "device reached an unmapped large page",
+            iova_dst,
+        ));
+    }
+    let (n, _) = expect_faults(
+        smmu,
+        dev.sid,
+        FaultKind::Translation,
+        iova_dst + off,
+        64,
+        Some(false),
+    )?;
+    println!(
+        "{NAME}: {} KiB granule: DMA through IOVA {iova_src:#x} -> {iova_dst:#x} checked; unmap = {} TLBI + {} CMD_SYNC, then {n} translation faults",
+        gsz >> 10,
+        after.tlbi_nh_va - before.tlbi_nh_va,
+        after.sync - before.sync
+    );
+    demo!(
+        "granule",
+        "stage 1 with a {} KiB granule: DMA checked, unmapped page faults ({n} events)",
+        gsz >> 10
     );
     Ok(())
 }
