@@ -600,7 +600,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "virtio-iommu-edu-aarch64",
         arch: Arch::Aarch64,
         example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (virt): attach, map at IOVA != PA, 64 scattered pages with one sync = one notification, edu DMA checked",
+        summary: "iommu-virtio on virtio-iommu-pci (virt): map at IOVA != PA, 64 pages/one sync = one notification, unlink/read-only/unattached faults, PROBE MSI hole",
         iommu: "virtio-iommu",
         // IOVAs sit at 256 GiB: edu must not mask them.
         qemu_args: &[
@@ -610,11 +610,16 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "virtio-iommu-pci,granule=4k",
             "-device",
             "edu,dma_mask=0xffffffffffffffff",
+            // A second edu that nobody attaches: default deny.
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
         ],
         expect: Expect::GuestSuccess,
         require: &[
             "virtio-iommu-edu: two-step: 64 scattered pages linked",
             "virtio-iommu-edu: virtio-iommu attach, map, 64-page batch with one notification, DMA checked",
+            "virtio-iommu-edu: default deny: edu #2",
+            "virtio-iommu-edu: unlink, read-only, default-deny and PROBE-hole checks passed",
             "demo: result: OK",
         ],
     },
@@ -622,7 +627,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "virtio-iommu-edu-x86_64",
         arch: Arch::X86_64,
         example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (q35): attach, map at IOVA != PA, 64 scattered pages with one sync = one notification, edu DMA checked",
+        summary: "iommu-virtio on virtio-iommu-pci (q35): map at IOVA != PA, 64 pages/one sync = one notification, unlink/read-only/unattached faults, PROBE MSI hole",
         iommu: "virtio-iommu",
         qemu_args: &[
             "-M",
@@ -631,11 +636,16 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "virtio-iommu-pci,granule=4k",
             "-device",
             "edu,dma_mask=0xffffffffffffffff",
+            // A second edu that nobody attaches: default deny.
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
         ],
         expect: Expect::GuestSuccess,
         require: &[
             "virtio-iommu-edu: two-step: 64 scattered pages linked",
             "virtio-iommu-edu: virtio-iommu attach, map, 64-page batch with one notification, DMA checked",
+            "virtio-iommu-edu: default deny: edu #2",
+            "virtio-iommu-edu: unlink, read-only, default-deny and PROBE-hole checks passed",
             "demo: result: OK",
         ],
     },

@@ -45,6 +45,8 @@ pub struct VirtioAndEdu {
     pub edu: Edu,
     /// Where edu is (its requester ID is the IOMMU endpoint ID).
     pub edu_bdf: Bdf,
+    /// A second edu, if there is one (e.g. for an endpoint nobody attaches).
+    pub second_edu: Option<(Edu, Bdf)>,
 }
 
 /// Why [`open_virtio_and_edu`] failed.
@@ -89,16 +91,18 @@ pub fn open_virtio_and_edu(
         ecam.base(),
         ecam.buses()
     );
-    let (mut virtio, mut edu_fn) = (None, None);
+    let (mut virtio, mut edu_fn, mut edu2_fn) = (None, None, None);
     for function in host.functions() {
         println!("{name}: pci {function}");
         if virtio.is_none() && (function.vendor, function.device) == (VIRTIO_VENDOR, device) {
             virtio = Some(function);
         }
-        if edu_fn.is_none()
-            && (function.vendor, function.device) == (edu::VENDOR_ID, edu::DEVICE_ID)
-        {
-            edu_fn = Some(function);
+        if (function.vendor, function.device) == (edu::VENDOR_ID, edu::DEVICE_ID) {
+            if edu_fn.is_none() {
+                edu_fn = Some(function);
+            } else if edu2_fn.is_none() {
+                edu2_fn = Some(function);
+            }
         }
     }
     let vf = virtio.ok_or(VirtioSetupError::NoVirtio(device))?;
@@ -127,23 +131,11 @@ pub fn open_virtio_and_edu(
     unsafe { host.enable(vf.bdf, CMD_MEMORY | CMD_BUS_MASTER)? };
 
     let ef = edu_fn.ok_or(VirtioSetupError::Edu(SetupError::NoEdu))?;
-    // SAFETY: nothing else uses edu's BAR0 or the window.
-    let bar0 = unsafe { host.assign_bar(ef.bdf, 0)? };
-    // SAFETY: edu DMAs only when told to, with addresses the example owns.
-    let cmd = unsafe { host.enable(ef.bdf, CMD_MEMORY | CMD_BUS_MASTER)? };
-    if cmd & (CMD_MEMORY | CMD_BUS_MASTER) != CMD_MEMORY | CMD_BUS_MASTER {
-        return Err(VirtioSetupError::Edu(SetupError::NotEnabled(cmd)));
-    }
-    // SAFETY: BAR0 of the edu function, assigned, decoding, driven by nobody else.
-    let mut e = unsafe { Edu::new(bar0.cpu_addr as usize) };
-    e.check()
-        .map_err(|err| VirtioSetupError::Edu(SetupError::Edu(err)))?;
-    println!(
-        "{name}: edu at {} BAR0 {:#x}, ID {:#010x}",
-        ef.bdf,
-        bar0.cpu_addr,
-        e.id()
-    );
+    let e = open_edu_at(&mut host, ef.bdf, name)?;
+    let second_edu = match edu2_fn {
+        Some(f) => Some((open_edu_at(&mut host, f.bdf, name)?, f.bdf)),
+        None => None,
+    };
     demo!(
         "device",
         "virtio {VIRTIO_VENDOR:04x}:{device:04x} at {}, edu at {} (endpoint {:#x})",
@@ -160,5 +152,26 @@ pub fn open_virtio_and_edu(
         },
         edu: e,
         edu_bdf: ef.bdf,
+        second_edu,
     })
+}
+
+fn open_edu_at(host: &mut pci::PciHost, bdf: Bdf, name: &str) -> Result<Edu, VirtioSetupError> {
+    // SAFETY: nothing else uses this edu's BAR0 or the window.
+    let bar0 = unsafe { host.assign_bar(bdf, 0)? };
+    // SAFETY: edu DMAs only when told to, with addresses the example owns.
+    let cmd = unsafe { host.enable(bdf, CMD_MEMORY | CMD_BUS_MASTER)? };
+    if cmd & (CMD_MEMORY | CMD_BUS_MASTER) != CMD_MEMORY | CMD_BUS_MASTER {
+        return Err(VirtioSetupError::Edu(SetupError::NotEnabled(cmd)));
+    }
+    // SAFETY: BAR0 of this edu, assigned, decoding, driven by nobody else.
+    let mut e = unsafe { Edu::new(bar0.cpu_addr as usize) };
+    e.check()
+        .map_err(|err| VirtioSetupError::Edu(SetupError::Edu(err)))?;
+    println!(
+        "{name}: edu at {bdf} BAR0 {:#x}, ID {:#010x}",
+        bar0.cpu_addr,
+        e.id()
+    );
+    Ok(e)
 }

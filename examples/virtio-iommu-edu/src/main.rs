@@ -23,7 +23,9 @@ use iommu_virtio::transport::pci::{
     IOMMU_DEVICE_ID, PciBar, PciConfig, PciTransportError, VirtioPciTransport,
 };
 use iommu_virtio::virtio_drivers::{BufferDirection, Hal, PhysAddr as BusAddr};
-use iommu_virtio::{DriverConfig, VirtioDomain, VirtioIommu, VirtioIommuError, WaitBudget};
+use iommu_virtio::{
+    DriverConfig, FaultReason, VirtioDomain, VirtioIommu, VirtioIommuError, WaitBudget,
+};
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::{
     DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange, Link, PhysAddr, Prot,
@@ -150,6 +152,15 @@ fn pattern(page: u64, i: usize) -> u8 {
     (i.wrapping_mul(131) ^ (page as usize).wrapping_mul(37) ^ 0xa5) as u8
 }
 
+/// Takes every fault still in the log; returns how many.
+fn drain_faults(iommu: &Iommu) -> usize {
+    let mut n = 0;
+    while iommu.pop_fault().is_some() {
+        n += 1;
+    }
+    n
+}
+
 fn check(ok: bool, what: &'static str, value: u64) -> Result<(), Error> {
     if ok {
         Ok(())
@@ -198,6 +209,12 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
 
 fn run(boot: &BootInfo) -> Result<(), Error> {
     platform::banner(NAME, boot);
+    println!(
+        "{NAME}: sizes: driver {} B, domain {} B, IOVA allocator {} B",
+        size_of::<Iommu>(),
+        size_of::<VirtioDomain<'_, PoolHal, VirtioPciTransport, QUEUE, MAPPINGS>>(),
+        size_of::<IovaAllocator<'_>>()
+    );
     demo!(
         "iommu",
         "virtio-iommu-pci, driven by iommu-virtio (our modern PCI transport, virtio-drivers' split virtqueue)"
@@ -413,6 +430,163 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
         c.notifications
     );
 
+    // 3. Unlink + sync, then DMA to the old IOVA: blocked, bytes unchanged,
+    //    a MAPPING fault for edu at that address.
+    drain_faults(&iommu);
+    let mut victim = frames.alloc(1)?;
+    victim.as_mut_slice().fill(0x11);
+    let mut vstate = mapper.try_alloc_with(PAGE, PAGE, heapless::Vec::<Link, 1>::new())?;
+    vstate.link(0, PhysAddr(victim.phys()), PAGE, Prot::WRITE)?;
+    vstate.sync()?;
+    let viova = vstate.dma_addr(0)?.0;
+    // SAFETY: edu's buffer holds the sink's last contents; it writes them to
+    // our victim page through its IOVA.
+    unsafe {
+        edu.dma_to_device(src_map.addr().0, 0, edu::BUFFER_SIZE)?;
+        edu.dma_from_device(0, viova, edu::BUFFER_SIZE)?;
+    }
+    let reached = victim
+        .as_mut_slice()
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern(999, i));
+    check(
+        reached,
+        "DMA through the victim's IOVA did not arrive",
+        viova,
+    )?;
+    victim.as_mut_slice().fill(0x11);
+    let before = iommu.counters();
+    vstate.unlink(0, PAGE)?;
+    vstate.sync()?;
+    let c = iommu.counters().since(&before);
+    check(
+        c.unmap == 1 && c.notifications == 1,
+        "unlink + sync: UNMAP/notification count",
+        c.unmap,
+    )?;
+    // SAFETY: the IOVA no longer translates: the write must be blocked.
+    unsafe { edu.dma_from_device(0, viova, 8)? };
+    let untouched = victim.as_mut_slice().iter().all(|&b| b == 0x11);
+    check(untouched, "DMA to an unlinked IOVA reached memory", viova)?;
+    let f = iommu.pop_fault().ok_or(Error::Check(
+        "no fault after DMA to an unlinked IOVA",
+        viova,
+    ))?;
+    check(
+        f.reason == FaultReason::Mapping,
+        "fault reason for an unlinked IOVA",
+        f.flags.into(),
+    )?;
+    check(f.endpoint == endpoint, "fault endpoint", f.endpoint.into())?;
+    check(
+        f.address == Some(viova),
+        "fault address",
+        f.address.unwrap_or(0),
+    )?;
+    let more = drain_faults(&iommu);
+    println!(
+        "{NAME}: unlink: after unlink + sync (1 UNMAP, 1 notification) edu's write to IOVA {viova:#x} was blocked, page unchanged; fault {:?} endpoint {:#x} address {:#x} flags {:#x} (+{more} more, one per 4 bytes)",
+        f.reason, f.endpoint, viova, f.flags
+    );
+    vstate.free().map_err(|r| r.error)?;
+
+    // 4. A read-only mapping written by the device: fault, memory unchanged.
+    let ro = state.dma_addr(0)?.0;
+    // SAFETY: the page is mapped read-only: the write must be blocked.
+    unsafe { edu.dma_from_device(0, ro, 8)? };
+    let off = (piece(0) - base) as usize;
+    let kept = block.as_mut_slice()[off..off + FRAME_SIZE]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern(0, i));
+    check(kept, "device wrote through a read-only mapping", ro)?;
+    let f = iommu.pop_fault().ok_or(Error::Check(
+        "no fault for a write to a read-only mapping",
+        ro,
+    ))?;
+    check(
+        f.reason == FaultReason::Mapping
+            && f.write
+            && f.address == Some(ro)
+            && f.endpoint == endpoint,
+        "read-only fault record",
+        f.flags.into(),
+    )?;
+    let more = drain_faults(&iommu);
+    println!(
+        "{NAME}: read-only: edu's write to read-only IOVA {ro:#x} blocked, page unchanged; fault {:?} write={} flags {:#x} (+{more} more)",
+        f.reason, f.write, f.flags
+    );
+    demo!(
+        "fault",
+        "unlinked IOVA and read-only mapping: device writes blocked, memory unchanged, MAPPING faults with edu's endpoint and the IOVA"
+    );
+
+    // 5. Bypass off: an endpoint nobody attached cannot DMA.
+    match found.second_edu {
+        Some((mut edu2, bdf2)) => {
+            let ep2 = u32::from(bdf2.rid());
+            let mut target = frames.alloc(1)?;
+            target.as_mut_slice().fill(0x22);
+            // SAFETY: nobody attached edu #2 and bypass is 0: the write to
+            // our page's physical address must be blocked.
+            unsafe { edu2.dma_from_device(0, target.phys(), 8)? };
+            check(
+                target.as_mut_slice().iter().all(|&b| b == 0x22),
+                "unattached endpoint wrote memory",
+                target.phys(),
+            )?;
+            let f = iommu.pop_fault().ok_or(Error::Check(
+                "no fault for an unattached endpoint",
+                target.phys(),
+            ))?;
+            check(
+                matches!(f.reason, FaultReason::Unknown | FaultReason::Domain) && f.endpoint == ep2,
+                "unattached-endpoint fault record",
+                f.endpoint.into(),
+            )?;
+            let more = drain_faults(&iommu);
+            println!(
+                "{NAME}: default deny: edu #2 ({bdf2}, endpoint {ep2:#x}, never attached) could not write {:#x}; fault {:?} endpoint {:#x} (+{more} more)",
+                target.phys(),
+                f.reason,
+                f.endpoint
+            );
+        }
+        None => println!("{NAME}: default deny: no second edu (run with two -device edu to check)"),
+    }
+
+    // 6. PROBE's MSI regions are holes: never handed out as IOVAs.
+    for r in info.reserved.iter() {
+        const MIB: u64 = 1 << 20;
+        let start = r.start & !(16 * MIB - 1);
+        let around = IovaRange::new(Iova(start), 16 * MIB).map_err(CoreError::from)?;
+        let mut slots = [const { ExtentSlot::new() }; 64];
+        let iovas = IovaAllocator::new(IovaAllocatorConfig::new(around, PAGE), &mut slots, &mut [])
+            .map_err(CoreError::from)?;
+        info.reserve_in(&iovas).map_err(CoreError::from)?;
+        let touched = ((r.end | (MIB - 1)) + 1 - (r.start & !(MIB - 1))) / MIB;
+        let mut got = 0;
+        while let Ok(a) = iovas.alloc(0, MIB, MIB) {
+            check(
+                !a.range().overlaps(&r.range()),
+                "allocator handed out a reserved IOVA",
+                a.range().start.0,
+            )?;
+            got += 1;
+        }
+        check(
+            got == 16 - touched,
+            "allocations around the reserved region",
+            got,
+        )?;
+        println!(
+            "{NAME}: PROBE hole: {:?} region {:#x}..={:#x} never handed out ({got} x 1 MiB allocated around it, none overlapping)",
+            r.kind, r.start, r.end
+        );
+    }
+
     let before = iommu.counters();
     state.destroy().map_err(|r| r.error)?;
     mapper.unmap(src_map).map_err(|r| r.error)?;
@@ -437,6 +611,7 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
         total.events
     );
     println!("{NAME}: virtio-iommu attach, map, 64-page batch with one notification, DMA checked");
+    println!("{NAME}: unlink, read-only, default-deny and PROBE-hole checks passed");
     demo!("result", "OK");
     Ok(())
 }
