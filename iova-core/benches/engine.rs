@@ -96,6 +96,9 @@ struct Arena {
     base: *mut u8,
     /// The physical address of `base`.
     pa_base: u64,
+    /// `base - pa_base`: the host address of physical address 0, so that
+    /// translating is one add, as in the x86_64 crate's `OffsetPageTable`.
+    phys_zero: *mut u8,
     next: AtomicUsize,
 }
 
@@ -114,10 +117,12 @@ impl Arena {
         // Fault every page in now, not during the first measurement.
         // SAFETY: `base` points to `ARENA_BYTES` writable bytes.
         unsafe { std::ptr::write_bytes(base, 0, ARENA_BYTES) };
+        // Below the host address (valgrind maps the heap low), page aligned.
+        let pa_base = PA_BASE.min((base as u64 / 2) & !(PAGE - 1));
         Box::leak(Box::new(Arena {
             base,
-            // Below the host address (valgrind maps the heap low), page aligned.
-            pa_base: PA_BASE.min((base as u64 / 2) & !(PAGE - 1)),
+            pa_base,
+            phys_zero: base.wrapping_sub(pa_base as usize),
             next: AtomicUsize::new(0),
         }))
     }
@@ -141,7 +146,7 @@ impl Arena {
 
     #[inline]
     fn va(&self, pa: u64) -> *mut u8 {
-        self.base.wrapping_add((pa - self.pa_base) as usize)
+        self.phys_zero.wrapping_add(pa as usize)
     }
 
     /// `phys + offset == virt`, for the x86_64 crate's `OffsetPageTable`.

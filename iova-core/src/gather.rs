@@ -123,9 +123,15 @@ impl IotlbGather {
     #[inline]
     pub fn add_mapped(&mut self, iova: Iova, len: u64) {
         if len > 0 {
-            self.mapped_lo = self.mapped_lo.min(iova.0);
-            self.mapped_hi = self.mapped_hi.max(iova.0.saturating_add(len));
+            self.record_mapped(iova.0, iova.0.saturating_add(len));
         }
+    }
+
+    /// [`add_mapped`](Self::add_mapped) of `[start, end)`, `start < end`.
+    #[inline]
+    pub(crate) fn record_mapped(&mut self, start: u64, end: u64) {
+        self.mapped_lo = self.mapped_lo.min(start);
+        self.mapped_hi = self.mapped_hi.max(end);
     }
 
     /// Records that table entries covering `[iova, iova + len)` were removed.

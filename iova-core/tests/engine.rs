@@ -147,6 +147,56 @@ fn the_last_granule_of_both_ranges_maps_and_the_next_does_not() {
     check(X86_64::four_level());
 }
 
+/// Single pages take a walk compiled for the tree's shape; every shape (2 to
+/// 5 levels, narrow roots) puts them where the fake's own walker finds them.
+#[test]
+fn single_pages_land_right_in_every_geometry() {
+    fn check<F: PtFormat>(fmt: F) {
+        let ia = 1u64 << (fmt.index_bits(0) + 9 * (fmt.levels() as u32 - 1) + 12);
+        let (d, _frames) = fake_domain(fmt);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut pages: Vec<u64> = (0..40)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % ia & !(K4 - 1)
+            })
+            .chain([0, K4, ia - K4])
+            .collect();
+        pages.sort_unstable();
+        pages.dedup();
+        let pa_of = |iova: u64| (iova ^ 0x5555_5000) & ((1 << 40) - 1);
+        for &iova in &pages {
+            map_flush(&d, iova, pa_of(iova), K4, Prot::RW).unwrap();
+        }
+        let leaves = d.leaves();
+        let found: Vec<(u64, u64, u64)> =
+            leaves.iter().map(|l| (l.iova.0, l.pa.0, l.size)).collect();
+        let expected: Vec<(u64, u64, u64)> = pages.iter().map(|&i| (i, pa_of(i), K4)).collect();
+        assert_eq!(found, expected, "ia {ia:#x}");
+        for &iova in &pages {
+            assert_eq!(
+                d.device_access(Iova(iova + 0x123), Access::Read),
+                Ok(PhysAddr(pa_of(iova) + 0x123))
+            );
+            assert_eq!(
+                map_flush(&d, iova, 0, K4, Prot::RW),
+                Err(Error::AlreadyMapped)
+            );
+        }
+        for &iova in &pages {
+            assert_eq!(unmap_flush(&d, iova, K4), Ok(K4));
+        }
+        assert!(d.leaves().is_empty());
+    }
+    for ia_bits in [25, 30, 36, 39, 40, 47, 48] {
+        check(LpaeS1::new(ia_bits, 48).unwrap());
+    }
+    check(X86_64::four_level());
+    check(X86_64::new(5, true, 52).unwrap());
+}
+
 #[test]
 fn overlapping_map_is_refused_and_unwound() {
     let (d, _) = fake_domain(LpaeS1::va48());

@@ -110,7 +110,11 @@ impl PtFormat for LpaeS1 {
     }
     #[inline]
     fn is_table(&self, depth: usize, raw: u64) -> bool {
-        raw & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE && depth + 1 < self.levels
+        self.is_next_table(depth, raw) && depth + 1 < self.levels
+    }
+    #[inline]
+    fn is_next_table(&self, _: usize, raw: u64) -> bool {
+        raw & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE
     }
     #[inline]
     fn table_pa(&self, raw: u64) -> PhysAddr {

@@ -89,7 +89,11 @@ impl PtFormat for X86_64 {
     }
     #[inline]
     fn is_table(&self, depth: usize, raw: u64) -> bool {
-        raw & (P | PS) == P && depth + 1 < self.levels
+        self.is_next_table(depth, raw) && depth + 1 < self.levels
+    }
+    #[inline]
+    fn is_next_table(&self, _: usize, raw: u64) -> bool {
+        raw & (P | PS) == P
     }
     #[inline]
     fn table_pa(&self, raw: u64) -> PhysAddr {

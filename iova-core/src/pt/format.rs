@@ -46,6 +46,13 @@ pub trait PtFormat: Send + Sync {
     fn is_present(&self, depth: usize, raw: u64) -> bool;
     /// Whether `raw` at `depth` is a present table pointer (never true at the last depth).
     fn is_table(&self, depth: usize, raw: u64) -> bool;
+    /// [`is_table`](Self::is_table) for a `depth` above the last, which is
+    /// all the engine's walk asks about: a format can skip its depth check
+    /// here, on the hottest path of every map.
+    #[inline]
+    fn is_next_table(&self, depth: usize, raw: u64) -> bool {
+        self.is_table(depth, raw)
+    }
     /// The next-level table a table entry points to.
     fn table_pa(&self, raw: u64) -> PhysAddr;
     /// The output address of a leaf entry at `depth`.

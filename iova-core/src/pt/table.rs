@@ -64,6 +64,8 @@ struct Geometry {
     /// The highest IOVA and output address at which a granule fits below the limits.
     ia_last_page: u64,
     oa_last_page: u64,
+    /// `levels` when the tree has the common shape of [`Shape4K`], else 0.
+    shape_4k: usize,
 }
 
 impl Geometry {
@@ -84,6 +86,7 @@ impl Geometry {
             oa_limit: 0,
             ia_last_page: 0,
             oa_last_page: 0,
+            shape_4k: 0,
         };
         let mut shift = fmt.granule_shift();
         for d in (0..levels).rev() {
@@ -118,6 +121,9 @@ impl Geometry {
         }
         g.ia_last_page = g.ia_limit - g.granule;
         g.oa_last_page = g.oa_limit - g.granule;
+        if g.granule == 1 << 12 && g.bits[1..levels].iter().all(|&b| b == 9) {
+            g.shape_4k = levels;
+        }
         Ok(g)
     }
 
@@ -135,6 +141,51 @@ impl Geometry {
     #[inline]
     fn granule(&self) -> u64 {
         self.granule
+    }
+}
+
+/// Where the walk finds a depth's index bits. The walk is written once over
+/// this and compiled both for any geometry ([`AnyShape`]) and, with constant
+/// shifts and a fixed number of levels, for the shape nearly every format has
+/// ([`Shape4K`]): mapping scattered pages is mostly walking.
+trait Shape: Copy {
+    /// Number of levels.
+    fn levels(self, geo: &Geometry) -> usize;
+    /// The index of `iova`'s entry in its table at `depth`.
+    fn index(self, geo: &Geometry, iova: u64, depth: usize) -> usize;
+}
+
+/// The geometry as computed at run time.
+#[derive(Clone, Copy)]
+struct AnyShape;
+
+impl Shape for AnyShape {
+    #[inline]
+    fn levels(self, geo: &Geometry) -> usize {
+        geo.levels
+    }
+    #[inline]
+    fn index(self, geo: &Geometry, iova: u64, depth: usize) -> usize {
+        geo.index(iova, depth)
+    }
+}
+
+/// `LEVELS` levels over a 4 KiB granule with 9 index bits at every depth below
+/// the root (x86-64 4- and 5-level, LPAE 4K at 39 to 48 bits, VT-d second
+/// level); the root may be narrower.
+#[derive(Clone, Copy)]
+struct Shape4K<const LEVELS: usize>;
+
+impl<const LEVELS: usize> Shape for Shape4K<LEVELS> {
+    #[inline]
+    fn levels(self, _: &Geometry) -> usize {
+        LEVELS
+    }
+    #[inline]
+    fn index(self, geo: &Geometry, iova: u64, depth: usize) -> usize {
+        let shift = 12 + 9 * (LEVELS - 1 - depth) as u32;
+        let mask = if depth == 0 { geo.mask[0] } else { 0x1ff };
+        ((iova >> shift) & mask) as usize
     }
 }
 
@@ -313,7 +364,13 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
             && pa.0 <= geo.oa_last_page
             && self.fmt.supports(prot)
         {
-            return self.map_granule(iova.0, pa.0, prot, gather);
+            let (iova, pa) = (iova.0, pa.0);
+            return match geo.shape_4k {
+                3 => self.map_granule(Shape4K::<3>, iova, pa, prot, gather),
+                4 => self.map_granule(Shape4K::<4>, iova, pa, prot, gather),
+                5 => self.map_granule(Shape4K::<5>, iova, pa, prot, gather),
+                _ => self.map_granule(AnyShape, iova, pa, prot, gather),
+            };
         }
         self.check_range(iova, len)?;
         if !pa.is_aligned(self.geo.granule()) {
@@ -361,16 +418,17 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     /// Maps one granule: the scattered case, which needs no search for the
     /// page size and no run.
     #[inline]
-    fn map_granule(
+    fn map_granule<S: Shape>(
         &self,
+        shape: S,
         iova: u64,
         pa: u64,
         prot: Prot,
         gather: &mut IotlbGather,
     ) -> Result<(), Error> {
-        let depth = self.geo.levels - 1;
-        let table = self.walk_alloc(iova, depth)?;
-        let idx = self.geo.index(iova, depth);
+        let depth = shape.levels(&self.geo) - 1;
+        let table = self.walk_alloc(shape, iova, depth)?;
+        let idx = shape.index(&self.geo, iova, depth);
         let slot = self.entry(table, idx);
         // At the last depth a present entry is always a leaf.
         if self.fmt.is_present(depth, slot.load(Ordering::Acquire)) {
@@ -382,7 +440,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         );
         self.clean_entries(table, idx, idx);
         self.complete();
-        gather.add_mapped(Iova(iova), self.geo.granule());
+        gather.record_mapped(iova, iova + self.geo.granule());
         Ok(())
     }
 
@@ -409,7 +467,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
             };
             d
         };
-        let table = match self.walk_alloc(iova, depth) {
+        let table = match self.walk_alloc(AnyShape, iova, depth) {
             Ok(t) => t,
             Err(e) => return (0, Err(e)),
         };
@@ -449,18 +507,20 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
 
     /// The table at `depth` covering `iova`, installing missing tables on the way.
     #[inline]
-    fn walk_alloc(&self, iova: u64, depth: usize) -> Result<PhysAddr, Error> {
+    fn walk_alloc<S: Shape>(&self, shape: S, iova: u64, depth: usize) -> Result<PhysAddr, Error> {
         let mut table = self.root;
-        let mut d = 0;
-        while d < depth {
-            let idx = self.geo.index(iova, d);
+        for d in 0..depth {
+            let idx = shape.index(&self.geo, iova, d);
             let raw = self.entry(table, idx).load(Ordering::Acquire);
-            if self.fmt.is_table(d, raw) {
-                table = self.fmt.table_pa(raw);
-                d += 1;
+            table = if self.fmt.is_next_table(d, raw) {
+                self.fmt.table_pa(raw)
             } else {
-                (table, d) = self.install_tables(table, idx, d, raw, iova, depth)?;
-            }
+                match self.install_tables(table, idx, d, raw, iova, depth)? {
+                    (t, reached) if reached == depth => return Ok(t),
+                    // Another CPU installed this level first: go on below it.
+                    (t, _) => t,
+                }
+            };
         }
         Ok(table)
     }
