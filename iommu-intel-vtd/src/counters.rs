@@ -13,6 +13,8 @@ pub struct Counters {
     pub(crate) iotlb_domain: AtomicU64,
     pub(crate) iotlb_page: AtomicU64,
     pub(crate) wait: AtomicU64,
+    pub(crate) pasid_cache: AtomicU64,
+    pub(crate) pasid_iotlb: AtomicU64,
     pub(crate) other: AtomicU64,
     pub(crate) waits: AtomicU64,
     pub(crate) register_invalidations: AtomicU64,
@@ -34,6 +36,10 @@ pub struct CounterSnapshot {
     pub iotlb_page: u64,
     /// Wait descriptors written.
     pub wait_descriptors: u64,
+    /// PASID-cache invalidations (scalable mode).
+    pub pasid_cache: u64,
+    /// PASID-based IOTLB invalidations (first-level translation).
+    pub pasid_iotlb: u64,
     /// Descriptors of other types.
     pub other: u64,
     /// Completion waits (one per queued batch).
@@ -49,9 +55,9 @@ pub struct CounterSnapshot {
 }
 
 impl CounterSnapshot {
-    /// IOTLB invalidations of every granularity.
+    /// IOTLB invalidations of every granularity (PASID-based included).
     pub fn iotlb(&self) -> u64 {
-        self.iotlb_global + self.iotlb_domain + self.iotlb_page
+        self.iotlb_global + self.iotlb_domain + self.iotlb_page + self.pasid_iotlb
     }
 
     /// Every counter minus `earlier`'s (what happened in between).
@@ -62,6 +68,8 @@ impl CounterSnapshot {
             iotlb_domain: self.iotlb_domain - earlier.iotlb_domain,
             iotlb_page: self.iotlb_page - earlier.iotlb_page,
             wait_descriptors: self.wait_descriptors - earlier.wait_descriptors,
+            pasid_cache: self.pasid_cache - earlier.pasid_cache,
+            pasid_iotlb: self.pasid_iotlb - earlier.pasid_iotlb,
             other: self.other - earlier.other,
             waits: self.waits - earlier.waits,
             register_invalidations: self.register_invalidations - earlier.register_invalidations,
@@ -82,6 +90,8 @@ impl Counters {
                 _ => &self.iotlb_page,
             },
             descriptor::TYPE_WAIT => &self.wait,
+            descriptor::TYPE_PASID_CACHE => &self.pasid_cache,
+            descriptor::TYPE_PASID_IOTLB => &self.pasid_iotlb,
             _ => &self.other,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -96,6 +106,8 @@ impl Counters {
             iotlb_domain: r(&self.iotlb_domain),
             iotlb_page: r(&self.iotlb_page),
             wait_descriptors: r(&self.wait),
+            pasid_cache: r(&self.pasid_cache),
+            pasid_iotlb: r(&self.pasid_iotlb),
             other: r(&self.other),
             waits: r(&self.waits),
             register_invalidations: r(&self.register_invalidations),

@@ -102,6 +102,48 @@ pub enum IotlbScope {
     },
 }
 
+/// Which PASID-cache entries a PASID-cache invalidation drops (scalable mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasidCacheScope {
+    /// Entries tagged with this domain ID.
+    Domain(u16),
+    /// The entry of one PASID in one domain.
+    Pasid {
+        /// Domain ID.
+        did: u16,
+        /// PASID (20 bits).
+        pasid: u32,
+    },
+    /// Every entry.
+    Global,
+}
+
+/// Which first-level (PASID-tagged) translations a PASID-based IOTLB
+/// invalidation drops (scalable mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasidIotlbScope {
+    /// Every translation of one PASID in one domain.
+    Pasid {
+        /// Domain ID.
+        did: u16,
+        /// PASID.
+        pasid: u32,
+    },
+    /// `2^mask` pages from `addr` of one PASID in one domain.
+    Pages {
+        /// Domain ID.
+        did: u16,
+        /// PASID.
+        pasid: u32,
+        /// First IOVA (aligned to `4 KiB << mask`).
+        addr: u64,
+        /// Address mask (AM).
+        mask: u8,
+        /// Only leaf entries changed.
+        leaf_only: bool,
+    },
+}
+
 impl Descriptor {
     /// The descriptor type (bits 3:0, and bits 11:9 as bits 6:4).
     pub fn kind(&self) -> u64 {
@@ -155,6 +197,44 @@ impl Descriptor {
             lo |= IOTLB_DW;
         }
         Self { lo, hi }
+    }
+
+    /// A PASID-cache invalidation.
+    pub fn pasid_cache(scope: PasidCacheScope) -> Self {
+        let lo = match scope {
+            PasidCacheScope::Domain(did) => u64::from(did) << 16,
+            PasidCacheScope::Pasid { did, pasid } => {
+                1 << 4 | u64::from(did) << 16 | u64::from(pasid & 0xf_ffff) << 32
+            }
+            PasidCacheScope::Global => 3 << 4,
+        };
+        Self {
+            lo: lo | TYPE_PASID_CACHE,
+            hi: 0,
+        }
+    }
+
+    /// A PASID-based IOTLB invalidation.
+    pub fn pasid_iotlb(scope: PasidIotlbScope) -> Self {
+        let (g, did, pasid, hi) = match scope {
+            PasidIotlbScope::Pasid { did, pasid } => (2 << 4, did, pasid, 0),
+            PasidIotlbScope::Pages {
+                did,
+                pasid,
+                addr,
+                mask,
+                leaf_only,
+            } => (
+                G_SELECTIVE,
+                did,
+                pasid,
+                (addr & !0xfff) | if leaf_only { IOTLB_IH } else { 0 } | u64::from(mask & 0x3f),
+            ),
+        };
+        Self {
+            lo: TYPE_PASID_IOTLB | g | u64::from(did) << 16 | u64::from(pasid & 0xf_ffff) << 32,
+            hi,
+        }
     }
 
     /// A wait descriptor that writes `data` to the 4-byte aligned physical
@@ -272,6 +352,38 @@ mod tests {
         assert_eq!(d.kind(), TYPE_IOTLB);
         assert_eq!(d.lo & IOTLB_RESERVED[0], 0);
         assert_eq!(d.hi & IOTLB_RESERVED[1], 0);
+    }
+
+    #[test]
+    fn pasid_descriptors() {
+        /// QEMU's `VTD_INV_DESC_PASIDC_RSVD_VAL0` and `VTD_INV_DESC_PIOTLB_RSVD_VAL0/1`.
+        const PASID_RESERVED: [u64; 2] = [0xfff0_0000_0000_f1c0, 0xf80];
+        let pc = Descriptor::pasid_cache(PasidCacheScope::Pasid {
+            did: 3,
+            pasid: 0x12345,
+        });
+        assert_eq!(pc.lo, 0x0001_2345_0003_0017);
+        assert_eq!(pc.kind(), TYPE_PASID_CACHE);
+        assert_eq!(Descriptor::pasid_cache(PasidCacheScope::Global).lo, 0x37);
+        assert_eq!(
+            Descriptor::pasid_cache(PasidCacheScope::Domain(9)).lo,
+            0x9_0007
+        );
+        let pi = Descriptor::pasid_iotlb(PasidIotlbScope::Pages {
+            did: 2,
+            pasid: 0,
+            addr: 0x10_0000,
+            mask: 8,
+            leaf_only: true,
+        });
+        assert_eq!((pi.lo, pi.hi), (0x2_0036, 0x10_0048));
+        assert_eq!(pi.kind(), TYPE_PASID_IOTLB);
+        let pp = Descriptor::pasid_iotlb(PasidIotlbScope::Pasid { did: 2, pasid: 5 });
+        assert_eq!(pp.lo, 0x5_0002_0026);
+        for d in [pc, pi, pp] {
+            assert_eq!(d.lo & PASID_RESERVED[0], 0);
+            assert_eq!(d.hi & PASID_RESERVED[1], 0);
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ const BATCH: usize = 64;
 pub struct VtdInvalidator<'u, M: Mmio, A: FrameAllocator> {
     unit: &'u VtdUnit<M, A>,
     did: u16,
+    first_level: bool,
 }
 
 impl<'u, M: Mmio, A: FrameAllocator> VtdInvalidator<'u, M, A> {
@@ -31,7 +32,23 @@ impl<'u, M: Mmio, A: FrameAllocator> VtdInvalidator<'u, M, A> {
     /// have (or 0 in caching mode, where it is reserved).
     pub fn new(unit: &'u VtdUnit<M, A>, did: u16) -> Result<Self, VtdError> {
         unit.check_did(did)?;
-        Ok(Self { unit, did })
+        Ok(Self {
+            unit,
+            did,
+            first_level: false,
+        })
+    }
+
+    /// Invalidation of a first-level domain (scalable mode, RID_PASID):
+    /// PASID-based IOTLB descriptors instead of IOTLB ones.
+    pub fn first_level(unit: &'u VtdUnit<M, A>, did: u16) -> Result<Self, VtdError> {
+        unit.first_level_format()?;
+        unit.check_did(did)?;
+        Ok(Self {
+            unit,
+            did,
+            first_level: true,
+        })
     }
 
     /// The domain ID.
@@ -53,20 +70,33 @@ impl<'u, M: Mmio, A: FrameAllocator> VtdInvalidator<'u, M, A> {
         if removed {
             let leaf_only = !gather.tables_changed() && gather.freed_tables() == 0;
             for r in gather.ranges() {
-                fine &=
-                    unit.range_invalidations(self.did, r.start.0, r.end.0, leaf_only, &mut batch);
+                fine &= unit.range_invalidations(
+                    self.did,
+                    self.first_level,
+                    r.start.0,
+                    r.end.0,
+                    leaf_only,
+                    &mut batch,
+                );
             }
         }
         if unit.features().cap.caching_mode() {
             if let Some(m) = gather.mapped_span() {
                 // A not-present entry may be cached at any level: no hint.
-                fine &= unit.range_invalidations(self.did, m.start.0, m.end.0, false, &mut batch);
+                fine &= unit.range_invalidations(
+                    self.did,
+                    self.first_level,
+                    m.start.0,
+                    m.end.0,
+                    false,
+                    &mut batch,
+                );
             }
         }
         if !fine {
             batch.clear();
             // Cannot fail: the vector is empty.
-            let _ = batch.push(unit.domain_invalidation(self.did));
+            let _ = batch.push(unit.domain_invalidation(self.did, self.first_level));
         }
         batch
     }

@@ -41,6 +41,12 @@ pub const QEMU_CAP_48: u64 = 0x00D2_008C_222F_0606;
 pub const QEMU_CAP_39: u64 = 0x00D2_008C_2226_0206;
 /// QEMU's default ECAP under TCG.
 pub const QEMU_ECAP: u64 = 0x0000_0000_00F0_0F4A;
+/// QEMU's ECAP with `x-scalable-mode=on` (SMTS, SLTS, SRS).
+pub const QEMU_ECAP_SCALABLE: u64 = 0x0000_4800_80F0_0F4A;
+/// QEMU 10's ECAP with `x-scalable-mode=on,x-flts=on` (SMTS, FLTS, no SLTS).
+pub const QEMU_ECAP_FLTS: u64 = 0x0000_8800_00F0_0F4A;
+/// CAP.FS1GP: first-level 1 GiB pages (QEMU 10 with `x-flts=on`).
+pub const CAP_FL1GP: u64 = 1 << 56;
 
 /// Bytes of fake physical memory the fake reads tables from: that of
 /// [`FakeFrames::new`]. Table pointers outside it are access faults.
@@ -84,6 +90,19 @@ pub struct FakeStats {
     pub unknown_accesses: u64,
 }
 
+/// What a resolved context (and PASID) entry says to walk.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    did: u16,
+    /// First-level translation for this PASID; `None`: second level.
+    fl: Option<u32>,
+    root: u64,
+    levels: usize,
+    /// Input address width in bits.
+    width: u32,
+    fpd: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct CachedTranslation {
     /// Output address of the leaf (aligned to `size`), or `None` for a
@@ -91,6 +110,8 @@ struct CachedTranslation {
     pa: Option<u64>,
     size: u64,
     perms: u64,
+    first_level: bool,
+    pasid: u32,
 }
 
 #[derive(Debug)]
@@ -115,8 +136,13 @@ struct State {
     context_cache: HashMap<u16, [u64; 2]>,
     /// Leaf translations by (domain, IOVA of the leaf).
     iotlb: HashMap<(u16, u64), CachedTranslation>,
-    /// Non-leaf entries by (domain, level, IOVA >> the level's entry shift).
-    pscache: HashMap<(u16, usize, u64), u64>,
+    /// Non-leaf entries by (domain, first level, level, IOVA >> the level's
+    /// entry shift).
+    pscache: HashMap<(u16, bool, usize, u64), u64>,
+    /// PASID entries (first three qwords) by (source ID, PASID).
+    pasid_cache: HashMap<(u16, u32), [u64; 3]>,
+    /// RTADDR.TTM was scalable when the root pointer was set.
+    scalable: bool,
     stats: FakeStats,
     stall_waits: bool,
 }
@@ -131,6 +157,7 @@ pub struct FakeVtd {
 const CC_RESERVED: u64 = 0xfffc_0000_0000_f1c0;
 const IOTLB_RESERVED: [u64; 2] = [0xffff_ffff_0000_f100, 0xf80];
 const WAIT_RESERVED: [u64; 2] = [0xffff_f180, 0b11];
+const PASID_RESERVED: [u64; 2] = [0xfff0_0000_0000_f1c0, 0xf80];
 
 impl FakeVtd {
     /// A unit with these CAP and ECAP values whose tables and queue live in
@@ -159,6 +186,8 @@ impl FakeVtd {
                 context_cache: HashMap::new(),
                 iotlb: HashMap::new(),
                 pscache: HashMap::new(),
+                pasid_cache: HashMap::new(),
+                scalable: false,
                 stats: FakeStats::default(),
                 stall_waits: false,
             }),
@@ -249,7 +278,8 @@ impl FakeVtd {
         (base..base + FAKE_MEMORY).contains(&pa)
     }
 
-    fn context_entry(&self, s: &mut State, sid: u16) -> Result<[u64; 2], FaultReason> {
+    /// The legacy context entry of `sid` (cached, or read and cached).
+    fn legacy_context(&self, s: &mut State, sid: u16) -> Result<[u64; 2], FaultReason> {
         if let Some(&c) = s.context_cache.get(&sid) {
             s.stats.context_hits += 1;
             if c[0] & 1 == 0 {
@@ -257,33 +287,7 @@ impl FakeVtd {
             }
             return Ok(c);
         }
-        let root = s.root.ok_or(FaultReason::RootTableAccess)?;
-        let bus = u64::from(sid >> 8);
-        let re = root + bus * 16;
-        if !self.in_frames(re) {
-            return Err(FaultReason::RootTableAccess);
-        }
-        let (rlo, rhi) = (self.read_mem(re), self.read_mem(re + 8));
-        if rlo & 1 == 0 {
-            if s.cap.caching_mode() {
-                s.context_cache.insert(sid, [0, 0]);
-            }
-            return Err(FaultReason::RootNotPresent);
-        }
-        if rhi != 0 || rlo & 0xffe != 0 || (rlo & !0xfff) >> s.cap.mgaw() != 0 {
-            return Err(FaultReason::RootReserved);
-        }
-        let ce = (rlo & !0xfff) + u64::from(sid & 0xff) * 16;
-        if !self.in_frames(ce) {
-            return Err(FaultReason::ContextTableAccess);
-        }
-        let (lo, hi) = (self.read_mem(ce), self.read_mem(ce + 8));
-        if lo & 1 == 0 {
-            if s.cap.caching_mode() {
-                s.context_cache.insert(sid, [0, 0]);
-            }
-            return Err(FaultReason::ContextNotPresent);
-        }
+        let (lo, hi) = self.read_context(s, sid, 16)?;
         if hi & !0xff_ffff != 0 || hi & 1 << 7 != 0 || lo & 0xff0 != 0 {
             return Err(FaultReason::ContextReserved);
         }
@@ -302,6 +306,127 @@ impl FakeVtd {
         Ok([lo, hi])
     }
 
+    /// Reads the first two qwords of `sid`'s context entry (`size` bytes per
+    /// entry: 16 legacy, 32 scalable) through the root entry.
+    fn read_context(&self, s: &mut State, sid: u16, size: u64) -> Result<(u64, u64), FaultReason> {
+        let root = s.root.ok_or(FaultReason::RootTableAccess)?;
+        let bus = u64::from(sid >> 8);
+        let devfn = u64::from(sid & 0xff);
+        let re = root + bus * 16;
+        if !self.in_frames(re) {
+            return Err(FaultReason::RootTableAccess);
+        }
+        let (rlo, rhi) = (self.read_mem(re), self.read_mem(re + 8));
+        // Scalable mode: the low half points to devfn 0-127, the high half to 128-255.
+        let (half, index) = if size == 32 {
+            (if devfn < 128 { rlo } else { rhi }, devfn % 128)
+        } else {
+            (rlo, devfn)
+        };
+        let not_present = |s: &mut State| {
+            if s.cap.caching_mode() {
+                s.context_cache.insert(sid, [0, 0]);
+            }
+        };
+        if half & 1 == 0 {
+            not_present(s);
+            return Err(FaultReason::RootNotPresent);
+        }
+        let reserved = |e: u64| e & 0xffe != 0 || (e & !0xfff) >> s.cap.mgaw() != 0;
+        if (size == 16 && rhi != 0) || reserved(rlo) || (size == 32 && reserved(rhi)) {
+            return Err(FaultReason::RootReserved);
+        }
+        let ce = (half & !0xfff) + index * size;
+        if !self.in_frames(ce) {
+            return Err(FaultReason::ContextTableAccess);
+        }
+        let (lo, hi) = (self.read_mem(ce), self.read_mem(ce + 8));
+        if lo & 1 == 0 {
+            not_present(s);
+            return Err(FaultReason::ContextNotPresent);
+        }
+        Ok((lo, hi))
+    }
+
+    /// Scalable mode: context entry, then the RID_PASID entry; returns the
+    /// PASID entry's first three qwords and the PASID.
+    fn scalable_pasid_entry(
+        &self,
+        s: &mut State,
+        sid: u16,
+    ) -> Result<([u64; 3], u32), (FaultReason, bool)> {
+        let ctx = match s.context_cache.get(&sid).copied() {
+            Some(c) => {
+                s.stats.context_hits += 1;
+                if c[0] & 1 == 0 {
+                    return Err((FaultReason::ContextNotPresent, false));
+                }
+                c
+            }
+            None => {
+                let (lo, q1) = self.read_context(s, sid, 32).map_err(|e| (e, false))?;
+                let mgaw = s.cap.mgaw();
+                if lo & 0x1e0 != 0
+                    || (mgaw < 64 && (lo & !0xfff) >> mgaw != 0)
+                    || q1 & 0xffff_ffff_ffe0_0000 != 0
+                {
+                    return Err((FaultReason::ContextReserved, false));
+                }
+                s.context_cache.insert(sid, [lo, q1]);
+                [lo, q1]
+            }
+        };
+        let pasid = (ctx[1] & 0xf_ffff) as u32;
+        if let Some(&pe) = s.pasid_cache.get(&(sid, pasid)) {
+            if pe[0] & 1 == 0 {
+                return Err((FaultReason::PasidEntryNotPresent, pe[0] & 2 != 0));
+            }
+            return Ok((pe, pasid));
+        }
+        let pdts = (ctx[0] >> 9) & 7;
+        if u64::from(pasid >> 6) >= 1 << (pdts + 7) {
+            return Err((FaultReason::PasidEntryInvalid, false));
+        }
+        let de = (ctx[0] & !0xfff) + u64::from(pasid >> 6) * 8;
+        if !self.in_frames(de) {
+            return Err((FaultReason::Other(0x50), false));
+        }
+        let dir = self.read_mem(de);
+        if dir & 1 == 0 {
+            return Err((FaultReason::PasidDirNotPresent, dir & 2 != 0));
+        }
+        let at = (dir & !0xfff) + u64::from(pasid & 63) * 64;
+        if !self.in_frames(at) {
+            return Err((FaultReason::Other(0x58), false));
+        }
+        let pe = [
+            self.read_mem(at),
+            self.read_mem(at + 8),
+            self.read_mem(at + 16),
+        ];
+        let fpd = pe[0] & 2 != 0;
+        if pe[0] & 1 == 0 {
+            if s.cap.caching_mode() {
+                s.pasid_cache.insert((sid, pasid), pe);
+            }
+            return Err((FaultReason::PasidEntryNotPresent, fpd));
+        }
+        let valid = match (pe[0] >> 6) & 7 {
+            1 => s.ecap.first_level_translation() && (pe[2] >> 2) & 3 == 0,
+            2 => {
+                s.ecap.second_level_translation()
+                    && s.cap.supports_levels(((pe[0] >> 2) & 7) as usize + 2)
+            }
+            4 => s.ecap.pass_through(),
+            _ => false,
+        };
+        if !valid {
+            return Err((FaultReason::PasidEntryInvalid, fpd));
+        }
+        s.pasid_cache.insert((sid, pasid), pe);
+        Ok((pe, pasid))
+    }
+
     fn translate_locked(
         &self,
         s: &mut State,
@@ -312,109 +437,183 @@ impl FakeVtd {
         if s.gsts & regs::G_TE == 0 {
             return (Ok(iova), false);
         }
-        let [lo, hi] = match self.context_entry(s, sid) {
-            Ok(c) => c,
-            Err(e) => return (Err(e), false),
+        let walk = if s.scalable {
+            let (pe, pasid) = match self.scalable_pasid_entry(s, sid) {
+                Ok(p) => p,
+                Err((e, fpd)) => return (Err(e), fpd),
+            };
+            let fpd = pe[0] & 2 != 0;
+            let did = pe[1] as u16;
+            let aw_bits = 30 + 9 * ((pe[0] >> 2) & 7) as u32;
+            match (pe[0] >> 6) & 7 {
+                4 => return (Ok(iova), fpd),
+                1 => Walk {
+                    did,
+                    fl: Some(pasid),
+                    root: pe[2] & !0xfff,
+                    levels: 4,
+                    width: aw_bits.min(s.cap.mgaw()),
+                    fpd,
+                },
+                _ => Walk {
+                    did,
+                    fl: None,
+                    root: pe[0] & !0xfff,
+                    levels: ((pe[0] >> 2) & 7) as usize + 2,
+                    width: aw_bits.min(s.cap.mgaw()),
+                    fpd,
+                },
+            }
+        } else {
+            let [lo, hi] = match self.legacy_context(s, sid) {
+                Ok(c) => c,
+                Err(e) => return (Err(e), false),
+            };
+            let fpd = lo & 2 != 0;
+            if (lo >> 2) & 3 == 2 {
+                return (Ok(iova), fpd);
+            }
+            let levels = (hi & 7) as usize + 2;
+            Walk {
+                did: (hi >> 8) as u16,
+                fl: None,
+                root: lo & !0xfff,
+                levels,
+                width: (12 + 9 * levels as u32).min(s.cap.mgaw()),
+                fpd,
+            }
         };
-        let fpd = lo & 2 != 0;
-        if (lo >> 2) & 3 == 2 {
-            return (Ok(iova), fpd);
+        (self.walk(s, &walk, iova, access), walk.fpd)
+    }
+
+    fn walk(&self, s: &mut State, w: &Walk, iova: u64, access: Dma) -> Result<u64, FaultReason> {
+        let fl = w.fl.is_some();
+        if fl {
+            // Canonical for the width: bits above it copy the top bit.
+            let top = iova >> (w.width - 1);
+            if top != 0 && top != u64::MAX >> (w.width - 1) {
+                return Err(FaultReason::NonCanonical);
+            }
+        } else if w.width < 64 && iova >> w.width != 0 {
+            return Err(FaultReason::BeyondAddressWidth);
         }
-        let did = (hi >> 8) as u16;
-        let levels = (hi & 7) as usize + 2;
-        let width = (12 + 9 * levels as u32).min(s.cap.mgaw());
-        if width < 64 && iova >> width != 0 {
-            return (Err(FaultReason::BeyondAddressWidth), fpd);
-        }
-        let denied = match access {
-            Dma::Read => FaultReason::ReadDenied,
-            Dma::Write => FaultReason::WriteDenied,
+        let denied = match (access, fl) {
+            (Dma::Read, _) => FaultReason::ReadDenied,
+            (Dma::Write, false) => FaultReason::WriteDenied,
+            (Dma::Write, true) => FaultReason::ScalableWriteDenied,
         };
         let need = match access {
             Dma::Read => 1,
             Dma::Write => 2,
         };
+        let did = w.did;
+        let pasid = w.fl.unwrap_or(0);
+        let key_iova = if fl { iova & ((1 << 48) - 1) } else { iova };
         for size in [1u64 << 12, 1 << 21, 1 << 30] {
-            if let Some(t) = s.iotlb.get(&(did, iova & !(size - 1))).copied() {
-                if t.size != size {
+            if let Some(t) = s.iotlb.get(&(did, key_iova & !(size - 1))).copied() {
+                if t.size != size || t.first_level != fl || t.pasid != pasid {
                     continue;
                 }
                 s.stats.iotlb_hits += 1;
-                let r = match t.pa {
-                    Some(pa) if t.perms & need != 0 => Ok(pa | (iova & (size - 1))),
-                    _ => Err(denied),
+                return match t.pa {
+                    Some(pa) if t.perms & need != 0 => {
+                        self.check_output(Ok(pa | (iova & (size - 1))))
+                    }
+                    Some(_) => Err(denied),
+                    None if fl => Err(FaultReason::FirstLevelNotPresent),
+                    None => Err(denied),
                 };
-                return (self.check_output(r), fpd);
             }
         }
         s.stats.walks += 1;
-        let mut table = lo & !0xfff;
+        let mut table = w.root;
         let mut perms = 3;
+        let mut user = true;
         let mgaw = s.cap.mgaw();
-        for depth in 0..levels {
-            let level = levels - depth;
+        for depth in 0..w.levels {
+            let level = w.levels - depth;
             let shift = 12 + 9 * (level as u32 - 1);
-            let key = (did, level, iova >> shift);
+            let key = (did, fl, level, key_iova >> shift);
             let raw = match s.pscache.get(&key) {
                 Some(&raw) => raw,
                 None => {
                     let pa = table + ((iova >> shift) & 511) * 8;
                     if !self.in_frames(pa) {
-                        return (Err(FaultReason::PagingEntryAccess), fpd);
+                        return Err(FaultReason::PagingEntryAccess);
                     }
                     self.read_mem(pa)
                 }
             };
-            if raw & 3 == 0 {
+            let present = if fl { raw & 1 != 0 } else { raw & 3 != 0 };
+            if !present {
                 if s.cap.caching_mode() {
                     s.iotlb.insert(
-                        (did, iova & !0xfff),
+                        (did, key_iova & !0xfff),
                         CachedTranslation {
                             pa: None,
                             size: 1 << 12,
                             perms: 0,
+                            first_level: fl,
+                            pasid,
                         },
                     );
                 }
-                return (Err(denied), fpd);
+                return Err(if fl {
+                    FaultReason::FirstLevelNotPresent
+                } else {
+                    denied
+                });
             }
             let addr_hi = raw & 0x000f_ffff_ffff_f000;
             let leaf = level == 1 || raw & 1 << 7 != 0;
             let bad_ps = raw & 1 << 7 != 0
-                && match level {
-                    2 => !s.cap.superpage_2m(),
-                    3 => !s.cap.superpage_1g(),
+                && match (level, fl) {
+                    (2, false) => !s.cap.superpage_2m(),
+                    (3, false) => !s.cap.superpage_1g(),
+                    (2, true) => false,
+                    (3, true) => !s.cap.first_level_1g(),
                     _ => true,
                 };
-            if (mgaw < 52 && addr_hi >> mgaw != 0)
-                || (raw & 1 << 11 != 0 && !s.ecap.snoop_control())
-                || bad_ps
-            {
-                return (Err(FaultReason::PagingReserved), fpd);
+            let reserved_bit = !fl && raw & 1 << 11 != 0 && !s.ecap.snoop_control();
+            if (mgaw < 52 && addr_hi >> mgaw != 0) || reserved_bit || bad_ps {
+                return Err(if fl {
+                    FaultReason::FirstLevelReserved
+                } else {
+                    FaultReason::PagingReserved
+                });
             }
-            perms &= raw & 3;
+            if fl {
+                perms &= 1 | (raw & 2);
+                user &= raw & 4 != 0;
+            } else {
+                perms &= raw & 3;
+            }
             if leaf {
+                if !user {
+                    return Err(FaultReason::PrivilegeViolation);
+                }
                 let size = 1u64 << shift;
                 let pa = addr_hi & !(size - 1);
                 s.iotlb.insert(
-                    (did, iova & !(size - 1)),
+                    (did, key_iova & !(size - 1)),
                     CachedTranslation {
                         pa: Some(pa),
                         size,
                         perms,
+                        first_level: fl,
+                        pasid,
                     },
                 );
-                let r = if perms & need != 0 {
-                    Ok(pa | (iova & (size - 1)))
+                return if perms & need != 0 {
+                    self.check_output(Ok(pa | (iova & (size - 1))))
                 } else {
                     Err(denied)
                 };
-                return (self.check_output(r), fpd);
             }
             s.pscache.insert(key, raw);
             table = addr_hi;
         }
-        (Err(denied), fpd)
+        Err(denied)
     }
 
     fn check_output(&self, r: Result<u64, FaultReason>) -> Result<u64, FaultReason> {
@@ -480,6 +679,14 @@ impl FakeVtd {
                     true
                 }
             }
+            descriptor::TYPE_PASID_CACHE if s.scalable => {
+                lo & PASID_RESERVED[0] == 0 && hi == 0 && s.invalidate_pasid_cache(lo)
+            }
+            descriptor::TYPE_PASID_IOTLB if s.scalable => {
+                lo & PASID_RESERVED[0] == 0
+                    && hi & PASID_RESERVED[1] == 0
+                    && s.invalidate_pasid_iotlb(lo, hi)
+            }
             // PASID-based descriptors exist only in scalable mode.
             _ => false,
         };
@@ -492,6 +699,9 @@ impl FakeVtd {
     fn gcmd(&self, s: &mut State, v: u32) {
         if v & regs::G_SRTP != 0 {
             s.root = Some(s.rtaddr & !0xfff);
+            s.scalable = (s.rtaddr >> 10) & 3 == 1 && s.ecap.scalable_mode();
+            s.context_cache.clear();
+            s.pasid_cache.clear();
             s.gsts |= regs::G_SRTP;
             s.stats.root_pointer_sets += 1;
         }
@@ -543,8 +753,8 @@ impl State {
                 self.pscache.clear();
             }
             2 => {
-                self.iotlb.retain(|&(d, _), _| d != did);
-                self.pscache.retain(|&(d, _, _), _| d != did);
+                self.iotlb.retain(|&(d, _), t| d != did || t.first_level);
+                self.pscache.retain(|&(d, fl, _, _), _| d != did || fl);
             }
             3 => {
                 let am = (hi & 0x3f) as u32;
@@ -556,18 +766,75 @@ impl State {
                 if addr & (size - 1) != 0 {
                     return false;
                 }
-                let end = addr + size;
+                self.drop_pages(did, false, 0, addr, size, hi & 1 << 6 != 0);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Drops cached translations (and, without the leaf hint, non-leaf
+    /// entries) of domain `did` overlapping `[addr, addr + size)`, of the
+    /// first level (for `pasid`) or of the second level.
+    fn drop_pages(
+        &mut self,
+        did: u16,
+        fl: bool,
+        pasid: u32,
+        addr: u64,
+        size: u64,
+        leaf_only: bool,
+    ) {
+        let end = addr + size;
+        self.iotlb.retain(|&(d, base), t| {
+            d != did
+                || t.first_level != fl
+                || (fl && t.pasid != pasid)
+                || base + t.size <= addr
+                || base >= end
+        });
+        if leaf_only {
+            self.stats.psi_leaf_hint += 1;
+            return;
+        }
+        self.pscache.retain(|&(d, f, level, prefix), _| {
+            let shift = 12 + 9 * (level as u32 - 1);
+            let start = prefix << shift;
+            d != did || f != fl || start.saturating_add(1 << shift) <= addr || start >= end
+        });
+    }
+
+    fn invalidate_pasid_cache(&mut self, lo: u64) -> bool {
+        let did = (lo >> 16) as u16;
+        let pasid = ((lo >> 32) & 0xf_ffff) as u32;
+        match (lo >> 4) & 3 {
+            0 => self.pasid_cache.retain(|_, e| e[1] as u16 != did),
+            1 => self
+                .pasid_cache
+                .retain(|&(_, p), e| !(p == pasid && (e[1] as u16 == did || e[0] & 1 == 0))),
+            3 => self.pasid_cache.clear(),
+            _ => return false,
+        }
+        true
+    }
+
+    fn invalidate_pasid_iotlb(&mut self, lo: u64, hi: u64) -> bool {
+        let did = (lo >> 16) as u16;
+        let pasid = ((lo >> 32) & 0xf_ffff) as u32;
+        match (lo >> 4) & 3 {
+            2 => {
                 self.iotlb
-                    .retain(|&(d, base), t| d != did || base + t.size <= addr || base >= end);
-                if hi & 1 << 6 == 0 {
-                    self.pscache.retain(|&(d, level, prefix), _| {
-                        let shift = 12 + 9 * (level as u32 - 1);
-                        let start = prefix << shift;
-                        d != did || start.saturating_add(1 << shift) <= addr || start >= end
-                    });
-                } else {
-                    self.stats.psi_leaf_hint += 1;
+                    .retain(|&(d, _), t| d != did || !t.first_level || t.pasid != pasid);
+                self.pscache.retain(|&(d, fl, _, _), _| d != did || !fl);
+            }
+            3 => {
+                let am = (hi & 0x3f) as u32;
+                let size = 1u64 << (12 + am);
+                let addr = hi & !0xfff;
+                if am > self.cap.mamv().max(9) || addr & (size - 1) != 0 {
+                    return false;
                 }
+                self.drop_pages(did, true, pasid, addr, size, hi & 1 << 6 != 0);
             }
             _ => return false,
         }

@@ -42,7 +42,23 @@ pub enum FaultReason {
     TranslationTypeBlocked,
     /// 0xE: the output address is in the interrupt address range.
     InterruptAddress,
-    /// Any other code (scalable-mode and first-level reasons included).
+    /// 0x51: the PASID directory entry is not present (scalable mode).
+    PasidDirNotPresent,
+    /// 0x59: the PASID table entry is not present (scalable mode).
+    PasidEntryNotPresent,
+    /// 0x5B: the PASID table entry is invalid (translation type or width).
+    PasidEntryInvalid,
+    /// 0x71: a first-level paging entry is not present.
+    FirstLevelNotPresent,
+    /// 0x72: a reserved bit is set in a first-level paging entry.
+    FirstLevelReserved,
+    /// 0x80: the address is not canonical for first-level translation.
+    NonCanonical,
+    /// 0x81: a user request hit a supervisor-only first-level page.
+    PrivilegeViolation,
+    /// 0x85: a write was denied (scalable mode).
+    ScalableWriteDenied,
+    /// Any other code.
     Other(u8),
 }
 
@@ -64,6 +80,14 @@ impl FaultReason {
             0xc => Self::PagingReserved,
             0xd => Self::TranslationTypeBlocked,
             0xe => Self::InterruptAddress,
+            0x51 => Self::PasidDirNotPresent,
+            0x59 => Self::PasidEntryNotPresent,
+            0x5b => Self::PasidEntryInvalid,
+            0x71 => Self::FirstLevelNotPresent,
+            0x72 => Self::FirstLevelReserved,
+            0x80 => Self::NonCanonical,
+            0x81 => Self::PrivilegeViolation,
+            0x85 => Self::ScalableWriteDenied,
             c => Self::Other(c),
         }
     }
@@ -85,6 +109,14 @@ impl FaultReason {
             Self::PagingReserved => 0xc,
             Self::TranslationTypeBlocked => 0xd,
             Self::InterruptAddress => 0xe,
+            Self::PasidDirNotPresent => 0x51,
+            Self::PasidEntryNotPresent => 0x59,
+            Self::PasidEntryInvalid => 0x5b,
+            Self::FirstLevelNotPresent => 0x71,
+            Self::FirstLevelReserved => 0x72,
+            Self::NonCanonical => 0x80,
+            Self::PrivilegeViolation => 0x81,
+            Self::ScalableWriteDenied => 0x85,
             Self::Other(c) => c,
         }
     }
@@ -191,5 +223,9 @@ mod tests {
             assert_eq!(FaultReason::from_code(c).code(), c);
         }
         assert_eq!(FaultReason::from_code(0x58), FaultReason::Other(0x58));
+        assert_eq!(
+            FaultReason::from_code(0x59),
+            FaultReason::PasidEntryNotPresent
+        );
     }
 }

@@ -16,7 +16,9 @@ use core::sync::atomic::{AtomicU64, Ordering, fence};
 use iova_core::{FrameAllocator, PhysAddr};
 
 use crate::caps::Features;
-use crate::descriptor::{self, ContextScope, Descriptor, IotlbScope};
+use crate::descriptor::{
+    self, ContextScope, Descriptor, IotlbScope, PasidCacheScope, PasidIotlbScope,
+};
 use crate::regs::{self, Mmio};
 use crate::unit::{VtdError, VtdUnit, alloc_frame};
 
@@ -270,6 +272,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     pub(crate) fn range_invalidations<const N: usize>(
         &self,
         did: u16,
+        first_level: bool,
         start: u64,
         end: u64,
         leaf_only: bool,
@@ -277,12 +280,21 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     ) -> bool {
         let cap = self.features.cap;
         let (dr, dw) = cap.draining();
-        if cap.psi() {
+        // PASID-based page-selective invalidation needs no CAP.PSI.
+        if cap.psi() || first_level {
             let room = (N - out.len()).min(self.config.psi_limit);
             let mut ok = true;
             let fits = descriptor::page_blocks(start, end, cap.mamv(), room, |addr, mask| {
-                ok &= out
-                    .push(Descriptor::iotlb(
+                let d = if first_level {
+                    Descriptor::pasid_iotlb(PasidIotlbScope::Pages {
+                        did,
+                        pasid: 0,
+                        addr,
+                        mask,
+                        leaf_only,
+                    })
+                } else {
+                    Descriptor::iotlb(
                         IotlbScope::Pages {
                             did,
                             addr,
@@ -291,8 +303,9 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                         },
                         dr,
                         dw,
-                    ))
-                    .is_ok();
+                    )
+                };
+                ok &= out.push(d).is_ok();
             });
             if fits.is_some() && ok {
                 return true;
@@ -301,17 +314,29 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         false
     }
 
-    /// A domain-selective IOTLB invalidation with the unit's draining.
-    pub(crate) fn domain_invalidation(&self, did: u16) -> Descriptor {
+    /// A domain-selective IOTLB invalidation with the unit's draining, or
+    /// for first-level translation a PASID-selective one (RID_PASID).
+    pub(crate) fn domain_invalidation(&self, did: u16, first_level: bool) -> Descriptor {
+        if first_level {
+            return Descriptor::pasid_iotlb(PasidIotlbScope::Pasid { did, pasid: 0 });
+        }
         let (dr, dw) = self.features.cap.draining();
         Descriptor::iotlb(IotlbScope::Domain(did), dr, dw)
     }
 
-    /// Invalidates the context cache globally and the IOTLB globally.
+    /// Invalidates the context cache, the PASID cache (scalable mode) and
+    /// the IOTLB globally.
     pub fn invalidate_all(&self) -> Result<(), VtdError> {
-        self.submit(&[
-            Descriptor::context(ContextScope::Global),
-            Descriptor::iotlb(IotlbScope::Global, false, false),
-        ])
+        let context = Descriptor::context(ContextScope::Global);
+        let iotlb = Descriptor::iotlb(IotlbScope::Global, false, false);
+        if self.scalable() {
+            self.submit(&[
+                context,
+                Descriptor::pasid_cache(PasidCacheScope::Global),
+                iotlb,
+            ])
+        } else {
+            self.submit(&[context, iotlb])
+        }
     }
 }

@@ -782,3 +782,300 @@ fn superpages_where_the_unit_has_them() {
     );
     assert_eq!(f.translate(EDU, 0x3f_f000, Dma::Read), Ok(0x3f_f000));
 }
+
+mod scalable {
+    use super::*;
+    use crate::fake::{CAP_FL1GP, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
+    use iova_core::formats::x86_64::X86_64;
+
+    const UPPER: Bdf = Bdf::new(0, 0x10, 0); // devfn 0x80: the upper context table
+
+    fn scalable_unit<'f>(f: &'f FakeVtd, frames: &Arc<FakeFrames>) -> Unit<'f> {
+        let config = UnitConfig {
+            scalable: true,
+            ..UnitConfig::default()
+        };
+        VtdUnit::new(f, Arc::clone(frames), config).unwrap()
+    }
+
+    type FlDomain<'u, 'f> =
+        PageTableDomain<X86_64, Arc<FakeFrames>, VtdInvalidator<'u, &'f FakeVtd, Arc<FakeFrames>>>;
+
+    fn fl_domain<'u, 'f>(u: &'u Unit<'f>, frames: &Arc<FakeFrames>, did: u16) -> FlDomain<'u, 'f> {
+        let table = PageTable::new(u.first_level_format().unwrap(), Arc::clone(frames)).unwrap();
+        PageTableDomain::new(table, VtdInvalidator::first_level(u, did).unwrap())
+    }
+
+    #[test]
+    fn scalable_mode_needs_smts() {
+        let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+        let config = UnitConfig {
+            scalable: true,
+            ..UnitConfig::default()
+        };
+        assert_eq!(
+            VtdUnit::new(&f, Arc::clone(&frames), config).err(),
+            Some(VtdError::ScalableUnsupported)
+        );
+        // Legacy mode has no first level.
+        let u = unit(&f, &frames);
+        assert_eq!(
+            u.first_level_format().err(),
+            Some(VtdError::FirstLevelUnsupported)
+        );
+        assert_eq!(
+            u.set_context(
+                EDU,
+                ContextState::FirstLevel {
+                    did: 1,
+                    root: 0x1000
+                },
+                false
+            ),
+            Err(VtdError::FirstLevelUnsupported)
+        );
+    }
+
+    #[test]
+    fn second_level_in_scalable_mode_at_both_depths() {
+        for (cap, levels) in [(QEMU_CAP_39, 3), (QEMU_CAP_48, 4)] {
+            let (frames, f) = fake(cap, QEMU_ECAP_SCALABLE);
+            let u = scalable_unit(&f, &frames);
+            assert!(u.scalable());
+            let s = f.stats();
+            assert_eq!(
+                s.descriptors[descriptor::TYPE_PASID_CACHE as usize],
+                1,
+                "global PASID-cache at probe"
+            );
+            let d = domain(&u, &frames, 1, levels);
+            attach(&u, &d, EDU, 1);
+            attach(&u, &d, UPPER, 1);
+            u.enable_translation().unwrap();
+            map(&d, 0x40_0000, 0x1234_5000, 0x1000, Prot::RW);
+            for dev in [EDU, UPPER] {
+                assert_eq!(f.translate(dev, 0x40_0008, Dma::Write), Ok(0x1234_5008));
+            }
+            assert_eq!(
+                u.context(EDU),
+                ContextState::Translated {
+                    did: 1,
+                    root: d.table().root().0,
+                    aw: levels as u8 - 2
+                }
+            );
+            let before = u.counters().snapshot();
+            unmap(&d, 0x40_0000, 0x1000);
+            let c = u.counters().snapshot().since(&before);
+            assert_eq!((c.iotlb_page, c.pasid_iotlb, c.waits), (1, 0, 1));
+            assert_eq!(
+                f.translate(EDU, 0x40_0008, Dma::Write),
+                Err(FaultReason::WriteDenied)
+            );
+            assert_eq!(faults(&u)[0].reason, FaultReason::WriteDenied);
+            // Another device of the bus, never attached: its context entry is absent.
+            assert_eq!(
+                f.translate(OTHER, 0x40_0008, Dma::Read),
+                Err(FaultReason::ContextNotPresent)
+            );
+            faults(&u);
+            drop(d);
+            drop(u);
+            assert_eq!(frames.live(), 0, "PASID directories and tables are freed");
+        }
+    }
+
+    #[test]
+    fn pasid_entry_changes_are_invalidated() {
+        let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_SCALABLE);
+        let u = scalable_unit(&f, &frames);
+        let a = domain(&u, &frames, 1, 4);
+        let b = domain(&u, &frames, 1, 4); // same domain ID, new table
+        map(&a, 0x10_0000, 0xa000, 0x1000, Prot::RW);
+        map(&b, 0x10_0000, 0xb000, 0x1000, Prot::RW);
+        attach(&u, &a, EDU, 1);
+        u.enable_translation().unwrap();
+        assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xa000));
+        let before = u.counters().snapshot();
+        attach(&u, &b, EDU, 1);
+        let c = u.counters().snapshot().since(&before);
+        assert_eq!(
+            (c.pasid_cache, c.iotlb_domain, c.waits, c.context),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xb000));
+        u.set_context(EDU, ContextState::PassThrough { did: 2, aw: 2 }, false)
+            .unwrap();
+        assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0x10_0000));
+        u.set_context(EDU, ContextState::NotPresent, false).unwrap();
+        assert_eq!(
+            f.translate(EDU, 0x10_0000, Dma::Read),
+            Err(FaultReason::PasidEntryNotPresent)
+        );
+        let r = faults(&u);
+        assert_eq!(
+            (r[0].source, r[0].reason),
+            (EDU, FaultReason::PasidEntryNotPresent)
+        );
+        assert_eq!(u.context(EDU), ContextState::NotPresent);
+    }
+
+    #[test]
+    fn first_level_translation_with_pasid_based_invalidation() {
+        let (frames, f) = fake(QEMU_CAP_48 | CAP_FL1GP, QEMU_ECAP_FLTS);
+        let u = scalable_unit(&f, &frames);
+        // x-flts units have no second level in scalable mode.
+        let sl = domain(&u, &frames, 1, 4);
+        assert_eq!(
+            u.set_context(
+                EDU,
+                ContextState::Translated {
+                    did: 1,
+                    root: sl.table().root().0,
+                    aw: 2
+                },
+                false
+            ),
+            Err(VtdError::SecondLevelUnsupported)
+        );
+        let d = fl_domain(&u, &frames, 2);
+        u.set_context(
+            EDU,
+            ContextState::FirstLevel {
+                did: 2,
+                root: d.table().root().0,
+            },
+            false,
+        )
+        .unwrap();
+        u.enable_translation().unwrap();
+        let mut g = IotlbGather::new();
+        d.map(
+            Iova(0x10_0000_0000),
+            PhysAddr(0x5000),
+            0x1000,
+            Prot::RW,
+            &mut g,
+        )
+        .unwrap();
+        d.map(
+            Iova(0x10_0000_1000),
+            PhysAddr(0x6000),
+            0x1000,
+            Prot::READ,
+            &mut g,
+        )
+        .unwrap();
+        d.map(
+            Iova(0x4000_0000),
+            PhysAddr(0x8000_0000),
+            0x4000_0000,
+            Prot::RW,
+            &mut g,
+        )
+        .unwrap();
+        d.flush(&mut g).unwrap();
+        assert_eq!(
+            d.table().translate(Iova(0x4000_0000)).unwrap().page_size,
+            1 << 30
+        );
+        assert_eq!(f.translate(EDU, 0x10_0000_0010, Dma::Write), Ok(0x5010));
+        assert_eq!(f.translate(EDU, 0x10_0000_1010, Dma::Read), Ok(0x6010));
+        assert_eq!(f.translate(EDU, 0x7fff_ffff, Dma::Read), Ok(0xbfff_ffff));
+        assert_eq!(
+            f.translate(EDU, 0x10_0000_1010, Dma::Write),
+            Err(FaultReason::ScalableWriteDenied)
+        );
+        assert_eq!(faults(&u)[0].reason, FaultReason::ScalableWriteDenied);
+        assert_eq!(
+            f.translate(EDU, 0x8000_0000_0000, Dma::Read),
+            Err(FaultReason::NonCanonical)
+        );
+        faults(&u);
+        let before = u.counters().snapshot();
+        d.unmap(Iova(0x10_0000_0000), 0x1000, &mut g).unwrap();
+        d.flush(&mut g).unwrap();
+        let c = u.counters().snapshot().since(&before);
+        assert_eq!(
+            (c.pasid_iotlb, c.iotlb_page, c.iotlb_domain, c.waits),
+            (1, 0, 0, 1)
+        );
+        assert_eq!(
+            f.translate(EDU, 0x10_0000_0010, Dma::Write),
+            Err(FaultReason::FirstLevelNotPresent)
+        );
+        assert_eq!(
+            u.context(EDU),
+            ContextState::FirstLevel {
+                did: 2,
+                root: d.table().root().0
+            }
+        );
+    }
+
+    #[test]
+    fn first_level_needs_pasid_based_invalidation() {
+        // An IOTLB (type 2) invalidation does not reach first-level
+        // translations: a driver that used it would leave them stale.
+        let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_FLTS);
+        let u = scalable_unit(&f, &frames);
+        let d = fl_domain(&u, &frames, 2);
+        u.set_context(
+            EDU,
+            ContextState::FirstLevel {
+                did: 2,
+                root: d.table().root().0,
+            },
+            false,
+        )
+        .unwrap();
+        u.enable_translation().unwrap();
+        let mut g = IotlbGather::new();
+        d.map(Iova(0x20_0000), PhysAddr(0x5000), 0x1000, Prot::RW, &mut g)
+            .unwrap();
+        d.flush(&mut g).unwrap();
+        assert_eq!(f.translate(EDU, 0x20_0000, Dma::Read), Ok(0x5000));
+        d.unmap(Iova(0x20_0000), 0x1000, &mut g).unwrap();
+        u.submit(&[Descriptor::iotlb(IotlbScope::Domain(2), false, false)])
+            .unwrap();
+        assert_eq!(f.translate(EDU, 0x20_0000, Dma::Read), Ok(0x5000), "stale");
+        d.flush(&mut g).unwrap();
+        assert_eq!(
+            f.translate(EDU, 0x20_0000, Dma::Read),
+            Err(FaultReason::FirstLevelNotPresent)
+        );
+    }
+
+    #[test]
+    fn caching_mode_in_scalable_mode() {
+        let (frames, f) = fake(QEMU_CAP_48 | CM, QEMU_ECAP_SCALABLE);
+        let u = scalable_unit(&f, &frames);
+        let d = domain(&u, &frames, 1, 4);
+        attach(&u, &d, EDU, 1);
+        u.enable_translation().unwrap();
+        u.set_context(EDU, ContextState::NotPresent, false).unwrap();
+        // The not-present PASID entry gets cached...
+        assert_eq!(
+            f.translate(EDU, 0x1000, Dma::Read),
+            Err(FaultReason::PasidEntryNotPresent)
+        );
+        faults(&u);
+        // ...and making it present again invalidates it.
+        map(&d, 0x1000, 0x7000, 0x1000, Prot::RW);
+        attach(&u, &d, EDU, 1);
+        assert_eq!(f.translate(EDU, 0x1000, Dma::Read), Ok(0x7000));
+    }
+
+    #[test]
+    fn pasid_descriptors_are_refused_in_legacy_mode() {
+        let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_SCALABLE);
+        let u = unit(&f, &frames);
+        assert!(!u.scalable());
+        for d in [
+            Descriptor::pasid_cache(descriptor::PasidCacheScope::Global),
+            Descriptor::pasid_iotlb(descriptor::PasidIotlbScope::Pasid { did: 1, pasid: 0 }),
+        ] {
+            assert!(matches!(u.submit(&[d]), Err(VtdError::QueueError { .. })));
+        }
+    }
+}

@@ -12,13 +12,14 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
+use iova_core::formats::x86_64::X86_64;
 use iova_core::{FrameAllocator, PhysAddr};
 
 use crate::acpi::dmar::Bdf;
 use crate::caps::Features;
-use crate::context::{ContextState, root_entry};
+use crate::context::{self, ContextState, root_entry, scalable};
 use crate::counters::Counters;
-use crate::descriptor::{ContextScope, Descriptor, IotlbScope};
+use crate::descriptor::{ContextScope, Descriptor, IotlbScope, PasidCacheScope, PasidIotlbScope};
 use crate::fault::{FaultRecord, FaultSummary};
 use crate::queue::Invalidation;
 use crate::regs::{self, Mmio};
@@ -60,6 +61,12 @@ pub enum VtdError {
     BadDomainId(u16),
     /// Pass-through was asked of a unit without ECAP.PT.
     PassThroughUnsupported,
+    /// Scalable mode was asked of a unit without ECAP.SMTS.
+    ScalableUnsupported,
+    /// First-level translation needs scalable mode and ECAP.FLTS.
+    FirstLevelUnsupported,
+    /// Second-level translation in scalable mode needs ECAP.SLTS.
+    SecondLevelUnsupported,
     /// A second-level table of this format cannot be walked by the unit.
     Format(FormatError),
     /// The table's depth is not in SAGAW.
@@ -88,6 +95,13 @@ impl fmt::Display for VtdError {
             }
             Self::BadDomainId(d) => write!(f, "VT-d: domain ID {d} not usable"),
             Self::PassThroughUnsupported => f.write_str("VT-d: no pass-through (ECAP.PT = 0)"),
+            Self::ScalableUnsupported => f.write_str("VT-d: no scalable mode (ECAP.SMTS = 0)"),
+            Self::FirstLevelUnsupported => {
+                f.write_str("VT-d: no first-level translation (scalable mode and ECAP.FLTS)")
+            }
+            Self::SecondLevelUnsupported => {
+                f.write_str("VT-d: no second-level translation in scalable mode (ECAP.SLTS = 0)")
+            }
             Self::Format(e) => write!(f, "VT-d: second-level format: {e:?}"),
             Self::LevelsUnsupported(l) => write!(f, "VT-d: {l}-level tables not in SAGAW"),
         }
@@ -130,6 +144,9 @@ pub struct UnitConfig {
     /// Most page-selective descriptors one flush issues before it uses one
     /// domain-selective invalidation instead.
     pub psi_limit: usize,
+    /// Scalable translation mode (needs ECAP.SMTS): PASID tables, and
+    /// first-level translation where ECAP.FLTS offers it.
+    pub scalable: bool,
 }
 
 impl Default for UnitConfig {
@@ -138,6 +155,7 @@ impl Default for UnitConfig {
             register_size: 4096,
             poll_limit: 10_000_000,
             psi_limit: 16,
+            scalable: false,
         }
     }
 }
@@ -151,8 +169,10 @@ pub struct VtdUnit<M: Mmio, A: FrameAllocator> {
     pub(crate) features: Features,
     pub(crate) config: UnitConfig,
     root: PhysAddr,
-    /// Context table of each bus (0: none yet).
-    context_tables: spin::Mutex<[u64; 256]>,
+    /// Context table of each bus (legacy: index = bus), or of each half bus
+    /// (scalable: index = 2 * bus + devfn / 128); 0: none yet.
+    context_tables: spin::Mutex<[u64; 512]>,
+    scalable: bool,
     pub(crate) inval: spin::Mutex<Invalidation>,
     pub(crate) counters: Counters,
 }
@@ -185,6 +205,9 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if !(32..=64).contains(&cap.mgaw()) {
             return Err(VtdError::BadAddressWidth(cap.mgaw()));
         }
+        if config.scalable && !features.ecap.scalable_mode() {
+            return Err(VtdError::ScalableUnsupported);
+        }
         let needed = features.register_span();
         if needed > config.register_size {
             return Err(VtdError::RegistersTooSmall {
@@ -207,7 +230,8 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             features,
             config,
             root,
-            context_tables: spin::Mutex::new([0; 256]),
+            context_tables: spin::Mutex::new([0; 512]),
+            scalable: config.scalable,
             inval: spin::Mutex::new(inval),
             counters: Counters::default(),
         };
@@ -224,14 +248,15 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if self.gsts() & regs::G_QIE != 0 {
             self.global_command(regs::G_QIE, false)?;
         }
-        self.regs
-            .write64(regs::RTADDR, self.root.0 | regs::RTADDR_TTM_LEGACY);
+        let ttm = if self.scalable {
+            regs::RTADDR_TTM_SCALABLE
+        } else {
+            regs::RTADDR_TTM_LEGACY
+        };
+        self.regs.write64(regs::RTADDR, self.root.0 | ttm);
         self.one_shot(regs::G_SRTP, "root table pointer")?;
         self.inval.lock().enable(self)?;
-        self.submit(&[
-            Descriptor::context(ContextScope::Global),
-            Descriptor::iotlb(IotlbScope::Global, false, false),
-        ])
+        self.invalidate_all()
     }
 
     /// What the unit can do.
@@ -263,6 +288,25 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             .find(|&l| self.features.cap.supports_levels(l))
             .ok_or(VtdError::LevelsUnsupported(max_levels))?;
         Ok(SecondLevel::for_unit(self.features.cap, levels)?)
+    }
+
+    /// Whether the unit runs in scalable mode.
+    pub fn scalable(&self) -> bool {
+        self.scalable
+    }
+
+    /// The first-level format (x86-64 4-level paging, 1 GiB pages where
+    /// CAP.FL1GP) for [`ContextState::FirstLevel`] domains.
+    pub fn first_level_format(&self) -> Result<X86_64, VtdError> {
+        if !self.scalable || !self.features.ecap.first_level_translation() {
+            return Err(VtdError::FirstLevelUnsupported);
+        }
+        X86_64::new(
+            4,
+            self.features.cap.first_level_1g(),
+            self.features.cap.mgaw().min(52),
+        )
+        .map_err(|_| VtdError::BadAddressWidth(self.features.cap.mgaw()))
     }
 
     pub(crate) fn gsts(&self) -> u32 {
@@ -341,9 +385,20 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         unsafe { AtomicU64::from_ptr(p.add(index & 511)) }
     }
 
-    /// The context entry of `dev` as the tables in memory hold it.
+    /// What the tables in memory say about `dev` (the legacy context entry,
+    /// or in scalable mode the RID_PASID entry of its PASID table).
     pub fn context(&self, dev: Bdf) -> ContextState {
         let tables = self.context_tables.lock();
+        if self.scalable {
+            return match self.pasid_entry_of(&tables, dev) {
+                Some(pe) => scalable::decode_pasid_entry([
+                    self.entry(pe.0, pe.1).load(Ordering::Acquire),
+                    self.entry(pe.0, pe.1 + 1).load(Ordering::Acquire),
+                    self.entry(pe.0, pe.1 + 2).load(Ordering::Acquire),
+                ]),
+                None => ContextState::NotPresent,
+            };
+        }
         let table = tables[usize::from(dev.bus)];
         if table == 0 {
             return ContextState::NotPresent;
@@ -355,40 +410,83 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         ])
     }
 
-    /// Sets what happens to `dev`'s DMA, in the order the specification
-    /// requires: a present entry is first made not present and its cached
-    /// copies and translations invalidated (one batch, one wait); then the
-    /// new entry is written, high half first, so the unit never sees a
-    /// present entry with a half-written domain or width. With CAP.CM a
-    /// newly present entry is invalidated too (the unit may have cached the
-    /// not-present one); otherwise only the write buffer is flushed.
-    ///
-    /// `fpd` disables fault recording for the device.
-    pub fn set_context(&self, dev: Bdf, state: ContextState, fpd: bool) -> Result<(), VtdError> {
-        let cap = self.features.cap;
-        match state {
+    fn validate(&self, state: &ContextState) -> Result<(), VtdError> {
+        let (cap, ecap) = (self.features.cap, self.features.ecap);
+        let reachable = |root: u64| root & 0xfff == 0 && root >> cap.mgaw().min(63) == 0;
+        let levels = |aw: u8| {
+            let l = usize::from(aw) + 2;
+            if cap.supports_levels(l) {
+                Ok(())
+            } else {
+                Err(VtdError::LevelsUnsupported(l))
+            }
+        };
+        match *state {
             ContextState::PassThrough { did, aw } => {
-                if !self.features.ecap.pass_through() {
+                if !ecap.pass_through() {
                     return Err(VtdError::PassThroughUnsupported);
                 }
                 self.check_did(did)?;
-                if !cap.supports_levels(usize::from(aw) + 2) {
-                    return Err(VtdError::LevelsUnsupported(usize::from(aw) + 2));
-                }
+                levels(aw)
             }
             ContextState::Translated { did, root, aw } => {
-                self.check_did(did)?;
-                if !cap.supports_levels(usize::from(aw) + 2) {
-                    return Err(VtdError::LevelsUnsupported(usize::from(aw) + 2));
+                if self.scalable && !ecap.second_level_translation() {
+                    return Err(VtdError::SecondLevelUnsupported);
                 }
-                if root & 0xfff != 0 || root >> cap.mgaw().min(63) != 0 {
+                self.check_did(did)?;
+                levels(aw)?;
+                if !reachable(root) {
                     return Err(VtdError::FrameUnreachable(root));
                 }
+                Ok(())
             }
-            ContextState::NotPresent => {}
-            ContextState::Other { .. } => return Err(VtdError::LevelsUnsupported(0)),
+            ContextState::FirstLevel { did, root } => {
+                if !self.scalable || !ecap.first_level_translation() {
+                    return Err(VtdError::FirstLevelUnsupported);
+                }
+                self.check_did(did)?;
+                if !reachable(root) {
+                    return Err(VtdError::FrameUnreachable(root));
+                }
+                Ok(())
+            }
+            ContextState::NotPresent => Ok(()),
+            ContextState::Other { .. } => Err(VtdError::LevelsUnsupported(0)),
         }
+    }
+
+    /// Sets what happens to `dev`'s DMA, in the order the specification
+    /// requires: a present entry is first made not present and its cached
+    /// copies and translations invalidated (one batch, one wait); then the
+    /// new entry is written with its present bit last, so the unit never
+    /// sees a present entry with a half-written domain or width. With CAP.CM
+    /// a newly present entry is invalidated too (the unit may have cached the
+    /// not-present one); otherwise only the write buffer is flushed.
+    ///
+    /// Legacy mode programs the context entry. Scalable mode gives the
+    /// device a context entry, a PASID directory and a PASID table once, and
+    /// then programs the RID_PASID (PASID 0) entry: second-level, first-level
+    /// or pass-through; not present blocks the device.
+    ///
+    /// `fpd` disables fault recording for the device.
+    pub fn set_context(&self, dev: Bdf, state: ContextState, fpd: bool) -> Result<(), VtdError> {
+        self.validate(&state)?;
         let mut tables = self.context_tables.lock();
+        if self.scalable {
+            self.set_scalable(&mut tables, dev, state, fpd)
+        } else {
+            self.set_legacy(&mut tables, dev, state, fpd)
+        }
+    }
+
+    fn set_legacy(
+        &self,
+        tables: &mut [u64; 512],
+        dev: Bdf,
+        state: ContextState,
+        fpd: bool,
+    ) -> Result<(), VtdError> {
+        let cap = self.features.cap;
         let bus = usize::from(dev.bus);
         if tables[bus] == 0 {
             if state == ContextState::NotPresent {
@@ -431,21 +529,172 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             fence(Ordering::SeqCst);
             lo.store(new_lo, Ordering::Release);
             fence(Ordering::SeqCst);
-            if cap.caching_mode() {
-                // Not-present entries are cached with domain ID 0.
-                self.submit(&[
-                    Descriptor::context(ContextScope::Device {
-                        did: 0,
-                        sid: dev.source_id(),
-                        function_mask: 0,
-                    }),
-                    Descriptor::iotlb(IotlbScope::Domain(did), false, false),
-                ])?;
-            } else {
-                self.flush_write_buffer()?;
-            }
+            self.announce_present(dev, did, false)?;
         }
         Ok(())
+    }
+
+    /// After an entry became present: with CM, invalidate what the unit may
+    /// have cached of the not-present one (tagged with domain ID 0);
+    /// otherwise flush the write buffer.
+    fn announce_present(&self, dev: Bdf, did: u16, pasid_entry: bool) -> Result<(), VtdError> {
+        if !self.features.cap.caching_mode() {
+            return self.flush_write_buffer();
+        }
+        let context = Descriptor::context(ContextScope::Device {
+            did: 0,
+            sid: dev.source_id(),
+            function_mask: 0,
+        });
+        let pasid = Descriptor::pasid_cache(PasidCacheScope::Pasid { did, pasid: 0 });
+        let first = if pasid_entry { pasid } else { context };
+        self.submit(&[
+            first,
+            Descriptor::iotlb(IotlbScope::Domain(did), false, false),
+        ])
+    }
+
+    /// The RID_PASID entry of `dev` (table frame, qword index), if the device
+    /// has a scalable context entry.
+    fn pasid_entry_of(&self, tables: &[u64; 512], dev: Bdf) -> Option<(u64, usize)> {
+        let devfn = usize::from(dev.devfn());
+        let table = tables[2 * usize::from(dev.bus) + devfn / 128];
+        if table == 0 {
+            return None;
+        }
+        let ctx = self.entry(table, 4 * (devfn % 128)).load(Ordering::Acquire);
+        if ctx & scalable::CTX_P == 0 {
+            return None;
+        }
+        let dir = ctx & context::ADDR_MASK;
+        let pt = self.entry(dir, 0).load(Ordering::Acquire) & context::ADDR_MASK;
+        Some((pt, 0))
+    }
+
+    fn set_scalable(
+        &self,
+        tables: &mut [u64; 512],
+        dev: Bdf,
+        state: ContextState,
+        fpd: bool,
+    ) -> Result<(), VtdError> {
+        let Some((pt, i)) = self.pasid_entry_of(tables, dev) else {
+            if state == ContextState::NotPresent {
+                return Ok(());
+            }
+            return self.new_scalable_device(tables, dev, state, fpd);
+        };
+        let q0 = self.entry(pt, i);
+        let old = scalable::decode_pasid_entry([
+            q0.load(Ordering::Acquire),
+            self.entry(pt, i + 1).load(Ordering::Acquire),
+            self.entry(pt, i + 2).load(Ordering::Acquire),
+        ]);
+        if let Some(old_did) = old.did() {
+            q0.store(0, Ordering::Release);
+            fence(Ordering::SeqCst);
+            self.flush_write_buffer()?;
+            let tlb = match old {
+                ContextState::FirstLevel { .. } => {
+                    Descriptor::pasid_iotlb(PasidIotlbScope::Pasid {
+                        did: old_did,
+                        pasid: 0,
+                    })
+                }
+                _ => Descriptor::iotlb(IotlbScope::Domain(old_did), false, false),
+            };
+            self.submit(&[
+                Descriptor::pasid_cache(PasidCacheScope::Pasid {
+                    did: old_did,
+                    pasid: 0,
+                }),
+                tlb,
+            ])?;
+        }
+        if let Some(did) = state.did() {
+            let e = scalable::pasid_entry(&state, fpd);
+            for (k, &v) in e.iter().enumerate().skip(1) {
+                self.entry(pt, i + k).store(v, Ordering::Release);
+            }
+            fence(Ordering::SeqCst);
+            q0.store(e[0], Ordering::Release);
+            fence(Ordering::SeqCst);
+            self.announce_present(dev, did, true)?;
+        }
+        Ok(())
+    }
+
+    /// First attach of a device in scalable mode: context table half (if
+    /// new), PASID directory and table, the PASID entry, then the context
+    /// entry, each written before what points to it.
+    fn new_scalable_device(
+        &self,
+        tables: &mut [u64; 512],
+        dev: Bdf,
+        state: ContextState,
+        fpd: bool,
+    ) -> Result<(), VtdError> {
+        let mgaw = self.features.cap.mgaw();
+        let devfn = usize::from(dev.devfn());
+        let half = 2 * usize::from(dev.bus) + devfn / 128;
+        let dir = alloc_frame(&self.frames, mgaw)?;
+        let pt = match alloc_frame(&self.frames, mgaw) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: just allocated, never published.
+                unsafe { self.frames.free(dir, FRAME) };
+                return Err(e);
+            }
+        };
+        let mut new_table = false;
+        if tables[half] == 0 {
+            match alloc_frame(&self.frames, mgaw) {
+                Ok(t) => {
+                    tables[half] = t.0;
+                    new_table = true;
+                }
+                Err(e) => {
+                    // SAFETY: just allocated, never published.
+                    unsafe {
+                        self.frames.free(dir, FRAME);
+                        self.frames.free(pt, FRAME);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let e = scalable::pasid_entry(&state, fpd);
+        for (k, &v) in e.iter().enumerate() {
+            self.entry(pt.0, k).store(v, Ordering::Release);
+        }
+        self.entry(dir.0, 0)
+            .store(scalable::dir_entry(pt.0), Ordering::Release);
+        let table = tables[half];
+        let c = scalable::context_entry(dir.0);
+        let at = 4 * (devfn % 128);
+        for k in (1..4).rev() {
+            self.entry(table, at + k).store(c[k], Ordering::Release);
+        }
+        fence(Ordering::SeqCst);
+        self.entry(table, at).store(c[0], Ordering::Release);
+        fence(Ordering::SeqCst);
+        let cap = self.features.cap;
+        if new_table {
+            let bus = usize::from(dev.bus);
+            let [lo, hi] = scalable::root_entry(tables[2 * bus], tables[2 * bus + 1]);
+            self.entry(self.root.0, 2 * bus + 1)
+                .store(hi, Ordering::Release);
+            self.entry(self.root.0, 2 * bus)
+                .store(lo, Ordering::Release);
+            fence(Ordering::SeqCst);
+            if cap.caching_mode() {
+                self.submit(&[Descriptor::context(ContextScope::Global)])?;
+            }
+        }
+        match state.did() {
+            Some(did) => self.announce_present(dev, did, false),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn check_did(&self, did: u16) -> Result<(), VtdError> {
@@ -511,6 +760,22 @@ impl<M: Mmio, A: FrameAllocator> Drop for VtdUnit<M, A> {
         }
         let tables = self.context_tables.lock();
         for &t in tables.iter().filter(|&&t| t != 0) {
+            if self.scalable {
+                for e in 0..128 {
+                    let ctx = self.entry(t, 4 * e).load(Ordering::Acquire);
+                    if ctx & scalable::CTX_P == 0 {
+                        continue;
+                    }
+                    let dir = ctx & context::ADDR_MASK;
+                    let pt = self.entry(dir, 0).load(Ordering::Acquire) & context::ADDR_MASK;
+                    // SAFETY: the device's PASID directory and table,
+                    // allocated by `new_scalable_device`, unreachable now.
+                    unsafe {
+                        self.frames.free(PhysAddr(pt), FRAME);
+                        self.frames.free(PhysAddr(dir), FRAME);
+                    }
+                }
+            }
             // SAFETY: allocated by `set_context`, unreachable now that the
             // unit is off and the root table goes with it.
             unsafe { self.frames.free(PhysAddr(t), FRAME) };
