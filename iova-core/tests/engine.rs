@@ -160,7 +160,7 @@ fn single_pages_land_right_in_every_geometry() {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                x % ia & !(K4 - 1)
+                (x % ia) & !(K4 - 1)
             })
             .chain([0, K4, ia - K4])
             .collect();
