@@ -1,6 +1,106 @@
 //! virtio-iommu driver and backend for [`iova_core`].
 //!
-//! Work in progress.
+//! A `no_std` driver for the virtio IOMMU device (virtio 1.2/1.3, device
+//! type 23) and an [`iova_core::IommuDomain`] over it, so the core's
+//! two-step API (`try_alloc` / `link` ... / `sync` / `unlink` / `destroy`)
+//! runs on a virtio-iommu with **one notification per sync**.
+//!
+//! - [`transport`]: where the device is. [`transport::pci::VirtioPciTransport`]
+//!   (modern virtio-PCI, every common-config field at its exact width) or
+//!   `virtio_drivers`' `MmioTransport`; any
+//!   [`virtio_drivers::transport::Transport`] works.
+//! - [`VirtioIommu`] ([`driver`]): reset with a bounded wait, feature
+//!   negotiation (VERSION_1, MAP_UNMAP required; INPUT_RANGE, DOMAIN_RANGE,
+//!   PROBE, MMIO, BYPASS_CONFIG, BYPASS used when offered; ACCESS_PLATFORM
+//!   never, the IOMMU's own rings are untranslated), the configuration read
+//!   under the generation counter ([`Geometry`]: granule from
+//!   `page_size_mask`, aperture from `input_range`, domain IDs, `probe_size`),
+//!   and `bypass = 0` whenever BYPASS_CONFIG is offered so that endpoints
+//!   nobody attached cannot DMA. Requests (ATTACH, with the bypass flag for
+//!   identity domains; DETACH; MAP; UNMAP; PROBE) go out in batches with one
+//!   notification; every reply is waited for with a bound ([`WaitBudget`]),
+//!   every status decoded ([`Status`], [`VirtioIommuError`]). A device that
+//!   does not answer, or returns a buffer it was not given, stops the driver
+//!   ([`VirtioIommuError::Broken`]) rather than risk reused buffers.
+//! - Events: the event queue is kept stocked; faults are decoded into
+//!   [`FaultRecord`]s (reason, read/write/exec, endpoint, address) and drained
+//!   with [`VirtioIommu::pop_fault`].
+//! - [`VirtioDomain`] ([`domain`]): map by request. `map` queues a MAP (merged
+//!   with the previous one when IOVA and physical address both continue it),
+//!   `unmap` queues UNMAPs of whole mappings (a split is refused before the
+//!   device sees it), `flush` sends the batch with one notification. A full
+//!   batch is sent and the work goes on; nothing is dropped.
+//! - [`ProbeInfo`] ([`probe`]): PROBE's reserved regions (MSI doorbells,
+//!   reserved ranges), which [`ProbeInfo::reserve_in`] turns into holes of an
+//!   [`iova_core::IovaAllocator`].
+//! - [`fake`] (feature `fake`): a virtio-iommu on a host thread that reads the
+//!   queues from memory and behaves as the specification says, and a host
+//!   [`Hal`]; it can also misbehave (silence, short replies, bad statuses).
+//!
+//! # End to end
+//!
+//! ```
+//! # #[cfg(feature = "fake")] {
+//! use iommu_virtio::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal};
+//! use iommu_virtio::{DriverConfig, VirtioDomain, VirtioIommu};
+//! use iova_core::iova_alloc::IovaAllocatorConfig;
+//! use iova_core::{DmaMapper, Iova, IovaAllocator, IovaRange, PhysAddr, Prot};
+//!
+//! // The device (here the fake; on hardware a VirtioPciTransport).
+//! let (device, transport) = FakeIommu::new(FakeConfig::default());
+//! let iommu: VirtioIommu<HostHal, FakeTransport> =
+//!     VirtioIommu::new(transport, DriverConfig::default()).unwrap();
+//! assert!(!iommu.geometry().unattached_bypass); // default deny
+//!
+//! // A domain with the endpoint attached, IOVAs without the PROBE holes.
+//! let domain: VirtioDomain<'_, _, _> = VirtioDomain::new(&iommu, 1).unwrap();
+//! domain.attach(0x10).unwrap();
+//! let window = IovaRange::new(Iova(0x40_0000_0000), 1 << 30).unwrap();
+//! let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(window, 0x1000), 64, 1).unwrap();
+//! iommu.probe(0x10).unwrap().reserve_in(&iovas).unwrap();
+//! let cpu = || 0;
+//! let mapper = DmaMapper::new(&domain, &iovas, &cpu).unwrap();
+//!
+//! // Reserve once, link scattered pages, one sync = one notification.
+//! let before = iommu.counters();
+//! let mut state = mapper.try_alloc(3 * 0x1000, 0x1000).unwrap();
+//! for (i, pa) in [0x8000_0000u64, 0x8123_4000, 0x9000_0000].into_iter().enumerate() {
+//!     state.link(i as u64 * 0x1000, PhysAddr(pa), 0x1000, Prot::RW).unwrap();
+//! }
+//! state.sync().unwrap();
+//! let c = iommu.counters().since(&before);
+//! assert_eq!((c.map, c.notifications), (3, 1));
+//! let dev = state.dma_addr(0x1004).unwrap();
+//! assert_eq!(device.dma(0x10, dev.0, false), Some(0x8123_4004));
+//!
+//! // Tear down: UNMAPs of whole mappings, one notification; then the IOVA faults.
+//! state.destroy().unwrap();
+//! assert_eq!(device.dma(0x10, dev.0, false), None);
+//! let fault = iommu.pop_fault().unwrap();
+//! assert_eq!((fault.endpoint, fault.address), (0x10, Some(dev.0)));
+//! # }
+//! ```
+//!
+//! # What comes from `virtio-drivers`, and what does not
+//!
+//! The split virtqueue is `virtio_drivers::queue::VirtQueue` (requests are
+//! two descriptors, events one; the driver polls, so no indirect
+//! descriptors or event index are negotiated). Its PCI transport is not
+//! used: see [`transport::pci`] for why. Its DMA type is private, so
+//! request slots come from [`Hal::dma_alloc`] directly.
+//!
+//! # Dependencies
+//!
+//! `virtio-drivers` (the virtqueue and the `Hal`/`Transport` traits, so the
+//! driver also runs over its MMIO transport); `zerocopy` for the wire
+//! structures; `spin` for the driver's and the domains' locks (short,
+//! bounded critical sections, no OS to block on); `heapless` for fixed
+//! capacity storage; `bitflags` for [`Features`].
+//!
+//! # Features
+//!
+//! - `fake`: the fake device and host HAL of [`fake`] (implies `std`).
+//! - `std`: builds with the standard library.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
