@@ -1,19 +1,31 @@
 //! Domains: an iova-core page table plus this SMMU's invalidation for its
-//! ASID (stage 1) or VMID (stage 2). [`iova_core::PageTableDomain`] turns them
-//! into [`iova_core::IommuDomain`]s, so the whole two-step API runs on them.
+//! ASID (stage 1) or VMID (stage 2). Each implements
+//! [`iova_core::IommuDomain`], so the whole two-step API runs on them.
 //!
 //! A flush issues, for every range the gather records: one range TLBI when
 //! the SMMU has IDR3.RIL, else one TLBI per page; past the configured number
 //! of per-page commands, one TLBI of the whole ASID (VMID) instead. Then one
 //! CMD_SYNC for the batch. New mappings need no command (the SMMU does not
 //! cache invalid entries), only a barrier so the walker sees them.
+//!
+//! # Teardown
+//!
+//! A domain remembers the streams attached to it. Dropping it first makes
+//! every stream that still points at it invalid again (CFGI + CMD_SYNC),
+//! invalidates its ASID / VMID, and only then frees its page tables, context
+//! descriptor and ID. If the SMMU does not complete those commands, the
+//! memory is leaked instead: freeing it could let a device walk reused memory.
 
+use core::mem::ManuallyDrop;
+use core::ops::Deref;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use iova_core::formats::lpae::{LpaeS1, MAIR};
 use iova_core::{
-    Error, FrameAllocator, IotlbGather, IotlbInvalidate, PageTable, PageTableDomain, PhysAddr,
+    Error, FrameAllocator, IommuDomain, IotlbGather, IotlbInvalidate, Iova, PageTable,
+    PageTableDomain, PhysAddr, Prot,
 };
+use spin::Mutex;
 
 use crate::cd::{Cd, CdConfig};
 use crate::cmd::{Command, TlbiRange};
@@ -22,7 +34,10 @@ use crate::lpae_large::{Granule, LpaeS1Large};
 use crate::regs::Mmio;
 use crate::s2::LpaeS2;
 use crate::smmu::Smmu;
-use crate::ste::{S2Config, Ste};
+use crate::ste::{self, S2Config, Ste};
+
+/// Streams one domain can be attached to at once.
+pub const MAX_STREAMS: usize = 16;
 
 /// A stage-1 page-table format the SMMU can walk: LPAE with one of the
 /// three granules.
@@ -49,7 +64,6 @@ pub struct S1Inval<'s, M: Mmio, A: FrameAllocator> {
     asid: u16,
     cd: PhysAddr,
     granule: Granule,
-    attached: AtomicU32,
     /// VMID of the stage 2 this context is nested under (0: none).
     vmid: AtomicU32,
 }
@@ -58,16 +72,10 @@ pub struct S1Inval<'s, M: Mmio, A: FrameAllocator> {
 pub struct S2Inval<'s, M: Mmio, A: FrameAllocator> {
     smmu: &'s Smmu<M, A>,
     vmid: u16,
-    attached: AtomicU32,
-    /// Also used under a stage-1 context (nested): combined entries must go too.
+    /// Streams using this stage 2 under a stage-1 context (nested): their
+    /// combined entries must go too.
     nested: AtomicU32,
 }
-
-/// A stage-1 domain: LPAE stage-1 tables (format `F`, 4 KiB granule by
-/// default) from `T`, ASID-tagged.
-pub type S1Domain<'s, M, A, T, F = LpaeS1> = PageTableDomain<F, T, S1Inval<'s, M, A>>;
-/// A stage-2 domain: LPAE stage-2 tables from `T`, VMID-tagged.
-pub type S2Domain<'s, M, A, T> = PageTableDomain<LpaeS2, T, S2Inval<'s, M, A>>;
 
 impl<M: Mmio, A: FrameAllocator> S1Inval<'_, M, A> {
     /// The domain's ASID.
@@ -78,9 +86,9 @@ impl<M: Mmio, A: FrameAllocator> S1Inval<'_, M, A> {
     pub fn cd(&self) -> PhysAddr {
         self.cd
     }
-    /// Streams attached now.
-    pub fn attached(&self) -> u32 {
-        self.attached.load(Ordering::Relaxed)
+    /// The tables' granule.
+    pub fn granule(&self) -> Granule {
+        self.granule
     }
 }
 
@@ -89,11 +97,114 @@ impl<M: Mmio, A: FrameAllocator> S2Inval<'_, M, A> {
     pub fn vmid(&self) -> u16 {
         self.vmid
     }
-    /// Streams attached now.
-    pub fn attached(&self) -> u32 {
-        self.attached.load(Ordering::Relaxed)
+}
+
+/// The StreamIDs attached to a domain.
+struct Streams(Mutex<heapless::Vec<u32, MAX_STREAMS>>);
+
+impl Streams {
+    fn new() -> Self {
+        Self(Mutex::new(heapless::Vec::new()))
+    }
+
+    /// Records `sid`, first forgetting streams that `still_ours` says were
+    /// re-pointed elsewhere since.
+    fn add(&self, sid: u32, still_ours: impl Fn(u32) -> bool) -> Result<(), SmmuError> {
+        let mut v = self.0.lock();
+        if v.contains(&sid) {
+            return Ok(());
+        }
+        if v.is_full() {
+            v.retain(|&s| still_ours(s));
+        }
+        v.push(sid).map_err(|_| SmmuError::StreamsFull)
+    }
+
+    fn remove(&self, sid: u32) {
+        self.0.lock().retain(|&s| s != sid);
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    fn take(&self) -> heapless::Vec<u32, MAX_STREAMS> {
+        core::mem::take(&mut *self.0.lock())
     }
 }
+
+/// A stage-1 domain: LPAE stage-1 tables (format `F`, 4 KiB granule by
+/// default) from `T`, tagged with an ASID. Dereferences to the
+/// [`PageTableDomain`] for its table and invalidator.
+pub struct S1Domain<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format = LpaeS1> {
+    inner: ManuallyDrop<PageTableDomain<F, T, S1Inval<'s, M, A>>>,
+    streams: Streams,
+}
+
+/// A stage-2 domain: LPAE stage-2 tables from `T`, tagged with a VMID.
+/// Dereferences to the [`PageTableDomain`] for its table and invalidator.
+pub struct S2Domain<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator> {
+    inner: ManuallyDrop<PageTableDomain<LpaeS2, T, S2Inval<'s, M, A>>>,
+    streams: Streams,
+}
+
+impl<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format> Deref
+    for S1Domain<'s, M, A, T, F>
+{
+    type Target = PageTableDomain<F, T, S1Inval<'s, M, A>>;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator> Deref for S2Domain<'s, M, A, T> {
+    type Target = PageTableDomain<LpaeS2, T, S2Inval<'s, M, A>>;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl<M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format> S1Domain<'_, M, A, T, F> {
+    /// Streams attached now.
+    pub fn attached(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+impl<M: Mmio, A: FrameAllocator, T: FrameAllocator> S2Domain<'_, M, A, T> {
+    /// Streams attached now.
+    pub fn attached(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+macro_rules! delegate_domain {
+    ($ty:ty, $($gen:tt)*) => {
+        impl<$($gen)*> IommuDomain for $ty {
+            fn granule(&self) -> u64 {
+                self.inner.granule()
+            }
+            fn map(
+                &self,
+                iova: Iova,
+                pa: PhysAddr,
+                len: u64,
+                prot: Prot,
+                gather: &mut IotlbGather,
+            ) -> Result<(), Error> {
+                self.inner.map(iova, pa, len, prot, gather)
+            }
+            fn unmap(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64, Error> {
+                self.inner.unmap(iova, len, gather)
+            }
+            fn flush(&self, gather: &mut IotlbGather) -> Result<(), Error> {
+                self.inner.flush(gather)
+            }
+        }
+    };
+}
+delegate_domain!(S1Domain<'_, M, A, T, F>, M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format);
+delegate_domain!(S2Domain<'_, M, A, T>, M: Mmio, A: FrameAllocator, T: FrameAllocator);
 
 enum Tag {
     S1 {
@@ -105,6 +216,20 @@ enum Tag {
         vmid: u16,
         nested: bool,
     },
+}
+
+/// Whether `ste` is a stage-1 (or nested) entry using the CD at `cd`.
+fn uses_cd(ste: &Ste, cd: PhysAddr) -> bool {
+    ste.is_valid()
+        && matches!(ste.config(), ste::CONFIG_S1 | ste::CONFIG_NESTED)
+        && ste.cd_ptr() == cd.0
+}
+
+/// Whether `ste` is a stage-2 (or nested) entry walking the tables at `root`.
+fn uses_s2(ste: &Ste, root: PhysAddr) -> bool {
+    ste.is_valid()
+        && matches!(ste.config(), ste::CONFIG_S2 | ste::CONFIG_NESTED)
+        && ste.0[3] & ste::S2TTB_MASK == root.0 & ste::S2TTB_MASK
 }
 
 impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
@@ -174,17 +299,19 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 return Err(e);
             }
         };
-        Ok(PageTableDomain::new(
-            table,
-            S1Inval {
-                smmu: self,
-                asid,
-                cd,
-                granule,
-                attached: AtomicU32::new(0),
-                vmid: AtomicU32::new(0),
-            },
-        ))
+        Ok(S1Domain {
+            inner: ManuallyDrop::new(PageTableDomain::new(
+                table,
+                S1Inval {
+                    smmu: self,
+                    asid,
+                    cd,
+                    granule,
+                    vmid: AtomicU32::new(0),
+                },
+            )),
+            streams: Streams::new(),
+        })
     }
 
     /// A new stage-2 domain with `ia_bits` of IPA (at most the OAS), tables
@@ -205,15 +332,17 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             self.vmids.lock().free(vmid);
             return Err(e);
         }
-        Ok(PageTableDomain::new(
-            table,
-            S2Inval {
-                smmu: self,
-                vmid,
-                attached: AtomicU32::new(0),
-                nested: AtomicU32::new(0),
-            },
-        ))
+        Ok(S2Domain {
+            inner: ManuallyDrop::new(PageTableDomain::new(
+                table,
+                S2Inval {
+                    smmu: self,
+                    vmid,
+                    nested: AtomicU32::new(0),
+                },
+            )),
+            streams: Streams::new(),
+        })
     }
 
     /// Points `sid` at a stage-1 domain.
@@ -227,8 +356,16 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             // Nested contexts are tagged with their stage 2's VMID.
             return Err(SmmuError::BadGeometry);
         }
-        self.write_ste(sid, &Ste::s1(inval.cd.0))?;
-        inval.attached.fetch_add(1, Ordering::Relaxed);
+        let cd = inval.cd;
+        domain
+            .streams
+            .add(sid, |s| self.ste(s).is_ok_and(|e| uses_cd(&e, cd)))?;
+        if let Err(e) = self.write_ste(sid, &Ste::s1(cd.0)) {
+            if !self.ste(sid).is_ok_and(|e| uses_cd(&e, cd)) {
+                domain.streams.remove(sid);
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -238,9 +375,16 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         sid: u32,
         domain: &S2Domain<'_, M, A, T>,
     ) -> Result<(), SmmuError> {
-        let inval = domain.invalidator();
-        self.write_ste(sid, &Ste::s2(&s2_config(domain)))?;
-        inval.attached.fetch_add(1, Ordering::Relaxed);
+        let root = domain.table().root();
+        domain
+            .streams
+            .add(sid, |s| self.ste(s).is_ok_and(|e| uses_s2(&e, root)))?;
+        if let Err(e) = self.write_ste(sid, &Ste::s2(&s2_config(domain))) {
+            if !self.ste(sid).is_ok_and(|e| uses_s2(&e, root)) {
+                domain.streams.remove(sid);
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -262,15 +406,22 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         // Stage-1 TLB entries of a nested stream are tagged with the VMID
         // too, so a context serves either plain streams or one stage 2.
         let v = i1.vmid.load(Ordering::Relaxed);
-        if (v == 0 && i1.attached() != 0) || (v != 0 && v != u32::from(i2.vmid)) {
+        if (v == 0 && s1.attached() != 0) || (v != 0 && v != u32::from(i2.vmid)) {
             return Err(SmmuError::BadGeometry);
         }
+        let (cd, root) = (i1.cd, s2.table().root());
+        s1.streams
+            .add(sid, |s| self.ste(s).is_ok_and(|e| uses_cd(&e, cd)))?;
+        if let Err(e) = s2
+            .streams
+            .add(sid, |s| self.ste(s).is_ok_and(|e| uses_s2(&e, root)))
+        {
+            s1.streams.remove(sid);
+            return Err(e);
+        }
         i1.vmid.store(u32::from(i2.vmid), Ordering::Relaxed);
-        self.write_ste(sid, &Ste::nested(i1.cd.0, &s2_config(s2)))?;
-        i1.attached.fetch_add(1, Ordering::Relaxed);
-        i2.attached.fetch_add(1, Ordering::Relaxed);
         i2.nested.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        self.write_ste(sid, &Ste::nested(cd.0, &s2_config(s2)))
     }
 
     /// Detaches `sid` from a stage-1 domain: the STE becomes invalid again
@@ -280,14 +431,35 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         sid: u32,
         domain: &S1Domain<'_, M, A, T, F>,
     ) -> Result<(), SmmuError> {
-        let ste = self.ste(sid)?;
-        let inval = domain.invalidator();
-        if !ste.is_valid() || ste.config() != crate::ste::CONFIG_S1 || ste.cd_ptr() != inval.cd.0 {
+        if !uses_cd(&self.ste(sid)?, domain.invalidator().cd) {
             return Err(SmmuError::NotAttached(sid));
         }
         self.detach(sid)?;
-        inval.attached.fetch_sub(1, Ordering::Relaxed);
+        domain.streams.remove(sid);
         Ok(())
+    }
+
+    /// Detaches `sid` from a stage-2 domain (also a nested stream).
+    pub fn detach_s2<T: FrameAllocator>(
+        &self,
+        sid: u32,
+        domain: &S2Domain<'_, M, A, T>,
+    ) -> Result<(), SmmuError> {
+        if !uses_s2(&self.ste(sid)?, domain.table().root()) {
+            return Err(SmmuError::NotAttached(sid));
+        }
+        self.detach(sid)?;
+        domain.streams.remove(sid);
+        Ok(())
+    }
+
+    /// Makes every stream in `streams` that `ours` recognises invalid.
+    fn detach_all(&self, streams: &[u32], ours: impl Fn(&Ste) -> bool) -> bool {
+        streams.iter().all(|&sid| match self.ste(sid) {
+            Ok(ste) if ours(&ste) => self.detach(sid).is_ok(),
+            Ok(_) => true,
+            Err(_) => false,
+        })
     }
 
     fn invalidate_tag(&self, tag: Tag, gather: &IotlbGather) -> Result<(), SmmuError> {
@@ -400,36 +572,39 @@ unsafe impl<M: Mmio, A: FrameAllocator> IotlbInvalidate for S2Inval<'_, M, A> {
     }
 }
 
-impl<M: Mmio, A: FrameAllocator> Drop for S1Inval<'_, M, A> {
-    /// With no stream attached, the ASID's TLB entries are invalidated and
-    /// the CD and ASID returned. A domain dropped while attached leaks both
-    /// (the SMMU may still read the CD), and so does a failed invalidation.
+impl<M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format> Drop for S1Domain<'_, M, A, T, F> {
     fn drop(&mut self) {
-        if self.attached() != 0 {
-            return;
-        }
-        let vmid = self.vmid.load(Ordering::Relaxed) as u16;
-        if self
-            .smmu
-            .submit(&[Command::tlbi_nh_asid(vmid, self.asid)])
-            .is_ok()
-        {
-            // SAFETY: no STE points at the CD (none attached).
-            unsafe { self.smmu.free_cd(self.cd) };
-            self.smmu.asids.lock().free(self.asid);
+        let inval = self.inner.invalidator();
+        let smmu = inval.smmu;
+        let cd = inval.cd;
+        let vmid = inval.vmid.load(Ordering::Relaxed) as u16;
+        let asid = inval.asid;
+        let streams = self.streams.take();
+        let quiet = smmu.detach_all(&streams, |s| uses_cd(s, cd))
+            && smmu.submit(&[Command::tlbi_nh_asid(vmid, asid)]).is_ok();
+        if quiet {
+            // SAFETY: no STE points at the CD any more (made invalid and
+            // invalidated above), and the ASID's TLB entries are gone.
+            unsafe { smmu.free_cd(cd) };
+            smmu.asids.lock().free(asid);
+            // SAFETY: dropped once, here; nothing walks the tables any more.
+            unsafe { ManuallyDrop::drop(&mut self.inner) };
         }
     }
 }
 
-impl<M: Mmio, A: FrameAllocator> Drop for S2Inval<'_, M, A> {
+impl<M: Mmio, A: FrameAllocator, T: FrameAllocator> Drop for S2Domain<'_, M, A, T> {
     fn drop(&mut self) {
-        if self.attached() == 0
-            && self
-                .smmu
-                .submit(&[Command::tlbi_s12_vmall(self.vmid)])
-                .is_ok()
-        {
-            self.smmu.vmids.lock().free(self.vmid);
+        let smmu = self.inner.invalidator().smmu;
+        let vmid = self.inner.invalidator().vmid;
+        let root = self.inner.table().root();
+        let streams = self.streams.take();
+        let quiet = smmu.detach_all(&streams, |s| uses_s2(s, root))
+            && smmu.submit(&[Command::tlbi_s12_vmall(vmid)]).is_ok();
+        if quiet {
+            smmu.vmids.lock().free(vmid);
+            // SAFETY: dropped once, here; no STE walks the tables any more.
+            unsafe { ManuallyDrop::drop(&mut self.inner) };
         }
     }
 }

@@ -62,6 +62,8 @@ pub enum SmmuError {
     AlreadyEnabled,
     /// The SMMU reported a global error that stops it (SFM_ERR).
     ServiceFailure,
+    /// The domain is attached to [`crate::domain::MAX_STREAMS`] streams already.
+    StreamsFull,
     /// The translation granule is not offered by the SMMU (IDR5).
     GranuleUnsupported,
     /// The stream is not attached to the domain it was to be detached from.
@@ -103,6 +105,7 @@ impl From<SmmuError> for iova_core::Error {
             SmmuError::ServiceFailure => iova_core::Error::Device(0x1_0007),
             SmmuError::NotAttached(_) => iova_core::Error::Device(0x1_0008),
             SmmuError::GranuleUnsupported => iova_core::Error::Device(0x1_0009),
+            SmmuError::StreamsFull => iova_core::Error::Device(0x1_000a),
         }
     }
 }
@@ -124,6 +127,7 @@ impl fmt::Display for SmmuError {
             Self::BadGeometry => f.write_str("address sizes not supported by the SMMU"),
             Self::AlreadyEnabled => f.write_str("SMMU enabled by someone else and would not stop"),
             Self::ServiceFailure => f.write_str("SMMU entered service failure mode"),
+            Self::StreamsFull => f.write_str("domain attached to too many streams"),
             Self::GranuleUnsupported => f.write_str("translation granule not offered by the SMMU"),
             Self::NotAttached(s) => write!(f, "StreamID {s:#x} is not attached to that domain"),
             Self::Table(e) => write!(f, "page table: {e}"),

@@ -802,11 +802,32 @@ fn dropping_detached_domains_returns_everything() {
     assert_eq!(m.live() - base, 1);
     let d2 = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
     assert_eq!(d2.invalidator().asid(), asid, "the ASID was returned");
-    // An attached domain that is dropped leaks its CD rather than freeing it under the SMMU.
+    // Dropping an attached domain first detaches its streams (invalid STE,
+    // CFGI, sync), then frees its tables and CD: nothing walks freed memory.
     smmu.attach_s1(SID, &d2).unwrap();
+    smmu.attach_s1(SID + 1, &d2).unwrap();
+    map(&d2, 0x1000, page(&m), K4, Prot::RW);
     let live = m.live();
     drop(d2);
-    assert_eq!(m.live(), live - 1, "only the page table (root) went");
+    assert_eq!(smmu.ste(SID).unwrap(), Ste::invalid());
+    assert_eq!(smmu.ste(SID + 1).unwrap(), Ste::invalid());
+    assert_eq!(
+        fake.dma_write(SID, Iova(0x1000), b"x"),
+        Err(DmaFault::Terminated(Some(0x04)))
+    );
+    // Root, three lower tables and the CD went back (the data page is the test's).
+    assert_eq!(live - m.live(), 5);
+    // A stream re-pointed to another domain is left alone by the first one's drop.
+    let a = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    let b = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &a).unwrap();
+    smmu.attach_s1(SID, &b).unwrap();
+    drop(a);
+    assert!(uses(&smmu.ste(SID).unwrap(), b.invalidator().cd().0));
+}
+
+fn uses(ste: &Ste, cd: u64) -> bool {
+    ste.is_valid() && ste.cd_ptr() == cd
 }
 
 #[test]
@@ -1084,4 +1105,34 @@ fn a_64k_granule_without_ril_steps_by_granule() {
                 .is_err()
         );
     }
+}
+
+#[test]
+fn dropping_a_stage2_domain_detaches_nested_streams_too() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let s1 = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    let s2 = smmu.s2_domain(Arc::clone(&m), 44).unwrap();
+    identity_s2(&s2);
+    let p = page(&m);
+    map(&s1, 0x5000, p, K4, Prot::RW);
+    smmu.attach_nested(SID, &s1, &s2).unwrap();
+    let plain = smmu.s2_domain(Arc::clone(&m), 40).unwrap();
+    smmu.attach_s2(SID + 1, &plain).unwrap();
+    fake.dma_write(SID, Iova(0x5000), b"n").unwrap();
+    assert_eq!((s1.attached(), s2.attached(), plain.attached()), (1, 1, 1));
+    drop(s2);
+    assert_eq!(smmu.ste(SID).unwrap(), Ste::invalid());
+    assert!(fake.dma_write(SID, Iova(0x5000), b"x").is_err());
+    assert!(
+        smmu.ste(SID + 1).unwrap().is_valid(),
+        "another domain's stream untouched"
+    );
+    smmu.detach_s2(SID + 1, &plain).unwrap();
+    assert_eq!(
+        smmu.detach_s2(SID + 1, &plain),
+        Err(SmmuError::NotAttached(SID + 1))
+    );
+    assert_eq!(plain.attached(), 0);
 }
