@@ -213,8 +213,8 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize> VirtioDoma
         for (p, r) in st.pending.iter().zip(results.iter()) {
             match (r, p) {
                 (Ok(()), Pending::Map { start, .. }) => {
-                    if let Some(rec) = st.records.iter_mut().find(|r| r.start == *start) {
-                        rec.queued = false;
+                    if let Ok(i) = st.records.binary_search_by_key(start, |r| r.start) {
+                        st.records[i].queued = false;
                     }
                 }
                 (Ok(()), Pending::Unmap { .. }) => {}
@@ -309,11 +309,18 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize> VirtioDoma
         if hit.iter().any(|r| r.start < iova || r.end > end) {
             return Err(VirtioIommuError::SplitsMapping);
         }
-        let live = hit.iter().filter(|r| !r.queued).count();
-        // Room for the UNMAPs first, so a failure changes nothing.
-        if st.pending.len() + live > PENDING {
+        // Every mapping inside [iova, end) goes, so one UNMAP from the first
+        // to the last live one covers them all (the device skips holes).
+        let live_lo = hit.iter().find(|r| !r.queued).map(|r| r.start);
+        let live_hi = hit.iter().rev().find(|r| !r.queued).map(|r| r.end);
+        let merges = matches!(
+            (st.pending.last(), live_lo),
+            (Some(Pending::Unmap { end: e, .. }), Some(lo)) if *e == lo
+        );
+        // Room for the UNMAP first, so a failure changes nothing.
+        if live_lo.is_some() && !merges && st.pending.is_full() {
             self.submit(&mut st)?;
-            if st.pending.len() + live > PENDING {
+            if st.pending.is_full() {
                 return Err(VirtioIommuError::StorageFull);
             }
         }
@@ -325,18 +332,16 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize> VirtioDoma
                 // Its MAP never reached the device (or failed): drop it.
                 st.pending
                     .retain(|p| !matches!(p, Pending::Map { start, .. } if *start == r.start));
-                continue;
             }
-            if let Some(Pending::Unmap { end: e, .. }) = st.pending.last_mut() {
-                if *e == r.start {
-                    *e = r.end;
-                    continue;
+        }
+        if let (Some(lo), Some(hi)) = (live_lo, live_hi) {
+            match st.pending.last_mut() {
+                Some(Pending::Unmap { end: e, .. }) if *e == lo => *e = hi,
+                // Room was made above, and dropping MAPs only frees more.
+                _ => {
+                    let _ = st.pending.push(Pending::Unmap { start: lo, end: hi });
                 }
             }
-            let _ = st.pending.push(Pending::Unmap {
-                start: r.start,
-                end: r.end,
-            });
         }
         let removed = last - first;
         let n = st.records.len();

@@ -156,7 +156,11 @@ fn unmap_covers_whole_mappings_and_a_split_never_reaches_the_device() {
     d.flush(&mut g).unwrap();
     assert_eq!(fake.mappings(1), Some(vec![]));
     assert_eq!(fake.dma(EP, 0x10_0000, false), None);
-    assert_eq!(io.counters().unmap, 2);
+    assert_eq!(
+        io.counters().unmap,
+        1,
+        "one UNMAP covers both (the device skips the hole)"
+    );
 }
 
 #[test]
@@ -372,4 +376,57 @@ fn contiguous_links_merge_and_destroy_unmaps_them_whole() {
     state.destroy().unwrap();
     assert_eq!(fake.mappings(1), Some(vec![]));
     assert_eq!(io.counters().unmap, 1, "adjacent whole mappings: one UNMAP");
+}
+
+#[test]
+fn unmapping_more_mappings_than_a_batch_holds_is_one_request() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256, 1024> =
+        VirtioDomain::new(&io, 1).unwrap().with_merging(false);
+    d.attach(EP).unwrap();
+    let mut g = IotlbGather::new();
+    let n = 3 * PENDING as u64;
+    for i in 0..n {
+        d.map(
+            Iova(0x100_0000 + i * G),
+            PhysAddr(scattered(i)),
+            G,
+            Prot::READ,
+            &mut g,
+        )
+        .unwrap();
+    }
+    d.flush(&mut g).unwrap();
+    assert_eq!(fake.mappings(1).unwrap().len() as u64, n);
+    let before = io.counters();
+    assert_eq!(d.unmap(Iova(0x100_0000), n * G, &mut g), Ok(n * G));
+    d.flush(&mut g).unwrap();
+    let c = io.counters().since(&before);
+    assert_eq!((c.unmap, c.notifications), (1, 1));
+    assert_eq!(fake.mappings(1), Some(vec![]));
+}
+
+#[test]
+fn an_unmap_mixing_live_and_queued_mappings_cancels_the_queued_ones() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let mut g = IotlbGather::new();
+    d.map(Iova(0x10_0000), PhysAddr(0x5000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    d.map(Iova(0x10_1000), PhysAddr(0x6000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    let sent = fake.handled().len();
+    assert_eq!(d.unmap(Iova(0x10_0000), 2 * G, &mut g), Ok(2 * G));
+    d.flush(&mut g).unwrap();
+    let h = fake.handled();
+    assert_eq!(
+        h.len(),
+        sent + 1,
+        "the queued MAP was dropped, one UNMAP sent"
+    );
+    assert_eq!(h[sent].kind, wire::T_UNMAP);
+    assert_eq!(h[sent].range, Some((0x10_0000, 0x10_0fff)));
+    assert_eq!(fake.mappings(1), Some(vec![]));
 }
