@@ -14,8 +14,10 @@
 //!   attached is invalid, so it is blocked and reported), the command queue
 //!   (bounded waits, refused commands reported and skipped), the event queue
 //!   (typed [`Event`]s, overflow reported), counters;
-//! - [`domain`]: stage-1 and stage-2 domains whose flush is one batch of
-//!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC;
+//! - [`domain`]: stage-1 (4, 16 or 64 KiB granule), stage-2 and nested
+//!   domains implementing [`iova_core::IommuDomain`]; a flush is one batch of
+//!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC; dropping a domain
+//!   detaches its streams before its tables are freed;
 //! - [`fake`] (feature `fakes`): a fake SMMUv3 behind [`Mmio`] for host tests.
 //!
 //! # Use
@@ -52,17 +54,22 @@
 //! # }
 //! ```
 //!
+//! The bare-metal example `examples/smmuv3-edu` runs this crate on QEMU's
+//! SMMUv3 (`-M virt,iommu=smmuv3`) with the `edu` device doing DMA.
+//!
 //! # Limits
 //!
 //! Stage 2 uses the 4 KiB granule only (stage 1 offers all three); one context
 //! descriptor per stream (no SubstreamIDs); polling only (no MSIs, no
 //! wired interrupts); coherent SMMUs only (IDR0.COHACC), because the driver
-//! does no cache maintenance for its queues and tables.
+//! does no cache maintenance for its queues and tables; at most 1023 ASIDs
+//! and VMIDs in use at once, and [`domain::MAX_STREAMS`] streams per domain.
 //!
 //! # Dependencies
 //!
 //! `spin` for the locks around the queues and stream table (no OS to block
-//! on; critical sections are short and bounded).
+//! on; critical sections are short and bounded); `heapless` for the
+//! fixed-capacity list of streams a domain is attached to.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -22,9 +22,9 @@ pub const MEMATTR_WB: u64 = 0b1111;
 pub const MEMATTR_NC: u64 = 0b0101;
 /// MemAttr: Device-nGnRE.
 pub const MEMATTR_DEV: u64 = 0b0001;
-/// S2AP[0]: reads allowed.
+/// S2AP bit 0: reads allowed.
 pub const S2AP_R: u64 = 1 << 6;
-/// S2AP[1]: writes allowed.
+/// S2AP bit 1: writes allowed.
 pub const S2AP_W: u64 = 1 << 7;
 /// Shareability: inner shareable.
 pub const SH_IS: u64 = 3 << 8;
@@ -32,7 +32,7 @@ pub const SH_IS: u64 = 3 << 8;
 pub const SH_OS: u64 = 2 << 8;
 /// Access flag.
 pub const AF: u64 = 1 << 10;
-/// Execute-never (XN[1]).
+/// Execute-never (bit 1 of XN).
 pub const XN: u64 = 1 << 54;
 /// Output address bits 47:12.
 pub const ADDR_MASK: u64 = 0x0000_FFFF_FFFF_F000;

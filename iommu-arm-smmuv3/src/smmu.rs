@@ -374,7 +374,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     }
 
     /// Writes the STE of `sid` in the architected order and makes the SMMU
-    /// use it: a live entry is first made invalid and invalidated
+    /// use it. This is the low-level entry point under the attach methods:
+    /// an STE written here is not tracked by any domain, so the memory it
+    /// points at (context descriptor, stage-2 tables) must stay valid until
+    /// the stream is detached. The order: a live entry is first made invalid and invalidated
     /// (break-before-make), then words 1-7 are written, then word 0 with V,
     /// then CFGI_STE (Leaf = 0, which also covers a new level-1 descriptor)
     /// and CFGI_CD_ALL, and one CMD_SYNC.
