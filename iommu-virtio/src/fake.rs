@@ -76,6 +76,12 @@ pub struct Misbehave {
     pub status: Option<u8>,
     /// Put this descriptor index on the used ring instead of the real head.
     pub used_id: Option<u32>,
+    /// Change the config generation at every read of it.
+    pub unstable_generation: bool,
+    /// Never accept the driver's features (FEATURES_OK does not stick).
+    pub reject_features: bool,
+    /// Never complete a reset (the status keeps reading non-zero).
+    pub stuck_reset: bool,
 }
 
 /// What the fake did with one request.
@@ -774,11 +780,15 @@ impl Transport for FakeTransport {
         let mut s = self.lock();
         let mut v = status.bits() as u8;
         if v == 0 {
+            if s.misbehave.stuck_reset {
+                s.status = DeviceStatus::ACKNOWLEDGE.bits() as u8;
+                return;
+            }
             s.reset();
             return;
         }
         if v & DeviceStatus::FEATURES_OK.bits() as u8 != 0
-            && s.driver_features & !s.device_features != 0
+            && (s.misbehave.reject_features || s.driver_features & !s.device_features != 0)
         {
             v &= !(DeviceStatus::FEATURES_OK.bits() as u8);
         }
@@ -833,7 +843,11 @@ impl Transport for FakeTransport {
     }
 
     fn read_config_generation(&self) -> u32 {
-        self.lock().generation
+        let mut s = self.lock();
+        if s.misbehave.unstable_generation {
+            s.generation = s.generation.wrapping_add(1);
+        }
+        s.generation
     }
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, VirtioError> {

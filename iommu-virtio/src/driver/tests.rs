@@ -515,3 +515,80 @@ fn reset_returns_the_transport_with_the_device_reset() {
     let d = Driver::<16>::new(t, DriverConfig::default()).unwrap();
     d.attach(EP, 4).unwrap();
 }
+
+#[test]
+fn a_device_that_misbehaves_during_init_is_refused_with_a_typed_error() {
+    let dc = DriverConfig {
+        wait: WaitBudget {
+            max_polls: 10_000,
+            clock: None,
+        },
+        ..Default::default()
+    };
+    for (m, want) in [
+        (
+            Misbehave {
+                stuck_reset: true,
+                ..Default::default()
+            },
+            VirtioIommuError::ResetTimeout,
+        ),
+        (
+            Misbehave {
+                reject_features: true,
+                ..Default::default()
+            },
+            VirtioIommuError::FeaturesRejected,
+        ),
+        (
+            Misbehave {
+                unstable_generation: true,
+                ..Default::default()
+            },
+            VirtioIommuError::BadConfig("config generation kept changing"),
+        ),
+    ] {
+        let (fake, t) = FakeIommu::new(FakeConfig::default());
+        fake.misbehave(m);
+        assert_eq!(Driver::<16>::new(t, dc).unwrap_err(), want, "{m:?}");
+        assert_ne!(
+            fake.status() & DeviceStatus::FAILED.bits() as u8,
+            0,
+            "{m:?}"
+        );
+        assert_eq!(
+            fake.status() & DeviceStatus::DRIVER_OK.bits() as u8,
+            0,
+            "{m:?}"
+        );
+    }
+}
+
+#[test]
+fn the_aperture_is_whole_granules_inside_the_input_range() {
+    let g = |start: u64, end: u64, granule: u64| Geometry {
+        page_size_mask: !(granule - 1),
+        granule,
+        input_start: start,
+        input_end: end,
+        domain_start: 0,
+        domain_end: 0,
+        probe_size: 0,
+        unattached_bypass: false,
+    };
+    let r = |a: u64, b: u64| {
+        Some(iova_core::IovaRange {
+            start: iova_core::Iova(a),
+            end: iova_core::Iova(b),
+        })
+    };
+    assert_eq!(g(0, u64::MAX, 0x1000).aperture(), r(0, !0xfff));
+    assert_eq!(g(0x800, 0x2_0fff, 0x1000).aperture(), r(0x1000, 0x2_1000));
+    assert_eq!(g(0x800, 0x2_0ffe, 0x1000).aperture(), r(0x1000, 0x2_0000));
+    assert_eq!(
+        g(0x1001, 0x1fff, 0x1000).aperture(),
+        None,
+        "no whole granule"
+    );
+    assert_eq!(g(0, 0xffff, 0x1_0000).aperture(), r(0, 0x1_0000));
+}
