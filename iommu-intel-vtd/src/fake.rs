@@ -629,21 +629,27 @@ impl FakeVtd {
         if s.gsts & regs::G_QIE == 0 || s.fsts & regs::FSTS_IQE != 0 {
             return;
         }
-        let entries = 256u64 << (s.iqa & 7);
-        let tail = s.iqt >> 4;
-        if tail >= entries || s.iqt & 0xf != 0 {
+        // IQA.DW (256-bit descriptors) counts only with scalable-mode support.
+        let wide = s.iqa & 1 << 11 != 0 && s.ecap.scalable_mode();
+        let (size, shift) = if wide { (32u64, 5) } else { (16, 4) };
+        let entries = (4096 / size) << (s.iqa & 7);
+        let tail = s.iqt >> shift;
+        if tail >= entries || s.iqt & ((1 << shift) - 1) != 0 {
             s.fsts |= regs::FSTS_IQE;
             return;
         }
         let base = s.iqa & !0xfff;
-        while (s.iqh >> 4) != tail {
-            let at = base + (s.iqh >> 4) * 16;
+        while (s.iqh >> shift) != tail {
+            let at = base + (s.iqh >> shift) * size;
             let (lo, hi) = (self.read_mem(at), self.read_mem(at + 8));
-            if !self.process_descriptor(s, lo, hi) {
+            let upper_zero = !wide || (self.read_mem(at + 16) == 0 && self.read_mem(at + 24) == 0);
+            // Like QEMU: PASID-based IOTLB descriptors need a 256-bit queue.
+            let narrow_piotlb = !wide && lo & 0xf == descriptor::TYPE_PASID_IOTLB;
+            if !upper_zero || narrow_piotlb || !self.process_descriptor(s, lo, hi) {
                 s.fsts |= regs::FSTS_IQE;
                 return;
             }
-            s.iqh = (((s.iqh >> 4) + 1) % entries) << 4;
+            s.iqh = (((s.iqh >> shift) + 1) % entries) << shift;
         }
     }
 

@@ -2,7 +2,9 @@
 //! descriptor per batch, or the context-command and IOTLB registers when the
 //! unit has no queue.
 //!
-//! The queue is one 4 KiB page of 256 descriptors. A batch is written at the
+//! The queue is one 4 KiB page: 256 descriptors of 128 bits, or in scalable
+//! mode 128 of 256 bits (IQA.DW; QEMU refuses PASID-based IOTLB
+//! descriptors in a 128-bit queue). A batch is written at the
 //! tail, followed by a wait descriptor that writes a fresh sequence number to
 //! a status word in memory; the tail register is written once, and the status
 //! word is polled (bounded). An invalidation queue error (FSTS.IQE) is
@@ -22,10 +24,14 @@ use crate::descriptor::{
 use crate::regs::{self, Mmio};
 use crate::unit::{VtdError, VtdUnit, alloc_frame};
 
-/// Descriptors in the queue (one 4 KiB page of 16-byte descriptors).
+/// Descriptors in a queue of 128-bit descriptors (one 4 KiB page).
 pub const QUEUE_ENTRIES: usize = 256;
+/// Descriptors in a queue of 256-bit descriptors (scalable mode).
+pub const WIDE_QUEUE_ENTRIES: usize = 128;
 /// The most descriptors one batch may hold besides its wait descriptor.
-pub const MAX_BATCH: usize = QUEUE_ENTRIES - 2;
+pub const MAX_BATCH: usize = WIDE_QUEUE_ENTRIES - 2;
+/// IQA: 256-bit descriptors.
+const IQA_DW: u64 = 1 << 11;
 
 #[derive(Debug)]
 pub(crate) struct Queue {
@@ -33,6 +39,23 @@ pub(crate) struct Queue {
     status: PhysAddr,
     tail: usize,
     seq: u32,
+    /// 256-bit descriptors.
+    wide: bool,
+}
+
+impl Queue {
+    fn entries(&self) -> usize {
+        if self.wide {
+            WIDE_QUEUE_ENTRIES
+        } else {
+            QUEUE_ENTRIES
+        }
+    }
+
+    /// IQH/IQT hold the index shifted by log2 of the descriptor size.
+    fn shift(&self) -> u32 {
+        if self.wide { 5 } else { 4 }
+    }
 }
 
 /// How this unit invalidates.
@@ -43,7 +66,11 @@ pub(crate) enum Invalidation {
 }
 
 impl Invalidation {
-    pub(crate) fn new<A: FrameAllocator>(frames: &A, f: &Features) -> Result<Self, VtdError> {
+    pub(crate) fn new<A: FrameAllocator>(
+        frames: &A,
+        f: &Features,
+        wide: bool,
+    ) -> Result<Self, VtdError> {
         if !f.ecap.queued_invalidation() {
             return Ok(Self::Registers);
         }
@@ -61,6 +88,7 @@ impl Invalidation {
             status,
             tail: 0,
             seq: 0,
+            wide,
         }))
     }
 
@@ -78,7 +106,8 @@ impl Invalidation {
         };
         q.tail = 0;
         unit.regs.write64(regs::IQT, 0);
-        unit.regs.write64(regs::IQA, q.base.0);
+        let dw = if q.wide { IQA_DW } else { 0 };
+        unit.regs.write64(regs::IQA, q.base.0 | dw);
         unit.global_command(regs::G_QIE, true)
     }
 
@@ -114,30 +143,39 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         }
     }
 
-    fn slot(&self, q: &Queue, index: usize) -> (&AtomicU64, &AtomicU64) {
+    /// The qwords of descriptor `index` (2, or 4 in a wide queue).
+    fn slot(&self, q: &Queue, index: usize) -> [&AtomicU64; 4] {
         let p = self.frames.phys_to_virt(q.base).cast::<u64>();
-        let i = 2 * (index % QUEUE_ENTRIES);
-        // SAFETY: the queue page is ours for the unit's life; `i + 1` < 512.
+        let size = if q.wide { 4 } else { 2 };
+        let i = size * (index % q.entries());
+        // A narrow queue has no qwords 2 and 3: they alias the first two,
+        // and are only written for wide queues.
+        let (a, b) = if q.wide { (i + 2, i + 3) } else { (i, i + 1) };
+        // SAFETY: the queue page is ours for the unit's life; every index is
+        // below 512 (entries * size = 512 qwords).
         unsafe {
-            (
+            [
                 AtomicU64::from_ptr(p.add(i)),
                 AtomicU64::from_ptr(p.add(i + 1)),
-            )
+                AtomicU64::from_ptr(p.add(a)),
+                AtomicU64::from_ptr(p.add(b)),
+            ]
         }
     }
 
-    fn head(&self) -> usize {
-        (self.regs.read64(regs::IQH) >> 4) as usize % QUEUE_ENTRIES
+    fn head(&self, q: &Queue) -> usize {
+        (self.regs.read64(regs::IQH) >> q.shift()) as usize % q.entries()
     }
 
     fn submit_queued(&self, q: &mut Queue, batch: &[Descriptor]) -> Result<(), VtdError> {
         // Every earlier batch was waited for, so the queue is empty unless a
         // wait timed out; make room (bounded) for the batch and its wait.
         let need = batch.len() + 1;
-        let free = |head: usize| (head + QUEUE_ENTRIES - q.tail - 1) % QUEUE_ENTRIES;
+        let entries = q.entries();
+        let free = |head: usize| (head + entries - q.tail - 1) % entries;
         let mut room = false;
         for _ in 0..self.poll_limit() {
-            if free(self.head()) >= need {
+            if free(self.head(q)) >= need {
                 room = true;
                 break;
             }
@@ -150,15 +188,19 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         let seq = q.seq;
         let wait = Descriptor::wait_status(q.status.0, seq);
         for d in batch.iter().chain(core::iter::once(&wait)) {
-            let (lo, hi) = self.slot(q, q.tail);
+            let [lo, hi, q2, q3] = self.slot(q, q.tail);
+            if q.wide {
+                q2.store(0, Ordering::Relaxed);
+                q3.store(0, Ordering::Relaxed);
+            }
             lo.store(d.lo, Ordering::Relaxed);
             hi.store(d.hi, Ordering::Relaxed);
-            q.tail = (q.tail + 1) % QUEUE_ENTRIES;
+            q.tail = (q.tail + 1) % entries;
             self.counters.count_descriptor(d);
         }
         // Descriptors reach memory before the unit is told about them.
         fence(Ordering::SeqCst);
-        self.regs.write64(regs::IQT, (q.tail as u64) << 4);
+        self.regs.write64(regs::IQT, (q.tail as u64) << q.shift());
         self.counters.waits.fetch_add(1, Ordering::Relaxed);
         self.wait_for(q, seq)
     }
@@ -170,8 +212,8 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 return error.map_or(Ok(()), Err);
             }
             if error.is_none() && self.regs.read32(regs::FSTS) & regs::FSTS_IQE != 0 {
-                let index = self.head();
-                let (lo, hi) = self.slot(q, index);
+                let index = self.head(q);
+                let [lo, hi, ..] = self.slot(q, index);
                 let descriptor = Descriptor {
                     lo: lo.load(Ordering::Relaxed),
                     hi: hi.load(Ordering::Relaxed),
@@ -184,7 +226,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 hi.store(global.hi, Ordering::Relaxed);
                 fence(Ordering::SeqCst);
                 self.regs.write32(regs::FSTS, regs::FSTS_IQE);
-                self.regs.write64(regs::IQT, (q.tail as u64) << 4);
+                self.regs.write64(regs::IQT, (q.tail as u64) << q.shift());
                 error = Some(VtdError::QueueError { index, descriptor });
             }
             core::hint::spin_loop();

@@ -1079,3 +1079,44 @@ mod scalable {
         }
     }
 }
+
+#[test]
+fn queues_wrap_in_both_descriptor_sizes() {
+    use crate::fake::QEMU_ECAP_SCALABLE;
+    for scalable in [false, true] {
+        let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_SCALABLE);
+        let config = UnitConfig {
+            scalable,
+            ..UnitConfig::default()
+        };
+        let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
+        let batch = [Descriptor::iotlb(IotlbScope::Domain(1), false, false); 5];
+        for _ in 0..100 {
+            u.submit(&batch).unwrap();
+        }
+        // A batch longer than the queue is split, each part with its wait.
+        let before = u.counters().snapshot();
+        u.submit(&[Descriptor::iotlb(IotlbScope::Domain(2), false, false); 300])
+            .unwrap();
+        assert_eq!(u.counters().snapshot().since(&before).waits, 3);
+        let s = f.stats();
+        assert_eq!(
+            s.descriptors[descriptor::TYPE_IOTLB as usize],
+            1 + 500 + 300
+        );
+        // An error in a wide queue is reported at its index too.
+        let bad = Descriptor {
+            lo: descriptor::TYPE_CONTEXT | 1 << 4 | 1 << 6,
+            hi: 0,
+        };
+        let Err(VtdError::QueueError { index, descriptor }) = u.submit(&[bad]) else {
+            panic!("no queue error");
+        };
+        assert_eq!(descriptor, bad);
+        let entries = if scalable { 128 } else { 256 };
+        // Probe (3 or 4 descriptors) + 100 * 6 + 300 + 3 waits, modulo the ring.
+        let probe = if scalable { 4 } else { 3 };
+        assert_eq!(index, (probe + 600 + 303) % entries);
+        u.invalidate_all().unwrap();
+    }
+}

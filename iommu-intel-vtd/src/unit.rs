@@ -190,11 +190,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     /// Probes and initialises the unit behind `regs` (see the module docs).
     /// Translation stays off until [`enable_translation`](Self::enable_translation).
     pub fn new(regs: M, frames: A, config: UnitConfig) -> Result<Self, VtdError> {
-        let features = Features::from_raw(
-            regs.read32(regs::VER),
-            regs.read64(regs::CAP),
-            regs.read64(regs::ECAP),
-        );
+        let features = Features::read(&regs);
         let cap = features.cap;
         if features.max_levels().is_none() {
             return Err(VtdError::NoDmaTranslation);
@@ -216,7 +212,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             });
         }
         let root = alloc_frame(&frames, cap.mgaw())?;
-        let inval = match Invalidation::new(&frames, &features) {
+        let inval = match Invalidation::new(&frames, &features, config.scalable) {
             Ok(i) => i,
             Err(e) => {
                 // SAFETY: allocated above, never published to the unit.
