@@ -114,8 +114,8 @@ impl Geometry {
             64 => u64::MAX,
             bits => 1 << bits,
         };
-        // Both limits are at least one granule: `shift` exceeds the granule's
-        // shift, and the output size is checked against the granule below.
+        // Both limits are at least one granule (`shift` exceeds the granule's
+        // shift; the output size is checked here).
         if g.oa_limit < g.granule {
             return Err(Error::OutOfRange);
         }
@@ -228,7 +228,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
     /// the walker is not coherent.
     pub fn with_cache(fmt: F, frames: A, cache: C) -> Result<Self, Error> {
         let geo = Geometry::new(&fmt)?;
-        let root = alloc_table(&fmt, &frames, geo.table_bytes(0))?;
+        let root = alloc_table(&geo, &frames, geo.table_bytes(0))?;
         let pt = Self {
             fmt,
             frames,
@@ -549,7 +549,7 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         let mut chain = [PhysAddr(0); MAX_LEVELS];
         let new = &mut chain[..target - depth];
         for d in 0..new.len() {
-            match alloc_table(&self.fmt, &self.frames, bytes) {
+            match alloc_table(&self.geo, &self.frames, bytes) {
                 Ok(t) => new[d] = t,
                 Err(e) => {
                     self.free_unpublished(&new[..d]);
@@ -852,20 +852,20 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
 
 /// A zeroed table the format can point to: a frame above the format's output
 /// size would be silently truncated by the entry encoding.
-fn alloc_table<F: PtFormat, A: FrameAllocator>(
-    fmt: &F,
+fn alloc_table<A: FrameAllocator>(
+    geo: &Geometry,
     frames: &A,
     bytes: usize,
 ) -> Result<PhysAddr, Error> {
     let pa = frames.alloc_zeroed(bytes).ok_or(Error::NoMemory)?;
-    let reachable = fmt.oa_bits() >= 64
-        || pa
-            .0
-            .checked_add(bytes as u64)
-            .is_some_and(|e| e <= 1 << fmt.oa_bits());
-    if !reachable || !pa.is_aligned(bytes as u64) {
+    let bytes = bytes as u64;
+    let reachable = geo
+        .oa_limit
+        .checked_sub(bytes)
+        .is_some_and(|last| pa.0 <= last);
+    if !reachable || !pa.is_aligned(bytes) {
         // SAFETY: just allocated with this size, never published.
-        unsafe { frames.free(pa, bytes) };
+        unsafe { frames.free(pa, bytes as usize) };
         return Err(Error::TableUnreachable);
     }
     Ok(pa)
