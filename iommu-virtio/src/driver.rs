@@ -10,6 +10,7 @@
 //! further work ([`VirtioIommuError::Broken`]) rather than reuse buffers the
 //! device may still write.
 
+use core::mem::ManuallyDrop;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_drivers::queue::VirtQueue;
@@ -331,11 +332,15 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The driver's state. Everything the device may access by DMA is in a
+/// `ManuallyDrop`: dropping the driver resets the device first (bounded) and
+/// frees that memory only if the reset completed; otherwise it is leaked,
+/// because the device may still write it.
 struct Inner<H: Hal, T: Transport, const Q: usize> {
-    transport: T,
-    req: VirtQueue<H, Q>,
-    evt: VirtQueue<H, EVENT_QUEUE_SIZE>,
-    slots: DmaRegion<H>,
+    transport: ManuallyDrop<T>,
+    req: ManuallyDrop<VirtQueue<H, Q>>,
+    evt: ManuallyDrop<VirtQueue<H, EVENT_QUEUE_SIZE>>,
+    slots: ManuallyDrop<DmaRegion<H>>,
     free: [u16; Q],
     free_len: usize,
     /// Per descriptor-chain head: the slot it uses, or `NO_SLOT`.
@@ -343,11 +348,46 @@ struct Inner<H: Hal, T: Transport, const Q: usize> {
     /// Per slot: what the request was and the caller's index for it.
     slot_meta: [(RequestKind, u32); Q],
     outstanding: usize,
-    probe: Option<DmaRegion<H>>,
-    events: DmaRegion<H>,
+    probe: ManuallyDrop<Option<DmaRegion<H>>>,
+    events: ManuallyDrop<DmaRegion<H>>,
     event_of_token: [u8; EVENT_QUEUE_SIZE],
     faults: heapless::Deque<FaultRecord, FAULT_LOG>,
     broken: bool,
+    /// The wait for the reset on drop.
+    reset_wait: WaitBudget,
+    /// The fields in `ManuallyDrop` were taken or dropped already.
+    released: bool,
+}
+
+impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
+    /// Resets the device; frees the DMA memory if the reset completed, leaks
+    /// it otherwise. Returns the reset's outcome and the transport.
+    fn release(&mut self) -> (Result<(), VirtioIommuError>, T) {
+        let reset = wait_reset(&mut *self.transport, &self.reset_wait);
+        self.released = true;
+        // SAFETY: `released` was false (callers check), so none of these was
+        // taken or dropped before, and after this nothing uses them (the
+        // drop below sees `released`). The DMA memory is freed only when
+        // the device is reset and so no longer accesses it.
+        unsafe {
+            if reset.is_ok() {
+                ManuallyDrop::drop(&mut self.req);
+                ManuallyDrop::drop(&mut self.evt);
+                ManuallyDrop::drop(&mut self.slots);
+                ManuallyDrop::drop(&mut self.probe);
+                ManuallyDrop::drop(&mut self.events);
+            }
+            (reset, ManuallyDrop::take(&mut self.transport))
+        }
+    }
+}
+
+impl<H: Hal, T: Transport, const Q: usize> Drop for Inner<H, T, Q> {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.release();
+        }
+    }
 }
 
 /// A virtio-iommu device, set up and running.
@@ -573,20 +613,22 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             *f = (Q / 2 - 1 - i) as u16;
         }
         let mut inner = Inner {
-            transport,
-            req,
-            evt,
-            slots,
+            transport: ManuallyDrop::new(transport),
+            req: ManuallyDrop::new(req),
+            evt: ManuallyDrop::new(evt),
+            slots: ManuallyDrop::new(slots),
             free,
             free_len: Q / 2,
             slot_of_token: [NO_SLOT; Q],
             slot_meta: [(RequestKind::Attach, 0); Q],
             outstanding: 0,
-            probe,
-            events,
+            probe: ManuallyDrop::new(probe),
+            events: ManuallyDrop::new(events),
             event_of_token: [u8::MAX; EVENT_QUEUE_SIZE],
             faults: heapless::Deque::new(),
             broken: false,
+            reset_wait: config.wait,
+            released: false,
         };
         for i in 0..EVENT_QUEUE_SIZE {
             if let Err(e) = inner.post_event_buffer(i) {
@@ -886,24 +928,11 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
     /// Resets the device (bounded wait) and gives the transport back. The
     /// driver's DMA memory is freed only once the reset completed; after a
     /// reset timeout it is leaked, because the device may still write it.
+    /// (Dropping the driver does the same, without the transport.)
     pub fn reset(self) -> Result<T, VirtioIommuError> {
-        let inner = self.inner.into_inner();
-        let Inner {
-            mut transport,
-            req,
-            evt,
-            slots,
-            probe,
-            events,
-            ..
-        } = inner;
-        match wait_reset(&mut transport, &self.config.wait) {
-            Ok(()) => Ok(transport),
-            Err(e) => {
-                core::mem::forget((req, evt, slots, probe, events));
-                Err(e)
-            }
-        }
+        let mut inner = self.inner.into_inner();
+        let (result, transport) = inner.release();
+        result.map(|()| transport)
     }
 }
 

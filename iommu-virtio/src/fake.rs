@@ -734,6 +734,12 @@ mod wire_status {
     pub const NOENT: u8 = 6;
 }
 
+impl std::fmt::Debug for FakeTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeTransport").finish_non_exhaustive()
+    }
+}
+
 impl FakeTransport {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock().unwrap()

@@ -592,3 +592,29 @@ fn the_aperture_is_whole_granules_inside_the_input_range() {
     );
     assert_eq!(g(0, 0xffff, 0x1_0000).aperture(), r(0, 0x1_0000));
 }
+
+#[test]
+fn dropping_the_driver_resets_the_device_before_freeing_its_memory() {
+    let (fake, d) = default_pair();
+    d.attach(EP, 1).unwrap();
+    drop(d);
+    assert_eq!(fake.status(), 0, "reset on drop");
+    assert_eq!(fake.domain_of(EP), None);
+
+    // A device that never finishes the reset keeps its memory (leaked, not
+    // freed under it): the drop returns, bounded.
+    let dc = DriverConfig {
+        wait: WaitBudget {
+            max_polls: 10_000,
+            clock: None,
+        },
+        ..Default::default()
+    };
+    let (fake, d) = setup::<16>(FakeConfig::default(), dc);
+    fake.misbehave(Misbehave {
+        stuck_reset: true,
+        ..Default::default()
+    });
+    assert_eq!(d.reset().err(), Some(VirtioIommuError::ResetTimeout));
+    assert_ne!(fake.status(), 0);
+}
