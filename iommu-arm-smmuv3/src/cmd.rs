@@ -245,6 +245,20 @@ impl Command {
         ])
     }
 
+    /// TLBI_S2_IPA, range form with granule code `tg` (see
+    /// [`Command::tlbi_nh_va_range_tg`]).
+    pub const fn tlbi_s2_ipa_range_tg(
+        vmid: u16,
+        ipa: u64,
+        range: TlbiRange,
+        tg: u64,
+        leaf: bool,
+    ) -> Self {
+        let mut c = Self::tlbi_s2_ipa_range(vmid, ipa, range, leaf);
+        c.0[1] = (c.0[1] & !(3 << TG_SHIFT)) | (tg & 3) << TG_SHIFT;
+        c
+    }
+
     /// TLBI_S12_VMALL for `vmid`.
     pub const fn tlbi_s12_vmall(vmid: u16) -> Self {
         Command([op::TLBI_S12_VMALL as u64 | (vmid as u64) << VMID_SHIFT, 0])

@@ -72,6 +72,7 @@ pub struct S1Inval<'s, M: Mmio, A: FrameAllocator> {
 pub struct S2Inval<'s, M: Mmio, A: FrameAllocator> {
     smmu: &'s Smmu<M, A>,
     vmid: u16,
+    granule: Granule,
     /// Streams using this stage 2 under a stage-1 context (nested): their
     /// combined entries must go too.
     nested: AtomicU32,
@@ -215,7 +216,16 @@ enum Tag {
     S2 {
         vmid: u16,
         nested: bool,
+        granule: Granule,
     },
+}
+
+fn granule_offered(f: &crate::features::Features, g: Granule) -> bool {
+    match g {
+        Granule::K4 => f.granules.g4k,
+        Granule::K16 => f.granules.g16k,
+        Granule::K64 => f.granules.g64k,
+    }
 }
 
 /// Whether `ste` is a stage-1 (or nested) entry using the CD at `cd`.
@@ -261,12 +271,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             return Err(SmmuError::StageUnsupported);
         }
         let granule = fmt.granule();
-        let offered = match granule {
-            Granule::K4 => f.granules.g4k,
-            Granule::K16 => f.granules.g16k,
-            Granule::K64 => f.granules.g64k,
-        };
-        if !offered {
+        if !granule_offered(f, granule) {
             return Err(SmmuError::GranuleUnsupported);
         }
         let oa = fmt.oa_bits();
@@ -314,18 +319,37 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         })
     }
 
-    /// A new stage-2 domain with `ia_bits` of IPA (at most the OAS), tables
-    /// from `tables`. Its VMID's TLB entries are invalidated first.
+    /// A new stage-2 domain with `ia_bits` of IPA (at most the OAS) and a
+    /// 4 KiB granule, tables from `tables`. Its VMID's TLB entries are
+    /// invalidated first.
     pub fn s2_domain<T: FrameAllocator>(
         &self,
         tables: T,
         ia_bits: u32,
     ) -> Result<S2Domain<'_, M, A, T>, SmmuError> {
+        let fmt = LpaeS2::new(ia_bits, self.features().table_oas_bits())
+            .map_err(|_| SmmuError::BadGeometry)?;
+        self.s2_domain_with(tables, fmt)
+    }
+
+    /// A new stage-2 domain of format `fmt` (any granule the SMMU offers).
+    pub fn s2_domain_with<T: FrameAllocator>(
+        &self,
+        tables: T,
+        fmt: LpaeS2,
+    ) -> Result<S2Domain<'_, M, A, T>, SmmuError> {
         let f = self.features();
         if !f.stage2 {
             return Err(SmmuError::StageUnsupported);
         }
-        let fmt = LpaeS2::new(ia_bits, f.table_oas_bits()).map_err(|_| SmmuError::BadGeometry)?;
+        if !granule_offered(f, fmt.granule()) {
+            return Err(SmmuError::GranuleUnsupported);
+        }
+        if iova_core::PtFormat::oa_bits(&fmt) > f.table_oas_bits()
+            || fmt.ia_bits() > f.ias_s2_bits()
+        {
+            return Err(SmmuError::BadGeometry);
+        }
         let table = PageTable::new(fmt, tables)?;
         let vmid = self.vmids.lock().alloc().ok_or(SmmuError::IdsExhausted)?;
         if let Err(e) = self.submit(&[Command::tlbi_s12_vmall(vmid)]) {
@@ -338,6 +362,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 S2Inval {
                     smmu: self,
                     vmid,
+                    granule: fmt.granule(),
                     nested: AtomicU32::new(0),
                 },
             )),
@@ -472,8 +497,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         let leaf = !gather.tables_changed();
         let ril = self.features().ril;
         let granule = match tag {
-            Tag::S1 { granule, .. } => granule,
-            Tag::S2 { .. } => Granule::K4,
+            Tag::S1 { granule, .. } | Tag::S2 { granule, .. } => granule,
         };
         let gsize = 1u64 << granule.shift();
         let step = gather.min_page_size().unwrap_or(gsize).max(gsize);
@@ -501,9 +525,13 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                             granule.tlbi_tg(),
                             leaf,
                         ),
-                        Tag::S2 { vmid, .. } => {
-                            Command::tlbi_s2_ipa_range(vmid, r.start.0, range, leaf)
-                        }
+                        Tag::S2 { vmid, .. } => Command::tlbi_s2_ipa_range_tg(
+                            vmid,
+                            r.start.0,
+                            range,
+                            granule.tlbi_tg(),
+                            leaf,
+                        ),
                     };
                     q.push(m, &c)?;
                 } else {
@@ -522,7 +550,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         if by_whole {
             q.push(m, &whole)?;
         }
-        if let Tag::S2 { vmid, nested: true } = tag {
+        if let Tag::S2 {
+            vmid, nested: true, ..
+        } = tag
+        {
             // Combined stage-1+2 entries are not removed by TLBI_S2_IPA.
             q.push(m, &Command::tlbi_nh_all(vmid))?;
         }
@@ -538,6 +569,7 @@ fn s2_config<M: Mmio, A: FrameAllocator, T: FrameAllocator>(d: &S2Domain<'_, M, 
         start_level: fmt.start_level(),
         oa_bits: iova_core::PtFormat::oa_bits(fmt),
         ttb: d.table().root().0,
+        granule: fmt.granule(),
     }
 }
 
@@ -566,6 +598,7 @@ unsafe impl<M: Mmio, A: FrameAllocator> IotlbInvalidate for S2Inval<'_, M, A> {
             Tag::S2 {
                 vmid: self.vmid,
                 nested: self.nested.load(Ordering::Relaxed) != 0,
+                granule: self.granule,
             },
             gather,
         )?)

@@ -23,8 +23,7 @@
 //!   does);
 //! - devices DMA with [`FakeSmmu::dma_read`] / [`FakeSmmu::dma_write`].
 //!
-//! Stage 1 walks 4, 16 and 64 KiB granules (as IDR5 offers), stage 2 only
-//! 4 KiB; SubstreamIDs, stalls, ATS and PRI are not
+//! Both stages walk 4, 16 and 64 KiB granules (as IDR5 offers); SubstreamIDs, stalls, ATS and PRI are not
 //! modelled.
 
 use std::collections::{HashMap, HashSet};
@@ -180,6 +179,7 @@ impl Fault {
 struct S2 {
     vmid: u16,
     ia_bits: u32,
+    gshift: u32,
     start: u32,
     ttb: u64,
     record: bool,
@@ -611,8 +611,13 @@ impl FakeSmmu {
         let oa_bits = u32::min(ps, oas).min(48);
         let t0sz = bits(w2, 32, 6) as u32;
         let ia_bits = 64 - t0sz;
+        let gshift = match bits(w2, 46, 2) {
+            0 if s.id.idr[5] & crate::regs::idr5::GRAN4K != 0 => 12,
+            2 if s.id.idr[5] & crate::regs::idr5::GRAN16K != 0 => 14,
+            1 if s.id.idr[5] & crate::regs::idr5::GRAN64K != 0 => 16,
+            _ => return None,
+        };
         if w2 & ste::S2AA64 == 0
-            || bits(w2, 46, 2) != 0
             || w2 & (ste::S2ENDI | ste::S2S) != 0
             || t0sz > 39
             || ia_bits > oa_bits
@@ -623,15 +628,17 @@ impl FakeSmmu {
         if sl0 == 3 {
             return None;
         }
-        let start = 2 - sl0;
-        // Root index bits: at most 9 + 4 (16 concatenated tables).
-        let covered = 12 + 9 * (4 - start);
-        if ia_bits > covered + 4 || ia_bits + 9 <= covered {
+        let start = if gshift == 12 { 2 - sl0 } else { 3 - sl0 };
+        // Root index bits: at most a full level + 4 (16 concatenated tables).
+        let stride = gshift - 3;
+        let covered = gshift + stride * (4 - start);
+        if ia_bits > covered + 4 || ia_bits + stride <= covered {
             return None;
         }
         Some(S2 {
             vmid: (w2 & 0xffff) as u16,
             ia_bits,
+            gshift,
             start,
             ttb: st.0[3] & ste::S2TTB_MASK,
             record: w2 & ste::S2R != 0,
@@ -864,7 +871,7 @@ impl FakeSmmu {
             Tag::S2 { vmid: s2.vmid },
             s2.ttb,
             s2.ia_bits,
-            12,
+            s2.gshift,
             Some(s2.start),
             ipa,
             s2.oa_bits,

@@ -14,7 +14,7 @@
 //!   attached is invalid, so it is blocked and reported), the command queue
 //!   (bounded waits, refused commands reported and skipped), the event queue
 //!   (typed [`Event`]s, overflow reported), counters;
-//! - [`domain`]: stage-1 (4, 16 or 64 KiB granule), stage-2 and nested
+//! - [`domain`]: stage-1 and stage-2 (4, 16 or 64 KiB granule) and nested
 //!   domains implementing [`iova_core::IommuDomain`]; a flush is one batch of
 //!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC; dropping a domain
 //!   detaches its streams before its tables are freed;
@@ -59,8 +59,7 @@
 //!
 //! # Limits
 //!
-//! Stage 2 uses the 4 KiB granule only (stage 1 offers all three); one context
-//! descriptor per stream (no SubstreamIDs); polling only (no MSIs, no
+//! One context descriptor per stream (no SubstreamIDs); polling only (no MSIs, no
 //! wired interrupts); coherent SMMUs only (IDR0.COHACC), because the driver
 //! does no cache maintenance for its queues and tables; at most 1023 ASIDs
 //! and VMIDs in use at once, and [`domain::MAX_STREAMS`] streams per domain.

@@ -1,4 +1,5 @@
-//! Arm VMSAv8-64 stage-2 descriptors, 4 KiB granule, for the core's engine.
+//! Arm VMSAv8-64 stage-2 descriptors (4, 16 or 64 KiB granule) for the
+//! core's engine.
 //!
 //! Stage 2 differs from stage 1 ([`iova_core::formats::lpae`]) in its leaf
 //! attributes: S2AP has separate read and write bits (so write-only is
@@ -9,6 +10,8 @@
 //! Leaves always have AF set.
 
 use iova_core::{Error, PhysAddr, Prot, PtFormat};
+
+use crate::lpae_large::Granule;
 
 /// Descriptor is valid.
 pub const VALID: u64 = 1 << 0;
@@ -37,9 +40,11 @@ pub const XN: u64 = 1 << 54;
 /// Output address bits 47:12.
 pub const ADDR_MASK: u64 = 0x0000_FFFF_FFFF_F000;
 
-/// LPAE stage 2, 4 KiB granule, 2 MiB and 1 GiB blocks.
+/// LPAE stage 2: 4 KiB granule with 2 MiB and 1 GiB blocks, or 16 KiB /
+/// 64 KiB granules with 32 MiB / 512 MiB blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LpaeS2 {
+    shift: u32,
     levels: usize,
     root_bits: u32,
     ia_bits: u32,
@@ -51,25 +56,48 @@ impl LpaeS2 {
     /// architecture requires S2T0SZ >= 64 - PS) and `oa_bits` of output
     /// (32..=48).
     pub fn new(ia_bits: u32, oa_bits: u32) -> Result<Self, Error> {
+        Self::with_granule(Granule::K4, ia_bits, oa_bits)
+    }
+
+    /// As [`new`](Self::new), with a 4, 16 or 64 KiB granule.
+    pub fn with_granule(granule: Granule, ia_bits: u32, oa_bits: u32) -> Result<Self, Error> {
         if !(32..=48).contains(&oa_bits) || !(25..=48).contains(&ia_bits) || ia_bits > oa_bits {
             return Err(Error::OutOfRange);
         }
-        let above = ia_bits - 12;
-        let mut levels = above.div_ceil(9);
-        let mut root_bits = above - 9 * (levels - 1);
-        // Up to 16 concatenated root tables replace a level of up to 4 bits,
-        // as long as the walk still starts at level 2 or above (S2SL0 has no
-        // encoding for level 3 with a 4 KiB granule).
-        if levels > 2 && root_bits <= 4 {
+        let shift = granule.shift();
+        let stride = shift - 3;
+        let above = ia_bits - shift;
+        let mut levels = above.div_ceil(stride);
+        let mut root_bits = above - stride * (levels - 1);
+        // S2SL0 encodes start levels 0-2 with a 4 KiB granule and 1-3 with
+        // the others (QEMU, like SMMUs without FEAT_TTST, has no more).
+        let (lowest, highest) = if shift == 12 { (0, 2) } else { (1, 3) };
+        let start = |levels: u32| 4 - levels;
+        // Up to 16 concatenated root tables replace a level of up to 4 bits.
+        // Required when the start level would not be encodable; otherwise
+        // done when the root stays within 64 KiB (saving a level of walk for
+        // at most 16 small tables: always the case with 4 KiB).
+        let required = start(levels) < lowest;
+        let small = 8u64 << (root_bits + stride) <= 0x1_0000;
+        if root_bits <= 4 && levels > 1 && start(levels - 1) <= highest && (required || small) {
             levels -= 1;
-            root_bits += 9;
+            root_bits += stride;
+        }
+        if start(levels) < lowest {
+            return Err(Error::OutOfRange);
         }
         Ok(Self {
+            shift,
             levels: levels as usize,
             root_bits,
             ia_bits,
             oa_bits,
         })
+    }
+
+    /// The granule.
+    pub fn granule(&self) -> Granule {
+        Granule::from_shift(self.shift).unwrap_or(Granule::K4)
     }
 
     /// The architectural level (0-3) the walk starts at (for S2SL0).
@@ -84,7 +112,7 @@ impl LpaeS2 {
 
     /// How many tables are concatenated at the root.
     pub fn concatenated(&self) -> u32 {
-        1 << self.root_bits.saturating_sub(9)
+        1 << self.root_bits.saturating_sub(self.shift - 3)
     }
 
     fn arch_level(&self, depth: usize) -> usize {
@@ -97,13 +125,22 @@ impl PtFormat for LpaeS2 {
         self.levels
     }
     fn granule_shift(&self) -> u32 {
-        12
+        self.shift
     }
     fn index_bits(&self, depth: usize) -> u32 {
-        if depth == 0 { self.root_bits } else { 9 }
+        if depth == 0 {
+            self.root_bits
+        } else {
+            self.shift - 3
+        }
     }
     fn block_allowed(&self, depth: usize) -> bool {
-        matches!(self.arch_level(depth), 1 | 2)
+        // Level-1 blocks of the 16/64 KiB granules need 52-bit addresses.
+        match self.arch_level(depth) {
+            2 => true,
+            1 => self.shift == 12,
+            _ => false,
+        }
     }
     fn oa_bits(&self) -> u32 {
         self.oa_bits
@@ -118,11 +155,11 @@ impl PtFormat for LpaeS2 {
     }
     #[inline]
     fn table_pa(&self, raw: u64) -> PhysAddr {
-        PhysAddr(raw & ADDR_MASK)
+        PhysAddr(raw & ADDR_MASK & !((1 << self.shift) - 1))
     }
     #[inline]
     fn leaf_pa(&self, _: usize, raw: u64) -> PhysAddr {
-        PhysAddr(raw & ADDR_MASK)
+        PhysAddr(raw & ADDR_MASK & !((1 << self.shift) - 1))
     }
     fn leaf_prot(&self, _: usize, raw: u64) -> Prot {
         let mut p = Prot::empty();
@@ -215,6 +252,56 @@ mod tests {
         assert_eq!(LpaeS2::new(45, 44), Err(Error::OutOfRange));
         assert_eq!(LpaeS2::new(24, 44), Err(Error::OutOfRange));
         assert_eq!(LpaeS2::new(40, 52), Err(Error::OutOfRange));
+    }
+
+    #[test]
+    fn large_granules() {
+        // (granule, ia, levels, root bits, start level, concatenated)
+        for (g, ia, levels, root, start, concat) in [
+            // 16K, 48 bits: level 0 is not encodable, so 2 tables at level 1.
+            (Granule::K16, 48, 3, 12, 1, 2),
+            (Granule::K16, 44, 3, 8, 1, 1),
+            // 16 tables of 16K would be a 256 KiB root: not worth a level.
+            (Granule::K16, 40, 3, 4, 1, 1),
+            (Granule::K16, 37, 2, 12, 2, 2),
+            (Granule::K16, 36, 2, 11, 2, 1),
+            (Granule::K64, 48, 3, 6, 1, 1),
+            (Granule::K64, 44, 3, 2, 1, 1),
+            (Granule::K64, 42, 2, 13, 2, 1),
+            (Granule::K64, 30, 2, 1, 2, 1),
+            (Granule::K64, 29, 1, 13, 3, 1),
+        ] {
+            let f = LpaeS2::with_granule(g, ia, 48).unwrap();
+            assert_eq!(
+                (
+                    f.levels(),
+                    f.index_bits(0),
+                    f.start_level(),
+                    f.concatenated()
+                ),
+                (levels, root, start, concat),
+                "{g:?} ia {ia}"
+            );
+            assert_eq!(f.granule(), g);
+            let bits: u32 = (0..f.levels()).map(|d| f.index_bits(d)).sum();
+            assert_eq!(bits + g.shift(), ia);
+            // Blocks only at level 2.
+            for d in 0..f.levels() {
+                assert_eq!(
+                    f.block_allowed(d) && d + 1 < f.levels(),
+                    4 - levels + d == 2 && d + 1 < f.levels()
+                );
+            }
+        }
+        let f = LpaeS2::with_granule(Granule::K64, 44, 44).unwrap();
+        let raw = f.encode_leaf(1, PhysAddr(0x1234_0000), Prot::RW);
+        assert_eq!(
+            f.decode(1, raw),
+            Entry::Leaf {
+                pa: PhysAddr(0x1234_0000),
+                prot: Prot::RW
+            }
+        );
     }
 
     #[test]

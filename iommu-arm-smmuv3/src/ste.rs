@@ -2,6 +2,7 @@
 //! level-1 descriptors of a two-level stream table.
 
 use crate::features::size_code;
+use crate::lpae_large::Granule;
 
 /// Size of an STE in bytes.
 pub const STE_BYTES: usize = 64;
@@ -98,6 +99,8 @@ pub struct S2Config {
     pub oa_bits: u32,
     /// Physical address of the root table (of the concatenated roots).
     pub ttb: u64,
+    /// The tables' granule (S2TG).
+    pub granule: Granule,
 }
 
 /// A stream table entry, as the eight doublewords the SMMU reads.
@@ -182,14 +185,21 @@ const fn s1_word1() -> u64 {
 }
 
 const fn s2_word2(s2: &S2Config) -> u64 {
-    // SL0 for a 4 KiB granule: 0 = level 2, 1 = level 1, 2 = level 0.
-    let sl0 = 2 - (s2.start_level as u64 & 3);
+    // SL0: with a 4 KiB granule 0 = level 2, 1 = level 1, 2 = level 0; with
+    // 16 or 64 KiB 0 = level 3, 1 = level 2, 2 = level 1.
+    let start = s2.start_level as u64 & 3;
+    let (sl0, tg) = match s2.granule {
+        Granule::K4 => (2u64.wrapping_sub(start) & 3, 0),
+        Granule::K16 => (3 - start, 2),
+        Granule::K64 => (3 - start, 1),
+    };
     (s2.vmid as u64)
         | (64 - s2.ia_bits as u64) << S2T0SZ_SHIFT
         | sl0 << S2SL0_SHIFT
         | WBRWA << S2IR0_SHIFT
         | WBRWA << S2OR0_SHIFT
         | ISH << S2SH0_SHIFT
+        | tg << S2TG_SHIFT
         | size_code(s2.oa_bits) << S2PS_SHIFT
         | S2AA64
         | S2R
@@ -241,6 +251,7 @@ mod tests {
             start_level: 1,
             oa_bits: 44,
             ttb: 0x4_5678_9000,
+            granule: Granule::K4,
         };
         let ste = Ste::s2(&cfg);
         assert_eq!(ste.0[0], 0xd); // V | 0b110 << 1
@@ -270,6 +281,21 @@ mod tests {
             ..cfg
         });
         assert_eq!((l2.0[2] >> 38) & 3, 0);
+        // 64K: TG = 1, SL0 = 3 - start; 16K: TG = 2.
+        let g64 = Ste::s2(&S2Config {
+            start_level: 2,
+            ia_bits: 42,
+            granule: Granule::K64,
+            ..cfg
+        });
+        assert_eq!(((g64.0[2] >> 46) & 3, (g64.0[2] >> 38) & 3), (1, 1));
+        let g16 = Ste::s2(&S2Config {
+            start_level: 1,
+            ia_bits: 44,
+            granule: Granule::K16,
+            ..cfg
+        });
+        assert_eq!(((g16.0[2] >> 46) & 3, (g16.0[2] >> 38) & 3), (2, 2));
     }
 
     #[test]
@@ -280,6 +306,7 @@ mod tests {
             start_level: 0,
             oa_bits: 44,
             ttb: 0x8000_0000,
+            granule: Granule::K4,
         };
         let n = Ste::nested(0x1_0000, &cfg);
         assert_eq!(n.config(), CONFIG_NESTED);

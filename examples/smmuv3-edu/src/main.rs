@@ -19,7 +19,8 @@
 //!   and reported with its StreamID;
 //! - `block`: a 2 MiB-aligned mapping becomes a block entry, DMA through it;
 //! - `s2`: stage-2 translation (VMID, VTTBR) as a hypervisor gives a device
-//!   to a guest; `nested`: stage 1 over stage 2;
+//!   to a guest (`s2-16k`, `s2-64k`: with the larger granules); `nested`:
+//!   stage 1 over stage 2;
 //! - `gran16k`, `gran64k`: stage 1 with a 16 KiB / 64 KiB granule.
 #![no_std]
 #![no_main]
@@ -32,7 +33,8 @@ use core::fmt;
 
 use iommu_arm_smmuv3::event::Stage;
 use iommu_arm_smmuv3::{
-    Config, DrainReport, Event, FaultKind, Granule, LpaeS1Large, MmioRegion, Smmu, SmmuError,
+    Config, DrainReport, Event, FaultKind, Granule, LpaeS1Large, LpaeS2, MmioRegion, Smmu,
+    SmmuError,
 };
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::{
@@ -84,7 +86,7 @@ impl fmt::Display for Error {
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::NoDtb => f.write_str("no device tree"),
             Self::UnknownScenario => f.write_str(
-                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|nested|gran16k|gran64k)",
+                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k)",
             ),
             Self::Check(what, at) => write!(f, "{what} (at {at:#x})"),
         }
@@ -272,7 +274,9 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         "perm" => perm(&smmu, &pool, &mut frames, &mut devs[0]),
         "second-fn" => second_fn(&smmu, &pool, &mut frames, &mut devs),
         "block" => block(&smmu, &pool, boot, &mut frames, &mut devs[0]),
-        "s2" => stage2(&smmu, &pool, &mut frames, &mut devs[0]),
+        "s2" => stage2(&smmu, &pool, &mut frames, &mut devs[0], Granule::K4),
+        "s2-16k" => stage2(&smmu, &pool, &mut frames, &mut devs[0], Granule::K16),
+        "s2-64k" => stage2(&smmu, &pool, &mut frames, &mut devs[0], Granule::K64),
         "nested" => nested(&smmu, &pool, &mut frames, &mut devs[0]),
         "gran16k" => granule(&smmu, &pool, &mut frames, &mut devs[0], Granule::K16),
         "gran64k" => granule(&smmu, &pool, &mut frames, &mut devs[0], Granule::K64),
@@ -766,59 +770,67 @@ fn stage2(
     pool: &Pool,
     frames: &mut FrameAllocator,
     dev: &mut Device,
+    g: Granule,
 ) -> Result<(), Error> {
-    let d = smmu.s2_domain(pool, 40)?;
+    let gsz = 1u64 << g.shift();
+    let fmt = LpaeS2::with_granule(g, 40, smmu.features().table_oas_bits())?;
+    let d = smmu.s2_domain_with(pool, fmt)?;
     smmu.attach_s2(dev.sid, &d)?;
     let ste = smmu.ste(dev.sid)?;
     println!(
-        "{NAME}: stage-2 STE for StreamID {:#x}: VMID {}, start level {}, {} concatenated root tables",
+        "{NAME}: stage-2 STE for StreamID {:#x}: VMID {}, {} KiB granule, start level {}, {} concatenated root tables",
         dev.sid,
         ste.vmid(),
+        gsz >> 10,
         d.table().format().start_level(),
         d.table().format().concatenated()
     );
     // The "guest" sees its buffers at IPAs of its own choosing.
-    let (ipa_src, ipa_dst) = (0x10_0000_0000u64, 0x10_0020_0000u64);
-    let mut src = frames.alloc(1)?;
-    let mut dst = frames.alloc(1)?;
+    let (ipa_src, ipa_dst) = (0x10_0000_0000u64, 0x10_0200_0000u64);
+    let per = (gsz / PAGE) as usize;
+    let mut src = frames.alloc_aligned(per, gsz as usize)?;
+    let mut dst = frames.alloc_aligned(per, gsz as usize)?;
     fill(&mut src, 6);
     dst.as_mut_slice().fill(0);
-    let mut g = iova_core::IotlbGather::new();
+    let mut gather = iova_core::IotlbGather::new();
     d.map(
         Iova(ipa_src),
         PhysAddr(src.phys()),
-        PAGE,
+        gsz,
         Prot::READ,
-        &mut g,
+        &mut gather,
     )?;
     d.map(
         Iova(ipa_dst),
         PhysAddr(dst.phys()),
-        PAGE,
+        gsz,
         Prot::WRITE,
-        &mut g,
+        &mut gather,
     )?;
-    d.flush(&mut g)?;
+    d.flush(&mut gather)?;
+    // The last 4 KiB of each page: only the granule's geometry reaches it.
+    let off = gsz - PAGE;
     // SAFETY: the device reads `src` and writes `dst` through their IPAs.
     unsafe {
-        dev.edu.dma_to_device(ipa_src, 0, edu::BUFFER_SIZE)?;
-        dev.edu.dma_from_device(0, ipa_dst, edu::BUFFER_SIZE)?;
+        dev.edu.dma_to_device(ipa_src + off, 0, edu::BUFFER_SIZE)?;
+        dev.edu
+            .dma_from_device(0, ipa_dst + off, edu::BUFFER_SIZE)?;
     }
     platform::arch::dma_barrier();
-    if dst
-        .as_mut_slice()
+    let got = &dst.as_mut_slice()[off as usize..];
+    if got
         .iter()
         .enumerate()
-        .any(|(i, &b)| b != pattern(6, i))
+        .any(|(i, &b)| b != pattern(6, off as usize + i))
     {
-        return Err(Error::Check("byte through stage 2 wrong", ipa_dst));
+        return Err(Error::Check("byte through stage 2 wrong", ipa_dst + off));
     }
-    d.unmap(Iova(ipa_dst), PAGE, &mut g)?;
-    d.flush(&mut g)?;
+    d.unmap(Iova(ipa_dst), gsz, &mut gather)?;
+    d.flush(&mut gather)?;
     dst.as_mut_slice().fill(0x44);
     platform::arch::dma_barrier();
     // SAFETY: unmapped at stage 2: the SMMU must terminate the writes.
-    unsafe { dev.edu.dma_from_device(0, ipa_dst, 64)? };
+    unsafe { dev.edu.dma_from_device(0, ipa_dst + off, 64)? };
     platform::arch::dma_barrier();
     if dst.as_mut_slice().iter().any(|&b| b != 0x44) {
         return Err(Error::Check(
@@ -831,20 +843,26 @@ fn stage2(
         .first()
         .ok_or(Error::Check("no stage-2 fault reported", ipa_dst))?;
     println!("{NAME}: first event: {}", show(first));
-    if first.kind != FaultKind::Translation || first.stage != Stage::Two || first.sid != dev.sid {
+    if first.kind != FaultKind::Translation
+        || first.stage != Stage::Two
+        || first.sid != dev.sid
+        || first.ipa != Some((ipa_dst + off) & !0xfff)
+    {
         return Err(Error::Check(
             "expected a stage-2 translation fault",
             u64::from(first.code),
         ));
     }
     println!(
-        "{NAME}: stage 2: 4096 bytes RAM -> edu -> RAM through IPAs checked; after unmap, {} stage-2 faults",
+        "{NAME}: stage 2 ({} KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked; after unmap, {} stage-2 faults",
+        gsz >> 10,
         r.events
     );
     demo!(
         "s2",
-        "stage-2 translation (VMID {}): DMA through IPAs checked; unmapped IPA faults at stage 2 ({} events)",
+        "stage-2 translation (VMID {}, {} KiB granule): DMA through IPAs checked; unmapped IPA faults at stage 2 ({} events)",
         ste.vmid(),
+        gsz >> 10,
         r.events
     );
     Ok(())
