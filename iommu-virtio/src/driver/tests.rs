@@ -618,3 +618,21 @@ fn dropping_the_driver_resets_the_device_before_freeing_its_memory() {
     assert_eq!(d.reset().err(), Some(VirtioIommuError::ResetTimeout));
     assert_ne!(fake.status(), 0);
 }
+
+#[test]
+fn the_driver_and_a_domain_accept_virtio_drivers_mmio_transport() {
+    // Type-level only (QEMU has no virtio-iommu on virtio-mmio to run it
+    // against): the MMIO transport satisfies every bound the driver and the
+    // `IommuDomain` implementation need.
+    use virtio_drivers::transport::mmio::MmioTransport;
+    fn is_iommu_domain<D: iova_core::IommuDomain>() {}
+    fn is_sync<S: Sync>() {}
+    is_sync::<VirtioIommu<HostHal, MmioTransport<'static>, 16>>();
+    is_iommu_domain::<crate::VirtioDomain<'static, HostHal, MmioTransport<'static>, 16, 8>>();
+    let _new: fn(
+        MmioTransport<'static>,
+        DriverConfig,
+    )
+        -> Result<VirtioIommu<HostHal, MmioTransport<'static>, 16>, VirtioIommuError> =
+        VirtioIommu::new;
+}
