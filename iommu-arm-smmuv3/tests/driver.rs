@@ -1298,3 +1298,36 @@ fn stage2_with_large_granules() {
         assert!(fake.dma_write(SID, Iova(ipa + gsz - 4), b"x").is_err());
     }
 }
+
+#[test]
+fn cfgi_ste_range_drops_exactly_its_aligned_block() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    for sid in 0..16 {
+        smmu.set_bypass(sid).unwrap();
+        fake.translate(sid, Iova(0x1000), false).unwrap();
+    }
+    assert_eq!(fake.cached_stes(), 16);
+    // Range 2: 2^3 = 8 StreamIDs, aligned: SID 5 selects 0..8.
+    smmu.submit(&[Command::cfgi_ste_range(5, 2)]).unwrap();
+    assert_eq!(fake.cached_stes(), 8);
+    smmu.submit(&[Command::cfgi_ste(9, true), Command::cfgi_cd(10, true)])
+        .unwrap();
+    assert_eq!(fake.cached_stes(), 7);
+    smmu.submit(&[Command::cfgi_all()]).unwrap();
+    assert_eq!(fake.cached_stes(), 0);
+    // TLBI_NH_ALL drops every stage-1 entry of its VMID, TLBI_NSNH_ALL everything.
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    map(&d, 0x1000, page(&m), K4, Prot::RW);
+    fake.translate(SID, Iova(0x1000), true).unwrap();
+    assert_eq!(fake.tlb_entries(), 1);
+    smmu.submit(&[Command::tlbi_nh_all(1)]).unwrap();
+    assert_eq!(fake.tlb_entries(), 1, "another VMID");
+    smmu.submit(&[Command::tlbi_nh_all(0)]).unwrap();
+    assert_eq!(fake.tlb_entries(), 0);
+    fake.translate(SID, Iova(0x1000), true).unwrap();
+    smmu.submit(&[Command::tlbi_nsnh_all()]).unwrap();
+    assert_eq!(fake.tlb_entries(), 0);
+}
