@@ -14,6 +14,8 @@ pub enum Wait {
     Cr0Ack,
     /// GBPA.UPDATE to clear.
     GbpaUpdate,
+    /// IRQ_CTRLACK to match IRQ_CTRL.
+    IrqCtrlAck,
     /// Room in the command queue.
     CmdqSpace,
     /// A CMD_SYNC to complete.

@@ -173,7 +173,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     /// Probes the SMMU and brings it up in the architected order:
     ///
     /// 1. GBPA.ABORT, so nothing bypasses while translation is off;
-    /// 2. SMMUEN, queues off (wait for CR0ACK);
+    /// 2. SMMUEN, queues off (wait for CR0ACK), interrupts off (the driver
+    ///    polls; wait for IRQ_CTRLACK);
     /// 3. CR1/CR2, the stream table (every STE invalid: default deny), the
     ///    command queue, which is enabled and used to invalidate all cached
     ///    configuration and TLB entries;
@@ -189,6 +190,11 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         })?;
         let gbpa_abort = mmio.read32(off::GBPA) & gbpa::ABORT != 0;
         write_cr0(&mmio, 0, limit).map_err(|_| SmmuError::AlreadyEnabled)?;
+        // This driver polls: no interrupt may fire behind its back.
+        mmio.write32(off::IRQ_CTRL, 0);
+        poll(limit, Wait::IrqCtrlAck, || {
+            mmio.read32(off::IRQ_CTRLACK) == 0
+        })?;
 
         // 3: tables and command queue.
         mmio.write32(

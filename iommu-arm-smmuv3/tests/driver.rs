@@ -979,12 +979,18 @@ fn walk_and_fetch_aborts_are_typed() {
 fn takes_over_an_smmu_left_enabled() {
     let m = mem();
     let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
-    // "Firmware" left translation on, in bypass-ish state, with garbage queues.
+    // "Firmware" left translation on, interrupts enabled, and garbage queues.
+    fake.write32(off::IRQ_CTRL, 0x5);
     fake.write64(off::CMDQ_BASE, 0xdead_0000 | 4);
     fake.write32(off::CR0, cr0::SMMUEN | cr0::CMDQEN);
     assert!(fake.enabled());
     let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
     assert_eq!(fake.bad_accesses(), 0);
+    assert_eq!(
+        fake.read32(off::IRQ_CTRL),
+        0,
+        "interrupts off: the driver polls"
+    );
     // Our queue is in use (the bring-up commands went through it).
     assert_eq!(
         opcodes(&fake)[..3],
