@@ -31,7 +31,8 @@ struct Row {
 
 fn run(cap: u64, pages: u64, gaps: bool, rounds: u32) -> Row {
     let frames = Arc::new(FakeFrames::new());
-    let hw = FakeVtd::new(Arc::clone(&frames), cap, QEMU_ECAP);
+    // The fake reads memory directly: as a coherent walker (ECAP.C).
+    let hw = FakeVtd::new(Arc::clone(&frames), cap, QEMU_ECAP | 1);
     let unit = VtdUnit::new(&hw, Arc::clone(&frames), UnitConfig::default()).unwrap();
     let fmt = unit.second_level_format(4).unwrap();
     let did = 1;

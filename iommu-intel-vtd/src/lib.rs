@@ -34,11 +34,23 @@
 //!
 //! let frames = Arc::new(FakeFrames::new());
 //! let hw = FakeVtd::qemu(Arc::clone(&frames), 48);
-//! let unit = VtdUnit::new(&hw, Arc::clone(&frames), UnitConfig::default()).unwrap();
+//! // QEMU's unit does not snoop CPU caches on table walks (ECAP.C = 0): the
+//! // driver needs a way to write them back (on x86, `clflush`). The fake
+//! // reads memory directly, so doing nothing is enough here.
+//! # struct Clflush;
+//! # impl iova_core::CacheMaintenance for Clflush {
+//! #     fn is_coherent(&self) -> bool { false }
+//! #     fn clean(&self, _: PhysAddr, _: u64) {}
+//! #     fn invalidate(&self, _: PhysAddr, _: u64) {}
+//! #     fn complete(&self) {}
+//! # }
+//! static CACHE: Clflush = Clflush;
+//! let config = UnitConfig { walk_cache: Some(&CACHE), ..UnitConfig::default() };
+//! let unit = VtdUnit::new(&hw, Arc::clone(&frames), config).unwrap();
 //!
 //! // A domain: second-level tables the unit can walk, invalidated by domain ID 1.
 //! let format = unit.second_level_format(4).unwrap();
-//! let table = PageTable::new(format, Arc::clone(&frames)).unwrap();
+//! let table = PageTable::with_cache(format, Arc::clone(&frames), Clflush).unwrap();
 //! let domain = PageTableDomain::new(table, VtdInvalidator::new(&unit, 1).unwrap());
 //! let dev = Bdf::new(0, 1, 0);
 //! let root = domain.table().root().0;

@@ -200,6 +200,14 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         }
         // Descriptors reach memory before the unit is told about them.
         fence(Ordering::SeqCst);
+        let size = if q.wide { 32 } else { 16 };
+        let first = (q.tail + entries - need) % entries;
+        if first + need <= entries {
+            self.publish(q.base.0 + (first * size) as u64, need * size);
+        } else {
+            self.publish(q.base.0 + (first * size) as u64, (entries - first) * size);
+            self.publish(q.base.0, (need - (entries - first)) * size);
+        }
         self.regs.write64(regs::IQT, (q.tail as u64) << q.shift());
         self.counters.waits.fetch_add(1, Ordering::Relaxed);
         self.wait_for(q, seq)
@@ -225,6 +233,8 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 lo.store(global.lo, Ordering::Relaxed);
                 hi.store(global.hi, Ordering::Relaxed);
                 fence(Ordering::SeqCst);
+                let size = if q.wide { 32 } else { 16 };
+                self.publish(q.base.0 + (index * size) as u64, size);
                 self.regs.write32(regs::FSTS, regs::FSTS_IQE);
                 self.regs.write64(regs::IQT, (q.tail as u64) << q.shift());
                 error = Some(VtdError::QueueError { index, descriptor });

@@ -31,6 +31,31 @@ type Unit<'f> = VtdUnit<&'f FakeVtd, Arc<FakeFrames>>;
 type Domain<'u, 'f> =
     PageTableDomain<SecondLevel, Arc<FakeFrames>, VtdInvalidator<'u, &'f FakeVtd, Arc<FakeFrames>>>;
 
+/// Cache maintenance for the fake's non-coherent walker (QEMU's ECAP has
+/// C = 0): counts cleaned bytes. The fake reads host memory, so nothing
+/// needs writing back; the counts show the driver asked.
+struct CountingCache(std::sync::atomic::AtomicU64);
+
+impl iova_core::CacheMaintenance for CountingCache {
+    fn is_coherent(&self) -> bool {
+        false
+    }
+    fn clean(&self, _: PhysAddr, len: u64) {
+        self.0.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn invalidate(&self, _: PhysAddr, _: u64) {}
+    fn complete(&self) {}
+}
+
+static CLEANED: CountingCache = CountingCache(std::sync::atomic::AtomicU64::new(0));
+
+fn cfg() -> UnitConfig {
+    UnitConfig {
+        walk_cache: Some(&CLEANED),
+        ..UnitConfig::default()
+    }
+}
+
 fn fake(cap: u64, ecap: u64) -> (Arc<FakeFrames>, FakeVtd) {
     let frames = Arc::new(FakeFrames::new());
     let f = FakeVtd::new(Arc::clone(&frames), cap, ecap);
@@ -38,7 +63,7 @@ fn fake(cap: u64, ecap: u64) -> (Arc<FakeFrames>, FakeVtd) {
 }
 
 fn unit<'f>(f: &'f FakeVtd, frames: &Arc<FakeFrames>) -> Unit<'f> {
-    VtdUnit::new(f, Arc::clone(frames), UnitConfig::default()).unwrap()
+    VtdUnit::new(f, Arc::clone(frames), cfg()).unwrap()
 }
 
 fn domain<'u, 'f>(
@@ -115,21 +140,45 @@ fn probe_takes_over_with_queued_invalidation() {
 }
 
 #[test]
+fn a_non_coherent_walker_needs_cache_maintenance() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    assert_eq!(
+        VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).err(),
+        Some(VtdError::NonCoherentWalker)
+    );
+    // A coherent unit (ECAP.C) needs none, and gets none.
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP | 1);
+    let u = VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).unwrap();
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    // A non-coherent one has its tables and queue cleaned.
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let before = CLEANED.0.load(std::sync::atomic::Ordering::Relaxed);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    let after = CLEANED.0.load(std::sync::atomic::Ordering::Relaxed);
+    // Root table (4 KiB), three descriptors, the root entry and the
+    // context entry at least (other tests run concurrently: at least).
+    assert!(after - before >= 4096 + 3 * 16 + 16 + 16);
+}
+
+#[test]
 fn probe_refuses_what_it_cannot_drive() {
     let (frames, f) = fake(QEMU_CAP_48 & !(0x1f << 8), QEMU_ECAP);
     assert_eq!(
-        VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).err(),
+        VtdUnit::new(&f, Arc::clone(&frames), cfg()).err(),
         Some(VtdError::NoDmaTranslation)
     );
     let (frames, f) = fake(QEMU_CAP_48 | 7, QEMU_ECAP);
     assert_eq!(
-        VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).err(),
+        VtdUnit::new(&f, Arc::clone(&frames), cfg()).err(),
         Some(VtdError::NoDomains)
     );
     // Fault records at 0x3f0 * 16: beyond a 4 KiB block.
     let (frames, f) = fake((QEMU_CAP_48 & !(0x3ff << 24)) | 0x3f0 << 24, QEMU_ECAP);
     assert!(matches!(
-        VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).err(),
+        VtdUnit::new(&f, Arc::clone(&frames), cfg()).err(),
         Some(VtdError::RegistersTooSmall {
             needed: 0x3f10,
             have: 4096
@@ -139,7 +188,7 @@ fn probe_refuses_what_it_cannot_drive() {
         let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
         frames.fail_after(n);
         assert_eq!(
-            VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).err(),
+            VtdUnit::new(&f, Arc::clone(&frames), cfg()).err(),
             Some(VtdError::NoMemory)
         );
         assert_eq!(frames.live(), 0, "nothing leaked after {n} allocations");
@@ -675,7 +724,7 @@ fn a_wait_that_never_completes_times_out() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let config = UnitConfig {
         poll_limit: 1000,
-        ..UnitConfig::default()
+        ..cfg()
     };
     let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
     f.stall_waits(true);
@@ -793,7 +842,7 @@ mod scalable {
     fn scalable_unit<'f>(f: &'f FakeVtd, frames: &Arc<FakeFrames>) -> Unit<'f> {
         let config = UnitConfig {
             scalable: true,
-            ..UnitConfig::default()
+            ..cfg()
         };
         VtdUnit::new(f, Arc::clone(frames), config).unwrap()
     }
@@ -811,7 +860,7 @@ mod scalable {
         let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
         let config = UnitConfig {
             scalable: true,
-            ..UnitConfig::default()
+            ..cfg()
         };
         assert_eq!(
             VtdUnit::new(&f, Arc::clone(&frames), config).err(),
@@ -1085,10 +1134,7 @@ fn queues_wrap_in_both_descriptor_sizes() {
     use crate::fake::QEMU_ECAP_SCALABLE;
     for scalable in [false, true] {
         let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_SCALABLE);
-        let config = UnitConfig {
-            scalable,
-            ..UnitConfig::default()
-        };
+        let config = UnitConfig { scalable, ..cfg() };
         let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
         let batch = [Descriptor::iotlb(IotlbScope::Domain(1), false, false); 5];
         for _ in 0..100 {

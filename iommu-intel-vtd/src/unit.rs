@@ -13,7 +13,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use iova_core::formats::x86_64::X86_64;
-use iova_core::{FrameAllocator, PhysAddr};
+use iova_core::{CacheMaintenance, FrameAllocator, PhysAddr};
 
 use crate::acpi::dmar::Bdf;
 use crate::caps::Features;
@@ -63,6 +63,9 @@ pub enum VtdError {
     PassThroughUnsupported,
     /// Scalable mode was asked of a unit without ECAP.SMTS.
     ScalableUnsupported,
+    /// The unit does not snoop CPU caches when it walks tables (ECAP.C = 0)
+    /// and [`UnitConfig::walk_cache`] gives no way to clean them.
+    NonCoherentWalker,
     /// First-level translation needs scalable mode and ECAP.FLTS.
     FirstLevelUnsupported,
     /// Second-level translation in scalable mode needs ECAP.SLTS.
@@ -96,6 +99,9 @@ impl fmt::Display for VtdError {
             Self::BadDomainId(d) => write!(f, "VT-d: domain ID {d} not usable"),
             Self::PassThroughUnsupported => f.write_str("VT-d: no pass-through (ECAP.PT = 0)"),
             Self::ScalableUnsupported => f.write_str("VT-d: no scalable mode (ECAP.SMTS = 0)"),
+            Self::NonCoherentWalker => f.write_str(
+                "VT-d: table walks are not coherent (ECAP.C = 0) and no cache maintenance was given",
+            ),
             Self::FirstLevelUnsupported => {
                 f.write_str("VT-d: no first-level translation (scalable mode and ECAP.FLTS)")
             }
@@ -134,7 +140,7 @@ impl From<VtdError> for iova_core::Error {
 }
 
 /// Driver settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct UnitConfig {
     /// Bytes of the register block (the DRHD's register set size; 4 KiB
     /// when the table does not say).
@@ -147,6 +153,24 @@ pub struct UnitConfig {
     /// Scalable translation mode (needs ECAP.SMTS): PASID tables, and
     /// first-level translation where ECAP.FLTS offers it.
     pub scalable: bool,
+    /// How to write CPU caches back before the unit reads its root,
+    /// context and PASID tables and the invalidation queue, for units whose
+    /// walks do not snoop (ECAP.C = 0, as QEMU reports). Required for such a
+    /// unit. The page tables of its domains need the same maintenance: build
+    /// them with `PageTable::with_cache`.
+    pub walk_cache: Option<&'static dyn CacheMaintenance>,
+}
+
+impl fmt::Debug for UnitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnitConfig")
+            .field("register_size", &self.register_size)
+            .field("poll_limit", &self.poll_limit)
+            .field("psi_limit", &self.psi_limit)
+            .field("scalable", &self.scalable)
+            .field("walk_cache", &self.walk_cache.is_some())
+            .finish()
+    }
 }
 
 impl Default for UnitConfig {
@@ -156,6 +180,7 @@ impl Default for UnitConfig {
             poll_limit: 10_000_000,
             psi_limit: 16,
             scalable: false,
+            walk_cache: None,
         }
     }
 }
@@ -173,6 +198,8 @@ pub struct VtdUnit<M: Mmio, A: FrameAllocator> {
     /// (scalable: index = 2 * bus + devfn / 128); 0: none yet.
     context_tables: spin::Mutex<[u64; 512]>,
     scalable: bool,
+    /// Cache maintenance for a walker without ECAP.C; `None` when coherent.
+    cache: Option<&'static dyn CacheMaintenance>,
     pub(crate) inval: spin::Mutex<Invalidation>,
     pub(crate) counters: Counters,
 }
@@ -204,6 +231,9 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if config.scalable && !features.ecap.scalable_mode() {
             return Err(VtdError::ScalableUnsupported);
         }
+        if !features.ecap.coherent() && config.walk_cache.is_none() {
+            return Err(VtdError::NonCoherentWalker);
+        }
         let needed = features.register_span();
         if needed > config.register_size {
             return Err(VtdError::RegistersTooSmall {
@@ -228,6 +258,11 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             root,
             context_tables: spin::Mutex::new([0; 512]),
             scalable: config.scalable,
+            cache: if features.ecap.coherent() {
+                None
+            } else {
+                config.walk_cache
+            },
             inval: spin::Mutex::new(inval),
             counters: Counters::default(),
         };
@@ -249,6 +284,9 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         } else {
             regs::RTADDR_TTM_LEGACY
         };
+        // The zeroed root table (and the queue) must be in memory before
+        // the unit reads them.
+        self.publish(self.root.0, FRAME);
         self.regs.write64(regs::RTADDR, self.root.0 | ttm);
         self.one_shot(regs::G_SRTP, "root table pointer")?;
         self.inval.lock().enable(self)?;
@@ -303,6 +341,15 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             self.features.cap.mgaw().min(52),
         )
         .map_err(|_| VtdError::BadAddressWidth(self.features.cap.mgaw()))
+    }
+
+    /// Makes CPU writes to `[pa, pa + len)` visible to a walker that does
+    /// not snoop CPU caches (ECAP.C = 0); nothing on a coherent unit.
+    pub(crate) fn publish(&self, pa: u64, len: usize) {
+        if let Some(c) = self.cache {
+            c.clean(PhysAddr(pa), len as u64);
+            c.complete();
+        }
     }
 
     pub(crate) fn gsts(&self) -> u32 {
@@ -496,6 +543,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 .store(lo, Ordering::Release);
             tables[bus] = table.0;
             fence(Ordering::SeqCst);
+            self.publish(self.root.0 + 16 * bus as u64, 16);
             // A unit in caching mode may hold the not-present root entry
             // (as context-cache entries of the bus).
             if cap.caching_mode() {
@@ -506,9 +554,11 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         let i = 2 * usize::from(dev.devfn());
         let (lo, hi) = (self.entry(table, i), self.entry(table, i + 1));
         let old = ContextState::decode([lo.load(Ordering::Acquire), hi.load(Ordering::Acquire)]);
+        let at = table + 16 * u64::from(dev.devfn());
         if let Some(old_did) = old.did() {
             lo.store(0, Ordering::Release);
             fence(Ordering::SeqCst);
+            self.publish(at, 16);
             self.flush_write_buffer()?;
             self.submit(&[
                 Descriptor::context(ContextScope::Device {
@@ -525,6 +575,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             fence(Ordering::SeqCst);
             lo.store(new_lo, Ordering::Release);
             fence(Ordering::SeqCst);
+            self.publish(at, 16);
             self.announce_present(dev, did, false)?;
         }
         Ok(())
@@ -586,9 +637,11 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             self.entry(pt, i + 1).load(Ordering::Acquire),
             self.entry(pt, i + 2).load(Ordering::Acquire),
         ]);
+        let at = pt + 8 * i as u64;
         if let Some(old_did) = old.did() {
             q0.store(0, Ordering::Release);
             fence(Ordering::SeqCst);
+            self.publish(at, 64);
             self.flush_write_buffer()?;
             let tlb = match old {
                 ContextState::FirstLevel { .. } => {
@@ -613,8 +666,11 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 self.entry(pt, i + k).store(v, Ordering::Release);
             }
             fence(Ordering::SeqCst);
+            // Everything but the present bit reaches memory first.
+            self.publish(at, 64);
             q0.store(e[0], Ordering::Release);
             fence(Ordering::SeqCst);
+            self.publish(at, 64);
             self.announce_present(dev, did, true)?;
         }
         Ok(())
@@ -665,6 +721,9 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         }
         self.entry(dir.0, 0)
             .store(scalable::dir_entry(pt.0), Ordering::Release);
+        fence(Ordering::SeqCst);
+        self.publish(pt.0, 64);
+        self.publish(dir.0, 8);
         let table = tables[half];
         let c = scalable::context_entry(dir.0);
         let at = 4 * (devfn % 128);
@@ -672,8 +731,10 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             self.entry(table, at + k).store(c[k], Ordering::Release);
         }
         fence(Ordering::SeqCst);
+        self.publish(table + 8 * at as u64, 32);
         self.entry(table, at).store(c[0], Ordering::Release);
         fence(Ordering::SeqCst);
+        self.publish(table + 8 * at as u64, 32);
         let cap = self.features.cap;
         if new_table {
             let bus = usize::from(dev.bus);
@@ -683,6 +744,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             self.entry(self.root.0, 2 * bus)
                 .store(lo, Ordering::Release);
             fence(Ordering::SeqCst);
+            self.publish(self.root.0 + 16 * bus as u64, 16);
             if cap.caching_mode() {
                 self.submit(&[Descriptor::context(ContextScope::Global)])?;
             }

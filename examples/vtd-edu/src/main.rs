@@ -154,6 +154,42 @@ unsafe impl TableFrames for TablePool {
 
 type Unit<'p> = VtdUnit<MmioRegion, &'p TablePool>;
 
+/// Writes CPU caches back for a unit whose table walks do not snoop them
+/// (ECAP.C = 0, as QEMU reports): `clflush` per 64-byte line, `mfence` to
+/// complete. (Clean is all a walker needs: device writes snoop on x86.)
+#[derive(Clone, Copy)]
+struct Clflush;
+
+impl iova_core::CacheMaintenance for Clflush {
+    fn is_coherent(&self) -> bool {
+        false
+    }
+    fn clean(&self, pa: PhysAddr, len: u64) {
+        let start = pa.0 & !63;
+        for line in (start..pa.0.saturating_add(len)).step_by(64) {
+            flush_line(line);
+        }
+    }
+    fn invalidate(&self, _: PhysAddr, _: u64) {}
+    fn complete(&self) {
+        platform::arch::dma_barrier();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn flush_line(pa: u64) {
+    // SAFETY: `pa` is identity-mapped memory of a table or queue we own;
+    // clflush writes the line back and has no other effect.
+    unsafe {
+        core::arch::asm!("clflush [{}]", in(reg) pa as usize, options(nostack, preserves_flags))
+    };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn flush_line(_: u64) {}
+
+static CLFLUSH: Clflush = Clflush;
+
 fn vtd_bdf(b: pci::Bdf) -> Bdf {
     Bdf::new(b.bus, b.device, b.function)
 }
@@ -326,6 +362,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     };
     let config = UnitConfig {
         register_size: drhd.register_size() as usize,
+        walk_cache: Some(&CLFLUSH),
         ..UnitConfig::default()
     };
     // Scalable mode where the unit has it (x-scalable-mode=on), and then
@@ -354,7 +391,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         pool: &pool,
     };
     if first_level {
-        let table = PageTable::new(unit.first_level_format()?, &pool)?;
+        let table = PageTable::with_cache(unit.first_level_format()?, &pool, Clflush)?;
         let domain = PageTableDomain::new(table, VtdInvalidator::first_level(&unit, DID)?);
         let root = domain.table().root().0;
         unit.set_context(edu_bdf, ContextState::FirstLevel { did: DID, root }, false)?;
@@ -367,7 +404,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     } else {
         let format: SecondLevel = unit.second_level_format(4)?;
         let levels = format.levels();
-        let table = PageTable::new(format, &pool)?;
+        let table = PageTable::with_cache(format, &pool, Clflush)?;
         let domain = PageTableDomain::new(table, VtdInvalidator::new(&unit, DID)?);
         let root = domain.table().root().0;
         let aw = format.context_aw();
@@ -403,7 +440,7 @@ struct Env<'a, 'p> {
 }
 
 type Domain<'u, 'p, F> =
-    PageTableDomain<F, &'p TablePool, VtdInvalidator<'u, MmioRegion, &'p TablePool>>;
+    PageTableDomain<F, &'p TablePool, VtdInvalidator<'u, MmioRegion, &'p TablePool>, Clflush>;
 
 /// Checks 1-6 over `domain`, which `edu` is attached to.
 fn checks<F: PtFormat>(
