@@ -313,37 +313,56 @@ impl MmioRegion {
 }
 
 // `MmioRegion` holds only an address; concurrent register accesses are the
-// driver's business (it serialises them with its locks).
-// The accesses: volatile, one instruction each on the targets we build for
-// (aarch64 `ldr`/`str` with a plain base register, x86 `mov`), so that a
-// hypervisor trapping them sees a decodable access.
-impl Mmio for MmioRegion {
-    fn read32(&self, offset: usize) -> u32 {
-        match self.addr(offset, 4) {
+// driver's business (it serialises them with its locks). Each access is one
+// instruction: on aarch64 an `ldr`/`str` with a plain base register (written
+// in asm, so the compiler cannot pick a writeback or pair form that a
+// hypervisor trapping the access could not decode), elsewhere a volatile
+// access (a single `mov` on x86).
+macro_rules! access {
+    ($read:ident, $write:ident, $ty:ty, $width:literal, $reg:literal) => {
+        fn $read(&self, offset: usize) -> $ty {
+            let Some(a) = self.addr(offset, $width) else {
+                return 0;
+            };
+            #[cfg(all(target_arch = "aarch64", not(test)))]
+            {
+                let v: $ty;
+                // SAFETY: inside the register frame `new`'s caller vouched
+                // for, aligned; the instruction touches nothing else.
+                unsafe {
+                    core::arch::asm!(concat!("ldr {v:", $reg, "}, [{a}]"),
+                        a = in(reg) a, v = out(reg) v, options(nostack, preserves_flags));
+                }
+                v
+            }
+            #[cfg(not(all(target_arch = "aarch64", not(test))))]
             // SAFETY: inside the register frame `new`'s caller vouched for, aligned.
-            Some(a) => unsafe { core::ptr::read_volatile(a as *const u32) },
-            None => 0,
+            unsafe {
+                core::ptr::read_volatile(a as *const $ty)
+            }
         }
-    }
-    fn write32(&self, offset: usize, value: u32) {
-        if let Some(a) = self.addr(offset, 4) {
-            // SAFETY: as in `read32`; the driver's writes follow the architecture.
-            unsafe { core::ptr::write_volatile(a as *mut u32, value) }
+        fn $write(&self, offset: usize, value: $ty) {
+            let Some(a) = self.addr(offset, $width) else {
+                return;
+            };
+            #[cfg(all(target_arch = "aarch64", not(test)))]
+            // SAFETY: as in the read; the driver's writes follow the architecture.
+            unsafe {
+                core::arch::asm!(concat!("str {v:", $reg, "}, [{a}]"),
+                    a = in(reg) a, v = in(reg) value, options(nostack, preserves_flags));
+            }
+            #[cfg(not(all(target_arch = "aarch64", not(test))))]
+            // SAFETY: as in the read; the driver's writes follow the architecture.
+            unsafe {
+                core::ptr::write_volatile(a as *mut $ty, value)
+            }
         }
-    }
-    fn read64(&self, offset: usize) -> u64 {
-        match self.addr(offset, 8) {
-            // SAFETY: as in `read32`, 8-byte aligned.
-            Some(a) => unsafe { core::ptr::read_volatile(a as *const u64) },
-            None => 0,
-        }
-    }
-    fn write64(&self, offset: usize, value: u64) {
-        if let Some(a) = self.addr(offset, 8) {
-            // SAFETY: as in `write32`, 8-byte aligned.
-            unsafe { core::ptr::write_volatile(a as *mut u64, value) }
-        }
-    }
+    };
+}
+
+impl Mmio for MmioRegion {
+    access!(read32, write32, u32, 4, "w");
+    access!(read64, write64, u64, 8, "x");
 }
 
 /// Extracts `width` bits at `shift`.
