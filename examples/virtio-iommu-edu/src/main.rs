@@ -221,7 +221,10 @@ struct Ctx<'a> {
 
 type Domain<'a> = VirtioDomain<'a, PoolHal, VirtioPciTransport, QUEUE, MAPPINGS>;
 
-const SCENARIOS: [(&str, fn(&mut Ctx<'_>) -> Result<(), Error>); 6] = [
+/// A scenario: runs on the shared context, prints what it proved.
+type Scenario = fn(&mut Ctx<'_>) -> Result<(), Error>;
+
+const SCENARIOS: [(&str, Scenario); 6] = [
     ("map", scenario_map),
     ("batch", scenario_batch),
     ("unlink", scenario_unlink),
@@ -252,12 +255,12 @@ fn command_line(boot: &BootInfo) -> &'static str {
         if pa == 0 {
             return "";
         }
-        let mut len = 0;
         // SAFETY: QEMU's PVH loader put a NUL-terminated command line at `pa`,
-        // in identity-mapped low memory nothing writes; read at most 256 bytes.
-        while len < 256
-            && unsafe { core::ptr::read_volatile((pa as usize + len) as *const u8) } != 0
-        {
+        // in identity-mapped low memory nothing writes; at most 256 bytes
+        // are read.
+        let byte = |i: usize| unsafe { core::ptr::read_volatile((pa as usize + i) as *const u8) };
+        let mut len = 0;
+        while len < 256 && byte(len) != 0 {
             len += 1;
         }
         // SAFETY: as above; the bytes stay unchanged for the program's life.
