@@ -67,6 +67,12 @@ struct State<const M: usize> {
 }
 
 /// A domain on a virtio-iommu, keeping up to `M` mappings.
+///
+/// The domain ID is the caller's choice (inside [`Geometry`](crate::Geometry)'s
+/// domain range); use each ID for one `VirtioDomain` only, or the two would
+/// disagree about what is mapped. Dropping a domain neither unmaps nor
+/// detaches: destroy the IOVA states and detach the endpoints first (the
+/// device frees a domain when its last endpoint leaves).
 pub struct VirtioDomain<'a, H: Hal, T: Transport, const Q: usize = 256, const M: usize = 512> {
     iommu: &'a VirtioIommu<H, T, Q>,
     id: u32,
