@@ -15,6 +15,7 @@
 //!   [`PageTableDomain`](iova_core::PageTableDomain) over [`SecondLevel`] an
 //!   [`IommuDomain`](iova_core::IommuDomain).
 //! - [`fault`]: typed fault records.
+//! - [`reserved`]: identity maps for the DMAR's reserved memory regions.
 //! - [`counters`]: what the driver did.
 //! - [`fake`] (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
 //!
@@ -105,6 +106,7 @@ pub mod fake;
 pub mod fault;
 pub mod queue;
 pub mod regs;
+pub mod reserved;
 pub mod second_level;
 pub mod unit;
 

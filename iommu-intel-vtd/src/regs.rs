@@ -121,6 +121,11 @@ pub trait Mmio: Sync {
     fn write32(&self, offset: usize, value: u32);
     /// Writes the 64-bit register at `offset`.
     fn write64(&self, offset: usize, value: u64);
+    /// Bytes of the block, if known: the driver refuses a unit whose
+    /// registers (as CAP/ECAP place them) would lie beyond it.
+    fn size(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<T: Mmio + ?Sized> Mmio for &T {
@@ -135,6 +140,9 @@ impl<T: Mmio + ?Sized> Mmio for &T {
     }
     fn write64(&self, offset: usize, value: u64) {
         (**self).write64(offset, value)
+    }
+    fn size(&self) -> Option<usize> {
+        (**self).size()
     }
 }
 
@@ -158,15 +166,17 @@ impl MmioRegion {
     /// # Safety
     ///
     /// `base..base + len` must map a VT-d unit's registers (uncached) for as
-    /// long as the region is used, `base` must be 4 KiB aligned, and nothing
-    /// else may program the unit.
+    /// long as the region is used, `base` must be 4 KiB aligned, `len` at
+    /// least 4 KiB (the smallest register set), and nothing else may program
+    /// the unit.
     pub unsafe fn new(base: *mut u8, len: usize) -> Self {
         Self { base, len }
     }
 
     fn at<T>(&self, offset: usize) -> *mut T {
-        // An offset outside the block or misaligned is a driver bug; refuse
-        // it rather than touch other memory.
+        // The driver checks every offset it derives from CAP/ECAP against
+        // `size()` at probe, so this only fires on a driver bug; refuse it
+        // rather than touch other memory.
         assert!(
             offset % core::mem::size_of::<T>() == 0
                 && offset + core::mem::size_of::<T>() <= self.len,
@@ -193,5 +203,8 @@ impl Mmio for MmioRegion {
     fn write64(&self, offset: usize, value: u64) {
         // SAFETY: as in `write32`.
         unsafe { self.at::<u64>(offset).write_volatile(value) }
+    }
+    fn size(&self) -> Option<usize> {
+        Some(self.len)
     }
 }

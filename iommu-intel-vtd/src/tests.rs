@@ -1166,3 +1166,46 @@ fn queues_wrap_in_both_descriptor_sizes() {
         u.invalidate_all().unwrap();
     }
 }
+
+#[test]
+fn reserved_regions_are_identity_mapped_for_their_devices() {
+    use crate::acpi::dmar::tests::{dmar, drhd, rmrr, scope};
+    use crate::reserved::{ReservedRegions, map_reserved_regions, reserved_regions_for};
+    let table = dmar(&[
+        drhd(1, 0xfed9_0000, &[]),
+        rmrr(0x000e_0000, 0x000f_ffff, &[scope(1, 0, 0, &[(1, 0)])]),
+        rmrr(0x3000_0000, 0x2fff_ffff, &[scope(1, 0, 0, &[(1, 0)])]), // limit < base
+        rmrr(0x4000_0000, 0x4000_0fff, &[scope(1, 0, 0, &[(2, 0)])]), // another device
+    ]);
+    let d = crate::Dmar::parse(&table).unwrap();
+    assert_eq!(
+        reserved_regions_for(&d, 0, EDU, |_| None).collect::<Vec<_>>(),
+        [(0xe_0000, 0x2_0000)]
+    );
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let dom = domain(&u, &frames, 1, 4);
+    let mut g = IotlbGather::new();
+    let done = map_reserved_regions(&d, 0, EDU, |_| None, &dom, &mut g).unwrap();
+    dom.flush(&mut g).unwrap();
+    assert_eq!(
+        done,
+        ReservedRegions {
+            mapped: 1,
+            malformed: 1
+        }
+    );
+    attach(&u, &dom, EDU, 1);
+    u.enable_translation().unwrap();
+    assert_eq!(f.translate(EDU, 0xf_f123, Dma::Write), Ok(0xf_f123));
+    assert_eq!(
+        f.translate(EDU, 0x4000_0000, Dma::Read),
+        Err(FaultReason::ReadDenied)
+    );
+    // Mapping them twice is refused, not silently merged.
+    assert_eq!(
+        map_reserved_regions(&d, 0, EDU, |_| None, &dom, &mut g),
+        Err(iova_core::Error::AlreadyMapped)
+    );
+    dom.flush(&mut g).unwrap();
+}

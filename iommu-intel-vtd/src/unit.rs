@@ -235,11 +235,11 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             return Err(VtdError::NonCoherentWalker);
         }
         let needed = features.register_span();
-        if needed > config.register_size {
-            return Err(VtdError::RegistersTooSmall {
-                needed,
-                have: config.register_size,
-            });
+        let have = regs
+            .size()
+            .map_or(config.register_size, |s| s.min(config.register_size));
+        if needed > have {
+            return Err(VtdError::RegistersTooSmall { needed, have });
         }
         let root = alloc_frame(&frames, cap.mgaw())?;
         let inval = match Invalidation::new(&frames, &features, config.scalable) {

@@ -28,6 +28,7 @@ use iommu_intel_vtd::acpi::dmar::Structure;
 use iommu_intel_vtd::acpi::{self, AcpiError, PhysMemory};
 use iommu_intel_vtd::fault::AccessKind;
 use iommu_intel_vtd::regs::MmioRegion;
+use iommu_intel_vtd::reserved::{map_reserved_regions, reserved_regions_for};
 use iommu_intel_vtd::{
     Bdf, ContextState, Dmar, FaultReason, FaultRecord, Features, SecondLevel, UnitConfig, VtdError,
     VtdInvalidator, VtdUnit,
@@ -35,8 +36,8 @@ use iommu_intel_vtd::{
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::pt::PtFormat;
 use iova_core::{
-    DmaMapper, Error as CoreError, FrameAllocator as TableFrames, Iova, IovaAllocator, IovaRange,
-    PageTable, PageTableDomain, PhysAddr, Prot,
+    DmaMapper, Error as CoreError, FrameAllocator as TableFrames, IommuDomain, IotlbGather, Iova,
+    IovaAllocator, IovaRange, PageTable, PageTableDomain, PhysAddr, Prot,
 };
 use platform::edu::{self, Edu, EduError};
 use platform::frames::{FRAME_SIZE, FrameAllocator, Frames, FramesError};
@@ -389,6 +390,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         edu_bdf,
         second_pci,
         pool: &pool,
+        dmar: &dmar,
     };
     if first_level {
         let table = PageTable::with_cache(unit.first_level_format()?, &pool, Clflush)?;
@@ -437,6 +439,7 @@ struct Env<'a, 'p> {
     edu_bdf: Bdf,
     second_pci: Option<pci::Bdf>,
     pool: &'p TablePool,
+    dmar: &'a Dmar<'a>,
 }
 
 type Domain<'u, 'p, F> =
@@ -457,6 +460,7 @@ fn checks<F: PtFormat>(
         edu_bdf,
         second_pci,
         pool,
+        dmar,
     } = env;
     const DID: u16 = 1;
     unit.enable_translation()?;
@@ -473,6 +477,27 @@ fn checks<F: PtFormat>(
     .map_err(CoreError::from)?;
     let cpu = || 0;
     let mapper = DmaMapper::new(domain, &iovas, &cpu)?;
+    // Reserved memory regions naming edu (QEMU's DMAR has none): kept out of
+    // the IOVA space and identity mapped before the device's DMA starts.
+    for (base, len) in reserved_regions_for(dmar, 0, edu_bdf, |b| bridge_buses(host, b)) {
+        let range = IovaRange::new(Iova(base), len).map_err(CoreError::from)?;
+        iovas.reserve(range).map_err(CoreError::from)?;
+    }
+    let mut gather = IotlbGather::new();
+    let rmrr = map_reserved_regions(
+        dmar,
+        0,
+        edu_bdf,
+        |b| bridge_buses(host, b),
+        domain,
+        &mut gather,
+    );
+    domain.flush(&mut gather)?;
+    let rmrr = rmrr?;
+    println!(
+        "{NAME}: reserved memory regions for {edu_bdf}: {} identity mapped, {} malformed skipped",
+        rmrr.mapped, rmrr.malformed
+    );
 
     // 1. One buffer each way, at IOVAs unrelated to their physical addresses.
     let mut src = frames.alloc(1)?;

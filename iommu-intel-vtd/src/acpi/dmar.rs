@@ -510,7 +510,7 @@ impl<'t> Iterator for Structures<'t> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     extern crate std;
     use std::vec;
     use std::vec::Vec;
@@ -518,7 +518,7 @@ mod tests {
     use super::*;
     use crate::acpi::test_support::table;
 
-    fn scope(kind: u8, id: u8, bus: u8, path: &[(u8, u8)]) -> Vec<u8> {
+    pub(crate) fn scope(kind: u8, id: u8, bus: u8, path: &[(u8, u8)]) -> Vec<u8> {
         let mut s = vec![kind, (6 + 2 * path.len()) as u8, 0, 0, id, bus];
         for &(d, f) in path {
             s.extend_from_slice(&[d, f]);
@@ -526,7 +526,7 @@ mod tests {
         s
     }
 
-    fn drhd(flags: u8, base: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
+    pub(crate) fn drhd(flags: u8, base: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
         let body: Vec<u8> = scopes.concat();
         let mut s = vec![];
         s.extend_from_slice(&0u16.to_le_bytes());
@@ -538,7 +538,7 @@ mod tests {
         s
     }
 
-    fn rmrr(base: u64, limit: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
+    pub(crate) fn rmrr(base: u64, limit: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
         let body: Vec<u8> = scopes.concat();
         let mut s = vec![];
         s.extend_from_slice(&1u16.to_le_bytes());
@@ -556,7 +556,7 @@ mod tests {
         s
     }
 
-    fn dmar(structs: &[Vec<u8>]) -> Vec<u8> {
+    pub(crate) fn dmar(structs: &[Vec<u8>]) -> Vec<u8> {
         let mut body = vec![38, FLAG_INTR_REMAP];
         body.extend_from_slice(&[0; 10]);
         body.extend_from_slice(&structs.concat());
