@@ -252,6 +252,14 @@ impl FakeSmmu {
         self.s.lock().unwrap().qemu_event_abort = on;
     }
 
+    /// Toggles GERROR `bits` that are not already pending (as the SMMU does
+    /// when it detects those conditions).
+    pub fn raise_gerror(&self, bits: u32) {
+        let mut s = self.s.lock().unwrap();
+        let pending = s.r.gerror ^ s.r.gerrorn;
+        s.r.gerror ^= bits & !pending;
+    }
+
     /// Register accesses at a width the register does not have.
     pub fn bad_accesses(&self) -> usize {
         self.s.lock().unwrap().bad_accesses

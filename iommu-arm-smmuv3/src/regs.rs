@@ -369,3 +369,33 @@ impl Mmio for MmioRegion {
 pub(crate) const fn field(v: u32, shift: u32, width: u32) -> u32 {
     (v >> shift) & ((1 << width) - 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_accesses_stay_inside_the_frame_and_aligned() {
+        // A 128 KiB "frame" of plain memory.
+        let mut mem = vec![0u64; off::FRAME_SIZE / 8];
+        // SAFETY: the buffer outlives the region and is only accessed through it.
+        let r = unsafe { MmioRegion::new(mem.as_mut_ptr() as usize) };
+        r.write32(off::CR0, 0x1234_5678);
+        r.write64(off::CMDQ_BASE, 0xdead_beef_0000_0013);
+        r.write32(off::EVENTQ_CONS, 7); // page 1
+        assert_eq!(r.read32(off::CR0), 0x1234_5678);
+        assert_eq!(r.read64(off::CMDQ_BASE), 0xdead_beef_0000_0013);
+        assert_eq!(r.read32(off::EVENTQ_CONS), 7);
+        // Misaligned or outside the frame: no access at all.
+        r.write32(off::CR0 + 2, 0xffff_ffff);
+        r.write64(off::CR0ACK, 0xffff_ffff_ffff_ffff);
+        r.write32(off::FRAME_SIZE, 1);
+        r.write64(off::FRAME_SIZE - 4, 1);
+        assert_eq!(r.read32(off::CR0), 0x1234_5678);
+        assert_eq!(r.read32(off::FRAME_SIZE), 0);
+        assert_eq!(r.read64(off::CR0 + 4), 0);
+        drop(r);
+        assert_eq!(mem[off::CR0 / 8] as u32, 0x1234_5678);
+        assert_eq!(mem.iter().filter(|&&w| w != 0).count(), 3);
+    }
+}

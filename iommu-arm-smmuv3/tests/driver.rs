@@ -1337,3 +1337,22 @@ fn cfgi_ste_range_drops_exactly_its_aligned_block() {
     smmu.submit(&[Command::tlbi_nsnh_all()]).unwrap();
     assert_eq!(fake.tlb_entries(), 0);
 }
+
+#[test]
+fn global_errors_are_reported_and_acknowledged() {
+    use iommu_arm_smmuv3::regs::gerror;
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    assert_eq!(smmu.global_errors(), Ok(0));
+    fake.raise_gerror(gerror::PRIQ_ABT_ERR | 1 << 4);
+    assert_eq!(smmu.global_errors(), Ok(gerror::PRIQ_ABT_ERR | 1 << 4));
+    assert_eq!(smmu.global_errors(), Ok(0), "acknowledged");
+    fake.raise_gerror(gerror::SFM_ERR);
+    assert_eq!(smmu.global_errors(), Err(SmmuError::ServiceFailure));
+    // A pending CMDQ_ERR is left to the command queue, which handles it on
+    // the next submission.
+    fake.raise_gerror(gerror::CMDQ_ERR);
+    assert_eq!(smmu.global_errors(), Ok(gerror::CMDQ_ERR));
+    assert_eq!(smmu.global_errors(), Ok(gerror::CMDQ_ERR));
+}
