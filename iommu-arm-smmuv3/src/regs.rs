@@ -394,7 +394,6 @@ mod tests {
         assert_eq!(r.read32(off::CR0), 0x1234_5678);
         assert_eq!(r.read32(off::FRAME_SIZE), 0);
         assert_eq!(r.read64(off::CR0 + 4), 0);
-        drop(r);
         assert_eq!(mem[off::CR0 / 8] as u32, 0x1234_5678);
         assert_eq!(mem.iter().filter(|&&w| w != 0).count(), 3);
     }
