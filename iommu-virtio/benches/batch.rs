@@ -19,16 +19,40 @@ const G: u64 = 0x1000;
 const EP: u32 = 0x10;
 
 fn main() {
-    let (_device, transport) = FakeIommu::new(FakeConfig::default());
-    let iommu: VirtioIommu<HostHal, FakeTransport, 256> =
-        VirtioIommu::new(transport, DriverConfig::default()).unwrap();
-    let domain: Box<VirtioDomain<'_, _, _, 256, 4096>> =
-        Box::new(VirtioDomain::new(&iommu, 1).unwrap());
+    println!("Request queue of 256 entries (QEMU's maximum), batches of 128 requests:\n");
+    {
+        let (_device, transport) = FakeIommu::new(FakeConfig::default());
+        let iommu: Box<VirtioIommu<HostHal, FakeTransport, 256>> =
+            Box::new(VirtioIommu::new(transport, DriverConfig::default()).unwrap());
+        let domain: Box<VirtioDomain<'_, _, _, 256, 4096>> =
+            Box::new(VirtioDomain::new(&*iommu, 1).unwrap());
+        table(&iommu, &*domain);
+    }
+    println!(
+        "\nRequest queue of 8192 entries (a device that allows it), batches of 4096 requests:\n"
+    );
+    {
+        let (_device, transport) = FakeIommu::new(FakeConfig {
+            max_queue: 8192,
+            ..Default::default()
+        });
+        let iommu: Box<VirtioIommu<HostHal, FakeTransport, 8192>> =
+            Box::new(VirtioIommu::new(transport, DriverConfig::default()).unwrap());
+        let domain: Box<VirtioDomain<'_, _, _, 8192, 4096, 4096>> =
+            Box::new(VirtioDomain::new(&*iommu, 1).unwrap());
+        table(&iommu, &*domain);
+    }
+}
+
+fn table<const Q: usize, const M: usize, const P: usize>(
+    iommu: &VirtioIommu<HostHal, FakeTransport, Q>,
+    domain: &VirtioDomain<'_, HostHal, FakeTransport, Q, M, P>,
+) {
     domain.attach(EP).unwrap();
     let window = IovaRange::new(Iova(0x40_0000_0000), 1 << 30).unwrap();
     let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(window, G), 1024, 1).unwrap();
     let cpu = || 0;
-    let mapper = DmaMapper::new(&*domain, &iovas, &cpu).unwrap();
+    let mapper = DmaMapper::new(domain, &iovas, &cpu).unwrap();
 
     println!(
         "| pieces | layout | MAP requests / batch | notifications / batch | link + sync | per piece | UNMAP / destroy | notifications / destroy |"

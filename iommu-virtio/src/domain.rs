@@ -33,7 +33,9 @@ use crate::error::VirtioIommuError;
 use crate::features::Features;
 use crate::wire;
 
-/// Requests a domain queues before it sends them on its own.
+/// Requests a domain queues, by default, before it sends them on its own
+/// (`P`). 128 is what one notification carries on a 256-entry queue, QEMU's
+/// maximum.
 pub const PENDING: usize = 128;
 
 /// One mapping the device has (or will have, once its MAP succeeds).
@@ -61,27 +63,38 @@ enum Pending {
     Unmap { start: u64, end: u64 },
 }
 
-struct State<const M: usize> {
+struct State<const M: usize, const P: usize> {
     records: heapless::Vec<Record, M>,
-    pending: heapless::Vec<Pending, PENDING>,
+    pending: heapless::Vec<Pending, P>,
+    /// Scratch for `submit`, kept here rather than on the stack.
+    requests: heapless::Vec<Request, P>,
+    results: heapless::Vec<Result<(), VirtioIommuError>, P>,
 }
 
-/// A domain on a virtio-iommu, keeping up to `M` mappings.
+/// A domain on a virtio-iommu, keeping up to `M` mappings and queueing up to
+/// `P` requests between flushes.
 ///
 /// The domain ID is the caller's choice (inside [`Geometry`](crate::Geometry)'s
 /// domain range); use each ID for one `VirtioDomain` only, or the two would
 /// disagree about what is mapped. Dropping a domain neither unmaps nor
 /// detaches: destroy the IOVA states and detach the endpoints first (the
 /// device frees a domain when its last endpoint leaves).
-pub struct VirtioDomain<'a, H: Hal, T: Transport, const Q: usize = 256, const M: usize = 512> {
+pub struct VirtioDomain<
+    'a,
+    H: Hal,
+    T: Transport,
+    const Q: usize = 256,
+    const M: usize = 512,
+    const P: usize = PENDING,
+> {
     iommu: &'a VirtioIommu<H, T, Q>,
     id: u32,
     merge: bool,
-    state: spin::Mutex<State<M>>,
+    state: spin::Mutex<State<M, P>>,
 }
 
-impl<H: Hal, T: Transport, const Q: usize, const M: usize> core::fmt::Debug
-    for VirtioDomain<'_, H, T, Q, M>
+impl<H: Hal, T: Transport, const Q: usize, const M: usize, const P: usize> core::fmt::Debug
+    for VirtioDomain<'_, H, T, Q, M, P>
 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioDomain")
@@ -111,7 +124,9 @@ fn flags_of(prot: Prot, mmio_ok: bool) -> Result<u32, VirtioIommuError> {
     Ok(f)
 }
 
-impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize> VirtioDomain<'a, H, T, Q, M> {
+impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: usize>
+    VirtioDomain<'a, H, T, Q, M, P>
+{
     /// Domain `id` on `iommu` (the device creates it at the first attach).
     /// Merging of contiguous maps is on.
     pub fn new(iommu: &'a VirtioIommu<H, T, Q>, id: u32) -> Result<Self, VirtioIommuError> {
@@ -123,6 +138,8 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize> VirtioDoma
             state: spin::Mutex::new(State {
                 records: heapless::Vec::new(),
                 pending: heapless::Vec::new(),
+                requests: heapless::Vec::new(),
+                results: heapless::Vec::new(),
             }),
         })
     }
@@ -183,12 +200,19 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize> VirtioDoma
     }
 
     /// Sends the queued requests; keeps the ones the device rejected.
-    fn submit(&self, st: &mut State<M>) -> Result<(), VirtioIommuError> {
+    fn submit(&self, st: &mut State<M, P>) -> Result<(), VirtioIommuError> {
         if st.pending.is_empty() {
             return Ok(());
         }
-        let mut reqs: heapless::Vec<Request, PENDING> = heapless::Vec::new();
-        for p in &st.pending {
+        let State {
+            records,
+            pending,
+            requests,
+            results,
+        } = st;
+        requests.clear();
+        results.clear();
+        for p in pending.iter() {
             let r = match *p {
                 Pending::Map {
                     start,
@@ -208,36 +232,37 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize> VirtioDoma
                     end: end - 1,
                 },
             };
-            // Same capacity as `pending`: cannot fail.
-            let _ = reqs.push(r);
+            // Same capacity as `pending`: neither push can fail.
+            let _ = requests.push(r);
+            let _ = results.push(Ok(()));
         }
-        let mut results = [Ok(()); PENDING];
-        let results = &mut results[..reqs.len()];
-        self.iommu.run(&reqs, results)?;
+        self.iommu.run(requests, results)?;
         let mut first_error = None;
-        let mut kept: heapless::Vec<Pending, PENDING> = heapless::Vec::new();
-        for (p, r) in st.pending.iter().zip(results.iter()) {
+        let mut i = 0;
+        pending.retain(|p| {
+            let r = results[i];
+            i += 1;
             match (r, p) {
                 (Ok(()), Pending::Map { start, .. }) => {
-                    if let Ok(i) = st.records.binary_search_by_key(start, |r| r.start) {
-                        st.records[i].queued = false;
+                    if let Ok(at) = records.binary_search_by_key(start, |r| r.start) {
+                        records[at].queued = false;
                     }
+                    false
                 }
-                (Ok(()), Pending::Unmap { .. }) => {}
+                (Ok(()), Pending::Unmap { .. }) => false,
                 (Err(e), _) => {
-                    first_error.get_or_insert(*e);
-                    let _ = kept.push(*p);
+                    first_error.get_or_insert(e);
+                    true
                 }
             }
-        }
-        st.pending = kept;
+        });
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
-    fn push(&self, st: &mut State<M>, p: Pending) -> Result<(), VirtioIommuError> {
+    fn push(&self, st: &mut State<M, P>, p: Pending) -> Result<(), VirtioIommuError> {
         if st.pending.is_full() {
             self.submit(st)?;
         }
@@ -364,8 +389,8 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize> VirtioDoma
     }
 }
 
-impl<H: Hal, T: Transport + Send, const Q: usize, const M: usize> IommuDomain
-    for VirtioDomain<'_, H, T, Q, M>
+impl<H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: usize> IommuDomain
+    for VirtioDomain<'_, H, T, Q, M, P>
 {
     fn granule(&self) -> u64 {
         self.iommu.geometry().granule
