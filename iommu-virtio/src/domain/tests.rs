@@ -430,3 +430,32 @@ fn an_unmap_mixing_live_and_queued_mappings_cancels_the_queued_ones() {
     assert_eq!(h[sent].range, Some((0x10_0000, 0x10_0fff)));
     assert_eq!(fake.mappings(1), Some(vec![]));
 }
+
+#[test]
+fn a_queue_and_batch_that_hold_everything_send_512_maps_with_one_notification() {
+    let (fake, t) = FakeIommu::new(FakeConfig {
+        max_queue: 1024,
+        ..Default::default()
+    });
+    let io = Box::new(Iommu::<1024>::new(t, DriverConfig::default()).unwrap());
+    let d: Box<VirtioDomain<'_, _, _, 1024, 1024, 512>> =
+        Box::new(VirtioDomain::new(&*io, 1).unwrap());
+    d.attach(EP).unwrap();
+    let before = io.counters();
+    let mut g = IotlbGather::new();
+    for i in 0..512 {
+        d.map(
+            Iova(0x100_0000 + i * G),
+            PhysAddr(scattered(i)),
+            G,
+            Prot::READ,
+            &mut g,
+        )
+        .unwrap();
+    }
+    assert_eq!(d.pending(), 512);
+    d.flush(&mut g).unwrap();
+    let c = io.counters().since(&before);
+    assert_eq!((c.map, c.notifications), (512, 1));
+    assert_eq!(fake.mappings(1).unwrap().len(), 512);
+}
