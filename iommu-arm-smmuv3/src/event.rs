@@ -160,8 +160,8 @@ pub struct Event {
     pub read: Option<bool>,
     /// The stage that faulted.
     pub stage: Stage,
-    /// CLASS of the access.
-    pub class: FaultClass,
+    /// CLASS of the access, for address-carrying kinds.
+    pub class: Option<FaultClass>,
     /// The raw record.
     pub raw: [u64; 4],
 }
@@ -195,11 +195,15 @@ impl Event {
                 None
             },
             stage: if s2 { Stage::Two } else { Stage::One },
-            class: match (raw[1] >> 40) & 3 {
-                0 => FaultClass::Cd,
-                1 => FaultClass::TableWalk,
-                2 => FaultClass::Input,
-                _ => FaultClass::Reserved,
+            class: if with_addr {
+                Some(match (raw[1] >> 40) & 3 {
+                    0 => FaultClass::Cd,
+                    1 => FaultClass::TableWalk,
+                    2 => FaultClass::Input,
+                    _ => FaultClass::Reserved,
+                })
+            } else {
+                None
             },
             raw,
         }
@@ -253,7 +257,7 @@ mod tests {
         assert_eq!(e.addr, Some(0x3000_0040));
         assert_eq!(e.read, Some(false));
         assert_eq!(e.stage, Stage::One);
-        assert_eq!(e.class, FaultClass::Input);
+        assert_eq!(e.class, Some(FaultClass::Input));
         assert_eq!(e.ipa, None);
     }
 
@@ -289,8 +293,8 @@ mod tests {
     fn configuration_errors_carry_no_address() {
         let e = Event::decode([code::C_BAD_STE as u64 | 0x9 << 32, 0, 0x1234, 0]);
         assert_eq!(
-            (e.kind, e.sid, e.addr, e.read),
-            (FaultKind::BadSte, 9, None, None)
+            (e.kind, e.sid, e.addr, e.read, e.class),
+            (FaultKind::BadSte, 9, None, None, None)
         );
         let e = Event::decode([code::C_BAD_STREAMID as u64 | 1 << 11 | 5 << 12, 0, 0, 0]);
         assert_eq!((e.kind, e.ssid), (FaultKind::BadStreamId, Some(5)));

@@ -185,7 +185,10 @@ fn show(e: &Event) -> impl fmt::Display + '_ {
             if let Some(ipa) = e.ipa {
                 write!(f, " ipa {ipa:#x}")?;
             }
-            write!(f, " stage {:?} class {:?}", e.stage, e.class)
+            if let Some(class) = e.class {
+                write!(f, " stage {:?} class {:?}", e.stage, class)?;
+            }
+            Ok(())
         }
     }
     S(e)
