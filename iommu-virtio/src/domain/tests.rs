@@ -459,3 +459,44 @@ fn a_queue_and_batch_that_hold_everything_send_512_maps_with_one_notification() 
     assert_eq!((c.map, c.notifications), (512, 1));
     assert_eq!(fake.mappings(1).unwrap().len(), 512);
 }
+
+#[test]
+fn cpus_mapping_disjoint_ranges_of_one_domain_at_once_lose_nothing() {
+    let (fake, io) = iommu::<64>();
+    let d: VirtioDomain<'_, _, _, 64, 1024> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    std::thread::scope(|s| {
+        for cpu in 0..4u64 {
+            let d = &d;
+            s.spawn(move || {
+                let mut g = IotlbGather::new();
+                for i in 0..100 {
+                    let iova = 0x1000_0000 * (cpu + 1) + i * G;
+                    d.map(
+                        Iova(iova),
+                        PhysAddr(scattered(cpu * 1000 + i)),
+                        G,
+                        Prot::RW,
+                        &mut g,
+                    )
+                    .unwrap();
+                    if i % 30 == 29 {
+                        d.flush(&mut g).unwrap();
+                    }
+                }
+                d.flush(&mut g).unwrap();
+            });
+        }
+    });
+    assert_eq!(d.pending(), 0);
+    assert_eq!(d.mappings(), 400);
+    let maps = fake.mappings(1).unwrap();
+    assert_eq!(maps.len(), 400);
+    for cpu in 0..4u64 {
+        for i in 0..100 {
+            let iova = 0x1000_0000 * (cpu + 1) + i * G;
+            assert_eq!(fake.dma(EP, iova, true), Some(scattered(cpu * 1000 + i)));
+        }
+    }
+    assert_eq!(io.counters().map, 400);
+}
