@@ -180,6 +180,11 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     ///    configuration and TLB entries;
     /// 4. the event queue, global errors acknowledged;
     /// 5. SMMUEN.
+    ///
+    /// The stream-table format is chosen here once (two-level when the SMMU
+    /// offers it and [`Config::sid_bits`] exceeds
+    /// [`Config::linear_max_sid_bits`]). Keep that choice for the life of
+    /// the machine: QEMU's model never forgets a two-level format once set.
     pub fn new(mmio: M, frames: A, config: Config) -> Result<Self, SmmuError> {
         let features = probe(&mmio)?;
         let limit = config.poll_limit;
