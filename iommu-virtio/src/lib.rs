@@ -89,6 +89,20 @@
 //! used: see [`transport::pci`] for why. Its DMA type is private, so
 //! request slots come from [`Hal::dma_alloc`] directly.
 //!
+//! # Limits
+//!
+//! - The driver polls; it never enables or handles interrupts (no MSI-X on
+//!   QEMU's device anyway).
+//! - A batch is `Q / 2` requests per notification (two descriptors each; no
+//!   indirect descriptors): 128 with QEMU's 256-entry queue, so more
+//!   physically discontiguous pieces than that need more than one
+//!   notification per sync (see `BENCHMARKS.md`).
+//! - The virtio-mmio path (`virtio_drivers`' `MmioTransport`) is checked by
+//!   type only: QEMU has no virtio-iommu on virtio-mmio to run it against.
+//! - Debug builds move the driver and domain values by value several times;
+//!   bare-metal programs with small stacks should build this crate with
+//!   `opt-level = 1` or more (the QEMU example does).
+//!
 //! # Dependencies
 //!
 //! `virtio-drivers` (the virtqueue and the `Hal`/`Transport` traits, so the
