@@ -120,3 +120,55 @@ unsafe impl<M: Mmio, A: FrameAllocator> IotlbInvalidate for VtdInvalidator<'_, M
         Ok(())
     }
 }
+
+/// Invalidation of one domain on several units: a domain whose devices sit
+/// behind more than one DRHD (each unit has its own caches, and may know the
+/// domain under its own domain ID). A flush submits one batch with one wait
+/// to each unit, in order, and fails on the first unit that fails (the
+/// gather is then kept whole, so a retry invalidates every unit again).
+///
+/// The table must suit every unit: a depth each unit's SAGAW has, output
+/// addresses within each unit's MGAW, superpages only where all have them.
+#[derive(Debug)]
+pub struct VtdMultiInvalidator<'u, M: Mmio, A: FrameAllocator, const N: usize> {
+    units: heapless::Vec<VtdInvalidator<'u, M, A>, N>,
+}
+
+impl<'u, M: Mmio, A: FrameAllocator, const N: usize> VtdMultiInvalidator<'u, M, A, N> {
+    /// No units yet.
+    pub const fn new() -> Self {
+        Self {
+            units: heapless::Vec::new(),
+        }
+    }
+
+    /// Adds a unit's invalidation; `Err` gives it back when `N` are held.
+    pub fn push(
+        &mut self,
+        inval: VtdInvalidator<'u, M, A>,
+    ) -> Result<(), VtdInvalidator<'u, M, A>> {
+        self.units.push(inval)
+    }
+
+    /// The units' invalidations.
+    pub fn units(&self) -> &[VtdInvalidator<'u, M, A>] {
+        &self.units
+    }
+}
+
+impl<M: Mmio, A: FrameAllocator, const N: usize> Default for VtdMultiInvalidator<'_, M, A, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: Ok only after every unit's invalidation returned Ok, which (see
+// `VtdInvalidator`) means that unit holds nothing of the gather's ranges;
+// the table is walked only by these units.
+unsafe impl<M: Mmio, A: FrameAllocator, const N: usize> IotlbInvalidate
+    for VtdMultiInvalidator<'_, M, A, N>
+{
+    fn invalidate(&self, gather: &IotlbGather) -> Result<(), Error> {
+        self.units.iter().try_for_each(|u| u.invalidate(gather))
+    }
+}

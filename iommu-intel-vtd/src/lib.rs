@@ -117,7 +117,7 @@ pub use acpi::dmar::{Bdf, Dmar};
 pub use caps::Features;
 pub use context::ContextState;
 pub use counters::CounterSnapshot;
-pub use domain::VtdInvalidator;
+pub use domain::{VtdInvalidator, VtdMultiInvalidator};
 pub use fault::{FaultReason, FaultRecord};
 pub use second_level::SecondLevel;
 pub use unit::{UnitConfig, VtdError, VtdUnit};

@@ -1209,3 +1209,65 @@ fn reserved_regions_are_identity_mapped_for_their_devices() {
     );
     dom.flush(&mut g).unwrap();
 }
+
+#[test]
+fn one_domain_on_two_units_is_invalidated_on_both() {
+    use crate::VtdMultiInvalidator;
+    let frames = Arc::new(FakeFrames::new());
+    let f1 = FakeVtd::new(Arc::clone(&frames), QEMU_CAP_48, QEMU_ECAP);
+    let f2 = FakeVtd::new(
+        Arc::clone(&frames),
+        QEMU_CAP_39 | 2 << 8 | 0x4 << 8,
+        QEMU_ECAP,
+    );
+    let u1 = unit(&f1, &frames);
+    let u2 = unit(&f2, &frames);
+    // Both units walk 4-level tables here (the second one's SAGAW has both).
+    let fmt = u1.second_level_format(4).unwrap();
+    assert_eq!(u2.second_level_format(4).unwrap().levels(), 4);
+    let mut inval: VtdMultiInvalidator<'_, _, _, 2> = VtdMultiInvalidator::new();
+    inval.push(VtdInvalidator::new(&u1, 1).unwrap()).unwrap();
+    inval.push(VtdInvalidator::new(&u2, 7).unwrap()).unwrap();
+    assert!(
+        inval.push(VtdInvalidator::new(&u2, 8).unwrap()).is_err(),
+        "full"
+    );
+    let d = PageTableDomain::new(PageTable::new(fmt, Arc::clone(&frames)).unwrap(), inval);
+    let root = d.table().root().0;
+    u1.set_context(
+        EDU,
+        ContextState::Translated {
+            did: 1,
+            root,
+            aw: 2,
+        },
+        false,
+    )
+    .unwrap();
+    u2.set_context(
+        FAR,
+        ContextState::Translated {
+            did: 7,
+            root,
+            aw: 2,
+        },
+        false,
+    )
+    .unwrap();
+    u1.enable_translation().unwrap();
+    u2.enable_translation().unwrap();
+    let mut g = IotlbGather::new();
+    d.map(Iova(0x10_0000), PhysAddr(0x3000), 0x1000, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    assert_eq!(f1.translate(EDU, 0x10_0000, Dma::Read), Ok(0x3000));
+    assert_eq!(f2.translate(FAR, 0x10_0000, Dma::Read), Ok(0x3000));
+    d.unmap(Iova(0x10_0000), 0x1000, &mut g).unwrap();
+    d.flush(&mut g).unwrap();
+    assert!(f1.translate(EDU, 0x10_0000, Dma::Read).is_err());
+    assert!(f2.translate(FAR, 0x10_0000, Dma::Read).is_err());
+    for u in [&u1, &u2] {
+        let c = u.counters().snapshot();
+        assert_eq!(c.iotlb_page, 1);
+    }
+}
