@@ -193,9 +193,16 @@ impl CmdQueue {
     /// Reads CMDQ_CONS and deals with a pending command error: the refused
     /// command is recorded, overwritten with a CMD_SYNC, and the error
     /// acknowledged so the SMMU resumes at it.
-    fn refresh(&mut self, mmio: &impl Mmio) {
+    ///
+    /// GERROR is read only when the SMMU has not consumed up to `target`:
+    /// a refused command stops consumption, so an error can only be pending
+    /// then. (One register read per poll in the common case.)
+    fn refresh(&mut self, mmio: &impl Mmio, target: u32) {
         let cons = mmio.read32(off::CMDQ_CONS);
         self.cons = cons & self.idx.mask();
+        if self.cons == target {
+            return;
+        }
         let pending = mmio.read32(off::GERROR) ^ mmio.read32(off::GERRORN);
         if pending & gerror::CMDQ_ERR == 0 {
             return;
@@ -228,8 +235,9 @@ impl CmdQueue {
             // Let the SMMU see what we queued, then wait for it to make room.
             self.publish(mmio);
             let limit = self.poll_limit;
+            let target = self.prod;
             poll(limit, Wait::CmdqSpace, || {
-                self.refresh(mmio);
+                self.refresh(mmio, target);
                 !self.idx.is_full(self.prod, self.cons)
             })?;
         }
@@ -248,7 +256,7 @@ impl CmdQueue {
         let target = self.prod;
         let limit = self.poll_limit;
         let r = poll(limit, Wait::CmdSync, || {
-            self.refresh(mmio);
+            self.refresh(mmio, target);
             self.cons == target
         });
         let err = self.batch_error.take();
