@@ -340,21 +340,20 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: u
         if hit.iter().any(|r| r.start < iova || r.end > end) {
             return Err(VirtioIommuError::SplitsMapping);
         }
-        // Every mapping inside [iova, end) goes, so one UNMAP from the first
-        // to the last live one covers them all (the device skips holes).
-        let live_lo = hit.iter().find(|r| !r.queued).map(|r| r.start);
-        let live_hi = hit.iter().rev().find(|r| !r.queued).map(|r| r.end);
-        let merges = matches!(
-            (st.pending.last(), live_lo),
-            (Some(Pending::Unmap { end: e, .. }), Some(lo)) if *e == lo
-        );
-        // Room for the UNMAP first, so a failure changes nothing.
-        if live_lo.is_some() && !merges && st.pending.is_full() {
+        // Room for one more request first, so a failure changes nothing. This
+        // may send queued MAPs of this very range, so what is live is only
+        // known after it.
+        if st.pending.is_full() {
             self.submit(&mut st)?;
             if st.pending.is_full() {
                 return Err(VirtioIommuError::StorageFull);
             }
         }
+        // Every mapping inside [iova, end) goes, so one UNMAP from the first
+        // to the last live one covers them all (the device skips holes).
+        let hit = &st.records[first..last];
+        let live_lo = hit.iter().find(|r| !r.queued).map(|r| r.start);
+        let live_hi = hit.iter().rev().find(|r| !r.queued).map(|r| r.end);
         let mut bytes = 0;
         for i in first..last {
             let r = st.records[i];
@@ -368,7 +367,7 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: u
         if let (Some(lo), Some(hi)) = (live_lo, live_hi) {
             match st.pending.last_mut() {
                 Some(Pending::Unmap { end: e, .. }) if *e == lo => *e = hi,
-                // Room was made above, and dropping MAPs only frees more.
+                // Not full (made sure above; dropping MAPs only frees more).
                 _ => {
                     let _ = st.pending.push(Pending::Unmap { start: lo, end: hi });
                 }

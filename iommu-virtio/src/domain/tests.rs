@@ -500,3 +500,31 @@ fn cpus_mapping_disjoint_ranges_of_one_domain_at_once_lose_nothing() {
     }
     assert_eq!(io.counters().map, 400);
 }
+
+#[test]
+fn an_unmap_that_must_first_send_a_full_batch_still_covers_what_that_batch_mapped() {
+    // P = 4: the batch fills with queued MAPs of the very range being unmapped.
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256, 64, 4> =
+        VirtioDomain::new(&io, 1).unwrap().with_merging(false);
+    d.attach(EP).unwrap();
+    let mut g = IotlbGather::new();
+    d.map(Iova(0x10_0000), PhysAddr(scattered(0)), G, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    for i in 1..5 {
+        d.map(
+            Iova(0x10_0000 + i * G),
+            PhysAddr(scattered(i)),
+            G,
+            Prot::RW,
+            &mut g,
+        )
+        .unwrap();
+    }
+    assert_eq!(d.pending(), 4, "full");
+    assert_eq!(d.unmap(Iova(0x10_0000), 5 * G, &mut g), Ok(5 * G));
+    d.flush(&mut g).unwrap();
+    assert_eq!(fake.mappings(1), Some(vec![]), "nothing left on the device");
+    assert_eq!(d.mappings(), 0);
+}
