@@ -125,6 +125,8 @@ struct State {
     stalled: bool,
     qemu_event_abort: bool,
     bad_accesses: usize,
+    reads: usize,
+    writes: usize,
     events_written: usize,
     events_lost: usize,
     tlb_hits: usize,
@@ -214,6 +216,8 @@ impl FakeSmmu {
                 stalled: false,
                 qemu_event_abort: false,
                 bad_accesses: 0,
+                reads: 0,
+                writes: 0,
                 events_written: 0,
                 events_lost: 0,
                 tlb_hits: 0,
@@ -263,6 +267,12 @@ impl FakeSmmu {
     /// Register accesses at a width the register does not have.
     pub fn bad_accesses(&self) -> usize {
         self.s.lock().unwrap().bad_accesses
+    }
+
+    /// Register reads and writes so far (any width).
+    pub fn register_accesses(&self) -> (usize, usize) {
+        let s = self.s.lock().unwrap();
+        (s.reads, s.writes)
     }
 
     /// Event records written to the queue.
@@ -1139,6 +1149,7 @@ fn check_perm(
 impl Mmio for FakeSmmu {
     fn read32(&self, offset: usize) -> u32 {
         let mut s = self.s.lock().unwrap();
+        s.reads += 1;
         match self.read_reg32(&mut s, offset) {
             Some(v) => v,
             None => {
@@ -1149,12 +1160,14 @@ impl Mmio for FakeSmmu {
     }
     fn write32(&self, offset: usize, value: u32) {
         let mut s = self.s.lock().unwrap();
+        s.writes += 1;
         if !self.write_reg32(&mut s, offset, value) {
             s.bad_accesses += 1;
         }
     }
     fn read64(&self, offset: usize) -> u64 {
         let mut s = self.s.lock().unwrap();
+        s.reads += 1;
         match self.read_reg64(&s, offset) {
             Some(v) => v,
             None => {
@@ -1166,6 +1179,7 @@ impl Mmio for FakeSmmu {
     }
     fn write64(&self, offset: usize, value: u64) {
         let mut s = self.s.lock().unwrap();
+        s.writes += 1;
         if !self.write_reg64(&mut s, offset, value) {
             s.bad_accesses += 1;
         }

@@ -1356,3 +1356,27 @@ fn global_errors_are_reported_and_acknowledged() {
     assert_eq!(smmu.global_errors(), Ok(gerror::CMDQ_ERR));
     assert_eq!(smmu.global_errors(), Ok(gerror::CMDQ_ERR));
 }
+
+#[test]
+fn a_flush_costs_one_doorbell_and_one_completion_read() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    map(
+        &d,
+        0x1000,
+        m.alloc_zeroed(4 * K4 as usize).unwrap(),
+        4 * K4,
+        Prot::RW,
+    );
+    let (r0, w0) = fake.register_accesses();
+    unmap(&d, 0x1000, 4 * K4).unwrap();
+    let (r1, w1) = fake.register_accesses();
+    // CMDQ_PROD written once, CMDQ_CONS read once (the fake completes at once).
+    assert_eq!((r1 - r0, w1 - w0), (1, 1));
+    // A map-only flush touches no register at all.
+    map(&d, 0x1000, page(&m), K4, Prot::RW);
+    assert_eq!(fake.register_accesses(), (r1, w1));
+}
