@@ -219,7 +219,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             if self.read_status(q.status) == seq {
                 return error.map_or(Ok(()), Err);
             }
-            if error.is_none() && self.regs.read32(regs::FSTS) & regs::FSTS_IQE != 0 {
+            if self.regs.read32(regs::FSTS) & regs::FSTS_IQE != 0 {
                 let index = self.head(q);
                 let [lo, hi, ..] = self.slot(q, index);
                 let descriptor = Descriptor {
@@ -237,7 +237,9 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 self.publish(q.base.0 + (index * size) as u64, size);
                 self.regs.write32(regs::FSTS, regs::FSTS_IQE);
                 self.regs.write64(regs::IQT, (q.tail as u64) << q.shift());
-                error = Some(VtdError::QueueError { index, descriptor });
+                // Report the first refused descriptor of the batch; later
+                // ones are replaced the same way so the batch drains.
+                error.get_or_insert(VtdError::QueueError { index, descriptor });
             }
             core::hint::spin_loop();
         }
@@ -296,9 +298,12 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 }
                 Ok(())
             }
-            // Without a queue only context and IOTLB invalidation exist; a
-            // wait is implied by polling each register.
-            _ => Ok(()),
+            // Register-based invalidations complete when their bit clears:
+            // a wait has nothing left to wait for.
+            descriptor::TYPE_WAIT => Ok(()),
+            // Nothing else exists without a queue (PASID-based invalidation
+            // needs scalable mode, which needs the queue): never pretend.
+            _ => Err(VtdError::RegisterInvalidationFailed),
         }
     }
 

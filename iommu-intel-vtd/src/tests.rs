@@ -655,6 +655,11 @@ fn register_based_invalidation_and_write_buffer_flush() {
     let c = u.counters().snapshot();
     assert_eq!(c.waits, 0);
     assert!(c.register_invalidations >= 3);
+    assert_eq!(
+        u.submit(&[Descriptor::pasid_cache(descriptor::PasidCacheScope::Global)]),
+        Err(VtdError::RegisterInvalidationFailed)
+    );
+    u.submit(&[Descriptor::wait_interrupt()]).unwrap();
     // Context change through CCMD, device-selective.
     u.set_context(EDU, ContextState::NotPresent, false).unwrap();
     assert_eq!(
@@ -713,6 +718,18 @@ fn a_queue_error_is_reported_with_the_descriptor_and_the_queue_recovers() {
             matches!(u.submit(&[bad]), Err(VtdError::QueueError { descriptor, .. }) if descriptor == bad)
         );
     }
+    // Two refused descriptors in one batch: the first is reported, both are
+    // replaced, the batch's wait completes.
+    let bad2 = Descriptor {
+        lo: descriptor::TYPE_IOTLB | 1 << 4 | 1 << 12,
+        hi: 0,
+    };
+    let before = u.counters().snapshot();
+    assert!(matches!(
+        u.submit(&[bad, good, bad2]),
+        Err(VtdError::QueueError { descriptor, .. }) if descriptor == bad
+    ));
+    assert_eq!(u.counters().snapshot().since(&before).queue_errors, 2);
     // Still usable.
     u.submit(&[Descriptor::iotlb(IotlbScope::Domain(1), true, true)])
         .unwrap();
@@ -864,6 +881,16 @@ mod scalable {
         };
         assert_eq!(
             VtdUnit::new(&f, Arc::clone(&frames), config).err(),
+            Some(VtdError::ScalableUnsupported)
+        );
+        // Nor without queued invalidation.
+        let (frames2, f2) = fake(QEMU_CAP_48, crate::fake::QEMU_ECAP_SCALABLE & !QI);
+        let config = UnitConfig {
+            scalable: true,
+            ..cfg()
+        };
+        assert_eq!(
+            VtdUnit::new(&f2, Arc::clone(&frames2), config).err(),
             Some(VtdError::ScalableUnsupported)
         );
         // Legacy mode has no first level.

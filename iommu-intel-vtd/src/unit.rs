@@ -61,7 +61,8 @@ pub enum VtdError {
     BadDomainId(u16),
     /// Pass-through was asked of a unit without ECAP.PT.
     PassThroughUnsupported,
-    /// Scalable mode was asked of a unit without ECAP.SMTS.
+    /// Scalable mode was asked of a unit without ECAP.SMTS (or without
+    /// queued invalidation, which scalable mode needs).
     ScalableUnsupported,
     /// The unit does not snoop CPU caches when it walks tables (ECAP.C = 0)
     /// and [`UnitConfig::walk_cache`] gives no way to clean them.
@@ -228,7 +229,11 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if !(32..=64).contains(&cap.mgaw()) {
             return Err(VtdError::BadAddressWidth(cap.mgaw()));
         }
-        if config.scalable && !features.ecap.scalable_mode() {
+        // Scalable mode's PASID-cache and PASID-based IOTLB invalidations
+        // exist only as queued descriptors.
+        if config.scalable
+            && !(features.ecap.scalable_mode() && features.ecap.queued_invalidation())
+        {
             return Err(VtdError::ScalableUnsupported);
         }
         if !features.ecap.coherent() && config.walk_cache.is_none() {
