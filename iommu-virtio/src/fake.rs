@@ -74,6 +74,9 @@ pub struct Misbehave {
     pub used_len: Option<u32>,
     /// Write this status instead of the real one (the request still acts).
     pub status: Option<u8>,
+    /// Answer every request with this status without acting on it (a device
+    /// that refuses, e.g. NOMEM).
+    pub reject: Option<u8>,
     /// Put this descriptor index on the used ring instead of the real head.
     pub used_id: Option<u32>,
     /// Change the config generation at every read of it.
@@ -507,7 +510,25 @@ impl State {
             let head = rd16(q.driver + 4 + 2 * u64::from(q.last_avail % q.size));
             self.queues[0].last_avail = q.last_avail.wrapping_add(1);
             let (out, writable) = read_chain(&q, head);
-            let (mut reply, status_at, record) = self.handle(&out);
+            let (mut reply, status_at, record) = match self.misbehave.reject {
+                Some(code) => {
+                    let kind = out.first().copied().unwrap_or(0);
+                    let at = if kind == wire::T_PROBE {
+                        self.config.probe_size.get() as usize
+                    } else {
+                        0
+                    };
+                    let mut reply = vec![0u8; at + 4];
+                    reply[at] = code;
+                    let rec = Handled {
+                        kind,
+                        status: code,
+                        range: None,
+                    };
+                    (reply, at, rec)
+                }
+                None => self.handle(&out),
+            };
             let mut status = reply.get(status_at).copied().unwrap_or(0);
             if let Some(forced) = self.misbehave.status {
                 status = forced;

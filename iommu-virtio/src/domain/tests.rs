@@ -552,6 +552,7 @@ fn random_sequences_keep_the_device_in_step_with_the_caller() {
         let mut model: std::collections::BTreeMap<u64, u64> = Default::default();
         let mut g = IotlbGather::new();
         let mut next_frame = 0x4000_0000u64;
+        let mut rejected = 0;
         for step in 0..1000 {
             match rnd(12) {
                 0..=6 => {
@@ -592,6 +593,19 @@ fn random_sequences_keep_the_device_in_step_with_the_caller() {
                     }
                 }
                 _ => {
+                    // Now and then the device refuses a whole batch (NOMEM)
+                    // without acting: the flush fails, everything stays
+                    // queued, and the retry below goes through.
+                    if rnd(4) == 0 && d.pending() > 0 {
+                        fake.misbehave(Misbehave {
+                            reject: Some(8),
+                            ..Default::default()
+                        });
+                        let e = d.flush(&mut g).unwrap_err();
+                        assert_eq!(e, Error::Device(crate::error::device_code::STATUS | 8));
+                        fake.misbehave(Misbehave::default());
+                        rejected += 1;
+                    }
                     d.flush(&mut g).unwrap();
                     let maps = fake.mappings(1).unwrap();
                     for p in 0..PAGES {
@@ -609,5 +623,6 @@ fn random_sequences_keep_the_device_in_step_with_the_caller() {
                 }
             }
         }
+        assert!(rejected > 0, "seed {seed}: the refusal path never ran");
     }
 }
