@@ -18,6 +18,7 @@
 //!   domains implementing [`iova_core::IommuDomain`]; a flush is one batch of
 //!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC; dropping a domain
 //!   detaches its streams before its tables are freed;
+//! - [`dt`]: StreamIDs from a PCI host's `iommu-map` device-tree property;
 //! - [`fake`] (feature `fakes`): a fake SMMUv3 behind [`Mmio`] for host tests.
 //!
 //! # Use
@@ -88,6 +89,7 @@ mod barrier;
 pub mod cd;
 pub mod cmd;
 pub mod domain;
+pub mod dt;
 pub mod error;
 pub mod event;
 #[cfg(feature = "fakes")]

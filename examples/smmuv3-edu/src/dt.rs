@@ -52,35 +52,17 @@ pub fn smmu(fdt: &Fdt<'_>) -> Result<SmmuNode, DtError> {
     })
 }
 
-/// The StreamID of requester `rid`: from the `iommu-map` of the ECAM host
-/// bridge, entries `<rid-base iommu-phandle sid-base length>`.
+/// The StreamID of requester `rid`: from the `iommu-map` (and
+/// `iommu-map-mask`) of the ECAM host bridge, decoded by the driver crate.
 pub fn stream_id(fdt: &Fdt<'_>, smmu: &SmmuNode, rid: u16) -> Result<u32, DtError> {
     let host = fdt
         .find_compatible("pci-host-ecam-generic")
         .map_err(DtError::Dtb)?
         .ok_or(DtError::NoMapping(rid))?;
     let map = host.prop("iommu-map").ok_or(DtError::NoMapping(rid))?;
-    let cell = |i: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(
-            map.get(4 * i..4 * i + 4)?.try_into().ok()?,
-        ))
-    };
-    for e in 0..map.len() / 16 {
-        let (Some(rid_base), Some(ph), Some(sid_base), Some(len)) = (
-            cell(4 * e),
-            cell(4 * e + 1),
-            cell(4 * e + 2),
-            cell(4 * e + 3),
-        ) else {
-            break;
-        };
-        let rid = u32::from(rid);
-        if smmu.phandle.is_some_and(|p| p != ph) || rid < rid_base || rid - rid_base >= len {
-            continue;
-        }
-        return Ok(sid_base + (rid - rid_base));
-    }
-    Err(DtError::NoMapping(rid))
+    let mask = host.prop_u32("iommu-map-mask");
+    iommu_arm_smmuv3::dt::stream_id(map, mask, smmu.phandle, u32::from(rid))
+        .map_err(|_| DtError::NoMapping(rid))
 }
 
 /// `/chosen/bootargs` (QEMU's `-append`), if any.
