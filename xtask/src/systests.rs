@@ -1424,6 +1424,33 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
     },
     SystemTest {
+        name: "virtio-iommu-edu-aarch64-identity",
+        arch: Arch::Aarch64,
+        example: "virtio-iommu-edu",
+        summary: "iommu-virtio on virtio-iommu-pci (virt): ATTACH with the bypass flag: identity DMA works, denied again after DETACH",
+        iommu: "virtio-iommu",
+        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
+        // never attached (the `deny` scenario).
+        qemu_args: &[
+            "-M",
+            "virt",
+            "-device",
+            "virtio-iommu-pci,granule=4k",
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
+            "-append",
+            "identity",
+        ],
+        expect: Expect::GuestSuccess,
+        require: &[
+            "virtio-iommu-edu: identity: edu #2",
+            "virtio-iommu-edu: scenario `identity` passed",
+            "demo: result: OK",
+        ],
+    },
+    SystemTest {
         name: "virtio-iommu-edu-x86_64-map",
         arch: Arch::X86_64,
         example: "virtio-iommu-edu",
@@ -1584,6 +1611,33 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         require: &[
             "virtio-iommu-edu: PROBE hole:",
             "virtio-iommu-edu: scenario `msi` passed",
+            "demo: result: OK",
+        ],
+    },
+    SystemTest {
+        name: "virtio-iommu-edu-x86_64-identity",
+        arch: Arch::X86_64,
+        example: "virtio-iommu-edu",
+        summary: "iommu-virtio on virtio-iommu-pci (q35): ATTACH with the bypass flag: identity DMA works, denied again after DETACH",
+        iommu: "virtio-iommu",
+        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
+        // never attached (the `deny` scenario).
+        qemu_args: &[
+            "-M",
+            "q35",
+            "-device",
+            "virtio-iommu-pci,granule=4k",
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
+            "-append",
+            "identity",
+        ],
+        expect: Expect::GuestSuccess,
+        require: &[
+            "virtio-iommu-edu: identity: edu #2",
+            "virtio-iommu-edu: scenario `identity` passed",
             "demo: result: OK",
         ],
     },
