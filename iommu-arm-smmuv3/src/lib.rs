@@ -19,6 +19,7 @@
 //!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC; dropping a domain
 //!   detaches its streams before its tables are freed;
 //! - [`dt`]: StreamIDs from a PCI host's `iommu-map` device-tree property;
+//!   [`iort`]: SMMUv3 bases and StreamIDs from the ACPI IORT;
 //! - [`fake`] (feature `fakes`): a fake SMMUv3 behind [`Mmio`] for host tests.
 //!
 //! # Use
@@ -95,6 +96,7 @@ pub mod event;
 #[cfg(feature = "fakes")]
 pub mod fake;
 pub mod features;
+pub mod iort;
 pub mod lpae_large;
 pub mod queue;
 pub mod regs;
