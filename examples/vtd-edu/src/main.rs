@@ -15,8 +15,16 @@
 //!    reason "write denied";
 //! 4. a read-only mapping written by the device: fault, memory unchanged;
 //! 5. a second edu with no context entry: blocked and reported;
-//! 6. a 2 MiB-aligned mapping uses a superpage (where CAP.SLLPS has 2 MiB)
-//!    and DMA through it works.
+//! 6. a 2 MiB-aligned mapping uses a superpage (where the format has 2 MiB
+//!    pages: CAP.SLLPS for second level, always for first level) and DMA
+//!    through it works;
+//! 7. the second edu in pass-through (ECAP.PT) DMAs by physical address.
+//!
+//! The unit runs in scalable mode where ECAP.SMTS (`x-scalable-mode=on`),
+//! with first-level tables where ECAP.FLTS (`x-flts=on`), in legacy mode
+//! otherwise. `-append vtd-edu.checks=3,5` runs only those checks (each
+//! sets up what it needs), which is how `cargo xtask test` gives every check
+//! its own pass/fail line.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
