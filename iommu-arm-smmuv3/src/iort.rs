@@ -216,7 +216,6 @@ mod tests {
         smmu[1..3].copy_from_slice(&68u16.to_le_bytes());
         smmu[16..24].copy_from_slice(&0x0905_0000u64.to_le_bytes());
         smmu[24..28].copy_from_slice(&1u32.to_le_bytes());
-        let rc_off = smmu_off + smmu.len() as u32;
         let mut rc = std::vec![0u8; 36 + 2 * 20];
         rc[0] = node::ROOT_COMPLEX;
         let rc_len = rc.len() as u16;
