@@ -429,6 +429,19 @@ fn wait_reset<T: Transport>(t: &mut T, budget: &WaitBudget) -> Result<(), Virtio
     Ok(())
 }
 
+/// Gives up on a device that already knows the addresses of `memory`:
+/// resets it (bounded), then frees `memory`, or leaks it if the reset does not
+/// complete (the device may still write it); then marks the device `FAILED`.
+fn abandon<T: Transport, X>(t: &mut T, budget: &WaitBudget, memory: X) {
+    if wait_reset(t, budget).is_ok() {
+        drop(memory);
+    } else {
+        core::mem::forget(memory);
+    }
+    let s = t.get_status();
+    t.set_status(s | DeviceStatus::FAILED);
+}
+
 fn read_u32<T: Transport>(t: &T, offset: usize) -> Result<u32, VirtioIommuError> {
     t.read_config_space::<u32>(offset)
         .map_err(|_| VirtioIommuError::BadConfig("device config space too small"))
@@ -509,6 +522,8 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
                 Self::assemble(transport, config, features, geometry, req, evt)
             }
             Err(e) => {
+                // Nothing of ours is known to the device yet (queues are set
+                // up last, and abandoned with a reset if that fails).
                 let s = transport.get_status();
                 transport.set_status(s | DeviceStatus::FAILED);
                 Err(e)
@@ -554,10 +569,6 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             return Err(VirtioIommuError::FeaturesRejected);
         }
         let mut geometry = read_geometry(t, features)?;
-        let req = VirtQueue::<H, Q>::new(t, REQ_QUEUE, false, false)
-            .map_err(|_| VirtioIommuError::Queue("request queue unavailable or too small"))?;
-        let evt = VirtQueue::<H, EVENT_QUEUE_SIZE>::new(t, EVENT_QUEUE, false, false)
-            .map_err(|_| VirtioIommuError::Queue("event queue unavailable or too small"))?;
         if features.contains(Features::BYPASS_CONFIG) {
             let want = u8::from(config.bypass_unattached);
             t.write_config_space::<u8>(off::BYPASS, want)
@@ -574,6 +585,19 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         if status.intersects(DeviceStatus::DEVICE_NEEDS_RESET | DeviceStatus::FAILED) {
             return Err(VirtioIommuError::DeviceFailed(status.bits() as u8));
         }
+        // The queues come last: once the device knows their addresses, a
+        // failure must reset it before their memory is freed.
+        let req = VirtQueue::<H, Q>::new(t, REQ_QUEUE, false, false)
+            .map_err(|_| VirtioIommuError::Queue("request queue unavailable or too small"))?;
+        let evt = match VirtQueue::<H, EVENT_QUEUE_SIZE>::new(t, EVENT_QUEUE, false, false) {
+            Ok(evt) => evt,
+            Err(_) => {
+                abandon(t, &config.wait, req);
+                return Err(VirtioIommuError::Queue(
+                    "event queue unavailable or too small",
+                ));
+            }
+        };
         Ok((features, geometry, req, evt))
     }
 
@@ -585,28 +609,26 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         req: VirtQueue<H, Q>,
         evt: VirtQueue<H, EVENT_QUEUE_SIZE>,
     ) -> Result<Self, VirtioIommuError> {
-        let fail = |t: &mut T, e| {
-            let s = t.get_status();
-            t.set_status(s | DeviceStatus::FAILED);
-            e
-        };
-        let slots =
-            dma::<H>(Q / 2 * SLOT, BufferDirection::Both).map_err(|e| fail(&mut transport, e))?;
-        let events = dma::<H>(
-            EVENT_QUEUE_SIZE * EVENT_BUF,
-            BufferDirection::DeviceToDriver,
-        )
-        .map_err(|e| fail(&mut transport, e))?;
-        let probe = if geometry.probe_size > 0 {
-            Some(
-                dma::<H>(
-                    PROBE_PROPS_AT + geometry.probe_size as usize + size_of::<wire::ReqTail>(),
-                    BufferDirection::Both,
-                )
-                .map_err(|e| fail(&mut transport, e))?,
-            )
-        } else {
-            None
+        let probe_bytes =
+            PROBE_PROPS_AT + geometry.probe_size as usize + size_of::<wire::ReqTail>();
+        let memory = (|| {
+            let slots = dma::<H>(Q / 2 * SLOT, BufferDirection::Both)?;
+            let events = dma::<H>(
+                EVENT_QUEUE_SIZE * EVENT_BUF,
+                BufferDirection::DeviceToDriver,
+            )?;
+            let probe = match geometry.probe_size {
+                0 => None,
+                _ => Some(dma::<H>(probe_bytes, BufferDirection::Both)?),
+            };
+            Ok((slots, events, probe))
+        })();
+        let (slots, events, probe) = match memory {
+            Ok(m) => m,
+            Err(e) => {
+                abandon(&mut transport, &config.wait, (req, evt));
+                return Err(e);
+            }
         };
         let mut free = [0u16; Q];
         for (i, f) in free.iter_mut().enumerate().take(Q / 2) {
@@ -631,9 +653,9 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             released: false,
         };
         for i in 0..EVENT_QUEUE_SIZE {
-            if let Err(e) = inner.post_event_buffer(i) {
-                return Err(fail(&mut inner.transport, e));
-            }
+            // On error `inner` is dropped: the device is reset, then the
+            // memory freed (or leaked if the reset does not complete).
+            inner.post_event_buffer(i)?;
         }
         inner.transport.set_status(
             DeviceStatus::ACKNOWLEDGE

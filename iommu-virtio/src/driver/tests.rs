@@ -636,3 +636,21 @@ fn the_driver_and_a_domain_accept_virtio_drivers_mmio_transport() {
         -> Result<VirtioIommu<HostHal, MmioTransport<'static>, 16>, VirtioIommuError> =
         VirtioIommu::new;
 }
+
+#[test]
+fn a_queue_failure_after_the_device_saw_a_queue_resets_it_before_freeing() {
+    // The request queue (4) fits, the event queue (8) does not.
+    let (fake, t) = FakeIommu::new(FakeConfig {
+        max_queue: 4,
+        ..Default::default()
+    });
+    assert_eq!(
+        Driver::<4>::new(t, DriverConfig::default()).unwrap_err(),
+        VirtioIommuError::Queue("event queue unavailable or too small")
+    );
+    assert_eq!(
+        fake.status(),
+        DeviceStatus::FAILED.bits() as u8,
+        "reset (ACK/DRIVER/FEATURES_OK gone), then FAILED"
+    );
+}
