@@ -14,7 +14,9 @@
 //! - [`dma`]: the two-step API ([`DmaMapper`], [`IovaState`]) and the one-shot
 //!   `map` / `map_sg` / `unmap` built on it;
 //! - [`fakes`] (feature `fakes`): an in-memory IOMMU with its own IOTLB, for
-//!   tests.
+//!   tests;
+//! - `guarantees` (documented with the `fakes` feature): the misuse the types
+//!   rule out, as compile-fail examples.
 //!
 //! # The two-step flow
 //!
@@ -90,6 +92,9 @@ pub mod fakes;
 pub mod formats;
 pub mod frame;
 pub mod gather;
+// Its examples run against the fakes.
+#[cfg(feature = "fakes")]
+pub mod guarantees;
 pub mod iova_alloc;
 pub mod prot;
 pub mod pt;
