@@ -1380,3 +1380,76 @@ fn a_flush_costs_one_doorbell_and_one_completion_read() {
     map(&d, 0x1000, page(&m), K4, Prot::RW);
     assert_eq!(fake.register_accesses(), (r1, w1));
 }
+
+/// LPAE stage 1 whose leaves lack the access flag: what a buggy format
+/// would write. (Ours always set AF.)
+struct NoAf(iova_core::formats::lpae::LpaeS1);
+
+impl iova_core::PtFormat for NoAf {
+    fn levels(&self) -> usize {
+        self.0.levels()
+    }
+    fn granule_shift(&self) -> u32 {
+        self.0.granule_shift()
+    }
+    fn index_bits(&self, d: usize) -> u32 {
+        self.0.index_bits(d)
+    }
+    fn block_allowed(&self, d: usize) -> bool {
+        self.0.block_allowed(d)
+    }
+    fn oa_bits(&self) -> u32 {
+        iova_core::PtFormat::oa_bits(&self.0)
+    }
+    fn is_present(&self, d: usize, raw: u64) -> bool {
+        self.0.is_present(d, raw)
+    }
+    fn is_table(&self, d: usize, raw: u64) -> bool {
+        self.0.is_table(d, raw)
+    }
+    fn table_pa(&self, raw: u64) -> PhysAddr {
+        self.0.table_pa(raw)
+    }
+    fn leaf_pa(&self, d: usize, raw: u64) -> PhysAddr {
+        self.0.leaf_pa(d, raw)
+    }
+    fn leaf_prot(&self, d: usize, raw: u64) -> Prot {
+        self.0.leaf_prot(d, raw)
+    }
+    fn encode_table(&self, d: usize, pa: PhysAddr) -> u64 {
+        self.0.encode_table(d, pa)
+    }
+    fn encode_leaf(&self, d: usize, pa: PhysAddr, prot: Prot) -> u64 {
+        self.0.encode_leaf(d, pa, prot) & !iova_core::formats::lpae::AF
+    }
+}
+
+impl iommu_arm_smmuv3::S1Format for NoAf {
+    fn granule(&self) -> iommu_arm_smmuv3::Granule {
+        iommu_arm_smmuv3::Granule::K4
+    }
+}
+
+#[test]
+fn access_flag_faults_are_typed() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu
+        .s1_domain_with(
+            Arc::clone(&m),
+            NoAf(iova_core::formats::lpae::LpaeS1::new(48, 44).unwrap()),
+        )
+        .unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    map(&d, 0x3000, page(&m), K4, Prot::RW);
+    assert_eq!(
+        fake.dma_read(SID, Iova(0x3008), 4),
+        Err(DmaFault::Terminated(Some(0x12)))
+    );
+    let ev = events(&smmu);
+    assert_eq!(
+        (ev[0].kind, ev[0].addr, ev[0].read),
+        (FaultKind::AccessFlag, Some(0x3008), Some(true))
+    );
+}
