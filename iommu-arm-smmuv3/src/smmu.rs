@@ -194,6 +194,11 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             mmio.read32(off::GBPA) & gbpa::UPDATE == 0
         })?;
         let gbpa_abort = mmio.read32(off::GBPA) & gbpa::ABORT != 0;
+        if !gbpa_abort {
+            crate::warn_event!(
+                "smmuv3: GBPA.ABORT did not stick: streams bypass while the SMMU is off"
+            );
+        }
         write_cr0(&mmio, 0, limit).map_err(|_| SmmuError::AlreadyEnabled)?;
         // This driver polls: no interrupt may fire behind its back.
         mmio.write32(off::IRQ_CTRL, 0);
@@ -465,6 +470,11 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         s.0 += u64::from(r.events);
         if r.lost_events() {
             s.1 += 1;
+            crate::warn_event!(
+                "smmuv3: events lost (overflow {}, write abort {})",
+                r.overflowed,
+                r.write_aborted
+            );
         }
         r
     }
