@@ -17,6 +17,9 @@
 //!   memory unchanged;
 //! - `second-fn`: a second edu that nobody attached tries to DMA: blocked
 //!   and reported with its StreamID;
+//! - `two-domains`: two edus in two domains (two ASIDs) use the same IOVA
+//!   for different pages; each reaches only its own, also after one domain
+//!   unmaps it;
 //! - `block`: a 2 MiB-aligned mapping becomes a block entry, DMA through it;
 //! - `s2`: stage-2 translation (VMID, VTTBR) as a hypervisor gives a device
 //!   to a guest (`s2-16k`, `s2-64k`: with the larger granules); `nested`:
@@ -86,7 +89,7 @@ impl fmt::Display for Error {
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::NoDtb => f.write_str("no device tree"),
             Self::UnknownScenario => f.write_str(
-                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k)",
+                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains)",
             ),
             Self::Check(what, at) => write!(f, "{what} (at {at:#x})"),
         }
@@ -288,6 +291,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         "stale" => stale(&smmu, &pool, &mut frames, &mut devs[0]),
         "perm" => perm(&smmu, &pool, &mut frames, &mut devs[0]),
         "second-fn" => second_fn(&smmu, &pool, &mut frames, &mut devs),
+        "two-domains" => two_domains(&smmu, &pool, &mut frames, &mut devs),
         "block" => block(&smmu, &pool, boot, &mut frames, &mut devs[0]),
         "s2" => stage2(&smmu, &pool, &mut frames, &mut devs[0], Granule::K4),
         "s2-16k" => stage2(&smmu, &pool, &mut frames, &mut devs[0], Granule::K16),
@@ -1065,6 +1069,103 @@ fn granule(
         "granule",
         "stage 1 with a {} KiB granule: DMA checked, unmapped page faults ({n} events)",
         gsz >> 10
+    );
+    Ok(())
+}
+
+fn two_domains(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    frames: &mut FrameAllocator,
+    devs: &mut heapless::Vec<Device, 2>,
+) -> Result<(), Error> {
+    if devs.len() < 2 {
+        return Err(Error::NoEdu(2));
+    }
+    let a = smmu.s1_domain(pool, 48)?;
+    let b = smmu.s1_domain(pool, 48)?;
+    smmu.attach_s1(devs[0].sid, &a)?;
+    smmu.attach_s1(devs[1].sid, &b)?;
+    let mut pa = frames.alloc(1)?;
+    let mut pb = frames.alloc(1)?;
+    let mut src = frames.alloc(2)?;
+    pa.as_mut_slice().fill(0);
+    pb.as_mut_slice().fill(0);
+    src.as_mut_slice()[..FRAME_SIZE].fill(0xaa);
+    src.as_mut_slice()[FRAME_SIZE..].fill(0xbb);
+    let iova = APERTURE;
+    let mut g = iova_core::IotlbGather::new();
+    // Same IOVA, different pages; each domain also maps its own source.
+    a.map(Iova(iova), PhysAddr(pa.phys()), PAGE, Prot::WRITE, &mut g)?;
+    a.map(
+        Iova(iova + PAGE),
+        PhysAddr(src.phys()),
+        PAGE,
+        Prot::READ,
+        &mut g,
+    )?;
+    a.flush(&mut g)?;
+    b.map(Iova(iova), PhysAddr(pb.phys()), PAGE, Prot::WRITE, &mut g)?;
+    b.map(
+        Iova(iova + PAGE),
+        PhysAddr(src.phys() + PAGE),
+        PAGE,
+        Prot::READ,
+        &mut g,
+    )?;
+    b.flush(&mut g)?;
+    for dev in devs.iter_mut() {
+        // SAFETY: each device reads its domain's source page and writes its
+        // domain's page through the same IOVAs.
+        unsafe {
+            dev.edu.dma_to_device(iova + PAGE, 0, edu::BUFFER_SIZE)?;
+            dev.edu.dma_from_device(0, iova, edu::BUFFER_SIZE)?;
+        }
+    }
+    platform::arch::dma_barrier();
+    if pa.as_mut_slice().iter().any(|&b| b != 0xaa) || pb.as_mut_slice().iter().any(|&b| b != 0xbb)
+    {
+        return Err(Error::Check(
+            "a device reached the other domain's page",
+            iova,
+        ));
+    }
+    // Domain A unmaps the IOVA; B's translation (cached in QEMU too) stays.
+    a.unmap(Iova(iova), PAGE, &mut g)?;
+    a.flush(&mut g)?;
+    pa.as_mut_slice().fill(0x11);
+    pb.as_mut_slice().fill(0x22);
+    platform::arch::dma_barrier();
+    for dev in devs.iter_mut() {
+        // SAFETY: as above; for the first device the IOVA is now unmapped.
+        unsafe { dev.edu.dma_from_device(0, iova, 64)? };
+    }
+    platform::arch::dma_barrier();
+    if pa.as_mut_slice().iter().any(|&b| b != 0x11) {
+        return Err(Error::Check(
+            "the first device reached its unmapped IOVA",
+            iova,
+        ));
+    }
+    if pb.as_mut_slice()[..64].iter().any(|&b| b != 0xbb) {
+        return Err(Error::Check("the second device lost its mapping", iova));
+    }
+    let (n, _) = expect_faults(
+        smmu,
+        devs[0].sid,
+        FaultKind::Translation,
+        iova,
+        64,
+        Some(false),
+    )?;
+    println!(
+        "{NAME}: two domains (ASIDs {} and {}) map IOVA {iova:#x} to different pages: each device reached only its own; after domain A's unmap, A's device faults ({n} events) and B's still works",
+        a.invalidator().asid(),
+        b.invalidator().asid()
+    );
+    demo!(
+        "isolation",
+        "two domains, same IOVA, different pages: each edu reaches only its own; unmapping in one leaves the other"
     );
     Ok(())
 }
