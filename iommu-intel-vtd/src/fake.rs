@@ -145,6 +145,10 @@ struct State {
     scalable: bool,
     stats: FakeStats,
     stall_waits: bool,
+    fedata: u32,
+    feaddr: u64,
+    /// Fault event messages sent (address, data).
+    fault_messages: Vec<(u64, u32)>,
 }
 
 /// A fake VT-d unit over fake physical memory.
@@ -190,6 +194,9 @@ impl FakeVtd {
                 scalable: false,
                 stats: FakeStats::default(),
                 stall_waits: false,
+                fedata: 0,
+                feaddr: 0,
+                fault_messages: Vec::new(),
             }),
         }
     }
@@ -229,6 +236,11 @@ impl FakeVtd {
     /// (the driver's bounded poll must time out).
     pub fn stall_waits(&self, stall: bool) {
         self.lock().stall_waits = stall;
+    }
+
+    /// Fault event interrupts sent so far, as (message address, data).
+    pub fn fault_interrupts(&self) -> Vec<(u64, u32)> {
+        self.lock().fault_messages.clone()
     }
 
     /// The raw fault recording registers (lo, hi).
@@ -880,8 +892,18 @@ impl State {
         {
             self.fsts =
                 (self.fsts & !(0xff << regs::FSTS_FRI_SHIFT)) | (i as u32) << regs::FSTS_FRI_SHIFT;
+            // PPF went from clear to set: a fault event.
+            self.fault_event();
         }
         self.next_frcd = (i + 1) % self.frcd.len();
+    }
+
+    fn fault_event(&mut self) {
+        if self.fectl & regs::FECTL_IM != 0 {
+            self.fectl |= regs::FECTL_IP;
+        } else {
+            self.fault_messages.push((self.feaddr, self.fedata));
+        }
     }
 
     fn fsts(&self) -> u32 {
@@ -953,7 +975,19 @@ impl Mmio for FakeVtd {
                 let w1c = v & (regs::FSTS_PFO | regs::FSTS_IQE | regs::FSTS_ICE | regs::FSTS_ITE);
                 s.fsts &= !w1c;
             }
-            regs::FECTL => s.fectl = v & regs::FECTL_IM,
+            regs::FECTL => {
+                let pending = s.fectl & regs::FECTL_IP != 0;
+                s.fectl = (s.fectl & regs::FECTL_IP) | (v & regs::FECTL_IM);
+                // Unmasking sends what arrived while masked.
+                if pending && v & regs::FECTL_IM == 0 {
+                    s.fectl &= !regs::FECTL_IP;
+                    let (a, d) = (s.feaddr, s.fedata);
+                    s.fault_messages.push((a, d));
+                }
+            }
+            regs::FEDATA => s.fedata = v,
+            regs::FEADDR => s.feaddr = (s.feaddr & !0xffff_ffff) | u64::from(v & !3),
+            regs::FEUADDR => s.feaddr = (s.feaddr & 0xffff_ffff) | u64::from(v) << 32,
             regs::ICS => s.ics &= !(v & 1),
             o => match s.fault_slot(o) {
                 Some((i, 12)) if v & 1 << 31 != 0 => s.frcd[i][1] &= !regs::FRCD_F,

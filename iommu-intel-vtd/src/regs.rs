@@ -22,6 +22,12 @@ pub const CCMD: usize = 0x28;
 pub const FSTS: usize = 0x34;
 /// Fault event control register (32 bits).
 pub const FECTL: usize = 0x38;
+/// Fault event data register (32 bits): the MSI data.
+pub const FEDATA: usize = 0x3c;
+/// Fault event address register (32 bits): the MSI address.
+pub const FEADDR: usize = 0x40;
+/// Fault event upper address register (32 bits).
+pub const FEUADDR: usize = 0x44;
 /// Invalidation queue head (64 bits).
 pub const IQH: usize = 0x80;
 /// Invalidation queue tail (64 bits).
@@ -103,6 +109,8 @@ pub const FSTS_FRI_SHIFT: u32 = 8;
 
 /// FECTL: interrupt mask.
 pub const FECTL_IM: u32 = 1 << 31;
+/// FECTL: interrupt pending (an event arrived while masked).
+pub const FECTL_IP: u32 = 1 << 30;
 
 /// Fault record, high half: fault (RW1C), bit 63.
 pub const FRCD_F: u64 = 1 << 63;

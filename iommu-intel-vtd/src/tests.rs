@@ -1428,3 +1428,34 @@ fn random_sequences_never_leave_stale_translations() {
         }
     }
 }
+
+#[test]
+fn fault_events_raise_the_configured_interrupt() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    u.enable_translation().unwrap();
+    // Masked (the reset state): the event is held as pending.
+    assert!(f.translate(EDU, 0x1000, Dma::Read).is_err());
+    assert!(u.fault_interrupt_pending());
+    assert!(f.fault_interrupts().is_empty());
+    faults(&u);
+    // Unmasking with an event pending sends it.
+    u.enable_fault_interrupt(0xfee0_0000, 0x51);
+    assert_eq!(f.fault_interrupts(), [(0xfee0_0000, 0x51)]);
+    assert!(!u.fault_interrupt_pending());
+    // A new fault with none pending raises it; a second one while the first
+    // is still recorded does not (PPF was already set).
+    assert!(f.translate(OTHER, 0x2000, Dma::Read).is_err());
+    assert_eq!(f.fault_interrupts().len(), 2);
+    assert!(f.translate(OTHER, 0x3000, Dma::Read).is_err());
+    assert_eq!(f.fault_interrupts().len(), 2);
+    assert_eq!(faults(&u).len(), 1);
+    assert!(f.translate(OTHER, 0x4000, Dma::Read).is_err());
+    assert_eq!(f.fault_interrupts().len(), 3);
+    u.disable_fault_interrupt();
+    faults(&u);
+    assert!(f.translate(OTHER, 0x5000, Dma::Read).is_err());
+    assert_eq!(f.fault_interrupts().len(), 3);
+    assert!(u.fault_interrupt_pending());
+    assert_eq!(f.stats().unknown_accesses, 0);
+}

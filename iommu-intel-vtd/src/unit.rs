@@ -769,6 +769,31 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         Ok(())
     }
 
+    /// Has the unit signal new faults with the message-signalled interrupt
+    /// `data` written to `addr` (on x86, `0xFEE0_0000 | apic_id << 12` and
+    /// the vector), then unmasks it. The unit raises it when a fault record
+    /// becomes pending with none pending before; read and clear the records
+    /// with [`drain_faults`](Self::drain_faults) so that the next fault
+    /// raises it again.
+    pub fn enable_fault_interrupt(&self, addr: u64, data: u32) {
+        self.regs.write32(regs::FECTL, regs::FECTL_IM);
+        self.regs.write32(regs::FEDATA, data);
+        self.regs.write32(regs::FEADDR, addr as u32);
+        self.regs.write32(regs::FEUADDR, (addr >> 32) as u32);
+        self.regs.write32(regs::FECTL, 0);
+    }
+
+    /// Masks the fault event interrupt (the reset state).
+    pub fn disable_fault_interrupt(&self) {
+        self.regs.write32(regs::FECTL, regs::FECTL_IM);
+    }
+
+    /// Whether a fault event arrived while the interrupt was masked
+    /// (FECTL.IP); unmasking sends it.
+    pub fn fault_interrupt_pending(&self) -> bool {
+        self.regs.read32(regs::FECTL) & regs::FECTL_IP != 0
+    }
+
     /// Reads every fault record with F set (starting at FSTS.FRI), hands it
     /// to `sink` and clears it; clears and reports a primary fault overflow.
     pub fn drain_faults(&self, mut sink: impl FnMut(FaultRecord)) -> FaultSummary {
