@@ -403,11 +403,6 @@ pub struct VirtioIommu<H: Hal, T: Transport, const Q: usize = 256> {
     counters: Counters,
 }
 
-// SAFETY: all mutable state is behind the mutex; the DMA regions are owned.
-unsafe impl<H: Hal, T: Transport + Send, const Q: usize> Sync for VirtioIommu<H, T, Q> {}
-// SAFETY: as above; the transport is `Send`.
-unsafe impl<H: Hal, T: Transport + Send, const Q: usize> Send for VirtioIommu<H, T, Q> {}
-
 impl<H: Hal, T: Transport, const Q: usize> core::fmt::Debug for VirtioIommu<H, T, Q> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioIommu")
