@@ -1,23 +1,35 @@
-//! Intel VT-d backend for [`iova_core`].
+//! Intel VT-d backend for [`iova_core`]: a `no_std` driver for DMA
+//! remapping units, in legacy and scalable translation modes, whose domains
+//! plug into iova-core's two-step API.
 //!
 //! - [`acpi`]: finds the DMAR table from the RSDP and parses it (remapping
 //!   units, device scopes, reserved regions, ATS root ports).
 //! - [`caps`]: VER, CAP and ECAP decoded.
 //! - [`regs`]: register offsets and MMIO access ([`regs::Mmio`]).
-//! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, root and context
-//!   tables, global commands, fault recording.
-//! - [`context`]: legacy root and context entries.
+//! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, root,
+//!   context and PASID tables, global commands, fault recording and the
+//!   fault event interrupt.
+//! - [`context`]: root, context and PASID entries ([`ContextState`]: not
+//!   present, pass-through, second-level, first-level).
 //! - [`second_level`]: the second-level page-table format for iova-core's
-//!   engine ([`SecondLevel`]).
+//!   engine ([`SecondLevel`]); first-level domains use iova-core's x86-64
+//!   format ([`VtdUnit::first_level_format`]).
 //! - [`descriptor`], [`queue`]: invalidation descriptors and their submission
-//!   (queued, or register-based without ECAP.QI).
-//! - [`domain`]: [`VtdInvalidator`], which makes a
-//!   [`PageTableDomain`](iova_core::PageTableDomain) over [`SecondLevel`] an
-//!   [`IommuDomain`](iova_core::IommuDomain).
+//!   (queued with one wait per batch, 256-bit in scalable mode, or
+//!   register-based without ECAP.QI).
+//! - [`domain`]: [`VtdInvalidator`] (and [`VtdMultiInvalidator`] for several
+//!   units), which makes a [`PageTableDomain`](iova_core::PageTableDomain)
+//!   an [`IommuDomain`](iova_core::IommuDomain).
 //! - [`fault`]: typed fault records.
 //! - [`reserved`]: identity maps for the DMAR's reserved memory regions.
 //! - [`counters`]: what the driver did.
 //! - [`fake`] (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
+//!
+//! What the driver adapts to: SAGAW (3-, 4- or 5-level tables), MGAW, the
+//! number of domain IDs, the fault recording registers' number and place,
+//! superpages (SLLPS, FL1GP), QI, PSI and MAMV, RWBF, CM, SMTS/SLTS/FLTS, PT,
+//! SC and C (non-coherent walks need [`UnitConfig::walk_cache`]). What it
+//! cannot drive it refuses with a [`VtdError`] at probe or attach.
 //!
 //! # The two-step flow over VT-d
 //!
