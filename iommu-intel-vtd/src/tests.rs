@@ -134,7 +134,7 @@ fn probe_takes_over_with_queued_invalidation() {
         assert_eq!(f.translate(EDU, 0x1234, Dma::Read), Ok(0x1234));
         u.enable_translation().unwrap();
         assert!(u.translation_enabled());
-        drop(u);
+        u.shutdown().unwrap();
         assert_eq!(frames.live(), 0, "the unit frees its root table and queue");
     }
 }
@@ -956,7 +956,7 @@ mod scalable {
             );
             faults(&u);
             drop(d);
-            drop(u);
+            u.shutdown().unwrap();
             assert_eq!(frames.live(), 0, "PASID directories and tables are freed");
         }
     }
@@ -1458,4 +1458,54 @@ fn fault_events_raise_the_configured_interrupt() {
     assert_eq!(f.fault_interrupts().len(), 3);
     assert!(u.fault_interrupt_pending());
     assert_eq!(f.stats().unknown_accesses, 0);
+}
+
+#[test]
+fn five_level_tables_where_sagaw_has_them() {
+    // SAGAW 5-level only, MGAW 57.
+    let cap = (QEMU_CAP_48 & !(0x1f << 8) & !(0x3f << 16)) | 0x8 << 8 | 56 << 16;
+    let (frames, f) = fake(cap, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    assert!(
+        u.second_level_format(4).is_err(),
+        "4 levels are not in SAGAW"
+    );
+    let d = domain(&u, &frames, 1, 5);
+    assert_eq!(
+        (d.table().format().levels(), d.table().format().ia_bits()),
+        (5, 57)
+    );
+    attach(&u, &d, EDU, 1);
+    assert_eq!(
+        u.context(EDU),
+        ContextState::Translated {
+            did: 1,
+            root: d.table().root().0,
+            aw: 3
+        }
+    );
+    u.enable_translation().unwrap();
+    let high = 0x100_0000_0000_0000; // bit 56
+    map(&d, high, 0x7000, 0x1000, Prot::RW);
+    assert_eq!(f.translate(EDU, high + 0x10, Dma::Write), Ok(0x7010));
+    unmap(&d, high, 0x1000);
+    assert_eq!(
+        f.translate(EDU, high + 0x10, Dma::Write),
+        Err(FaultReason::WriteDenied)
+    );
+}
+
+#[test]
+fn dropping_a_translating_unit_keeps_devices_confined() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    u.enable_translation().unwrap();
+    let live = frames.live();
+    drop(u);
+    // Still translating (blocking), with the tables left in place.
+    assert_eq!(
+        f.translate(EDU, 0x1000, Dma::Read),
+        Err(FaultReason::RootNotPresent)
+    );
+    assert_eq!(frames.live(), live);
 }

@@ -837,13 +837,28 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     }
 }
 
+impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
+    /// Turns remapping off (from now on DMA is untranslated, and nothing is
+    /// blocked) and queued invalidation off, then frees the unit's tables
+    /// and queue. Dropping a unit whose translation is on keeps it on and
+    /// leaks them instead, so that devices stay confined.
+    pub fn shutdown(self) -> Result<(), VtdError> {
+        self.disable_translation()?;
+        drop(self);
+        Ok(())
+    }
+}
+
 impl<M: Mmio, A: FrameAllocator> Drop for VtdUnit<M, A> {
     fn drop(&mut self) {
-        // Stop the unit walking memory we are about to free; if it does not
-        // stop, keep (leak) the memory rather than free what it may read.
-        let stopped = self.global_command(regs::G_TE, false).is_ok()
-            && (!self.inval.lock().is_queued() || self.global_command(regs::G_QIE, false).is_ok());
-        if !stopped {
+        // With translation on, the unit keeps walking these tables and
+        // devices stay confined by them: keep (leak) them rather than turn
+        // protection off behind the caller's back (`shutdown` does that).
+        if self.translation_enabled() {
+            return;
+        }
+        // Stop the queue before freeing it; if it does not stop, leak.
+        if self.inval.lock().is_queued() && self.global_command(regs::G_QIE, false).is_err() {
             return;
         }
         let tables = self.context_tables.lock();
