@@ -1453,3 +1453,40 @@ fn access_flag_faults_are_typed() {
         (FaultKind::AccessFlag, Some(0x3008), Some(true))
     );
 }
+
+#[test]
+fn refused_commands_at_every_queue_position_including_the_wrap() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default().with_cmdq_log2(2)).unwrap();
+    let bad = Command([0x7e, 0]);
+    for shift in 0..9u32 {
+        // Move the producer by `shift` slots, then a batch with a bad command
+        // in the middle that does not fit the 4-entry queue in one go.
+        for i in 0..shift {
+            smmu.submit(&[Command::cfgi_ste(i, true)]).unwrap();
+        }
+        fake.clear_commands();
+        let batch = [
+            Command::cfgi_ste(100, true),
+            bad,
+            Command::cfgi_ste(101, true),
+            Command::cfgi_ste(102, true),
+            Command::cfgi_ste(103, true),
+        ];
+        let r = smmu.submit(&batch);
+        assert!(
+            matches!(r, Err(SmmuError::Command(e)) if e.opcode == 0x7e),
+            "shift {shift}: {r:?}"
+        );
+        let sids: Vec<u32> = fake
+            .commands()
+            .iter()
+            .filter(|c| c.opcode() == op::CFGI_STE)
+            .map(Command::sid)
+            .collect();
+        assert_eq!(sids, [100, 101, 102, 103], "shift {shift}");
+        smmu.submit(&[Command::cfgi_all()]).unwrap();
+    }
+    assert_eq!(smmu.counters().commands.errors, 9);
+}
