@@ -271,11 +271,20 @@ fn a_rejected_request_stays_queued_and_the_flush_can_be_retried() {
 
 #[test]
 fn a_silent_device_makes_the_flush_time_out() {
+    fn now_us() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_micros() as u64
+    }
     let (fake, t) = FakeIommu::new(FakeConfig::default());
+    // A time budget (not a poll count), so the attach below succeeds however
+    // loaded the machine is.
     let dc = DriverConfig {
         wait: WaitBudget {
-            max_polls: 100_000,
-            clock: None,
+            max_polls: u64::MAX,
+            clock: Some((now_us, 300_000)),
         },
         ..Default::default()
     };

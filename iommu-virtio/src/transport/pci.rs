@@ -116,12 +116,6 @@ pub struct VirtioPciTransport {
     device: Option<Regs>,
 }
 
-// SAFETY: the registers may be accessed from any CPU; `&self` methods only
-// read (`Transport` puts every write behind `&mut self`).
-unsafe impl Send for VirtioPciTransport {}
-// SAFETY: as above.
-unsafe impl Sync for VirtioPciTransport {}
-
 impl VirtioPciTransport {
     /// Finds the virtio capabilities of the function behind `config` and maps
     /// them onto `bars`.
