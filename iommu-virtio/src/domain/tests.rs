@@ -6,6 +6,25 @@ use crate::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave};
 use iova_core::iova_alloc::IovaAllocatorConfig;
 use iova_core::{DmaMapper, IovaAllocator, IovaRange};
 
+/// The default configuration with a time budget for replies (10 s) instead
+/// of a poll count, so a loaded test machine cannot make a wait expire.
+fn patient() -> DriverConfig {
+    fn now_us() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_micros() as u64
+    }
+    DriverConfig {
+        wait: WaitBudget {
+            max_polls: u64::MAX,
+            clock: Some((now_us, 10_000_000)),
+        },
+        ..DriverConfig::default()
+    }
+}
+
 const EP: u32 = 0x10;
 const G: u64 = 0x1000;
 
@@ -13,7 +32,7 @@ type Iommu<const Q: usize> = VirtioIommu<HostHal, FakeTransport, Q>;
 
 fn iommu<const Q: usize>() -> (FakeIommu, Iommu<Q>) {
     let (fake, t) = FakeIommu::new(FakeConfig::default());
-    (fake, Iommu::<Q>::new(t, DriverConfig::default()).unwrap())
+    (fake, Iommu::<Q>::new(t, patient()).unwrap())
 }
 
 fn scattered(i: u64) -> u64 {
@@ -446,7 +465,7 @@ fn a_queue_and_batch_that_hold_everything_send_512_maps_with_one_notification() 
         max_queue: 1024,
         ..Default::default()
     });
-    let io = Box::new(Iommu::<1024>::new(t, DriverConfig::default()).unwrap());
+    let io = Box::new(Iommu::<1024>::new(t, patient()).unwrap());
     let d: Box<VirtioDomain<'_, _, _, 1024, 1024, 512>> =
         Box::new(VirtioDomain::new(&*io, 1).unwrap());
     d.attach(EP).unwrap();

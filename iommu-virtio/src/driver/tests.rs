@@ -4,6 +4,25 @@ use super::*;
 use crate::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave};
 use crate::{FaultReason, ReservedKind};
 
+/// The default configuration with a time budget for replies (10 s) instead
+/// of a poll count, so a loaded test machine cannot make a wait expire.
+fn patient() -> DriverConfig {
+    fn now_us() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_micros() as u64
+    }
+    DriverConfig {
+        wait: WaitBudget {
+            max_polls: u64::MAX,
+            clock: Some((now_us, 10_000_000)),
+        },
+        ..DriverConfig::default()
+    }
+}
+
 type Driver<const Q: usize = 16> = VirtioIommu<HostHal, FakeTransport, Q>;
 
 const EP: u32 = 0x10;
@@ -15,7 +34,7 @@ fn setup<const Q: usize>(cfg: FakeConfig, dc: DriverConfig) -> (FakeIommu, Drive
 }
 
 fn default_pair() -> (FakeIommu, Driver) {
-    setup(FakeConfig::default(), DriverConfig::default())
+    setup(FakeConfig::default(), patient())
 }
 
 fn map(domain: u32, start: u64, len: u64, phys: u64, flags: u32) -> Request {
@@ -85,7 +104,7 @@ fn init_negotiates_reads_the_config_and_turns_bypass_off() {
 fn bypass_is_kept_only_when_asked_and_never_written_without_bypass_config() {
     let dc = DriverConfig {
         bypass_unattached: true,
-        ..Default::default()
+        ..patient()
     };
     let (fake, d) = setup::<16>(FakeConfig::default(), dc);
     assert_eq!(fake.bypass(), 1);
@@ -95,7 +114,7 @@ fn bypass_is_kept_only_when_asked_and_never_written_without_bypass_config() {
         features: Features::VERSION_1 | Features::MAP_UNMAP | Features::BYPASS,
         ..Default::default()
     };
-    let (fake, d) = setup::<16>(cfg, DriverConfig::default());
+    let (fake, d) = setup::<16>(cfg, patient());
     assert_eq!(
         fake.bypass_writes(),
         0,
@@ -124,7 +143,7 @@ fn a_device_without_map_unmap_or_with_a_bad_config_is_refused() {
         features: Features::VERSION_1 | Features::PROBE,
         ..Default::default()
     });
-    let e = Driver::<16>::new(t, DriverConfig::default()).unwrap_err();
+    let e = Driver::<16>::new(t, patient()).unwrap_err();
     assert_eq!(
         e,
         VirtioIommuError::MissingFeatures(Features::MAP_UNMAP.bits())
@@ -136,7 +155,7 @@ fn a_device_without_map_unmap_or_with_a_bad_config_is_refused() {
         ..Default::default()
     });
     assert!(matches!(
-        Driver::<16>::new(t, DriverConfig::default()),
+        Driver::<16>::new(t, patient()),
         Err(VirtioIommuError::BadConfig(_))
     ));
     let (_fake, t) = FakeIommu::new(FakeConfig {
@@ -144,7 +163,7 @@ fn a_device_without_map_unmap_or_with_a_bad_config_is_refused() {
         ..Default::default()
     });
     assert!(matches!(
-        Driver::<16>::new(t, DriverConfig::default()),
+        Driver::<16>::new(t, patient()),
         Err(VirtioIommuError::Queue(_))
     ));
 }
@@ -310,7 +329,7 @@ fn probe_reports_reserved_regions_which_become_allocator_holes() {
 #[test]
 fn a_full_queue_is_flushed_and_the_batch_goes_on() {
     // Q = 8: four requests per batch.
-    let (fake, d) = setup::<8>(FakeConfig::default(), DriverConfig::default());
+    let (fake, d) = setup::<8>(FakeConfig::default(), patient());
     d.attach(EP, 1).unwrap();
     let before = d.counters();
     let reqs: Vec<Request> = (0..10)
@@ -336,7 +355,7 @@ fn a_full_queue_is_flushed_and_the_batch_goes_on() {
 
 #[test]
 fn a_batch_within_capacity_is_one_notification_and_results_keep_their_order() {
-    let (fake, d) = setup::<64>(FakeConfig::default(), DriverConfig::default());
+    let (fake, d) = setup::<64>(FakeConfig::default(), patient());
     d.attach(EP, 1).unwrap();
     let before = d.counters();
     let mut reqs: Vec<Request> = (0..20)
@@ -364,7 +383,7 @@ fn a_device_that_never_answers_times_out_and_the_driver_stops() {
             max_polls: 200_000,
             clock: None,
         },
-        ..Default::default()
+        ..patient()
     };
     let (fake, d) = setup::<16>(FakeConfig::default(), dc);
     fake.misbehave(Misbehave {
@@ -394,7 +413,7 @@ fn a_clock_bounds_the_wait_too() {
             max_polls: u64::MAX,
             clock: Some((now_us, 50_000)),
         },
-        ..Default::default()
+        ..patient()
     };
     let (fake, d) = setup::<16>(FakeConfig::default(), dc);
     fake.misbehave(Misbehave {
@@ -512,7 +531,7 @@ fn reset_returns_the_transport_with_the_device_reset() {
     assert_eq!(fake.status(), 0);
     assert_eq!(fake.domain_of(EP), None);
     // A new driver over the same transport works.
-    let d = Driver::<16>::new(t, DriverConfig::default()).unwrap();
+    let d = Driver::<16>::new(t, patient()).unwrap();
     d.attach(EP, 4).unwrap();
 }
 
@@ -608,7 +627,7 @@ fn dropping_the_driver_resets_the_device_before_freeing_its_memory() {
             max_polls: 10_000,
             clock: None,
         },
-        ..Default::default()
+        ..patient()
     };
     let (fake, d) = setup::<16>(FakeConfig::default(), dc);
     fake.misbehave(Misbehave {
@@ -645,7 +664,7 @@ fn a_queue_failure_after_the_device_saw_a_queue_resets_it_before_freeing() {
         ..Default::default()
     });
     assert_eq!(
-        Driver::<4>::new(t, DriverConfig::default()).unwrap_err(),
+        Driver::<4>::new(t, patient()).unwrap_err(),
         VirtioIommuError::Queue("event queue unavailable or too small")
     );
     assert_eq!(
