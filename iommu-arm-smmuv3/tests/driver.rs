@@ -1490,3 +1490,26 @@ fn refused_commands_at_every_queue_position_including_the_wrap() {
     }
     assert_eq!(smmu.counters().commands.errors, 9);
 }
+
+#[test]
+fn driver_types_can_be_shared_between_cpus() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Smmu<iommu_arm_smmuv3::MmioRegion, Arc<FakeFrames>>>();
+    shared::<Smmu<&'static FakeSmmu, &'static FakeFrames>>();
+    shared::<
+        iommu_arm_smmuv3::S1Domain<
+            'static,
+            iommu_arm_smmuv3::MmioRegion,
+            Arc<FakeFrames>,
+            Arc<FakeFrames>,
+        >,
+    >();
+    shared::<
+        iommu_arm_smmuv3::S2Domain<
+            'static,
+            iommu_arm_smmuv3::MmioRegion,
+            Arc<FakeFrames>,
+            Arc<FakeFrames>,
+        >,
+    >();
+}
