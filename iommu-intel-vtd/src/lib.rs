@@ -103,9 +103,24 @@
 //! `zerocopy` reads firmware tables without `unsafe` and without reading
 //! past them; `spin` serialises the invalidation interface and context-table
 //! updates (no OS to block on, critical sections are short and bounded);
-//! `heapless` holds one flush's descriptors without a heap.
+//! `heapless` holds one flush's descriptors without a heap; `log` and
+//! `defmt` (optional features, off by default) carry warnings.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
+
+/// Reports what a caller may not see in a return value, or should hear about
+/// even when it handles the error, through the optional `log` and `defmt`
+/// features (nothing when both are off).
+macro_rules! warn_event {
+    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
+        #[cfg(feature = "log")]
+        log::warn!($fmt $(, $arg)*);
+        #[cfg(feature = "defmt")]
+        defmt::warn!($fmt $(, $arg)*);
+        $(let _ = &$arg;)*
+    }};
+}
+pub(crate) use warn_event;
 
 pub mod acpi;
 pub mod caps;

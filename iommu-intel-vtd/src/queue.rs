@@ -237,11 +237,20 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 self.publish(q.base.0 + (index * size) as u64, size);
                 self.regs.write32(regs::FSTS, regs::FSTS_IQE);
                 self.regs.write64(regs::IQT, (q.tail as u64) << q.shift());
+                crate::warn_event!(
+                    "VT-d: invalidation queue error at {}: {:#x} {:#x}",
+                    index,
+                    descriptor.lo,
+                    descriptor.hi
+                );
                 // Report the first refused descriptor of the batch; later
                 // ones are replaced the same way so the batch drains.
                 error.get_or_insert(VtdError::QueueError { index, descriptor });
             }
             core::hint::spin_loop();
+        }
+        if error.is_none() {
+            crate::warn_event!("VT-d: invalidation wait {} timed out", seq);
         }
         Err(error.unwrap_or(VtdError::Timeout("invalidation wait")))
     }

@@ -817,6 +817,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if fsts & regs::FSTS_PFO != 0 {
             self.regs.write32(regs::FSTS, regs::FSTS_PFO);
             summary.overflow = true;
+            crate::warn_event!("VT-d: primary fault overflow: faults were lost");
         }
         self.counters
             .faults
