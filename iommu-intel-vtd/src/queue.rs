@@ -68,14 +68,15 @@ pub(crate) enum Invalidation {
 impl Invalidation {
     pub(crate) fn new<A: FrameAllocator>(
         frames: &A,
-        f: &Features,
+        oa_bits: u32,
         wide: bool,
+        f: &Features,
     ) -> Result<Self, VtdError> {
         if !f.ecap.queued_invalidation() {
             return Ok(Self::Registers);
         }
-        let base = alloc_frame(frames, f.cap.mgaw())?;
-        let status = match alloc_frame(frames, f.cap.mgaw()) {
+        let base = alloc_frame(frames, oa_bits)?;
+        let status = match alloc_frame(frames, oa_bits) {
             Ok(s) => s,
             Err(e) => {
                 // SAFETY: just allocated, never published.

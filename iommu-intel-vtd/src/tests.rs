@@ -1535,3 +1535,52 @@ fn a_unit_left_running_is_taken_over() {
     // Its queue works from a fresh head.
     u.invalidate_all().unwrap();
 }
+
+#[test]
+fn the_platform_address_width_bounds_tables_and_mappings() {
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    // The fake's frames live at 256 GiB: beyond a 36-bit platform.
+    let narrow = UnitConfig {
+        address_width: Some(36),
+        ..cfg()
+    };
+    assert!(matches!(
+        VtdUnit::new(&f, Arc::clone(&frames), narrow).err(),
+        Some(VtdError::FrameUnreachable(_))
+    ));
+    assert_eq!(frames.live(), 0);
+    let forty = UnitConfig {
+        address_width: Some(40),
+        ..cfg()
+    };
+    let u = VtdUnit::new(&f, Arc::clone(&frames), forty).unwrap();
+    assert_eq!(u.address_width(), 40);
+    let d = domain(&u, &frames, 1, 4);
+    assert_eq!(d.table().format().oa_bits(), 40);
+    let mut g = IotlbGather::new();
+    assert_eq!(
+        d.map(Iova(0x1000), PhysAddr(1 << 40), 0x1000, Prot::RW, &mut g),
+        Err(iova_core::Error::OutOfRange)
+    );
+    d.map(
+        Iova(0x1000),
+        PhysAddr((1 << 40) - 0x1000),
+        0x1000,
+        Prot::RW,
+        &mut g,
+    )
+    .unwrap();
+    d.flush(&mut g).unwrap();
+    // A wider request than MGAW is clamped to MGAW.
+    let (frames, f) = fake(QEMU_CAP_39, QEMU_ECAP);
+    let wide = UnitConfig {
+        address_width: Some(52),
+        ..cfg()
+    };
+    assert_eq!(
+        VtdUnit::new(&f, Arc::clone(&frames), wide)
+            .unwrap()
+            .address_width(),
+        39
+    );
+}

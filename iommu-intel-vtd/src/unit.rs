@@ -160,6 +160,10 @@ pub struct UnitConfig {
     /// unit. The page tables of its domains need the same maintenance: build
     /// them with `PageTable::with_cache`.
     pub walk_cache: Option<&'static dyn CacheMaintenance>,
+    /// The platform's DMA address width (the DMAR's host address width):
+    /// the unit's tables and every output address stay below it. `None`:
+    /// the unit's MGAW.
+    pub address_width: Option<u32>,
 }
 
 impl fmt::Debug for UnitConfig {
@@ -170,6 +174,7 @@ impl fmt::Debug for UnitConfig {
             .field("psi_limit", &self.psi_limit)
             .field("scalable", &self.scalable)
             .field("walk_cache", &self.walk_cache.is_some())
+            .field("address_width", &self.address_width)
             .finish()
     }
 }
@@ -182,6 +187,7 @@ impl Default for UnitConfig {
             psi_limit: 16,
             scalable: false,
             walk_cache: None,
+            address_width: None,
         }
     }
 }
@@ -199,6 +205,9 @@ pub struct VtdUnit<M: Mmio, A: FrameAllocator> {
     /// (scalable: index = 2 * bus + devfn / 128); 0: none yet.
     context_tables: spin::Mutex<[u64; 512]>,
     scalable: bool,
+    /// Physical addresses the unit is given (tables, output addresses) are
+    /// below `1 << oa_bits`.
+    oa_bits: u32,
     /// Cache maintenance for a walker without ECAP.C; `None` when coherent.
     cache: Option<&'static dyn CacheMaintenance>,
     pub(crate) inval: spin::Mutex<Invalidation>,
@@ -229,6 +238,12 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if !(32..=64).contains(&cap.mgaw()) {
             return Err(VtdError::BadAddressWidth(cap.mgaw()));
         }
+        let oa_bits = config
+            .address_width
+            .map_or(cap.mgaw(), |w| w.min(cap.mgaw()));
+        if oa_bits < 32 {
+            return Err(VtdError::BadAddressWidth(oa_bits));
+        }
         // Scalable mode's PASID-cache and PASID-based IOTLB invalidations
         // exist only as queued descriptors.
         if config.scalable
@@ -246,8 +261,8 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if needed > have {
             return Err(VtdError::RegistersTooSmall { needed, have });
         }
-        let root = alloc_frame(&frames, cap.mgaw())?;
-        let inval = match Invalidation::new(&frames, &features, config.scalable) {
+        let root = alloc_frame(&frames, oa_bits)?;
+        let inval = match Invalidation::new(&frames, oa_bits, config.scalable, &features) {
             Ok(i) => i,
             Err(e) => {
                 // SAFETY: allocated above, never published to the unit.
@@ -263,6 +278,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             root,
             context_tables: spin::Mutex::new([0; 512]),
             scalable: config.scalable,
+            oa_bits,
             cache: if features.ecap.coherent() {
                 None
             } else {
@@ -326,7 +342,17 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             .rev()
             .find(|&l| self.features.cap.supports_levels(l))
             .ok_or(VtdError::LevelsUnsupported(max_levels))?;
-        Ok(SecondLevel::for_unit(self.features.cap, levels)?)
+        Ok(SecondLevel::new(
+            levels,
+            self.features.cap.sllps(),
+            self.oa_bits.min(52),
+        )?)
+    }
+
+    /// Physical address width the unit is given: MGAW, or less where
+    /// [`UnitConfig::address_width`] says so.
+    pub fn address_width(&self) -> u32 {
+        self.oa_bits
     }
 
     /// Whether the unit runs in scalable mode.
@@ -340,12 +366,8 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if !self.scalable || !self.features.ecap.first_level_translation() {
             return Err(VtdError::FirstLevelUnsupported);
         }
-        X86_64::new(
-            4,
-            self.features.cap.first_level_1g(),
-            self.features.cap.mgaw().min(52),
-        )
-        .map_err(|_| VtdError::BadAddressWidth(self.features.cap.mgaw()))
+        X86_64::new(4, self.features.cap.first_level_1g(), self.oa_bits.min(52))
+            .map_err(|_| VtdError::BadAddressWidth(self.oa_bits))
     }
 
     /// Makes CPU writes to `[pa, pa + len)` visible to a walker that does
@@ -460,7 +482,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
 
     fn validate(&self, state: &ContextState) -> Result<(), VtdError> {
         let (cap, ecap) = (self.features.cap, self.features.ecap);
-        let reachable = |root: u64| root & 0xfff == 0 && root >> cap.mgaw().min(63) == 0;
+        let reachable = |root: u64| root & 0xfff == 0 && root >> self.oa_bits.min(63) == 0;
         let levels = |aw: u8| {
             let l = usize::from(aw) + 2;
             if cap.supports_levels(l) {
@@ -540,7 +562,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             if state == ContextState::NotPresent {
                 return Ok(());
             }
-            let table = alloc_frame(&self.frames, cap.mgaw())?;
+            let table = alloc_frame(&self.frames, self.oa_bits)?;
             let [lo, hi] = root_entry(table.0);
             self.entry(self.root.0, 2 * bus + 1)
                 .store(hi, Ordering::Release);
@@ -691,7 +713,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         state: ContextState,
         fpd: bool,
     ) -> Result<(), VtdError> {
-        let mgaw = self.features.cap.mgaw();
+        let mgaw = self.oa_bits;
         let devfn = usize::from(dev.devfn());
         let half = 2 * usize::from(dev.bus) + devfn / 128;
         let dir = alloc_frame(&self.frames, mgaw)?;

@@ -445,6 +445,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     let config = UnitConfig {
         register_size: drhd.register_size() as usize,
         walk_cache: Some(&CLFLUSH),
+        address_width: Some(dmar.address_bits()),
         ..UnitConfig::default()
     };
     // Scalable mode where the unit has it (x-scalable-mode=on), and then
