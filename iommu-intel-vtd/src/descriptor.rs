@@ -277,11 +277,13 @@ pub fn page_blocks(
     let last = (end - 1) >> 12;
     // Smallest mask whose aligned block holds both the first and last page.
     let needed = 64 - (first ^ last).leading_zeros();
+    // A mask is at most 51 (an address has 52 page-number bits), whatever
+    // the unit claims in MAMV.
+    let mamv = mamv.min(51);
     if needed <= mamv {
         emit((first << 12) & !((1u64 << (needed + 12)) - 1), needed as u8);
         return Some(1);
     }
-    let mamv = mamv.min(51);
     let block = 1u64 << mamv;
     let from = first >> mamv;
     let to = last >> mamv;
@@ -408,6 +410,19 @@ mod tests {
             assert_eq!(n, v.len());
             v
         })
+    }
+
+    #[test]
+    fn page_blocks_never_overflow_whatever_mamv_says() {
+        // A unit claiming MAMV 63 and a range spanning the whole address
+        // space: two blocks of 2^51 pages, no shift overflow.
+        assert_eq!(
+            blocks(0, u64::MAX, 63, 8),
+            Some(std::vec![(0, 51), (1 << 63, 51)])
+        );
+        assert_eq!(blocks(0x1000, 1 << 63, 63, 8), Some(std::vec![(0, 51)]));
+        // Too many blocks for the limit: none emitted.
+        assert_eq!(blocks(0, u64::MAX, 40, 8), None);
     }
 
     #[test]
