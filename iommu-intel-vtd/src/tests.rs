@@ -1584,3 +1584,50 @@ fn the_platform_address_width_bounds_tables_and_mappings() {
         39
     );
 }
+
+#[test]
+fn arbitrary_capability_values_never_panic_the_driver() {
+    let mut seed = 0x243f_6a88_85a3_08d3u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut probed = 0;
+    for _ in 0..300 {
+        // Random everywhere but where the fault records and IOTLB registers
+        // sit (mostly beyond 4 KiB otherwise, which probe just refuses).
+        let cap = (next() & !(0x3ff << 24) & !(0xf8 << 40)) | 0x22 << 24;
+        let ecap = (next() & !(0x3ff << 8)) | 0xf << 8;
+        let (frames, f) = fake(cap, ecap);
+        let config = UnitConfig {
+            scalable: next() & 1 == 0,
+            poll_limit: 1000,
+            ..cfg()
+        };
+        let Ok(u) = VtdUnit::new(&f, Arc::clone(&frames), config) else {
+            continue;
+        };
+        probed += 1;
+        // Whatever it accepted must work within what it claims.
+        if let Ok(fmt) = u.second_level_format(5) {
+            let t = PageTable::new(fmt, Arc::clone(&frames)).unwrap();
+            let levels = fmt.context_aw();
+            let root = t.root().0;
+            let _ = u.set_context(
+                EDU,
+                ContextState::Translated {
+                    did: 1,
+                    root,
+                    aw: levels,
+                },
+                false,
+            );
+            let _ = u.set_context(EDU, ContextState::NotPresent, false);
+        }
+        let _ = u.invalidate_all();
+        u.drain_faults(|_| {});
+    }
+    assert!(probed > 10, "only {probed} of 300 random units probed");
+}
