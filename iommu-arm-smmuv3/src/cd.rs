@@ -95,6 +95,16 @@ impl Cd {
         Cd(w)
     }
 
+    /// With non-cacheable, outer-shareable table walks when `non_coherent`
+    /// (for an SMMU the driver maintains caches for).
+    pub const fn with_walk_attrs(mut self, non_coherent: bool) -> Self {
+        if non_coherent {
+            let m = 3 << IR0_SHIFT | 3 << OR0_SHIFT | 3 << SH0_SHIFT;
+            self.0[0] = (self.0[0] & !m) | 2 << SH0_SHIFT;
+        }
+        self
+    }
+
     /// Whether V is set.
     pub const fn is_valid(&self) -> bool {
         self.0[0] & V != 0
@@ -165,6 +175,21 @@ mod tests {
             assert_eq!((cd.0[0] >> 6) & 3, tg);
             assert_eq!(cd.0[0] & !(3 << 6), Cd::s1(&c).0[0]);
         }
+    }
+
+    #[test]
+    fn non_coherent_walks() {
+        let c = CdConfig {
+            asid: 1,
+            ia_bits: 48,
+            oa_bits: 48,
+            ttb0: 0x10000,
+            mair: 0,
+        };
+        let cd = Cd::s1(&c).with_walk_attrs(true);
+        assert_eq!((cd.0[0] >> 8) & 0x3f, 0b10_00_00);
+        assert_eq!(cd.0[0] & !(0x3f << 8), Cd::s1(&c).0[0] & !(0x3f << 8));
+        assert_eq!(Cd::s1(&c).with_walk_attrs(false), Cd::s1(&c));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use iova_core::{
 };
 use spin::Mutex;
 
+use crate::cache::SmmuCache;
 use crate::cd::{Cd, CdConfig};
 use crate::cmd::{Command, TlbiRange};
 use crate::error::SmmuError;
@@ -138,28 +139,28 @@ impl Streams {
 /// default) from `T`, tagged with an ASID. Dereferences to the
 /// [`PageTableDomain`] for its table and invalidator.
 pub struct S1Domain<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format = LpaeS1> {
-    inner: ManuallyDrop<PageTableDomain<F, T, S1Inval<'s, M, A>>>,
+    inner: ManuallyDrop<PageTableDomain<F, T, S1Inval<'s, M, A>, SmmuCache>>,
     streams: Streams,
 }
 
 /// A stage-2 domain: LPAE stage-2 tables from `T`, tagged with a VMID.
 /// Dereferences to the [`PageTableDomain`] for its table and invalidator.
 pub struct S2Domain<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator> {
-    inner: ManuallyDrop<PageTableDomain<LpaeS2, T, S2Inval<'s, M, A>>>,
+    inner: ManuallyDrop<PageTableDomain<LpaeS2, T, S2Inval<'s, M, A>, SmmuCache>>,
     streams: Streams,
 }
 
 impl<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format> Deref
     for S1Domain<'s, M, A, T, F>
 {
-    type Target = PageTableDomain<F, T, S1Inval<'s, M, A>>;
+    type Target = PageTableDomain<F, T, S1Inval<'s, M, A>, SmmuCache>;
     fn deref(&self) -> &Self::Target {
         &self.inner
     }
 }
 
 impl<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator> Deref for S2Domain<'s, M, A, T> {
-    type Target = PageTableDomain<LpaeS2, T, S2Inval<'s, M, A>>;
+    type Target = PageTableDomain<LpaeS2, T, S2Inval<'s, M, A>, SmmuCache>;
     fn deref(&self) -> &Self::Target {
         &self.inner
     }
@@ -278,7 +279,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         if oa > f.table_oas_bits() {
             return Err(SmmuError::BadGeometry);
         }
-        let table = PageTable::new(fmt, tables)?;
+        let table = PageTable::with_cache(fmt, tables, self.cache)?;
         let ia_bits = table.ia_bits();
         if !(25..=48).contains(&ia_bits) {
             return Err(SmmuError::BadGeometry);
@@ -293,7 +294,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 mair: MAIR,
             },
             granule,
-        );
+        )
+        .with_walk_attrs(self.maintains_caches());
         let setup = self
             .submit(&[Command::tlbi_nh_asid(0, asid)])
             .and_then(|()| self.alloc_cd(&cd));
@@ -350,7 +352,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         {
             return Err(SmmuError::BadGeometry);
         }
-        let table = PageTable::new(fmt, tables)?;
+        let table = PageTable::with_cache(fmt, tables, self.cache)?;
         let vmid = self.vmids.lock().alloc().ok_or(SmmuError::IdsExhausted)?;
         if let Err(e) = self.submit(&[Command::tlbi_s12_vmall(vmid)]) {
             self.vmids.lock().free(vmid);
@@ -385,7 +387,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         domain
             .streams
             .add(sid, |s| self.ste(s).is_ok_and(|e| uses_cd(&e, cd)))?;
-        if let Err(e) = self.write_ste(sid, &Ste::s1(cd.0)) {
+        if let Err(e) = self.write_ste(sid, &Ste::s1(cd.0).with_walk_attrs(self.maintains_caches()))
+        {
             if !self.ste(sid).is_ok_and(|e| uses_cd(&e, cd)) {
                 domain.streams.remove(sid);
             }
@@ -404,7 +407,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         domain
             .streams
             .add(sid, |s| self.ste(s).is_ok_and(|e| uses_s2(&e, root)))?;
-        if let Err(e) = self.write_ste(sid, &Ste::s2(&s2_config(domain))) {
+        if let Err(e) = self.write_ste(
+            sid,
+            &Ste::s2(&s2_config(domain)).with_walk_attrs(self.maintains_caches()),
+        ) {
             if !self.ste(sid).is_ok_and(|e| uses_s2(&e, root)) {
                 domain.streams.remove(sid);
             }
@@ -446,7 +452,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         }
         i1.vmid.store(u32::from(i2.vmid), Ordering::Relaxed);
         i2.nested.fetch_add(1, Ordering::Relaxed);
-        self.write_ste(sid, &Ste::nested(cd.0, &s2_config(s2)))
+        self.write_ste(
+            sid,
+            &Ste::nested(cd.0, &s2_config(s2)).with_walk_attrs(self.maintains_caches()),
+        )
     }
 
     /// Detaches `sid` from a stage-1 domain: the STE becomes invalid again

@@ -21,7 +21,11 @@
 //!   records to the event queue (overflow toggles EVENTQ_PROD.OVFLG, or with
 //!   [`FakeSmmu::set_qemu_event_abort`] raises GERROR.EVENTQ_ABT_ERR as QEMU
 //!   does);
-//! - devices DMA with [`FakeSmmu::dma_read`] / [`FakeSmmu::dma_write`].
+//! - devices DMA with [`FakeSmmu::dma_read`] / [`FakeSmmu::dma_write`];
+//! - [`FakeSmmu::set_non_coherent`] makes it a non-coherent SMMU: it sees
+//!   only what the CPU cleaned, and its event records reach the CPU only
+//!   when invalidated (its [`iova_core::CacheMaintenance`] implementation is
+//!   the CPU's cache).
 //!
 //! Both stages walk 4, 16 and 64 KiB granules (as IDR5 offers); SubstreamIDs, stalls, ATS and PRI are not
 //! modelled.
@@ -124,6 +128,9 @@ struct State {
     forced_errors: HashSet<u8>,
     stalled: bool,
     qemu_event_abort: bool,
+    /// Non-coherent mode: memory as the SMMU sees it (what the CPU cleaned,
+    /// what the SMMU wrote), by doubleword; absent words read as zero.
+    view: Option<HashMap<u64, u64>>,
     bad_accesses: usize,
     reads: usize,
     writes: usize,
@@ -215,6 +222,7 @@ impl FakeSmmu {
                 forced_errors: HashSet::new(),
                 stalled: false,
                 qemu_event_abort: false,
+                view: None,
                 bad_accesses: 0,
                 reads: 0,
                 writes: 0,
@@ -254,6 +262,16 @@ impl FakeSmmu {
     /// (QEMU's behaviour) instead of toggling EVENTQ_PROD.OVFLG.
     pub fn set_qemu_event_abort(&self, on: bool) {
         self.s.lock().unwrap().qemu_event_abort = on;
+    }
+
+    /// Makes the SMMU non-coherent: from now on it sees only what the CPU
+    /// cleaned (through this fake's [`iova_core::CacheMaintenance`] implementation,
+    /// which tests hand to [`crate::Smmu::with_cache`]), and the CPU sees its
+    /// event records only after invalidating them. Call before bring-up.
+    pub fn set_non_coherent(&self) {
+        let mut s = self.s.lock().unwrap();
+        s.view.get_or_insert_with(HashMap::new);
+        s.id.idr[0] &= !idr0::COHACC;
     }
 
     /// Toggles GERROR `bits` that are not already pending (as the SMMU does
@@ -367,7 +385,33 @@ impl FakeSmmu {
                 .is_some_and(|e| e <= FAKE_PHYS_BASE + self.mem_bytes)
     }
 
-    fn read_u64(&self, pa: u64) -> Option<u64> {
+    /// What the SMMU reads at `pa`: memory, or for a non-coherent SMMU
+    /// what was last cleaned there (zero if never).
+    fn smmu_read(&self, s: &State, pa: u64) -> Option<u64> {
+        match &s.view {
+            Some(view) if self.in_mem(pa, 8) && pa % 8 == 0 => {
+                Some(view.get(&pa).copied().unwrap_or(0))
+            }
+            _ => self.cpu_read_u64(pa),
+        }
+    }
+
+    /// The SMMU writes `v` at `pa` (for a non-coherent SMMU, only the CPU's
+    /// invalidate makes it visible to the CPU).
+    fn smmu_write(&self, s: &mut State, pa: u64, v: u64) -> bool {
+        if !self.in_mem(pa, 8) || pa % 8 != 0 {
+            return false;
+        }
+        match &mut s.view {
+            Some(view) => {
+                view.insert(pa, v);
+                true
+            }
+            None => self.cpu_write_u64(pa, v),
+        }
+    }
+
+    fn cpu_read_u64(&self, pa: u64) -> Option<u64> {
         if pa % 8 != 0 || !self.in_mem(pa, 8) {
             return None;
         }
@@ -376,12 +420,12 @@ impl FakeSmmu {
         Some(unsafe { p.read_volatile() })
     }
 
-    fn write_u64(&self, pa: u64, v: u64) -> bool {
+    fn cpu_write_u64(&self, pa: u64, v: u64) -> bool {
         if pa % 8 != 0 || !self.in_mem(pa, 8) {
             return false;
         }
         let p = self.mem.phys_to_virt(PhysAddr(pa)).cast::<u64>();
-        // SAFETY: as in `read_u64`.
+        // SAFETY: as in `cpu_read_u64`.
         unsafe { p.write_volatile(v) };
         true
     }
@@ -402,7 +446,7 @@ impl FakeSmmu {
         while s.r.cmdq_cons & mask != prod {
             let cons = s.r.cmdq_cons & mask;
             let at = base + u64::from(cons & ((1 << log2) - 1)) * 16;
-            let err = match (self.read_u64(at), self.read_u64(at + 8)) {
+            let err = match (self.smmu_read(s, at), self.smmu_read(s, at + 8)) {
                 (Some(a), Some(b)) => {
                     let c = Command([a, b]);
                     s.commands.push(c);
@@ -538,7 +582,7 @@ impl FakeSmmu {
         }
         let at = (s.r.evtq_base & queue::BASE_ADDR_MASK) + u64::from(prod & ((1 << log2) - 1)) * 32;
         for (i, w) in raw.iter().enumerate() {
-            if !self.write_u64(at + 8 * i as u64, *w) {
+            if !self.smmu_write(s, at + 8 * i as u64, *w) {
                 s.r.gerror ^= gerror::EVENTQ_ABT_ERR;
                 return;
             }
@@ -583,7 +627,7 @@ impl FakeSmmu {
         let at = if bits(u64::from(cfg), 16, 2) == 1 {
             let split = bits(u64::from(cfg), 6, 5) as u32;
             let l1 = self
-                .read_u64(base + 8 * u64::from(sid >> split))
+                .smmu_read(s, base + 8 * u64::from(sid >> split))
                 .ok_or(Fault::cfg(code::F_STE_FETCH))?;
             let span = (l1 & 0x1f) as u32;
             if span == 0 {
@@ -600,7 +644,7 @@ impl FakeSmmu {
         let mut w = [0; 8];
         for (i, x) in w.iter_mut().enumerate() {
             *x = self
-                .read_u64(at + 8 * i as u64)
+                .smmu_read(s, at + 8 * i as u64)
                 .ok_or(Fault::cfg(code::F_STE_FETCH))?;
         }
         Ok(Ste(w))
@@ -722,7 +766,7 @@ impl FakeSmmu {
                 let mut w = [0; 8];
                 for (i, x) in w.iter_mut().enumerate() {
                     *x = self
-                        .read_u64(pa + 8 * i as u64)
+                        .smmu_read(s, pa + 8 * i as u64)
                         .ok_or(Some(Fault::cfg(code::F_CD_FETCH)))?;
                 }
                 let w0 = w[0];
@@ -943,7 +987,7 @@ impl FakeSmmu {
                 at = self.stage2(s, s2, a, at, false, FaultClass::TableWalk)?;
             }
             let d = self
-                .read_u64(at)
+                .smmu_read(s, at)
                 .ok_or(Some(fault(code::F_WALK_EABT, true)))?;
             if d & 1 == 0 {
                 return Err(Some(fault(code::F_TRANSLATION, true)));
@@ -1144,6 +1188,38 @@ fn check_perm(
         return Err(Some(fault(code::F_PERMISSION)));
     }
     Ok(e.pa + (a - e.base))
+}
+
+/// The CPU side of a non-coherent fake: cleaning copies memory into what
+/// the SMMU sees; invalidating copies what the SMMU wrote back. (For a
+/// coherent fake these are no-ops.)
+impl iova_core::CacheMaintenance for FakeSmmu {
+    fn is_coherent(&self) -> bool {
+        self.s.lock().unwrap().view.is_none()
+    }
+    fn clean(&self, pa: PhysAddr, len: u64) {
+        let mut s = self.s.lock().unwrap();
+        if s.view.is_none() {
+            return;
+        }
+        let (lo, hi) = (pa.0 & !7, (pa.0 + len + 7) & !7);
+        for w in (lo..hi).step_by(8) {
+            if let Some(v) = self.cpu_read_u64(w) {
+                s.view.as_mut().expect("checked above").insert(w, v);
+            }
+        }
+    }
+    fn invalidate(&self, pa: PhysAddr, len: u64) {
+        let s = self.s.lock().unwrap();
+        let Some(view) = &s.view else {
+            return;
+        };
+        let (lo, hi) = (pa.0 & !7, (pa.0 + len + 7) & !7);
+        for w in (lo..hi).step_by(8) {
+            self.cpu_write_u64(w, view.get(&w).copied().unwrap_or(0));
+        }
+    }
+    fn complete(&self) {}
 }
 
 impl Mmio for FakeSmmu {

@@ -125,7 +125,8 @@ pub enum Unsupported {
     QueueTooSmall,
     /// StreamID width above 32 bits.
     BadSidSize(u32),
-    /// The SMMU does not snoop CPU caches and the driver has no cache maintenance for its tables.
+    /// The SMMU does not snoop CPU caches and the driver was given no cache
+    /// maintenance (see [`crate::Smmu::with_cache`]).
     NotCoherent,
 }
 
@@ -176,9 +177,6 @@ impl Features {
             return Err(Unsupported::QueueTooSmall);
         }
         let coherent = i0 & idr0::COHACC != 0;
-        if !coherent {
-            return Err(Unsupported::NotCoherent);
-        }
         Ok(Self {
             stage1,
             stage2,
@@ -341,10 +339,8 @@ mod tests {
             d(good0, i1 & !0x3f | 40, 0x74),
             Err(Unsupported::BadSidSize(40))
         );
-        assert_eq!(
-            d(good0 & !idr0::COHACC, i1, 0x74),
-            Err(Unsupported::NotCoherent)
-        );
+        // Non-coherent SMMUs decode; the driver needs cache maintenance for them.
+        assert!(!d(good0 & !idr0::COHACC, i1, 0x74).unwrap().coherent);
     }
 
     #[test]

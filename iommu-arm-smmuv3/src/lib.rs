@@ -18,6 +18,7 @@
 //!   domains implementing [`iova_core::IommuDomain`]; a flush is one batch of
 //!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC; dropping a domain
 //!   detaches its streams before its tables are freed;
+//! - [`cache`]: cache maintenance for non-coherent SMMUs;
 //! - [`dt`]: StreamIDs from a PCI host's `iommu-map` device-tree property;
 //!   [`iort`]: SMMUv3 bases and StreamIDs from the ACPI IORT;
 //! - [`fake`] (feature `fakes`): a fake SMMUv3 behind [`Mmio`] for host tests.
@@ -62,8 +63,9 @@
 //! # Limits
 //!
 //! One context descriptor per stream (no SubstreamIDs); polling only (no MSIs, no
-//! wired interrupts); coherent SMMUs only (IDR0.COHACC), because the driver
-//! does no cache maintenance for its queues and tables; at most 1023 ASIDs
+//! wired interrupts); an SMMU that does not snoop the CPUs' caches
+//! (IDR0.COHACC = 0) needs [`Smmu::with_cache`] and a
+//! [`iova_core::CacheMaintenance`]; at most 1023 ASIDs
 //! and VMIDs in use at once, and [`domain::MAX_STREAMS`] streams per domain.
 //!
 //! # Dependencies
@@ -87,6 +89,7 @@ macro_rules! warn_event {
 pub(crate) use warn_event;
 
 mod barrier;
+pub mod cache;
 pub mod cd;
 pub mod cmd;
 pub mod domain;
@@ -105,6 +108,7 @@ pub mod smmu;
 pub mod ste;
 pub mod strtab;
 
+pub use cache::SmmuCache;
 pub use cmd::{Command, CommandCounts, CommandErrorKind};
 pub use domain::{S1Domain, S1Format, S1Inval, S2Domain, S2Inval};
 pub use error::{CommandError, SmmuError, Wait};

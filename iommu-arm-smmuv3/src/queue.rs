@@ -4,6 +4,7 @@
 use iova_core::{FrameAllocator, PhysAddr};
 
 use crate::barrier;
+use crate::cache::SmmuCache;
 use crate::cmd::{Command, CommandCounts, CommandErrorKind};
 use crate::error::{CommandError, SmmuError, Wait};
 use crate::event::Event;
@@ -22,8 +23,13 @@ unsafe impl Send for DmaBuf {}
 
 impl DmaBuf {
     /// `bytes` (a power of two) of zeroed memory aligned to its size, at
-    /// least 64 bytes.
-    pub(crate) fn alloc<A: FrameAllocator>(frames: &A, bytes: usize) -> Result<Self, SmmuError> {
+    /// least 64 bytes; cleaned (the zeroes made visible) for a non-coherent
+    /// SMMU.
+    pub(crate) fn alloc<A: FrameAllocator>(
+        frames: &A,
+        bytes: usize,
+        cache: &SmmuCache,
+    ) -> Result<Self, SmmuError> {
         let bytes = bytes.max(64);
         if !bytes.is_power_of_two() {
             return Err(SmmuError::NoMemory);
@@ -36,11 +42,17 @@ impl DmaBuf {
             unsafe { frames.free(pa, bytes) };
             return Err(SmmuError::NoMemory);
         }
+        cache.clean_now(pa, bytes as u64);
         Ok(Self {
             pa,
             va: frames.phys_to_virt(pa).cast(),
             bytes,
         })
+    }
+
+    /// Cleans doublewords `[first, first + n)` for the SMMU.
+    pub(crate) fn clean(&self, cache: &SmmuCache, first: usize, n: usize) {
+        cache.clean_now(PhysAddr(self.pa.0 + 8 * first as u64), 8 * n as u64);
     }
 
     /// A view of memory allocated earlier with [`DmaBuf::alloc`] (same size).
@@ -153,10 +165,11 @@ pub(crate) struct CmdQueue {
     /// The most recent error of all time.
     pub(crate) last_error: Option<CommandError>,
     pub(crate) poll_limit: u32,
+    cache: SmmuCache,
 }
 
 impl CmdQueue {
-    pub(crate) fn new(mem: DmaBuf, log2: u32, poll_limit: u32) -> Self {
+    pub(crate) fn new(mem: DmaBuf, log2: u32, poll_limit: u32, cache: SmmuCache) -> Self {
         Self {
             mem,
             idx: QueueIndex::new(log2),
@@ -166,6 +179,7 @@ impl CmdQueue {
             batch_error: None,
             last_error: None,
             poll_limit,
+            cache,
         }
     }
 
@@ -178,6 +192,14 @@ impl CmdQueue {
         let s = self.idx.slot(at) as usize * 2;
         self.mem.write(s, c.0[0]);
         self.mem.write(s + 1, c.0[1]);
+        if !iova_core::CacheMaintenance::is_coherent(&self.cache) {
+            // Cleaned now, waited for once when the batch is published.
+            iova_core::CacheMaintenance::clean(
+                &self.cache,
+                PhysAddr(self.mem.pa.0 + 8 * s as u64),
+                16,
+            );
+        }
     }
 
     fn read_entry(&self, at: u32) -> [u64; 2] {
@@ -186,6 +208,9 @@ impl CmdQueue {
     }
 
     fn publish(&self, mmio: &impl Mmio) {
+        if !iova_core::CacheMaintenance::is_coherent(&self.cache) {
+            iova_core::CacheMaintenance::complete(&self.cache);
+        }
         barrier::publish();
         mmio.write32(off::CMDQ_PROD, self.prod);
     }
@@ -224,6 +249,9 @@ impl CmdQueue {
         self.batch_error.get_or_insert(err);
         self.last_error = Some(err);
         self.write_entry(self.cons, &Command::sync());
+        if !iova_core::CacheMaintenance::is_coherent(&self.cache) {
+            iova_core::CacheMaintenance::complete(&self.cache);
+        }
         barrier::publish();
         let gerrorn = mmio.read32(off::GERRORN);
         mmio.write32(off::GERRORN, gerrorn ^ gerror::CMDQ_ERR);
@@ -303,15 +331,17 @@ pub(crate) struct EventQueue {
     cons: u32,
     /// OVACKFLG we last wrote.
     ov_ack: u32,
+    cache: SmmuCache,
 }
 
 impl EventQueue {
-    pub(crate) fn new(mem: DmaBuf, log2: u32) -> Self {
+    pub(crate) fn new(mem: DmaBuf, log2: u32, cache: SmmuCache) -> Self {
         Self {
             mem,
             idx: QueueIndex::new(log2),
             cons: 0,
             ov_ack: 0,
+            cache,
         }
     }
 
@@ -334,6 +364,10 @@ impl EventQueue {
             barrier::consume();
             while !self.idx.is_empty(prod, self.cons) && report.events < budget {
                 let s = self.idx.slot(self.cons) as usize * 4;
+                // A non-coherent SMMU wrote the record to memory: drop any
+                // stale line before reading it.
+                self.cache
+                    .invalidate_now(PhysAddr(self.mem.pa.0 + 8 * s as u64), 32);
                 let raw = [
                     self.mem.read(s),
                     self.mem.read(s + 1),

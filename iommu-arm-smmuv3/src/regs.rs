@@ -178,8 +178,12 @@ pub mod cr1 {
     pub const QUEUE_OC_SHIFT: u32 = 2;
     /// Queue inner cacheability, bits 1:0.
     pub const QUEUE_IC_SHIFT: u32 = 0;
+    /// Cacheability: non-cacheable.
+    pub const NC: u32 = 0;
     /// Cacheability: write-back.
     pub const WB: u32 = 1;
+    /// Shareability: outer shareable.
+    pub const OSH: u32 = 2;
     /// Shareability: inner shareable.
     pub const ISH: u32 = 3;
 }

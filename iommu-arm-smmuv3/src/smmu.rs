@@ -4,6 +4,7 @@
 use iova_core::{FrameAllocator, PhysAddr};
 use spin::Mutex;
 
+use crate::cache::SmmuCache;
 use crate::cd::{CD_BYTES, Cd};
 use crate::cmd::{Command, CommandCounts};
 use crate::error::{CommandError, SmmuError, Wait};
@@ -144,7 +145,8 @@ impl IdAlloc {
     }
 }
 
-/// An SMMUv3 brought up by this driver.
+/// An SMMUv3 brought up by this driver ([`Smmu::new`], or
+/// [`Smmu::with_cache`] for one that does not snoop the CPUs' caches).
 ///
 /// `M` reaches its registers; `A` provides the memory of its queues, stream
 /// table and context descriptors (page tables come from each domain's own
@@ -162,6 +164,7 @@ pub struct Smmu<M: Mmio, A: FrameAllocator> {
     stats: Mutex<(u64, u64, u64)>,
     pub(crate) asids: Mutex<IdAlloc>,
     pub(crate) vmids: Mutex<IdAlloc>,
+    pub(crate) cache: SmmuCache,
 }
 
 /// Reads and decodes the ID registers without touching anything else.
@@ -186,7 +189,32 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     /// [`Config::linear_max_sid_bits`]). Keep that choice for the life of
     /// the machine: QEMU's model never forgets a two-level format once set.
     pub fn new(mmio: M, frames: A, config: Config) -> Result<Self, SmmuError> {
+        Self::build(mmio, frames, config, SmmuCache::COHERENT)
+    }
+
+    /// As [`new`](Self::new), for an SMMU that may not snoop the CPUs'
+    /// caches: `cache` cleans what the driver writes for the SMMU (commands,
+    /// stream table, CDs, and the page tables of this SMMU's domains) and
+    /// invalidates event records before they are read. Table walks and queue
+    /// accesses are then programmed non-cacheable, outer shareable. Needed
+    /// when IDR0.COHACC = 0 (which [`new`](Self::new) refuses).
+    pub fn with_cache(
+        mmio: M,
+        frames: A,
+        config: Config,
+        cache: &'static dyn iova_core::CacheMaintenance,
+    ) -> Result<Self, SmmuError> {
+        Self::build(mmio, frames, config, SmmuCache::new(cache))
+    }
+
+    fn build(mmio: M, frames: A, config: Config, cache: SmmuCache) -> Result<Self, SmmuError> {
         let features = probe(&mmio)?;
+        let coherent = iova_core::CacheMaintenance::is_coherent(&cache);
+        if !features.coherent && coherent {
+            return Err(SmmuError::Unsupported(
+                crate::features::Unsupported::NotCoherent,
+            ));
+        }
         let limit = config.poll_limit;
         // 1-2: abort while disabled, then disable.
         mmio.write32(off::GBPA, gbpa::UPDATE | gbpa::ABORT);
@@ -207,14 +235,21 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         })?;
 
         // 3: tables and command queue.
+        // Coherent: write-back, inner shareable; else non-cacheable, outer
+        // shareable (what the driver cleans to).
+        let (sh, ca) = if coherent {
+            (cr1::ISH, cr1::WB)
+        } else {
+            (cr1::OSH, cr1::NC)
+        };
         mmio.write32(
             off::CR1,
-            cr1::ISH << cr1::TABLE_SH_SHIFT
-                | cr1::WB << cr1::TABLE_OC_SHIFT
-                | cr1::WB << cr1::TABLE_IC_SHIFT
-                | cr1::ISH << cr1::QUEUE_SH_SHIFT
-                | cr1::WB << cr1::QUEUE_OC_SHIFT
-                | cr1::WB << cr1::QUEUE_IC_SHIFT,
+            sh << cr1::TABLE_SH_SHIFT
+                | ca << cr1::TABLE_OC_SHIFT
+                | ca << cr1::TABLE_IC_SHIFT
+                | sh << cr1::QUEUE_SH_SHIFT
+                | ca << cr1::QUEUE_OC_SHIFT
+                | ca << cr1::QUEUE_IC_SHIFT,
         );
         mmio.write32(off::CR2, cr2::RECINVSID | cr2::PTM);
 
@@ -240,9 +275,9 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         };
         let cmdq_log2 = config.cmdq_log2.clamp(1, features.cmdq_log2.min(19));
         let evtq_log2 = config.evtq_log2.clamp(0, features.evtq_log2.min(19));
-        let strtab = StreamTable::new(&frames, format, sid_bits)?;
-        let cmdq_mem = DmaBuf::alloc(&frames, 16 << cmdq_log2);
-        let evtq_mem = DmaBuf::alloc(&frames, 32 << evtq_log2);
+        let strtab = StreamTable::new(&frames, format, sid_bits, cache)?;
+        let cmdq_mem = DmaBuf::alloc(&frames, 16 << cmdq_log2, &cache);
+        let evtq_mem = DmaBuf::alloc(&frames, 32 << evtq_log2, &cache);
         let (cmdq_mem, evtq_mem) = match (cmdq_mem, evtq_mem) {
             (Ok(c), Ok(e)) => (c, e),
             (c, e) => {
@@ -259,8 +294,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 return Err(SmmuError::NoMemory);
             }
         };
-        let cmdq = CmdQueue::new(cmdq_mem, cmdq_log2, limit);
-        let evtq = EventQueue::new(evtq_mem, evtq_log2);
+        let cmdq = CmdQueue::new(cmdq_mem, cmdq_log2, limit, cache);
+        let evtq = EventQueue::new(evtq_mem, evtq_log2, cache);
 
         let smmu = Self {
             layout: Layout {
@@ -280,6 +315,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             vmids: Mutex::new(IdAlloc::new(features.vmid_bits)),
             mmio,
             frames,
+            cache,
         };
         smmu.bring_up()?;
         Ok(smmu)
@@ -358,6 +394,11 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         }
     }
 
+    /// Whether the driver maintains caches for this SMMU (it does not snoop).
+    pub fn maintains_caches(&self) -> bool {
+        !iova_core::CacheMaintenance::is_coherent(&self.cache)
+    }
+
     /// The most recent command the SMMU refused.
     pub fn last_command_error(&self) -> Option<CommandError> {
         self.cmdq.lock().last_error
@@ -408,16 +449,22 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         if old == *ste {
             return Ok(());
         }
+        let cache = &self.cache;
         if old.is_valid() {
-            st.with_slot(&self.frames, sid, false, |s| s.write_word(0, 0))?;
+            st.with_slot(&self.frames, sid, false, |s| {
+                s.write_word(0, 0);
+                s.clean(cache, 0, 1);
+            })?;
             self.cmdq.lock().submit(m, &inval)?;
         }
         st.with_slot(&self.frames, sid, false, |s| {
             for i in 1..8 {
                 s.write_word(i, ste.0[i]);
             }
+            s.clean(cache, 1, 7);
             crate::barrier::publish();
             s.write_word(0, ste.0[0]);
+            s.clean(cache, 0, 1);
         })?;
         self.stats.lock().2 += 1;
         self.cmdq.lock().submit(m, &inval)
@@ -441,12 +488,14 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
 
     /// Allocates and writes a context descriptor (valid word last).
     pub(crate) fn alloc_cd(&self, cd: &Cd) -> Result<PhysAddr, SmmuError> {
-        let buf = DmaBuf::alloc(&self.frames, CD_BYTES)?;
+        let buf = DmaBuf::alloc(&self.frames, CD_BYTES, &self.cache)?;
         for i in 1..8 {
             buf.write(i, cd.0[i]);
         }
+        buf.clean(&self.cache, 1, 7);
         crate::barrier::publish();
         buf.write(0, cd.0[0]);
+        buf.clean(&self.cache, 0, 1);
         crate::barrier::publish();
         // From now on the domain owns the CD by its address.
         Ok(buf.pa)

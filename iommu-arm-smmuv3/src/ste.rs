@@ -157,6 +157,20 @@ impl Ste {
         Ste(w)
     }
 
+    /// With non-cacheable, outer-shareable CD fetches and stage-2 walks (for
+    /// an SMMU the driver maintains caches for), when `non_coherent`.
+    pub const fn with_walk_attrs(mut self, non_coherent: bool) -> Self {
+        if non_coherent {
+            let s1 = 3 << S1CIR_SHIFT | 3 << S1COR_SHIFT | 3 << S1CSH_SHIFT;
+            self.0[1] = (self.0[1] & !s1) | 2 << S1CSH_SHIFT;
+            if self.0[2] & S2AA64 != 0 {
+                let s2 = 3 << S2IR0_SHIFT | 3 << S2OR0_SHIFT | 3 << S2SH0_SHIFT;
+                self.0[2] = (self.0[2] & !s2) | 2 << S2SH0_SHIFT;
+            }
+        }
+        self
+    }
+
     /// Whether V is set.
     pub const fn is_valid(&self) -> bool {
         self.0[0] & V != 0
@@ -296,6 +310,26 @@ mod tests {
             ..cfg
         });
         assert_eq!(((g16.0[2] >> 46) & 3, (g16.0[2] >> 38) & 3), (2, 2));
+    }
+
+    #[test]
+    fn non_coherent_walk_attributes() {
+        let cfg = S2Config {
+            vmid: 1,
+            ia_bits: 40,
+            start_level: 1,
+            oa_bits: 44,
+            ttb: 0x8000_0000,
+            granule: Granule::K4,
+        };
+        let n = Ste::nested(0x1_0000, &cfg).with_walk_attrs(true);
+        // CIR = COR = 0 (NC), CSH = 2 (outer); S2IR0 = S2OR0 = 0, S2SH0 = 2.
+        assert_eq!((n.0[1] >> 2) & 0x3f, 0b10_00_00);
+        assert_eq!((n.0[2] >> 40) & 0x3f, 0b10_00_00);
+        assert_eq!(n.0[0], Ste::nested(0x1_0000, &cfg).0[0]);
+        assert_eq!(Ste::s1(0x1000).with_walk_attrs(false), Ste::s1(0x1000));
+        // Bypass and abort have no S2 half to touch.
+        assert_eq!(Ste::abort().with_walk_attrs(true).0[2], 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use iova_core::FrameAllocator;
 
+use crate::cache::SmmuCache;
 use crate::error::SmmuError;
 use crate::queue::DmaBuf;
 use crate::regs::strtab;
@@ -35,6 +36,7 @@ pub(crate) enum Table {
 
 pub(crate) struct StreamTable {
     pub(crate) table: Table,
+    cache: SmmuCache,
     /// StreamIDs covered: `1 << log2`.
     pub(crate) log2: u32,
 }
@@ -56,6 +58,10 @@ impl Slot<'_> {
     pub(crate) fn write_word(&self, i: usize, v: u64) {
         self.buf.write(self.first + i, v);
     }
+    /// Cleans words `[i, i + n)` of the STE for a non-coherent SMMU.
+    pub(crate) fn clean(&self, cache: &SmmuCache, i: usize, n: usize) {
+        self.buf.clean(cache, self.first + i, n);
+    }
 }
 
 /// A level-2 table seen through its level-1 descriptor.
@@ -72,19 +78,22 @@ impl StreamTable {
         frames: &A,
         format: StreamTableFormat,
         log2: u32,
+        cache: SmmuCache,
     ) -> Result<Self, SmmuError> {
         let table = match format {
-            StreamTableFormat::Linear => Table::Linear(DmaBuf::alloc(frames, STE_BYTES << log2)?),
+            StreamTableFormat::Linear => {
+                Table::Linear(DmaBuf::alloc(frames, STE_BYTES << log2, &cache)?)
+            }
             StreamTableFormat::TwoLevel { split } => {
                 let split = split.min(log2);
                 Table::TwoLevel {
-                    l1: DmaBuf::alloc(frames, 8 << (log2 - split))?,
+                    l1: DmaBuf::alloc(frames, 8 << (log2 - split), &cache)?,
                     split,
                     l2_count: 0,
                 }
             }
         };
-        Ok(Self { table, log2 })
+        Ok(Self { table, log2, cache })
     }
 
     /// STRTAB_BASE value.
@@ -145,11 +154,12 @@ impl StreamTable {
                     if !alloc {
                         return Ok(None);
                     }
-                    let l2 = DmaBuf::alloc(frames, STE_BYTES << split)?;
+                    let l2 = DmaBuf::alloc(frames, STE_BYTES << split, &self.cache)?;
                     desc = l1_desc(l2.pa.0, split);
                     // From now on the descriptor owns the table.
                     crate::barrier::publish();
                     l1.write(i, desc);
+                    l1.clean(&self.cache, i, 1);
                     *l2_count += 1;
                 }
                 let l2 = l2_view(frames, desc, split);

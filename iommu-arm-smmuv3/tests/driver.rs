@@ -1513,3 +1513,83 @@ fn driver_types_can_be_shared_between_cpus() {
         >,
     >();
 }
+
+#[test]
+fn a_non_coherent_smmu_needs_cache_maintenance() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    fake.set_non_coherent();
+    assert!(matches!(
+        Smmu::new(&fake, Arc::clone(&m), Config::default()),
+        Err(SmmuError::Unsupported(
+            iommu_arm_smmuv3::Unsupported::NotCoherent
+        ))
+    ));
+    // Maintenance that claims to clean but does not: the SMMU reads zeroes
+    // where the commands should be, refuses them, and never sees the CMD_SYNC
+    // the driver writes over them either; bring-up fails (bounded).
+    struct Forgetful;
+    impl iova_core::CacheMaintenance for Forgetful {
+        fn is_coherent(&self) -> bool {
+            false
+        }
+        fn clean(&self, _: PhysAddr, _: u64) {}
+        fn invalidate(&self, _: PhysAddr, _: u64) {}
+        fn complete(&self) {}
+    }
+    static FORGETFUL: Forgetful = Forgetful;
+    let cfg = Config::default().with_poll_limit(100);
+    let r = Smmu::with_cache(&fake, Arc::clone(&m), cfg, &FORGETFUL);
+    assert!(
+        matches!(r, Err(SmmuError::Timeout(Wait::CmdSync))),
+        "{:?}",
+        r.err()
+    );
+    assert!(fake.commands().iter().all(|c| c.opcode() == 0));
+    assert!(!fake.commands().is_empty());
+}
+
+#[test]
+fn a_non_coherent_smmu_works_with_cache_maintenance() {
+    use iommu_arm_smmuv3::regs::cr1;
+    let m = mem();
+    let fake: &'static FakeSmmu = Box::leak(Box::new(FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT)));
+    fake.set_non_coherent();
+    let smmu = Smmu::with_cache(fake, Arc::clone(&m), Config::default(), fake).unwrap();
+    assert!(smmu.maintains_caches());
+    // Non-cacheable, outer-shareable walks and queue accesses.
+    let nc = cr1::OSH << cr1::TABLE_SH_SHIFT | cr1::OSH << cr1::QUEUE_SH_SHIFT;
+    assert_eq!(fake.read32(off::CR1), nc);
+    // Stage 1: map, DMA, unmap, fault, event (read back after invalidation).
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    let ste = smmu.ste(SID).unwrap();
+    assert_eq!((ste.0[1] >> 2) & 0x3f, 0b10_00_00, "NC CD fetches");
+    let p = page(&m);
+    for round in 0..20u64 {
+        let iova = 0x10_0000 * (round + 1);
+        map(&d, iova, p, K4, Prot::RW);
+        fake.dma_write(SID, Iova(iova + 8), &[round as u8]).unwrap();
+        assert_eq!(read_mem(&m, p, 9)[8], round as u8);
+        unmap(&d, iova, K4).unwrap();
+        assert!(fake.dma_write(SID, Iova(iova + 8), b"x").is_err());
+    }
+    let ev = events(&smmu);
+    assert_eq!(ev.len(), 20);
+    assert!(
+        ev.iter()
+            .enumerate()
+            .all(|(i, e)| e.kind == FaultKind::Translation
+                && e.sid == SID
+                && e.addr == Some(0x10_0000 * (i as u64 + 1) + 8))
+    );
+    // Stage 2 and nested too.
+    let s2 = smmu.s2_domain(Arc::clone(&m), 44).unwrap();
+    identity_s2(&s2);
+    let s1 = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    map(&s1, 0x7000, p, K4, Prot::RW);
+    smmu.attach_nested(SID + 1, &s1, &s2).unwrap();
+    fake.dma_write(SID + 1, Iova(0x7010), b"nc-nested").unwrap();
+    assert_eq!(&read_mem(&m, PhysAddr(p.0 + 0x10), 9), b"nc-nested");
+    assert_eq!(fake.bad_accesses(), 0);
+}
