@@ -155,10 +155,16 @@ pub mod scalable {
         [half(lower), half(upper)]
     }
 
-    /// A context entry pointing to a PASID directory of 128 entries (PDTS
-    /// 0), RID_PASID 0.
+    /// PASIDs one 4 KiB PASID directory covers: 512 entries of 64 PASIDs.
+    pub const MAX_PASIDS: u32 = 512 * 64;
+    /// Context entry, qword 0: PASID directory table size, bits 11:9
+    /// (`2^(PDTS + 7)` entries): 2 for 512.
+    pub const CTX_PDTS_512: u64 = 2 << 9;
+
+    /// A context entry pointing to a one-page PASID directory (512 entries),
+    /// RID_PASID 0.
     pub fn context_entry(pasid_dir: u64) -> [u64; 4] {
-        [(pasid_dir & ADDR_MASK) | CTX_P, 0, 0, 0]
+        [(pasid_dir & ADDR_MASK) | CTX_PDTS_512 | CTX_P, 0, 0, 0]
     }
 
     /// A PASID directory entry pointing to a PASID table.
@@ -254,7 +260,7 @@ mod tests {
         use super::scalable::*;
         assert_eq!(root_entry(0x1000, 0), [0x1001, 0]);
         assert_eq!(root_entry(0x1000, 0x2000), [0x1001, 0x2001]);
-        assert_eq!(context_entry(0x5000), [0x5001, 0, 0, 0]);
+        assert_eq!(context_entry(0x5000), [0x5401, 0, 0, 0]);
         assert_eq!(dir_entry(0x6000), 0x6001);
         let sl = ContextState::Translated {
             did: 7,

@@ -24,7 +24,8 @@ const BATCH: usize = 64;
 pub struct VtdInvalidator<'u, M: Mmio, A: FrameAllocator> {
     unit: &'u VtdUnit<M, A>,
     did: u16,
-    first_level: bool,
+    /// First-level translation for this PASID (PASID-based invalidation).
+    first_level: Option<u32>,
 }
 
 impl<'u, M: Mmio, A: FrameAllocator> VtdInvalidator<'u, M, A> {
@@ -35,19 +36,29 @@ impl<'u, M: Mmio, A: FrameAllocator> VtdInvalidator<'u, M, A> {
         Ok(Self {
             unit,
             did,
-            first_level: false,
+            first_level: None,
         })
     }
 
-    /// Invalidation of a first-level domain (scalable mode, RID_PASID):
-    /// PASID-based IOTLB descriptors instead of IOTLB ones.
+    /// Invalidation of a first-level domain (scalable mode) attached as
+    /// RID_PASID (requests without a PASID): PASID-based IOTLB descriptors
+    /// instead of IOTLB ones.
     pub fn first_level(unit: &'u VtdUnit<M, A>, did: u16) -> Result<Self, VtdError> {
+        Self::first_level_pasid(unit, did, 0)
+    }
+
+    /// Invalidation of a first-level domain attached to `pasid`.
+    pub fn first_level_pasid(
+        unit: &'u VtdUnit<M, A>,
+        did: u16,
+        pasid: u32,
+    ) -> Result<Self, VtdError> {
         unit.first_level_format()?;
         unit.check_did(did)?;
         Ok(Self {
             unit,
             did,
-            first_level: true,
+            first_level: Some(pasid),
         })
     }
 

@@ -135,10 +135,11 @@ struct State {
     /// Context entries by source ID (raw lo, hi).
     context_cache: HashMap<u16, [u64; 2]>,
     /// Leaf translations by (domain, IOVA of the leaf).
-    iotlb: HashMap<(u16, u64), CachedTranslation>,
-    /// Non-leaf entries by (domain, first level, level, IOVA >> the level's
-    /// entry shift).
-    pscache: HashMap<(u16, bool, usize, u64), u64>,
+    /// Keyed by (domain, PASID for first level or `u32::MAX`, IOVA).
+    iotlb: HashMap<(u16, u32, u64), CachedTranslation>,
+    /// Non-leaf entries by (domain, PASID for first level or `u32::MAX`,
+    /// level, IOVA >> the level's entry shift).
+    pscache: HashMap<(u16, u32, usize, u64), u64>,
     /// PASID entries (first three qwords) by (source ID, PASID).
     pasid_cache: HashMap<(u16, u32), [u64; 3]>,
     /// RTADDR.TTM was scalable when the root pointer was set.
@@ -252,8 +253,30 @@ impl FakeVtd {
     /// or the fault reason (recorded in the fault registers unless
     /// suppressed by FPD, compressed, or lost to overflow).
     pub fn translate(&self, dev: Bdf, iova: u64, access: Dma) -> Result<u64, FaultReason> {
+        self.dma(dev, None, iova, access)
+    }
+
+    /// A DMA tagged with `pasid` (scalable mode; a legacy unit refuses it as
+    /// an invalid context).
+    pub fn translate_pasid(
+        &self,
+        dev: Bdf,
+        pasid: u32,
+        iova: u64,
+        access: Dma,
+    ) -> Result<u64, FaultReason> {
+        self.dma(dev, Some(pasid), iova, access)
+    }
+
+    fn dma(
+        &self,
+        dev: Bdf,
+        pasid: Option<u32>,
+        iova: u64,
+        access: Dma,
+    ) -> Result<u64, FaultReason> {
         let mut s = self.lock();
-        let (result, fpd) = self.translate_locked(&mut s, dev.source_id(), iova, access);
+        let (result, fpd) = self.translate_locked(&mut s, dev.source_id(), pasid, iova, access);
         if let Err(reason) = result {
             let qualified = !matches!(
                 reason,
@@ -264,7 +287,7 @@ impl FakeVtd {
                     | FaultReason::ContextReserved
             );
             if !(qualified && fpd) {
-                s.record_fault(dev.source_id(), iova, access, reason);
+                s.record_fault(dev.source_id(), iova, access, reason, pasid);
             }
         }
         result
@@ -366,6 +389,7 @@ impl FakeVtd {
         &self,
         s: &mut State,
         sid: u16,
+        request_pasid: Option<u32>,
     ) -> Result<([u64; 3], u32), (FaultReason, bool)> {
         let ctx = match s.context_cache.get(&sid).copied() {
             Some(c) => {
@@ -388,7 +412,7 @@ impl FakeVtd {
                 [lo, q1]
             }
         };
-        let pasid = (ctx[1] & 0xf_ffff) as u32;
+        let pasid = request_pasid.unwrap_or((ctx[1] & 0xf_ffff) as u32);
         if let Some(&pe) = s.pasid_cache.get(&(sid, pasid)) {
             if pe[0] & 1 == 0 {
                 return Err((FaultReason::PasidEntryNotPresent, pe[0] & 2 != 0));
@@ -443,14 +467,18 @@ impl FakeVtd {
         &self,
         s: &mut State,
         sid: u16,
+        request_pasid: Option<u32>,
         iova: u64,
         access: Dma,
     ) -> (Result<u64, FaultReason>, bool) {
         if s.gsts & regs::G_TE == 0 {
             return (Ok(iova), false);
         }
+        if request_pasid.is_some() && !s.scalable {
+            return (Err(FaultReason::ContextInvalid), false);
+        }
         let walk = if s.scalable {
-            let (pe, pasid) = match self.scalable_pasid_entry(s, sid) {
+            let (pe, pasid) = match self.scalable_pasid_entry(s, sid, request_pasid) {
                 Ok(p) => p,
                 Err((e, fpd)) => return (Err(e), fpd),
             };
@@ -521,8 +549,9 @@ impl FakeVtd {
         let did = w.did;
         let pasid = w.fl.unwrap_or(0);
         let key_iova = if fl { iova & ((1 << 48) - 1) } else { iova };
+        let tag = if fl { pasid } else { u32::MAX };
         for size in [1u64 << 12, 1 << 21, 1 << 30] {
-            if let Some(t) = s.iotlb.get(&(did, key_iova & !(size - 1))).copied() {
+            if let Some(t) = s.iotlb.get(&(did, tag, key_iova & !(size - 1))).copied() {
                 if t.size != size || t.first_level != fl || t.pasid != pasid {
                     continue;
                 }
@@ -545,7 +574,7 @@ impl FakeVtd {
         for depth in 0..w.levels {
             let level = w.levels - depth;
             let shift = 12 + 9 * (level as u32 - 1);
-            let key = (did, fl, level, key_iova >> shift);
+            let key = (did, tag, level, key_iova >> shift);
             let raw = match s.pscache.get(&key) {
                 Some(&raw) => raw,
                 None => {
@@ -560,7 +589,7 @@ impl FakeVtd {
             if !present {
                 if s.cap.caching_mode() {
                     s.iotlb.insert(
-                        (did, key_iova & !0xfff),
+                        (did, tag, key_iova & !0xfff),
                         CachedTranslation {
                             pa: None,
                             size: 1 << 12,
@@ -607,7 +636,7 @@ impl FakeVtd {
                 let size = 1u64 << shift;
                 let pa = addr_hi & !(size - 1);
                 s.iotlb.insert(
-                    (did, key_iova & !(size - 1)),
+                    (did, tag, key_iova & !(size - 1)),
                     CachedTranslation {
                         pa: Some(pa),
                         size,
@@ -771,8 +800,9 @@ impl State {
                 self.pscache.clear();
             }
             2 => {
-                self.iotlb.retain(|&(d, _), t| d != did || t.first_level);
-                self.pscache.retain(|&(d, fl, _, _), _| d != did || fl);
+                self.iotlb.retain(|&(d, _, _), t| d != did || t.first_level);
+                self.pscache
+                    .retain(|&(d, tag, _, _), _| d != did || tag != u32::MAX);
             }
             3 => {
                 let am = (hi & 0x3f) as u32;
@@ -804,7 +834,7 @@ impl State {
         leaf_only: bool,
     ) {
         let end = addr + size;
-        self.iotlb.retain(|&(d, base), t| {
+        self.iotlb.retain(|&(d, _, base), t| {
             d != did
                 || t.first_level != fl
                 || (fl && t.pasid != pasid)
@@ -815,10 +845,11 @@ impl State {
             self.stats.psi_leaf_hint += 1;
             return;
         }
-        self.pscache.retain(|&(d, f, level, prefix), _| {
+        let want = if fl { pasid } else { u32::MAX };
+        self.pscache.retain(|&(d, tag, level, prefix), _| {
             let shift = 12 + 9 * (level as u32 - 1);
             let start = prefix << shift;
-            d != did || f != fl || start.saturating_add(1 << shift) <= addr || start >= end
+            d != did || tag != want || start.saturating_add(1 << shift) <= addr || start >= end
         });
     }
 
@@ -842,8 +873,9 @@ impl State {
         match (lo >> 4) & 3 {
             2 => {
                 self.iotlb
-                    .retain(|&(d, _), t| d != did || !t.first_level || t.pasid != pasid);
-                self.pscache.retain(|&(d, fl, _, _), _| d != did || !fl);
+                    .retain(|&(d, _, _), t| d != did || !t.first_level || t.pasid != pasid);
+                self.pscache
+                    .retain(|&(d, tag, _, _), _| d != did || tag != pasid);
             }
             3 => {
                 let am = (hi & 0x3f) as u32;
@@ -859,7 +891,14 @@ impl State {
         true
     }
 
-    fn record_fault(&mut self, sid: u16, iova: u64, access: Dma, reason: FaultReason) {
+    fn record_fault(
+        &mut self,
+        sid: u16,
+        iova: u64,
+        access: Dma,
+        reason: FaultReason,
+        pasid: Option<u32>,
+    ) {
         if self.fsts & regs::FSTS_PFO != 0 {
             return;
         }
@@ -880,9 +919,13 @@ impl State {
             Dma::Write => 0,
         };
         // Like QEMU: PV reads all ones for requests without a PASID.
+        let pv = match pasid {
+            Some(p) => u64::from(p & 0xf_ffff) << 40 | 1 << 31,
+            None => 0xffff << 40,
+        };
         self.frcd[i] = [
             iova & !0xfff,
-            regs::FRCD_F | t | 0xffff << 40 | u64::from(reason.code()) << 32 | u64::from(sid),
+            regs::FRCD_F | t | pv | u64::from(reason.code()) << 32 | u64::from(sid),
         ];
         if !self
             .frcd

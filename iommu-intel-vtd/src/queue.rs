@@ -339,7 +339,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     pub(crate) fn range_invalidations<const N: usize>(
         &self,
         did: u16,
-        first_level: bool,
+        first_level: Option<u32>,
         start: u64,
         end: u64,
         leaf_only: bool,
@@ -348,14 +348,14 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         let cap = self.features.cap;
         let (dr, dw) = cap.draining();
         // PASID-based page-selective invalidation needs no CAP.PSI.
-        if cap.psi() || first_level {
+        if cap.psi() || first_level.is_some() {
             let room = (N - out.len()).min(self.config.psi_limit);
             let mut ok = true;
             let fits = descriptor::page_blocks(start, end, cap.mamv(), room, |addr, mask| {
-                let d = if first_level {
+                let d = if let Some(pasid) = first_level {
                     Descriptor::pasid_iotlb(PasidIotlbScope::Pages {
                         did,
-                        pasid: 0,
+                        pasid,
                         addr,
                         mask,
                         leaf_only,
@@ -382,10 +382,10 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     }
 
     /// A domain-selective IOTLB invalidation with the unit's draining, or
-    /// for first-level translation a PASID-selective one (RID_PASID).
-    pub(crate) fn domain_invalidation(&self, did: u16, first_level: bool) -> Descriptor {
-        if first_level {
-            return Descriptor::pasid_iotlb(PasidIotlbScope::Pasid { did, pasid: 0 });
+    /// for first-level translation of a PASID a PASID-selective one.
+    pub(crate) fn domain_invalidation(&self, did: u16, first_level: Option<u32>) -> Descriptor {
+        if let Some(pasid) = first_level {
+            return Descriptor::pasid_iotlb(PasidIotlbScope::Pasid { did, pasid });
         }
         let (dr, dw) = self.features.cap.draining();
         Descriptor::iotlb(IotlbScope::Domain(did), dr, dw)

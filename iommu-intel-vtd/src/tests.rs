@@ -1631,3 +1631,131 @@ fn arbitrary_capability_values_never_panic_the_driver() {
     }
     assert!(probed > 10, "only {probed} of 300 random units probed");
 }
+
+#[test]
+fn requests_with_pasids_use_their_own_entries() {
+    use crate::fake::{QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
+    const PASID_20: u64 = 1 << 40 | 19 << 35; // ECAP.PASID, PSS 19: 20-bit PASIDs
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_FLTS | PASID_20);
+    let config = UnitConfig {
+        scalable: true,
+        ..cfg()
+    };
+    let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
+    let fl = |did, pasid| {
+        let t = PageTable::new(u.first_level_format().unwrap(), Arc::clone(&frames)).unwrap();
+        PageTableDomain::new(
+            t,
+            VtdInvalidator::first_level_pasid(&u, did, pasid).unwrap(),
+        )
+    };
+    let a = fl(1, 5);
+    let b = fl(2, 9);
+    u.set_pasid(
+        EDU,
+        5,
+        ContextState::FirstLevel {
+            did: 1,
+            root: a.table().root().0,
+        },
+        false,
+    )
+    .unwrap();
+    u.set_pasid(
+        EDU,
+        9,
+        ContextState::FirstLevel {
+            did: 2,
+            root: b.table().root().0,
+        },
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        u.pasid_context(EDU, 5),
+        ContextState::FirstLevel {
+            did: 1,
+            root: a.table().root().0
+        }
+    );
+    u.enable_translation().unwrap();
+    let mut g = IotlbGather::new();
+    a.map(Iova(0x10_0000), PhysAddr(0xa000), 0x1000, Prot::RW, &mut g)
+        .unwrap();
+    a.flush(&mut g).unwrap();
+    b.map(Iova(0x10_0000), PhysAddr(0xb000), 0x1000, Prot::RW, &mut g)
+        .unwrap();
+    b.flush(&mut g).unwrap();
+    assert_eq!(f.translate_pasid(EDU, 5, 0x10_0008, Dma::Write), Ok(0xa008));
+    assert_eq!(f.translate_pasid(EDU, 9, 0x10_0008, Dma::Write), Ok(0xb008));
+    // Requests without a PASID use RID_PASID (0), which has no entry.
+    assert_eq!(
+        f.translate(EDU, 0x10_0008, Dma::Read),
+        Err(FaultReason::PasidEntryNotPresent)
+    );
+    faults(&u);
+    // PASID 100 is in a directory entry without a table.
+    assert_eq!(
+        f.translate_pasid(EDU, 100, 0x10_0008, Dma::Read),
+        Err(FaultReason::PasidDirNotPresent)
+    );
+    let r = faults(&u);
+    assert_eq!(
+        (r[0].reason, r[0].pasid),
+        (FaultReason::PasidDirNotPresent, Some(100))
+    );
+    // Unmapping in PASID 5's domain leaves PASID 9's translation alone.
+    let before = u.counters().snapshot();
+    a.unmap(Iova(0x10_0000), 0x1000, &mut g).unwrap();
+    a.flush(&mut g).unwrap();
+    assert_eq!(u.counters().snapshot().since(&before).pasid_iotlb, 1);
+    assert_eq!(
+        f.translate_pasid(EDU, 5, 0x10_0008, Dma::Write),
+        Err(FaultReason::FirstLevelNotPresent)
+    );
+    let r = faults(&u);
+    assert_eq!((r[0].source, r[0].pasid), (EDU, Some(5)));
+    assert_eq!(f.translate_pasid(EDU, 9, 0x10_0008, Dma::Write), Ok(0xb008));
+    // Limits: the driver's one-page directory, and units without PASIDs.
+    assert_eq!(
+        u.set_pasid(
+            EDU,
+            crate::context::scalable::MAX_PASIDS,
+            ContextState::NotPresent,
+            false
+        ),
+        Err(VtdError::PasidOutOfRange(
+            crate::context::scalable::MAX_PASIDS
+        ))
+    );
+    // Detach PASID 9: blocked, the entry invalidated.
+    u.set_pasid(EDU, 9, ContextState::NotPresent, false)
+        .unwrap();
+    assert_eq!(
+        f.translate_pasid(EDU, 9, 0x10_0008, Dma::Read),
+        Err(FaultReason::PasidEntryNotPresent)
+    );
+    faults(&u);
+    drop((a, b));
+    u.shutdown().unwrap();
+    assert_eq!(
+        frames.live(),
+        0,
+        "PASID tables of every directory entry are freed"
+    );
+
+    // No ECAP.PASID: only RID_PASID.
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_SCALABLE);
+    let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
+    assert_eq!(
+        u.set_pasid(EDU, 5, ContextState::PassThrough { did: 1, aw: 2 }, false),
+        Err(VtdError::PasidUnsupported)
+    );
+    // Legacy units have no PASIDs at all.
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    assert_eq!(
+        u.set_pasid(EDU, 0, ContextState::NotPresent, false),
+        Err(VtdError::ScalableUnsupported)
+    );
+}

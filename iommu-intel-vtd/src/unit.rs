@@ -67,6 +67,11 @@ pub enum VtdError {
     /// The unit does not snoop CPU caches when it walks tables (ECAP.C = 0)
     /// and [`UnitConfig::walk_cache`] gives no way to clean them.
     NonCoherentWalker,
+    /// A PASID other than 0 was asked of a unit without ECAP.PASID.
+    PasidUnsupported,
+    /// The PASID is beyond what the unit (ECAP.PSS) or the driver's
+    /// one-page PASID directory supports.
+    PasidOutOfRange(u32),
     /// First-level translation needs scalable mode and ECAP.FLTS.
     FirstLevelUnsupported,
     /// Second-level translation in scalable mode needs ECAP.SLTS.
@@ -103,6 +108,8 @@ impl fmt::Display for VtdError {
             Self::NonCoherentWalker => f.write_str(
                 "VT-d: table walks are not coherent (ECAP.C = 0) and no cache maintenance was given",
             ),
+            Self::PasidUnsupported => f.write_str("VT-d: no PASID support (ECAP.PASID = 0)"),
+            Self::PasidOutOfRange(p) => write!(f, "VT-d: PASID {p:#x} out of range"),
             Self::FirstLevelUnsupported => {
                 f.write_str("VT-d: no first-level translation (scalable mode and ECAP.FLTS)")
             }
@@ -460,14 +467,8 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     pub fn context(&self, dev: Bdf) -> ContextState {
         let tables = self.context_tables.lock();
         if self.scalable {
-            return match self.pasid_entry_of(&tables, dev) {
-                Some(pe) => scalable::decode_pasid_entry([
-                    self.entry(pe.0, pe.1).load(Ordering::Acquire),
-                    self.entry(pe.0, pe.1 + 1).load(Ordering::Acquire),
-                    self.entry(pe.0, pe.1 + 2).load(Ordering::Acquire),
-                ]),
-                None => ContextState::NotPresent,
-            };
+            drop(tables);
+            return self.pasid_context(dev, 0);
         }
         let table = tables[usize::from(dev.bus)];
         if table == 0 {
@@ -543,7 +544,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         self.validate(&state)?;
         let mut tables = self.context_tables.lock();
         if self.scalable {
-            self.set_scalable(&mut tables, dev, state, fpd)
+            self.set_scalable(&mut tables, dev, 0, state, fpd)
         } else {
             self.set_legacy(&mut tables, dev, state, fpd)
         }
@@ -603,60 +604,131 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             lo.store(new_lo, Ordering::Release);
             fence(Ordering::SeqCst);
             self.publish(at, 16);
-            self.announce_present(dev, did, false)?;
+            self.announce_present(dev, did, None)?;
         }
         Ok(())
     }
 
     /// After an entry became present: with CM, invalidate what the unit may
-    /// have cached of the not-present one (tagged with domain ID 0);
-    /// otherwise flush the write buffer.
-    fn announce_present(&self, dev: Bdf, did: u16, pasid_entry: bool) -> Result<(), VtdError> {
+    /// have cached of the not-present one (a context entry, tagged with
+    /// domain ID 0, or the PASID entry `pasid`); otherwise flush the write
+    /// buffer.
+    fn announce_present(&self, dev: Bdf, did: u16, pasid: Option<u32>) -> Result<(), VtdError> {
         if !self.features.cap.caching_mode() {
             return self.flush_write_buffer();
         }
-        let context = Descriptor::context(ContextScope::Device {
-            did: 0,
-            sid: dev.source_id(),
-            function_mask: 0,
-        });
-        let pasid = Descriptor::pasid_cache(PasidCacheScope::Pasid { did, pasid: 0 });
-        let first = if pasid_entry { pasid } else { context };
+        let first = match pasid {
+            Some(pasid) => Descriptor::pasid_cache(PasidCacheScope::Pasid { did, pasid }),
+            None => Descriptor::context(ContextScope::Device {
+                did: 0,
+                sid: dev.source_id(),
+                function_mask: 0,
+            }),
+        };
         self.submit(&[
             first,
             Descriptor::iotlb(IotlbScope::Domain(did), false, false),
         ])
     }
 
-    /// The RID_PASID entry of `dev` (table frame, qword index), if the device
-    /// has a scalable context entry.
-    fn pasid_entry_of(&self, tables: &[u64; 512], dev: Bdf) -> Option<(u64, usize)> {
+    /// The PASID directory of `dev`, if it has a scalable context entry.
+    fn device_dir(&self, tables: &[u64; 512], dev: Bdf) -> Option<u64> {
         let devfn = usize::from(dev.devfn());
         let table = tables[2 * usize::from(dev.bus) + devfn / 128];
         if table == 0 {
             return None;
         }
         let ctx = self.entry(table, 4 * (devfn % 128)).load(Ordering::Acquire);
-        if ctx & scalable::CTX_P == 0 {
-            return None;
+        (ctx & scalable::CTX_P != 0).then_some(ctx & context::ADDR_MASK)
+    }
+
+    /// The PASID table entry for `pasid` in directory `dir` (table frame,
+    /// qword index), if its table exists.
+    fn pasid_slot(&self, dir: u64, pasid: u32) -> Option<(u64, usize)> {
+        let de = self
+            .entry(dir, (pasid >> 6) as usize)
+            .load(Ordering::Acquire);
+        (de & scalable::PDE_P != 0).then_some((de & context::ADDR_MASK, 8 * (pasid & 63) as usize))
+    }
+
+    fn pasid_entry_of(&self, tables: &[u64; 512], dev: Bdf, pasid: u32) -> Option<(u64, usize)> {
+        self.pasid_slot(self.device_dir(tables, dev)?, pasid)
+    }
+
+    /// What the PASID table holds for `dev`'s `pasid` (scalable mode);
+    /// [`ContextState::NotPresent`] without an entry.
+    pub fn pasid_context(&self, dev: Bdf, pasid: u32) -> ContextState {
+        let tables = self.context_tables.lock();
+        if !self.scalable || pasid >= scalable::MAX_PASIDS {
+            return ContextState::NotPresent;
         }
-        let dir = ctx & context::ADDR_MASK;
-        let pt = self.entry(dir, 0).load(Ordering::Acquire) & context::ADDR_MASK;
-        Some((pt, 0))
+        match self.pasid_entry_of(&tables, dev, pasid) {
+            Some((t, i)) => scalable::decode_pasid_entry([
+                self.entry(t, i).load(Ordering::Acquire),
+                self.entry(t, i + 1).load(Ordering::Acquire),
+                self.entry(t, i + 2).load(Ordering::Acquire),
+            ]),
+            None => ContextState::NotPresent,
+        }
+    }
+
+    /// Sets what requests of `dev` tagged with `pasid` get (scalable mode):
+    /// as [`set_context`](Self::set_context) does for requests without a
+    /// PASID (which use RID_PASID, PASID 0). PASIDs other than 0 need
+    /// ECAP.PASID and must be below `2^(PSS + 1)` and [`scalable::MAX_PASIDS`].
+    pub fn set_pasid(
+        &self,
+        dev: Bdf,
+        pasid: u32,
+        state: ContextState,
+        fpd: bool,
+    ) -> Result<(), VtdError> {
+        if !self.scalable {
+            return Err(VtdError::ScalableUnsupported);
+        }
+        let ecap = self.features.ecap;
+        if pasid != 0 && !ecap.pasid() {
+            return Err(VtdError::PasidUnsupported);
+        }
+        let limit = if ecap.pasid() {
+            (1u64 << ecap.pasid_bits()).min(u64::from(scalable::MAX_PASIDS))
+        } else {
+            1
+        };
+        if u64::from(pasid) >= limit {
+            return Err(VtdError::PasidOutOfRange(pasid));
+        }
+        self.validate(&state)?;
+        let mut tables = self.context_tables.lock();
+        self.set_scalable(&mut tables, dev, pasid, state, fpd)
     }
 
     fn set_scalable(
         &self,
         tables: &mut [u64; 512],
         dev: Bdf,
+        pasid: u32,
         state: ContextState,
         fpd: bool,
     ) -> Result<(), VtdError> {
-        let Some((pt, i)) = self.pasid_entry_of(tables, dev) else {
-            if state == ContextState::NotPresent {
-                return Ok(());
+        let dir = match self.device_dir(tables, dev) {
+            Some(d) => d,
+            None if state == ContextState::NotPresent => return Ok(()),
+            None => self.new_scalable_device(tables, dev)?,
+        };
+        let (pt, i) = match self.pasid_slot(dir, pasid) {
+            Some(slot) => slot,
+            None if state == ContextState::NotPresent => return Ok(()),
+            None => {
+                let pt = alloc_frame(&self.frames, self.oa_bits)?;
+                self.publish(pt.0, FRAME);
+                let at = dir + 8 * u64::from(pasid >> 6);
+                self.entry(dir, (pasid >> 6) as usize)
+                    .store(scalable::dir_entry(pt.0), Ordering::Release);
+                fence(Ordering::SeqCst);
+                self.publish(at, 8);
+                (pt.0, 8 * (pasid & 63) as usize)
             }
-            return self.new_scalable_device(tables, dev, state, fpd);
         };
         let q0 = self.entry(pt, i);
         let old = scalable::decode_pasid_entry([
@@ -674,7 +746,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 ContextState::FirstLevel { .. } => {
                     Descriptor::pasid_iotlb(PasidIotlbScope::Pasid {
                         did: old_did,
-                        pasid: 0,
+                        pasid,
                     })
                 }
                 _ => Descriptor::iotlb(IotlbScope::Domain(old_did), false, false),
@@ -682,7 +754,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             self.submit(&[
                 Descriptor::pasid_cache(PasidCacheScope::Pasid {
                     did: old_did,
-                    pasid: 0,
+                    pasid,
                 }),
                 tlb,
             ])?;
@@ -698,59 +770,34 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             q0.store(e[0], Ordering::Release);
             fence(Ordering::SeqCst);
             self.publish(at, 64);
-            self.announce_present(dev, did, true)?;
+            self.announce_present(dev, did, Some(pasid))?;
         }
         Ok(())
     }
 
-    /// First attach of a device in scalable mode: context table half (if
-    /// new), PASID directory and table, the PASID entry, then the context
-    /// entry, each written before what points to it.
-    fn new_scalable_device(
-        &self,
-        tables: &mut [u64; 512],
-        dev: Bdf,
-        state: ContextState,
-        fpd: bool,
-    ) -> Result<(), VtdError> {
-        let mgaw = self.oa_bits;
+    /// First attach of a device in scalable mode: the context table half
+    /// (if new) and a PASID directory, then the context entry pointing to
+    /// it, each written before what points to it. Returns the directory.
+    fn new_scalable_device(&self, tables: &mut [u64; 512], dev: Bdf) -> Result<u64, VtdError> {
         let devfn = usize::from(dev.devfn());
         let half = 2 * usize::from(dev.bus) + devfn / 128;
-        let dir = alloc_frame(&self.frames, mgaw)?;
-        let pt = match alloc_frame(&self.frames, mgaw) {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: just allocated, never published.
-                unsafe { self.frames.free(dir, FRAME) };
-                return Err(e);
-            }
-        };
+        let dir = alloc_frame(&self.frames, self.oa_bits)?;
+        self.publish(dir.0, FRAME);
         let mut new_table = false;
         if tables[half] == 0 {
-            match alloc_frame(&self.frames, mgaw) {
+            match alloc_frame(&self.frames, self.oa_bits) {
                 Ok(t) => {
+                    self.publish(t.0, FRAME);
                     tables[half] = t.0;
                     new_table = true;
                 }
                 Err(e) => {
                     // SAFETY: just allocated, never published.
-                    unsafe {
-                        self.frames.free(dir, FRAME);
-                        self.frames.free(pt, FRAME);
-                    }
+                    unsafe { self.frames.free(dir, FRAME) };
                     return Err(e);
                 }
             }
         }
-        let e = scalable::pasid_entry(&state, fpd);
-        for (k, &v) in e.iter().enumerate() {
-            self.entry(pt.0, k).store(v, Ordering::Release);
-        }
-        self.entry(dir.0, 0)
-            .store(scalable::dir_entry(pt.0), Ordering::Release);
-        fence(Ordering::SeqCst);
-        self.publish(pt.0, 64);
-        self.publish(dir.0, 8);
         let table = tables[half];
         let c = scalable::context_entry(dir.0);
         let at = 4 * (devfn % 128);
@@ -762,7 +809,6 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         self.entry(table, at).store(c[0], Ordering::Release);
         fence(Ordering::SeqCst);
         self.publish(table + 8 * at as u64, 32);
-        let cap = self.features.cap;
         if new_table {
             let bus = usize::from(dev.bus);
             let [lo, hi] = scalable::root_entry(tables[2 * bus], tables[2 * bus + 1]);
@@ -772,14 +818,17 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 .store(lo, Ordering::Release);
             fence(Ordering::SeqCst);
             self.publish(self.root.0 + 16 * bus as u64, 16);
-            if cap.caching_mode() {
+            if self.features.cap.caching_mode() {
                 self.submit(&[Descriptor::context(ContextScope::Global)])?;
             }
+        } else if self.features.cap.caching_mode() {
+            self.submit(&[Descriptor::context(ContextScope::Device {
+                did: 0,
+                sid: dev.source_id(),
+                function_mask: 0,
+            })])?;
         }
-        match state.did() {
-            Some(did) => self.announce_present(dev, did, false),
-            None => Ok(()),
-        }
+        Ok(dir.0)
     }
 
     pub(crate) fn check_did(&self, did: u16) -> Result<(), VtdError> {
@@ -893,13 +942,17 @@ impl<M: Mmio, A: FrameAllocator> Drop for VtdUnit<M, A> {
                         continue;
                     }
                     let dir = ctx & context::ADDR_MASK;
-                    let pt = self.entry(dir, 0).load(Ordering::Acquire) & context::ADDR_MASK;
-                    // SAFETY: the device's PASID directory and table,
-                    // allocated by `new_scalable_device`, unreachable now.
-                    unsafe {
-                        self.frames.free(PhysAddr(pt), FRAME);
-                        self.frames.free(PhysAddr(dir), FRAME);
+                    for d in 0..512 {
+                        let de = self.entry(dir, d).load(Ordering::Acquire);
+                        if de & scalable::PDE_P != 0 {
+                            // SAFETY: a PASID table allocated by
+                            // `set_scalable`, unreachable now.
+                            unsafe { self.frames.free(PhysAddr(de & context::ADDR_MASK), FRAME) };
+                        }
                     }
+                    // SAFETY: the device's PASID directory, allocated by
+                    // `new_scalable_device`, unreachable now.
+                    unsafe { self.frames.free(PhysAddr(dir), FRAME) };
                 }
             }
             // SAFETY: allocated by `set_context`, unreachable now that the
