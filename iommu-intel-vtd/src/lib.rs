@@ -7,8 +7,9 @@
 //! - [`caps`]: VER, CAP and ECAP decoded.
 //! - [`regs`]: register offsets and MMIO access ([`regs::Mmio`]).
 //! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, root,
-//!   context and PASID tables, global commands, fault recording and the
-//!   fault event interrupt.
+//!   context and PASID tables (RID_PASID, and other PASIDs where
+//!   ECAP.PASID), global commands, fault recording and the fault event
+//!   interrupt.
 //! - [`context`]: root, context and PASID entries ([`ContextState`]: not
 //!   present, pass-through, second-level, first-level).
 //! - [`second_level`]: the second-level page-table format for iova-core's
