@@ -20,7 +20,15 @@
 //!   record per source ID) and overflow (FSTS.PFO);
 //! - with CAP.CM it also caches not-present context entries and not-present
 //!   translations, so a driver that does not invalidate after making an
-//!   entry present keeps faulting.
+//!   entry present keeps faulting;
+//! - in scalable mode (RTADDR.TTM = 01 with ECAP.SMTS) it walks scalable
+//!   root and context entries, the PASID directory and table (RID_PASID, or
+//!   the PASID of [`FakeVtd::translate_pasid`]), caches PASID entries until a
+//!   PASID-cache invalidation, and walks second-level or first-level (x86-64)
+//!   tables; first-level translations are dropped only by PASID-based IOTLB
+//!   invalidations, which it accepts only in a 256-bit queue (as QEMU);
+//! - a fault that makes a record pending raises the fault event interrupt
+//!   ([`FakeVtd::fault_interrupts`]), or sets FECTL.IP while it is masked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,13 +1,15 @@
-//! One remapping unit: probe, root and context tables, global commands,
-//! fault recording.
+//! One remapping unit: probe, root, context and PASID tables, global
+//! commands, fault recording.
 //!
 //! [`VtdUnit::new`] reads VER/CAP/ECAP, refuses what it cannot drive, takes
 //! the unit over (translation and queued invalidation off), installs an empty
-//! root table (every device blocked once translation is on), enables queued
-//! invalidation where ECAP.QI offers it, and invalidates the context cache
-//! and IOTLB globally. Devices are then given a context entry with
-//! [`VtdUnit::set_context`], and [`VtdUnit::enable_translation`] turns
-//! remapping on.
+//! root table (every device blocked once translation is on) in legacy or
+//! scalable mode, enables queued invalidation where ECAP.QI offers it, and
+//! invalidates the context cache, PASID cache and IOTLB globally. Devices
+//! are then given what their DMA gets with [`VtdUnit::set_context`] (and, in
+//! scalable mode, per PASID with [`VtdUnit::set_pasid`]), and
+//! [`VtdUnit::enable_translation`] turns remapping on. Dropping a unit whose
+//! translation is on leaves it on; [`VtdUnit::shutdown`] turns it off.
 
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
