@@ -12,11 +12,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use iommu_intel_vtd::fake::{FakeVtd, QEMU_CAP_48, QEMU_ECAP};
+use iommu_intel_vtd::fake::{CAP_FL1GP, FakeVtd, QEMU_CAP_48, QEMU_ECAP, QEMU_ECAP_FLTS};
 use iommu_intel_vtd::{Bdf, ContextState, CounterSnapshot, UnitConfig, VtdInvalidator, VtdUnit};
 use iova_core::fakes::FakeFrames;
 use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
-use iova_core::{DmaMapper, Iova, IovaRange, PageTable, PageTableDomain, PhysAddr, Prot};
+use iova_core::{
+    DmaMapper, IommuDomain, Iova, IovaRange, PageTable, PageTableDomain, PhysAddr, Prot,
+};
 
 const PAGE: u64 = 0x1000;
 
@@ -29,27 +31,53 @@ struct Row {
     unlink: CounterSnapshot,
 }
 
-fn run(cap: u64, pages: u64, gaps: bool, rounds: u32) -> Row {
+type Unit<'f> = VtdUnit<&'f FakeVtd, Arc<FakeFrames>>;
+
+/// `fl`: scalable mode with a first-level (x86-64) domain on RID_PASID;
+/// otherwise legacy mode with a 4-level second-level domain.
+fn run(cap: u64, fl: bool, pages: u64, gaps: bool, rounds: u32) -> Row {
     let frames = Arc::new(FakeFrames::new());
     // The fake reads memory directly: as a coherent walker (ECAP.C).
-    let hw = FakeVtd::new(Arc::clone(&frames), cap, QEMU_ECAP | 1);
-    let unit = VtdUnit::new(&hw, Arc::clone(&frames), UnitConfig::default()).unwrap();
-    let fmt = unit.second_level_format(4).unwrap();
+    let ecap = if fl { QEMU_ECAP_FLTS } else { QEMU_ECAP } | 1;
+    let hw = FakeVtd::new(Arc::clone(&frames), cap, ecap);
+    let config = UnitConfig {
+        scalable: fl,
+        ..UnitConfig::default()
+    };
+    let unit = VtdUnit::new(&hw, Arc::clone(&frames), config).unwrap();
     let did = 1;
-    let domain = PageTableDomain::new(
-        PageTable::new(fmt, Arc::clone(&frames)).unwrap(),
-        VtdInvalidator::new(&unit, did).unwrap(),
-    );
     let dev = Bdf::new(0, 1, 0);
-    let root = domain.table().root().0;
-    unit.set_context(dev, ContextState::Translated { did, root, aw: 2 }, false)
-        .unwrap();
+    if fl {
+        let t = PageTable::new(unit.first_level_format().unwrap(), Arc::clone(&frames)).unwrap();
+        let domain = PageTableDomain::new(t, VtdInvalidator::first_level(&unit, did).unwrap());
+        let root = domain.table().root().0;
+        unit.set_context(dev, ContextState::FirstLevel { did, root }, false)
+            .unwrap();
+        measure(&unit, &domain, pages, gaps, rounds)
+    } else {
+        let fmt = unit.second_level_format(4).unwrap();
+        let t = PageTable::new(fmt, Arc::clone(&frames)).unwrap();
+        let domain = PageTableDomain::new(t, VtdInvalidator::new(&unit, did).unwrap());
+        let root = domain.table().root().0;
+        unit.set_context(dev, ContextState::Translated { did, root, aw: 2 }, false)
+            .unwrap();
+        measure(&unit, &domain, pages, gaps, rounds)
+    }
+}
+
+fn measure<D: IommuDomain>(
+    unit: &Unit<'_>,
+    domain: &D,
+    pages: u64,
+    gaps: bool,
+    rounds: u32,
+) -> Row {
     unit.enable_translation().unwrap();
     let aperture = IovaRange::new(Iova(0x1_0000_0000), 1 << 36).unwrap();
     let iovas =
         IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, PAGE), 256, 1).unwrap();
     let cpu = || 0;
-    let mapper = DmaMapper::new(&domain, &iovas, &cpu).unwrap();
+    let mapper = DmaMapper::new(domain, &iovas, &cpu).unwrap();
     let (mut link_ns, mut unlink_ns) = (0u128, 0u128);
     let (mut link, mut unlink) = (CounterSnapshot::default(), CounterSnapshot::default());
     // With gaps, every other page is linked: the unlink then has `pages`
@@ -102,6 +130,9 @@ fn run(cap: u64, pages: u64, gaps: bool, rounds: u32) -> Row {
 }
 
 fn describe(c: &CounterSnapshot) -> String {
+    if c.pasid_iotlb != 0 {
+        return format!("{} PASID-based, {} wait", c.pasid_iotlb, c.waits);
+    }
     format!(
         "{} PSI, {} DSI, {} wait",
         c.iotlb_page, c.iotlb_domain, c.waits
@@ -122,12 +153,13 @@ fn main() {
         "| CAP | pages linked | IOVA layout | link + sync | descriptors | unlink + sync | descriptors |"
     );
     println!("|---|---:|---|---:|---|---:|---|");
-    for (name, cap) in [
-        ("QEMU (CM=0)", QEMU_CAP_48),
-        ("caching mode", QEMU_CAP_48 | 1 << 7),
+    for (name, cap, fl) in [
+        ("QEMU (CM=0)", QEMU_CAP_48, false),
+        ("caching mode", QEMU_CAP_48 | 1 << 7, false),
+        ("scalable, first level", QEMU_CAP_48 | CAP_FL1GP, true),
     ] {
         for (pages, gaps) in [(1, false), (64, false), (4096, false), (64, true)] {
-            let r = run(cap, pages, gaps, rounds(pages));
+            let r = run(cap, fl, pages, gaps, rounds(pages));
             println!(
                 "| {name} | {} | {} | {:.1} µs ({:.0} ns/page) | {} | {:.1} µs ({:.0} ns/page) | {} |",
                 r.pages,
