@@ -162,6 +162,19 @@ impl Command {
         Command([op::CFGI_CD as u64 | (sid as u64) << SID_SHIFT, leaf as u64])
     }
 
+    /// CFGI_CD for `sid`, SubstreamID `ssid` (bits 31:12 of word 0).
+    pub const fn cfgi_cd_ssid(sid: u32, ssid: u32, leaf: bool) -> Self {
+        Command([
+            op::CFGI_CD as u64 | ((ssid & 0xf_ffff) as u64) << 12 | (sid as u64) << SID_SHIFT,
+            leaf as u64,
+        ])
+    }
+
+    /// The SubstreamID field of CFGI_CD.
+    pub const fn ssid(&self) -> u32 {
+        ((self.0[0] >> 12) & 0xf_ffff) as u32
+    }
+
     /// CFGI_CD_ALL for `sid`.
     pub const fn cfgi_cd_all(sid: u32) -> Self {
         Command([op::CFGI_CD_ALL as u64 | (sid as u64) << SID_SHIFT, 0])
@@ -396,6 +409,9 @@ mod tests {
         assert_eq!(Command::cfgi_cd(0x10, true).0, [0x0000_0010_0000_0005, 1]);
         assert_eq!(Command::cfgi_cd_all(0x10).0, [0x0000_0010_0000_0006, 0]);
         assert_eq!(Command::cfgi_ste(0x8, true).sid(), 8);
+        let c = Command::cfgi_cd_ssid(0x10, 0x1_2345, false);
+        assert_eq!(c.0, [0x0000_0010_1234_5005, 0]);
+        assert_eq!((c.sid(), c.ssid()), (0x10, 0x1_2345));
     }
 
     #[test]

@@ -80,6 +80,23 @@ pub struct S2Inval<'s, M: Mmio, A: FrameAllocator> {
 }
 
 impl<M: Mmio, A: FrameAllocator> S1Inval<'_, M, A> {
+    /// The context descriptor's eight doublewords, as in memory.
+    pub fn cd_words(&self) -> [u64; 8] {
+        let p = self.smmu.frames.phys_to_virt(self.cd).cast::<u64>();
+        let mut w = [0; 8];
+        for (i, x) in w.iter_mut().enumerate() {
+            // SAFETY: the CD frame is allocated (64 bytes) for as long as
+            // the domain exists, and only the driver writes it.
+            *x = unsafe { p.add(i).read_volatile() };
+        }
+        w
+    }
+
+    /// VMID of the stage 2 this context is nested under (0: none).
+    pub(crate) fn nested_vmid(&self) -> u32 {
+        self.vmid.load(Ordering::Relaxed)
+    }
+
     /// The domain's ASID.
     pub fn asid(&self) -> u16 {
         self.asid
@@ -141,6 +158,8 @@ impl Streams {
 pub struct S1Domain<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format = LpaeS1> {
     inner: ManuallyDrop<PageTableDomain<F, T, S1Inval<'s, M, A>, SmmuCache>>,
     streams: Streams,
+    /// (StreamID, SubstreamID) pairs whose CD-table slot holds this domain.
+    substreams: Mutex<heapless::Vec<(u32, u32), MAX_STREAMS>>,
 }
 
 /// A stage-2 domain: LPAE stage-2 tables from `T`, tagged with a VMID.
@@ -167,9 +186,32 @@ impl<'s, M: Mmio, A: FrameAllocator, T: FrameAllocator> Deref for S2Domain<'s, M
 }
 
 impl<M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format> S1Domain<'_, M, A, T, F> {
-    /// Streams attached now.
+    /// Streams attached now (with a single CD; see also
+    /// [`attached_substreams`](Self::attached_substreams)).
     pub fn attached(&self) -> usize {
         self.streams.len()
+    }
+
+    /// (StreamID, SubstreamID) pairs attached now.
+    pub fn attached_substreams(&self) -> usize {
+        self.substreams.lock().len()
+    }
+
+    pub(crate) fn add_substream(&self, sid: u32, ssid: u32) -> Result<(), SmmuError> {
+        let mut v = self.substreams.lock();
+        if v.contains(&(sid, ssid)) {
+            return Ok(());
+        }
+        if v.is_full() {
+            let smmu = self.inner.invalidator().smmu;
+            let ttb = self.inner.invalidator().cd_words()[1];
+            v.retain(|&(s, ss)| smmu.substream_uses(s, ss, ttb));
+        }
+        v.push((sid, ssid)).map_err(|_| SmmuError::StreamsFull)
+    }
+
+    pub(crate) fn remove_substream(&self, sid: u32, ssid: u32) {
+        self.substreams.lock().retain(|&p| p != (sid, ssid));
     }
 }
 
@@ -318,6 +360,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 },
             )),
             streams: Streams::new(),
+            substreams: Mutex::new(heapless::Vec::new()),
         })
     }
 
@@ -622,7 +665,13 @@ impl<M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format> Drop for S1Doma
         let vmid = inval.vmid.load(Ordering::Relaxed) as u16;
         let asid = inval.asid;
         let streams = self.streams.take();
+        let ttb = inval.cd_words()[1];
+        let substreams = core::mem::take(&mut *self.substreams.lock());
         let quiet = smmu.detach_all(&streams, |s| uses_cd(s, cd))
+            && substreams.iter().all(|&(sid, ssid)| {
+                !smmu.substream_uses(sid, ssid, ttb)
+                    || smmu.write_substream_cd(sid, ssid, None).is_ok()
+            })
             && smmu.submit(&[Command::tlbi_nh_asid(vmid, asid)]).is_ok();
         if quiet {
             // SAFETY: no STE points at the CD any more (made invalid and

@@ -64,6 +64,13 @@ pub enum SmmuError {
     AlreadyEnabled,
     /// The SMMU reported a global error that stops it (SFM_ERR).
     ServiceFailure,
+    /// The SMMU has no SubstreamIDs (IDR1.SSIDSIZE = 0).
+    SubstreamsUnsupported,
+    /// A SubstreamID beyond the stream's CD table.
+    SubstreamIdOutOfRange(u32),
+    /// The stream is in use in a way the operation would silently change
+    /// (attached with a single CD when a CD table is wanted).
+    Busy(u32),
     /// The domain is attached to [`crate::domain::MAX_STREAMS`] streams already.
     StreamsFull,
     /// The translation granule is not offered by the SMMU (IDR5).
@@ -108,6 +115,9 @@ impl From<SmmuError> for iova_core::Error {
             SmmuError::NotAttached(_) => iova_core::Error::Device(0x1_0008),
             SmmuError::GranuleUnsupported => iova_core::Error::Device(0x1_0009),
             SmmuError::StreamsFull => iova_core::Error::Device(0x1_000a),
+            SmmuError::SubstreamsUnsupported => iova_core::Error::Device(0x1_000b),
+            SmmuError::SubstreamIdOutOfRange(_) => iova_core::Error::Device(0x1_000c),
+            SmmuError::Busy(_) => iova_core::Error::Device(0x1_000d),
         }
     }
 }
@@ -129,6 +139,12 @@ impl fmt::Display for SmmuError {
             Self::BadGeometry => f.write_str("address sizes not supported by the SMMU"),
             Self::AlreadyEnabled => f.write_str("SMMU enabled by someone else and would not stop"),
             Self::ServiceFailure => f.write_str("SMMU entered service failure mode"),
+            Self::SubstreamsUnsupported => f.write_str("SMMU has no SubstreamIDs"),
+            Self::SubstreamIdOutOfRange(s) => write!(f, "SubstreamID {s:#x} out of range"),
+            Self::Busy(s) => write!(
+                f,
+                "StreamID {s:#x} is in use with a single context descriptor"
+            ),
             Self::StreamsFull => f.write_str("domain attached to too many streams"),
             Self::GranuleUnsupported => f.write_str("translation granule not offered by the SMMU"),
             Self::NotAttached(s) => write!(f, "StreamID {s:#x} is not attached to that domain"),

@@ -27,8 +27,8 @@
 //!   when invalidated (its [`iova_core::CacheMaintenance`] implementation is
 //!   the CPU's cache).
 //!
-//! Both stages walk 4, 16 and 64 KiB granules (as IDR5 offers); SubstreamIDs, stalls, ATS and PRI are not
-//! modelled.
+//! Both stages walk 4, 16 and 64 KiB granules (as IDR5 offers); two-level
+//! CD tables, stalls, ATS and PRI are not modelled.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -121,7 +121,10 @@ struct State {
     id: IdRegs,
     r: Regs,
     ste_cache: HashMap<u32, Ste>,
-    cd_cache: HashMap<u32, [u64; 8]>,
+    /// Cached CDs by (StreamID, CD index).
+    cd_cache: HashMap<(u32, u32), [u64; 8]>,
+    /// SubstreamID of the transaction being translated (for event records).
+    cur_ssid: Option<u32>,
     tlb: Vec<TlbEntry>,
     walk: Vec<WalkEntry>,
     commands: Vec<Command>,
@@ -216,6 +219,7 @@ impl FakeSmmu {
                 },
                 ste_cache: HashMap::new(),
                 cd_cache: HashMap::new(),
+                cur_ssid: None,
                 tlb: Vec::new(),
                 walk: Vec::new(),
                 commands: Vec::new(),
@@ -335,27 +339,58 @@ impl FakeSmmu {
 
     /// A device on stream `sid` reads `len` bytes at `iova`.
     pub fn dma_read(&self, sid: u32, iova: Iova, len: usize) -> Result<Vec<u8>, DmaFault> {
-        let mut out = vec![0; len];
-        self.dma(sid, iova.0, &mut out, false)?;
-        Ok(out)
+        self.dma_read_ssid(sid, None, iova, len)
     }
 
     /// A device on stream `sid` writes `data` at `iova`.
     pub fn dma_write(&self, sid: u32, iova: Iova, data: &[u8]) -> Result<(), DmaFault> {
+        self.dma_write_ssid(sid, None, iova, data)
+    }
+
+    /// As [`dma_read`](Self::dma_read), with a SubstreamID (PASID).
+    pub fn dma_read_ssid(
+        &self,
+        sid: u32,
+        ssid: Option<u32>,
+        iova: Iova,
+        len: usize,
+    ) -> Result<Vec<u8>, DmaFault> {
+        let mut out = vec![0; len];
+        self.dma(sid, ssid, iova.0, &mut out, false)?;
+        Ok(out)
+    }
+
+    /// As [`dma_write`](Self::dma_write), with a SubstreamID (PASID).
+    pub fn dma_write_ssid(
+        &self,
+        sid: u32,
+        ssid: Option<u32>,
+        iova: Iova,
+        data: &[u8],
+    ) -> Result<(), DmaFault> {
         let mut buf = data.to_vec();
-        self.dma(sid, iova.0, &mut buf, true)
+        self.dma(sid, ssid, iova.0, &mut buf, true)
     }
 
     /// The physical address `iova` reaches on stream `sid` for a read or a
     /// write (recording events as a real access would).
     pub fn translate(&self, sid: u32, iova: Iova, write: bool) -> Result<PhysAddr, DmaFault> {
         let mut s = self.s.lock().unwrap();
+        s.cur_ssid = None;
         self.translate_locked(&mut s, sid, iova.0, write)
             .map(PhysAddr)
     }
 
-    fn dma(&self, sid: u32, iova: u64, buf: &mut [u8], write: bool) -> Result<(), DmaFault> {
+    fn dma(
+        &self,
+        sid: u32,
+        ssid: Option<u32>,
+        iova: u64,
+        buf: &mut [u8],
+        write: bool,
+    ) -> Result<(), DmaFault> {
         let mut s = self.s.lock().unwrap();
+        s.cur_ssid = ssid;
         let mut done = 0;
         while done < buf.len() {
             let a = iova + done as u64;
@@ -491,8 +526,12 @@ impl FakeSmmu {
                         .retain(|&k, _| !(lo..lo + n).contains(&u64::from(k)));
                 }
             }
-            op::CFGI_CD | op::CFGI_CD_ALL => {
-                s.cd_cache.remove(&c.sid());
+            op::CFGI_CD => {
+                s.cd_cache.remove(&(c.sid(), c.ssid()));
+            }
+            op::CFGI_CD_ALL => {
+                let sid = c.sid();
+                s.cd_cache.retain(|&(k, _), _| k != sid);
             }
             op::TLBI_NH_ALL | op::TLBI_NH_ASID | op::TLBI_NH_VA | 0x13 => {
                 if !s1 {
@@ -565,7 +604,11 @@ impl FakeSmmu {
         if !f.record || s.r.cr0 & cr0::EVENTQEN == 0 {
             return;
         }
-        let raw = Event::encode(f.code, sid, f.addr, f.ipa, read, f.stage, f.class);
+        let mut raw = Event::encode(f.code, sid, f.addr, f.ipa, read, f.stage, f.class);
+        if let Some(ssid) = s.cur_ssid {
+            // SSV and SubstreamID.
+            raw[0] |= 1 << 11 | u64::from(ssid & 0xf_ffff) << 12;
+        }
         let log2 = (s.r.evtq_base & queue::BASE_LOG2SIZE_MASK) as u32;
         let mask = (2u32 << log2) - 1;
         let (prod, cons) = (s.r.evtq_prod & mask, s.r.evtq_cons & mask);
@@ -751,14 +794,31 @@ impl FakeSmmu {
             let s2 = s2.expect("stage 2 decoded above");
             return self.stage2(s, &s2, iova, iova, write, FaultClass::Input);
         }
-        if bits(st.0[0], 59, 5) != 0 || st.0[1] & ste::S1STALLD != 0 {
+        let cd_max = bits(st.0[0], 59, 5) as u32;
+        let ssid_size = (s.id.idr[1] >> 6) & 0x1f;
+        // One CD, or a linear CD table (S1Fmt = 0) within IDR1.SSIDSIZE.
+        if cd_max > ssid_size
+            || (cd_max != 0 && bits(st.0[0], 4, 2) != 0)
+            || st.0[1] & ste::S1STALLD != 0
+        {
             return Err(Some(Fault::cfg(code::C_BAD_STE)));
         }
+        let index = match (s.cur_ssid, cd_max) {
+            (Some(_), 0) => return Err(Some(Fault::cfg(code::C_BAD_SUBSTREAMID))),
+            (Some(x), n) if x >> n != 0 => return Err(Some(Fault::cfg(code::C_BAD_SUBSTREAMID))),
+            (Some(x), _) => x,
+            (None, 0) => 0,
+            (None, _) => match bits(st.0[1], 0, 2) {
+                0b01 => return Ok(iova),
+                0b10 => 0,
+                _ => return Err(Some(Fault::cfg(code::F_STREAM_DISABLED))),
+            },
+        };
         // The CD, through stage 2 when nested.
-        let cd = match s.cd_cache.get(&sid) {
+        let cd = match s.cd_cache.get(&(sid, index)) {
             Some(cd) => *cd,
             None => {
-                let ptr = st.cd_ptr();
+                let ptr = st.cd_ptr() + 64 * u64::from(index);
                 let pa = match &s2 {
                     Some(s2) => self.stage2(s, s2, iova, ptr, false, FaultClass::Cd)?,
                     None => ptr,
@@ -780,7 +840,7 @@ impl FakeSmmu {
                 if !ok {
                     return Err(Some(Fault::cfg(code::C_BAD_CD)));
                 }
-                s.cd_cache.insert(sid, w);
+                s.cd_cache.insert((sid, index), w);
                 w
             }
         };

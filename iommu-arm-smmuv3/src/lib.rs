@@ -62,7 +62,8 @@
 //!
 //! # Limits
 //!
-//! One context descriptor per stream (no SubstreamIDs); polling only (no MSIs, no
+//! SubstreamIDs through linear CD tables of up to 256 entries
+//! ([`substream`]); polling only (no MSIs, no
 //! wired interrupts); an SMMU that does not snoop the CPUs' caches
 //! (IDR0.COHACC = 0) needs [`Smmu::with_cache`] and a
 //! [`iova_core::CacheMaintenance`]; at most 1023 ASIDs
@@ -107,6 +108,7 @@ pub mod s2;
 pub mod smmu;
 pub mod ste;
 pub mod strtab;
+pub mod substream;
 
 pub use cache::SmmuCache;
 pub use cmd::{Command, CommandCounts, CommandErrorKind};

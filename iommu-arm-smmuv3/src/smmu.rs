@@ -165,6 +165,8 @@ pub struct Smmu<M: Mmio, A: FrameAllocator> {
     pub(crate) asids: Mutex<IdAlloc>,
     pub(crate) vmids: Mutex<IdAlloc>,
     pub(crate) cache: SmmuCache,
+    pub(crate) cd_tables:
+        Mutex<heapless::Vec<crate::substream::CdTable, { crate::substream::MAX_CD_TABLES }>>,
 }
 
 /// Reads and decodes the ID registers without touching anything else.
@@ -316,6 +318,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             mmio,
             frames,
             cache,
+            cd_tables: Mutex::new(heapless::Vec::new()),
         };
         smmu.bring_up()?;
         Ok(smmu)
@@ -556,6 +559,7 @@ impl<M: Mmio, A: FrameAllocator> Drop for Smmu<M, A> {
             // SAFETY: translation is off (acknowledged), so nothing reads the table.
             unsafe { st.free(&self.frames) };
         }
+        self.free_cd_tables();
         let dummy = || DmaBuf::view(&self.frames, PhysAddr(0), 0);
         let c = core::mem::replace(&mut self.cmdq.lock().mem, dummy());
         let e = core::mem::replace(&mut self.evtq.lock().mem, dummy());

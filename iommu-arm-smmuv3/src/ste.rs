@@ -30,6 +30,8 @@ pub const S1CDMAX_SHIFT: u32 = 59;
 
 /// Word 1: S1DSS, bits 1:0.
 pub const S1DSS_SHIFT: u32 = 0;
+/// S1DSS: transactions without a SubstreamID use CD 0.
+pub const S1DSS_SUBSTREAM0: u64 = 0b10;
 /// Word 1: S1CIR (CD fetch inner cacheability), bits 3:2.
 pub const S1CIR_SHIFT: u32 = 2;
 /// Word 1: S1COR, bits 5:4.
@@ -135,6 +137,21 @@ impl Ste {
         w[0] = V | CONFIG_S1 << CONFIG_SHIFT | (cd & S1_CTX_PTR_MASK);
         w[1] = s1_word1();
         Ste(w)
+    }
+
+    /// Stage 1 through a linear table of `1 << log2` context descriptors at
+    /// `table` (64-byte aligned), indexed by SubstreamID; transactions
+    /// without a SubstreamID use CD 0 (S1DSS = 0b10).
+    pub const fn s1_cd_table(table: u64, log2: u32) -> Self {
+        let mut s = Self::s1(table);
+        s.0[0] |= ((log2 & 0x1f) as u64) << S1CDMAX_SHIFT;
+        s.0[1] |= S1DSS_SUBSTREAM0 << S1DSS_SHIFT;
+        s
+    }
+
+    /// S1CDMax: log2 of the CD table entries (0 = one CD, no substreams).
+    pub const fn s1_cd_max(&self) -> u32 {
+        (self.0[0] >> S1CDMAX_SHIFT) as u32 & 0x1f
     }
 
     /// Stage 2 only.
@@ -255,6 +272,16 @@ mod tests {
         assert_eq!(ste.0[2..], [0; 6]);
         // Low bits of a misaligned pointer are dropped, not smeared into Config.
         assert_eq!(Ste::s1(0x1000_003f).0[0], 0x1000_0000 | 0xb);
+    }
+
+    #[test]
+    fn cd_table_fields() {
+        let ste = Ste::s1_cd_table(0x4000_0000, 8);
+        assert_eq!(ste.0[0], 0x4000_0000 | 0xb | 8 << 59);
+        assert_eq!(ste.s1_cd_max(), 8);
+        assert_eq!(ste.0[1] & 3, 0b10); // S1DSS
+        assert_eq!(ste.0[1] & !3, Ste::s1(0).0[1]);
+        assert_eq!(Ste::s1(0x1000).s1_cd_max(), 0);
     }
 
     #[test]

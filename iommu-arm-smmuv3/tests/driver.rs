@@ -1593,3 +1593,134 @@ fn a_non_coherent_smmu_works_with_cache_maintenance() {
     assert_eq!(&read_mem(&m, PhysAddr(p.0 + 0x10), 9), b"nc-nested");
     assert_eq!(fake.bad_accesses(), 0);
 }
+
+/// QEMU 10's ID registers with 8 SubstreamID bits.
+fn with_substreams() -> IdRegs {
+    let mut id = QEMU_10_VIRT;
+    id.idr[1] |= 8 << 6;
+    id
+}
+
+#[test]
+fn substreams_give_one_stream_several_address_spaces() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), with_substreams());
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    assert_eq!(smmu.substream_bits(), 8);
+    let (d0, d1, d2) = (
+        smmu.s1_domain(Arc::clone(&m), 48).unwrap(),
+        smmu.s1_domain(Arc::clone(&m), 48).unwrap(),
+        smmu.s1_domain(Arc::clone(&m), 48).unwrap(),
+    );
+    let pages = [page(&m), page(&m), page(&m)];
+    for (d, p) in [&d0, &d1, &d2].into_iter().zip(pages) {
+        map(d, 0x5000, p, K4, Prot::RW);
+    }
+    smmu.attach_s1_ssid(SID, 0, &d0).unwrap();
+    smmu.attach_s1_ssid(SID, 1, &d1).unwrap();
+    smmu.attach_s1_ssid(SID, 2, &d2).unwrap();
+    let ste = smmu.ste(SID).unwrap();
+    assert_eq!((ste.config(), ste.s1_cd_max()), (0b101, 8));
+    assert_eq!(Some(PhysAddr(ste.cd_ptr())), smmu.cd_table(SID));
+    // The same IOVA reaches a different page per SubstreamID; no SubstreamID
+    // means CD 0.
+    fake.dma_write_ssid(SID, Some(1), Iova(0x5000), b"one")
+        .unwrap();
+    fake.dma_write_ssid(SID, Some(2), Iova(0x5000), b"two")
+        .unwrap();
+    fake.dma_write(SID, Iova(0x5000), b"zero").unwrap();
+    assert_eq!(read_mem(&m, pages[0], 4), b"zero");
+    assert_eq!(read_mem(&m, pages[1], 3), b"one");
+    assert_eq!(read_mem(&m, pages[2], 3), b"two");
+    // An unused slot is an invalid CD; a SubstreamID beyond the table is refused.
+    assert_eq!(
+        fake.dma_write_ssid(SID, Some(3), Iova(0x5000), b"x"),
+        Err(DmaFault::Terminated(Some(0x0a)))
+    );
+    assert_eq!(
+        fake.dma_write_ssid(SID, Some(256), Iova(0x5000), b"x"),
+        Err(DmaFault::Terminated(Some(0x08)))
+    );
+    // Unmapping in one domain invalidates its ASID only.
+    unmap(&d1, 0x5000, K4).unwrap();
+    let e = fake.dma_write_ssid(SID, Some(1), Iova(0x5000), b"x");
+    assert_eq!(e, Err(DmaFault::Terminated(Some(0x10))));
+    fake.dma_write_ssid(SID, Some(2), Iova(0x5008), b"still")
+        .unwrap();
+    let ev = events(&smmu);
+    assert_eq!(ev.len(), 3);
+    assert_eq!((ev[0].kind, ev[0].ssid), (FaultKind::BadCd, Some(3)));
+    assert_eq!(
+        (ev[1].kind, ev[1].ssid),
+        (FaultKind::BadSubstreamId, Some(256))
+    );
+    assert_eq!(
+        (ev[2].kind, ev[2].ssid, ev[2].addr),
+        (FaultKind::Translation, Some(1), Some(0x5000))
+    );
+    // Re-pointing a slot drops its cached CD (CFGI_CD for that SubstreamID).
+    fake.clear_commands();
+    smmu.attach_s1_ssid(SID, 2, &d0).unwrap();
+    assert!(
+        fake.commands()
+            .iter()
+            .any(|c| c.opcode() == op::CFGI_CD && c.ssid() == 2 && c.sid() == SID)
+    );
+    fake.dma_write_ssid(SID, Some(2), Iova(0x5000), b"0-via-2")
+        .unwrap();
+    assert_eq!(read_mem(&m, pages[0], 7), b"0-via-2");
+    // Detach, and drop: the slots become invalid before the tables go.
+    smmu.detach_s1_ssid(SID, 1, &d1).unwrap();
+    assert_eq!(
+        smmu.detach_s1_ssid(SID, 1, &d1),
+        Err(SmmuError::NotAttached(SID))
+    );
+    assert_eq!(
+        fake.dma_write_ssid(SID, Some(1), Iova(0x5000), b"x"),
+        Err(DmaFault::Terminated(Some(0x0a)))
+    );
+    drop(d0);
+    for ssid in [0, 2] {
+        assert_eq!(
+            fake.dma_write_ssid(SID, Some(ssid), Iova(0x5000), b"x"),
+            Err(DmaFault::Terminated(Some(0x0a))),
+            "ssid {ssid}"
+        );
+    }
+    assert_eq!(
+        d2.attached_substreams(),
+        1,
+        "its slot 2 was re-pointed; the entry goes on drop"
+    );
+}
+
+#[test]
+fn substreams_are_refused_where_they_cannot_work() {
+    let m = mem();
+    // QEMU has no SubstreamIDs.
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    assert_eq!(
+        smmu.attach_s1_ssid(SID, 1, &d),
+        Err(SmmuError::SubstreamsUnsupported)
+    );
+    drop(d);
+    drop(smmu);
+    let fake = FakeSmmu::new(Arc::clone(&m), with_substreams());
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    assert_eq!(
+        smmu.attach_s1_ssid(SID, 256, &d),
+        Err(SmmuError::SubstreamIdOutOfRange(256))
+    );
+    // A stream attached with a single CD is not silently converted.
+    smmu.attach_s1(SID, &d).unwrap();
+    assert_eq!(smmu.attach_s1_ssid(SID, 1, &d), Err(SmmuError::Busy(SID)));
+    assert_eq!(d.attached_substreams(), 0);
+    // A transaction with a SubstreamID on a single-CD stream: C_BAD_SUBSTREAMID.
+    assert_eq!(
+        fake.dma_write_ssid(SID, Some(1), Iova(0x1000), b"x"),
+        Err(DmaFault::Terminated(Some(0x08)))
+    );
+}

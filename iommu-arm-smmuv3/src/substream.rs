@@ -1,0 +1,172 @@
+//! SubstreamIDs (PASIDs): a stream's STE points at a linear table of context
+//! descriptors, one per SubstreamID, so one device can use several address
+//! spaces (stage-1 domains) at once. Transactions without a SubstreamID use
+//! CD 0. Needs IDR1.SSIDSIZE > 0 (QEMU's model has none).
+//!
+//! A CD slot is written in the architected order (words 1-7, then word 0
+//! with V; a live slot is made invalid and invalidated first) and followed by
+//! CFGI_CD for that SubstreamID and a CMD_SYNC.
+
+use iova_core::{FrameAllocator, PhysAddr};
+
+use crate::cd::{CD_BYTES, V as CD_V};
+use crate::cmd::Command;
+use crate::domain::{S1Domain, S1Format};
+use crate::error::SmmuError;
+use crate::queue::DmaBuf;
+use crate::regs::Mmio;
+use crate::smmu::Smmu;
+use crate::ste::Ste;
+
+/// Streams that can have a CD table at once.
+pub const MAX_CD_TABLES: usize = 16;
+/// log2 of the CD table entries the driver allocates at most (256 CDs, 16 KiB).
+pub const MAX_CD_TABLE_LOG2: u32 = 8;
+
+/// One stream's CD table.
+pub(crate) struct CdTable {
+    pub(crate) sid: u32,
+    pub(crate) buf: DmaBuf,
+    pub(crate) log2: u32,
+}
+
+impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
+    /// SubstreamID bits the driver's CD tables cover (0: no substreams).
+    pub fn substream_bits(&self) -> u32 {
+        self.features().ssid_bits.min(MAX_CD_TABLE_LOG2)
+    }
+
+    /// Points SubstreamID `ssid` of stream `sid` at a stage-1 domain. The
+    /// first call for a stream gives it a CD table; the stream must not be
+    /// attached with a single CD then ([`SmmuError::Busy`]).
+    pub fn attach_s1_ssid<T: FrameAllocator, F: S1Format>(
+        &self,
+        sid: u32,
+        ssid: u32,
+        domain: &S1Domain<'_, M, A, T, F>,
+    ) -> Result<(), SmmuError> {
+        let bits = self.substream_bits();
+        if bits == 0 {
+            return Err(SmmuError::SubstreamsUnsupported);
+        }
+        if ssid >> bits != 0 {
+            return Err(SmmuError::SubstreamIdOutOfRange(ssid));
+        }
+        if domain.invalidator().nested_vmid() != 0 {
+            return Err(SmmuError::BadGeometry);
+        }
+        let cd_words = domain.invalidator().cd_words();
+        domain.add_substream(sid, ssid)?;
+        let r = self.write_substream_cd(sid, ssid, Some(&cd_words));
+        if r.is_err() && !self.substream_uses(sid, ssid, cd_words[1]) {
+            domain.remove_substream(sid, ssid);
+        }
+        r
+    }
+
+    /// Detaches SubstreamID `ssid` of `sid` from `domain` (its CD becomes
+    /// invalid: C_BAD_CD for that SubstreamID).
+    pub fn detach_s1_ssid<T: FrameAllocator, F: S1Format>(
+        &self,
+        sid: u32,
+        ssid: u32,
+        domain: &S1Domain<'_, M, A, T, F>,
+    ) -> Result<(), SmmuError> {
+        if !self.substream_uses(sid, ssid, domain.invalidator().cd_words()[1]) {
+            return Err(SmmuError::NotAttached(sid));
+        }
+        self.write_substream_cd(sid, ssid, None)?;
+        domain.remove_substream(sid, ssid);
+        Ok(())
+    }
+
+    /// Whether slot `ssid` of `sid`'s CD table is valid with TTB0 word `ttb`.
+    pub(crate) fn substream_uses(&self, sid: u32, ssid: u32, ttb: u64) -> bool {
+        let tables = self.cd_tables.lock();
+        tables.iter().find(|t| t.sid == sid).is_some_and(|t| {
+            (ssid >> t.log2) == 0 && {
+                let at = ssid as usize * 8;
+                t.buf.read(at) & CD_V != 0 && t.buf.read(at + 1) == ttb
+            }
+        })
+    }
+
+    /// Writes (or with `None` invalidates) CD slot `ssid` of `sid`, creating
+    /// the stream's CD table on first use.
+    pub(crate) fn write_substream_cd(
+        &self,
+        sid: u32,
+        ssid: u32,
+        cd: Option<&[u64; 8]>,
+    ) -> Result<(), SmmuError> {
+        let mut tables = self.cd_tables.lock();
+        let log2 = self.substream_bits();
+        if !tables.iter().any(|t| t.sid == sid) {
+            if cd.is_none() {
+                return Err(SmmuError::NotAttached(sid));
+            }
+            // A stream still using a single CD (or any translation) keeps it:
+            // converting it under a live device is the caller's decision.
+            let ste = self.ste(sid)?;
+            if ste.is_valid() && ste.config() != crate::ste::CONFIG_ABORT {
+                return Err(SmmuError::Busy(sid));
+            }
+            if tables.is_full() {
+                return Err(SmmuError::StreamsFull);
+            }
+            let buf = DmaBuf::alloc(&self.frames, CD_BYTES << log2, &self.cache)?;
+            let table = Ste::s1_cd_table(buf.pa.0, log2).with_walk_attrs(self.maintains_caches());
+            if let Err(e) = self.write_ste(sid, &table) {
+                // SAFETY: the SMMU was not pointed at it (or was made to
+                // forget it by write_ste's own invalidation on failure paths).
+                unsafe { buf.free(&self.frames) };
+                return Err(e);
+            }
+            let _ = tables.push(CdTable { sid, buf, log2 });
+        }
+        let t = tables
+            .iter()
+            .find(|t| t.sid == sid)
+            .ok_or(SmmuError::NotAttached(sid))?;
+        if ssid >> t.log2 != 0 {
+            return Err(SmmuError::SubstreamIdOutOfRange(ssid));
+        }
+        let at = ssid as usize * 8;
+        let inval = [Command::cfgi_cd_ssid(sid, ssid, true)];
+        if t.buf.read(at) & CD_V != 0 {
+            // Break before make.
+            t.buf.write(at, 0);
+            t.buf.clean(&self.cache, at, 1);
+            self.submit(&inval)?;
+        }
+        if let Some(words) = cd {
+            for (i, w) in words.iter().enumerate().skip(1) {
+                t.buf.write(at + i, *w);
+            }
+            t.buf.clean(&self.cache, at + 1, 7);
+            crate::barrier::publish();
+            t.buf.write(at, words[0]);
+            t.buf.clean(&self.cache, at, 1);
+        }
+        self.submit(&inval)
+    }
+
+    /// Frees the CD tables (the SMMU is disabled).
+    pub(crate) fn free_cd_tables(&self) {
+        let mut tables = self.cd_tables.lock();
+        while let Some(t) = tables.pop() {
+            // SAFETY: called with translation off (acknowledged): nothing
+            // reads the table.
+            unsafe { t.buf.free(&self.frames) };
+        }
+    }
+
+    /// The physical address of `sid`'s CD table, if it has one.
+    pub fn cd_table(&self, sid: u32) -> Option<PhysAddr> {
+        self.cd_tables
+            .lock()
+            .iter()
+            .find(|t| t.sid == sid)
+            .map(|t| t.buf.pa)
+    }
+}
