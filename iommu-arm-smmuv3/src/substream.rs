@@ -117,9 +117,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             let buf = DmaBuf::alloc(&self.frames, CD_BYTES << log2, &self.cache)?;
             let table = Ste::s1_cd_table(buf.pa.0, log2).with_walk_attrs(self.maintains_caches());
             if let Err(e) = self.write_ste(sid, &table) {
-                // SAFETY: the SMMU was not pointed at it (or was made to
-                // forget it by write_ste's own invalidation on failure paths).
-                unsafe { buf.free(&self.frames) };
+                // The STE may point at the table already (the invalidation
+                // failed, not the write): keep the table rather than free it
+                // under the SMMU.
+                let _ = tables.push(CdTable { sid, buf, log2 });
                 return Err(e);
             }
             let _ = tables.push(CdTable { sid, buf, log2 });
