@@ -441,6 +441,9 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     /// (break-before-make), then words 1-7 are written, then word 0 with V,
     /// then CFGI_STE (Leaf = 0, which also covers a new level-1 descriptor)
     /// and CFGI_CD_ALL, and one CMD_SYNC.
+    ///
+    /// If the SMMU fails a command on the way, the error is returned and the
+    /// entry may be left invalid (the stream denied), never half-written.
     pub fn write_ste(&self, sid: u32, ste: &Ste) -> Result<(), SmmuError> {
         let mut st = self.strtab.lock();
         let st = st.as_mut().ok_or(SmmuError::NoMemory)?;
