@@ -18,6 +18,7 @@
 //!   domains implementing [`iova_core::IommuDomain`]; a flush is one batch of
 //!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC; dropping a domain
 //!   detaches its streams before its tables are freed;
+//! - [`substream`]: SubstreamIDs (PASIDs) through per-stream CD tables;
 //! - [`cache`]: cache maintenance for non-coherent SMMUs;
 //! - [`dt`]: StreamIDs from a PCI host's `iommu-map` device-tree property;
 //!   [`iort`]: SMMUv3 bases and StreamIDs from the ACPI IORT;
@@ -62,12 +63,17 @@
 //!
 //! # Limits
 //!
-//! SubstreamIDs through linear CD tables of up to 256 entries
-//! ([`substream`]); polling only (no MSIs, no
-//! wired interrupts); an SMMU that does not snoop the CPUs' caches
+//! SubstreamIDs through linear CD tables of up to 256 entries; polling only
+//! (no MSIs, no wired interrupts); no ATS/PRI; an SMMU that does not snoop the CPUs' caches
 //! (IDR0.COHACC = 0) needs [`Smmu::with_cache`] and a
 //! [`iova_core::CacheMaintenance`]; at most 1023 ASIDs
 //! and VMIDs in use at once, and [`domain::MAX_STREAMS`] streams per domain.
+//!
+//! # Features
+//!
+//! - `fakes`: the [`fake`] SMMU (implies `std`);
+//! - `log`, `defmt`: warnings for conditions a caller cannot see in a return
+//!   value (refused commands, lost events, a GBPA that does not abort).
 //!
 //! # Dependencies
 //!
