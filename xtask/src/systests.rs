@@ -549,6 +549,27 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
     },
     SystemTest {
+        name: "smmuv3-edu-aarch64-storm",
+        arch: Arch::Aarch64,
+        example: "smmuv3-edu",
+        summary: "iommu-arm-smmuv3: a 4 KiB DMA to an unmapped IOVA (1024 QEMU events) into a 2048-entry event queue: all drained, typed, in order, none lost",
+        iommu: "SMMUv3",
+        qemu_args: &[
+            "-M",
+            "virt,iommu=smmuv3",
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
+            "-append",
+            "storm",
+        ],
+        expect: Expect::GuestSuccess,
+        require: &[
+            "smmuv3-edu: 4 KiB fault storm: all 1024 translation faults drained in order",
+            "smmuv3-edu: scenario `storm` passed",
+            "demo: result: OK",
+        ],
+    },
+    SystemTest {
         name: "smmuv3-edu-aarch64-map-virt91",
         arch: Arch::Aarch64,
         example: "smmuv3-edu",

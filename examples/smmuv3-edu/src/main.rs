@@ -13,6 +13,9 @@
 //! - `stale`: unlink + sync, then a DMA to the old IOVA (whose translation
 //!   QEMU had cached) cannot reach the page, and a 4 KiB fault storm (about
 //!   1024 events) into a smaller event queue is reported as lost events;
+//! - `storm`: a 4 KiB DMA to an unmapped IOVA (QEMU records one event per 4
+//!   bytes: 1024) into a queue that holds them all: every one drained, typed,
+//!   in order, none lost;
 //! - `perm`: a read-only mapping written by the device: permission fault,
 //!   memory unchanged;
 //! - `second-fn`: a second edu that nobody attached tries to DMA: blocked
@@ -89,7 +92,7 @@ impl fmt::Display for Error {
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::NoDtb => f.write_str("no device tree"),
             Self::UnknownScenario => f.write_str(
-                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains)",
+                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains|storm)",
             ),
             Self::Check(what, at) => write!(f, "{what} (at {at:#x})"),
         }
@@ -256,7 +259,10 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     // SAFETY: the device tree's SMMUv3 register frame, identity mapped (MMU
     // off), driven by nobody else.
     let regs = unsafe { MmioRegion::new(node.base as usize) };
-    let smmu = Smmu::new(regs, &pool, Config::default().with_evtq_log2(8))?;
+    // 256 events, enough for every scenario but `storm`, which shows a
+    // queue big enough for a whole 4 KiB fault storm (2048 entries, 64 KiB).
+    let evtq_log2 = if scenario == "storm" { 11 } else { 8 };
+    let smmu = Smmu::new(regs, &pool, Config::default().with_evtq_log2(evtq_log2))?;
     let f = smmu.features();
     let l = smmu.layout();
     println!(
@@ -290,6 +296,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         "batch" => batch(&smmu, &pool, &mut frames, &mut devs[0]),
         "stale" => stale(&smmu, &pool, &mut frames, &mut devs[0]),
         "perm" => perm(&smmu, &pool, &mut frames, &mut devs[0]),
+        "storm" => storm(&smmu, &pool, &mut devs[0]),
         "second-fn" => second_fn(&smmu, &pool, &mut frames, &mut devs),
         "two-domains" => two_domains(&smmu, &pool, &mut frames, &mut devs),
         "block" => block(&smmu, &pool, boot, &mut frames, &mut devs[0]),
@@ -1166,6 +1173,38 @@ fn two_domains(
     demo!(
         "isolation",
         "two domains, same IOVA, different pages: each edu reaches only its own; unmapping in one leaves the other"
+    );
+    Ok(())
+}
+
+fn storm(smmu: &Driver<'_>, pool: &Pool, dev: &mut Device) -> Result<(), Error> {
+    let d = smmu.s1_domain(pool, 48)?;
+    smmu.attach_s1(dev.sid, &d)?;
+    let hole = APERTURE + 0x4000_0000;
+    // SAFETY: the IOVA is unmapped: the SMMU terminates every write.
+    unsafe { dev.edu.dma_from_device(0, hole, edu::BUFFER_SIZE)? };
+    let mut n = 0u64;
+    let mut bad = None;
+    let r = smmu.drain_events(|e| {
+        let want = hole + 4 * n;
+        if e.kind != FaultKind::Translation || e.sid != dev.sid || e.addr != Some(want) {
+            bad.get_or_insert(n);
+        }
+        n += 1;
+    });
+    if let Some(i) = bad {
+        return Err(Error::Check("storm: event out of order or wrong", i));
+    }
+    if r.lost_events() || n != u64::from(edu::BUFFER_SIZE) / 4 {
+        return Err(Error::Check("storm: events lost or missing", n));
+    }
+    println!(
+        "{NAME}: 4 KiB fault storm: all {n} translation faults drained in order (IOVA {hole:#x} + 4 * i), none lost, queue of {}",
+        smmu.layout().evtq_entries
+    );
+    demo!(
+        "storm",
+        "4 KiB DMA to an unmapped IOVA: all {n} events drained, typed and in order"
     );
     Ok(())
 }
