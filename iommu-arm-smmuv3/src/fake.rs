@@ -135,6 +135,8 @@ struct State {
     /// what the SMMU wrote), by doubleword; absent words read as zero.
     view: Option<HashMap<u64, u64>>,
     bad_accesses: usize,
+    /// Interrupt pulses: event queue, global error.
+    irqs: (usize, usize),
     reads: usize,
     writes: usize,
     events_written: usize,
@@ -228,6 +230,7 @@ impl FakeSmmu {
                 qemu_event_abort: false,
                 view: None,
                 bad_accesses: 0,
+                irqs: (0, 0),
                 reads: 0,
                 writes: 0,
                 events_written: 0,
@@ -282,13 +285,20 @@ impl FakeSmmu {
     /// when it detects those conditions).
     pub fn raise_gerror(&self, bits: u32) {
         let mut s = self.s.lock().unwrap();
-        let pending = s.r.gerror ^ s.r.gerrorn;
-        s.r.gerror ^= bits & !pending;
+        raise_gerror(&mut s, bits);
     }
 
     /// Register accesses at a width the register does not have.
     pub fn bad_accesses(&self) -> usize {
         self.s.lock().unwrap().bad_accesses
+    }
+
+    /// Interrupt pulses so far: (event queue, global error). Like QEMU, the
+    /// event interrupt pulses for each record written while
+    /// IRQ_CTRL.EVENTQ_IRQEN is set, the global-error one for each GERROR
+    /// bit raised while GERROR_IRQEN is set.
+    pub fn interrupts(&self) -> (usize, usize) {
+        self.s.lock().unwrap().irqs
     }
 
     /// Register reads and writes so far (any width).
@@ -491,7 +501,7 @@ impl FakeSmmu {
             };
             if let Err(code) = err {
                 s.r.cmdq_cons = cons | u32::from(code) << queue::CONS_ERR_SHIFT;
-                s.r.gerror ^= gerror::CMDQ_ERR;
+                raise_gerror(s, gerror::CMDQ_ERR);
                 return;
             }
             s.r.cmdq_cons = (cons + 1) & mask;
@@ -615,9 +625,7 @@ impl FakeSmmu {
         if prod.wrapping_sub(cons) & mask == 1 << log2 {
             s.events_lost += 1;
             if s.qemu_event_abort {
-                if (s.r.gerror ^ s.r.gerrorn) & gerror::EVENTQ_ABT_ERR == 0 {
-                    s.r.gerror ^= gerror::EVENTQ_ABT_ERR;
-                }
+                raise_gerror(s, gerror::EVENTQ_ABT_ERR);
             } else if (s.r.evtq_prod ^ s.r.evtq_cons) & queue::OVFLG == 0 {
                 s.r.evtq_prod ^= queue::OVFLG;
             }
@@ -626,12 +634,15 @@ impl FakeSmmu {
         let at = (s.r.evtq_base & queue::BASE_ADDR_MASK) + u64::from(prod & ((1 << log2) - 1)) * 32;
         for (i, w) in raw.iter().enumerate() {
             if !self.smmu_write(s, at + 8 * i as u64, *w) {
-                s.r.gerror ^= gerror::EVENTQ_ABT_ERR;
+                raise_gerror(s, gerror::EVENTQ_ABT_ERR);
                 return;
             }
         }
         s.events_written += 1;
         s.r.evtq_prod = (s.r.evtq_prod & queue::OVFLG) | ((prod + 1) & mask);
+        if s.r.irq_ctrl & crate::regs::irq_ctrl::EVENTQ_IRQEN != 0 {
+            s.irqs.0 += 1;
+        }
     }
 
     // ---- translation ----
@@ -1208,6 +1219,18 @@ impl FakeSmmu {
             *enabled = v;
         }
         true
+    }
+}
+
+/// Toggles the GERROR `bits` not already pending, pulsing the global-error
+/// interrupt if it is enabled.
+fn raise_gerror(s: &mut State, bits: u32) {
+    let new = bits & !(s.r.gerror ^ s.r.gerrorn);
+    if new != 0 {
+        s.r.gerror ^= new;
+        if s.r.irq_ctrl & crate::regs::irq_ctrl::GERROR_IRQEN != 0 {
+            s.irqs.1 += 1;
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::error::{CommandError, SmmuError, Wait};
 use crate::event::Event;
 use crate::features::{Features, IdRegs, StreamTableLevels};
 use crate::queue::{CmdQueue, DmaBuf, DrainReport, EventQueue, poll};
-use crate::regs::{Mmio, cr0, cr1, cr2, gbpa, gerror, off};
+use crate::regs::{Mmio, cr0, cr1, cr2, gbpa, gerror, irq_ctrl, off};
 use crate::ste::Ste;
 use crate::strtab::{StreamTable, StreamTableFormat};
 
@@ -532,6 +532,21 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             );
         }
         r
+    }
+
+    /// Lets the SMMU raise its event-queue and global-error interrupts
+    /// (wired or MSI, as the platform connects them), or stops it. The driver
+    /// itself polls; a platform that takes the interrupts calls
+    /// [`drain_events`](Self::drain_events) / [`global_errors`](Self::global_errors)
+    /// from its handlers. Waits (bounded) for IRQ_CTRLACK.
+    pub fn set_interrupts(&self, events: bool, gerror: bool) -> Result<(), SmmuError> {
+        let v = if events { irq_ctrl::EVENTQ_IRQEN } else { 0 }
+            | if gerror { irq_ctrl::GERROR_IRQEN } else { 0 };
+        let m = &self.mmio;
+        m.write32(off::IRQ_CTRL, v);
+        poll(self.config.poll_limit, Wait::IrqCtrlAck, || {
+            m.read32(off::IRQ_CTRLACK) == v
+        })
     }
 
     /// Global errors pending now (GERROR ^ GERRORN), acknowledging all but

@@ -1724,3 +1724,32 @@ fn substreams_are_refused_where_they_cannot_work() {
         Err(DmaFault::Terminated(Some(0x08)))
     );
 }
+
+#[test]
+fn interrupts_follow_irq_ctrl() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    smmu.set_bypass(SID).unwrap();
+    // Off after bring-up: a fault and a refused command raise nothing.
+    assert!(fake.dma_write(SID + 1, Iova(0), b"x").is_err());
+    assert!(smmu.submit(&[Command([0x7f, 0])]).is_err());
+    assert_eq!(fake.interrupts(), (0, 0));
+    smmu.drain_events(|_| {});
+    smmu.set_interrupts(true, true).unwrap();
+    assert_eq!(fake.read32(off::IRQ_CTRL), 0b101);
+    assert!(fake.dma_write(SID + 1, Iova(0), b"x").is_err());
+    assert_eq!(fake.interrupts(), (1, 0));
+    assert!(smmu.submit(&[Command([0x7f, 0])]).is_err());
+    assert_eq!(fake.interrupts(), (1, 1));
+    // What a handler does: drain, and look at the global errors.
+    assert_eq!(smmu.drain_events(|_| {}).events, 1);
+    assert_eq!(
+        smmu.global_errors(),
+        Ok(0),
+        "the command queue acknowledged its error"
+    );
+    smmu.set_interrupts(false, false).unwrap();
+    assert!(fake.dma_write(SID + 1, Iova(0), b"x").is_err());
+    assert_eq!(fake.interrupts(), (1, 1));
+}
