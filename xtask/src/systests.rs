@@ -570,6 +570,27 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
     },
     SystemTest {
+        name: "smmuv3-edu-aarch64-irq",
+        arch: Arch::Aarch64,
+        example: "smmuv3-edu",
+        summary: "iommu-arm-smmuv3 set_interrupts: a fault pulses the eventq SPI, a refused command the gerror SPI (seen pending in the GIC distributor); off, neither",
+        iommu: "SMMUv3",
+        qemu_args: &[
+            "-M",
+            "virt,iommu=smmuv3",
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
+            "-append",
+            "irq",
+        ],
+        expect: Expect::GuestSuccess,
+        require: &[
+            "interrupts off -> pending (false, false); on -> eventq true, gerror true",
+            "smmuv3-edu: scenario `irq` passed",
+            "demo: result: OK",
+        ],
+    },
+    SystemTest {
         name: "smmuv3-edu-aarch64-map-virt91",
         arch: Arch::Aarch64,
         example: "smmuv3-edu",

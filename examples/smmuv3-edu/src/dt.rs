@@ -65,6 +65,35 @@ pub fn stream_id(fdt: &Fdt<'_>, smmu: &SmmuNode, rid: u16) -> Result<u32, DtErro
         .map_err(|_| DtError::NoMapping(rid))
 }
 
+/// The GIC INTID of the SMMU interrupt called `name` (`eventq`, `priq`,
+/// `cmdq-sync`, `gerror`), from its `interrupts` / `interrupt-names`
+/// (three cells each: SPI = 0, number, flags).
+pub fn smmu_intid(fdt: &Fdt<'_>, name: &str) -> Option<u32> {
+    let node = fdt.find_compatible("arm,smmu-v3").ok()??;
+    let names = node.prop("interrupt-names")?;
+    let idx = names
+        .split(|&b| b == 0)
+        .position(|n| n == name.as_bytes())?;
+    let irqs = node.prop("interrupts")?;
+    let cell = |i: usize| {
+        Some(u32::from_be_bytes(
+            irqs.get(4 * i..4 * i + 4)?.try_into().ok()?,
+        ))
+    };
+    let (kind, num) = (cell(3 * idx)?, cell(3 * idx + 1)?);
+    // SPIs are INTIDs 32 and up; PPIs (kind 1) 16 and up.
+    Some(if kind == 0 { 32 + num } else { 16 + num })
+}
+
+/// The GICv2/v3 distributor base.
+pub fn gic_distributor(fdt: &Fdt<'_>) -> Option<u64> {
+    ["arm,cortex-a15-gic", "arm,gic-400", "arm,gic-v3"]
+        .iter()
+        .find_map(|c| fdt.find_compatible(c).ok().flatten())
+        .and_then(|n| n.reg().next())
+        .map(|(base, _)| base)
+}
+
 /// `/chosen/bootargs` (QEMU's `-append`), if any.
 pub fn bootargs<'a>(fdt: &Fdt<'a>) -> Option<&'a str> {
     fdt.nodes()

@@ -16,6 +16,10 @@
 //! - `storm`: a 4 KiB DMA to an unmapped IOVA (QEMU records one event per 4
 //!   bytes: 1024) into a queue that holds them all: every one drained, typed,
 //!   in order, none lost;
+//! - `irq`: with `set_interrupts`, a fault pulses the SMMU's `eventq` SPI and
+//!   a refused command its `gerror` SPI (seen pending in the GIC
+//!   distributor, which is never enabled: the CPU is not interrupted);
+//!   without, neither;
 //! - `perm`: a read-only mapping written by the device: permission fault,
 //!   memory unchanged;
 //! - `second-fn`: a second edu that nobody attached tries to DMA: blocked
@@ -92,7 +96,7 @@ impl fmt::Display for Error {
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::NoDtb => f.write_str("no device tree"),
             Self::UnknownScenario => f.write_str(
-                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains|storm)",
+                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains|storm|irq)",
             ),
             Self::Check(what, at) => write!(f, "{what} (at {at:#x})"),
         }
@@ -297,6 +301,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         "stale" => stale(&smmu, &pool, &mut frames, &mut devs[0]),
         "perm" => perm(&smmu, &pool, &mut frames, &mut devs[0]),
         "storm" => storm(&smmu, &pool, &mut devs[0]),
+        "irq" => irq(&smmu, &fdt, &mut devs[0]),
         "second-fn" => second_fn(&smmu, &pool, &mut frames, &mut devs),
         "two-domains" => two_domains(&smmu, &pool, &mut frames, &mut devs),
         "block" => block(&smmu, &pool, boot, &mut frames, &mut devs[0]),
@@ -1205,6 +1210,100 @@ fn storm(smmu: &Driver<'_>, pool: &Pool, dev: &mut Device) -> Result<(), Error> 
     demo!(
         "storm",
         "4 KiB DMA to an unmapped IOVA: all {n} events drained, typed and in order"
+    );
+    Ok(())
+}
+
+/// The GIC distributor's pending state of the SMMU's SPIs, read with the
+/// distributor disabled: edge-triggered SPIs latch pending without being
+/// forwarded, so the CPU is never interrupted.
+struct GicPeek {
+    gicd: usize,
+}
+
+impl GicPeek {
+    const ISPENDR: usize = 0x200;
+    const ICPENDR: usize = 0x280;
+    const ICFGR: usize = 0xc00;
+
+    fn reg(&self, base: usize, intid: u32, per_word: u32) -> usize {
+        self.gicd + base + 4 * (intid / per_word) as usize
+    }
+
+    /// Makes `intid` edge-triggered and clears its pending state.
+    fn prepare(&self, intid: u32) {
+        let cfg = self.reg(Self::ICFGR, intid, 16);
+        // SAFETY: GICD registers of the distributor in the device tree,
+        // 32-bit accesses; changing an SPI's trigger has no other effect.
+        unsafe {
+            let v = platform::mmio::read32(cfg);
+            platform::mmio::write32(cfg, v | 2 << (2 * (intid % 16)));
+        }
+        self.clear(intid);
+    }
+
+    fn clear(&self, intid: u32) {
+        // SAFETY: as in `prepare`; write-1-to-clear of one pending bit.
+        unsafe { platform::mmio::write32(self.reg(Self::ICPENDR, intid, 32), 1 << (intid % 32)) };
+    }
+
+    fn pending(&self, intid: u32) -> bool {
+        // SAFETY: as in `prepare`; reading pending state has no side effect.
+        unsafe {
+            platform::mmio::read32(self.reg(Self::ISPENDR, intid, 32)) & 1 << (intid % 32) != 0
+        }
+    }
+}
+
+fn irq(smmu: &Driver<'_>, fdt: &platform::dtb::Fdt<'_>, dev: &mut Device) -> Result<(), Error> {
+    let gicd = dt::gic_distributor(fdt).ok_or(Error::Check("no GIC distributor in the DTB", 0))?;
+    let ev = dt::smmu_intid(fdt, "eventq").ok_or(Error::Check("no eventq interrupt", 0))?;
+    let ge = dt::smmu_intid(fdt, "gerror").ok_or(Error::Check("no gerror interrupt", 0))?;
+    let gic = GicPeek {
+        gicd: gicd as usize,
+    };
+    gic.prepare(ev);
+    gic.prepare(ge);
+    let d = smmu.s1_domain(smmu.frames(), 48)?;
+    smmu.attach_s1(dev.sid, &d)?;
+    let hole = APERTURE + 0x2000_0000;
+    let fault = |dev: &mut Device| -> Result<(), Error> {
+        // SAFETY: the IOVA is unmapped: the SMMU terminates the writes.
+        unsafe { dev.edu.dma_from_device(0, hole, 4)? };
+        Ok(())
+    };
+    let bad = iommu_arm_smmuv3::Command([0x7f, 0]);
+    // Interrupts off (the driver's default): nothing pending.
+    fault(dev)?;
+    let _ = smmu.submit(&[bad]);
+    let quiet = (gic.pending(ev), gic.pending(ge));
+    let _ = drain(smmu);
+    // On: the fault pulses eventq, the refused command gerror.
+    smmu.set_interrupts(true, true)?;
+    fault(dev)?;
+    let ev_pending = gic.pending(ev);
+    let refused = smmu.submit(&[bad]);
+    let ge_pending = gic.pending(ge);
+    let (events, _) = drain(smmu);
+    smmu.set_interrupts(false, false)?;
+    gic.clear(ev);
+    gic.clear(ge);
+    println!(
+        "{NAME}: GICD at {gicd:#x}, eventq INTID {ev}, gerror INTID {ge}: interrupts off -> pending {quiet:?}; on -> eventq {ev_pending}, gerror {ge_pending} ({} event(s), command {})",
+        events.len(),
+        if refused.is_err() {
+            "refused"
+        } else {
+            "accepted"
+        }
+    );
+    if quiet != (false, false) || !ev_pending || !ge_pending || refused.is_ok() || events.is_empty()
+    {
+        return Err(Error::Check("SMMU interrupts did not follow IRQ_CTRL", 0));
+    }
+    demo!(
+        "irq",
+        "set_interrupts: a fault pulses the eventq SPI ({ev}), a refused command the gerror SPI ({ge}); off, neither"
     );
     Ok(())
 }
