@@ -63,8 +63,9 @@
 //!
 //! # Limits
 //!
-//! SubstreamIDs through linear CD tables of up to 256 entries; polling only
-//! (no MSIs, no wired interrupts); no ATS/PRI; an SMMU that does not snoop the CPUs' caches
+//! SubstreamIDs through linear CD tables of up to 256 entries; the driver
+//! polls ([`Smmu::set_interrupts`] lets a platform take the event and
+//! global-error interrupts; MSI addresses are not programmed); no ATS/PRI; an SMMU that does not snoop the CPUs' caches
 //! (IDR0.COHACC = 0) needs [`Smmu::with_cache`] and a
 //! [`iova_core::CacheMaintenance`]; at most 1023 ASIDs
 //! and VMIDs in use at once, and [`domain::MAX_STREAMS`] streams per domain.
