@@ -593,7 +593,12 @@ fn every_wait_is_bounded() {
 fn command_queue_wraps_and_waits_when_full() {
     let m = mem();
     let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
-    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default().with_cmdq_log2(2)).unwrap();
+    let smmu = Smmu::new(
+        &fake,
+        Arc::clone(&m),
+        Config::default().with_cmdq_log2(2).with_poll_limit(1000),
+    )
+    .unwrap();
     assert_eq!(smmu.layout().cmdq_entries, 4);
     fake.clear_commands();
     let cmds: Vec<Command> = (0..11).map(|i| Command::cfgi_ste(i, true)).collect();
