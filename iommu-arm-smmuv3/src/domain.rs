@@ -427,6 +427,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             return Err(SmmuError::BadGeometry);
         }
         let cd = inval.cd;
+        if self.uses_cd_table(sid) {
+            // SubstreamIDs in use: attach_s1_ssid(sid, 0, ..) sets CD 0.
+            return Err(SmmuError::Busy(sid));
+        }
         domain
             .streams
             .add(sid, |s| self.ste(s).is_ok_and(|e| uses_cd(&e, cd)))?;
@@ -447,6 +451,9 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         domain: &S2Domain<'_, M, A, T>,
     ) -> Result<(), SmmuError> {
         let root = domain.table().root();
+        if self.uses_cd_table(sid) {
+            return Err(SmmuError::Busy(sid));
+        }
         domain
             .streams
             .add(sid, |s| self.ste(s).is_ok_and(|e| uses_s2(&e, root)))?;
@@ -484,6 +491,9 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             return Err(SmmuError::BadGeometry);
         }
         let (cd, root) = (i1.cd, s2.table().root());
+        if self.uses_cd_table(sid) {
+            return Err(SmmuError::Busy(sid));
+        }
         s1.streams
             .add(sid, |s| self.ste(s).is_ok_and(|e| uses_cd(&e, cd)))?;
         if let Err(e) = s2

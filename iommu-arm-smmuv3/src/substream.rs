@@ -80,6 +80,15 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         Ok(())
     }
 
+    /// Whether `sid`'s STE points at its CD table (it is in SubstreamID mode).
+    pub(crate) fn uses_cd_table(&self, sid: u32) -> bool {
+        let Some(pa) = self.cd_table(sid) else {
+            return false;
+        };
+        self.ste(sid)
+            .is_ok_and(|e| e.is_valid() && e.s1_cd_max() != 0 && e.cd_ptr() == pa.0)
+    }
+
     /// Whether slot `ssid` of `sid`'s CD table is valid with TTB0 word `ttb`.
     pub(crate) fn substream_uses(&self, sid: u32, ssid: u32, ttb: u64) -> bool {
         let tables = self.cd_tables.lock();
@@ -105,30 +114,29 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             if cd.is_none() {
                 return Err(SmmuError::NotAttached(sid));
             }
-            // A stream still using a single CD (or any translation) keeps it:
-            // converting it under a live device is the caller's decision.
-            let ste = self.ste(sid)?;
-            if ste.is_valid() && ste.config() != crate::ste::CONFIG_ABORT {
-                return Err(SmmuError::Busy(sid));
-            }
             if tables.is_full() {
                 return Err(SmmuError::StreamsFull);
             }
             let buf = DmaBuf::alloc(&self.frames, CD_BYTES << log2, &self.cache)?;
-            let table = Ste::s1_cd_table(buf.pa.0, log2).with_walk_attrs(self.maintains_caches());
-            if let Err(e) = self.write_ste(sid, &table) {
-                // The STE may point at the table already (the invalidation
-                // failed, not the write): keep the table rather than free it
-                // under the SMMU.
-                let _ = tables.push(CdTable { sid, buf, log2 });
-                return Err(e);
-            }
             let _ = tables.push(CdTable { sid, buf, log2 });
         }
         let t = tables
             .iter()
             .find(|t| t.sid == sid)
             .ok_or(SmmuError::NotAttached(sid))?;
+        if cd.is_some() {
+            // The STE must point at the table. A stream in use otherwise
+            // (single CD, stage 2, bypass) is not silently converted.
+            let want =
+                Ste::s1_cd_table(t.buf.pa.0, t.log2).with_walk_attrs(self.maintains_caches());
+            let cur = self.ste(sid)?;
+            if cur != want {
+                if cur.is_valid() && cur.config() != crate::ste::CONFIG_ABORT {
+                    return Err(SmmuError::Busy(sid));
+                }
+                self.write_ste(sid, &want)?;
+            }
+        }
         if ssid >> t.log2 != 0 {
             return Err(SmmuError::SubstreamIdOutOfRange(ssid));
         }

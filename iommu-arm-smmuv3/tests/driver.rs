@@ -1663,6 +1663,8 @@ fn substreams_give_one_stream_several_address_spaces() {
         (ev[2].kind, ev[2].ssid, ev[2].addr),
         (FaultKind::Translation, Some(1), Some(0x5000))
     );
+    // A stream in SubstreamID mode is not silently turned into a single-CD one.
+    assert_eq!(smmu.attach_s1(SID, &d1), Err(SmmuError::Busy(SID)));
     // Re-pointing a slot drops its cached CD (CFGI_CD for that SubstreamID).
     fake.clear_commands();
     smmu.attach_s1_ssid(SID, 2, &d0).unwrap();
@@ -1757,4 +1759,31 @@ fn interrupts_follow_irq_ctrl() {
     smmu.set_interrupts(false, false).unwrap();
     assert!(fake.dma_write(SID + 1, Iova(0), b"x").is_err());
     assert_eq!(fake.interrupts(), (1, 1));
+}
+
+#[test]
+fn a_detached_substream_stream_comes_back_on_the_next_attach() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), with_substreams());
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    let p = page(&m);
+    map(&d, 0x9000, p, K4, Prot::RW);
+    smmu.attach_s1_ssid(SID, 4, &d).unwrap();
+    fake.dma_write_ssid(SID, Some(4), Iova(0x9000), b"a")
+        .unwrap();
+    // The whole stream denied, then SubstreamID 5 attached: the STE points at
+    // the CD table again, and slot 4 still holds the domain.
+    smmu.detach(SID).unwrap();
+    assert!(
+        fake.dma_write_ssid(SID, Some(4), Iova(0x9000), b"x")
+            .is_err()
+    );
+    smmu.attach_s1_ssid(SID, 5, &d).unwrap();
+    fake.dma_write_ssid(SID, Some(5), Iova(0x9001), b"b")
+        .unwrap();
+    fake.dma_write_ssid(SID, Some(4), Iova(0x9002), b"c")
+        .unwrap();
+    assert_eq!(read_mem(&m, p, 3), b"abc");
+    assert_eq!(d.attached_substreams(), 2);
 }
