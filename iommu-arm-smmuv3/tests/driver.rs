@@ -1217,27 +1217,33 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
             }
         }
     }
-    for ril in [true, false] {
+    for (ril, coherent) in [(true, true), (false, true), (true, false)] {
         let mut id = QEMU_10_VIRT;
         if !ril {
             id.idr[3] &= !(1 << 10);
         }
-        let label = if ril { "RIL" } else { "no RIL" };
+        let label = match (ril, coherent) {
+            (true, true) => "RIL",
+            (false, _) => "no RIL",
+            (true, false) => "RIL, non-coherent",
+        };
         let m = mem();
-        let fake = FakeSmmu::new(Arc::clone(&m), id);
-        let smmu = Smmu::new(
-            &fake,
-            Arc::clone(&m),
-            Config::default()
-                .with_evtq_log2(4)
-                .with_tlbi_page_threshold(4),
-        )
+        let fake: &'static FakeSmmu = Box::leak(Box::new(FakeSmmu::new(Arc::clone(&m), id)));
+        let cfg = Config::default()
+            .with_evtq_log2(4)
+            .with_tlbi_page_threshold(4);
+        let smmu = if coherent {
+            Smmu::new(fake, Arc::clone(&m), cfg)
+        } else {
+            fake.set_non_coherent();
+            Smmu::with_cache(fake, Arc::clone(&m), cfg, fake)
+        }
         .unwrap();
         // Stage 1, 4 KiB pages and 2 MiB blocks.
         for span in [K4, M2] {
             let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
             smmu.attach_s1(SID, &d).unwrap();
-            run(&fake, &d, &m, span, 0x1234 + span, label);
+            run(fake, &d, &m, span, 0x1234 + span, label);
         }
         // Stage 1, 16 KiB and 64 KiB granules.
         for g in [Granule::K16, Granule::K64] {
@@ -1246,7 +1252,7 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
                 .unwrap();
             smmu.attach_s1(SID, &d).unwrap();
             run(
-                &fake,
+                fake,
                 &d,
                 &m,
                 1 << g.shift(),
@@ -1257,13 +1263,13 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
         // Stage 2, every granule.
         let d = smmu.s2_domain(Arc::clone(&m), 44).unwrap();
         smmu.attach_s2(SID, &d).unwrap();
-        run(&fake, &d, &m, K4, 0x5eed, label);
+        run(fake, &d, &m, K4, 0x5eed, label);
         for g in [Granule::K16, Granule::K64] {
             let fmt = iommu_arm_smmuv3::LpaeS2::with_granule(g, 44, 44).unwrap();
             let d = smmu.s2_domain_with(Arc::clone(&m), fmt).unwrap();
             smmu.attach_s2(SID, &d).unwrap();
             run(
-                &fake,
+                fake,
                 &d,
                 &m,
                 1 << g.shift(),
