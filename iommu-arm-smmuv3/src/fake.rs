@@ -115,6 +115,8 @@ struct Regs {
     evtq_base: u64,
     evtq_prod: u32,
     evtq_cons: u32,
+    /// GERROR and event-queue MSI configuration (address, data, attributes).
+    msi_cfg: [(u64, u32, u32); 2],
 }
 
 struct State {
@@ -1132,6 +1134,10 @@ impl FakeSmmu {
             off::CMDQ_CONS => r.cmdq_cons,
             off::EVENTQ_PROD => r.evtq_prod,
             off::EVENTQ_CONS => r.evtq_cons,
+            off::GERROR_IRQ_CFG1 => r.msi_cfg[0].1,
+            off::GERROR_IRQ_CFG2 => r.msi_cfg[0].2,
+            off::EVENTQ_IRQ_CFG1 => r.msi_cfg[1].1,
+            off::EVENTQ_IRQ_CFG2 => r.msi_cfg[1].2,
             _ => {
                 let (reg, hi) = (o & !7, o & 4 != 0);
                 let v = self.read_reg64(s, reg)?;
@@ -1145,7 +1151,8 @@ impl FakeSmmu {
             off::STRTAB_BASE => s.r.strtab_base,
             off::CMDQ_BASE => s.r.cmdq_base,
             off::EVENTQ_BASE => s.r.evtq_base,
-            off::GERROR_IRQ_CFG0 | off::EVENTQ_IRQ_CFG0 => 0,
+            off::GERROR_IRQ_CFG0 => s.r.msi_cfg[0].0,
+            off::EVENTQ_IRQ_CFG0 => s.r.msi_cfg[1].0,
             _ => return None,
         })
     }
@@ -1190,6 +1197,10 @@ impl FakeSmmu {
                 }
             }
             off::EVENTQ_CONS => s.r.evtq_cons = v,
+            off::GERROR_IRQ_CFG1 => s.r.msi_cfg[0].1 = v,
+            off::GERROR_IRQ_CFG2 => s.r.msi_cfg[0].2 = v,
+            off::EVENTQ_IRQ_CFG1 => s.r.msi_cfg[1].1 = v,
+            off::EVENTQ_IRQ_CFG2 => s.r.msi_cfg[1].2 = v,
             _ => {
                 let (reg, hi) = (o & !7, o & 4 != 0);
                 let Some(old) = self.read_reg64(s, reg) else {
@@ -1211,7 +1222,14 @@ impl FakeSmmu {
             off::STRTAB_BASE => (&mut s.r.strtab_base, cr0::SMMUEN),
             off::CMDQ_BASE => (&mut s.r.cmdq_base, cr0::CMDQEN),
             off::EVENTQ_BASE => (&mut s.r.evtq_base, cr0::EVENTQEN),
-            off::GERROR_IRQ_CFG0 | off::EVENTQ_IRQ_CFG0 => return true,
+            off::GERROR_IRQ_CFG0 => {
+                s.r.msi_cfg[0].0 = v;
+                return true;
+            }
+            off::EVENTQ_IRQ_CFG0 => {
+                s.r.msi_cfg[1].0 = v;
+                return true;
+            }
             _ => return false,
         };
         // Base registers are ignored while their unit is enabled.

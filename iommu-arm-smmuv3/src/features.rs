@@ -125,6 +125,8 @@ pub enum Unsupported {
     QueueTooSmall,
     /// StreamID width above 32 bits.
     BadSidSize(u32),
+    /// MSIs were asked for but IDR0.MSI is clear.
+    NoMsi,
     /// The SMMU does not snoop CPU caches and the driver was given no cache
     /// maintenance (see [`crate::Smmu::with_cache`]).
     NotCoherent,

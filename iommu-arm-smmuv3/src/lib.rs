@@ -65,7 +65,8 @@
 //!
 //! SubstreamIDs through linear CD tables of up to 256 entries; the driver
 //! polls ([`Smmu::set_interrupts`] lets a platform take the event and
-//! global-error interrupts; MSI addresses are not programmed); no ATS/PRI; an SMMU that does not snoop the CPUs' caches
+//! global-error interrupts, wired or as MSIs with [`Smmu::set_msi`]); no
+//! ATS/PRI; an SMMU that does not snoop the CPUs' caches
 //! (IDR0.COHACC = 0) needs [`Smmu::with_cache`] and a
 //! [`iova_core::CacheMaintenance`]; at most 1023 ASIDs
 //! and VMIDs in use at once, and [`domain::MAX_STREAMS`] streams per domain.
@@ -127,6 +128,6 @@ pub use lpae_large::{Granule, LpaeS1Large};
 pub use queue::DrainReport;
 pub use regs::{Mmio, MmioRegion};
 pub use s2::LpaeS2;
-pub use smmu::{Config, Counters, Layout, Smmu, probe};
+pub use smmu::{Config, Counters, Layout, Msi, Smmu, probe};
 pub use ste::Ste;
 pub use strtab::StreamTableFormat;

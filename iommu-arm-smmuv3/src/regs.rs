@@ -46,6 +46,10 @@ pub mod off {
     pub const GERRORN: usize = 0x64;
     /// GERROR MSI address (64-bit).
     pub const GERROR_IRQ_CFG0: usize = 0x68;
+    /// GERROR MSI data.
+    pub const GERROR_IRQ_CFG1: usize = 0x70;
+    /// GERROR MSI memory attributes.
+    pub const GERROR_IRQ_CFG2: usize = 0x74;
     /// Stream table base (64-bit).
     pub const STRTAB_BASE: usize = 0x80;
     /// Stream table format and size.
@@ -64,6 +68,10 @@ pub mod off {
     pub const EVENTQ_CONS: usize = 0x1_00ac;
     /// Event queue MSI address (64-bit).
     pub const EVENTQ_IRQ_CFG0: usize = 0xb0;
+    /// Event queue MSI data.
+    pub const EVENTQ_IRQ_CFG1: usize = 0xb8;
+    /// Event queue MSI memory attributes.
+    pub const EVENTQ_IRQ_CFG2: usize = 0xbc;
     /// Size of the register frame: pages 0 and 1.
     pub const FRAME_SIZE: usize = 0x2_0000;
 }

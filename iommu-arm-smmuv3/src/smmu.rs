@@ -114,6 +114,17 @@ pub struct Layout {
     pub gbpa_abort: bool,
 }
 
+/// An MSI target for one of the SMMU's interrupt sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msi {
+    /// Doorbell address (4-byte aligned, up to 52 bits).
+    pub addr: u64,
+    /// Data written to the doorbell.
+    pub data: u32,
+    /// MemAttr of the write (bits 3:0; 0x1 = Device-nGnRE).
+    pub memattr: u32,
+}
+
 /// A small bitmap allocator of ASIDs or VMIDs (1..limit; 0 stays reserved:
 /// VMID 0 tags stage-1-only streams, ASID 0 is never handed out).
 pub(crate) struct IdAlloc {
@@ -547,6 +558,44 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         poll(self.config.poll_limit, Wait::IrqCtrlAck, || {
             m.read32(off::IRQ_CTRLACK) == v
         })
+    }
+
+    /// Where the event-queue and global-error interrupts go as MSIs: a
+    /// doorbell address (bits 51:2) and the data written to it, with the
+    /// MSI write's memory attributes (MemAttr, 0x1 = Device-nGnRE). Needs
+    /// IDR0.MSI; program it before [`set_interrupts`](Self::set_interrupts).
+    /// `None` turns MSIs off for that source (a wired interrupt is used, if
+    /// any).
+    pub fn set_msi(&self, events: Option<Msi>, gerror: Option<Msi>) -> Result<(), SmmuError> {
+        if !self.features.msi {
+            return Err(SmmuError::Unsupported(crate::features::Unsupported::NoMsi));
+        }
+        let m = &self.mmio;
+        for (msi, cfg0, cfg1, cfg2) in [
+            (
+                events,
+                off::EVENTQ_IRQ_CFG0,
+                off::EVENTQ_IRQ_CFG1,
+                off::EVENTQ_IRQ_CFG2,
+            ),
+            (
+                gerror,
+                off::GERROR_IRQ_CFG0,
+                off::GERROR_IRQ_CFG1,
+                off::GERROR_IRQ_CFG2,
+            ),
+        ] {
+            let msi = msi.unwrap_or(Msi {
+                addr: 0,
+                data: 0,
+                memattr: 0,
+            });
+            // Address 0 disables the MSI.
+            m.write64(cfg0, msi.addr & 0x000f_ffff_ffff_fffc);
+            m.write32(cfg1, msi.data);
+            m.write32(cfg2, msi.memattr & 0xf);
+        }
+        Ok(())
     }
 
     /// Global errors pending now (GERROR ^ GERRORN), acknowledging all but

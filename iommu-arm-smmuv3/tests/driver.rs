@@ -1793,3 +1793,61 @@ fn a_detached_substream_stream_comes_back_on_the_next_attach() {
     assert_eq!(read_mem(&m, p, 3), b"abc");
     assert_eq!(d.attached_substreams(), 2);
 }
+
+#[test]
+fn msi_targets_are_programmed_where_the_smmu_has_msis() {
+    use iommu_arm_smmuv3::Msi;
+    let m = mem();
+    // QEMU has no MSIs: refused.
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let msi = Msi {
+        addr: 0x0802_0040,
+        data: 0x55,
+        memattr: 1,
+    };
+    assert_eq!(
+        smmu.set_msi(Some(msi), None),
+        Err(SmmuError::Unsupported(iommu_arm_smmuv3::Unsupported::NoMsi))
+    );
+    drop(smmu);
+    let mut id = QEMU_10_VIRT;
+    id.idr[0] |= 1 << 13;
+    let fake = FakeSmmu::new(Arc::clone(&m), id);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    smmu.set_msi(
+        Some(msi),
+        Some(Msi {
+            addr: 0x1_0000_0003,
+            data: 7,
+            memattr: 0x1f,
+        }),
+    )
+    .unwrap();
+    assert_eq!(fake.bad_accesses(), 0);
+    assert_eq!(
+        (
+            fake.read64(off::EVENTQ_IRQ_CFG0),
+            fake.read32(off::EVENTQ_IRQ_CFG1),
+            fake.read32(off::EVENTQ_IRQ_CFG2)
+        ),
+        (0x0802_0040, 0x55, 1)
+    );
+    // Address bits 1:0 and attribute bits above 3:0 are not the SMMU's.
+    assert_eq!(
+        (
+            fake.read64(off::GERROR_IRQ_CFG0),
+            fake.read32(off::GERROR_IRQ_CFG1),
+            fake.read32(off::GERROR_IRQ_CFG2)
+        ),
+        (0x1_0000_0000, 7, 0xf)
+    );
+    smmu.set_msi(None, None).unwrap();
+    assert_eq!(
+        (
+            fake.read64(off::EVENTQ_IRQ_CFG0),
+            fake.read64(off::GERROR_IRQ_CFG0)
+        ),
+        (0, 0)
+    );
+}
