@@ -78,9 +78,10 @@ impl Default for FakeFrames {
 }
 
 impl FakeFrames {
-    /// 256 MiB of fake physical memory (host memory is committed lazily).
+    /// 256 MiB of fake physical memory (host memory is committed lazily), or
+    /// 16 MiB under Miri, which really initialises every byte.
     pub fn new() -> Self {
-        Self::with_capacity(256 << 20)
+        Self::with_capacity(if cfg!(miri) { 16 << 20 } else { 256 << 20 })
     }
 
     /// `bytes` of fake physical memory (rounded up to 4 KiB).
@@ -329,7 +330,17 @@ pub type FakeDomain<F> = PageTableDomain<F, Arc<FakeFrames>, FakeIotlb>;
 
 /// A fresh fake domain of format `fmt`, and its frame allocator.
 pub fn fake_domain<F: PtFormat>(fmt: F) -> (FakeDomain<F>, Arc<FakeFrames>) {
-    let frames = Arc::new(FakeFrames::new());
+    fake_domain_in(fmt, FakeFrames::new())
+}
+
+/// A fresh fake domain of format `fmt` whose tables come from `frames` (for
+/// example a smaller arena, where every byte of it costs: under a sanitizer).
+///
+/// # Panics
+///
+/// If `frames` cannot hold the root table.
+pub fn fake_domain_in<F: PtFormat>(fmt: F, frames: FakeFrames) -> (FakeDomain<F>, Arc<FakeFrames>) {
+    let frames = Arc::new(frames);
     let table = PageTable::new(fmt, Arc::clone(&frames)).expect("fake frames do not run dry");
     let granule = table.granule();
     (PageTableDomain::new(table, FakeIotlb::new(granule)), frames)

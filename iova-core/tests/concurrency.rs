@@ -412,22 +412,29 @@ fn shared_mapper_run<F: PtFormat + Copy>(
     (blocks, shared)
 }
 
+/// Operations per thread and run (Miri is about 1000 times slower).
+const OPS: usize = if cfg!(miri) { 8 } else { 300 };
+
 #[test]
 fn shared_mapper_threads_link_and_unlink_disjoint_ranges() {
     let (mut blocks, mut shared) = (0, 0);
-    for seed in 0..12u64 {
+    for seed in 0..if cfg!(miri) { 1 } else { 12u64 } {
         let seed = 0x5eed_0000_0001 + seed * 0x1234_5678_9abc;
         for (b, s) in [
-            shared_mapper_run(LpaeS1::va48(), seed, 6, 300),
-            shared_mapper_run(X86_64::four_level(), seed, 6, 300),
+            shared_mapper_run(LpaeS1::va48(), seed, 6, OPS),
+            shared_mapper_run(X86_64::four_level(), seed, 6, OPS),
         ] {
             blocks += b;
             shared += s;
         }
     }
     eprintln!("2 MiB blocks seen: {blocks}; 2 MiB regions shared by threads: {shared}");
-    assert!(blocks > 0, "no 2 MiB block was ever mapped");
-    assert!(shared > 0, "the threads never shared a 2 MiB region");
+    // Whether the generator reached these depends on how many operations ran;
+    // Miri runs too few to count on it (it is there for undefined behaviour).
+    if !cfg!(miri) {
+        assert!(blocks > 0, "no 2 MiB block was ever mapped");
+        assert!(shared > 0, "the threads never shared a 2 MiB region");
+    }
 }
 
 /// 2 MiB regions raced over; the span straddles a 512 GiB boundary, so two
@@ -530,12 +537,12 @@ fn race_round<F: PtFormat + Copy>(fmt: F, frames: &FakeFrames) -> usize {
 fn racing_table_installs_keep_exactly_one_table() {
     let frames = FakeFrames::with_capacity(8 << 20);
     let mut lost = 0;
-    for _ in 0..40 {
+    for _ in 0..if cfg!(miri) { 2 } else { 40 } {
         lost += race_round(LpaeS1::va48(), &frames);
         lost += race_round(X86_64::four_level(), &frames);
     }
     eprintln!("install races lost (and their tables freed): {lost}");
-    if thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+    if !cfg!(miri) && thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
         assert!(lost > 0, "the threads never raced to install a table");
     }
 }

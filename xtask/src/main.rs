@@ -4,9 +4,11 @@
 //!   bare-metal builds, and the QEMU system tests; one PASS/FAIL line per
 //!   step, then `N passed, N failed`.
 //! * `cargo xtask demo [FILTER]`: boots the examples and explains what they did.
+//! * `cargo xtask fuzz [TARGET] [--seconds N]`: runs the cargo-fuzz targets.
 //!
 //! The system tests are a table in `systests.rs`. Plain std, no dependencies.
 
+mod fuzz;
 mod prereq;
 mod qemu;
 mod systests;
@@ -28,6 +30,10 @@ USAGE:
     cargo xtask test --list       list the step names
     cargo xtask demo [FILTER]     boot the examples (whose system-test name contains FILTER)
                                   and explain in a few lines what each one did
+    cargo xtask fuzz [TARGET] [--seconds N]
+                                  run each fuzz target of fuzz/ (or TARGET) for N seconds
+                                  (default 60) from fuzz/seeds/ and fuzz/corpus/ (nightly,
+                                  cargo-fuzz, installed if missing); host-tests replays both
     cargo xtask help              this text
 
 `test` runs, in order:
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
     match command {
         "test" => cmd_test(rest),
         "demo" => cmd_demo(rest),
+        "fuzz" => fuzz::cmd_fuzz(rest),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             ExitCode::SUCCESS

@@ -160,7 +160,7 @@ fn sizes_round_to_granule_and_small_alignments_to_granule() {
 
 #[test]
 fn exhausting_the_aperture_and_coalescing() {
-    const N: u64 = 300;
+    const N: u64 = if cfg!(miri) { 40 } else { 300 };
     let a = make(7 * G, N * G, 2 * N as usize, 0);
     let mut live = Vec::new();
     loop {
@@ -704,7 +704,7 @@ fn owned_storage() {
 fn threads_on_different_and_shared_cpus() {
     use std::sync::Mutex;
     const THREADS: usize = 8;
-    const ITERS: usize = 3000;
+    const ITERS: usize = if cfg!(miri) { 40 } else { 3000 };
     let a = make(0x1000_0000, 64 * MIB, 8192, 4);
     let owned: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());
     std::thread::scope(|s| {
@@ -937,7 +937,8 @@ fn run_model(ops: Vec<Op>, slots: usize, cpus: usize) -> Result<(), TestCaseErro
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // Miri runs every case about 1000 times slower: a few still cover the code.
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 3 } else { 256 }))]
 
     #[test]
     fn model_with_caches(ops in proptest::collection::vec(op(), 1..200)) {
