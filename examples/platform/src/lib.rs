@@ -112,13 +112,28 @@ pub fn banner(name: &str, boot: &BootInfo) {
 
 /// Defines the program's entry point: `$main` is a
 /// `fn(&BootInfo) -> Result<(), E>` with `E: core::fmt::Display`.
+///
+/// `entry!(main, stay_at_el2)` is for an example that plays hypervisor: on
+/// aarch64, entered at EL2 (`-M virt,virtualization=on`) it stays at EL2
+/// instead of dropping to EL1 (see `arch::aarch64`); elsewhere it changes
+/// nothing.
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
+        $crate::entry!(@define $main, 0);
+    };
+    ($main:path, stay_at_el2) => {
+        $crate::entry!(@define $main, 1);
+    };
+    (@define $main:path, $stay_at_el2:literal) => {
         #[unsafe(export_name = "platform_main")]
         fn __platform_main(boot: &$crate::BootInfo) -> $crate::ExitStatus {
             $crate::run_main(boot, $main)
         }
+
+        /// Read by the aarch64 boot stub before it leaves EL2: non-zero = stay.
+        #[unsafe(export_name = "platform_aarch64_stay_at_el2")]
+        static __PLATFORM_STAY_AT_EL2: u8 = $stay_at_el2;
     };
 }
 

@@ -58,7 +58,9 @@ use platform::{BootInfo, demo, println};
 use crate::dt::DtError;
 use crate::pool::Pool;
 
-platform::entry!(main);
+// Like a hypervisor, stay at EL2 when QEMU enters there
+// (`virtualization=on`: the stage-2 and nested rows); plain `virt` runs at EL1.
+platform::entry!(main, stay_at_el2);
 
 const NAME: &str = "smmuv3-edu";
 const PAGE: u64 = FRAME_SIZE as u64;
@@ -161,6 +163,17 @@ fn device_tree(_: &BootInfo) -> Option<platform::dtb::Fdt<'static>> {
     None
 }
 
+/// The CPU's exception level, read now from `CurrentEL` (aarch64 only).
+#[cfg(target_arch = "aarch64")]
+fn exception_level() -> Option<u8> {
+    Some(platform::arch::current_el())
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn exception_level() -> Option<u8> {
+    None
+}
+
 fn pattern(seed: u64, i: usize) -> u8 {
     (i.wrapping_mul(131) ^ (seed as usize).wrapping_mul(71) ^ 0xa5) as u8
 }
@@ -240,6 +253,15 @@ fn expect_faults<'p>(
 
 fn main(boot: &BootInfo) -> Result<(), Error> {
     platform::banner(NAME, boot);
+    if let Some(el) = exception_level() {
+        let role = match el {
+            2 => "hypervisor: entered at EL2 and stayed there",
+            1 => "kernel",
+            _ => "firmware",
+        };
+        println!("{NAME}: CPU at EL{el} ({role})");
+        demo!("el", "EL{el}");
+    }
     let fdt = device_tree(boot).ok_or(Error::NoDtb)?;
     let scenario = dt::bootargs(&fdt).unwrap_or("map").trim();
     println!("{NAME}: scenario `{scenario}`");

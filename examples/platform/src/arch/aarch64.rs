@@ -9,6 +9,14 @@
 //! sets up the stack, zeroes `.bss`, installs an exception vector table that
 //! reports and exits, and calls into Rust. EL3 (`secure=on`) runs at EL3
 //! without vectors.
+//!
+//! An example that plays hypervisor (`platform::entry!(main, stay_at_el2)`)
+//! stays at EL2 when QEMU enters it there (`-M virt,virtualization=on`): the
+//! stub then untraps FP/SIMD in CPTR_EL2 and installs the same vectors in
+//! VBAR_EL2, and the exception reporter reads the EL2 syndrome registers.
+//! Entered at EL1 (plain `virt`) such an example runs at EL1 like any other;
+//! [`current_el`] says which it got. The generic timer's counter and
+//! semihosting need nothing extra at EL2.
 
 use core::arch::{asm, global_asm};
 use core::fmt;
@@ -35,8 +43,8 @@ _start:
     cmp     x0, #2
     b.ne    1f
 
-    // EL2 -> EL1: EL1 is AArch64, EL1 may use the physical timer, FP/SIMD not
-    // trapped, return to EL1h with DAIF masked.
+    // At EL2: EL1 is AArch64, EL1 may use the physical timer, FP/SIMD not
+    // trapped (CPTR_EL2.TFP = 0 untraps EL2's own use too).
     mov     x1, #(1 << 31)
     msr     hcr_el2, x1
     mov     x1, #3
@@ -44,6 +52,11 @@ _start:
     msr     cntvoff_el2, xzr
     mov     x1, #0x33ff
     msr     cptr_el2, x1
+    // The example's choice (`entry!`): stay here, or drop to EL1h with DAIF
+    // masked.
+    adrp    x1, platform_aarch64_stay_at_el2
+    ldrb    w1, [x1, :lo12:platform_aarch64_stay_at_el2]
+    cbnz    w1, 1f
     mov     x1, #0x3c5
     msr     spsr_el2, x1
     adr     x1, 1f
@@ -72,19 +85,25 @@ _start:
 3:
     mrs     x0, CurrentEL
     ubfx    x0, x0, #2, #2
-    cmp     x0, #1
-    b.ne    4f
     adrp    x1, platform_aarch64_vectors
     add     x1, x1, :lo12:platform_aarch64_vectors
+    cmp     x0, #1
+    b.ne    7f
     msr     vbar_el1, x1
+    isb
+    b       4f
+7:  cmp     x0, #2
+    b.ne    4f
+    msr     vbar_el2, x1
     isb
 4:
     bl      platform_aarch64_start
 5:  wfe
     b       5b
 
-    // Exception vectors (VBAR_EL1): 16 entries of 0x80 bytes; each passes its
-    // index and the syndrome registers to Rust, which reports and exits.
+    // Exception vectors (VBAR_EL1, or VBAR_EL2 when staying at EL2): 16
+    // entries of 0x80 bytes; each passes its index, the syndrome registers of
+    // the EL it was taken to and that EL to Rust, which reports and exits.
     .section .text.vectors, "ax"
     .balign 0x800
     .globl platform_aarch64_vectors
@@ -95,11 +114,20 @@ platform_aarch64_vectors:
     b       platform_aarch64_exception_common
     .endr
 platform_aarch64_exception_common:
+    mrs     x5, CurrentEL
+    ubfx    x5, x5, #2, #2
+    cmp     x5, #2
+    b.eq    7f
     mrs     x1, esr_el1
     mrs     x2, elr_el1
     mrs     x3, far_el1
     mrs     x4, spsr_el1
-    bl      platform_aarch64_exception
+    b       8f
+7:  mrs     x1, esr_el2
+    mrs     x2, elr_el2
+    mrs     x3, far_el2
+    mrs     x4, spsr_el2
+8:  bl      platform_aarch64_exception
 6:  wfe
     b       6b
     .text
@@ -109,7 +137,8 @@ platform_aarch64_exception_common:
 /// What the boot stub found.
 #[derive(Debug, Clone, Copy)]
 pub struct ArchBootInfo {
-    /// Exception level we run at (1, or 3 with `secure=on`).
+    /// Exception level we run at (1; 2 with `virtualization=on` for an
+    /// example that stays at EL2; 3 with `secure=on`).
     pub current_el: u8,
     /// The device tree QEMU passed at [`DTB_ADDR`], or why it is unusable.
     pub dtb: Result<Fdt<'static>, DtbError>,
@@ -146,7 +175,14 @@ const EXCEPTION_ORIGINS: [&str; 4] = [
 ];
 
 #[unsafe(no_mangle)]
-extern "C" fn platform_aarch64_exception(index: u64, esr: u64, elr: u64, far: u64, spsr: u64) -> ! {
+extern "C" fn platform_aarch64_exception(
+    index: u64,
+    esr: u64,
+    elr: u64,
+    far: u64,
+    spsr: u64,
+    el: u64,
+) -> ! {
     let index = (index & 15) as usize;
     let hint = if crate::exit::is_exiting() && esr >> 26 == 0 {
         " (HLT #0xF000 trapped while exiting: run QEMU with -semihosting-config enable=on,target=native)"
@@ -154,7 +190,7 @@ extern "C" fn platform_aarch64_exception(index: u64, esr: u64, elr: u64, far: u6
         ""
     };
     crate::report_fatal(format_args!(
-        "exception: {} from {} (vector {index}): ESR_EL1 {esr:#x} (EC {:#x}), ELR_EL1 {elr:#x}, FAR_EL1 {far:#x}, SPSR_EL1 {spsr:#x}{hint}",
+        "exception: {} from {} (vector {index}): ESR_EL{el} {esr:#x} (EC {:#x}), ELR_EL{el} {elr:#x}, FAR_EL{el} {far:#x}, SPSR_EL{el} {spsr:#x}{hint}",
         EXCEPTION_KINDS[index % 4],
         EXCEPTION_ORIGINS[index / 4],
         esr >> 26,
@@ -194,6 +230,14 @@ pub fn exit(status: ExitStatus) -> ! {
     halt()
 }
 
+/// The exception level the CPU runs at now (`CurrentEL.EL`: 1, 2 or 3).
+pub fn current_el() -> u8 {
+    let el: u64;
+    // SAFETY: reading CurrentEL has no side effects and is allowed at EL1 and above.
+    unsafe { asm!("mrs {}, CurrentEL", out(reg) el, options(nomem, nostack, preserves_flags)) };
+    ((el >> 2) & 3) as u8
+}
+
 /// Stops the CPU for good.
 pub fn halt() -> ! {
     loop {
@@ -207,7 +251,8 @@ pub fn clock() -> Option<(u64, u64)> {
     let freq: u64;
     let count: u64;
     // SAFETY: reading the timer registers has no side effects; EL1 access is
-    // allowed (the stub set CNTHCTL_EL2 when coming from EL2).
+    // allowed (the stub set CNTHCTL_EL2 when coming from EL2), EL2 and EL3
+    // access always is.
     unsafe {
         asm!("mrs {}, cntfrq_el0", out(reg) freq, options(nomem, nostack, preserves_flags));
         asm!("isb", "mrs {}, cntpct_el0", out(reg) count, options(nomem, nostack, preserves_flags));

@@ -3,7 +3,7 @@
 //!
 //! Each architecture module provides the same set of items (`ArchBootInfo`,
 //! `console_putc`, `exit`, `halt`, `clock`, `dma_barrier`, `cpu_can_reach`,
-//! `discover_pci`, `describe`).
+//! `discover_pci`, `describe`); aarch64 also has `current_el`.
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
