@@ -281,6 +281,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "demo: el: EL1",
             "smmuv3-edu: 4096 bytes RAM -> edu -> RAM through the SMMU, every byte checked",
             "translation-fault events, all for StreamID",
             "smmuv3-edu: scenario `map` passed",
@@ -402,7 +403,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "smmuv3-edu-aarch64-s2",
         arch: Arch::Aarch64,
         example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 stage 2 (VMID, VTTBR): DMA through IPAs checked, stage-2 fault reported",
+        summary: "iommu-arm-smmuv3 stage 2 (VMID, VTTBR) from EL2, as a hypervisor gives a device to a guest: DMA through IPAs checked, stage-2 fault reported",
         iommu: "SMMUv3",
         qemu_args: &[
             "-M",
@@ -414,6 +415,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "demo: el: EL2",
             "stage 2 (4 KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked",
             "smmuv3-edu: scenario `s2` passed",
             "demo: result: OK",
@@ -423,7 +425,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "smmuv3-edu-aarch64-nested",
         arch: Arch::Aarch64,
         example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 nested stage 1 + stage 2: IOVA -> IPA -> PA DMA checked, stage-2 unmap blocks it",
+        summary: "iommu-arm-smmuv3 nested stage 1 + stage 2 from EL2: IOVA -> IPA -> PA DMA checked, stage-2 unmap blocks it",
         iommu: "SMMUv3",
         qemu_args: &[
             "-M",
@@ -435,6 +437,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "demo: el: EL2",
             "nested: IOVA",
             "4096 bytes checked; stage-2 unmap faults",
             "smmuv3-edu: scenario `nested` passed",
@@ -487,7 +490,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "smmuv3-edu-aarch64-s2-16k",
         arch: Arch::Aarch64,
         example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 stage 2 with a 16 KiB granule: DMA through IPAs checked, stage-2 fault reported",
+        summary: "iommu-arm-smmuv3 stage 2 from EL2 with a 16 KiB granule: DMA through IPAs checked, stage-2 fault reported",
         iommu: "SMMUv3",
         qemu_args: &[
             "-M",
@@ -499,6 +502,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "demo: el: EL2",
             "smmuv3-edu: stage 2 (16 KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked",
             "smmuv3-edu: scenario `s2-16k` passed",
             "demo: result: OK",
@@ -508,7 +512,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "smmuv3-edu-aarch64-s2-64k",
         arch: Arch::Aarch64,
         example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 stage 2 with a 64 KiB granule: DMA through IPAs checked, stage-2 fault reported",
+        summary: "iommu-arm-smmuv3 stage 2 from EL2 with a 64 KiB granule: DMA through IPAs checked, stage-2 fault reported",
         iommu: "SMMUv3",
         qemu_args: &[
             "-M",
@@ -520,6 +524,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "demo: el: EL2",
             "smmuv3-edu: stage 2 (64 KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked",
             "smmuv3-edu: scenario `s2-64k` passed",
             "demo: result: OK",
@@ -615,18 +620,21 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "smmuv3-edu-aarch64-s2-refused-virt91",
         arch: Arch::Aarch64,
         example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3: a stage-2 domain on a stage-1-only SMMU is refused with a typed error (the guest reports failure on purpose)",
+        summary: "iommu-arm-smmuv3: a stage-2 domain asked for at EL2 on a stage-1-only SMMU is refused with a typed error (the guest reports failure on purpose)",
         iommu: "SMMUv3 (stage 1 only)",
         qemu_args: &[
             "-M",
-            "virt-9.1,iommu=smmuv3",
+            "virt-9.1,iommu=smmuv3,virtualization=on",
             "-device",
             "edu,dma_mask=0xffffffffffffffff",
             "-append",
             "s2",
         ],
         expect: Expect::Status(1),
-        require: &["error: smmuv3: translation stage not supported by the SMMU"],
+        require: &[
+            "demo: el: EL2",
+            "error: smmuv3: translation stage not supported by the SMMU",
+        ],
     },
     SystemTest {
         name: "vtd-edu-x86_64-aw39-1-map",
