@@ -32,6 +32,10 @@
 //!   to a guest (`s2-16k`, `s2-64k`: with the larger granules); `nested`:
 //!   stage 1 over stage 2;
 //! - `gran16k`, `gran64k`: stage 1 with a 16 KiB / 64 KiB granule.
+//!
+//! Like a hypervisor, the example stays at EL2 when QEMU enters it there
+//! (`-M virt,virtualization=on`, as the stage-2 and nested rows do); on plain
+//! `virt` it runs at EL1. It prints the level it runs at (`demo: el: EL2`).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
