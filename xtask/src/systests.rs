@@ -232,6 +232,25 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
     },
     SystemTest {
+        name: "edu-dma-aarch64-entered-at-el2",
+        arch: Arch::Aarch64,
+        example: "edu-dma",
+        summary: "edu DMA on virt,virtualization=on: the boot stub drops an ordinary example from EL2 to EL1",
+        iommu: "none",
+        qemu_args: &[
+            "-M",
+            "virt,virtualization=on",
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
+        ],
+        expect: Expect::GuestSuccess,
+        require: &[
+            "edu-dma: starting on aarch64 QEMU virt, EL1,",
+            "edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM",
+            "demo: result: OK",
+        ],
+    },
+    SystemTest {
         name: "edu-dma-x86_64",
         arch: Arch::X86_64,
         example: "edu-dma",
