@@ -20,7 +20,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::dma::DmaRegion;
-use crate::error::{RequestKind, Status, VirtioIommuError};
+use crate::error::{RequestKind, VirtioIommuError};
 use crate::fault::FaultRecord;
 use crate::features::Features;
 use crate::probe::ProbeInfo;
@@ -1079,17 +1079,10 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         }
         // The status is the first byte of the tail, which sits at the end of
         // what the device may write: a reply shorter than that has no status.
-        let result = if (used as usize) < needed {
-            Err(VirtioIommuError::ShortReply {
-                request: kind,
-                used,
-                needed: needed as u32,
-            })
-        } else {
-            // SAFETY: the device has returned the buffer.
-            let status = unsafe { core::ptr::read_volatile(tail_ptr) };
-            Status::from_code(status).result(kind)
-        };
+        // SAFETY: the device has returned the buffer, so reading it races
+        // with nothing; the byte is ignored for a short reply.
+        let status = unsafe { core::ptr::read_volatile(tail_ptr) };
+        let result = crate::error::decode_reply(kind, used, needed as u32, status);
         Ok((meta, result))
     }
 

@@ -71,6 +71,32 @@ impl Status {
     }
 }
 
+/// Decodes a request's reply from what the device returned: `used`, the
+/// length it reported writing, against the `needed` bytes the reply takes
+/// (the status tail comes last, so a shorter reply carries no status), and
+/// `status`, the tail's first byte. Both come from the device, so any value
+/// gives a typed result.
+///
+/// # Errors
+///
+/// [`VirtioIommuError::ShortReply`] when `used < needed` (`status` is then
+/// not looked at), otherwise as [`Status::result`].
+pub fn decode_reply(
+    request: RequestKind,
+    used: u32,
+    needed: u32,
+    status: u8,
+) -> Result<(), VirtioIommuError> {
+    if used < needed {
+        return Err(VirtioIommuError::ShortReply {
+            request,
+            used,
+            needed,
+        });
+    }
+    Status::from_code(status).result(request)
+}
+
 /// Which request a reply or an error belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {

@@ -98,7 +98,13 @@ impl ProbeInfo {
         iovas: &iova_core::IovaAllocator<'_>,
     ) -> Result<usize, iova_core::IovaAllocError> {
         for r in &self.reserved {
-            iovas.reserve(r.range())?;
+            let range = r.range();
+            // Only `[u64::MAX, u64::MAX]` gives an empty half-open range: that
+            // byte lies beyond every aperture (its end is exclusive), so there
+            // is nothing to reserve.
+            if !range.is_empty() {
+                iovas.reserve(range)?;
+            }
         }
         Ok(self.reserved.len())
     }
@@ -143,6 +149,25 @@ mod tests {
             ]
         );
         assert_eq!(info.reserved[0].range().len(), 0x10_0000);
+    }
+
+    #[test]
+    fn a_region_of_the_last_byte_reserves_nothing_and_is_no_error() {
+        // Found with the virtio_reply fuzz checks: its half-open range is
+        // empty, which the allocator refused (ZeroSize), failing the probe.
+        let info = ProbeInfo::parse(&resv(1, u64::MAX, u64::MAX)).unwrap();
+        assert!(info.reserved[0].range().is_empty());
+        let aperture = iova_core::IovaRange {
+            start: iova_core::Iova(0x1000),
+            end: iova_core::Iova(1 << 48),
+        };
+        let iovas = iova_core::IovaAllocator::with_capacity(
+            iova_core::IovaAllocatorConfig::new(aperture, 0x1000),
+            8,
+            0,
+        )
+        .unwrap();
+        assert_eq!(info.reserve_in(&iovas), Ok(1));
     }
 
     #[test]

@@ -215,14 +215,16 @@ pub struct Rmrr<'t> {
 }
 
 impl Rmrr<'_> {
-    /// The region's length, or `None` if `limit < base` (malformed).
+    /// The region's length, or `None` if `limit < base` (malformed) or the
+    /// region is all 2^64 bytes (not representable).
     pub fn len(&self) -> Option<u64> {
         self.limit.checked_sub(self.base)?.checked_add(1)
     }
 
-    /// Whether the region is empty or inverted.
+    /// Whether the region is inverted (`limit < base`): it holds no byte. A
+    /// region of all 2^64 bytes is not empty, though it has no `len`.
     pub fn is_empty(&self) -> bool {
-        self.len().is_none()
+        self.limit < self.base
     }
 }
 
@@ -652,6 +654,19 @@ pub(crate) mod tests {
         assert_eq!(r[0].len(), Some(0x2_0000));
         assert!(r[0].scopes.contains(Bdf::new(0, 0x14, 0), |_| None));
         assert!(r[1].is_empty());
+    }
+
+    #[test]
+    fn an_rmrr_of_the_whole_address_space_is_not_empty() {
+        // Found by the vtd_dmar fuzz checks: `len` overflows here, which
+        // `is_empty` used to report as an empty region.
+        let t = dmar(&[rmrr(0, u64::MAX, &[]), rmrr(0x1000, 0x1000, &[])]);
+        let d = Dmar::parse(&t).unwrap();
+        let r: Vec<_> = d.reserved_regions().collect();
+        assert_eq!(r[0].len(), None);
+        assert!(!r[0].is_empty());
+        assert_eq!(r[1].len(), Some(1));
+        assert!(!r[1].is_empty());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave};
-use crate::{FaultReason, ReservedKind};
+use crate::{FaultReason, ReservedKind, Status};
 
 /// The default configuration with a time budget for replies (10 s) instead
 /// of a poll count, so a loaded test machine cannot make a wait expire.
