@@ -128,8 +128,17 @@ fn iort_table(b: &[u8]) {
     let iort = match Iort::parse(b) {
         Ok(i) => i,
         Err(e) => {
-            if let IortError::BadOffset(o) = e {
-                assert!((o as usize) < b.len().max(1) || o as usize >= 48);
+            // Each refusal names the first check the table fails.
+            let header = b.len() >= 48 && &b[..4] == b"IORT";
+            let len = if header { u32_at(b, 4) as usize } else { 0 };
+            let fits = header && (48..=b.len()).contains(&len);
+            let sums = fits && b[..len].iter().fold(0u8, |s, &x| s.wrapping_add(x)) == 0;
+            match e {
+                IortError::NotIort => assert!(!header),
+                IortError::Truncated => assert!(header && !fits),
+                IortError::BadChecksum => assert!(fits && !sums),
+                IortError::BadOffset(_) => assert!(sums),
+                e => panic!("{e:?}"),
             }
             return;
         }
