@@ -42,6 +42,75 @@ pub fn dmar(data: &[u8]) {
         fixed[9] = 0u8.wrapping_sub(sum);
         dmar_table(&fixed);
     }
+    walk(data);
+    walk(&fix_walk_checksums(data));
+}
+
+/// Sets byte `at` so that `t[start..start + len]` (clamped to `t`) sums to
+/// zero, if `at` lies inside that range.
+fn fix_sum(t: &mut [u8], start: usize, len: usize, at: usize) {
+    let end = start.saturating_add(len).min(t.len());
+    if start >= end || !(start..end).contains(&at) {
+        return;
+    }
+    t[at] = 0;
+    let sum = t[start..end].iter().fold(0u8, |s, &b| s.wrapping_add(b));
+    t[at] = 0u8.wrapping_sub(sum);
+}
+
+/// A copy of the memory image with the checksums of the RSDP, of the root
+/// table it names and of every table that lists fixed, so that the fuzzer's
+/// mutations of lengths and addresses reach the walk behind them.
+fn fix_walk_checksums(data: &[u8]) -> Vec<u8> {
+    let mut m = data.to_vec();
+    if m.len() < 20 {
+        return m;
+    }
+    fix_sum(&mut m, 0, 20, 8);
+    let (root, entry) = if m[15] >= 2 && m.len() >= 36 {
+        let len = (u32::from_le_bytes(m[20..24].try_into().unwrap()) as usize).clamp(36, 4096);
+        fix_sum(&mut m, 0, len, 32);
+        (u64_at(&m, 24), 8)
+    } else {
+        (
+            u64::from(u32::from_le_bytes(m[16..20].try_into().unwrap())),
+            4,
+        )
+    };
+    let table_len = |m: &[u8], at: usize| {
+        m.get(at.checked_add(4)?..at.checked_add(8)?)
+            .map(|l| u32::from_le_bytes(l.try_into().unwrap()) as usize)
+    };
+    let Ok(root) = usize::try_from(root) else {
+        return m;
+    };
+    let Some(len) = table_len(&m, root) else {
+        return m;
+    };
+    // Fix the listed tables first: the root's checksum covers its entries,
+    // not the tables they point to.
+    let end = root.saturating_add(len).min(m.len());
+    for i in (root + SDT_HEADER_LEN..end).step_by(entry).take(16) {
+        let Some(e) = m.get(i..i + entry) else { break };
+        let pa = if entry == 8 {
+            u64::from_le_bytes(e.try_into().unwrap())
+        } else {
+            u64::from(u32::from_le_bytes(e.try_into().unwrap()))
+        };
+        if let Ok(pa) = usize::try_from(pa) {
+            if pa != root {
+                if let Some(l) = table_len(&m, pa) {
+                    fix_sum(&mut m, pa, l, pa + 9);
+                }
+            }
+        }
+    }
+    fix_sum(&mut m, root, len, root + 9);
+    m
+}
+
+/// The RSDP -> XSDT/RSDT -> DMAR walk over the bytes as memory from 0.
+fn walk(data: &[u8]) {
     let mem = Flat(data);
     let _ = Rsdp::read(&mem, 0);
     match find_table(&mem, 0, *b"DMAR") {
