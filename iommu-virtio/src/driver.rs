@@ -1082,7 +1082,10 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         // SAFETY: the device has returned the buffer, so reading it races
         // with nothing; the byte is ignored for a short reply.
         let status = unsafe { core::ptr::read_volatile(tail_ptr) };
-        let result = crate::error::decode_reply(kind, used, needed as u32, status);
+        // `needed` is at most MAX_PROBE_SIZE + 4; saturating keeps a short
+        // reply short even if that bound ever grew past u32.
+        let needed = u32::try_from(needed).unwrap_or(u32::MAX);
+        let result = crate::error::decode_reply(kind, used, needed, status);
         Ok((meta, result))
     }
 
