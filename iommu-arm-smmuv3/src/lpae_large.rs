@@ -14,10 +14,7 @@
 //!
 //! [`MAIR`]: iova_core::formats::lpae::MAIR
 
-use iova_core::formats::lpae::{
-    ADDR_MASK, AF, AP_RDONLY, AP_UNPRIV, ATTR_IDX_CACHE, ATTR_IDX_DEV, ATTR_IDX_NC,
-    ATTR_INDX_SHIFT, NG, PXN, SH_IS, SH_OS, TABLE_OR_PAGE, UXN, VALID,
-};
+use iova_core::formats::lpae::{self, ADDR_MASK, TABLE_OR_PAGE, VALID};
 use iova_core::{Error, PhysAddr, Prot, PtFormat};
 
 /// A translation granule.
@@ -146,49 +143,19 @@ impl PtFormat for LpaeS1Large {
         PhysAddr(raw & ADDR_MASK & !((1 << self.shift) - 1))
     }
     fn leaf_prot(&self, _: usize, raw: u64) -> Prot {
-        let mut p = Prot::READ;
-        if raw & AP_RDONLY == 0 {
-            p |= Prot::WRITE;
-        }
-        if raw & AP_UNPRIV == 0 {
-            p |= Prot::PRIV;
-        }
-        if raw & (UXN | PXN) != 0 {
-            p |= Prot::NOEXEC;
-        }
-        match (raw >> ATTR_INDX_SHIFT) & 7 {
-            ATTR_IDX_CACHE => p |= Prot::CACHE,
-            ATTR_IDX_DEV => p |= Prot::MMIO,
-            _ => {}
-        }
-        p
+        lpae::leaf_prot(raw)
     }
     #[inline]
     fn encode_table(&self, _: usize, pa: PhysAddr) -> u64 {
         (pa.0 & ADDR_MASK) | VALID | TABLE_OR_PAGE
     }
     fn encode_leaf(&self, depth: usize, pa: PhysAddr, prot: Prot) -> u64 {
-        let mut raw = (pa.0 & ADDR_MASK) | VALID | AF | NG;
-        if depth + 1 == self.levels {
-            raw |= TABLE_OR_PAGE;
-        }
-        if !prot.contains(Prot::WRITE) {
-            raw |= AP_RDONLY;
-        }
-        if !prot.contains(Prot::PRIV) {
-            raw |= AP_UNPRIV;
-        }
-        if prot.contains(Prot::NOEXEC) {
-            raw |= UXN | PXN;
-        }
-        let (idx, sh) = if prot.contains(Prot::MMIO) {
-            (ATTR_IDX_DEV, SH_OS)
-        } else if prot.contains(Prot::CACHE) {
-            (ATTR_IDX_CACHE, SH_IS)
+        let page = if depth + 1 == self.levels {
+            TABLE_OR_PAGE
         } else {
-            (ATTR_IDX_NC, SH_OS)
+            0
         };
-        raw | idx << ATTR_INDX_SHIFT | sh
+        (pa.0 & ADDR_MASK) | page | lpae::leaf_attrs(prot)
     }
     fn supports(&self, prot: Prot) -> bool {
         prot.grants_access() && !prot.contains(Prot::MMIO | Prot::CACHE)

@@ -48,6 +48,53 @@ pub const ATTR_IDX_DEV: u64 = 2;
 /// Attr1 = 0xff (normal WB RWA), Attr2 = 0x04 (Device-nGnRE).
 pub const MAIR: u64 = 0x44 | 0xff << 8 | 0x04 << 16;
 
+/// The bits of a stage-1 leaf that `prot` decides (valid, AF, nG, AP, XN,
+/// attribute index, shareability): all but the output address and the
+/// page-or-block bit, which depend on the granule and level. Formats of other
+/// granules share it, so the attribute encoding exists once.
+#[inline]
+pub fn leaf_attrs(prot: Prot) -> u64 {
+    let mut raw = VALID | AF | NG;
+    if !prot.contains(Prot::WRITE) {
+        raw |= AP_RDONLY;
+    }
+    if !prot.contains(Prot::PRIV) {
+        raw |= AP_UNPRIV;
+    }
+    if prot.contains(Prot::NOEXEC) {
+        raw |= UXN | PXN;
+    }
+    let (idx, sh) = if prot.contains(Prot::MMIO) {
+        (ATTR_IDX_DEV, SH_OS)
+    } else if prot.contains(Prot::CACHE) {
+        (ATTR_IDX_CACHE, SH_IS)
+    } else {
+        (ATTR_IDX_NC, SH_OS)
+    };
+    raw | idx << ATTR_INDX_SHIFT | sh
+}
+
+/// The permissions a stage-1 leaf's attribute bits grant: the inverse of
+/// [`leaf_attrs`].
+pub fn leaf_prot(raw: u64) -> Prot {
+    let mut p = Prot::READ;
+    if raw & AP_RDONLY == 0 {
+        p |= Prot::WRITE;
+    }
+    if raw & AP_UNPRIV == 0 {
+        p |= Prot::PRIV;
+    }
+    if raw & (UXN | PXN) != 0 {
+        p |= Prot::NOEXEC;
+    }
+    match (raw >> ATTR_INDX_SHIFT) & 7 {
+        ATTR_IDX_CACHE => p |= Prot::CACHE,
+        ATTR_IDX_DEV => p |= Prot::MMIO,
+        _ => {}
+    }
+    p
+}
+
 /// LPAE stage 1 with a 4 KiB granule: 2 MiB and 1 GiB blocks, up to 48-bit
 /// input and output addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,22 +172,7 @@ impl PtFormat for LpaeS1 {
         PhysAddr(raw & ADDR_MASK)
     }
     fn leaf_prot(&self, _: usize, raw: u64) -> Prot {
-        let mut p = Prot::READ;
-        if raw & AP_RDONLY == 0 {
-            p |= Prot::WRITE;
-        }
-        if raw & AP_UNPRIV == 0 {
-            p |= Prot::PRIV;
-        }
-        if raw & (UXN | PXN) != 0 {
-            p |= Prot::NOEXEC;
-        }
-        match (raw >> ATTR_INDX_SHIFT) & 7 {
-            ATTR_IDX_CACHE => p |= Prot::CACHE,
-            ATTR_IDX_DEV => p |= Prot::MMIO,
-            _ => {}
-        }
-        p
+        leaf_prot(raw)
     }
     #[inline]
     fn encode_table(&self, _: usize, pa: PhysAddr) -> u64 {
@@ -148,27 +180,12 @@ impl PtFormat for LpaeS1 {
     }
     #[inline]
     fn encode_leaf(&self, depth: usize, pa: PhysAddr, prot: Prot) -> u64 {
-        let mut raw = (pa.0 & ADDR_MASK) | VALID | AF | NG;
-        if depth + 1 == self.levels {
-            raw |= TABLE_OR_PAGE;
-        }
-        if !prot.contains(Prot::WRITE) {
-            raw |= AP_RDONLY;
-        }
-        if !prot.contains(Prot::PRIV) {
-            raw |= AP_UNPRIV;
-        }
-        if prot.contains(Prot::NOEXEC) {
-            raw |= UXN | PXN;
-        }
-        let (idx, sh) = if prot.contains(Prot::MMIO) {
-            (ATTR_IDX_DEV, SH_OS)
-        } else if prot.contains(Prot::CACHE) {
-            (ATTR_IDX_CACHE, SH_IS)
+        let page = if depth + 1 == self.levels {
+            TABLE_OR_PAGE
         } else {
-            (ATTR_IDX_NC, SH_OS)
+            0
         };
-        raw | idx << ATTR_INDX_SHIFT | sh
+        (pa.0 & ADDR_MASK) | page | leaf_attrs(prot)
     }
     fn supports(&self, prot: Prot) -> bool {
         prot.grants_access() && !prot.contains(Prot::MMIO | Prot::CACHE)
