@@ -34,6 +34,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arch;
+pub mod cmdline;
 pub mod console;
 pub mod demo;
 pub mod dtb;

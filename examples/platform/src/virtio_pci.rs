@@ -34,6 +34,12 @@ impl VirtioFunction {
     pub fn read32(&self, offset: u16) -> u32 {
         self.ecam.read32(self.bdf, offset)
     }
+
+    /// The configuration space the function sits in (for a driver's own
+    /// config-access adapter, e.g. virtio-drivers' `ConfigurationAccess`).
+    pub fn ecam(&self) -> &Ecam {
+        &self.ecam
+    }
 }
 
 /// What [`open_virtio_and_edu`] found.
@@ -174,4 +180,79 @@ fn open_edu_at(host: &mut pci::PciHost, bdf: Bdf, name: &str) -> Result<Edu, Vir
         e.id()
     );
     Ok(e)
+}
+
+/// Enumerates PCI once and, for each device ID in `devices`, assigns and
+/// enables (memory decoding + Bus-Master) the memory BARs of the first
+/// virtio function with that ID, with no edu involved (e.g. a virtio-blk
+/// disk, or a virtio-iommu and the virtio-blk behind it). All BARs come
+/// from the one window, so calling this twice would hand out overlapping
+/// addresses on `virt`: ask for every function in one call. Prints what it
+/// finds, prefixed with `name`.
+pub fn open_virtio_functions<const N: usize>(
+    boot: &BootInfo,
+    name: &str,
+    devices: [u16; N],
+) -> Result<[VirtioFunction; N], VirtioSetupError> {
+    let mut host = pci::discover(boot)?;
+    let ecam = *host.ecam();
+    println!(
+        "{name}: PCI ECAM at {:#x}, buses {:?}",
+        ecam.base(),
+        ecam.buses()
+    );
+    let mut found = [None; N];
+    for function in host.functions() {
+        println!("{name}: pci {function}");
+        for (slot, &device) in found.iter_mut().zip(devices.iter()) {
+            if slot.is_none() && (function.vendor, function.device) == (VIRTIO_VENDOR, device) {
+                *slot = Some(function.bdf);
+                break;
+            }
+        }
+    }
+    // Every entry is overwritten below, or the function returns an error.
+    let mut out = [VirtioFunction {
+        bdf: Bdf {
+            bus: 0,
+            device: 0,
+            function: 0,
+        },
+        device: 0,
+        bars: [None; 6],
+        ecam,
+    }; N];
+    for (i, &device) in devices.iter().enumerate() {
+        let bdf = found[i].ok_or(VirtioSetupError::NoVirtio(device))?;
+        let mut bars = [None; 6];
+        let mut index = 0u8;
+        while index < 6 {
+            match host.bar(bdf, index) {
+                Ok(bar) if bar.kind != BarKind::Io => {
+                    // SAFETY: nothing else uses this function's BARs or the window.
+                    let bar = unsafe { host.assign_bar(bdf, index)? };
+                    println!(
+                        "{name}: virtio {bdf} BAR{index} {:#x} ({} KiB)",
+                        bar.cpu_addr,
+                        bar.size >> 10
+                    );
+                    bars[usize::from(index)] = Some((bar.cpu_addr, bar.size));
+                    index += if bar.kind == BarKind::Mem64 { 2 } else { 1 };
+                }
+                Ok(_) | Err(PciError::BarNotImplemented(..)) => index += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // SAFETY: a virtio device DMAs only to queues and buffers its driver
+        // hands it, in memory the example owns (or, behind an IOMMU, only
+        // through what the example mapped).
+        unsafe { host.enable(bdf, CMD_MEMORY | CMD_BUS_MASTER)? };
+        out[i] = VirtioFunction {
+            bdf,
+            device,
+            bars,
+            ecam,
+        };
+    }
+    Ok(out)
 }
