@@ -8,6 +8,7 @@
 //!
 //! The system tests are a table in `systests.rs`. Plain std, no dependencies.
 
+mod disk;
 mod fuzz;
 mod prereq;
 mod qemu;
@@ -53,6 +54,7 @@ any failure. Logs: target/xtask/logs/<step>.log (the tail is shown on failure).
 ENVIRONMENT:
     QEMU_SYSTEM_AARCH64     QEMU binary for aarch64 (default qemu-system-aarch64)
     QEMU_SYSTEM_X86_64      QEMU binary for x86_64 (default qemu-system-x86_64)
+    QEMU_IMG                qemu-img binary for the disk images (default qemu-img)
     QEMU_EXTRA_ARGS         extra arguments appended to every QEMU command line; split on
                             whitespace, with '...' and \"...\" quoting, e.g.
                             QEMU_EXTRA_ARGS=\"-trace 'smmuv3_*' -D /tmp/t.log\"
@@ -62,6 +64,9 @@ ENVIRONMENT:
 ADDING A SYSTEM TEST:
     add a row to SYSTEM_TESTS in xtask/src/systests.rs (name, arch, example, QEMU args,
     expected exit, required serial lines); a new example crate also needs a row in EXAMPLES.
+    A row with @DISK@ in a QEMU argument gets a 16 MiB raw image made at test time
+    (target/xtask/disks/<row>.img, qemu-img + the known pattern of xtask/src/disk.rs),
+    checked on the host after QEMU exits.
     Exit statuses: aarch64 semihosting exit 0 = pass; x86_64 isa-debug-exit 33 = pass
     (the guest writes 0x10; failure writes 0x11 -> 35).
 ";
@@ -209,6 +214,7 @@ fn needs_of(steps: &[Step]) -> Needs {
             Kind::Qemu(test) => {
                 needs.targets = true;
                 needs.qemu(test.arch);
+                needs.qemu_img |= disk::wanted(test);
             }
         }
     }
@@ -380,17 +386,20 @@ fn run_system_test(
         Ok(false) => return Err((format!("building {} failed", test.example), Some(build_log))),
         Err(e) => return Err((format!("building {}: {e}", test.example), None)),
     }
+    disk::prepare(test).map_err(|e| (e, None))?;
     println!("  $ {}", util::command_line(&program, &args));
     flush();
     let outcome = qemu::run(&program, &args, log, timeout).map_err(|e| (e.to_string(), None))?;
-    let verdict = qemu::judge(test, &outcome);
+    // The disk image is checked even if the guest failed; both reasons are kept.
+    let verdict = disk::combine(qemu::judge(test, &outcome), disk::verify(test));
     let detail = format!(
         "; exit status {}; serial log {}",
         test.arch.explain_status(outcome.status),
         util::display_path(&outcome.log)
     );
     match verdict {
-        Ok(()) => Ok(detail),
+        Ok(Some(disk)) => Ok(format!("{detail}; {disk}")),
+        Ok(None) => Ok(detail),
         Err(why) => Err((format!("{why}{detail}"), Some(outcome.log))),
     }
 }
@@ -439,6 +448,7 @@ fn cmd_demo(rest: &[String]) -> ExitCode {
     };
     for t in &tests {
         needs.qemu(t.arch);
+        needs.qemu_img |= disk::wanted(t);
     }
     if let Err(e) = prereq::ensure(&needs) {
         println!("xtask: prerequisites: {e}");
@@ -489,6 +499,11 @@ fn cmd_demo(rest: &[String]) -> ExitCode {
             tally.failed += 1;
             continue;
         }
+        if let Err(e) = disk::prepare(test) {
+            println!("   {e}");
+            tally.failed += 1;
+            continue;
+        }
         println!("   $ {}", util::command_line(&program, &args));
         flush();
         let outcome = match qemu::run(&program, &args, &log, timeout) {
@@ -510,7 +525,11 @@ fn cmd_demo(rest: &[String]) -> ExitCode {
         for (key, text) in &lines {
             println!("   {key:<width$}  {text}");
         }
-        let verdict = qemu::judge(test, &outcome);
+        let verdict = disk::combine(qemu::judge(test, &outcome), disk::verify(test)).map(|disk| {
+            if let Some(disk) = disk {
+                println!("   {:<width$}  {disk}", "disk");
+            }
+        });
         let how = format!(
             "QEMU exit status {} after {}; serial log {}",
             test.arch.explain_status(outcome.status),

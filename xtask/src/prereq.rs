@@ -7,6 +7,8 @@
 //!   default binary is missing or too old and we are root on Debian
 //!   bookworm, it is installed from bookworm-backports; otherwise we stop
 //!   and say what to install.
+//! * `qemu-img` (Debian `qemu-utils`) when a selected system test makes a
+//!   disk image; installed the same way, from bookworm-backports.
 
 use std::fs;
 use std::path::Path;
@@ -29,6 +31,8 @@ pub struct Needs {
     pub rustfmt: bool,
     pub qemu_aarch64: bool,
     pub qemu_x86_64: bool,
+    /// A selected system test makes a disk image (`disk`): needs `qemu-img`.
+    pub qemu_img: bool,
 }
 
 impl Needs {
@@ -195,8 +199,8 @@ fn install_instructions() -> String {
         "install QEMU >= {}.{} (qemu-system-aarch64 and qemu-system-x86_64). On Debian bookworm, as root:\n\
          \x20   echo '{BACKPORTS_LINE}' > {BACKPORTS_FILE}\n\
          \x20   apt-get update\n\
-         \x20   DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports --no-install-recommends qemu-system-arm qemu-system-x86\n\
-         (plain bookworm only has QEMU 7.2). Elsewhere install QEMU {}.{} or newer from your distribution, \
+         \x20   DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports --no-install-recommends qemu-system-arm qemu-system-x86 qemu-utils\n\
+         (plain bookworm only has QEMU 7.2; qemu-utils holds qemu-img, which the virtio-blk tests use). Elsewhere install QEMU {}.{} or newer from your distribution, \
          or set QEMU_SYSTEM_AARCH64 / QEMU_SYSTEM_X86_64 to suitable binaries.",
         MIN_QEMU.0, MIN_QEMU.1, MIN_QEMU.0, MIN_QEMU.1
     )
@@ -204,7 +208,7 @@ fn install_instructions() -> String {
 
 fn apt_install_backports() -> Result<(), String> {
     println!(
-        "xtask: installing QEMU {}.x from bookworm-backports (qemu-system-arm, qemu-system-x86)",
+        "xtask: installing QEMU {}.x from bookworm-backports (qemu-system-arm, qemu-system-x86, qemu-utils)",
         MIN_QEMU.0
     );
     let current = fs::read_to_string(BACKPORTS_FILE).unwrap_or_default();
@@ -230,6 +234,7 @@ fn apt_install_backports() -> Result<(), String> {
             "--no-install-recommends",
             "qemu-system-arm",
             "qemu-system-x86",
+            "qemu-utils",
         ],
         &[("DEBIAN_FRONTEND", "noninteractive")],
     )
@@ -281,6 +286,48 @@ fn ensure_qemu(needs: &Needs, notes: &mut Vec<String>) -> Result<(), String> {
     Ok(())
 }
 
+/// The first line of `qemu-img --version`, or why there is none.
+fn qemu_img_version(binary: &str) -> Result<String, String> {
+    let out = capture(binary, &["--version"])
+        .ok_or_else(|| format!("{binary}: not found or not runnable"))?;
+    Ok(out.lines().next().unwrap_or("").trim().to_string())
+}
+
+fn qemu_img_instructions() -> String {
+    format!(
+        "install qemu-img (the virtio-blk system tests make their disk images with it). On Debian bookworm, as root:\n\
+         \x20   echo '{BACKPORTS_LINE}' > {BACKPORTS_FILE}\n\
+         \x20   apt-get update\n\
+         \x20   DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports --no-install-recommends qemu-utils\n\
+         Elsewhere install your distribution's qemu-img (Debian/Ubuntu: qemu-utils; Fedora: qemu-img), \
+         or set QEMU_IMG to a qemu-img binary."
+    )
+}
+
+fn ensure_qemu_img(notes: &mut Vec<String>) -> Result<(), String> {
+    let binary = crate::disk::qemu_img();
+    let problem = match qemu_img_version(&binary) {
+        Ok(v) => {
+            notes.push(v);
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    let overridden = std::env::var("QEMU_IMG").is_ok_and(|v| !v.trim().is_empty());
+    if overridden || !is_root() || !is_debian_bookworm() {
+        return Err(format!("{problem}: {}", qemu_img_instructions()));
+    }
+    apt_install_backports()?;
+    let v = qemu_img_version(&binary).map_err(|e| {
+        format!(
+            "{e} after installing qemu-utils from backports: {}",
+            qemu_img_instructions()
+        )
+    })?;
+    notes.push(format!("installed {v}"));
+    Ok(())
+}
+
 /// Checks (and where possible installs) everything `needs` asks for.
 /// Returns short notes on what was found or installed.
 pub fn ensure(needs: &Needs) -> Result<Vec<String>, String> {
@@ -290,6 +337,9 @@ pub fn ensure(needs: &Needs) -> Result<Vec<String>, String> {
     }
     ensure_components(needs, &mut notes)?;
     ensure_qemu(needs, &mut notes)?;
+    if needs.qemu_img {
+        ensure_qemu_img(&mut notes)?;
+    }
     Ok(notes)
 }
 

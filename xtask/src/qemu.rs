@@ -86,7 +86,8 @@ pub fn command(test: &SystemTest) -> Result<(String, Vec<String>), String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    args.extend(test.qemu_args.iter().map(|s| s.to_string()));
+    // A row that asks for a disk gets its image path (see `disk`).
+    args.extend(crate::disk::substitute(test, test.qemu_args));
     args.push("-kernel".into());
     args.push(example_elf(test.example, test.arch).display().to_string());
     args.extend(extra_args()?);
