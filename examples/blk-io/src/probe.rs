@@ -1,0 +1,177 @@
+//! The stale-buffer probe: is a buffer the driver has unshared still
+//! reachable by the device at the address it had?
+//!
+//! 1. [`record`]: read into buffer B (the last page of the scratch area)
+//!    with [`TrapHal`] watching B: the device address A that `H::share`
+//!    returned is recorded, and the driver unshares B as usual.
+//! 2. The caller may reserve A in its IOVA allocator, so that nothing is
+//!    mapped there again.
+//! 3. [`stale_read`]: B is filled with a canary, and a read request is
+//!    issued whose data buffer is B but whose device address is A (the
+//!    trap substitutes it for `H::share`). The wait is bounded; then it
+//!    reports whether the device completed it and whether B changed.
+//!
+//! With an IOMMU that did its job A is unmapped: the read must not complete
+//! successfully and the canary must be intact. QEMU marks the device broken
+//! after a DMA it could not map (DEVICE_NEEDS_RESET), which ends the wait
+//! early; the device is then reset and unusable. Checking the IOMMU's fault
+//! record is the caller's job. Without an IOMMU A is B's physical address,
+//! the read lands in B and the canary changes: that proves the probe sees
+//! reachability when there is some.
+//!
+//! After a read that did not complete, the request's header and status
+//! buffers are never unshared (the device is reset instead).
+
+use virtio_drivers::transport::{DeviceStatus, Transport};
+use virtio_drivers::{Hal, PhysAddr};
+
+use crate::pattern::{Pattern, SECTOR};
+use crate::{BlkDevice, BlkError, Context, TrapHal, scratch_areas};
+
+/// Sectors [`record`] reads into B (initial pattern, checked).
+pub const RECORD_SECTOR: u64 = 0;
+/// Sectors [`stale_read`] asks for.
+pub const STALE_SECTOR: u64 = 8;
+/// Size of B.
+pub const PROBE_BYTES: usize = 4096;
+/// What B is filled with before the stale read.
+pub const CANARY: u8 = 0xC3;
+
+/// How the stale read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The device completed it with status OK.
+    Completed,
+    /// The device completed it with an error status.
+    DeviceError,
+    /// The device flagged DEVICE_NEEDS_RESET (QEMU: a DMA failed to map).
+    NeedsReset,
+    /// No completion before the deadline.
+    TimedOut,
+}
+
+/// What [`stale_read`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleProbe {
+    /// The stale device address used.
+    pub stale_addr: PhysAddr,
+    /// How the request ended.
+    pub outcome: ProbeOutcome,
+    /// The first byte of B that no longer holds the canary.
+    pub first_changed: Option<usize>,
+    /// B holds exactly the sectors asked for.
+    pub got_sector_data: bool,
+    /// The device status when the request ended.
+    pub status: DeviceStatus,
+}
+
+impl StaleProbe {
+    /// Whether B's canary is intact.
+    pub fn canary_intact(&self) -> bool {
+        self.first_changed.is_none()
+    }
+
+    /// The device wrote B through the stale address.
+    pub fn device_reached_buffer(&self) -> bool {
+        !self.canary_intact()
+    }
+
+    /// What an IOMMU must achieve: no successful completion, canary intact.
+    pub fn blocked(&self) -> bool {
+        self.outcome != ProbeOutcome::Completed && self.canary_intact()
+    }
+}
+
+/// Step 1: reads sectors 0..8 into B (checked), watched by the trap;
+/// returns the device address `H::share` gave B. B is unshared again when
+/// this returns.
+pub fn record<H: Hal, T: Transport>(
+    dev: &mut BlkDevice<'_, TrapHal<H>, T>,
+    scratch: &mut [u8],
+    ctx: &mut Context<'_>,
+) -> Result<PhysAddr, BlkError> {
+    let (_, _, page) = scratch_areas(scratch)?;
+    TrapHal::<H>::watch(page.as_ptr());
+    let read = dev.read(RECORD_SECTOR, page);
+    let recorded = TrapHal::<H>::recorded();
+    TrapHal::<H>::disarm();
+    read?;
+    Pattern::Initial.check(RECORD_SECTOR, page)?;
+    let addr = recorded.ok_or(BlkError::TrapMissed)?;
+    platform::println!(
+        "{}: stale probe: buffer B at {:#x} shared at device address {addr:#x} for a read of sectors {}..{} (checked), then unshared",
+        ctx.name,
+        page.as_ptr() as usize,
+        RECORD_SECTOR,
+        RECORD_SECTOR + (PROBE_BYTES / SECTOR) as u64
+    );
+    Ok(addr)
+}
+
+/// Step 3: fills B with [`CANARY`] and reads sectors 8..16 with B's device
+/// address replaced by `stale`; reports what happened. Prints it and a
+/// `demo: stale` line; the verdict is the caller's.
+///
+/// # Safety
+///
+/// The device will DMA to `stale`: it must be an address at which it can
+/// reach nothing but B (an unmapped, reserved IOVA; without an IOMMU, B's
+/// physical address from [`record`]).
+pub unsafe fn stale_read<H: Hal, T: Transport>(
+    dev: &mut BlkDevice<'_, TrapHal<H>, T>,
+    scratch: &mut [u8],
+    ctx: &mut Context<'_>,
+    stale: PhysAddr,
+) -> Result<StaleProbe, BlkError> {
+    let (_, _, page) = scratch_areas(scratch)?;
+    page.fill(CANARY);
+    // SAFETY: the caller vouches for `stale`.
+    unsafe { TrapHal::<H>::arm(page.as_ptr(), stale) };
+    let result = dev.read(STALE_SECTOR, page);
+    let substituted = TrapHal::<H>::substituted();
+    TrapHal::<H>::disarm();
+    if !substituted {
+        return Err(BlkError::TrapMissed);
+    }
+    let (outcome, status) = match result {
+        Ok(()) => (ProbeOutcome::Completed, dev.status()),
+        Err(BlkError::Driver(virtio_drivers::Error::IoError)) => {
+            (ProbeOutcome::DeviceError, dev.status())
+        }
+        Err(BlkError::NeedsReset { status, .. }) => (ProbeOutcome::NeedsReset, status),
+        Err(BlkError::Timeout { status, .. }) => (ProbeOutcome::TimedOut, status),
+        Err(e) => return Err(e),
+    };
+    platform::arch::dma_barrier();
+    let first_changed = page.iter().position(|&b| b != CANARY);
+    let report = StaleProbe {
+        stale_addr: stale,
+        outcome,
+        first_changed,
+        got_sector_data: Pattern::Initial.check(STALE_SECTOR, page).is_ok(),
+        status,
+    };
+    let canary = match first_changed {
+        None => "B's canary intact",
+        Some(_) if report.got_sector_data => "B overwritten with the sectors' data",
+        Some(_) => "B partly overwritten",
+    };
+    platform::println!(
+        "{}: stale probe: read of sectors {}..{} into B given the stale address {stale:#x}: {outcome:?}, {canary}; device status {status:?}{}",
+        ctx.name,
+        STALE_SECTOR,
+        STALE_SECTOR + (PROBE_BYTES / SECTOR) as u64,
+        if dev.is_dead() { ", device reset" } else { "" }
+    );
+    platform::demo!(
+        "stale",
+        "read into an unshared buffer at its old device address {stale:#x}: {}, {canary}",
+        match outcome {
+            ProbeOutcome::Completed => "completed",
+            ProbeOutcome::DeviceError => "completed with an error status",
+            ProbeOutcome::NeedsReset => "device flagged NEEDS_RESET",
+            ProbeOutcome::TimedOut => "no completion",
+        }
+    );
+    Ok(report)
+}
