@@ -270,9 +270,54 @@ pub fn combine(
     }
 }
 
+/// The guest's side of the contract, compiled on the host so the tests can
+/// hold the two sides to each other.
+#[cfg(test)]
+#[path = "../../examples/blk-io/src/pattern.rs"]
+#[allow(dead_code)]
+mod guest_pattern;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_and_host_patterns_agree() {
+        use guest_pattern::Pattern;
+        assert_eq!(guest_pattern::WRITTEN, WRITTEN);
+        assert_eq!(guest_pattern::SECTOR, SECTOR);
+        assert_eq!(guest_pattern::DISK_SECTORS * SECTOR as u64, DISK_BYTES);
+        let sectors = DISK_BYTES / SECTOR as u64;
+        // Every sector the guest touches, and a spread of the rest
+        // (including the last, where the u32 arithmetic is largest).
+        let probe = (0..300)
+            .chain((300..sectors).step_by(97))
+            .chain([sectors - 1]);
+        for s in probe {
+            for j in 0..SECTOR {
+                assert_eq!(
+                    Pattern::Initial.byte(s, j),
+                    initial_byte(s, j),
+                    "initial {s}/{j}"
+                );
+                assert_eq!(
+                    Pattern::Written.byte(s, j),
+                    written_byte(s, j),
+                    "written {s}/{j}"
+                );
+            }
+        }
+        // The guest's own check finds a flipped byte where the host's does.
+        let mut buf = vec![0u8; 4 * SECTOR];
+        Pattern::Written.fill(64, &mut buf);
+        assert_eq!(Pattern::Written.check(64, &buf), Ok(()));
+        assert!(Pattern::Initial.check(64, &buf).is_err());
+        buf[2 * SECTOR + 77] ^= 0x10;
+        let m = Pattern::Written.check(64, &buf).unwrap_err();
+        assert_eq!((m.sector, m.offset), (66, 77));
+        assert_eq!(m.expected, written_byte(66, 77));
+        assert_eq!(m.found, written_byte(66, 77) ^ 0x10);
+    }
 
     fn written_image() -> Vec<u8> {
         let mut image = initial_image();
