@@ -1949,7 +1949,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "blk-noiommu-aarch64",
         arch: Arch::Aarch64,
         example: "blk-noiommu",
-        summary: "virtio-blk-pci (iommu_platform=on) with no IOMMU, identity Hal: write/read-back check, image verified on the host; stale-buffer probe shows the device reaches an unshared buffer",
+        summary: "virtio-blk-pci (iommu_platform=on) with no IOMMU, identity Hal: write/read-back check, image verified on the host; stale-buffer probe shows the device reaches an unshared buffer; an address with nothing there breaks the device (NEEDS_RESET), canary intact",
         iommu: "none",
         // The disk image is made at test time (xtask/src/disk.rs).
         qemu_args: &[
@@ -1969,6 +1969,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "wrote sectors 64..128 (32768 bytes) in 13 requests",
             "write pattern checked",
             "the probe detects reachability",
+            "what a blocked DMA looks like in QEMU",
             "blk-noiommu: scenario `check` passed",
             "demo: result: OK",
         ],
@@ -1977,7 +1978,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "blk-noiommu-x86_64",
         arch: Arch::X86_64,
         example: "blk-noiommu",
-        summary: "virtio-blk-pci (iommu_platform=on) with no IOMMU, identity Hal: write/read-back check, image verified on the host; stale-buffer probe shows the device reaches an unshared buffer",
+        summary: "virtio-blk-pci (iommu_platform=on) with no IOMMU, identity Hal: write/read-back check, image verified on the host; stale-buffer probe shows the device reaches an unshared buffer; an address with nothing there breaks the device (NEEDS_RESET), canary intact",
         iommu: "none",
         // The disk image is made at test time (xtask/src/disk.rs).
         qemu_args: &[
@@ -1997,6 +1998,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "wrote sectors 64..128 (32768 bytes) in 13 requests",
             "write pattern checked",
             "the probe detects reachability",
+            "what a blocked DMA looks like in QEMU",
             "blk-noiommu: scenario `check` passed",
             "demo: result: OK",
         ],

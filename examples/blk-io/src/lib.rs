@@ -27,7 +27,7 @@
 //! Memory for requests comes from the caller's scratch area
 //! ([`SCRATCH_BYTES`], 4 KiB aligned, identity-mapped like all memory in
 //! the examples): area A = the first 64 KiB (reads, read-back, benchmark),
-//! area B = the next 60 KiB (writes), and the last page is the probe's
+//! area B = the next 56 KiB (writes), and the last 8 KiB are the probe's
 //! buffer B.
 //!
 //! ```ignore
@@ -109,6 +109,6 @@ fn scratch_areas(scratch: &mut [u8]) -> Result<Areas<'_>, BlkError> {
         return Err(BlkError::Scratch(addr, scratch.len()));
     }
     let (a, rest) = scratch.split_at_mut(AREA_BYTES);
-    let (b, rest) = rest.split_at_mut(AREA_BYTES - PAGE);
-    Ok((a, b, &mut rest[..PAGE]))
+    let (b, rest) = rest.split_at_mut(AREA_BYTES - probe::PROBE_BYTES);
+    Ok((a, b, &mut rest[..probe::PROBE_BYTES]))
 }

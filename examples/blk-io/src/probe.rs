@@ -1,7 +1,7 @@
 //! The stale-buffer probe: is a buffer the driver has unshared still
 //! reachable by the device at the address it had?
 //!
-//! 1. [`record`]: read into buffer B (the last page of the scratch area)
+//! 1. [`record`]: read into buffer B (the last two pages of the scratch area)
 //!    with [`TrapHal`] watching B: the device address A that `H::share`
 //!    returned is recorded, and the driver unshares B as usual.
 //! 2. The caller may reserve A in its IOVA allocator, so that nothing is
@@ -12,12 +12,20 @@
 //!    reports whether the device completed it and whether B changed.
 //!
 //! With an IOMMU that did its job A is unmapped: the read must not complete
-//! successfully and the canary must be intact. QEMU marks the device broken
-//! after a DMA it could not map (DEVICE_NEEDS_RESET), which ends the wait
-//! early; the device is then reset and unusable. Checking the IOMMU's fault
+//! successfully and the canary must be intact. Checking the IOMMU's fault
 //! record is the caller's job. Without an IOMMU A is B's physical address,
 //! the read lands in B and the canary changes: that proves the probe sees
 //! reachability when there is some.
+//!
+//! Why B is 8 KiB: QEMU's `address_space_map` gives a DMA whose address
+//! translates to nothing (an IOMMU fault, or no RAM there) a bounce buffer
+//! of at most 4 KiB per address space instead of failing, and drops the
+//! data when it is unmapped. A 4 KiB stale read would therefore "complete"
+//! with status OK and nothing written. With 8 KiB the second 4 KiB cannot
+//! be mapped, virtio-blk calls `virtio_error` and the device flags
+//! DEVICE_NEEDS_RESET ([`ProbeOutcome::NeedsReset`]), which ends the wait
+//! early; the device is then reset and unusable. `blk-noiommu` shows this
+//! with a physical address where nothing is.
 //!
 //! After a read that did not complete, the request's header and status
 //! buffers are never unshared (the device is reset instead).
@@ -28,12 +36,12 @@ use virtio_drivers::{Hal, PhysAddr};
 use crate::pattern::{Pattern, SECTOR};
 use crate::{BlkDevice, BlkError, Context, TrapHal, scratch_areas};
 
-/// Sectors [`record`] reads into B (initial pattern, checked).
+/// First sector [`record`] reads into B (initial pattern, checked).
 pub const RECORD_SECTOR: u64 = 0;
-/// Sectors [`stale_read`] asks for.
-pub const STALE_SECTOR: u64 = 8;
-/// Size of B.
-pub const PROBE_BYTES: usize = 4096;
+/// First sector [`stale_read`] asks for.
+pub const STALE_SECTOR: u64 = 16;
+/// Size of B: two pages (see the module docs).
+pub const PROBE_BYTES: usize = 8192;
 /// What B is filled with before the stale read.
 pub const CANARY: u8 = 0xC3;
 
@@ -82,7 +90,7 @@ impl StaleProbe {
     }
 }
 
-/// Step 1: reads sectors 0..8 into B (checked), watched by the trap;
+/// Step 1: reads sectors 0..16 into B (checked), watched by the trap;
 /// returns the device address `H::share` gave B. B is unshared again when
 /// this returns.
 pub fn record<H: Hal, T: Transport>(
@@ -108,7 +116,7 @@ pub fn record<H: Hal, T: Transport>(
     Ok(addr)
 }
 
-/// Step 3: fills B with [`CANARY`] and reads sectors 8..16 with B's device
+/// Step 3: fills B with [`CANARY`] and reads sectors 16..32 with B's device
 /// address replaced by `stale`; reports what happened. Prints it and a
 /// `demo: stale` line; the verdict is the caller's.
 ///
@@ -165,7 +173,8 @@ pub unsafe fn stale_read<H: Hal, T: Transport>(
     );
     platform::demo!(
         "stale",
-        "read into an unshared buffer at its old device address {stale:#x}: {}, {canary}",
+        "{} KiB read into unshared buffer B given device address {stale:#x}: {}, {canary}",
+        PROBE_BYTES >> 10,
         match outcome {
             ProbeOutcome::Completed => "completed",
             ProbeOutcome::DeviceError => "completed with an error status",

@@ -11,7 +11,10 @@
 //!   afterwards), then the stale-buffer probe, which here must show that
 //!   the device DOES reach the unshared buffer (its canary is overwritten
 //!   with the sectors' data): without an IOMMU nothing stops it, and this
-//!   proves the probe detects reachability.
+//!   proves the probe detects reachability. Then a control: the same read
+//!   given a physical address where there is nothing (no RAM, no device)
+//!   must end the way a DMA an IOMMU blocked does in QEMU: the device flags
+//!   DEVICE_NEEDS_RESET and the canary stays intact.
 //! - `bench`: the check, then sequential 4 KiB / 64 KiB reads of the first
 //!   8 MiB (`blk-bench:` lines).
 #![no_std]
@@ -114,6 +117,18 @@ unsafe impl Hal for IdentityHal {
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
 
+/// A physical address with nothing behind it: 256 MiB past the end of the
+/// highest RAM region (2 MiB aligned).
+fn nowhere(boot: &BootInfo) -> PhysAddr {
+    let end = boot
+        .ram()
+        .iter()
+        .map(|&(base, size)| base.saturating_add(size))
+        .max()
+        .unwrap_or(0);
+    end.saturating_add(256 << 20).next_multiple_of(2 << 20)
+}
+
 type Dev<'t> = BlkDevice<
     't,
     TrapHal<IdentityHal>,
@@ -166,7 +181,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
 
     if scenario == "check" {
         let addr = probe::record(&mut dev, scratch, &mut ctx)?;
-        let b = scratch_phys + (SCRATCH_BYTES - FRAME_SIZE) as u64;
+        let b = scratch_phys + (SCRATCH_BYTES - probe::PROBE_BYTES) as u64;
         if addr != b {
             return Err(Error::Check(
                 "identity Hal: the probe buffer's device address is not its physical address",
@@ -183,6 +198,19 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         println!(
             "{NAME}: stale probe: with no IOMMU the device reached the unshared buffer (canary overwritten from byte {}): the probe detects reachability",
             seen.first_changed.unwrap_or(0)
+        );
+        let nowhere = nowhere(boot);
+        // SAFETY: nothing is at `nowhere` (no RAM: 256 MiB past the end of
+        // the highest RAM region, below every PCI window and BAR on virt and
+        // q35), so the device can reach nothing through it.
+        let control = unsafe { probe::stale_read(&mut dev, scratch, &mut ctx, nowhere) }?;
+        if control.outcome != ProbeOutcome::NeedsReset || !control.blocked() {
+            return Err(Error::Check(
+                "control: a read to an address with nothing there should have broken the device with the canary intact",
+            ));
+        }
+        println!(
+            "{NAME}: control: read into B given {nowhere:#x}, where nothing is: device flagged NEEDS_RESET, canary intact: what a blocked DMA looks like in QEMU"
         );
     } else {
         blk_io::bench(&mut dev, scratch, &mut ctx)?;
