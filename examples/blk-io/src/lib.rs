@@ -99,6 +99,30 @@ pub struct Context<'a> {
     pub counters: &'a mut dyn FnMut() -> Counters,
 }
 
+/// Prints that the device is up (capacity, status) and the `demo: device`
+/// line, naming the function and the caller's IOMMU label.
+pub fn announce<H: virtio_drivers::Hal, T: virtio_drivers::transport::Transport>(
+    ctx: &Context<'_>,
+    function: &platform::virtio_pci::VirtioFunction,
+    dev: &BlkDevice<'_, H, T>,
+) {
+    platform::println!(
+        "{}: virtio-blk initialised: {} sectors ({} MiB), status {:?}, ACCESS_PLATFORM accepted",
+        ctx.name,
+        dev.capacity(),
+        dev.capacity() >> 11,
+        dev.status()
+    );
+    platform::demo!(
+        "device",
+        "virtio-blk-pci at {} (requester ID {:#06x}), {} MiB disk image made at test time, virtio-drivers VirtIOBlk over its PciTransport, DMA through: {}",
+        function.bdf,
+        function.bdf.rid(),
+        dev.capacity() >> 11,
+        ctx.iommu
+    );
+}
+
 /// Area A, area B and the probe page of a scratch area.
 type Areas<'a> = (&'a mut [u8], &'a mut [u8], &'a mut [u8]);
 

@@ -159,24 +159,13 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     let transport =
         RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
     let mut dev: Dev<'_> = BlkDevice::new(&transport)?;
-    println!(
-        "{NAME}: virtio-blk initialised: {} sectors ({} MiB), status {:?}, ACCESS_PLATFORM accepted",
-        dev.capacity(),
-        dev.capacity() >> 11,
-        dev.status()
-    );
-    demo!(
-        "device",
-        "virtio-blk-pci at {} ({} MiB disk image made at test time), virtio-drivers VirtIOBlk over its PciTransport",
-        function.bdf,
-        dev.capacity() >> 11
-    );
     let mut counters = Counters::default;
     let mut ctx = Context {
         name: NAME,
         iommu: "none",
         counters: &mut counters,
     };
+    blk_io::announce(&ctx, &function, &dev);
     blk_io::check(&mut dev, scratch, &mut ctx)?;
 
     if scenario == "check" {
