@@ -38,8 +38,9 @@ USAGE:
     cargo xtask help              this text
 
 `test` runs, in order:
-    prerequisites                 Rust targets, clippy/rustfmt, QEMU >= 10.0 (installed if
-                                  possible: rustup; apt + bookworm-backports when root on bookworm)
+    prerequisites                 Rust targets, clippy/rustfmt, QEMU >= 10.0, qemu-img when a row
+                                  makes a disk image (installed if possible: rustup; apt +
+                                  bookworm-backports when root on bookworm)
     host-tests                    cargo test --workspace --all-features
     clippy                        cargo clippy --workspace --all-targets --all-features -- -D warnings
     fmt, fmt-examples             cargo fmt --all -- --check (root workspace, examples/)
