@@ -211,6 +211,8 @@ pub struct SystemTest {
     /// Which IOMMU QEMU emulates for this run ("none", "SMMUv3", ...).
     pub iommu: &'static str,
     /// Machine and device arguments (after the architecture's base args).
+    /// `@DISK@` in an argument is replaced by the path of a disk image made
+    /// for this row at test time and checked after the boot (see `disk`).
     pub qemu_args: &'static [&'static str],
     /// Required exit status.
     pub expect: Expect,
