@@ -48,6 +48,8 @@ const FRAME: usize = 4096;
 /// [`FAKE_PHYS_BASE`].
 #[derive(Debug)]
 pub struct FakeFrames {
+    /// The host allocation; `base` is its first 4 KiB-aligned byte.
+    raw: *mut u8,
     base: *mut u8,
     bytes: usize,
     arena: Mutex<Arena>,
@@ -89,9 +91,12 @@ impl FakeFrames {
         let frames = bytes.div_ceil(FRAME).max(1);
         let bytes = frames * FRAME;
         // SAFETY: non-zero size, valid alignment.
-        let base = unsafe { std::alloc::alloc_zeroed(Self::layout(bytes)) };
-        assert!(!base.is_null(), "cannot reserve fake physical memory");
+        let raw = unsafe { std::alloc::alloc_zeroed(Self::layout(bytes)) };
+        assert!(!raw.is_null(), "cannot reserve fake physical memory");
+        // SAFETY: the allocation has FRAME spare bytes for the rounding.
+        let base = unsafe { raw.add(raw.align_offset(FRAME)) };
         Self {
+            raw,
             base,
             bytes,
             arena: Mutex::new(Arena {
@@ -106,10 +111,11 @@ impl FakeFrames {
     }
 
     fn layout(bytes: usize) -> std::alloc::Layout {
-        // Host alignment 16 (enough for the atomic entries) lets the system allocator
-        // use calloc's lazily zeroed pages; a 4 KiB alignment made it zero all 256 MiB
-        // up front (~0.1 s per domain). Frames are aligned in physical addresses.
-        std::alloc::Layout::from_size_align(bytes, 16).expect("arena layout")
+        // Host alignment 16 lets the system allocator use calloc's lazily zeroed
+        // pages (a 4 KiB alignment made it zero all 256 MiB up front, ~0.1 s per
+        // domain); one spare frame lets the arena start 4 KiB aligned anyway, so
+        // frames are page aligned for the CPU too, as on a machine.
+        std::alloc::Layout::from_size_align(bytes + FRAME, 16).expect("arena layout")
     }
 
     /// Allocations currently live.
@@ -163,7 +169,7 @@ impl Arena {
 impl Drop for FakeFrames {
     fn drop(&mut self) {
         // SAFETY: allocated in `with_capacity` with this layout.
-        unsafe { std::alloc::dealloc(self.base, Self::layout(self.bytes)) }
+        unsafe { std::alloc::dealloc(self.raw, Self::layout(self.bytes)) }
     }
 }
 

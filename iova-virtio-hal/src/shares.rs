@@ -1,0 +1,786 @@
+//! [`DmaShares`]: DMA memory and shared buffers, each mapped in an IOMMU domain.
+
+use core::fmt;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use iova_core::{
+    DmaMapper, Error, FrameAllocator, IommuDomain, Iova, IovaState, Link, PhysAddr, Prot,
+};
+use spin::Mutex;
+use virtio_drivers::{BufferDirection, PAGE_SIZE};
+
+use crate::layout::{Layout, Span};
+use crate::memory::CpuMemory;
+
+/// The most physical pieces one share may be made of: a bounced head, a
+/// bounced tail, and up to six physically separate runs of whole granules.
+pub const MAX_PIECES: usize = 8;
+
+type Links = heapless::Vec<Link, MAX_PIECES>;
+
+/// Why a DMA allocation, share or teardown failed. Whatever failed to be set
+/// up was unwound: nothing of it is mapped, no frame of it is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShareError {
+    /// Zero pages or an empty buffer.
+    Empty,
+    /// The size or the buffer's end overflows the address space.
+    Overflow,
+    /// No frame for the DMA memory or for a bounce page.
+    NoMemory,
+    /// The buffer is not memory a device may be given ([`CpuMemory`] said so),
+    /// or a physical discontinuity falls inside a granule, which could be
+    /// mapped only by exposing the neighbouring memory.
+    Untranslatable,
+    /// The buffer is scattered over more physical runs than [`MAX_PIECES`].
+    Scattered,
+    /// Every one of the table's slots holds a live allocation or share.
+    Full,
+    /// Linking or syncing in the domain failed (the IOVA space is exhausted,
+    /// no page-table memory, the flush timed out, ...).
+    Map(Error),
+    /// An unshare or deallocation names a device address (or a buffer, or a
+    /// size) that no live share or allocation has.
+    NotShared,
+    /// Tearing a mapping down failed (unmap or flush). Its memory is kept,
+    /// never reused, since the device may still reach it;
+    /// [`DmaShares::reclaim`] retries.
+    Teardown(Error),
+}
+
+impl fmt::Display for ShareError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShareError::Empty => f.write_str("empty DMA buffer"),
+            ShareError::Overflow => f.write_str("DMA buffer overflows the address space"),
+            ShareError::NoMemory => f.write_str("no frame for DMA memory or a bounce page"),
+            ShareError::Untranslatable => {
+                f.write_str("buffer cannot be mapped without exposing its neighbours")
+            }
+            ShareError::Scattered => f.write_str("buffer is made of too many physical runs"),
+            ShareError::Full => f.write_str("too many live DMA shares"),
+            ShareError::Map(e) => write!(f, "mapping failed: {e}"),
+            ShareError::NotShared => f.write_str("no live share at that device address"),
+            ShareError::Teardown(e) => write!(f, "teardown failed, memory quarantined: {e}"),
+        }
+    }
+}
+
+/// What the table has done since it was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShareCounters {
+    /// DMA allocations made ([`DmaShares::alloc`]).
+    pub allocs: u64,
+    /// DMA allocations torn down.
+    pub deallocs: u64,
+    /// Buffers shared ([`DmaShares::share`]).
+    pub shares: u64,
+    /// Shares torn down.
+    pub unshares: u64,
+    /// Shares with at least one bounced part.
+    pub bounced: u64,
+    /// Bytes copied to and from bounce pages.
+    pub bounce_bytes: u64,
+    /// Calls that failed (each also recorded for [`DmaShares::take_error`]).
+    pub failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    allocs: AtomicU64,
+    deallocs: AtomicU64,
+    shares: AtomicU64,
+    unshares: AtomicU64,
+    bounced: AtomicU64,
+    bounce_bytes: AtomicU64,
+    failures: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, by: u64) {
+    c.fetch_add(by, Ordering::Relaxed);
+}
+
+/// A bounce page standing in for a partial granule of a shared buffer.
+#[derive(Clone, Copy)]
+struct Bounce {
+    frame: PhysAddr,
+    /// The part of the buffer it holds; at `part.va % granule` in the frame.
+    part: Span,
+}
+
+enum Held {
+    /// [`DmaShares::alloc`] memory: one frame of `size` bytes.
+    Memory { frame: PhysAddr, size: usize },
+    /// A shared driver buffer.
+    Buffer {
+        buf: Span,
+        direction: BufferDirection,
+        bounces: heapless::Vec<Bounce, 2>,
+    },
+}
+
+impl Held {
+    fn bounces(&self) -> heapless::Vec<Bounce, 2> {
+        match self {
+            Held::Buffer { bounces, .. } => bounces.clone(),
+            Held::Memory { .. } => heapless::Vec::new(),
+        }
+    }
+}
+
+struct Entry<'a, D: IommuDomain + ?Sized> {
+    /// The device address handed out.
+    dev: u64,
+    held: Held,
+    state: IovaState<'a, D, Links>,
+    /// Its teardown failed: kept until [`DmaShares::reclaim`] succeeds.
+    stuck: bool,
+}
+
+/// DMA memory and shared buffers of virtio devices, each mapped in one IOMMU
+/// domain with the two-step API: the table behind [`crate::IommuHal`].
+///
+/// - [`alloc`](Self::alloc): zeroed frames mapped at a fresh IOVA (rings,
+///   request headers).
+/// - [`share`](Self::share): a driver buffer mapped for one transfer. Whole
+///   granules are mapped where they are; a partial first or last granule is
+///   *bounced*: copied into a bounce page of its own at the same offset, so
+///   the device reaches the buffer's bytes and zeros, never the memory around
+///   the buffer (what Linux does for untrusted devices, at granule rather than
+///   whole-buffer grain). One sync per share.
+/// - [`unshare`](Self::unshare): unmaps and syncs (strict: the IOTLB is
+///   flushed before the call returns), then copies bounced parts back for
+///   `DeviceToDriver` and `Both`, then frees the bounce pages.
+///
+/// At most `N` allocations and shares are live at once. A failed share gets
+/// [`poison`](Self::poison), a device address that is never mapped, so a
+/// device given it faults instead of reaching memory; the `Hal` methods
+/// cannot return errors, so every failure is also counted and kept for
+/// [`take_error`](Self::take_error).
+pub struct DmaShares<'a, D: IommuDomain + ?Sized, const N: usize = 64> {
+    mapper: DmaMapper<'a, D>,
+    frames: &'a (dyn FrameAllocator + 'a),
+    memory: &'a (dyn CpuMemory + 'a),
+    /// Size of a bounce page: the domain's granule, at least a CPU page.
+    granule: usize,
+    live: Mutex<heapless::Vec<Entry<'a, D>, N>>,
+    /// Reserved IOVA ranges that are never mapped: the poison address, and
+    /// IOVA 0 if the allocator ever hands it out (virtio-drivers takes a DMA
+    /// address of 0 for failure).
+    reserved: Mutex<heapless::Vec<IovaState<'a, D, Links>, 2>>,
+    poison: u64,
+    counters: Counters,
+    last_error: Mutex<Option<ShareError>>,
+}
+
+impl<D: IommuDomain + ?Sized, const N: usize> fmt::Debug for DmaShares<'_, D, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaShares")
+            .field("granule", &self.granule)
+            .field("poison", &format_args!("{:#x}", self.poison))
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
+    /// A table mapping through `mapper`, taking DMA memory and bounce pages
+    /// from `frames` and translating driver buffers with `memory`.
+    ///
+    /// # Errors
+    ///
+    /// [`ShareError::Map`] if the poison address cannot be reserved, or the
+    /// domain's granule is not a power of two.
+    pub fn new(
+        mapper: DmaMapper<'a, D>,
+        frames: &'a (dyn FrameAllocator + 'a),
+        memory: &'a (dyn CpuMemory + 'a),
+    ) -> Result<Self, ShareError> {
+        let g = mapper.granule();
+        if !g.is_power_of_two() || g > 1 << 30 {
+            return Err(ShareError::Map(Error::Misaligned));
+        }
+        let granule = (g as usize).max(PAGE_SIZE);
+        let mut shares = Self {
+            mapper,
+            frames,
+            memory,
+            granule,
+            live: Mutex::new(heapless::Vec::new()),
+            reserved: Mutex::new(heapless::Vec::new()),
+            poison: 0,
+            counters: Counters::default(),
+            last_error: Mutex::new(None),
+        };
+        let poison = shares.reserve(granule as u64)?;
+        shares.poison = poison.iova().0;
+        // Capacity 2: the poison and at most one zero guard.
+        let _ = shares.reserved.get_mut().push(poison);
+        Ok(shares)
+    }
+
+    /// The device address every failed share returns: reserved, never mapped.
+    pub fn poison(&self) -> Iova {
+        Iova(self.poison)
+    }
+
+    /// The size of a bounce page (the domain's granule, at least 4 KiB).
+    pub fn granule(&self) -> usize {
+        self.granule
+    }
+
+    /// The mapper the table maps through.
+    pub fn mapper(&self) -> &DmaMapper<'a, D> {
+        &self.mapper
+    }
+
+    /// Live allocations and shares (stuck ones included).
+    pub fn live(&self) -> usize {
+        self.live.lock().len()
+    }
+
+    /// Allocations and shares whose teardown failed and that are kept.
+    pub fn stuck(&self) -> usize {
+        self.live.lock().iter().filter(|e| e.stuck).count()
+    }
+
+    /// What the table has done so far.
+    pub fn counters(&self) -> ShareCounters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ShareCounters {
+            allocs: get(&c.allocs),
+            deallocs: get(&c.deallocs),
+            shares: get(&c.shares),
+            unshares: get(&c.unshares),
+            bounced: get(&c.bounced),
+            bounce_bytes: get(&c.bounce_bytes),
+            failures: get(&c.failures),
+        }
+    }
+
+    /// The most recent failure since the last call, if any.
+    pub fn take_error(&self) -> Option<ShareError> {
+        self.last_error.lock().take()
+    }
+
+    /// Records `e` for [`take_error`](Self::take_error) and passes it on.
+    pub(crate) fn failed<T>(&self, e: ShareError) -> Result<T, ShareError> {
+        bump(&self.counters.failures, 1);
+        *self.last_error.lock() = Some(e);
+        Err(e)
+    }
+
+    /// `pages` zeroed, page-aligned CPU pages mapped at a fresh IOVA; returns
+    /// the device address and the CPU pointer. The device may only read
+    /// `DriverToDevice` memory; it may read and write the rest (QEMU reads
+    /// back fields of the used ring it writes, as hardware may).
+    ///
+    /// # Errors
+    ///
+    /// [`ShareError::Empty`], [`Overflow`](ShareError::Overflow),
+    /// [`NoMemory`](ShareError::NoMemory), [`Full`](ShareError::Full),
+    /// [`Map`](ShareError::Map).
+    pub fn alloc(
+        &self,
+        pages: usize,
+        direction: BufferDirection,
+    ) -> Result<(Iova, NonNull<u8>), ShareError> {
+        let r = self.try_alloc(pages, direction);
+        match r {
+            Ok(_) => bump(&self.counters.allocs, 1),
+            Err(e) => return self.failed(e),
+        }
+        r
+    }
+
+    fn try_alloc(
+        &self,
+        pages: usize,
+        direction: BufferDirection,
+    ) -> Result<(Iova, NonNull<u8>), ShareError> {
+        let size = alloc_size(pages, self.granule)?;
+        self.ensure_room()?;
+        let frame = self.frames.alloc_zeroed(size).ok_or(ShareError::NoMemory)?;
+        let prot = match direction {
+            BufferDirection::DriverToDevice => Prot::READ,
+            BufferDirection::DeviceToDriver | BufferDirection::Both => Prot::RW,
+        };
+        let pieces = [(frame, size as u64)];
+        let state = match self.map(&pieces, 0, size as u64, prot) {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: allocated above, never mapped (the map unwound).
+                unsafe { self.frames.free(frame, size) };
+                return Err(e);
+            }
+        };
+        let dev = state.iova();
+        let cpu = self.frames.phys_to_virt(frame);
+        if cpu.is_null() || cpu as usize % PAGE_SIZE != 0 {
+            // `Hal` promises page-aligned pointers; the platform broke that.
+            drop(state);
+            // SAFETY: allocated above; its mapping was just dropped (torn down).
+            unsafe { self.frames.free(frame, size) };
+            return Err(ShareError::Untranslatable);
+        }
+        self.insert(Entry {
+            dev: dev.0,
+            held: Held::Memory { frame, size },
+            state,
+            stuck: false,
+        })?;
+        Ok((dev, NonNull::new(cpu).ok_or(ShareError::Untranslatable)?))
+    }
+
+    /// Tears down an [`alloc`](Self::alloc): unmaps, syncs, frees the frame.
+    ///
+    /// # Errors
+    ///
+    /// [`ShareError::NotShared`] if `dev`, `cpu` and `pages` are not those of
+    /// one live allocation (nothing changes); [`ShareError::Teardown`] if the
+    /// unmap or flush failed (the frame is kept: see [`reclaim`](Self::reclaim)).
+    ///
+    /// # Safety
+    ///
+    /// Neither the CPU nor the driver uses the memory afterwards.
+    pub unsafe fn dealloc(
+        &self,
+        dev: Iova,
+        cpu: NonNull<u8>,
+        pages: usize,
+    ) -> Result<(), ShareError> {
+        let size = alloc_size(pages, self.granule).ok();
+        let found = self.remove(|e| {
+            e.dev == dev.0
+                && matches!(e.held, Held::Memory { frame, size: s }
+                    if Some(s) == size && self.frames.phys_to_virt(frame) == cpu.as_ptr())
+        });
+        let Some(entry) = found else {
+            return self.failed(ShareError::NotShared);
+        };
+        match self.teardown(entry) {
+            Ok(()) => {
+                bump(&self.counters.deallocs, 1);
+                Ok(())
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// Maps `buffer` for the device, as `direction` says it will be used, and
+    /// syncs; returns the device address of its first byte.
+    ///
+    /// # Errors
+    ///
+    /// [`ShareError::Empty`], [`Overflow`](ShareError::Overflow),
+    /// [`Untranslatable`](ShareError::Untranslatable),
+    /// [`Scattered`](ShareError::Scattered),
+    /// [`NoMemory`](ShareError::NoMemory), [`Full`](ShareError::Full),
+    /// [`Map`](ShareError::Map).
+    ///
+    /// # Safety
+    ///
+    /// `buffer` is valid for reads for the duration of the call, and stays
+    /// valid (for writes too, unless `direction` is `DriverToDevice`) until
+    /// [`unshare`](Self::unshare) returns.
+    pub unsafe fn share(
+        &self,
+        buffer: NonNull<[u8]>,
+        direction: BufferDirection,
+    ) -> Result<Iova, ShareError> {
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.try_share(buffer, direction) } {
+            Ok((dev, bounced)) => {
+                bump(&self.counters.shares, 1);
+                if bounced > 0 {
+                    bump(&self.counters.bounced, 1);
+                    bump(&self.counters.bounce_bytes, bounced as u64);
+                }
+                Ok(dev)
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// The share and how many bytes it bounced.
+    unsafe fn try_share(
+        &self,
+        buffer: NonNull<[u8]>,
+        direction: BufferDirection,
+    ) -> Result<(Iova, usize), ShareError> {
+        let buf = Span {
+            va: buffer.as_ptr() as *mut u8 as usize,
+            len: buffer.len(),
+        };
+        if buf.len == 0 {
+            return Err(ShareError::Empty);
+        }
+        buf.va.checked_add(buf.len).ok_or(ShareError::Overflow)?;
+        self.ensure_room()?;
+        let g = self.granule;
+        let layout = Layout::of(buf.va, buf.len, g);
+
+        let mut pieces: heapless::Vec<(PhysAddr, u64), MAX_PIECES> = heapless::Vec::new();
+        let mut bounces: heapless::Vec<Bounce, 2> = heapless::Vec::new();
+        let built = (|| {
+            if let Some(head) = layout.head {
+                // SAFETY: the head is part of the buffer, readable (caller).
+                let b = unsafe { self.bounce_in(head)? };
+                let _ = bounces.push(b);
+                let _ = pieces.push((PhysAddr(b.frame.0 + (head.va % g) as u64), head.len as u64));
+            }
+            if let Some(middle) = layout.middle {
+                self.translate(middle, &mut pieces)?;
+            }
+            if let Some(tail) = layout.tail {
+                // SAFETY: the tail is part of the buffer, readable (caller).
+                let b = unsafe { self.bounce_in(tail)? };
+                let _ = bounces.push(b);
+                pieces
+                    .push((b.frame, tail.len as u64))
+                    .map_err(|_| ShareError::Scattered)?;
+            }
+            Ok(())
+        })();
+        let prot = match direction {
+            BufferDirection::DriverToDevice => Prot::READ,
+            BufferDirection::DeviceToDriver => Prot::WRITE,
+            BufferDirection::Both => Prot::RW,
+        };
+        let first = (buf.va % g) as u64;
+        let mapped = built.and_then(|()| self.map(&pieces, first, first + buf.len as u64, prot));
+        let state = match mapped {
+            Ok(s) => s,
+            Err(e) => {
+                self.free_bounces(&bounces);
+                return Err(e);
+            }
+        };
+        let dev = state.dma_addr(first).map_err(ShareError::Map)?;
+        let bounced = bounces.iter().map(|b| b.part.len).sum();
+        self.insert(Entry {
+            dev: dev.0,
+            held: Held::Buffer {
+                buf,
+                direction,
+                bounces,
+            },
+            state,
+            stuck: false,
+        })?;
+        Ok((dev, bounced))
+    }
+
+    /// Tears down a [`share`](Self::share): unmaps and syncs, then copies the
+    /// bounced parts back into the buffer (unless `direction` is
+    /// `DriverToDevice`) and frees the bounce pages.
+    ///
+    /// # Errors
+    ///
+    /// [`ShareError::NotShared`] if `dev`, `buffer` and `direction` are not
+    /// those of one live share (nothing changes); [`ShareError::Teardown`] if
+    /// the unmap or flush failed: the bounced parts are still copied back, but
+    /// the bounce pages are kept (see [`reclaim`](Self::reclaim)) and the
+    /// device may still reach the buffer's whole granules.
+    ///
+    /// # Safety
+    ///
+    /// `buffer` is the one given to `share`, valid for writes (unless
+    /// `direction` is `DriverToDevice`) and not accessed by anybody else
+    /// during the call.
+    pub unsafe fn unshare(
+        &self,
+        dev: Iova,
+        buffer: NonNull<[u8]>,
+        direction: BufferDirection,
+    ) -> Result<(), ShareError> {
+        let want = Span {
+            va: buffer.as_ptr() as *mut u8 as usize,
+            len: buffer.len(),
+        };
+        let found = self.remove(|e| {
+            e.dev == dev.0
+                && !e.stuck
+                && matches!(&e.held, Held::Buffer { buf, direction: d, .. } if *buf == want && *d == direction)
+        });
+        let Some(entry) = found else {
+            return self.failed(ShareError::NotShared);
+        };
+        if direction != BufferDirection::DriverToDevice {
+            // Non-coherent devices: drop stale CPU lines before the CPU reads.
+            entry.state.sync_for_cpu(0, entry.state.size());
+        }
+        let bounces = entry.held.bounces();
+        // Unmap first: what is copied back is then what the device left
+        // when it lost access, not something it can still change.
+        let torn = self.teardown_mapping(entry);
+        if direction != BufferDirection::DriverToDevice {
+            for b in &bounces {
+                // SAFETY: the bounce frame is still allocated (teardown frees
+                // nothing of a share) and `b.part` lies in the buffer, which
+                // the caller lets us write.
+                unsafe { self.copy_out(b) };
+                bump(&self.counters.bounce_bytes, b.part.len as u64);
+            }
+        }
+        match torn {
+            Ok(()) => {
+                self.free_bounces(&bounces);
+                bump(&self.counters.unshares, 1);
+                Ok(())
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// Retries the teardown of stuck allocations and shares; returns how many
+    /// were released.
+    pub fn reclaim(&self) -> usize {
+        let mut released = 0;
+        while let Some(entry) = self.remove_first_stuck() {
+            let bounces = entry.held.bounces();
+            match self.teardown(entry) {
+                Ok(()) => {
+                    self.free_bounces(&bounces);
+                    released += 1;
+                }
+                // Put back (by `teardown_mapping`); try the others next time.
+                Err(_) => break,
+            }
+        }
+        released
+    }
+
+    /// Maps `pieces` back to back from offset `first` of a fresh state of
+    /// `size` bytes and syncs; on error nothing stays mapped.
+    fn map(
+        &self,
+        pieces: &[(PhysAddr, u64)],
+        first: u64,
+        size: u64,
+        prot: Prot,
+    ) -> Result<IovaState<'a, D, Links>, ShareError> {
+        let mut state = self.reserve(size)?;
+        let mut offset = first;
+        for &(pa, len) in pieces {
+            if let Err(e) = state.link(offset, pa, len, prot) {
+                // A state that never synced a link has no flush pending that
+                // could fail; if destroy fails anyway, dropping the state
+                // leaks the IOVA rather than reuse it.
+                let _ = state.destroy();
+                return Err(ShareError::Map(e));
+            }
+            offset += len;
+        }
+        if let Err(e) = state.sync() {
+            let _ = state.destroy();
+            return Err(ShareError::Map(e));
+        }
+        Ok(state)
+    }
+
+    /// A fresh IOVA state of `size` bytes whose device address is not 0.
+    fn reserve(&self, size: u64) -> Result<IovaState<'a, D, Links>, ShareError> {
+        let state = self
+            .mapper
+            .try_alloc_with(size, 1, Links::new())
+            .map_err(ShareError::Map)?;
+        if state.iova().0 != 0 {
+            return Ok(state);
+        }
+        // virtio-drivers reads a DMA address of 0 as failure: keep IOVA 0
+        // reserved (unmapped) for good and take another range.
+        if let Err(state) = self.reserved.lock().push(state) {
+            drop(state);
+            return Err(ShareError::Map(Error::OutOfRange));
+        }
+        self.mapper
+            .try_alloc_with(size, 1, Links::new())
+            .map_err(ShareError::Map)
+    }
+
+    /// Appends the physical runs of the whole granules `middle` to `pieces`.
+    fn translate(
+        &self,
+        middle: Span,
+        pieces: &mut heapless::Vec<(PhysAddr, u64), MAX_PIECES>,
+    ) -> Result<(), ShareError> {
+        let g = self.granule;
+        let mut at = middle.va;
+        while at < middle.end() {
+            let want = middle.end() - at;
+            let (pa, run) = self
+                .memory
+                .virt_to_phys(at, want)
+                .ok_or(ShareError::Untranslatable)?;
+            let run = run.min(want);
+            // A run must be whole granules, or mapping it would expose the
+            // memory that shares its first or last granule.
+            if run == 0 || pa.0 % g as u64 != 0 || run % g != 0 {
+                return Err(ShareError::Untranslatable);
+            }
+            match pieces.last_mut() {
+                Some(last) if last.0.0 + last.1 == pa.0 => last.1 += run as u64,
+                _ => pieces
+                    .push((pa, run as u64))
+                    .map_err(|_| ShareError::Scattered)?,
+            }
+            at += run;
+        }
+        Ok(())
+    }
+
+    /// A bounce page holding `part` of the buffer at `part.va % granule`.
+    ///
+    /// # Safety
+    ///
+    /// `part` is readable.
+    unsafe fn bounce_in(&self, part: Span) -> Result<Bounce, ShareError> {
+        let frame = self
+            .frames
+            .alloc_zeroed(self.granule)
+            .ok_or(ShareError::NoMemory)?;
+        let dst = self.frames.phys_to_virt(frame);
+        // SAFETY: `part` is readable (caller); the frame is ours, `granule`
+        // bytes, and `part` fits in it at its offset (it never spans two
+        // granules); the two do not overlap (the frame was free).
+        unsafe {
+            ptr::copy_nonoverlapping(
+                part.va as *const u8,
+                dst.add(part.va % self.granule),
+                part.len,
+            )
+        };
+        Ok(Bounce { frame, part })
+    }
+
+    /// Copies a bounce page's part back into the buffer.
+    ///
+    /// # Safety
+    ///
+    /// `b.frame` is allocated and `b.part` is writable.
+    unsafe fn copy_out(&self, b: &Bounce) {
+        let src = self.frames.phys_to_virt(b.frame);
+        // SAFETY: as the caller guarantees; the frame and the buffer are
+        // distinct memory.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                src.add(b.part.va % self.granule),
+                b.part.va as *mut u8,
+                b.part.len,
+            )
+        };
+    }
+
+    fn free_bounces(&self, bounces: &[Bounce]) {
+        for b in bounces {
+            // SAFETY: allocated by `bounce_in`; unmapped and flushed (or
+            // never mapped), so the device cannot reach it any more.
+            unsafe { self.frames.free(b.frame, self.granule) };
+        }
+    }
+
+    fn ensure_room(&self) -> Result<(), ShareError> {
+        if self.live.lock().is_full() {
+            return Err(ShareError::Full);
+        }
+        Ok(())
+    }
+
+    /// Records a new entry; a table filled meanwhile unwinds it.
+    fn insert(&self, entry: Entry<'a, D>) -> Result<(), ShareError> {
+        let Err(entry) = self.live.lock().push(entry) else {
+            return Ok(());
+        };
+        let bounces = entry.held.bounces();
+        // On failure it is kept stuck (or leaked): never freed while reachable.
+        if self.teardown(entry).is_ok() {
+            self.free_bounces(&bounces);
+        }
+        Err(ShareError::Full)
+    }
+
+    fn remove(&self, pred: impl Fn(&Entry<'a, D>) -> bool) -> Option<Entry<'a, D>> {
+        let mut live = self.live.lock();
+        let i = live.iter().position(pred)?;
+        Some(live.swap_remove(i))
+    }
+
+    fn remove_first_stuck(&self) -> Option<Entry<'a, D>> {
+        self.remove(|e| e.stuck)
+    }
+
+    /// Unmaps, syncs and frees the IOVA; then frees an allocation's frame.
+    /// Bounce pages are the caller's to free.
+    fn teardown(&self, entry: Entry<'a, D>) -> Result<(), ShareError> {
+        let frame = match entry.held {
+            Held::Memory { frame, size } => Some((frame, size)),
+            Held::Buffer { .. } => None,
+        };
+        self.teardown_mapping(entry)?;
+        if let Some((frame, size)) = frame {
+            // SAFETY: from `alloc`; unmapped and flushed just now.
+            unsafe { self.frames.free(frame, size) };
+        }
+        Ok(())
+    }
+
+    /// Destroys the entry's state; on failure puts the entry back, stuck
+    /// (or, if the table has filled up meanwhile, leaks it: its memory must
+    /// not be reused while the device may reach it).
+    fn teardown_mapping(&self, entry: Entry<'a, D>) -> Result<(), ShareError> {
+        let Entry {
+            dev, held, state, ..
+        } = entry;
+        match state.destroy() {
+            Ok(()) => Ok(()),
+            Err(r) => {
+                let kept = Entry {
+                    dev,
+                    held,
+                    state: r.state,
+                    stuck: true,
+                };
+                if let Err(kept) = self.live.lock().push(kept) {
+                    core::mem::forget(kept);
+                }
+                Err(ShareError::Teardown(r.error))
+            }
+        }
+    }
+}
+
+impl<D: IommuDomain + ?Sized, const N: usize> Drop for DmaShares<'_, D, N> {
+    fn drop(&mut self) {
+        // Whatever the driver left: torn down, memory freed where that worked.
+        let entries: heapless::Vec<Entry<'_, D>, N> = core::mem::take(self.live.get_mut());
+        for entry in entries {
+            let bounces = entry.held.bounces();
+            if self.teardown(entry).is_ok() {
+                self.free_bounces(&bounces);
+            }
+        }
+        // Stuck entries were pushed back by `teardown_mapping`: leak them.
+        for kept in core::mem::take(self.live.get_mut()) {
+            core::mem::forget(kept);
+        }
+    }
+}
+
+/// Bytes to allocate for `pages` CPU pages: a power of two (what a
+/// [`FrameAllocator`] hands out), at least one granule so that the device
+/// reaches nothing beyond the allocation.
+fn alloc_size(pages: usize, granule: usize) -> Result<usize, ShareError> {
+    if pages == 0 {
+        return Err(ShareError::Empty);
+    }
+    let bytes = pages.checked_mul(PAGE_SIZE).ok_or(ShareError::Overflow)?;
+    bytes
+        .max(granule)
+        .checked_next_power_of_two()
+        .ok_or(ShareError::Overflow)
+}
