@@ -6,7 +6,7 @@ use platform::virtio_pci::VirtioSetupError;
 use virtio_drivers::transport::DeviceStatus;
 use virtio_drivers::transport::pci::VirtioPciError;
 
-use crate::access_platform::BypassesIommu;
+use iova_virtio_hal::BypassesIommu;
 use crate::pattern::Mismatch;
 
 /// A block request's direction.

@@ -7,10 +7,9 @@
 //!   the transport users of virtio-drivers use; QEMU splits its 64-bit
 //!   register writes, so it needs nothing of ours
 //!   (`iommu_virtio::transport::pci::VirtioPciTransport` was not needed).
-//! * [`access_platform`]: the transport wrapper that makes the driver accept
-//!   VIRTIO_F_ACCESS_PLATFORM (QEMU refuses an `iommu_platform=on` device
-//!   whose driver does not); replaced by `iova_virtio_hal::AccessPlatform`
-//!   once it lands.
+//! * [`AccessPlatform`] (re-exported from `iova-virtio-hal`): the transport
+//!   wrapper that makes the driver accept VIRTIO_F_ACCESS_PLATFORM (QEMU
+//!   refuses an `iommu_platform=on` device whose driver does not).
 //! * [`BlkDevice`]: `VirtIOBlk` with one request at a time, every wait
 //!   bounded (the `*_nb` API, polling with a platform deadline), typed
 //!   errors, and the device reset on any failure so that no request
@@ -46,7 +45,6 @@
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod access_platform;
 pub mod bench;
 pub mod check;
 mod device;
@@ -58,6 +56,7 @@ mod shared;
 mod trap;
 
 pub use bench::{BenchResult, bench};
+pub use iova_virtio_hal::{AccessPlatform, BypassesIommu};
 pub use check::{CheckReport, check};
 pub use device::{BlkDevice, DEFAULT_TIMEOUT_MS, IoStats};
 pub use error::{BlkError, Op};

@@ -26,7 +26,7 @@ use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use blk_io::access_platform::AccessPlatform;
+use blk_io::AccessPlatform;
 use blk_io::probe::{self, ProbeOutcome};
 use blk_io::{BlkDevice, BlkError, Context, Counters, SCRATCH_BYTES, TrapHal};
 use platform::frames::{FRAME_SIZE, FrameAllocator, FramesError};
