@@ -22,6 +22,10 @@
 //! - `msi`: PROBE's reserved regions are never handed out as IOVAs.
 //! - `identity`: the second edu attached to a bypass domain (ATTACH with the
 //!   BYPASS flag) DMAs to physical addresses; detached again, it is denied.
+//!
+//! `-append blk` and `-append blk-bench` run instead the virtio-blk scenarios
+//! of [`blk`] (no edu needed): a virtio-blk-pci disk behind the
+//! virtio-iommu through `iova-virtio-hal`'s `Hal`.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -47,6 +51,9 @@ use platform::frames::{FRAME_SIZE, FrameAllocator, Frames, FramesError};
 use platform::pci::Bdf;
 use platform::virtio_pci::{VirtioFunction, VirtioSetupError, open_virtio_and_edu};
 use platform::{BootInfo, demo, println};
+
+mod blk;
+mod dma_frames;
 
 platform::entry!(main);
 
@@ -77,6 +84,7 @@ enum Error {
     Frames(FramesError),
     NoFrameAllocator,
     Check(&'static str, u64),
+    Blk(blk::Error),
 }
 
 impl fmt::Display for Error {
@@ -90,6 +98,7 @@ impl fmt::Display for Error {
             Self::Frames(e) => write!(f, "{e}"),
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::Check(what, at) => write!(f, "{what} ({at:#x})"),
+            Self::Blk(e) => write!(f, "{e}"),
         }
     }
 }
@@ -285,13 +294,16 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
 fn run(boot: &BootInfo) -> Result<(), Error> {
     platform::banner(NAME, boot);
     let wanted = command_line(boot).trim();
+    if let Some(scenario) = blk::Scenario::parse(wanted) {
+        return blk::run(boot, scenario).map_err(Error::Blk);
+    }
     let chosen: heapless::Vec<_, 7> = SCENARIOS
         .iter()
         .filter(|(name, _)| wanted.is_empty() || wanted == "all" || *name == wanted)
         .collect();
     if chosen.is_empty() {
         return Err(Error::Check(
-            "unknown scenario (-append map|batch|unlink|readonly|deny|msi|identity|all)",
+            "unknown scenario (-append map|batch|unlink|readonly|deny|msi|identity|all|blk|blk-bench)",
             0,
         ));
     }
