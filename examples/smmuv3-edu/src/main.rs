@@ -32,6 +32,8 @@
 //!   to a guest (`s2-16k`, `s2-64k`: with the larger granules); `nested`:
 //!   stage 1 over stage 2;
 //! - `gran16k`, `gran64k`: stage 1 with a 16 KiB / 64 KiB granule.
+//! - `blk`, `blk-bench`: a virtio-blk-pci disk instead of edu, driven by
+//!   virtio-drivers through `iova-virtio-hal`'s `IommuHal` (see [`blk`]).
 //!
 //! Like a hypervisor, the example stays at EL2 when QEMU enters it there
 //! (`-M virt,virtualization=on`, as the stage-2 and nested rows do); on plain
@@ -40,6 +42,8 @@
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod bitmap_frames;
+mod blk;
 mod dt;
 mod pool;
 
@@ -87,6 +91,7 @@ enum Error {
     NoDtb,
     UnknownScenario,
     Check(&'static str, u64),
+    Blk(blk::Error),
 }
 
 impl fmt::Display for Error {
@@ -102,9 +107,10 @@ impl fmt::Display for Error {
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::NoDtb => f.write_str("no device tree"),
             Self::UnknownScenario => f.write_str(
-                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains|storm|irq)",
+                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains|storm|irq|blk|blk-bench)",
             ),
             Self::Check(what, at) => write!(f, "{what} (at {at:#x})"),
+            Self::Blk(e) => write!(f, "{e}"),
         }
     }
 }
@@ -270,6 +276,10 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     let scenario = dt::bootargs(&fdt).unwrap_or("map").trim();
     println!("{NAME}: scenario `{scenario}`");
     let node = dt::smmu(&fdt)?;
+    if let Some(s) = blk::Scenario::parse(scenario) {
+        // virtio-blk instead of edu: its own bring-up (`blk`).
+        return blk::run(boot, &fdt, &node, s).map_err(Error::Blk);
+    }
     let edus = open_edus(boot)?;
     if edus.is_empty() {
         return Err(Error::NoEdu(1));
