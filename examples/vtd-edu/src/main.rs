@@ -27,9 +27,16 @@
 //! otherwise. `-append vtd-edu.checks=3,5` runs only those checks (each
 //! sets up what it needs), which is how `cargo xtask test` gives every check
 //! its own pass/fail line.
+//!
+//! `-append blk` / `-append blk-bench` run a virtio-blk disk behind the unit
+//! instead (no edu needed): see [`blk`].
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
+
+mod blk;
+mod frame_pool;
+mod static_cell;
 
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -82,6 +89,7 @@ enum Error {
     NoStartInfo,
     NoUnit(Bdf),
     Check(&'static str, u64),
+    Blk(blk::Error),
 }
 
 impl fmt::Display for Error {
@@ -97,6 +105,7 @@ impl fmt::Display for Error {
             Self::NoStartInfo => f.write_str("no PVH start info, so no RSDP"),
             Self::NoUnit(b) => write!(f, "no DMAR unit covers {b}"),
             Self::Check(what, at) => write!(f, "{what} ({at:#x})"),
+            Self::Blk(e) => write!(f, "{e}"),
         }
     }
 }
@@ -387,6 +396,9 @@ fn check_fault(
 
 fn main(boot: &BootInfo) -> Result<(), Error> {
     platform::banner(NAME, boot);
+    if let Some(scenario) = blk::scenario(boot) {
+        return blk::run(boot, scenario).map_err(Error::Blk);
+    }
 
     // Discovery: RSDP from the PVH start info -> DMAR.
     let rsdp = rsdp(boot).ok_or(Error::NoStartInfo)?;

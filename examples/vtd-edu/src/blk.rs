@@ -1,0 +1,542 @@
+//! The `blk` and `blk-bench` scenarios: a `virtio-blk-pci` disk
+//! (`iommu_platform=on,disable-legacy=on`) driven by virtio-drivers'
+//! `VirtIOBlk`, every DMA of it translated by VT-d through
+//! `iova-virtio-hal`'s [`IommuHal`] over a domain of `iommu-intel-vtd`.
+//!
+//! Bring-up, in an order that never lets the disk reach memory untranslated:
+//! DMAR -> the unit covering the disk's BDF -> translation on with no
+//! context entry for anybody (default deny) -> the disk's BARs and
+//! Bus-Master -> a second-level domain, attached to the disk's BDF only ->
+//! a `'static` [`DmaShares`] table over a [`DmaMapper`] of that domain (DMA
+//! memory and bounce pages from a reusing [`FramePool`]) -> the driver.
+//!
+//! - `blk`: `blk_io::check` (the host verifies the image afterwards), then
+//!   no fault record may exist: every DMA went to an IOVA we mapped. Then the
+//!   stale probe: buffer B's old device address A is reserved in the IOVA
+//!   allocator and given to the device again; the read must not complete,
+//!   B's canary must survive, and the unit must hold a fault record from
+//!   the disk's source-id at an address inside [A, A + 8 KiB).
+//! - `blk-bench`: the check, then `blk_io::bench` (sequential 4 KiB and
+//!   64 KiB reads), strict mode: every unshare is unmapped and flushed.
+//!
+//! `maps` are the table's allocations + shares; `flushes` are IOTLB
+//! invalidation descriptors queued (each unmap's flush is one descriptor
+//! plus one wait; syncs after a map queue nothing, since the unit caches
+//! no not-present entries without CAP.CM).
+
+use core::cell::RefCell;
+use core::fmt;
+use core::ptr::NonNull;
+
+use blk_io::probe::{self, PROBE_BYTES};
+use blk_io::{AccessPlatform, BlkDevice, BlkError, Context, Counters, SCRATCH_BYTES, TrapHal};
+use iommu_intel_vtd::acpi::{self, AcpiError};
+use iommu_intel_vtd::regs::MmioRegion;
+use iommu_intel_vtd::reserved::{map_reserved_regions, reserved_regions_for};
+use iommu_intel_vtd::{
+    Bdf, ContextState, Dmar, FaultRecord, Features, SecondLevel, UnitConfig, VtdError,
+    VtdInvalidator, VtdUnit,
+};
+use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
+use iova_core::pt::PtFormat;
+use iova_core::{
+    DmaMapper, Error as CoreError, IommuDomain, IotlbGather, Iova, IovaAllocator, IovaRange,
+    PageTable, PageTableDomain,
+};
+use iova_virtio_hal::{DmaShares, HalContext, IommuHal, ShareError};
+use platform::frames::{FRAME_SIZE, FrameAllocator, FramesError};
+use platform::pci::{self, PciError};
+use platform::{BootInfo, demo, println};
+use spin::Once;
+use virtio_drivers::PhysAddr;
+use virtio_drivers::transport::pci::PciTransport;
+
+use crate::frame_pool::FramePool;
+use crate::static_cell::StaticCell;
+use crate::{CLFLUSH, Clflush, NAME, bridge_buses, rsdp, vtd_bdf};
+
+/// Frames for the unit's structures, the domain's page tables, the
+/// virtqueue and bounce pages (reused: see [`FramePool`]).
+const POOL_FRAMES: usize = 128;
+/// IOVAs handed to the disk start here, far from any RAM address, inside
+/// 39 bits.
+const APERTURE: u64 = 0x20_0000_0000;
+const APERTURE_LEN: u64 = 1 << 32;
+/// The disk's domain ID.
+const DID: u16 = 1;
+/// Extents the IOVA allocator may track (free + live ranges).
+const IOVA_SLOTS: usize = 128;
+/// Live allocations + shares the DMA table holds: the virtqueue's two
+/// allocations, one request's three buffers, and the two the stale probe
+/// leaves behind (its request is never completed), with room to spare.
+/// Each slot is ~700 bytes, and debug builds copy the table a few times on
+/// the 256 KiB boot stack while it is built: 64 slots (the default) would
+/// not fit.
+const TABLE_SLOTS: usize = 16;
+
+/// Which scenario the command line (`-append`) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// The check, the zero-fault requirement and the stale probe.
+    Blk,
+    /// The check, then the benchmark.
+    Bench,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Blk => "blk",
+            Self::Bench => "blk-bench",
+        }
+    }
+}
+
+/// `blk` or `blk-bench` as a word of the command line, if there.
+pub fn scenario(boot: &BootInfo) -> Option<Scenario> {
+    platform::cmdline::command_line(boot)
+        .split_whitespace()
+        .find_map(|w| match w {
+            "blk" => Some(Scenario::Blk),
+            "blk-bench" => Some(Scenario::Bench),
+            _ => None,
+        })
+}
+
+/// Why a `blk` scenario failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The disk or its driver.
+    Blk(BlkError),
+    /// The DMA table (setting it up, or a failure it recorded).
+    Share(ShareError),
+    /// The unit.
+    Vtd(VtdError),
+    /// The domain, the mapper or the IOVA allocator.
+    Core(CoreError),
+    /// Finding the DMAR.
+    Acpi(AcpiError),
+    /// PCI enumeration.
+    Pci(PciError),
+    /// The platform's frame pool.
+    Frames(FramesError),
+    /// No PVH start info, so no RSDP.
+    NoStartInfo,
+    /// No virtio-blk function.
+    NoDisk,
+    /// No DMAR unit covers the disk.
+    NoUnit(Bdf),
+    /// A static was filled before (`run` runs once).
+    AlreadySetUp,
+    /// A requirement of the scenario failed.
+    Check(&'static str, u64),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Blk(e) => write!(f, "{e}"),
+            Self::Share(e) => write!(f, "DMA table: {e}"),
+            Self::Vtd(e) => write!(f, "{e}"),
+            Self::Core(e) => write!(f, "iova-core: {e}"),
+            Self::Acpi(e) => write!(f, "{e}"),
+            Self::Pci(e) => write!(f, "{e}"),
+            Self::Frames(e) => write!(f, "{e}"),
+            Self::NoStartInfo => f.write_str("no PVH start info, so no RSDP"),
+            Self::NoDisk => f.write_str(
+                "no virtio-blk-pci (1af4:1042) function: run QEMU with -device virtio-blk-pci,...,disable-legacy=on",
+            ),
+            Self::NoUnit(b) => write!(f, "no DMAR unit covers {b}"),
+            Self::AlreadySetUp => f.write_str("the DMA statics were set up before"),
+            Self::Check(what, at) => write!(f, "{what} ({at:#x})"),
+        }
+    }
+}
+
+macro_rules! from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Self::$v(e)
+            }
+        }
+    )*};
+}
+from!(BlkError => Blk, ShareError => Share, VtdError => Vtd, CoreError => Core,
+      AcpiError => Acpi, PciError => Pci, FramesError => Frames);
+
+type Unit = VtdUnit<MmioRegion, &'static FramePool>;
+type Domain = PageTableDomain<
+    SecondLevel,
+    &'static FramePool,
+    VtdInvalidator<'static, MmioRegion, &'static FramePool>,
+    Clflush,
+>;
+
+// Everything the `'static` table borrows. Set once by `run`.
+static POOL: Once<FramePool> = Once::new();
+static UNIT: Once<Unit> = Once::new();
+static DOMAIN: Once<Domain> = Once::new();
+static SLOTS: StaticCell<[ExtentSlot; IOVA_SLOTS]> = StaticCell::new();
+static CPUS: StaticCell<[CpuCache; 1]> = StaticCell::new();
+static IOVAS: Once<IovaAllocator<'static>> = Once::new();
+static CPU: fn() -> usize = || 0;
+static CPU_MEMORY: iova_virtio_hal::IdentityMapped = iova_virtio_hal::IdentityMapped;
+static SHARES: Once<DmaShares<'static, Domain, TABLE_SLOTS>> = Once::new();
+
+/// Where the disk's `Hal` finds its table.
+struct Ctx;
+
+impl HalContext<TABLE_SLOTS> for Ctx {
+    type Domain = Domain;
+
+    fn shares() -> &'static DmaShares<'static, Domain, TABLE_SLOTS> {
+        // `run` fills SHARES before it makes the transport or the driver,
+        // the only callers of the `Hal`.
+        SHARES
+            .get()
+            .expect("vtd-edu blk: DMA table used before it was set up")
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+        // BARs are identity mapped (uncached) by the boot stub.
+        NonNull::new(paddr as usize as *mut u8).unwrap_or(NonNull::dangling())
+    }
+}
+
+/// The disk's `Hal`: the IOMMU one, under the probe's trap.
+type Hal = TrapHal<IommuHal<Ctx, TABLE_SLOTS>>;
+type Dev<'t> = BlkDevice<'t, Hal, AccessPlatform<PciTransport>>;
+
+/// The counters `blk-io` prints (see the module docs).
+fn counters(unit: &Unit, shares: &DmaShares<'static, Domain, TABLE_SLOTS>) -> Counters {
+    let s = shares.counters();
+    Counters {
+        maps: s.allocs + s.shares,
+        flushes: unit.counters().snapshot().iotlb(),
+    }
+}
+
+/// The fault records since the last drain, each printed; `(records,
+/// overflow)`.
+fn drain(unit: &Unit, mut each: impl FnMut(&FaultRecord)) -> (usize, bool) {
+    let s = unit.drain_faults(|r| each(&r));
+    (s.records, s.overflow)
+}
+
+/// Runs `scenario`.
+pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
+    let label = scenario.name();
+    println!("{NAME}: scenario `{label}`: virtio-blk-pci behind Intel VT-d");
+
+    // The unit, found the way an OS finds it, before the disk may DMA.
+    let rsdp = rsdp(boot).ok_or(Error::NoStartInfo)?;
+    let dmar = Dmar::parse(acpi::find_table(&crate::IdentityMapped, rsdp, *b"DMAR")?)?;
+    let host = pci::discover(boot)?;
+    let disk_pci = host
+        .functions()
+        .find(|f| {
+            (f.vendor, f.device)
+                == (
+                    platform::virtio_pci::VIRTIO_VENDOR,
+                    blk_io::pci::VIRTIO_BLK_DEVICE_ID,
+                )
+        })
+        .ok_or(Error::NoDisk)?
+        .bdf;
+    let disk = vtd_bdf(disk_pci);
+    let drhd = dmar
+        .unit_for(0, disk, |b| bridge_buses(&host, b))
+        .ok_or(Error::NoUnit(disk))?;
+    if !platform::arch::cpu_can_reach(drhd.register_base, drhd.register_size()) {
+        return Err(Error::Check(
+            "unit registers not mapped",
+            drhd.register_base,
+        ));
+    }
+    println!(
+        "{NAME}: DMAR via RSDP {rsdp:#x}: {disk} is covered by the unit at {:#x}",
+        drhd.register_base
+    );
+
+    let mut frames = FrameAllocator::take().ok_or(Error::Check("frame pool taken", 0))?;
+    let block = frames.alloc(POOL_FRAMES)?;
+    let pool: &'static FramePool = POOL.call_once(|| FramePool::new(block));
+    let mut scratch = frames.alloc(SCRATCH_BYTES / FRAME_SIZE)?;
+    let scratch = scratch.as_mut_slice();
+
+    // SAFETY: the DRHD's register block, identity mapped and uncached by the
+    // boot stub (checked reachable above), programmed by nobody else.
+    let regs = unsafe {
+        MmioRegion::new(
+            drhd.register_base as usize as *mut u8,
+            drhd.register_size() as usize,
+        )
+    };
+    let config = UnitConfig {
+        register_size: drhd.register_size() as usize,
+        walk_cache: Some(&CLFLUSH),
+        address_width: Some(dmar.address_bits()),
+        // Second-level tables in either mode; scalable mode where the unit
+        // has it (x-scalable-mode=on), through the RID_PASID entry.
+        scalable: Features::read(&regs).ecap.scalable_mode(),
+        ..UnitConfig::default()
+    };
+    let unit = VtdUnit::new(regs, pool, config)?;
+    let unit: &'static Unit = UNIT.call_once(|| unit);
+    println!("{NAME}: {}", unit.features());
+    unit.enable_translation()?;
+    println!(
+        "{NAME}: translation enabled with no context entry: {disk} is blocked until it is attached"
+    );
+
+    // Now the disk may be given memory decoding and Bus-Master.
+    let function = blk_io::pci::open_blk_function(boot, NAME)?;
+    if vtd_bdf(function.bdf) != disk {
+        return Err(Error::Check(
+            "virtio-blk moved between enumerations",
+            u64::from(function.bdf.rid()),
+        ));
+    }
+
+    let format: SecondLevel = unit.second_level_format(4)?;
+    let table = PageTable::with_cache(format, pool, Clflush)?;
+    let inval = VtdInvalidator::new(unit, DID)?;
+    let domain: &'static Domain = DOMAIN.call_once(|| PageTableDomain::new(table, inval));
+    let aw = format.context_aw();
+    let root = domain.table().root().0;
+    unit.set_context(disk, ContextState::Translated { did: DID, root, aw }, false)?;
+    let mode = if unit.scalable() {
+        "scalable mode (RID_PASID entry)"
+    } else {
+        "legacy mode"
+    };
+    println!(
+        "{NAME}: {disk} attached to domain {DID}: {mode}, second-level {}-level tables ({}-bit IOVAs), IOVAs at {APERTURE:#x}..{:#x}",
+        format.levels(),
+        format.ia_bits(),
+        APERTURE + APERTURE_LEN
+    );
+    demo!(
+        "iommu",
+        "Intel VT-d at {:#x} (from ACPI DMAR), {mode}, second-level {}-level tables; {disk} in domain {DID}, every other requester blocked",
+        drhd.register_base,
+        format.levels()
+    );
+
+    let slots = SLOTS
+        .put([const { ExtentSlot::new() }; IOVA_SLOTS])
+        .ok_or(Error::AlreadySetUp)?;
+    let cpus = CPUS
+        .put([const { CpuCache::new() }; 1])
+        .ok_or(Error::AlreadySetUp)?;
+    let aperture = IovaRange::new(Iova(APERTURE), APERTURE_LEN).map_err(CoreError::from)?;
+    let iovas = IovaAllocator::new(IovaAllocatorConfig::new(aperture, PAGE), slots, cpus)
+        .map_err(CoreError::from)?;
+    let iovas: &'static IovaAllocator<'static> = IOVAS.call_once(|| iovas);
+
+    // Reserved memory regions naming the disk (QEMU's DMAR has none): kept
+    // out of the IOVA space and identity mapped before its DMA starts.
+    for (base, len) in reserved_regions_for(&dmar, 0, disk, |b| bridge_buses(&host, b)) {
+        let range = IovaRange::new(Iova(base), len).map_err(CoreError::from)?;
+        iovas.reserve(range).map_err(CoreError::from)?;
+    }
+    let mut gather = IotlbGather::new();
+    let rmrr = map_reserved_regions(
+        &dmar,
+        0,
+        disk,
+        |b| bridge_buses(&host, b),
+        domain,
+        &mut gather,
+    );
+    domain.flush(&mut gather)?;
+    let rmrr = rmrr?;
+    println!(
+        "{NAME}: reserved memory regions for {disk}: {} identity mapped, {} malformed skipped",
+        rmrr.mapped, rmrr.malformed
+    );
+
+    let mapper = DmaMapper::new(domain, iovas, &CPU)?;
+    let shares = DmaShares::new(mapper, pool, &CPU_MEMORY)?;
+    let shares: &'static DmaShares<'static, Domain, TABLE_SLOTS> = SHARES.call_once(|| shares);
+    println!(
+        "{NAME}: DMA table ready: granule {} bytes, poison IOVA {:#x} (reserved, never mapped)",
+        shares.granule(),
+        shares.poison()
+    );
+
+    let pci = blk_io::pci::pci_transport::<Hal>(&function)?;
+    let transport =
+        RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
+    let mut dev: Dev<'_> = BlkDevice::new(&transport)?;
+    let mut count = || counters(unit, shares);
+    let mut ctx = Context {
+        name: NAME,
+        iommu: "Intel VT-d",
+        counters: &mut count,
+    };
+    blk_io::announce(&ctx, &function, &dev);
+
+    let before = unit.counters().snapshot();
+    let table0 = shares.counters();
+    let report = blk_io::check(&mut dev, scratch, &mut ctx)?;
+    let (records, overflow) = drain(unit, |r| {
+        println!("{NAME}: blk: fault during the check: {r}");
+    });
+    if records != 0 || overflow {
+        return Err(Error::Check(
+            "fault records during the check",
+            records as u64,
+        ));
+    }
+    let vtd = unit.counters().snapshot().since(&before);
+    let table = shares.counters();
+    if let Some(e) = shares.take_error() {
+        return Err(Error::Share(e));
+    }
+    if table.failures != 0 {
+        return Err(Error::Check("DMA table calls failed", table.failures));
+    }
+    println!(
+        "{NAME}: blk: 0 fault records after the check: every DMA of {disk} went to an IOVA we mapped"
+    );
+    println!(
+        "{NAME}: blk: check: {} requests, {} allocations + {} shares ({} with bounced parts, {} bytes bounced), {} unshares; VT-d: {} IOTLB invalidation descriptors ({} page-selective, {} domain, {} global), {} waits, {} context invalidations; no DMA table failure",
+        report.requests,
+        table.allocs - table0.allocs,
+        table.shares - table0.shares,
+        table.bounced - table0.bounced,
+        table.bounce_bytes - table0.bounce_bytes,
+        table.unshares - table0.unshares,
+        vtd.iotlb(),
+        vtd.iotlb_page,
+        vtd.iotlb_domain,
+        vtd.iotlb_global,
+        vtd.waits,
+        vtd.context
+    );
+    demo!(
+        "fault",
+        "none during the check: every DMA went to an IOVA this program mapped"
+    );
+    demo!(
+        "flushes",
+        "{} IOTLB invalidations + {} waits for {} unshares (strict: each unshare is flushed before it returns); {} shares bounced a partial page",
+        vtd.iotlb(),
+        vtd.waits,
+        table.unshares - table0.unshares,
+        table.bounced - table0.bounced
+    );
+
+    match scenario {
+        Scenario::Blk => stale_probe(unit, iovas, disk, &mut dev, scratch, &mut ctx)?,
+        Scenario::Bench => {
+            blk_io::bench(&mut dev, scratch, &mut ctx)?;
+        }
+    }
+    drop(dev);
+
+    let (records, overflow) = drain(unit, |r| println!("{NAME}: blk: unexpected fault: {r}"));
+    if records != 0 || overflow {
+        return Err(Error::Check("unexpected fault records", records as u64));
+    }
+    if let Some(e) = shares.take_error() {
+        return Err(Error::Share(e));
+    }
+    let t = shares.counters();
+    if t.failures != 0 {
+        return Err(Error::Check("DMA table calls failed", t.failures));
+    }
+    let c = unit.counters().snapshot();
+    let (allocs, frees, bad) = pool.stats();
+    println!(
+        "{NAME}: blk: totals: {} allocations, {} shares, {} unshares, {} deallocations, {} live; VT-d: {} IOTLB descriptors, {} waits, {} faults read; frame pool: {allocs} allocations, {frees} frees, {bad} bad frees, {} frames in use, peak {} of {POOL_FRAMES}",
+        t.allocs,
+        t.shares,
+        t.unshares,
+        t.deallocs,
+        shares.live(),
+        c.iotlb(),
+        c.waits,
+        c.faults,
+        pool.in_use(),
+        pool.peak()
+    );
+    if bad != 0 {
+        return Err(Error::Check("frames freed that were not allocated", bad));
+    }
+    println!("{NAME}: scenario `{label}` passed");
+    demo!("result", "OK");
+    Ok(())
+}
+
+const PAGE: u64 = FRAME_SIZE as u64;
+
+/// The stale-buffer probe (see the module docs).
+fn stale_probe(
+    unit: &Unit,
+    iovas: &IovaAllocator<'static>,
+    disk: Bdf,
+    dev: &mut Dev<'_>,
+    scratch: &mut [u8],
+    ctx: &mut Context<'_>,
+) -> Result<(), Error> {
+    let a = probe::record(dev, scratch, ctx)?;
+    let len = PROBE_BYTES as u64;
+    // B is whole pages, so it was mapped in place: A starts a page and its
+    // IOVA range was exactly [A, A + 8 KiB). Nothing may be mapped there
+    // again while the stale address is in use.
+    let hole = IovaRange::new(Iova(a), len).map_err(CoreError::from)?;
+    iovas.reserve(hole).map_err(CoreError::from)?;
+    println!(
+        "{NAME}: blk: IOVA range {a:#x}..{:#x} reserved (never mapped again)",
+        a + len
+    );
+    // SAFETY: `a` was B's IOVA, unmapped and flushed by the unshare, and
+    // reserved just now: nothing is mapped at [a, a + 8 KiB), so the device
+    // can reach nothing through it (if VT-d let the DMA through anyway, it
+    // would reach only B, through a stale translation).
+    let seen = unsafe { probe::stale_read(dev, scratch, ctx, a) }?;
+    let mut hit: Option<FaultRecord> = None;
+    let mut others = 0u64;
+    let (records, _) = drain(unit, |r| {
+        let inside = (a..a + len).contains(&r.address);
+        if hit.is_none() && r.source == disk && inside {
+            hit = Some(*r);
+        } else {
+            others += 1;
+            println!("{NAME}: blk: other fault record: {r}");
+        }
+    });
+    if !seen.blocked() {
+        return Err(Error::Check(
+            "stale probe: the device reached the unshared buffer through its old IOVA",
+            a,
+        ));
+    }
+    let Some(fault) = hit else {
+        return Err(Error::Check(
+            "stale probe: no fault record from the disk inside [A, A + 8 KiB)",
+            records as u64,
+        ));
+    };
+    if fault.access != iommu_intel_vtd::fault::AccessKind::Write {
+        return Err(Error::Check(
+            "stale probe: the fault is not the device's write into B",
+            fault.address,
+        ));
+    }
+    println!(
+        "{NAME}: blk: stale probe blocked by VT-d: B's canary intact, request not completed; fault record: {fault} (inside {a:#x}..{:#x}, source-id {:#06x}){}",
+        a + len,
+        disk.source_id(),
+        if others > 0 {
+            ", other records printed above"
+        } else {
+            ""
+        }
+    );
+    demo!("fault", "{fault}: the unshared buffer's old IOVA");
+    Ok(())
+}
