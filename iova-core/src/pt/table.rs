@@ -20,8 +20,17 @@
 //! only in [`PageTable::release_tables`], which the backend calls after the
 //! invalidation that made it unreachable has completed.
 
+#[cfg(not(loom))]
 use core::hint::spin_loop;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+#[cfg(loom)]
+use loom::hint::spin_loop;
+// `cfg(loom)`: the table's entries and walker count are loom's atomics, so
+// that `tests/loom_table.rs` explores every interleaving of concurrent
+// installs; the frames then hold loom atomics (see that test's allocator).
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 use crate::addr::{Iova, PhysAddr};
 use crate::cache::{CacheMaintenance, Coherent};
@@ -214,7 +223,7 @@ pub struct PageTable<F: PtFormat, A: FrameAllocator, C: CacheMaintenance = Coher
     id: u64,
 }
 
-static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_TABLE_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 impl<F: PtFormat, A: FrameAllocator> PageTable<F, A> {
     /// An empty table for a coherent walker.
@@ -289,7 +298,11 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         // `idx` is below the table's entry count (masked by `Geometry::index`);
         // the frame allocator's contract makes the memory valid for atomic access
         // and 8-byte aligned (frames are aligned to their size).
-        unsafe { AtomicU64::from_ptr(base.add(idx)) }
+        #[cfg(not(loom))]
+        return unsafe { AtomicU64::from_ptr(base.add(idx)) };
+        // SAFETY: as above; under loom the frames are arrays of loom atomics.
+        #[cfg(loom)]
+        return unsafe { &*base.add(idx).cast::<AtomicU64>() };
     }
 
     #[inline]
@@ -745,6 +758,10 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
             return None;
         }
         self.walkers.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `release_tables`: either that one sees this
+        // walker, or this walk sees the detach (the store-buffering pattern:
+        // without both fences, each side may read the other's old value).
+        fence(Ordering::SeqCst);
         let mut table = self.root;
         let mut found = None;
         for d in 0..self.geo.levels {
@@ -780,6 +797,9 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         let mut next = gather.take_freed(self.id);
         // A software walker that started before the tables were detached may
         // still be reading them; it finishes in a bounded number of steps.
+        // The fence orders the detaching stores before the count is read
+        // (see `translate`).
+        fence(Ordering::SeqCst);
         while self.walkers.load(Ordering::SeqCst) != 0 {
             spin_loop();
         }
