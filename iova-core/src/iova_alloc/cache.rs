@@ -9,12 +9,15 @@
 use core::fmt;
 use core::mem;
 
-/// Entries per magazine.
-pub(super) const MAG_SIZE: usize = 32;
+use super::sync::Mutex;
+
+/// Entries per magazine. Under loom, two: the same protocol, with magazines
+/// that fill and spill within the few operations a model can afford.
+pub(super) const MAG_SIZE: usize = if cfg!(loom) { 2 } else { 32 };
 /// Size classes cached: `1, 2, 4, .., 2^(CACHE_CLASSES - 1)` granules.
 pub(super) const CACHE_CLASSES: usize = 6;
-/// Full magazines the depot keeps per class.
-pub(super) const DEPOT_MAGS: usize = 4;
+/// Full magazines the depot keeps per class (one under loom, as above).
+pub(super) const DEPOT_MAGS: usize = if cfg!(loom) { 1 } else { 4 };
 
 /// A bounded stack of cached slot indices.
 #[derive(Clone, Copy, Debug)]
@@ -84,20 +87,29 @@ impl CpuClass {
 /// 1, 2, 4, 8, 16 and 32 granules behind its own spin lock, which is
 /// uncontended as long as each CPU index is used by one CPU at a time.
 pub struct CpuCache {
-    classes: spin::Mutex<[CpuClass; CACHE_CLASSES]>,
+    classes: Mutex<[CpuClass; CACHE_CLASSES]>,
 }
 
 impl CpuCache {
     /// An empty cache.
+    #[cfg(not(loom))]
     pub const fn new() -> Self {
         Self {
-            classes: spin::Mutex::new([CpuClass::EMPTY; CACHE_CLASSES]),
+            classes: Mutex::new([CpuClass::EMPTY; CACHE_CLASSES]),
+        }
+    }
+
+    /// An empty cache (not `const` under loom, whose locks are not).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self {
+            classes: Mutex::new([CpuClass::EMPTY; CACHE_CLASSES]),
         }
     }
 
     /// Takes a cached entry of `class`, refilling from the depot if both
     /// magazines are empty.
-    pub(super) fn pop(&self, depot: &spin::Mutex<Depot>, class: usize) -> Option<u32> {
+    pub(super) fn pop(&self, depot: &Mutex<Depot>, class: usize) -> Option<u32> {
         let mut guard = self.classes.lock();
         let cc = guard.get_mut(class)?;
         if let Some(i) = cc.loaded.pop() {
@@ -118,7 +130,7 @@ impl CpuCache {
     /// `Err(i)`: the class does not exist, nothing was cached.
     pub(super) fn push(
         &self,
-        depot: &spin::Mutex<Depot>,
+        depot: &Mutex<Depot>,
         class: usize,
         i: u32,
     ) -> Result<Option<Magazine>, u32> {

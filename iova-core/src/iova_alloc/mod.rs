@@ -121,6 +121,7 @@
 //! interrupt handler spins forever on the lock its own CPU holds.
 
 mod cache;
+mod sync;
 mod tlsf;
 
 #[cfg(test)]
@@ -134,6 +135,7 @@ use crate::addr::{Iova, IovaRange, Overflow, align_up};
 
 pub use cache::CpuCache;
 use cache::{CACHE_CLASSES, DEPOT_MAGS, Depot, MAG_SIZE};
+use sync::Mutex;
 pub use tlsf::ExtentSlot;
 use tlsf::{
     ALLOCATED, BackingError, CACHED, NIL, ReserveError, Tlsf, next_gen, tag, tag_gen, tag_state,
@@ -408,8 +410,8 @@ pub struct IovaAllocator<'a> {
     owner: u32,
     slots: Storage<'a, ExtentSlot>,
     cpus: Storage<'a, CpuCache>,
-    backing: spin::Mutex<Tlsf>,
-    depot: spin::Mutex<Depot>,
+    backing: Mutex<Tlsf>,
+    depot: Mutex<Depot>,
     stats: Counters,
 }
 
@@ -477,8 +479,8 @@ impl<'a> IovaAllocator<'a> {
             },
             slots,
             cpus,
-            backing: spin::Mutex::new(backing),
-            depot: spin::Mutex::new(Depot::new()),
+            backing: Mutex::new(backing),
+            depot: Mutex::new(Depot::new()),
             stats: Counters::default(),
         })
     }
