@@ -466,6 +466,12 @@ fn stale_probe(
     // TLBI + CMD_SYNC) and the range is now reserved, so nothing is mapped
     // there and the device can reach nothing through it.
     let seen = unsafe { probe::stale_read(dev, scratch, ctx, a) }?;
+    if !seen.blocked() {
+        return Err(Error::Check(
+            "stale probe: the read through B's old IOVA completed or changed B",
+            a,
+        ));
+    }
     let (ev, r) = drain(smmu);
     let inside = |e: &Event| e.addr.is_some_and(|x| (a..a + len).contains(&x));
     let first = ev
@@ -490,18 +496,15 @@ fn stale_probe(
             u64::from(r.events),
         ));
     }
-    if !seen.blocked() {
-        return Err(Error::Check(
-            "stale probe: the device reached the unshared buffer through its old IOVA",
-            a,
-        ));
-    }
     println!(
         "{NAME}: stale probe: SMMU fault record: {} (StreamID {sid:#x}), {} event(s), all translation faults inside [{a:#x}, {:#x})",
         crate::show(first),
         r.events,
         a + len
     );
+    for (i, e) in ev.iter().enumerate() {
+        println!("{NAME}: stale probe: event {i}: {}", crate::show(e));
+    }
     println!(
         "{NAME}: stale probe: blocked: {:?}, canary intact; the unshared buffer is unreachable at its old IOVA",
         seen.outcome
