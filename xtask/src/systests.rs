@@ -683,6 +683,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         require: &[
             "demo: el: EL1",
             "every stream aborts until attached",
+            "before attach: STE invalid (V = 0): its DMA aborts (default deny)",
             "smmuv3-edu: virtio-blk initialised",
             "initial pattern checked",
             "wrote sectors 64..128 (32768 bytes) in 13 requests",

@@ -296,6 +296,16 @@ pub fn run(
     // 2. The blk function (Bus-Master on from here), its domain.
     let function = blk_io::pci::open_blk_function(boot, NAME)?;
     let sid = dt::stream_id(fdt, node, function.bdf.rid())?;
+    let unattached = smmu.ste(sid)?;
+    if unattached.is_valid() {
+        return Err(Error::Check(
+            "default deny: the blk StreamID has a valid STE before attach",
+            u64::from(sid),
+        ));
+    }
+    println!(
+        "{NAME}: blk StreamID {sid:#x} before attach: STE invalid (V = 0): its DMA aborts (default deny)"
+    );
     let domain: &'static Domain = leak(&mut frames, smmu.s1_domain(dma, 48)?)?;
     smmu.attach_s1(sid, domain)?;
     println!(
