@@ -410,11 +410,12 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     );
     demo!(
         "flushes",
-        "{} ({} allocs + {} shares mapped, {} bounced), one notification per share and per unshare",
+        "check: {} for {} shares ({} bounced), one notification per share and per unshare; virtqueue: {} allocs, {} MAP",
         request_summary(&c),
-        sc_check.allocs,
         sc_check.shares,
-        sc_check.bounced
+        sc_check.bounced,
+        sc.allocs,
+        init.map
     );
 
     match scenario {
@@ -518,9 +519,11 @@ fn stale_probe(
         c.faults_dropped
     );
     demo!(
-        "stale",
-        "the IOMMU reported a MAPPING fault for the disk (endpoint {:#x}) at {at:#x}, inside the unshared buffer's old IOVA range",
-        f.endpoint
+        "fault",
+        "{:?} fault for the disk (endpoint {:#x}) at {at:#x}, inside the unshared buffer's old IOVA range [{a:#x}, {:#x})",
+        f.reason,
+        f.endpoint,
+        a + len
     );
     Ok(())
 }

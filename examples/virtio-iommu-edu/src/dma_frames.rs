@@ -119,15 +119,16 @@ unsafe impl FrameAllocator for DmaFrames {
         };
         let at = pa.0 as usize;
         let mut i = self.inner.lock();
-        if at < i.base || at >= i.next {
-            // Not ours: keep it out of the lists (a caller bug; leak it).
+        if at < i.base || at >= i.next || !at.is_multiple_of(FRAME_SIZE << order) {
+            // Not a block of ours: keep it out of the lists (a caller bug;
+            // leak it).
             return;
         }
         // SAFETY: the caller gives the block back (from `alloc_zeroed` with
         // this size) and no longer touches it; its first word is the link.
         unsafe { core::ptr::write(at as *mut usize, i.free[order]) };
         i.free[order] = at;
-        i.in_use -= FRAME_SIZE << order;
+        i.in_use = i.in_use.saturating_sub(FRAME_SIZE << order);
     }
 
     fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
