@@ -146,7 +146,7 @@ pub fn cmd_fuzz(rest: &[String]) -> ExitCode {
         println!("  $ {}", util::command_line("cargo", &args));
         let log = logs.join(util::log_file_name(&format!("fuzz-{target}")));
         let start = Instant::now();
-        let ok = util::run_logged("cargo", &args, &util::repo_root(), &log);
+        let ok = util::run_logged_no_env("cargo", &args, &util::repo_root(), &log);
         let took = start.elapsed().as_secs_f64();
         match ok {
             Ok(true) => {

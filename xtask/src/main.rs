@@ -49,6 +49,12 @@ USAGE:
     clippy-examples-<arch>        clippy -D warnings on examples/ for each target
     qemu:<system test>            boot an example under QEMU; pass = expected exit status and
                                   required serial lines (the command line is printed)
+    miri-iova-core, miri-iova-virtio-hal
+                                  cargo +nightly miri test -p <crate> --all-features, strict
+                                  provenance, isolation off (the nightly miri component is
+                                  installed with rustup if missing; the step fails if it cannot be)
+    loom-iova-core                RUSTFLAGS=\"--cfg loom\" cargo test -p iova-core --release
+                                  --test loom_table --test loom_alloc (into target/loom)
 One PASS/FAIL line per step, then `N passed, N failed`; the exit status is non-zero on
 any failure. Logs: target/xtask/logs/<step>.log (the tail is shown on failure).
 
@@ -104,7 +110,12 @@ fn parse_filter(rest: &[String]) -> Result<Option<String>, String> {
 }
 
 enum Kind {
-    Cargo { dir: PathBuf, args: Vec<String> },
+    Cargo {
+        dir: PathBuf,
+        args: Vec<String>,
+        /// Environment variables set for the command.
+        env: Vec<(&'static str, &'static str)>,
+    },
     Qemu(&'static SystemTest),
 }
 
@@ -124,6 +135,7 @@ fn all_steps() -> Vec<Step> {
         kind: Kind::Cargo {
             dir: root.clone(),
             args: strings(args),
+            env: Vec::new(),
         },
     };
     let mut steps = vec![
@@ -173,6 +185,7 @@ fn all_steps() -> Vec<Step> {
                 kind: Kind::Cargo {
                     dir: root.clone(),
                     args: qemu::build_args(example.package, arch),
+                    env: Vec::new(),
                 },
             });
         }
@@ -199,7 +212,64 @@ fn all_steps() -> Vec<Step> {
             kind: Kind::Qemu(test),
         });
     }
+    // The slow checks last: everything above gives its verdict first.
+    steps.extend(checker_steps(&root));
     steps
+}
+
+/// Tests that need flags that would invalidate the normal build: Miri (its
+/// own target directory) and loom (`--cfg loom`, built into `target/loom`).
+fn checker_steps(root: &std::path::Path) -> Vec<Step> {
+    // Isolation off: proptest and the corpus replays read files.
+    const MIRIFLAGS: (&str, &str) = (
+        "MIRIFLAGS",
+        "-Zmiri-strict-provenance -Zmiri-disable-isolation",
+    );
+    let miri = |package: &str, extra: &[&str]| {
+        let mut args = strings(&[
+            prereq::MIRI_TOOLCHAIN_ARG,
+            "miri",
+            "test",
+            "-p",
+            package,
+            "--all-features",
+        ]);
+        args.extend(strings(extra));
+        Step {
+            name: format!("miri-{package}"),
+            kind: Kind::Cargo {
+                dir: root.to_path_buf(),
+                args,
+                env: vec![MIRIFLAGS],
+            },
+        }
+    };
+    vec![
+        // The one test left out: eight threads of shared-mapper stress take
+        // more than 15 minutes under Miri; loom covers the protocol instead.
+        miri("iova-core", &["--", "--skip", "shared_mapper_threads"]),
+        miri("iova-virtio-hal", &[]),
+        Step {
+            name: "loom-iova-core".to_string(),
+            kind: Kind::Cargo {
+                dir: root.to_path_buf(),
+                args: strings(&[
+                    "test",
+                    "-p",
+                    "iova-core",
+                    "--release",
+                    "--test",
+                    "loom_table",
+                    "--test",
+                    "loom_alloc",
+                ]),
+                env: vec![
+                    ("RUSTFLAGS", "--cfg loom"),
+                    ("CARGO_TARGET_DIR", "target/loom"),
+                ],
+            },
+        },
+    ]
 }
 
 fn needs_of(steps: &[Step]) -> Needs {
@@ -207,6 +277,7 @@ fn needs_of(steps: &[Step]) -> Needs {
     for step in steps {
         match &step.kind {
             Kind::Cargo { args, .. } => {
+                needs.miri |= args.iter().any(|a| a == "miri");
                 let first = args.first().map(String::as_str);
                 needs.clippy |= first == Some("clippy");
                 needs.rustfmt |= first == Some("fmt");
@@ -338,11 +409,12 @@ fn cmd_test(rest: &[String]) -> ExitCode {
         };
         let log = logs.join(util::log_file_name(log_name));
         match &step.kind {
-            Kind::Cargo { dir, args } => {
-                println!("  $ {}", util::command_line("cargo", args));
+            Kind::Cargo { dir, args, env } => {
+                let env_prefix: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+                println!("  $ {env_prefix}{}", util::command_line("cargo", args));
                 flush();
                 let start = Instant::now();
-                let result = match util::run_logged("cargo", args, dir, &log) {
+                let result = match util::run_logged("cargo", args, env, dir, &log) {
                     Ok(true) => Ok(String::new()),
                     Ok(false) => Err(format!("see {}", util::display_path(&log))),
                     Err(e) => Err(format!("{e}")),
@@ -377,7 +449,7 @@ fn run_system_test(
 ) -> Result<String, (String, Option<PathBuf>)> {
     let (program, args) = qemu::command(test).map_err(|e| (e, None))?;
     let build_log = log.with_extension("build.log");
-    match util::run_logged(
+    match util::run_logged_no_env(
         "cargo",
         &qemu::build_args(test.example, test.arch),
         &util::repo_root(),
@@ -484,7 +556,7 @@ fn cmd_demo(rest: &[String]) -> ExitCode {
             }
         };
         let build_log = log.with_extension("build.log");
-        let built = util::run_logged(
+        let built = util::run_logged_no_env(
             "cargo",
             &qemu::build_args(test.example, test.arch),
             &util::repo_root(),

@@ -3,6 +3,9 @@
 //! * the `aarch64-unknown-none` / `x86_64-unknown-none` Rust targets
 //!   (`rustup target add` if missing);
 //! * the clippy and rustfmt components (`rustup component add` if missing);
+//! * Miri on the nightly toolchain, when the Miri step is selected
+//!   (`rustup component add` or `rustup toolchain install` if missing; the
+//!   step fails, loudly, if it cannot be installed);
 //! * QEMU >= 10.0 for each architecture a selected system test uses. If the
 //!   default binary is missing or too old and we are root on Debian
 //!   bookworm, it is installed from bookworm-backports; otherwise we stop
@@ -22,6 +25,9 @@ pub const MIN_QEMU: (u32, u32) = (10, 0);
 const BACKPORTS_LINE: &str = "deb http://deb.debian.org/debian bookworm-backports main";
 const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/backports.list";
 const TARGETS: [&str; 2] = ["aarch64-unknown-none", "x86_64-unknown-none"];
+/// Miri exists only on nightly toolchains: `cargo +nightly miri ...`.
+pub const MIRI_TOOLCHAIN_ARG: &str = "+nightly";
+const MIRI_TOOLCHAIN: &str = "nightly";
 
 /// What the selected steps need.
 #[derive(Debug, Default, Clone, Copy)]
@@ -29,6 +35,7 @@ pub struct Needs {
     pub targets: bool,
     pub clippy: bool,
     pub rustfmt: bool,
+    pub miri: bool,
     pub qemu_aarch64: bool,
     pub qemu_x86_64: bool,
     /// A selected system test makes a disk image (`disk`): needs `qemu-img`.
@@ -142,6 +149,63 @@ fn ensure_components(needs: &Needs, notes: &mut Vec<String>) -> Result<(), Strin
     args.extend(&missing);
     run_visible("rustup", &args, &[])?;
     notes.push(format!("installed Rust components {}", missing.join(", ")));
+    Ok(())
+}
+
+fn have_miri() -> bool {
+    capture("cargo", &[MIRI_TOOLCHAIN_ARG, "miri", "--version"]).is_some()
+}
+
+fn ensure_miri(notes: &mut Vec<String>) -> Result<(), String> {
+    if !have_miri() {
+        if !have_rustup() {
+            return Err(format!(
+                "Miri is missing and rustup is not available: install the {MIRI_TOOLCHAIN} \
+                 toolchain with the miri and rust-src components"
+            ));
+        }
+        let have_toolchain = capture("rustc", &[MIRI_TOOLCHAIN_ARG, "--version"]).is_some();
+        if have_toolchain {
+            println!("xtask: installing Miri on the {MIRI_TOOLCHAIN} toolchain");
+            run_visible(
+                "rustup",
+                &[
+                    "component",
+                    "add",
+                    "--toolchain",
+                    MIRI_TOOLCHAIN,
+                    "miri",
+                    "rust-src",
+                ],
+                &[],
+            )?;
+        } else {
+            println!("xtask: installing the {MIRI_TOOLCHAIN} toolchain with Miri");
+            run_visible(
+                "rustup",
+                &[
+                    "toolchain",
+                    "install",
+                    MIRI_TOOLCHAIN,
+                    "--profile",
+                    "minimal",
+                    "--component",
+                    "miri,rust-src",
+                ],
+                &[],
+            )?;
+        }
+        if !have_miri() {
+            return Err(format!(
+                "Miri is still missing after rustup: `cargo {MIRI_TOOLCHAIN_ARG} miri` does not run"
+            ));
+        }
+        notes.push(format!("installed Miri ({MIRI_TOOLCHAIN})"));
+    }
+    // Builds Miri's standard library once, so that its failures show here.
+    run_visible("cargo", &[MIRI_TOOLCHAIN_ARG, "miri", "setup"], &[])
+        .map_err(|e| format!("Miri cannot build its sysroot: {e}"))?;
+    notes.push("Miri ready".into());
     Ok(())
 }
 
@@ -336,6 +400,9 @@ pub fn ensure(needs: &Needs) -> Result<Vec<String>, String> {
         ensure_targets(&mut notes)?;
     }
     ensure_components(needs, &mut notes)?;
+    if needs.miri {
+        ensure_miri(&mut notes)?;
+    }
     ensure_qemu(needs, &mut notes)?;
     if needs.qemu_img {
         ensure_qemu_img(&mut notes)?;

@@ -130,7 +130,23 @@ pub fn shell_split(s: &str) -> Result<Vec<String>, String> {
 
 /// Runs `program args` in `dir` with stdout and stderr appended to `log`
 /// (after a header line with the command). Returns whether it succeeded.
-pub fn run_logged(program: &str, args: &[String], dir: &Path, log: &Path) -> io::Result<bool> {
+pub fn run_logged_no_env(
+    program: &str,
+    args: &[String],
+    dir: &Path,
+    log: &Path,
+) -> io::Result<bool> {
+    run_logged(program, args, &[], dir, log)
+}
+
+/// [`run_logged_no_env`] with environment variables set for the command.
+pub fn run_logged(
+    program: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+    dir: &Path,
+    log: &Path,
+) -> io::Result<bool> {
     let mut file = File::create(log)?;
     writeln!(
         file,
@@ -141,6 +157,7 @@ pub fn run_logged(program: &str, args: &[String], dir: &Path, log: &Path) -> io:
     file.flush()?;
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::from(file.try_clone()?))
