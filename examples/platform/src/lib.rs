@@ -4,8 +4,8 @@
 //! with `-kernel`, no firmware) and `x86_64-unknown-none` on
 //! `qemu-system-x86_64 -M q35` (SeaBIOS, then PVH entry). Not a library for
 //! production use: it is the scaffolding every example shares: boot stubs,
-//! serial console, exit with a status, bounded waits, a frame allocator, a
-//! DTB reader, PCI enumeration and BAR assignment, and an `edu` driver.
+//! serial console, exit with a status, bounded waits, a frame allocator (and
+//! a pool over it that reuses freed frames), a DTB reader, PCI enumeration and BAR assignment, and an `edu` driver.
 //!
 //! An example is a `#![no_std] #![no_main]` binary that depends on this crate,
 //! copies `edu-dma/build.rs` (which applies our linker script), and names its
@@ -40,7 +40,9 @@ pub mod demo;
 pub mod dtb;
 pub mod edu;
 pub mod exit;
+pub mod frame_pool;
 pub mod frames;
+pub mod leak;
 pub mod mmio;
 pub mod pci;
 pub mod setup;

@@ -21,13 +21,12 @@
 //! Everything the `Hal` reaches is `'static` (it has no `self`): the
 //! driver, the domain, the IOVA allocator and the [`DmaShares`] table are
 //! placed in frames of the platform pool that are never handed out again
-//! ([`leak`]); no heap. DMA memory, bounce pages and page tables come from
-//! a [`BitmapFrames`] block, which reuses what is freed.
+//! ([`platform::leak`]); no heap. DMA memory, bounce pages and page tables
+//! come from a [`FramePool`] block, which reuses what is freed.
 
 use core::cell::RefCell;
 use core::fmt;
-use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::ptr::NonNull;
 
 use blk_io::probe::{self, PROBE_BYTES};
 use blk_io::{AccessPlatform, BlkDevice, BlkError, Context, Counters, SCRATCH_BYTES, TrapHal};
@@ -38,11 +37,13 @@ use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig, extent_sl
 use iova_core::{DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange};
 use iova_virtio_hal::{DmaShares, HalContext, IdentityMapped, IommuHal, ShareCounters, ShareError};
 use platform::dtb::Fdt;
+use platform::frame_pool::FramePool;
 use platform::frames::{FRAME_SIZE, FrameAllocator as PlatformFrames, FramesError};
+use platform::leak::{leak, leak_slice};
 use platform::{BootInfo, demo, println};
+use spin::Once;
 use virtio_drivers::transport::pci::PciTransport;
 
-use crate::bitmap_frames::BitmapFrames;
 use crate::dt::{self, DtError, SmmuNode};
 use crate::{APERTURE, NAME, PAGE};
 
@@ -137,7 +138,7 @@ macro_rules! from {
 }
 from!(BlkError => Blk, SmmuError => Smmu, CoreError => Core, ShareError => Share, FramesError => Frames, DtError => Dt);
 
-type Frames = &'static BitmapFrames;
+type Frames = &'static FramePool;
 /// The SMMU driver of these scenarios.
 type Driver = Smmu<MmioRegion, Frames>;
 /// The blk function's stage-1 domain (4 KiB granule, 48-bit IOVAs).
@@ -146,7 +147,7 @@ type Shares = DmaShares<'static, Domain, SLOTS>;
 
 /// The table the `Hal` uses; set once in [`run`] before the device is
 /// initialised.
-static SHARES: AtomicPtr<Shares> = AtomicPtr::new(ptr::null_mut());
+static SHARES: Once<&'static Shares> = Once::new();
 
 /// Where [`IommuHal`] finds the table.
 struct Ctx;
@@ -155,10 +156,7 @@ impl HalContext<SLOTS> for Ctx {
     type Domain = Domain;
 
     fn shares() -> &'static Shares {
-        // SAFETY: `SHARES` is null or points at the table `run` leaked
-        // (valid for the rest of the program, never mutated through the
-        // pointer).
-        match unsafe { SHARES.load(Ordering::Acquire).as_ref() } {
+        match SHARES.get() {
             Some(s) => s,
             // `run` sets it before the first transport is built: a bug here.
             None => panic!("smmuv3-edu: IommuHal used before the share table was set up"),
@@ -173,40 +171,6 @@ impl HalContext<SLOTS> for Ctx {
 
 type Hal = IommuHal<Ctx, SLOTS>;
 type Dev<'t> = BlkDevice<'t, TrapHal<Hal>, AccessPlatform<PciTransport>>;
-
-/// Moves `value` into frames of the platform pool, which never hands them
-/// out again: a `'static` without a heap or a `static mut`.
-fn leak<T>(frames: &mut PlatformFrames, value: T) -> Result<&'static mut T, FramesError> {
-    let count = core::mem::size_of::<T>().div_ceil(FRAME_SIZE).max(1);
-    let block = frames.alloc_aligned(count, core::mem::align_of::<T>().max(FRAME_SIZE))?;
-    let p = block.phys() as usize as *mut T;
-    // SAFETY: `block` is `count` fresh frames (enough for a `T`), aligned
-    // for `T`, owned by us and never handed out again by the bump
-    // allocator; dropping the `Frames` handle does not free them. So the
-    // `T` written there is valid, and uniquely borrowed, forever.
-    unsafe {
-        p.write(value);
-        Ok(&mut *p)
-    }
-}
-
-/// [`leak`] for `n` values made by `init`.
-fn leak_slice<T>(
-    frames: &mut PlatformFrames,
-    n: usize,
-    init: impl Fn() -> T,
-) -> Result<&'static mut [T], FramesError> {
-    let bytes = core::mem::size_of::<T>().saturating_mul(n);
-    let count = bytes.div_ceil(FRAME_SIZE).max(1);
-    let block = frames.alloc_aligned(count, core::mem::align_of::<T>().max(FRAME_SIZE))?;
-    let p = block.phys() as usize as *mut T;
-    for i in 0..n {
-        // SAFETY: element `i` of the fresh, aligned block sized for `n`.
-        unsafe { p.add(i).write(init()) };
-    }
-    // SAFETY: as in `leak`; all `n` elements were written above.
-    Ok(unsafe { core::slice::from_raw_parts_mut(p, n) })
-}
 
 /// Mappings (allocations + shares) and flushes (CMD_SYNCs; each strict
 /// unmap is one TLBI batch ended by one CMD_SYNC) so far.
@@ -264,7 +228,7 @@ pub fn run(
     let mut frames = PlatformFrames::take().ok_or(Error::NoFrameAllocator)?;
     let mut scratch = frames.alloc(SCRATCH_BYTES / FRAME_SIZE)?;
     let block = frames.alloc_aligned(DMA_FRAMES, 0x1_0000)?;
-    let dma: &'static BitmapFrames = leak(&mut frames, BitmapFrames::new(block))?;
+    let dma: &'static FramePool = leak(&mut frames, FramePool::new(block))?;
 
     // 1. The SMMU, before the device may master the bus.
     // SAFETY: the device tree's SMMUv3 register frame, identity mapped (MMU
@@ -329,7 +293,7 @@ pub fn run(
     static IDENTITY: IdentityMapped = IdentityMapped;
     let mapper = DmaMapper::new(domain, iovas, &CPU)?;
     let shares: &'static Shares = leak(&mut frames, DmaShares::new(mapper, dma, &IDENTITY)?)?;
-    SHARES.store(ptr::from_ref(shares).cast_mut(), Ordering::Release);
+    SHARES.call_once(|| shares);
     println!(
         "{NAME}: IOVAs from {APERTURE:#x} (+4 GiB); share table of {SLOTS} slots, granule {} B, poison IOVA {:#x}",
         shares.granule(),

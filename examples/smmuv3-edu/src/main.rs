@@ -42,7 +42,6 @@
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod bitmap_frames;
 mod blk;
 mod dt;
 mod pool;

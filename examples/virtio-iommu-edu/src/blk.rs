@@ -8,7 +8,7 @@
 //! reach memory before it is attached), PROBE of the disk's endpoint (its
 //! reserved regions become IOVA holes), domain 1 with the disk attached.
 //! Then a `'static` [`DmaShares`] over a `DmaMapper` of that domain
-//! ([`DmaFrames`] for virtqueue memory and bounce pages, identity-mapped
+//! ([`FramePool`] for virtqueue memory and bounce pages, identity-mapped
 //! CPU memory), the `Hal` `TrapHal<IommuHal<BlkHal>>`, and virtio-drivers'
 //! own `PciTransport` wrapped in `AccessPlatform`.
 //!
@@ -46,14 +46,15 @@ use iommu_virtio::{
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::{DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange};
 use iova_virtio_hal::{DmaShares, HalContext, IdentityMapped, IommuHal, ShareCounters, ShareError};
+use platform::frame_pool::FramePool;
 use platform::frames::{FRAME_SIZE, FrameAllocator, FramesError};
+use platform::leak::leak;
 use platform::virtio_pci::{VirtioSetupError, open_virtio_functions};
 use platform::{BootInfo, demo, println};
 
-use crate::dma_frames::DmaFrames;
 use crate::{Config, Domain, HAL_END, HAL_FRAMES, HAL_NEXT, IOVA_BASE, Iommu, NAME, PAGE, now_us};
 
-/// Frames of [`DmaFrames`]: the virtqueue (2 blocks) and the bounce pages
+/// Frames of the [`FramePool`]: the virtqueue (2 blocks) and the bounce pages
 /// of the requests in flight (one at a time, at most 4 each), with room.
 const DMA_FRAMES: usize = 64;
 /// Extent slots of the IOVA allocator.
@@ -141,12 +142,9 @@ fn check(ok: bool, what: &'static str, value: u64) -> Result<(), Error> {
 type Shares = DmaShares<'static, Domain<'static>>;
 
 // `Hal` has no `self`: the driver, the domain, the allocator and the table
-// live in statics, set once by `run`.
-static IOMMU: spin::Once<Iommu> = spin::Once::new();
-static DOMAIN: spin::Once<Domain<'static>> = spin::Once::new();
-static IOVAS: spin::Once<IovaAllocator<'static>> = spin::Once::new();
-static FRAMES: spin::Once<DmaFrames> = spin::Once::new();
-static SHARES: spin::Once<Shares> = spin::Once::new();
+// are leaked into frames of the platform pool by `run`, which sets this
+// once for the `Hal` to find the table.
+static SHARES: spin::Once<&'static Shares> = spin::Once::new();
 /// One CPU.
 static CPU: fn() -> usize = || 0;
 
@@ -175,20 +173,6 @@ impl HalContext for BlkHal {
 
 type H = IommuHal<BlkHal>;
 type Dev<'t> = BlkDevice<'t, TrapHal<H>, AccessPlatform<PciTransport>>;
-
-/// Moves `value` into fresh frames of the pool, for the program's life.
-fn leak<T>(frames: &mut FrameAllocator, value: T) -> Result<&'static mut T, Error> {
-    const { assert!(core::mem::align_of::<T>() <= FRAME_SIZE) };
-    let block = frames.alloc(core::mem::size_of::<T>().div_ceil(FRAME_SIZE).max(1))?;
-    let p = block.phys() as usize as *mut T;
-    // SAFETY: a fresh block of the pool (never handed out again: the pool
-    // does not free), large enough and frame aligned, identity mapped;
-    // `block` is forgotten, so this reference is the only way to it.
-    unsafe {
-        p.write(value);
-        Ok(&mut *p)
-    }
-}
 
 /// Every fault the driver has (after polling the event queue).
 fn drain(iommu: &Iommu, mut each: impl FnMut(FaultRecord)) -> usize {
@@ -305,7 +289,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         },
         bypass_unattached: false,
     };
-    let iommu: &'static Iommu = IOMMU.try_call_once(|| Iommu::new(transport, config))?;
+    let iommu: &'static Iommu = leak(&mut frames, Iommu::new(transport, config)?)?;
     let g = *iommu.geometry();
     check(
         !g.unattached_bypass,
@@ -317,7 +301,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         g.granule, g.input_start, g.input_end
     );
     let info = iommu.probe(endpoint)?;
-    let domain: &'static Domain<'static> = DOMAIN.try_call_once(|| VirtioDomain::new(iommu, 1))?;
+    let domain: &'static Domain<'static> = leak(&mut frames, VirtioDomain::new(iommu, 1)?)?;
     domain.attach(endpoint)?;
     println!("{NAME}: virtio-blk (endpoint {endpoint:#x}) attached to domain 1");
 
@@ -330,14 +314,13 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         ))?;
     let slots = leak(&mut frames, [const { ExtentSlot::new() }; IOVA_SLOTS])?;
     let cpus = leak(&mut frames, [const { CpuCache::new() }; 1])?;
-    let iovas: &'static IovaAllocator<'static> = IOVAS.try_call_once(|| {
-        IovaAllocator::new(
-            IovaAllocatorConfig::new(window, g.granule.max(PAGE)),
-            slots,
-            cpus,
-        )
-        .map_err(CoreError::from)
-    })?;
+    let iovas = IovaAllocator::new(
+        IovaAllocatorConfig::new(window, g.granule.max(PAGE)),
+        slots,
+        cpus,
+    )
+    .map_err(CoreError::from)?;
+    let iovas: &'static IovaAllocator<'static> = leak(&mut frames, iovas)?;
     let holes = info.reserve_in(iovas).map_err(CoreError::from)?;
     for r in &info.reserved {
         println!(
@@ -347,9 +330,12 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     }
     let mapper = DmaMapper::new(domain, iovas, &CPU)?;
     let dma = frames.alloc(DMA_FRAMES)?;
-    let dma_frames: &'static DmaFrames = FRAMES.call_once(|| DmaFrames::new(dma));
-    let shares: &'static Shares =
-        SHARES.try_call_once(|| DmaShares::new(mapper, dma_frames, &IdentityMapped))?;
+    let dma_frames: &'static FramePool = leak(&mut frames, FramePool::new(dma))?;
+    let shares: &'static Shares = leak(
+        &mut frames,
+        DmaShares::new(mapper, dma_frames, &IdentityMapped)?,
+    )?;
+    SHARES.call_once(|| shares);
     println!(
         "{NAME}: DmaShares over domain 1: IOVAs {:#x}..{:#x} ({holes} PROBE holes), poison IOVA {:#x}, bounce granule {:#x}",
         IOVA_BASE,
@@ -441,13 +427,19 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     drop(dev);
     let stats = dma_frames.stats();
     println!(
-        "{NAME}: after the scenario: {} live DMA shares, DmaFrames {} KiB in use (high water {} KiB of {} KiB); totals {}",
+        "{NAME}: after the scenario: {} live DMA shares, frame pool {} KiB in use (high water {} KiB of {} KiB, {} bad frees); totals {}",
         shares.live(),
-        stats.in_use >> 10,
-        stats.high_water >> 10,
-        (DMA_FRAMES * FRAME_SIZE) >> 10,
+        (stats.in_use * FRAME_SIZE) >> 10,
+        (stats.peak * FRAME_SIZE) >> 10,
+        (stats.frames * FRAME_SIZE) >> 10,
+        stats.bad_frees,
         request_summary(&iommu.counters())
     );
+    check(
+        stats.bad_frees == 0,
+        "frames freed that were not allocated",
+        stats.bad_frees,
+    )?;
     println!("{NAME}: scenario `{}` passed", scenario.name());
     demo!("result", "OK");
     Ok(())

@@ -53,7 +53,6 @@ use platform::virtio_pci::{VirtioFunction, VirtioSetupError, open_virtio_and_edu
 use platform::{BootInfo, demo, println};
 
 mod blk;
-mod dma_frames;
 
 platform::entry!(main);
 

@@ -44,15 +44,15 @@ use iova_core::{
     PageTable, PageTableDomain,
 };
 use iova_virtio_hal::{DmaShares, HalContext, IommuHal, ShareError};
+use platform::frame_pool::FramePool;
 use platform::frames::{FRAME_SIZE, FrameAllocator, FramesError};
+use platform::leak::leak;
 use platform::pci::{self, PciError};
 use platform::{BootInfo, demo, println};
 use spin::Once;
 use virtio_drivers::PhysAddr;
 use virtio_drivers::transport::pci::PciTransport;
 
-use crate::frame_pool::FramePool;
-use crate::static_cell::StaticCell;
 use crate::{CLFLUSH, Clflush, NAME, bridge_buses, rsdp, vtd_bdf};
 
 /// Frames for the unit's structures, the domain's page tables, the
@@ -126,8 +126,6 @@ pub enum Error {
     NoDisk,
     /// No DMAR unit covers the disk.
     NoUnit(Bdf),
-    /// A static was filled before (`run` runs once).
-    AlreadySetUp,
     /// A requirement of the scenario failed.
     Check(&'static str, u64),
 }
@@ -147,7 +145,6 @@ impl fmt::Display for Error {
                 "no virtio-blk-pci (1af4:1042) function: run QEMU with -device virtio-blk-pci,...,disable-legacy=on",
             ),
             Self::NoUnit(b) => write!(f, "no DMAR unit covers {b}"),
-            Self::AlreadySetUp => f.write_str("the DMA statics were set up before"),
             Self::Check(what, at) => write!(f, "{what} ({at:#x})"),
         }
     }
@@ -173,16 +170,12 @@ type Domain = PageTableDomain<
     Clflush,
 >;
 
-// Everything the `'static` table borrows. Set once by `run`.
-static POOL: Once<FramePool> = Once::new();
-static UNIT: Once<Unit> = Once::new();
-static DOMAIN: Once<Domain> = Once::new();
-static SLOTS: StaticCell<[ExtentSlot; IOVA_SLOTS]> = StaticCell::new();
-static CPUS: StaticCell<[CpuCache; 1]> = StaticCell::new();
-static IOVAS: Once<IovaAllocator<'static>> = Once::new();
+// What the `'static` table borrows that is not built at run time; the rest
+// is leaked into frames of the platform pool by `run`.
 static CPU: fn() -> usize = || 0;
 static CPU_MEMORY: iova_virtio_hal::IdentityMapped = iova_virtio_hal::IdentityMapped;
-static SHARES: Once<DmaShares<'static, Domain, TABLE_SLOTS>> = Once::new();
+/// The table the `Hal` uses; set once by `run`.
+static SHARES: Once<&'static DmaShares<'static, Domain, TABLE_SLOTS>> = Once::new();
 
 /// Where the disk's `Hal` finds its table.
 struct Ctx;
@@ -195,6 +188,7 @@ impl HalContext<TABLE_SLOTS> for Ctx {
         // the only callers of the `Hal`.
         SHARES
             .get()
+            .copied()
             .expect("vtd-edu blk: DMA table used before it was set up")
     }
 
@@ -261,7 +255,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
 
     let mut frames = FrameAllocator::take().ok_or(Error::Check("frame pool taken", 0))?;
     let block = frames.alloc(POOL_FRAMES)?;
-    let pool: &'static FramePool = POOL.call_once(|| FramePool::new(block));
+    let pool: &'static FramePool = leak(&mut frames, FramePool::new(block))?;
     let mut scratch = frames.alloc(SCRATCH_BYTES / FRAME_SIZE)?;
     let scratch = scratch.as_mut_slice();
 
@@ -283,7 +277,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         ..UnitConfig::default()
     };
     let unit = VtdUnit::new(regs, pool, config)?;
-    let unit: &'static Unit = UNIT.call_once(|| unit);
+    let unit: &'static Unit = leak(&mut frames, unit)?;
     println!("{NAME}: {}", unit.features());
     unit.enable_translation()?;
     println!(
@@ -302,7 +296,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     let format: SecondLevel = unit.second_level_format(4)?;
     let table = PageTable::with_cache(format, pool, Clflush)?;
     let inval = VtdInvalidator::new(unit, DID)?;
-    let domain: &'static Domain = DOMAIN.call_once(|| PageTableDomain::new(table, inval));
+    let domain: &'static Domain = leak(&mut frames, PageTableDomain::new(table, inval))?;
     let aw = format.context_aw();
     let root = domain.table().root().0;
     unit.set_context(disk, ContextState::Translated { did: DID, root, aw }, false)?;
@@ -324,16 +318,12 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         format.levels()
     );
 
-    let slots = SLOTS
-        .put([const { ExtentSlot::new() }; IOVA_SLOTS])
-        .ok_or(Error::AlreadySetUp)?;
-    let cpus = CPUS
-        .put([const { CpuCache::new() }; 1])
-        .ok_or(Error::AlreadySetUp)?;
+    let slots = leak(&mut frames, [const { ExtentSlot::new() }; IOVA_SLOTS])?;
+    let cpus = leak(&mut frames, [const { CpuCache::new() }; 1])?;
     let aperture = IovaRange::new(Iova(APERTURE), APERTURE_LEN).map_err(CoreError::from)?;
     let iovas = IovaAllocator::new(IovaAllocatorConfig::new(aperture, PAGE), slots, cpus)
         .map_err(CoreError::from)?;
-    let iovas: &'static IovaAllocator<'static> = IOVAS.call_once(|| iovas);
+    let iovas: &'static IovaAllocator<'static> = leak(&mut frames, iovas)?;
 
     // Reserved memory regions naming the disk (QEMU's DMAR has none): kept
     // out of the IOVA space and identity mapped before its DMA starts.
@@ -359,7 +349,8 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
 
     let mapper = DmaMapper::new(domain, iovas, &CPU)?;
     let shares = DmaShares::new(mapper, pool, &CPU_MEMORY)?;
-    let shares: &'static DmaShares<'static, Domain, TABLE_SLOTS> = SHARES.call_once(|| shares);
+    let shares: &'static DmaShares<'static, Domain, TABLE_SLOTS> = leak(&mut frames, shares)?;
+    SHARES.call_once(|| shares);
     println!(
         "{NAME}: DMA table ready: granule {} bytes, poison IOVA {:#x} (reserved, never mapped)",
         shares.granule(),
@@ -449,7 +440,8 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         return Err(Error::Check("DMA table calls failed", t.failures));
     }
     let c = unit.counters().snapshot();
-    let (allocs, frees, bad) = pool.stats();
+    let fs = pool.stats();
+    let (allocs, frees, bad) = (fs.allocs, fs.frees, fs.bad_frees);
     println!(
         "{NAME}: blk: totals: {} allocations, {} shares, {} unshares, {} deallocations, {} live; VT-d: {} IOTLB descriptors, {} waits, {} faults read; frame pool: {allocs} allocations, {frees} frees, {bad} bad frees, {} frames in use, peak {} of {POOL_FRAMES}",
         t.allocs,
@@ -460,8 +452,8 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         c.iotlb(),
         c.waits,
         c.faults,
-        pool.in_use(),
-        pool.peak()
+        fs.in_use,
+        fs.peak
     );
     if bad != 0 {
         return Err(Error::Check("frames freed that were not allocated", bad));

@@ -35,8 +35,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod blk;
-mod frame_pool;
-mod static_cell;
 
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
