@@ -429,7 +429,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         let built = (|| {
             if let Some(head) = layout.head {
                 // SAFETY: the head is part of the buffer, readable (caller).
-                let b = unsafe { self.bounce_in(head)? };
+                let b = unsafe { self.bounce_in(buffer, head)? };
                 let _ = bounces.push(b);
                 let _ = pieces.push((PhysAddr(b.frame.0 + (head.va % g) as u64), head.len as u64));
             }
@@ -438,7 +438,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             }
             if let Some(tail) = layout.tail {
                 // SAFETY: the tail is part of the buffer, readable (caller).
-                let b = unsafe { self.bounce_in(tail)? };
+                let b = unsafe { self.bounce_in(buffer, tail)? };
                 let _ = bounces.push(b);
                 pieces
                     .push((b.frame, tail.len as u64))
@@ -523,7 +523,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                 // SAFETY: the bounce frame is still allocated (teardown frees
                 // nothing of a share) and `b.part` lies in the buffer, which
                 // the caller lets us write.
-                unsafe { self.copy_out(b) };
+                unsafe { self.copy_out(buffer, b) };
                 bump(&self.counters.bounce_bytes, b.part.len as u64);
             }
         }
@@ -634,12 +634,14 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         Ok(())
     }
 
-    /// A bounce page holding `part` of the buffer at `part.va % granule`.
+    /// A bounce page holding `part` of `buffer` at `part.va % granule`.
+    /// (Pointers come from `buffer`, never from the address in `part`, so
+    /// they keep the buffer's provenance.)
     ///
     /// # Safety
     ///
-    /// `part` is readable.
-    unsafe fn bounce_in(&self, part: Span) -> Result<Bounce, ShareError> {
+    /// `buffer` is readable and `part` lies in it.
+    unsafe fn bounce_in(&self, buffer: NonNull<[u8]>, part: Span) -> Result<Bounce, ShareError> {
         let frame = self
             .frames
             .alloc_zeroed(self.granule)
@@ -650,7 +652,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         // granules); the two do not overlap (the frame was free).
         unsafe {
             ptr::copy_nonoverlapping(
-                part.va as *const u8,
+                part_of(buffer, part).cast_const(),
                 dst.add(part.va % self.granule),
                 part.len,
             )
@@ -658,19 +660,19 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         Ok(Bounce { frame, part })
     }
 
-    /// Copies a bounce page's part back into the buffer.
+    /// Copies a bounce page's part back into `buffer`.
     ///
     /// # Safety
     ///
-    /// `b.frame` is allocated and `b.part` is writable.
-    unsafe fn copy_out(&self, b: &Bounce) {
+    /// `b.frame` is allocated, `buffer` is writable and `b.part` lies in it.
+    unsafe fn copy_out(&self, buffer: NonNull<[u8]>, b: &Bounce) {
         let src = self.frames.phys_to_virt(b.frame);
         // SAFETY: as the caller guarantees; the frame and the buffer are
         // distinct memory.
         unsafe {
             ptr::copy_nonoverlapping(
                 src.add(b.part.va % self.granule),
-                b.part.va as *mut u8,
+                part_of(buffer, b.part),
                 b.part.len,
             )
         };
@@ -769,6 +771,12 @@ impl<D: IommuDomain + ?Sized, const N: usize> Drop for DmaShares<'_, D, N> {
             core::mem::forget(kept);
         }
     }
+}
+
+/// The pointer to `part` of `buffer` (which contains it).
+fn part_of(buffer: NonNull<[u8]>, part: Span) -> *mut u8 {
+    let base = buffer.cast::<u8>();
+    base.as_ptr().wrapping_add(part.va - base.as_ptr() as usize)
 }
 
 /// Bytes to allocate for `pages` CPU pages: a power of two (what a

@@ -33,7 +33,7 @@ impl Rig<'_> {
             use iova_core::FrameAllocator;
             self.dma.phys_to_virt(PhysAddr(pa))
         } else {
-            pa as *mut u8
+            host_ptr(pa)
         })
     }
 
@@ -91,6 +91,26 @@ struct HostPages {
     len: usize,
 }
 
+/// Live host regions, so that a physical (= host) address the device
+/// reaches turns back into a pointer with the region's provenance (Miri runs
+/// these tests with strict provenance: no integer-to-pointer casts).
+static HOST: std::sync::Mutex<Vec<(usize, usize, SendPtr)>> = std::sync::Mutex::new(Vec::new());
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
+// SAFETY: only used to rebuild pointers into regions the test owns.
+unsafe impl Send for SendPtr {}
+
+fn host_ptr(pa: u64) -> *mut u8 {
+    let pa = pa as usize;
+    let host = HOST.lock().unwrap();
+    let &(addr, _, SendPtr(p)) = host
+        .iter()
+        .find(|&&(a, len, _)| (a..a + len).contains(&pa))
+        .unwrap_or_else(|| panic!("the device reached {pa:#x}, which is no memory of the test"));
+    p.wrapping_add(pa - addr)
+}
+
 impl HostPages {
     fn new(pages: usize, fill: u8) -> Self {
         let len = pages * PAGE;
@@ -99,6 +119,7 @@ impl HostPages {
         assert!(!ptr.is_null());
         // SAFETY: just allocated, `len` bytes.
         unsafe { ptr.write_bytes(fill, len) };
+        HOST.lock().unwrap().push((ptr as usize, len, SendPtr(ptr)));
         Self { ptr, len }
     }
     fn addr(&self, off: usize) -> u64 {
@@ -126,6 +147,9 @@ impl HostPages {
 
 impl Drop for HostPages {
     fn drop(&mut self) {
+        HOST.lock()
+            .unwrap()
+            .retain(|&(a, _, _)| a != self.ptr as usize);
         // SAFETY: allocated in `new` with this layout.
         unsafe { dealloc(self.ptr, Layout::from_size_align(self.len, PAGE).unwrap()) };
     }
@@ -287,12 +311,14 @@ fn device_to_driver_keeps_the_bytes_the_device_did_not_write() {
 fn dma_memory_is_zeroed_mapped_by_direction_and_freed() {
     with_rig::<8>(&IdentityMapped, |rig, shares| {
         let (dev, cpu) = shares.alloc(2, Both).unwrap();
-        // SAFETY: two pages allocated for us.
-        let mem = unsafe { std::slice::from_raw_parts_mut(cpu.as_ptr(), 2 * PAGE) };
-        assert!(mem.iter().all(|&b| b == 0));
+        // The CPU's view, read afresh after the device wrote (a slice held
+        // across the device's write would alias it).
+        // SAFETY: two pages allocated for us; nothing writes while it lives.
+        let mem = || unsafe { std::slice::from_raw_parts(cpu.as_ptr(), 2 * PAGE) };
+        assert!(mem().iter().all(|&b| b == 0));
         assert_eq!(cpu.as_ptr() as usize % PAGE, 0);
         rig.dev_write(dev.0 + 0x1800, &[1, 2, 3]).unwrap();
-        assert_eq!(&mem[0x1800..0x1803], &[1, 2, 3]);
+        assert_eq!(&mem()[0x1800..0x1803], &[1, 2, 3]);
         // Three pages take a four-page frame; the device reaches it all, no more.
         let (ro, ro_cpu) = shares.alloc(3, DriverToDevice).unwrap();
         assert_eq!(
@@ -529,7 +555,7 @@ fn empty_and_wrapping_requests_are_refused() {
         unsafe {
             assert_eq!(shares.share(host.slice(0, 0), Both), Err(ShareError::Empty));
             let wrap = NonNull::slice_from_raw_parts(
-                NonNull::new((usize::MAX - 0xf) as *mut u8).unwrap(),
+                NonNull::new(std::ptr::without_provenance_mut::<u8>(usize::MAX - 0xf)).unwrap(),
                 0x20,
             );
             assert_eq!(shares.share(wrap, Both), Err(ShareError::Overflow));

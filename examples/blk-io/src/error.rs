@@ -6,8 +6,8 @@ use platform::virtio_pci::VirtioSetupError;
 use virtio_drivers::transport::DeviceStatus;
 use virtio_drivers::transport::pci::VirtioPciError;
 
-use iova_virtio_hal::BypassesIommu;
 use crate::pattern::Mismatch;
+use iova_virtio_hal::BypassesIommu;
 
 /// A block request's direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,10 +56,10 @@ mod shared;
 mod trap;
 
 pub use bench::{BenchResult, bench};
-pub use iova_virtio_hal::{AccessPlatform, BypassesIommu};
 pub use check::{CheckReport, check};
 pub use device::{BlkDevice, DEFAULT_TIMEOUT_MS, IoStats};
 pub use error::{BlkError, Op};
+pub use iova_virtio_hal::{AccessPlatform, BypassesIommu};
 pub use shared::SharedTransport;
 pub use trap::TrapHal;
 
