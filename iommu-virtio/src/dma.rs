@@ -23,7 +23,14 @@ impl<H: Hal> DmaRegion<H> {
     pub(crate) fn new(bytes: usize, dir: BufferDirection) -> Option<Self> {
         let pages = bytes.div_ceil(PAGE_SIZE).max(1);
         let (paddr, vaddr) = H::dma_alloc(pages, dir);
-        (paddr != 0).then_some(Self {
+        // Build the region only on success: an eagerly built one (as with
+        // `then_some`) would be dropped on failure, handing the `Hal` a
+        // dangling pointer to free (found by
+        // `tests/fault_injection.rs::dma_memory_running_out_at_each_bring_up_allocation_is_no_dma_memory_and_leaks_nothing`).
+        if paddr == 0 {
+            return None;
+        }
+        Some(Self {
             paddr,
             vaddr,
             pages,

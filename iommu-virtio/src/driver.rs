@@ -500,6 +500,18 @@ fn read_geometry<T: Transport>(t: &T, f: Features) -> Result<Geometry, VirtioIom
     ))
 }
 
+/// Why `VirtQueue::new` failed. The queue's rings come from the `Hal` too:
+/// their allocation failing is `NoDmaMemory` (the caller may retry with more
+/// memory), not a device whose queue is missing or too small (found by
+/// `tests/fault_injection.rs::dma_memory_running_out_at_each_bring_up_allocation_is_no_dma_memory_and_leaks_nothing`;
+/// it used to be reported as `Queue(..)`).
+fn queue_error(e: virtio_drivers::Error, otherwise: &'static str) -> VirtioIommuError {
+    match e {
+        virtio_drivers::Error::DmaError => VirtioIommuError::NoDmaMemory,
+        _ => VirtioIommuError::Queue(otherwise),
+    }
+}
+
 fn dma<H: Hal>(bytes: usize, dir: BufferDirection) -> Result<DmaRegion<H>, VirtioIommuError> {
     DmaRegion::new(bytes, dir).ok_or(VirtioIommuError::NoDmaMemory)
 }
@@ -583,14 +595,12 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         // The queues come last: once the device knows their addresses, a
         // failure must reset it before their memory is freed.
         let req = VirtQueue::<H, Q>::new(t, REQ_QUEUE, false, false)
-            .map_err(|_| VirtioIommuError::Queue("request queue unavailable or too small"))?;
+            .map_err(|e| queue_error(e, "request queue unavailable or too small"))?;
         let evt = match VirtQueue::<H, EVENT_QUEUE_SIZE>::new(t, EVENT_QUEUE, false, false) {
             Ok(evt) => evt,
-            Err(_) => {
+            Err(e) => {
                 abandon(t, &config.wait, req);
-                return Err(VirtioIommuError::Queue(
-                    "event queue unavailable or too small",
-                ));
+                return Err(queue_error(e, "event queue unavailable or too small"));
             }
         };
         Ok((features, geometry, req, evt))

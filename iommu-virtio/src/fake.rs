@@ -10,9 +10,12 @@
 //! reserved regions, and posts faults on the event queue when
 //! [`FakeIommu::dma`] finds no translation. It can also misbehave on demand
 //! ([`Misbehave`]): stay silent, report short used lengths, write undefined
-//! status codes, return buffers it was never given.
+//! status codes, return buffers it was never given, keep event buffers,
+//! answer a batch out of order. [`HostHal`] can be given an allocation
+//! budget ([`HostHal::limit_dma`]) to make DMA memory run out.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ptr::NonNull;
 use std::sync::atomic::{Ordering, fence};
@@ -29,20 +32,66 @@ use crate::wire;
 
 /// A [`Hal`] for host tests: DMA memory from the heap, "physical" address =
 /// the host pointer, so [`FakeIommu`]'s thread can follow it.
+///
+/// Allocation failures can be injected per thread (the driver allocates on
+/// the caller's thread, and tests run in parallel): see
+/// [`HostHal::limit_dma`].
 #[derive(Debug)]
 pub struct HostHal;
+
+thread_local! {
+    /// Allocations this thread may still make (`None`: no limit).
+    static DMA_BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Allocations made on this thread minus those freed on it.
+    static DMA_LIVE: Cell<isize> = const { Cell::new(0) };
+    /// Calls of `dma_alloc` on this thread, failed ones included.
+    static DMA_CALLS: Cell<usize> = const { Cell::new(0) };
+}
+
+impl HostHal {
+    /// Lets this thread make `allocations` more `dma_alloc` calls succeed,
+    /// then fail (return address 0); `None` removes the limit.
+    pub fn limit_dma(allocations: Option<usize>) {
+        DMA_BUDGET.with(|b| b.set(allocations));
+    }
+
+    /// DMA regions allocated on this thread and not freed yet.
+    pub fn dma_live() -> isize {
+        DMA_LIVE.with(Cell::get)
+    }
+
+    /// `dma_alloc` calls on this thread so far, failed ones included.
+    pub fn dma_calls() -> usize {
+        DMA_CALLS.with(Cell::get)
+    }
+}
 
 // SAFETY: `dma_alloc` returns zeroed, page-aligned heap memory that nothing
 // else uses until `dma_dealloc`; shared buffers are identity "mapped".
 unsafe impl Hal for HostHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        DMA_CALLS.with(|c| c.set(c.get() + 1));
+        let exhausted = DMA_BUDGET.with(|b| match b.get() {
+            Some(0) => true,
+            Some(n) => {
+                b.set(Some(n - 1));
+                false
+            }
+            None => false,
+        });
+        if exhausted {
+            return (0, NonNull::dangling());
+        }
         let Ok(layout) = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE) else {
             return (0, NonNull::dangling());
         };
         // SAFETY: the layout has a non-zero size (pages >= 1 for our callers).
         let p = unsafe { alloc_zeroed(layout) };
         match NonNull::new(p) {
-            Some(p) => (p.as_ptr() as PhysAddr, p),
+            Some(p) => {
+                DMA_LIVE.with(|l| l.set(l.get() + 1));
+                (p.as_ptr() as PhysAddr, p)
+            }
             None => (0, NonNull::dangling()),
         }
     }
@@ -51,6 +100,7 @@ unsafe impl Hal for HostHal {
         let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).unwrap();
         // SAFETY: allocated by `dma_alloc` with the same layout.
         unsafe { dealloc(vaddr.as_ptr(), layout) };
+        DMA_LIVE.with(|l| l.set(l.get() - 1));
         0
     }
 
@@ -85,6 +135,14 @@ pub struct Misbehave {
     pub reject_features: bool,
     /// Never complete a reset (the status keeps reading non-zero).
     pub stuck_reset: bool,
+    /// Take event buffers for faults but never return them (the used ring
+    /// of the event queue never moves); once all are taken, faults are
+    /// dropped as with no buffer.
+    pub hold_events: bool,
+    /// Handle every request on the queue, then return them in reverse order
+    /// (out-of-order completion within one batch, which the specification
+    /// allows).
+    pub reverse_replies: bool,
 }
 
 /// What the fake did with one request.
@@ -134,7 +192,7 @@ struct State {
     status: u8,
     device_features: u64,
     driver_features: u64,
-    max_queue: u16,
+    max_queue: [u16; 2],
     queues: [Queue; 2],
     config: wire::Config,
     generation: u32,
@@ -147,6 +205,7 @@ struct State {
     handled: Vec<Handled>,
     notifications: [u64; 2],
     faults_dropped: u64,
+    held_events: u16,
     bypass_writes: u32,
 }
 
@@ -221,7 +280,7 @@ impl FakeIommu {
             status: 0,
             device_features: config.features.bits(),
             driver_features: 0,
-            max_queue: config.max_queue,
+            max_queue: [config.max_queue; 2],
             queues: [Queue::default(); 2],
             config: wire::Config {
                 page_size_mask: config.page_size_mask.into(),
@@ -243,6 +302,7 @@ impl FakeIommu {
             handled: Vec::new(),
             notifications: [0; 2],
             faults_dropped: 0,
+            held_events: 0,
             bypass_writes: 0,
         };
         let shared = Arc::new(Shared {
@@ -262,6 +322,20 @@ impl FakeIommu {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock().unwrap()
+    }
+
+    /// Makes `queue` (0: requests, 1: events) offer at most `size` entries
+    /// (0: the queue does not exist); call it before the driver starts.
+    pub fn set_max_queue_size(&self, queue: u16, size: u16) {
+        if let Some(m) = self.lock().max_queue.get_mut(usize::from(queue)) {
+            *m = size;
+        }
+    }
+
+    /// Event buffers the device has taken and not returned (see
+    /// [`Misbehave::hold_events`]).
+    pub fn held_events(&self) -> u16 {
+        self.lock().held_events
     }
 
     /// Changes how the device misbehaves from now on.
@@ -491,6 +565,10 @@ impl State {
         self.queues[1].last_avail = q.last_avail.wrapping_add(1);
         let (_, writable) = read_chain(&q, head);
         write_chain(&writable, bytes);
+        if self.misbehave.hold_events {
+            self.held_events += 1;
+            return true;
+        }
         self.push_used(1, u32::from(head), used_len);
         true
     }
@@ -500,10 +578,15 @@ impl State {
         if !q.ready || self.status & DeviceStatus::DRIVER_OK.bits() as u8 == 0 {
             return;
         }
+        // Used entries held back to be returned in reverse order.
+        let mut replies: Vec<(u32, u32)> = Vec::new();
         loop {
             let q = self.queues[0];
             let avail = rd16(q.driver + 2);
             if avail == q.last_avail {
+                while let Some((id, len)) = replies.pop() {
+                    self.push_used(0, id, len);
+                }
                 return;
             }
             fence(Ordering::SeqCst);
@@ -540,7 +623,11 @@ impl State {
             self.handled.push(Handled { status, ..record });
             let id = self.misbehave.used_id.unwrap_or(u32::from(head));
             let len = self.misbehave.used_len.unwrap_or(written);
-            self.push_used(0, id, len);
+            if self.misbehave.reverse_replies {
+                replies.push((id, len));
+            } else {
+                self.push_used(0, id, len);
+            }
         }
     }
 
@@ -741,6 +828,7 @@ impl State {
         self.driver_features = 0;
         self.queues = [Queue::default(); 2];
         self.pending = [false; 2];
+        self.held_events = 0;
         self.attached.clear();
         self.domains.clear();
     }
@@ -781,12 +869,10 @@ impl Transport for FakeTransport {
     }
 
     fn max_queue_size(&mut self, queue: u16) -> u32 {
-        let s = self.lock();
-        if usize::from(queue) < s.queues.len() {
-            u32::from(s.max_queue)
-        } else {
-            0
-        }
+        self.lock()
+            .max_queue
+            .get(usize::from(queue))
+            .map_or(0, |&m| u32::from(m))
     }
 
     fn notify(&mut self, queue: u16) {
