@@ -243,6 +243,8 @@ fn a_device_that_never_returns_event_buffers_degrades_to_lost_faults_without_han
     // driver on the same transport gets its faults again.
     let t = d.reset().expect("the reset completes");
     assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(fake.status(), 0);
+    assert_eq!(fake.held_events(), 0, "the reset took the buffers back");
     fake.misbehave(Misbehave::default());
     let d = Driver::new(t, patient()).unwrap();
     assert_eq!(fake.dma(STRANGER, fault_addr(50), false), None);
