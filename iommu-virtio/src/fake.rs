@@ -143,6 +143,9 @@ pub struct Misbehave {
     /// (out-of-order completion within one batch, which the specification
     /// allows).
     pub reverse_replies: bool,
+    /// Put every reply on the used ring twice (a device returning a buffer
+    /// it has already returned).
+    pub duplicate_used: bool,
 }
 
 /// What the fake did with one request.
@@ -623,10 +626,13 @@ impl State {
             self.handled.push(Handled { status, ..record });
             let id = self.misbehave.used_id.unwrap_or(u32::from(head));
             let len = self.misbehave.used_len.unwrap_or(written);
-            if self.misbehave.reverse_replies {
-                replies.push((id, len));
-            } else {
-                self.push_used(0, id, len);
+            let copies = if self.misbehave.duplicate_used { 2 } else { 1 };
+            for _ in 0..copies {
+                if self.misbehave.reverse_replies {
+                    replies.push((id, len));
+                } else {
+                    self.push_used(0, id, len);
+                }
             }
         }
     }

@@ -372,3 +372,48 @@ fn replies_out_of_order_within_a_batch_reach_their_own_requests() {
     assert_eq!(fake.mappings(1).map(|m| m.len()), Some(5));
     assert_eq!(d.counters().replies, 1 + batch.len() as u64 + 2);
 }
+
+#[test]
+fn a_used_entry_returned_twice_never_passes_for_the_success_of_an_unexecuted_request() {
+    let (fake, d) = pair();
+    fake.misbehave(Misbehave {
+        duplicate_used: true,
+        ..Default::default()
+    });
+    d.attach(EP, 1).unwrap();
+    assert_eq!(fake.handled().len(), 1);
+    // The copy is still on the used ring. The next request gets the same
+    // descriptor head and slot back, so the copy looks like its reply; the
+    // device (silent now) never executes it. The driver must not call it a
+    // success: the tail it pre-set to 0xff was never written.
+    fake.misbehave(Misbehave {
+        duplicate_used: true,
+        silent: true,
+        ..Default::default()
+    });
+    let t0 = Instant::now();
+    assert_eq!(
+        d.detach(EP, 1),
+        Err(VirtioIommuError::UnknownStatus {
+            request: RequestKind::Detach,
+            code: 0xff
+        })
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(fake.handled().len(), 1, "the device did not execute it");
+    assert_eq!(fake.domain_of(EP), Some(1), "still attached");
+    // Once the device answers again its late replies are stale too: every
+    // outcome stays typed and the driver never panics or hangs (it cannot
+    // tell a stale entry for a reused head from a real one; see TESTING.md).
+    fake.misbehave(Misbehave::default());
+    for _ in 0..4 {
+        match d.attach(EP, 2) {
+            Ok(())
+            | Err(VirtioIommuError::UnknownStatus { code: 0xff, .. })
+            | Err(VirtioIommuError::BadUsedEntry(_))
+            | Err(VirtioIommuError::Broken) => {}
+            other => panic!("untyped or unexpected outcome {other:?}"),
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
