@@ -110,6 +110,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     ) -> Result<(), SmmuError> {
         let mut tables = self.cd_tables.lock();
         let log2 = self.substream_bits();
+        let mut created = false;
         if !tables.iter().any(|t| t.sid == sid) {
             if cd.is_none() {
                 return Err(SmmuError::NotAttached(sid));
@@ -119,6 +120,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             }
             let buf = DmaBuf::alloc(&self.frames, CD_BYTES << log2, &self.cache)?;
             let _ = tables.push(CdTable { sid, buf, log2 });
+            created = true;
         }
         let t = tables
             .iter()
@@ -127,14 +129,32 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         if cd.is_some() {
             // The STE must point at the table. A stream in use otherwise
             // (single CD, stage 2, bypass) is not silently converted.
-            let want =
-                Ste::s1_cd_table(t.buf.pa.0, t.log2).with_walk_attrs(self.maintains_caches());
-            let cur = self.ste(sid)?;
-            if cur != want {
-                if cur.is_valid() && cur.config() != crate::ste::CONFIG_ABORT {
-                    return Err(SmmuError::Busy(sid));
+            let pa = t.buf.pa;
+            let want = Ste::s1_cd_table(pa.0, t.log2).with_walk_attrs(self.maintains_caches());
+            let pointed = self.ste(sid).and_then(|cur| {
+                if cur == want {
+                    Ok(())
+                } else if cur.is_valid() && cur.config() != crate::ste::CONFIG_ABORT {
+                    Err(SmmuError::Busy(sid))
+                } else {
+                    self.write_ste(sid, &want)
                 }
-                self.write_ste(sid, &want)?;
+            });
+            if let Err(e) = pointed {
+                // A CD table this call made that no STE word points at (the
+                // level-2 stream table could not be allocated, the stream is
+                // busy) is not kept: a failed attach changes nothing, and the
+                // table would hold one of the MAX_CD_TABLES slots for good.
+                // Found by tests/fault_injection.rs.
+                if created && !self.ste(sid).is_ok_and(|s| s.cd_ptr() == pa.0) {
+                    if let Some(t) = tables.pop() {
+                        // SAFETY: pushed above in this call (the lock is
+                        // held), and no STE ever pointed at it, so the SMMU
+                        // never read it.
+                        unsafe { t.buf.free(&self.frames) };
+                    }
+                }
+                return Err(e);
             }
         }
         if ssid >> t.log2 != 0 {
