@@ -135,6 +135,10 @@ pub struct Misbehave {
     pub reject_features: bool,
     /// Never complete a reset (the status keeps reading non-zero).
     pub stuck_reset: bool,
+    /// With `stuck_reset`: how many resets still complete before they stick
+    /// (0: from the first), e.g. 1 to let the driver's bring-up start and
+    /// then fail the reset it does when giving up.
+    pub resets_before_stuck: u32,
     /// Take event buffers for faults but never return them (the used ring
     /// of the event queue never moves); once all are taken, faults are
     /// dropped as with no buffer.
@@ -209,6 +213,7 @@ struct State {
     notifications: [u64; 2],
     faults_dropped: u64,
     held_events: u16,
+    resets_done: u32,
     bypass_writes: u32,
 }
 
@@ -306,6 +311,7 @@ impl FakeIommu {
             notifications: [0; 2],
             faults_dropped: 0,
             held_events: 0,
+            resets_done: 0,
             bypass_writes: 0,
         };
         let shared = Arc::new(Shared {
@@ -899,11 +905,12 @@ impl Transport for FakeTransport {
         let mut s = self.lock();
         let mut v = status.bits() as u8;
         if v == 0 {
-            if s.misbehave.stuck_reset {
+            if s.misbehave.stuck_reset && s.resets_done >= s.misbehave.resets_before_stuck {
                 s.status = DeviceStatus::ACKNOWLEDGE.bits() as u8;
                 return;
             }
             s.reset();
+            s.resets_done += 1;
             return;
         }
         if v & DeviceStatus::FEATURES_OK.bits() as u8 != 0

@@ -417,3 +417,54 @@ fn a_used_entry_returned_twice_never_passes_for_the_success_of_an_unexecuted_req
     }
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn giving_up_on_a_device_whose_reset_sticks_leaks_the_memory_it_knows_instead_of_freeing_it() {
+    // The bring-up reset completes, the one after the failure sticks: the
+    // device may still write its queues, so their memory must stay
+    // allocated (leaked), and the wait for the reset is bounded.
+    let quick = DriverConfig {
+        wait: WaitBudget {
+            max_polls: 10_000,
+            clock: None,
+        },
+        ..DriverConfig::default()
+    };
+    let sticky = Misbehave {
+        stuck_reset: true,
+        resets_before_stuck: 1,
+        ..Default::default()
+    };
+    // Memory for the request slots (the 5th allocation, after the two
+    // queues' two rings each) fails: four rings known to the device.
+    let live = HostHal::dma_live();
+    let (fake, t) = FakeIommu::new(FakeConfig::default());
+    fake.misbehave(sticky);
+    HostHal::limit_dma(Some(4));
+    let t0 = Instant::now();
+    let result = Driver::new(t, quick);
+    HostHal::limit_dma(None);
+    assert_eq!(result.err(), Some(VirtioIommuError::NoDmaMemory));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(HostHal::dma_live(), live + 4, "both queues' rings kept");
+    assert_ne!(fake.status() & failed(), 0, "marked FAILED");
+    assert_eq!(fake.status() & driver_ok(), 0);
+
+    // The event queue missing: the request queue's two rings are known.
+    let live = HostHal::dma_live();
+    let (fake, t) = FakeIommu::new(FakeConfig::default());
+    fake.misbehave(sticky);
+    fake.set_max_queue_size(1, 0);
+    assert_eq!(
+        Driver::new(t, quick).err(),
+        Some(VirtioIommuError::Queue(
+            "event queue unavailable or too small"
+        ))
+    );
+    assert_eq!(
+        HostHal::dma_live(),
+        live + 2,
+        "the request queue's rings kept"
+    );
+    assert_ne!(fake.status() & failed(), 0);
+}
