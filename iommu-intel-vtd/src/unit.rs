@@ -713,16 +713,45 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         state: ContextState,
         fpd: bool,
     ) -> Result<(), VtdError> {
-        let dir = match self.device_dir(tables, dev) {
-            Some(d) => d,
-            None if state == ContextState::NotPresent => return Ok(()),
-            None => self.new_scalable_device(tables, dev)?,
+        let existing = self.device_dir(tables, dev);
+        if existing.is_none() && state == ContextState::NotPresent {
+            return Ok(());
+        }
+        // A new device gets its PASID table before its directory and
+        // context entry are built: running out of memory for it afterwards
+        // left a half-built device (a present context entry over an empty
+        // directory, two frames held). Found by tests/fault_injection.rs.
+        let mut spare = match existing {
+            Some(_) => None,
+            None => Some(alloc_frame(&self.frames, self.oa_bits)?),
         };
-        let (pt, i) = match self.pasid_slot(dir, pasid) {
+        let dir = match existing {
+            Some(d) => d,
+            None => match self.new_scalable_device(tables, dev) {
+                Ok(d) => d,
+                Err(e) => {
+                    if let Some(pt) = spare {
+                        // SAFETY: just allocated, never published.
+                        unsafe { self.frames.free(pt, FRAME) };
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        let slot = self.pasid_slot(dir, pasid);
+        if let Some(pt) = spare.filter(|_| slot.is_some()) {
+            // Not reached (a new directory is empty); never leak the frame.
+            // SAFETY: just allocated, never published.
+            unsafe { self.frames.free(pt, FRAME) };
+        }
+        let (pt, i) = match slot {
             Some(slot) => slot,
             None if state == ContextState::NotPresent => return Ok(()),
             None => {
-                let pt = alloc_frame(&self.frames, self.oa_bits)?;
+                let pt = match spare.take() {
+                    Some(pt) => pt,
+                    None => alloc_frame(&self.frames, self.oa_bits)?,
+                };
                 self.publish(pt.0, FRAME);
                 let at = dir + 8 * u64::from(pasid >> 6);
                 self.entry(dir, (pasid >> 6) as usize)
