@@ -514,7 +514,11 @@ fn read_chain(q: &Queue, head: u16) -> (Vec<u8>, Vec<(u64, u32)>) {
     for _ in 0..q.size {
         let d = q.desc + 16 * u64::from(i % q.size);
         let (addr, len, flags, next) = (rd64(d), rd32(d + 8), rd16(d + 12), rd16(d + 14));
-        if flags & DESC_WRITE != 0 {
+        if addr == 0 {
+            // A descriptor the driver has already taken back (it clears the
+            // address), read because of a misbehaviour such as
+            // `duplicate_used`: a real device would fault on it; skip it.
+        } else if flags & DESC_WRITE != 0 {
             writable.push((addr, len));
         } else {
             // SAFETY: a buffer the driver shared for reading.
