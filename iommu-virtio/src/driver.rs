@@ -43,6 +43,9 @@ const EVENT_BUF: usize = 64;
 /// Where the PROBE buffer keeps its properties (the request is at 0).
 const PROBE_PROPS_AT: usize = 128;
 const NO_SLOT: u16 = u16::MAX;
+/// What a reply tail is filled with before the request goes out: an
+/// undefined status, so a tail the device never wrote is told apart.
+const UNWRITTEN: u8 = 0xff;
 
 /// How long the driver waits for the device, at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -832,7 +835,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         unsafe {
             core::ptr::copy_nonoverlapping(request.as_bytes().as_ptr(), base, 72);
             core::ptr::write_bytes(base.add(PROBE_PROPS_AT), 0, size);
-            core::ptr::write_bytes(base.add(PROBE_PROPS_AT + size), 0xff, 4);
+            core::ptr::write_bytes(base.add(PROBE_PROPS_AT + size), UNWRITTEN, 4);
         }
         let (out, reply) = probe_slices(base, reply_len);
         // SAFETY: the buffers stay valid and untouched until popped below
@@ -1023,8 +1026,8 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         // SAFETY: the slot is free: the device does not access it.
         unsafe {
             core::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, len);
-            // A tail the device never writes reads back as status 0xff.
-            core::ptr::write_bytes(ptr.add(TAIL_AT), 0xff, 4);
+            // A tail the device never writes reads back as UNWRITTEN.
+            core::ptr::write_bytes(ptr.add(TAIL_AT), UNWRITTEN, 4);
         }
         let (out, tail) = slot_slices(ptr, len);
         // SAFETY: the slot stays valid and untouched until its token is
@@ -1095,6 +1098,16 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         // `needed` is at most MAX_PROBE_SIZE + 4; saturating keeps a short
         // reply short even if that bound ever grew past u32.
         let needed = u32::try_from(needed).unwrap_or(u32::MAX);
+        if status == UNWRITTEN && used >= needed {
+            // The device says it wrote the tail, but it still reads as
+            // `enqueue` left it: a buffer returned without a reply, e.g. a
+            // used entry returned twice and matched to the next request on
+            // the same head. The used ring is out of step with the requests
+            // (which may run later, or twice): stop, as for a foreign entry
+            // (found by `tests/fault_injection.rs::a_used_entry_returned_twice_never_passes_for_the_success_of_an_unexecuted_request`;
+            // the driver used to report UnknownStatus and carry on).
+            return Err(bad(self));
+        }
         let result = crate::error::decode_reply(kind, used, needed, status);
         Ok((meta, result))
     }
