@@ -649,7 +649,14 @@ fn reserve_after_allocations() {
 
 #[test]
 fn search_work_does_not_grow_with_live_allocations() {
-    for n in [64u64, 1024, 16384] {
+    // Under Miri every allocation is interpreted (and each borrow of the slot
+    // array is retagged whole): two sizes still show the bound.
+    let sizes: &[u64] = if cfg!(miri) {
+        &[64, 128]
+    } else {
+        &[64, 1024, 16384]
+    };
+    for &n in sizes {
         // 2n granules, all allocated, then every second one freed: n free
         // single granules at odd granule numbers, n live allocations.
         let a = make(0, 2 * n * G, 4 * n as usize, 0);
