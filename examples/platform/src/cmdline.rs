@@ -25,7 +25,7 @@ pub fn command_line(boot: &BootInfo) -> &'static str {
         let Some(pa) = boot.arch.start_info.as_ref().map(|s| s.cmdline_paddr) else {
             return "";
         };
-        if pa == 0 {
+        if pa == 0 || !crate::arch::cpu_can_reach(pa, MAX_LEN as u64) {
             return "";
         }
         // SAFETY: QEMU's PVH loader put a NUL-terminated command line at `pa`,

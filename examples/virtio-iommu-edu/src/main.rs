@@ -244,42 +244,6 @@ const SCENARIOS: [(&str, Scenario); 7] = [
     ("identity", scenario_identity),
 ];
 
-/// QEMU's `-append`: `/chosen/bootargs` on aarch64, the PVH command line on
-/// x86_64.
-fn command_line(boot: &BootInfo) -> &'static str {
-    #[cfg(target_arch = "aarch64")]
-    {
-        let Ok(fdt) = boot.arch.dtb.as_ref() else {
-            return "";
-        };
-        fdt.nodes()
-            .filter_map(Result::ok)
-            .find(|n| n.name() == "chosen")
-            .and_then(|n| n.prop_str("bootargs"))
-            .unwrap_or("")
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let Some(pa) = boot.arch.start_info.as_ref().map(|s| s.cmdline_paddr) else {
-            return "";
-        };
-        if pa == 0 {
-            return "";
-        }
-        // SAFETY: QEMU's PVH loader put a NUL-terminated command line at `pa`,
-        // in identity-mapped low memory nothing writes; at most 256 bytes
-        // are read.
-        let byte = |i: usize| unsafe { core::ptr::read_volatile((pa as usize + i) as *const u8) };
-        let mut len = 0;
-        while len < 256 && byte(len) != 0 {
-            len += 1;
-        }
-        // SAFETY: as above; the bytes stay unchanged for the program's life.
-        let bytes = unsafe { core::slice::from_raw_parts(pa as usize as *const u8, len) };
-        core::str::from_utf8(bytes).unwrap_or("")
-    }
-}
-
 fn main(boot: &BootInfo) -> Result<(), Error> {
     paint_stack();
     let result = run(boot);
@@ -292,7 +256,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
 
 fn run(boot: &BootInfo) -> Result<(), Error> {
     platform::banner(NAME, boot);
-    let wanted = command_line(boot).trim();
+    let wanted = platform::cmdline::command_line(boot).trim();
     if let Some(scenario) = blk::Scenario::parse(wanted) {
         return blk::run(boot, scenario).map_err(Error::Blk);
     }

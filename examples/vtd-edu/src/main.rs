@@ -263,9 +263,7 @@ fn print_structure(s: &Structure<'_>) {
 /// (`-append`) selects some; all run without it.
 fn selected_checks(boot: &BootInfo) -> [bool; 9] {
     let mut all = [true; 9];
-    let Some(line) = cmdline(boot) else {
-        return all;
-    };
+    let line = platform::cmdline::command_line(boot);
     let Some(list) = line
         .split(' ')
         .find_map(|w| w.strip_prefix("vtd-edu.checks="))
@@ -279,24 +277,6 @@ fn selected_checks(boot: &BootInfo) -> [bool; 9] {
         }
     }
     all
-}
-
-#[cfg(target_arch = "x86_64")]
-fn cmdline(boot: &BootInfo) -> Option<&'static str> {
-    let pa = boot.arch.start_info?.cmdline_paddr;
-    if pa == 0 || !platform::arch::cpu_can_reach(pa, 256) {
-        return None;
-    }
-    // SAFETY: the loader's command line, in identity-mapped low memory, NUL
-    // terminated; at most 256 bytes are read and nothing writes them.
-    let bytes = unsafe { core::slice::from_raw_parts(pa as usize as *const u8, 256) };
-    let len = bytes.iter().position(|&b| b == 0)?;
-    core::str::from_utf8(&bytes[..len]).ok()
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn cmdline(_: &BootInfo) -> Option<&'static str> {
-    None
 }
 
 /// Vector the fault event interrupt is programmed with (check 8).
