@@ -298,8 +298,16 @@ impl<T: Mmio + ?Sized> Mmio for &T {
 /// The SMMU's register frame at a CPU virtual address.
 #[derive(Debug)]
 pub struct MmioRegion {
-    base: usize,
+    base: *mut u8,
 }
+
+// SAFETY: the region is an address of device registers; every access is one
+// volatile load or store, which the SMMU accepts from any CPU. Ordering
+// between accesses is the driver's business (it serialises them with its
+// locks).
+unsafe impl Send for MmioRegion {}
+// SAFETY: as above: `&MmioRegion` only allows single volatile accesses.
+unsafe impl Sync for MmioRegion {}
 
 impl MmioRegion {
     /// The register frame mapped at `base` (pages 0 and 1, [`off::FRAME_SIZE`] bytes).
@@ -310,21 +318,22 @@ impl MmioRegion {
     /// device memory for [`off::FRAME_SIZE`] bytes, and nothing else drives
     /// this SMMU while the region (or a driver built on it) exists: the
     /// driver will point the SMMU at memory it DMAs to and from.
-    pub const unsafe fn new(base: usize) -> Self {
+    pub const unsafe fn new(base: *mut u8) -> Self {
         Self { base }
     }
 
     /// The base address.
-    pub fn base(&self) -> usize {
+    pub fn base(&self) -> *mut u8 {
         self.base
     }
 
-    fn addr(&self, offset: usize, width: usize) -> Option<usize> {
-        (offset % width == 0 && offset + width <= off::FRAME_SIZE).then_some(self.base + offset)
+    fn addr(&self, offset: usize, width: usize) -> Option<*mut u8> {
+        (offset % width == 0 && offset + width <= off::FRAME_SIZE)
+            .then(|| self.base.wrapping_add(offset))
     }
 }
 
-// `MmioRegion` holds only an address; concurrent register accesses are the
+// `MmioRegion` holds only a pointer; concurrent register accesses are the
 // driver's business (it serialises them with its locks). Each access is one
 // instruction: on aarch64 an `ldr`/`str` with a plain base register (written
 // in asm, so the compiler cannot pick a writeback or pair form that a
@@ -350,7 +359,7 @@ macro_rules! access {
             #[cfg(not(all(target_arch = "aarch64", not(test))))]
             // SAFETY: inside the register frame `new`'s caller vouched for, aligned.
             unsafe {
-                core::ptr::read_volatile(a as *const $ty)
+                core::ptr::read_volatile(a.cast::<$ty>())
             }
         }
         fn $write(&self, offset: usize, value: $ty) {
@@ -366,7 +375,7 @@ macro_rules! access {
             #[cfg(not(all(target_arch = "aarch64", not(test))))]
             // SAFETY: as in the read; the driver's writes follow the architecture.
             unsafe {
-                core::ptr::write_volatile(a as *mut $ty, value)
+                core::ptr::write_volatile(a.cast::<$ty>(), value)
             }
         }
     };
@@ -391,7 +400,7 @@ mod tests {
         // A 128 KiB "frame" of plain memory.
         let mut mem = vec![0u64; off::FRAME_SIZE / 8];
         // SAFETY: the buffer outlives the region and is only accessed through it.
-        let r = unsafe { MmioRegion::new(mem.as_mut_ptr() as usize) };
+        let r = unsafe { MmioRegion::new(mem.as_mut_ptr().cast()) };
         r.write32(off::CR0, 0x1234_5678);
         r.write64(off::CMDQ_BASE, 0xdead_beef_0000_0013);
         r.write32(off::EVENTQ_CONS, 7); // page 1

@@ -18,7 +18,7 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ptr::NonNull;
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::vec::Vec;
@@ -481,25 +481,28 @@ fn device_thread(shared: &Shared) {
 
 // Ring accesses: the "physical" addresses are host pointers into memory the
 // driver allocated with `HostHal` and keeps alive while the queue is set up.
+// They are atomic (acquire loads, release stores) because the driver reads
+// and writes the same fields from another thread: a device's DMA is not a
+// Rust access, but the fake's is, and plain accesses would be a data race.
 fn rd16(addr: u64) -> u16 {
-    // SAFETY: see above; ring fields are 2-byte aligned.
-    unsafe { std::ptr::read_volatile(addr as *const u16) }
+    // SAFETY: see above; ring fields are naturally aligned.
+    unsafe { AtomicU16::from_ptr(addr as *mut u16) }.load(Ordering::Acquire)
 }
 fn rd32(addr: u64) -> u32 {
     // SAFETY: see above.
-    unsafe { std::ptr::read_volatile(addr as *const u32) }
+    unsafe { AtomicU32::from_ptr(addr as *mut u32) }.load(Ordering::Acquire)
 }
 fn rd64(addr: u64) -> u64 {
     // SAFETY: see above.
-    unsafe { std::ptr::read_volatile(addr as *const u64) }
+    unsafe { AtomicU64::from_ptr(addr as *mut u64) }.load(Ordering::Acquire)
 }
 fn wr16(addr: u64, v: u16) {
     // SAFETY: see above.
-    unsafe { std::ptr::write_volatile(addr as *mut u16, v) }
+    unsafe { AtomicU16::from_ptr(addr as *mut u16) }.store(v, Ordering::Release)
 }
 fn wr32(addr: u64, v: u32) {
     // SAFETY: see above.
-    unsafe { std::ptr::write_volatile(addr as *mut u32, v) }
+    unsafe { AtomicU32::from_ptr(addr as *mut u32) }.store(v, Ordering::Release)
 }
 
 const DESC_NEXT: u16 = 1;

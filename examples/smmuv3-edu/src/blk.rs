@@ -233,7 +233,7 @@ pub fn run(
     // 1. The SMMU, before the device may master the bus.
     // SAFETY: the device tree's SMMUv3 register frame, identity mapped (MMU
     // off), driven by nobody else.
-    let regs = unsafe { MmioRegion::new(node.base as usize) };
+    let regs = unsafe { MmioRegion::new(node.base as usize as *mut u8) };
     let smmu = Smmu::new(regs, dma, Config::default().with_evtq_log2(EVTQ_LOG2))?;
     let smmu: &'static Driver = leak(&mut frames, smmu)?;
     let f = smmu.features();

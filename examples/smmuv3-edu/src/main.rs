@@ -297,7 +297,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     let pool = Pool::new(frames.alloc_aligned(POOL_FRAMES, 0x1_0000)?);
     // SAFETY: the device tree's SMMUv3 register frame, identity mapped (MMU
     // off), driven by nobody else.
-    let regs = unsafe { MmioRegion::new(node.base as usize) };
+    let regs = unsafe { MmioRegion::new(node.base as usize as *mut u8) };
     // 256 events, enough for every scenario but `storm`, which shows a
     // queue big enough for a whole 4 KiB fault storm (2048 entries, 64 KiB).
     let evtq_log2 = if scenario == "storm" { 11 } else { 8 };

@@ -408,43 +408,79 @@ mod tests {
         }
     }
 
+    /// A 16 KiB "BAR" of plain memory that the test reads and writes only
+    /// through the pointer it handed the transport, as a device's registers
+    /// would be: a reference to the memory would invalidate that pointer.
+    struct Bar(*mut [u8; 0x4000]);
+
     #[repr(C, align(4096))]
-    struct Bar([u8; 0x4000]);
+    struct BarMemory([u8; 0x4000]);
+
+    impl Bar {
+        fn new() -> Self {
+            Self(Box::into_raw(Box::new(BarMemory([0; 0x4000]))).cast())
+        }
+        fn base(&self) -> usize {
+            self.0 as usize
+        }
+        fn get(&self, at: usize, len: usize) -> Vec<u8> {
+            assert!(at + len <= 0x4000);
+            // SAFETY: inside the allocation this `Bar` owns.
+            unsafe { core::slice::from_raw_parts(self.0.cast::<u8>().add(at), len) }.to_vec()
+        }
+        fn set(&self, at: usize, bytes: &[u8]) {
+            assert!(at + bytes.len() <= 0x4000);
+            // SAFETY: as in `get`; the transport is not accessing it now.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    self.0.cast::<u8>().add(at),
+                    bytes.len(),
+                )
+            };
+        }
+    }
+
+    impl Drop for Bar {
+        fn drop(&mut self) {
+            // SAFETY: made by `Box::into_raw` in `new`, freed only here.
+            drop(unsafe { Box::from_raw(self.0.cast::<BarMemory>()) });
+        }
+    }
 
     #[test]
     fn finds_the_capabilities_and_splits_64_bit_fields_into_dwords() {
-        let mut bar = Box::new(Bar([0; 0x4000]));
-        let base = bar.0.as_mut_ptr() as usize;
+        let bar = Bar::new();
         let mut bars = [None; 6];
         bars[4] = Some(PciBar {
-            cpu_addr: base,
+            cpu_addr: bar.base(),
             size: 0x4000,
         });
-        // SAFETY: the "BAR" is plain memory owned by this test.
+        // SAFETY: the "BAR" is plain memory owned by this test, which
+        // outlives the transport.
         let mut t = unsafe { VirtioPciTransport::new(&QemuLike::new(), &bars) }.unwrap();
         assert_eq!(t.device_type(), DeviceType::IOMMU);
         t.queue_set(1, 8, 0x1122_3344_5566_7788, 0xaabb_ccdd_0000_1000, 0x2000);
-        let b = &bar.0;
-        assert_eq!(&b[0x16..0x18], &1u16.to_le_bytes());
-        assert_eq!(&b[0x18..0x1a], &8u16.to_le_bytes());
-        assert_eq!(&b[0x20..0x28], &0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(&b[0x28..0x30], &0xaabb_ccdd_0000_1000u64.to_le_bytes());
-        assert_eq!(&b[0x1c..0x1e], &1u16.to_le_bytes());
+        assert_eq!(bar.get(0x16, 2), 1u16.to_le_bytes());
+        assert_eq!(bar.get(0x18, 2), 8u16.to_le_bytes());
+        assert_eq!(bar.get(0x20, 8), 0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(bar.get(0x28, 8), 0xaabb_ccdd_0000_1000u64.to_le_bytes());
+        assert_eq!(bar.get(0x1c, 2), 1u16.to_le_bytes());
         // Device config at BAR4 + 0x2000; a u64 read is two dwords.
-        bar.0[0x2000..0x2008].copy_from_slice(&0xffff_ffff_ffff_f000u64.to_le_bytes());
-        bar.0[0x2024] = 1;
+        bar.set(0x2000, &0xffff_ffff_ffff_f000u64.to_le_bytes());
+        bar.set(0x2024, &[1]);
         assert_eq!(t.read_config_space::<u64>(0), Ok(0xffff_ffff_ffff_f000));
         assert_eq!(t.read_config_space::<u8>(0x24), Ok(1));
         t.write_config_space::<u8>(0x24, 0).unwrap();
-        assert_eq!(bar.0[0x2024], 0);
+        assert_eq!(bar.get(0x2024, 1), [0]);
         assert_eq!(
             t.read_config_space::<u32>(0x1002),
             Err(VirtioError::ConfigSpaceTooSmall)
         );
         // Queue 1's notify offset 1 x multiplier 4 -> BAR4 + 0x3004.
-        bar.0[0x1e] = 1;
+        bar.set(0x1e, &[1]);
         t.notify(1);
-        assert_eq!(&bar.0[0x3004..0x3006], &1u16.to_le_bytes());
+        assert_eq!(bar.get(0x3004, 2), 1u16.to_le_bytes());
     }
 
     #[test]
