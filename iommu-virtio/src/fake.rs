@@ -27,6 +27,7 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{BufferDirection, Error as VirtioError, Hal, PAGE_SIZE, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use crate::driver::{DriverConfig, WaitBudget};
 use crate::features::Features;
 use crate::wire;
 
@@ -476,6 +477,30 @@ fn device_thread(shared: &Shared) {
             continue;
         }
         s = shared.wake.wait(s).unwrap();
+    }
+}
+
+/// Microseconds since the first call, on the host's monotonic clock: a
+/// [`WaitBudget`] clock for tests.
+pub fn host_clock_us() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+}
+
+/// The default configuration with a time budget for replies instead of a
+/// poll count, so a loaded machine cannot make a wait for the fake expire:
+/// 10 s, or 10 minutes under Miri, which runs the device thread interpreted.
+pub fn patient() -> DriverConfig {
+    let seconds = if cfg!(miri) { 600 } else { 10 };
+    DriverConfig {
+        wait: WaitBudget {
+            max_polls: u64::MAX,
+            clock: Some((host_clock_us, seconds * 1_000_000)),
+        },
+        ..DriverConfig::default()
     }
 }
 

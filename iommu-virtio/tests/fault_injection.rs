@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use iommu_virtio::driver::{EVENT_QUEUE_SIZE, FAULT_LOG};
-use iommu_virtio::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave};
+use iommu_virtio::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave, patient};
 use iommu_virtio::virtio_drivers::transport::DeviceStatus;
 use iommu_virtio::{
     DriverConfig, FaultReason, Request, RequestKind, Status, VirtioIommu, VirtioIommuError,
@@ -23,22 +23,6 @@ type Driver = VirtioIommu<HostHal, FakeTransport, 16>;
 const EP: u32 = 0x10;
 /// An endpoint the fake does not know: its DMA always faults.
 const STRANGER: u32 = 0x20;
-
-/// Replies waited for by the clock (10 s), not a poll count, so a loaded
-/// machine cannot make a wait expire.
-fn patient() -> DriverConfig {
-    fn now_us() -> u64 {
-        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        START.get_or_init(Instant::now).elapsed().as_micros() as u64
-    }
-    DriverConfig {
-        wait: WaitBudget {
-            max_polls: u64::MAX,
-            clock: Some((now_us, 10_000_000)),
-        },
-        ..DriverConfig::default()
-    }
-}
 
 fn pair() -> (FakeIommu, Driver) {
     let (fake, t) = FakeIommu::new(FakeConfig::default());

@@ -2,28 +2,9 @@
 
 use super::*;
 use crate::driver::{DriverConfig, WaitBudget};
-use crate::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave};
+use crate::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave, patient};
 use iova_core::iova_alloc::IovaAllocatorConfig;
 use iova_core::{DmaMapper, IovaAllocator, IovaRange};
-
-/// The default configuration with a time budget for replies (10 s) instead
-/// of a poll count, so a loaded test machine cannot make a wait expire.
-fn patient() -> DriverConfig {
-    fn now_us() -> u64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_micros() as u64
-    }
-    DriverConfig {
-        wait: WaitBudget {
-            max_polls: u64::MAX,
-            clock: Some((now_us, 10_000_000)),
-        },
-        ..DriverConfig::default()
-    }
-}
 
 const EP: u32 = 0x10;
 const G: u64 = 0x1000;
@@ -290,20 +271,13 @@ fn a_rejected_request_stays_queued_and_the_flush_can_be_retried() {
 
 #[test]
 fn a_silent_device_makes_the_flush_time_out() {
-    fn now_us() -> u64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_micros() as u64
-    }
     let (fake, t) = FakeIommu::new(FakeConfig::default());
     // A time budget (not a poll count), so the attach below succeeds however
     // loaded the machine is.
     let dc = DriverConfig {
         wait: WaitBudget {
             max_polls: u64::MAX,
-            clock: Some((now_us, 300_000)),
+            clock: Some((crate::fake::host_clock_us, 300_000)),
         },
         ..Default::default()
     };
