@@ -428,6 +428,8 @@ fn giving_up_on_a_device_whose_reset_sticks_leaks_the_memory_it_knows_instead_of
     assert_ne!(fake.status() & failed(), 0, "marked FAILED");
     assert_eq!(fake.status() & driver_ok(), 0);
 
+    drop(fake);
+
     // The event queue missing: the request queue's two rings are known.
     let live = HostHal::dma_live();
     let (fake, t) = FakeIommu::new(FakeConfig::default());
@@ -445,4 +447,7 @@ fn giving_up_on_a_device_whose_reset_sticks_leaks_the_memory_it_knows_instead_of
         "the request queue's rings kept"
     );
     assert_ne!(fake.status() & failed(), 0);
+    drop(fake);
+    // SAFETY: both drivers are gone and so are both fake devices.
+    assert_eq!(unsafe { HostHal::free_leaked() }, 4 + 2, "both leaks");
 }

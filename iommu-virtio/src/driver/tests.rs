@@ -610,8 +610,13 @@ fn dropping_the_driver_resets_the_device_before_freeing_its_memory() {
         stuck_reset: true,
         ..Default::default()
     });
+    let live = HostHal::dma_live();
     assert_eq!(d.reset().err(), Some(VirtioIommuError::ResetTimeout));
     assert_ne!(fake.status(), 0);
+    assert_eq!(HostHal::dma_live(), live, "nothing freed under the device");
+    drop(fake);
+    // SAFETY: the driver is gone and so is the device thread.
+    assert_eq!(unsafe { HostHal::free_leaked() }, live as usize);
 }
 
 #[test]
