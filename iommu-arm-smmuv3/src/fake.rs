@@ -30,7 +30,7 @@
 //! Both stages walk 4, 16 and 64 KiB granules (as IDR5 offers); two-level
 //! CD tables, stalls, ATS and PRI are not modelled.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::vec::Vec;
 
@@ -122,20 +122,20 @@ struct Regs {
 struct State {
     id: IdRegs,
     r: Regs,
-    ste_cache: HashMap<u32, Ste>,
+    ste_cache: BTreeMap<u32, Ste>,
     /// Cached CDs by (StreamID, CD index).
-    cd_cache: HashMap<(u32, u32), [u64; 8]>,
+    cd_cache: BTreeMap<(u32, u32), [u64; 8]>,
     /// SubstreamID of the transaction being translated (for event records).
     cur_ssid: Option<u32>,
     tlb: Vec<TlbEntry>,
     walk: Vec<WalkEntry>,
     commands: Vec<Command>,
-    forced_errors: HashSet<u8>,
+    forced_errors: BTreeSet<u8>,
     stalled: bool,
     qemu_event_abort: bool,
     /// Non-coherent mode: memory as the SMMU sees it (what the CPU cleaned,
     /// what the SMMU wrote), by doubleword; absent words read as zero.
-    view: Option<HashMap<u64, u64>>,
+    view: Option<BTreeMap<u64, u64>>,
     bad_accesses: usize,
     /// Interrupt pulses: event queue, global error.
     irqs: (usize, usize),
@@ -221,13 +221,13 @@ impl FakeSmmu {
                     gbpa: 0x1000,
                     ..Regs::default()
                 },
-                ste_cache: HashMap::new(),
-                cd_cache: HashMap::new(),
+                ste_cache: BTreeMap::new(),
+                cd_cache: BTreeMap::new(),
                 cur_ssid: None,
                 tlb: Vec::new(),
                 walk: Vec::new(),
                 commands: Vec::new(),
-                forced_errors: HashSet::new(),
+                forced_errors: BTreeSet::new(),
                 stalled: false,
                 qemu_event_abort: false,
                 view: None,
@@ -279,7 +279,7 @@ impl FakeSmmu {
     /// event records only after invalidating them. Call before bring-up.
     pub fn set_non_coherent(&self) {
         let mut s = self.s.lock().unwrap();
-        s.view.get_or_insert_with(HashMap::new);
+        s.view.get_or_insert_with(BTreeMap::new);
         s.id.idr[0] &= !idr0::COHACC;
     }
 

@@ -30,7 +30,7 @@
 //! - a fault that makes a record pending raises the fault event interrupt
 //!   ([`FakeVtd::fault_interrupts`]), or sets FECTL.IP while it is masked.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::vec::Vec;
 
@@ -141,15 +141,15 @@ struct State {
     frcd: Vec<[u64; 2]>,
     next_frcd: usize,
     /// Context entries by source ID (raw lo, hi).
-    context_cache: HashMap<u16, [u64; 2]>,
+    context_cache: BTreeMap<u16, [u64; 2]>,
     /// Leaf translations by (domain, IOVA of the leaf).
     /// Keyed by (domain, PASID for first level or `u32::MAX`, IOVA).
-    iotlb: HashMap<(u16, u32, u64), CachedTranslation>,
+    iotlb: BTreeMap<(u16, u32, u64), CachedTranslation>,
     /// Non-leaf entries by (domain, PASID for first level or `u32::MAX`,
     /// level, IOVA >> the level's entry shift).
-    pscache: HashMap<(u16, u32, usize, u64), u64>,
+    pscache: BTreeMap<(u16, u32, usize, u64), u64>,
     /// PASID entries (first three qwords) by (source ID, PASID).
-    pasid_cache: HashMap<(u16, u32), [u64; 3]>,
+    pasid_cache: BTreeMap<(u16, u32), [u64; 3]>,
     /// RTADDR.TTM was scalable when the root pointer was set.
     scalable: bool,
     stats: FakeStats,
@@ -196,10 +196,10 @@ impl FakeVtd {
                 ics: 0,
                 frcd: vec![[0; 2]; cap.fault_records()],
                 next_frcd: 0,
-                context_cache: HashMap::new(),
-                iotlb: HashMap::new(),
-                pscache: HashMap::new(),
-                pasid_cache: HashMap::new(),
+                context_cache: BTreeMap::new(),
+                iotlb: BTreeMap::new(),
+                pscache: BTreeMap::new(),
+                pasid_cache: BTreeMap::new(),
                 scalable: false,
                 stats: FakeStats::default(),
                 stall_waits: false,
