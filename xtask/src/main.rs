@@ -56,6 +56,8 @@ USAGE:
                                   is installed with rustup if missing; the step fails if it cannot be)
     loom-iova-core                RUSTFLAGS=\"--cfg loom\" cargo test -p iova-core --release
                                   --test loom_table --test loom_alloc (into target/loom)
+                                  The Miri and loom steps run side by side, one per CPU, each in
+                                  its own target directory (target/miri-<crate>, target/loom)
 One PASS/FAIL line per step, then `N passed, N failed`; the exit status is non-zero on
 any failure. Logs: target/xtask/logs/<step>.log (the tail is shown on failure).
 
@@ -115,9 +117,25 @@ enum Kind {
         dir: PathBuf,
         args: Vec<String>,
         /// Environment variables set for the command.
-        env: Vec<(&'static str, &'static str)>,
+        env: Vec<(&'static str, String)>,
+        /// May run at the same time as the concurrent steps next to it: the
+        /// slow single-threaded checkers (Miri, loom), each with its own
+        /// target directory so that cargo's lock does not serialise them.
+        concurrent: bool,
     },
     Qemu(&'static SystemTest),
+}
+
+impl Step {
+    fn concurrent(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Cargo {
+                concurrent: true,
+                ..
+            }
+        )
+    }
 }
 
 struct Step {
@@ -137,6 +155,7 @@ fn all_steps() -> Vec<Step> {
             dir: root.clone(),
             args: strings(args),
             env: Vec::new(),
+            concurrent: false,
         },
     };
     let mut steps = vec![
@@ -187,6 +206,7 @@ fn all_steps() -> Vec<Step> {
                     dir: root.clone(),
                     args: qemu::build_args(example.package, arch),
                     env: Vec::new(),
+                    concurrent: false,
                 },
             });
         }
@@ -242,7 +262,11 @@ fn checker_steps(root: &std::path::Path) -> Vec<Step> {
             kind: Kind::Cargo {
                 dir: root.to_path_buf(),
                 args,
-                env: vec![("MIRIFLAGS", flags)],
+                env: vec![
+                    ("MIRIFLAGS", flags.to_string()),
+                    ("CARGO_TARGET_DIR", format!("target/miri-{package}")),
+                ],
+                concurrent: true,
             },
         }
     };
@@ -281,9 +305,10 @@ fn checker_steps(root: &std::path::Path) -> Vec<Step> {
                     "loom_alloc",
                 ]),
                 env: vec![
-                    ("RUSTFLAGS", "--cfg loom"),
-                    ("CARGO_TARGET_DIR", "target/loom"),
+                    ("RUSTFLAGS", "--cfg loom".to_string()),
+                    ("CARGO_TARGET_DIR", "target/loom".to_string()),
                 ],
+                concurrent: true,
             },
         },
     ]
@@ -419,42 +444,105 @@ fn cmd_test(rest: &[String]) -> ExitCode {
         println!("xtask: QEMU_EXTRA_ARGS adds {extra:?} to every QEMU run");
     }
 
-    for step in &steps {
-        let log_name = match &step.kind {
-            Kind::Qemu(test) => test.name,
-            Kind::Cargo { .. } => step.name.as_str(),
-        };
-        let log = logs.join(util::log_file_name(log_name));
-        match &step.kind {
-            Kind::Cargo { dir, args, env } => {
-                let env_prefix: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
-                println!("  $ {env_prefix}{}", util::command_line("cargo", args));
-                flush();
-                let start = Instant::now();
-                let result = match util::run_logged("cargo", args, env, dir, &log) {
-                    Ok(true) => Ok(String::new()),
-                    Ok(false) => Err(format!("see {}", util::display_path(&log))),
-                    Err(e) => Err(format!("{e}")),
-                };
-                if !tally.record(&step.name, result, start.elapsed()) {
-                    show_tail(&log, 30);
-                }
-            }
-            Kind::Qemu(test) => {
-                let start = Instant::now();
-                let result = run_system_test(test, &log, timeout);
-                let failed_log = result.as_ref().err().and_then(|(_, l)| l.clone());
-                let result = result.map_err(|(why, _)| why);
-                if !tally.record(&step.name, result, start.elapsed()) {
-                    if let Some(l) = failed_log {
-                        show_tail(&l, 25);
-                    }
-                }
-            }
+    let mut rest = &steps[..];
+    while let Some(step) = rest.first() {
+        let batch = rest.iter().take_while(|s| s.concurrent()).count().max(1);
+        if batch > 1 {
+            run_concurrently(&rest[..batch], &logs, &mut tally);
+        } else {
+            run_step(step, &logs, timeout, &mut tally);
         }
+        rest = &rest[batch..];
         flush();
     }
     tally.finish()
+}
+
+fn step_log(step: &Step, logs: &std::path::Path) -> PathBuf {
+    let log_name = match &step.kind {
+        Kind::Qemu(test) => test.name,
+        Kind::Cargo { .. } => step.name.as_str(),
+    };
+    logs.join(util::log_file_name(log_name))
+}
+
+/// Prints and runs a cargo step; its output goes to `log`.
+fn run_cargo(
+    dir: &std::path::Path,
+    args: &[String],
+    env: &[(&'static str, String)],
+    log: &std::path::Path,
+) -> Result<String, String> {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env_prefix: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    println!("  $ {env_prefix}{}", util::command_line("cargo", args));
+    flush();
+    match util::run_logged("cargo", args, &env, dir, log) {
+        Ok(true) => Ok(String::new()),
+        Ok(false) => Err(format!("see {}", util::display_path(log))),
+        Err(e) => Err(format!("{e}")),
+    }
+}
+
+fn run_step(step: &Step, logs: &std::path::Path, timeout: Duration, tally: &mut Tally) {
+    let log = step_log(step, logs);
+    let start = Instant::now();
+    match &step.kind {
+        Kind::Cargo { dir, args, env, .. } => {
+            let result = run_cargo(dir, args, env, &log);
+            if !tally.record(&step.name, result, start.elapsed()) {
+                show_tail(&log, 30);
+            }
+        }
+        Kind::Qemu(test) => {
+            let result = run_system_test(test, &log, timeout);
+            let failed_log = result.as_ref().err().and_then(|(_, l)| l.clone());
+            let result = result.map_err(|(why, _)| why);
+            if !tally.record(&step.name, result, start.elapsed()) {
+                if let Some(l) = failed_log {
+                    show_tail(&l, 25);
+                }
+            }
+        }
+    }
+}
+
+/// Runs cargo steps on as many workers as the machine has CPUs (each step is
+/// one mostly single-threaded process), recording each as it ends.
+fn run_concurrently(steps: &[Step], logs: &std::path::Path, tally: &mut Tally) {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(steps.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (done, results) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let done = done.clone();
+            let next = &next;
+            scope.spawn(move || {
+                while let Some(step) =
+                    steps.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    let Kind::Cargo { dir, args, env, .. } = &step.kind else {
+                        unreachable!("only cargo steps are concurrent")
+                    };
+                    let log = step_log(step, logs);
+                    let start = Instant::now();
+                    let result = run_cargo(dir, args, env, &log);
+                    if done.send((step, log, result, start.elapsed())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done);
+        for (step, log, result, elapsed) in results {
+            if !tally.record(&step.name, result, elapsed) {
+                show_tail(&log, 30);
+            }
+            flush();
+        }
+    });
 }
 
 /// Builds the example, prints and runs the QEMU command, judges the result.
