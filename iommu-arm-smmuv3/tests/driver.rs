@@ -1195,7 +1195,7 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
         let bytes = (slots * span) as usize;
         let backing = m.alloc_zeroed(bytes).unwrap();
         let mut model = vec![false; slots as usize];
-        let rounds = if cfg!(miri) { 8 } else { 60 };
+        let rounds = if cfg!(miri) { 3 } else { 60 };
         for round in 0..rounds {
             let mut g = IotlbGather::new();
             for _ in 0..1 + rng.next() % 6 {
