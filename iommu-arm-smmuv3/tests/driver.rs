@@ -1239,7 +1239,15 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
         // SAFETY: allocated above, and no longer mapped or cached anywhere.
         unsafe { m.free(backing, bytes) };
     }
-    for (ril, coherent) in [(true, true), (false, true), (true, false)] {
+    // Miri leaves out the non-coherent SMMU here: the fake's per-word model
+    // of what the device sees is most of this test's time, and
+    // `a_non_coherent_smmu_works_with_cache_maintenance` runs it under Miri.
+    let configs: &[(bool, bool)] = if cfg!(miri) {
+        &[(true, true), (false, true)]
+    } else {
+        &[(true, true), (false, true), (true, false)]
+    };
+    for &(ril, coherent) in configs {
         let mut id = QEMU_10_VIRT;
         if !ril {
             id.idr[3] &= !(1 << 10);
