@@ -271,9 +271,13 @@ thread_local! {
     /// up takes milliseconds, which would make this the fuzzer's slowest path
     /// by far. Each input starts from what `global_errors` reports first.
     static SMMU: (&'static FakeSmmu, FakeDriver) = {
+        // The fake outlives every thread's driver: a static keeps it, so
+        // that leak checkers (Miri's) see it is kept on purpose.
+        static KEPT: std::sync::Mutex<Vec<&'static FakeSmmu>> = std::sync::Mutex::new(Vec::new());
         let frames = Arc::new(FakeFrames::new());
         let fake: &'static FakeSmmu =
             Box::leak(Box::new(FakeSmmu::new(Arc::clone(&frames), QEMU_10_VIRT)));
+        KEPT.lock().unwrap().push(fake);
         let smmu = Smmu::new(fake, frames, Config::default()).unwrap();
         (fake, smmu)
     };
