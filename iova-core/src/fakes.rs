@@ -24,7 +24,7 @@
 //! assert!(frames.live() > 0);
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::vec::Vec;
@@ -63,7 +63,7 @@ pub struct FakeFrames {
 struct Arena {
     used: Vec<u64>,
     /// Frames each live allocation holds, by first frame.
-    live: BTreeMap<usize, usize>,
+    live: HashMap<usize, usize>,
     hint: usize,
 }
 
@@ -101,7 +101,7 @@ impl FakeFrames {
             bytes,
             arena: Mutex::new(Arena {
                 used: vec![0; frames.div_ceil(64)],
-                live: BTreeMap::new(),
+                live: HashMap::new(),
                 hint: 0,
             }),
             budget: AtomicUsize::new(usize::MAX),
@@ -264,7 +264,7 @@ struct TlbEntry {
 #[derive(Debug)]
 pub struct FakeIotlb {
     granule: u64,
-    tlb: Mutex<BTreeMap<u64, TlbEntry>>,
+    tlb: Mutex<HashMap<u64, TlbEntry>>,
     flushes: AtomicUsize,
     fail_flushes: AtomicUsize,
     hits: AtomicUsize,
@@ -275,7 +275,7 @@ impl FakeIotlb {
     fn new(granule: u64) -> Self {
         Self {
             granule,
-            tlb: Mutex::new(BTreeMap::new()),
+            tlb: Mutex::new(HashMap::new()),
             flushes: AtomicUsize::new(0),
             fail_flushes: AtomicUsize::new(0),
             hits: AtomicUsize::new(0),
