@@ -1521,14 +1521,13 @@ fn dropping_a_translating_unit_keeps_devices_confined() {
 fn a_unit_left_running_is_taken_over() {
     // "Firmware" leaves translation and the queue on with its own tables.
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
-    let firmware = unit(&f, &frames);
-    let d = domain(&firmware, &frames, 1, 4);
+    // Neither is dropped while the new driver runs: that would stop the unit.
+    let firmware = core::mem::ManuallyDrop::new(unit(&f, &frames));
+    let d = core::mem::ManuallyDrop::new(domain(&firmware, &frames, 1, 4));
     map(&d, 0x1000, 0x9000, 0x1000, Prot::RW);
     attach(&firmware, &d, EDU, 1);
     firmware.enable_translation().unwrap();
     assert_eq!(f.translate(EDU, 0x1000, Dma::Read), Ok(0x9000));
-    core::mem::forget(d);
-    core::mem::forget(firmware);
     // The new driver stops it, installs an empty root table and starts over:
     // nothing cached from before survives.
     let u = unit(&f, &frames);
@@ -1541,6 +1540,10 @@ fn a_unit_left_running_is_taken_over() {
     assert_eq!(f.stats().root_pointer_sets, 2);
     // Its queue works from a fresh head.
     u.invalidate_all().unwrap();
+    // Done: give the firmware's memory back (leak checkers see every other).
+    drop(u);
+    drop(core::mem::ManuallyDrop::into_inner(d));
+    drop(core::mem::ManuallyDrop::into_inner(firmware));
 }
 
 #[test]
