@@ -15,7 +15,7 @@
 //! budget ([`HostHal::limit_dma`]) to make DMA memory run out.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
@@ -43,13 +43,25 @@ pub struct HostHal;
 thread_local! {
     /// Allocations this thread may still make (`None`: no limit).
     static DMA_BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
-    /// Allocations made on this thread minus those freed on it.
-    static DMA_LIVE: Cell<isize> = const { Cell::new(0) };
     /// Calls of `dma_alloc` on this thread, failed ones included.
     static DMA_CALLS: Cell<usize> = const { Cell::new(0) };
-    /// Regions allocated on this thread and not freed, by address.
-    static DMA_REGIONS: RefCell<BTreeMap<usize, (NonNull<u8>, usize)>> =
-        const { RefCell::new(BTreeMap::new()) };
+}
+
+/// A live DMA region: the thread that allocated it, its memory and pages.
+struct Region(std::thread::ThreadId, NonNull<u8>, usize);
+
+// SAFETY: the pointer is only dereferenced by `dma_dealloc` and
+// `free_leaked`, which own the region once it is taken out of the table.
+unsafe impl Send for Region {}
+
+/// Every live region, by address. One table for all threads, so that a
+/// region freed on another thread than its allocator's leaves it too.
+static DMA_REGIONS: Mutex<BTreeMap<usize, Region>> = Mutex::new(BTreeMap::new());
+
+fn regions() -> MutexGuard<'static, BTreeMap<usize, Region>> {
+    DMA_REGIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl HostHal {
@@ -59,9 +71,10 @@ impl HostHal {
         DMA_BUDGET.with(|b| b.set(allocations));
     }
 
-    /// DMA regions allocated on this thread and not freed yet.
+    /// DMA regions allocated on this thread and not freed yet (by any thread).
     pub fn dma_live() -> isize {
-        DMA_LIVE.with(Cell::get)
+        let me = std::thread::current().id();
+        regions().values().filter(|r| r.0 == me).count() as isize
     }
 
     /// `dma_alloc` calls on this thread so far, failed ones included.
@@ -79,15 +92,23 @@ impl HostHal {
     /// Nothing may use those regions any more: the driver that leaked them is
     /// gone and the fake device that could reach them is dropped.
     pub unsafe fn free_leaked() -> usize {
-        let regions = DMA_REGIONS.with(|r| core::mem::take(&mut *r.borrow_mut()));
-        for &(p, pages) in regions.values() {
+        let me = std::thread::current().id();
+        let mine: Vec<Region> = {
+            let mut all = regions();
+            let addrs: Vec<usize> = all
+                .iter()
+                .filter(|(_, r)| r.0 == me)
+                .map(|(&a, _)| a)
+                .collect();
+            addrs.iter().filter_map(|a| all.remove(a)).collect()
+        };
+        for Region(_, p, pages) in &mine {
             let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).unwrap();
             // SAFETY: allocated by `dma_alloc` with this layout and never
             // freed; the caller vouches nothing uses it.
             unsafe { dealloc(p.as_ptr(), layout) };
-            DMA_LIVE.with(|l| l.set(l.get() - 1));
         }
-        regions.len()
+        mine.len()
     }
 }
 
@@ -114,8 +135,8 @@ unsafe impl Hal for HostHal {
         let p = unsafe { alloc_zeroed(layout) };
         match NonNull::new(p) {
             Some(p) => {
-                DMA_LIVE.with(|l| l.set(l.get() + 1));
-                DMA_REGIONS.with(|r| r.borrow_mut().insert(p.as_ptr() as usize, (p, pages)));
+                let owner = std::thread::current().id();
+                regions().insert(p.as_ptr() as usize, Region(owner, p, pages));
                 (p.as_ptr() as PhysAddr, p)
             }
             None => (0, NonNull::dangling()),
@@ -123,11 +144,12 @@ unsafe impl Hal for HostHal {
     }
 
     unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        // Out of the table first: once freed, the address may be handed out
+        // again to another thread.
+        regions().remove(&(vaddr.as_ptr() as usize));
         let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).unwrap();
         // SAFETY: allocated by `dma_alloc` with the same layout.
         unsafe { dealloc(vaddr.as_ptr(), layout) };
-        DMA_LIVE.with(|l| l.set(l.get() - 1));
-        DMA_REGIONS.with(|r| r.borrow_mut().remove(&(vaddr.as_ptr() as usize)));
         0
     }
 
