@@ -1881,3 +1881,31 @@ fn msi_targets_are_programmed_where_the_smmu_has_msis() {
         (0, 0)
     );
 }
+
+/// The core's model of adjacent states over stage 1 and stage 2: after every
+/// step the device reaches exactly the live links (the fake's TLB keeps what
+/// was not invalidated, as hardware does).
+#[test]
+fn adjacent_states_model() {
+    let (seeds, steps) = if cfg!(miri) { (1, 80) } else { (6, 600) };
+    for seed in 0..seeds {
+        let m = mem();
+        let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+        let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+        let run = iova_core::fakes::AdjacentStates {
+            window: IovaRange::new(Iova(0x40_0000_0000), 24 * K4).unwrap(),
+            pa_base: PhysAddr(0x8000_0000),
+            seed,
+            steps,
+        };
+        let device = |iova| fake.translate(SID, iova, false).ok();
+        let s1 = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+        smmu.attach_s1(SID, &s1).unwrap();
+        iova_core::fakes::check_adjacent_states(&s1, run, &device);
+        smmu.detach_s1(SID, &s1).unwrap();
+        let s2 = smmu.s2_domain(Arc::clone(&m), 40).unwrap();
+        smmu.attach_s2(SID, &s2).unwrap();
+        iova_core::fakes::check_adjacent_states(&s2, run, &device);
+        smmu.detach_s2(SID, &s2).unwrap();
+    }
+}

@@ -525,6 +525,32 @@ fn two_step_batches_flush_once() {
     state.destroy().unwrap();
 }
 
+/// The core's model of adjacent states over second-level domains of both
+/// depths: after every step the device reaches exactly the live links (the
+/// fake's IOTLB keeps what was not invalidated, as hardware does).
+#[test]
+fn adjacent_states_model() {
+    let (seeds, steps) = if cfg!(miri) { (1, 80) } else { (6, 600) };
+    for (cap, levels) in [(QEMU_CAP_39, 3), (QEMU_CAP_48, 4)] {
+        for seed in 0..seeds {
+            let (frames, f) = fake(cap, QEMU_ECAP);
+            let u = unit(&f, &frames);
+            let d = domain(&u, &frames, 1, levels);
+            attach(&u, &d, EDU, 1);
+            u.enable_translation().unwrap();
+            let run = iova_core::fakes::AdjacentStates {
+                window: IovaRange::new(Iova(0x40_0000_0000 >> 2), 24 * 0x1000).unwrap(),
+                pa_base: PhysAddr(0x8000_0000),
+                seed,
+                steps,
+            };
+            iova_core::fakes::check_adjacent_states(&d, run, &|iova| {
+                f.translate(EDU, iova.0, Dma::Read).ok().map(PhysAddr)
+            });
+        }
+    }
+}
+
 #[test]
 fn too_many_blocks_fall_back_to_domain_selective() {
     // MAMV 0: one page per descriptor, more than psi_limit of them.
@@ -994,6 +1020,36 @@ mod scalable {
             (EDU, FaultReason::PasidEntryNotPresent)
         );
         assert_eq!(u.context(EDU), ContextState::NotPresent);
+    }
+
+    /// The adjacent-states model over a first-level domain.
+    #[test]
+    fn adjacent_states_model_first_level() {
+        let (seeds, steps) = if cfg!(miri) { (1, 80) } else { (6, 600) };
+        for seed in 0..seeds {
+            let (frames, f) = fake(QEMU_CAP_48 | CAP_FL1GP, QEMU_ECAP_FLTS);
+            let u = scalable_unit(&f, &frames);
+            let d = fl_domain(&u, &frames, 2);
+            u.set_context(
+                EDU,
+                ContextState::FirstLevel {
+                    did: 2,
+                    root: d.table().root().0,
+                },
+                false,
+            )
+            .unwrap();
+            u.enable_translation().unwrap();
+            let run = iova_core::fakes::AdjacentStates {
+                window: IovaRange::new(Iova(0x40_0000_0000), 24 * 0x1000).unwrap(),
+                pa_base: PhysAddr(0x8000_0000),
+                seed,
+                steps,
+            };
+            iova_core::fakes::check_adjacent_states(&d, run, &|iova| {
+                f.translate(EDU, iova.0, Dma::Read).ok().map(PhysAddr)
+            });
+        }
     }
 
     #[test]

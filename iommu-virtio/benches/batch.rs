@@ -1,6 +1,8 @@
 //! link + sync over the fake virtio-iommu: requests and notifications per
-//! batch, and time per batch, for 1, 64 and 4096 pieces, physically
-//! scattered (one MAP each) or contiguous (merged into one MAP).
+//! batch, and time per batch, for 1, 64 and 4096 pages, linked page by page
+//! to scattered or to contiguous memory (one MAP per link either way: each
+//! link must stay unlinkable on its own), or as one link of contiguous memory
+//! (one MAP).
 //!
 //! `cargo bench -p iommu-virtio --features fake --bench batch`
 //!
@@ -59,7 +61,7 @@ fn table<const Q: usize, const M: usize, const P: usize>(
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for pieces in [1u64, 64, 4096] {
-        for contiguous in [false, true] {
+        for layout in [Layout::Scattered, Layout::Contiguous, Layout::OneLink] {
             let rounds = if pieces == 4096 { 20 } else { 200 };
             let mut elapsed = Duration::ZERO;
             let (mut maps, mut notes, mut unmaps, mut unotes) = (0, 0, 0, 0);
@@ -67,13 +69,17 @@ fn table<const Q: usize, const M: usize, const P: usize>(
                 let mut state = mapper.try_alloc(pieces * G, G).unwrap();
                 let before = iommu.counters();
                 let t0 = Instant::now();
-                for i in 0..pieces {
-                    let pa = if contiguous {
-                        0x4000_0000 + i * G
-                    } else {
-                        0x4000_0000 + i * 3 * G
-                    };
-                    state.link(i * G, PhysAddr(pa), G, Prot::RW).unwrap();
+                match layout {
+                    Layout::OneLink => state
+                        .link(0, PhysAddr(0x4000_0000), pieces * G, Prot::RW)
+                        .unwrap(),
+                    _ => {
+                        for i in 0..pieces {
+                            let stride = if layout == Layout::Scattered { 3 } else { 1 };
+                            let pa = 0x4000_0000 + i * stride * G;
+                            state.link(i * G, PhysAddr(pa), G, Prot::RW).unwrap();
+                        }
+                    }
                 }
                 state.sync().unwrap();
                 elapsed += t0.elapsed();
@@ -89,10 +95,10 @@ fn table<const Q: usize, const M: usize, const P: usize>(
             let per_batch = elapsed / rounds as u32;
             println!(
                 "| {pieces} | {} | {} | {} | {:.1} us | {:.0} ns | {} | {} |",
-                if contiguous {
-                    "contiguous"
-                } else {
-                    "scattered"
+                match layout {
+                    Layout::Scattered => "scattered",
+                    Layout::Contiguous => "contiguous",
+                    Layout::OneLink => "one link",
                 },
                 maps / rounds,
                 notes / rounds,
@@ -103,4 +109,14 @@ fn table<const Q: usize, const M: usize, const P: usize>(
             );
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// A link per page, every third frame.
+    Scattered,
+    /// A link per page, consecutive frames.
+    Contiguous,
+    /// One link of consecutive frames.
+    OneLink,
 }

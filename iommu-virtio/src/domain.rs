@@ -6,16 +6,17 @@
 //! So the two-step API's `link`...`link` + `sync` costs one notification per
 //! sync, whatever the number of pieces.
 //!
-//! - **Merging.** A map that continues the last queued MAP (next IOVA, next
-//!   physical address, same permissions) extends it instead of adding a
-//!   request: one MAP per physically contiguous run.
-//! - **Whole mappings only.** The device fails an UNMAP that would split one
-//!   of its mappings (RANGE), so the domain remembers every mapping it asked
-//!   for and refuses such an unmap itself, before the device sees it
-//!   ([`Error::PartialUnmap`]). With merging on, a mapping may hold several
-//!   of the caller's maps; unmapping only some of them is refused. Turn
-//!   merging off ([`VirtioDomain::with_merging`]) when pieces must come and
-//!   go one by one.
+//! - **One MAP per map.** Each `map` (one link of the two-step API) becomes
+//!   exactly one MAP request, as large as the link. The device fails an
+//!   UNMAP that would split one of its mappings (RANGE), so a MAP may cover
+//!   only what a single unmap removes: two maps are never merged, even when
+//!   they continue each other in IOVA and physical address, because they may
+//!   belong to different IOVA states, or be unlinked one at a time. The
+//!   domain remembers every mapping it asked for and refuses an unmap that
+//!   would split one itself, before the device sees it
+//!   ([`Error::PartialUnmap`]); the two-step API never asks for one.
+//! - **Merged UNMAPs.** An unmap removes every mapping inside its range, so
+//!   the UNMAPs of adjacent ranges (of one state or several) are sent as one.
 //! - **Never dropped.** When the software batch is full, `map`/`unmap` send it
 //!   first (a flush in the middle) and go on; when the queue is smaller than
 //!   the batch, `run` sends it in queue-sized parts.
@@ -89,7 +90,6 @@ pub struct VirtioDomain<
 > {
     iommu: &'a VirtioIommu<H, T, Q>,
     id: u32,
-    merge: bool,
     state: spin::Mutex<State<M, P>>,
 }
 
@@ -99,7 +99,6 @@ impl<H: Hal, T: Transport, const Q: usize, const M: usize, const P: usize> core:
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioDomain")
             .field("id", &self.id)
-            .field("merge", &self.merge)
             .finish_non_exhaustive()
     }
 }
@@ -128,13 +127,11 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: u
     VirtioDomain<'a, H, T, Q, M, P>
 {
     /// Domain `id` on `iommu` (the device creates it at the first attach).
-    /// Merging of contiguous maps is on.
     pub fn new(iommu: &'a VirtioIommu<H, T, Q>, id: u32) -> Result<Self, VirtioIommuError> {
         iommu.check_domain(id)?;
         Ok(Self {
             iommu,
             id,
-            merge: true,
             state: spin::Mutex::new(State {
                 records: heapless::Vec::new(),
                 pending: heapless::Vec::new(),
@@ -142,11 +139,6 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: u
                 results: heapless::Vec::new(),
             }),
         })
-    }
-
-    /// The same domain with merging of contiguous maps on or off.
-    pub fn with_merging(self, merge: bool) -> Self {
-        Self { merge, ..self }
     }
 
     /// The domain ID.
@@ -280,30 +272,6 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: u
         let next_overlaps = st.records.get(idx).is_some_and(|r| r.start < end);
         if prev_overlaps || next_overlaps {
             return Err(VirtioIommuError::AlreadyMapped);
-        }
-        if self.merge && idx > 0 {
-            let prev = st.records[idx - 1];
-            let last = st.pending.last().copied();
-            if let Some(Pending::Map {
-                start,
-                end: pend,
-                pa: ppa,
-                flags: pflags,
-            }) = last
-            {
-                let contiguous = prev.queued
-                    && prev.start == start
-                    && pend == iova
-                    && ppa.checked_add(pend - start) == Some(pa)
-                    && pflags == flags;
-                if contiguous {
-                    st.records[idx - 1].end = end;
-                    if let Some(Pending::Map { end: e, .. }) = st.pending.last_mut() {
-                        *e = end;
-                    }
-                    return Ok(());
-                }
-            }
         }
         if st.records.is_full() {
             return Err(VirtioIommuError::StorageFull);

@@ -25,8 +25,8 @@
 //! - Events: the event queue is kept stocked; faults are decoded into
 //!   [`FaultRecord`]s (reason, read/write/exec, endpoint, address) and drained
 //!   with [`VirtioIommu::pop_fault`].
-//! - [`VirtioDomain`] ([`domain`]): map by request. `map` queues a MAP (merged
-//!   with the previous one when IOVA and physical address both continue it),
+//! - [`VirtioDomain`] ([`domain`]): map by request. `map` queues one MAP (never
+//!   merged with another map's, so every link can be unlinked on its own),
 //!   `unmap` queues UNMAPs of whole mappings (a split is refused before the
 //!   device sees it), `flush` sends the batch with one notification. A full
 //!   batch is sent and the work goes on; nothing is dropped.

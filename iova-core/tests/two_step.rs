@@ -435,3 +435,23 @@ fn mapper_rejects_an_allocator_with_a_finer_granule() {
         Error::Misaligned
     );
 }
+
+/// The shared model of adjacent states (also run by every backend) over the
+/// fake domain, whose IOTLB keeps stale translations until a flush.
+#[test]
+fn adjacent_states_model() {
+    let (seeds, steps) = if cfg!(miri) { (2, 120) } else { (12, 600) };
+    for seed in 0..seeds {
+        let (domain, _) = fake_domain(LpaeS1::va48());
+        let run = iova_core::fakes::AdjacentStates {
+            window: IovaRange::new(Iova(0x40_0000_0000), 24 * K4).unwrap(),
+            pa_base: PhysAddr(0x8000_0000),
+            seed,
+            steps,
+        };
+        iova_core::fakes::check_adjacent_states(&domain, run, &|iova| {
+            domain.device_access(iova, Access::Read).ok()
+        });
+        assert!(domain.leaves().is_empty(), "seed {seed}: leaves left");
+    }
+}

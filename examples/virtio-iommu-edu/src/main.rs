@@ -22,6 +22,11 @@
 //! - `msi`: PROBE's reserved regions are never handed out as IOVAs.
 //! - `identity`: the second edu attached to a bypass domain (ATTACH with the
 //!   BYPASS flag) DMAs to physical addresses; detached again, it is denied.
+//! - `adjacent`: two IOVA states on adjacent pages, linked to physically
+//!   contiguous memory: each gets a MAP of its own, a DMA straddling both
+//!   reaches both, and each destroy removes exactly its own page (edu's
+//!   write there is blocked, the neighbour still reachable); then two
+//!   adjacent contiguous links of one state, one unlinked alone.
 //!
 //! `-append blk` and `-append blk-bench` run instead the virtio-blk scenarios
 //! of [`blk`] (no edu needed): a virtio-blk-pci disk behind the
@@ -222,6 +227,7 @@ fn stack_headroom() -> usize {
 struct Ctx<'a> {
     iommu: &'a Iommu,
     mapper: DmaMapper<'a, Domain<'a>>,
+    iovas: &'a IovaAllocator<'a>,
     edu: Edu,
     second_edu: Option<(Edu, Bdf)>,
     frames: FrameAllocator,
@@ -234,7 +240,7 @@ type Domain<'a> = VirtioDomain<'a, PoolHal, VirtioPciTransport, QUEUE, MAPPINGS>
 /// A scenario: runs on the shared context, prints what it proved.
 type Scenario = fn(&mut Ctx<'_>) -> Result<(), Error>;
 
-const SCENARIOS: [(&str, Scenario); 7] = [
+const SCENARIOS: [(&str, Scenario); 8] = [
     ("map", scenario_map),
     ("batch", scenario_batch),
     ("unlink", scenario_unlink),
@@ -242,6 +248,7 @@ const SCENARIOS: [(&str, Scenario); 7] = [
     ("deny", scenario_deny),
     ("msi", scenario_msi),
     ("identity", scenario_identity),
+    ("adjacent", scenario_adjacent),
 ];
 
 fn main(boot: &BootInfo) -> Result<(), Error> {
@@ -260,13 +267,13 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
     if let Some(scenario) = blk::Scenario::parse(wanted) {
         return blk::run(boot, scenario).map_err(Error::Blk);
     }
-    let chosen: heapless::Vec<_, 7> = SCENARIOS
+    let chosen: heapless::Vec<_, 8> = SCENARIOS
         .iter()
         .filter(|(name, _)| wanted.is_empty() || wanted == "all" || *name == wanted)
         .collect();
     if chosen.is_empty() {
         return Err(Error::Check(
-            "unknown scenario (-append map|batch|unlink|readonly|deny|msi|identity|all|blk|blk-bench)",
+            "unknown scenario (-append map|batch|unlink|readonly|deny|msi|identity|adjacent|all|blk|blk-bench)",
             0,
         ));
     }
@@ -353,6 +360,7 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
     let mut ctx = Ctx {
         iommu: &iommu,
         mapper,
+        iovas: &iovas,
         edu: found.edu,
         second_edu: found.second_edu,
         frames,
@@ -793,5 +801,130 @@ fn scenario_identity(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         target.phys(),
         f.reason
     );
+    Ok(())
+}
+
+/// edu writes 8 bytes to `iova`; returns whether they reached `frames` (and
+/// restores its contents), draining the faults a blocked write raises.
+fn edu_write_reaches(
+    ctx: &mut Ctx<'_>,
+    iova: u64,
+    frames: &mut Frames,
+    at: usize,
+) -> Result<bool, Error> {
+    frames.as_mut_slice()[at..at + 8].fill(0x11);
+    // SAFETY: `iova` is either mapped to `frames` at `at` or not mapped at
+    // all; edu's write lands there or is blocked.
+    unsafe { ctx.edu.dma_from_device(0, iova, 8)? };
+    let reached = frames.as_mut_slice()[at..at + 8].iter().any(|&b| b != 0x11);
+    frames.as_mut_slice()[at..at + 8].fill(0x11);
+    drain_faults(ctx.iommu);
+    Ok(reached)
+}
+
+/// Two states on adjacent IOVAs over physically contiguous pages tear down
+/// on their own; so do two adjacent contiguous links of one state.
+fn scenario_adjacent(ctx: &mut Ctx<'_>) -> Result<(), Error> {
+    let mut src = ctx.frames.alloc(1)?;
+    fill(&mut src, 321);
+    let src_map = ctx.mapper.map(PhysAddr(src.phys()), PAGE, Prot::READ)?;
+    // SAFETY: edu reads our source page through an IOVA mapped to it.
+    unsafe {
+        ctx.edu
+            .dma_to_device(src_map.addr().0, 0, edu::BUFFER_SIZE)?;
+    }
+    let mut pair = ctx.frames.alloc(2)?;
+    pair.as_mut_slice().fill(0x11);
+    // CPU index 1 has no IOVA cache: fresh ranges from the shared allocator,
+    // which packs them, so the two states are neighbours.
+    let shared = || 1usize;
+    let mapper = DmaMapper::new(ctx.mapper.domain(), ctx.iovas, &shared)?;
+    let mut a = mapper.try_alloc_with(PAGE, PAGE, heapless::Vec::<Link, 2>::new())?;
+    let mut b = mapper.try_alloc_with(PAGE, PAGE, heapless::Vec::<Link, 2>::new())?;
+    let (ia, ib) = (a.iova().0, b.iova().0);
+    check(ib == ia + PAGE, "the two states are not adjacent", ib)?;
+    let before = ctx.iommu.counters();
+    a.link(0, PhysAddr(pair.phys()), PAGE, Prot::RW)?;
+    b.link(0, PhysAddr(pair.phys() + PAGE), PAGE, Prot::RW)?;
+    a.sync()?;
+    b.sync()?;
+    let c = ctx.iommu.counters().since(&before);
+    check(
+        c.map == 2,
+        "two adjacent contiguous links: MAP count",
+        c.map,
+    )?;
+    // A write straddling both pages reaches both through one IOVA run.
+    let half = (PAGE / 2) as usize;
+    // SAFETY: [ia + PAGE/2, ia + 3 PAGE/2) is mapped to the middle of `pair`.
+    unsafe {
+        ctx.edu
+            .dma_from_device(0, ia + PAGE / 2, edu::BUFFER_SIZE)?
+    };
+    let straddled = pair.as_mut_slice()[half..half + edu::BUFFER_SIZE as usize]
+        .iter()
+        .enumerate()
+        .all(|(i, &byte)| byte == pattern(321, i));
+    check(straddled, "a DMA across the two states did not arrive", ia)?;
+    pair.as_mut_slice().fill(0x11);
+
+    let before = ctx.iommu.counters();
+    a.destroy().map_err(|r| r.error)?;
+    let c = ctx.iommu.counters().since(&before);
+    check(
+        c.unmap == 1 && c.notifications == 1,
+        "destroy A: UNMAP count",
+        c.unmap,
+    )?;
+    check(
+        !edu_write_reaches(ctx, ia, &mut pair, 0)?,
+        "A's page reachable after destroy",
+        ia,
+    )?;
+    check(
+        edu_write_reaches(ctx, ib, &mut pair, PAGE as usize)?,
+        "B's page gone with A",
+        ib,
+    )?;
+    b.destroy().map_err(|r| r.error)?;
+    check(
+        !edu_write_reaches(ctx, ib, &mut pair, PAGE as usize)?,
+        "B's page reachable after destroy",
+        ib,
+    )?;
+    println!(
+        "{NAME}: adjacent: states at IOVA {ia:#x} and {ib:#x} on contiguous pages {:#x}/{:#x}: one MAP each, a DMA across both arrived; destroy A removed only A's page (edu blocked there, B still reached), destroy B removed B's",
+        pair.phys(),
+        pair.phys() + PAGE
+    );
+
+    // One state, two adjacent contiguous links: either unlinks alone.
+    let mut s = mapper.try_alloc_with(2 * PAGE, PAGE, heapless::Vec::<Link, 2>::new())?;
+    s.link(0, PhysAddr(pair.phys()), PAGE, Prot::RW)?;
+    s.link(PAGE, PhysAddr(pair.phys() + PAGE), PAGE, Prot::RW)?;
+    s.sync()?;
+    let base = s.iova().0;
+    s.unlink(0, PAGE)?;
+    s.sync()?;
+    check(
+        !edu_write_reaches(ctx, base, &mut pair, 0)?,
+        "unlinked page reachable",
+        base,
+    )?;
+    check(
+        edu_write_reaches(ctx, base + PAGE, &mut pair, PAGE as usize)?,
+        "the other link went too",
+        base + PAGE,
+    )?;
+    s.destroy().map_err(|r| r.error)?;
+    check(
+        !edu_write_reaches(ctx, base + PAGE, &mut pair, PAGE as usize)?,
+        "page reachable after destroy",
+        base + PAGE,
+    )?;
+    println!(
+        "{NAME}: adjacent: one state, two contiguous links at {base:#x}: unlinking the first left the second reachable; destroy removed it"
+    );
+    ctx.mapper.unmap(src_map).map_err(|r| r.error)?;
     Ok(())
 }

@@ -56,11 +56,13 @@ fn map_queues_without_notifying_and_flush_notifies_once() {
 }
 
 #[test]
-fn contiguous_maps_merge_into_one_request_unless_merging_is_off() {
+fn every_map_is_one_request_even_when_it_continues_the_last() {
     let (fake, io) = iommu::<256>();
     let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
     d.attach(EP).unwrap();
     let mut g = IotlbGather::new();
+    // Four maps continuing each other in IOVA and physical address stay four
+    // mappings (each may be unmapped alone) in one notification.
     for i in 0..4 {
         d.map(
             Iova(0x10_0000 + i * G),
@@ -71,46 +73,33 @@ fn contiguous_maps_merge_into_one_request_unless_merging_is_off() {
         )
         .unwrap();
     }
-    // Physically discontiguous, then different permissions: new requests.
+    // One map of four pages is one MAP of four pages.
     d.map(
-        Iova(0x10_4000),
+        Iova(0x20_0000),
         PhysAddr(0x6000_0000),
-        G,
-        Prot::READ,
+        4 * G,
+        Prot::RW,
         &mut g,
     )
     .unwrap();
-    d.map(Iova(0x10_5000), PhysAddr(0x6000_1000), G, Prot::RW, &mut g)
-        .unwrap();
+    let before = io.counters();
     d.flush(&mut g).unwrap();
+    let c = io.counters().since(&before);
+    assert_eq!((c.map, c.notifications), (5, 1));
     let maps = fake.mappings(1).unwrap();
-    assert_eq!(maps.len(), 3);
+    assert_eq!(maps.len(), 5);
     assert_eq!(
-        (maps[0].start, maps[0].end, maps[0].phys),
-        (0x10_0000, 0x10_3fff, 0x5000_0000)
+        (maps[4].start, maps[4].end, maps[4].phys),
+        (0x20_0000, 0x20_3fff, 0x6000_0000)
     );
-    assert_eq!(io.counters().map, 3);
-    // A continuation after the flush is a new mapping (the old one is live).
-    d.map(Iova(0x10_6000), PhysAddr(0x6000_2000), G, Prot::RW, &mut g)
-        .unwrap();
+    assert_eq!(
+        d.unmap(Iova(0x10_1000), G, &mut g),
+        Ok(G),
+        "one of the four"
+    );
     d.flush(&mut g).unwrap();
-    assert_eq!(fake.mappings(1).unwrap().len(), 4);
-
-    let (fake, io) = iommu::<256>();
-    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap().with_merging(false);
-    d.attach(EP).unwrap();
-    for i in 0..4 {
-        d.map(
-            Iova(0x10_0000 + i * G),
-            PhysAddr(0x5000_0000 + i * G),
-            G,
-            Prot::READ,
-            &mut g,
-        )
-        .unwrap();
-    }
-    d.flush(&mut g).unwrap();
-    assert_eq!(fake.mappings(1).unwrap().len(), 4);
+    assert_eq!(fake.dma(EP, 0x10_1000, false), None);
+    assert_eq!(fake.dma(EP, 0x10_2000, false), Some(0x5000_2000));
 }
 
 #[test]
@@ -349,7 +338,7 @@ fn the_two_step_api_links_64_scattered_pages_with_one_notification() {
 }
 
 #[test]
-fn contiguous_links_merge_and_destroy_unmaps_them_whole() {
+fn contiguous_links_stay_apart_and_destroy_unmaps_them_with_one_request() {
     let (fake, io) = iommu::<256>();
     let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
     d.attach(EP).unwrap();
@@ -358,33 +347,33 @@ fn contiguous_links_merge_and_destroy_unmaps_them_whole() {
     let cpu = || 0;
     let mapper = DmaMapper::new(&d, &iovas, &cpu).unwrap();
     let mut state = mapper.try_alloc(8 * G, G).unwrap();
-    // Two runs of 4 physically contiguous pages.
-    for i in 0..8 {
-        let pa = if i < 4 { 0x5000_0000 } else { 0x7000_0000 } + (i % 4) * G;
-        state.link(i * G, PhysAddr(pa), G, Prot::READ).unwrap();
+    // Four physically contiguous links, then one link of four pages.
+    for i in 0..4 {
+        state
+            .link(i * G, PhysAddr(0x5000_0000 + i * G), G, Prot::READ)
+            .unwrap();
     }
+    state
+        .link(4 * G, PhysAddr(0x7000_0000), 4 * G, Prot::READ)
+        .unwrap();
     state.sync().unwrap();
-    assert_eq!(
-        fake.mappings(1).unwrap().len(),
-        2,
-        "one MAP per contiguous run"
-    );
-    assert_eq!(io.counters().map, 2);
-    assert_eq!(
-        state.unlink(G, G),
-        Err(Error::PartialUnmap),
-        "inside a merged MAP"
-    );
+    assert_eq!(fake.mappings(1).unwrap().len(), 5, "one MAP per link");
+    assert_eq!(io.counters().map, 5);
+    assert_eq!(state.unlink(G, G), Ok(()), "each link unlinks alone");
+    state.sync().unwrap();
     state.destroy().unwrap();
     assert_eq!(fake.mappings(1), Some(vec![]));
-    assert_eq!(io.counters().unmap, 1, "adjacent whole mappings: one UNMAP");
+    assert_eq!(
+        io.counters().unmap,
+        3,
+        "the single unlink, then both sides of its hole: one UNMAP each"
+    );
 }
 
 #[test]
 fn unmapping_more_mappings_than_a_batch_holds_is_one_request() {
     let (fake, io) = iommu::<256>();
-    let d: VirtioDomain<'_, _, _, 256, 1024> =
-        VirtioDomain::new(&io, 1).unwrap().with_merging(false);
+    let d: VirtioDomain<'_, _, _, 256, 1024> = VirtioDomain::new(&io, 1).unwrap();
     d.attach(EP).unwrap();
     let mut g = IotlbGather::new();
     let n = 3 * PENDING as u64;
@@ -507,8 +496,7 @@ fn cpus_mapping_disjoint_ranges_of_one_domain_at_once_lose_nothing() {
 fn an_unmap_that_must_first_send_a_full_batch_still_covers_what_that_batch_mapped() {
     // P = 4: the batch fills with queued MAPs of the very range being unmapped.
     let (fake, io) = iommu::<256>();
-    let d: VirtioDomain<'_, _, _, 256, 64, 4> =
-        VirtioDomain::new(&io, 1).unwrap().with_merging(false);
+    let d: VirtioDomain<'_, _, _, 256, 64, 4> = VirtioDomain::new(&io, 1).unwrap();
     d.attach(EP).unwrap();
     let mut g = IotlbGather::new();
     d.map(Iova(0x10_0000), PhysAddr(scattered(0)), G, Prot::RW, &mut g)
@@ -537,7 +525,7 @@ fn an_unmap_that_must_first_send_a_full_batch_still_covers_what_that_batch_mappe
 fn random_sequences_keep_the_device_in_step_with_the_caller() {
     const PAGES: u64 = 16;
     const BASE: u64 = 0x100_0000;
-    // Under Miri fewer and shorter sequences, still with and without merging.
+    // Under Miri fewer and shorter sequences.
     let (seeds, steps): (u64, u32) = if cfg!(miri) { (4, 150) } else { (20, 1000) };
     for seed in 1..=seeds {
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -548,10 +536,7 @@ fn random_sequences_keep_the_device_in_step_with_the_caller() {
             x % n
         };
         let (fake, io) = iommu::<8>();
-        // Odd seeds without merging, so the batch fills more often.
-        let d: VirtioDomain<'_, _, _, 8, 64, 4> = VirtioDomain::new(&io, 1)
-            .unwrap()
-            .with_merging(seed % 2 == 0);
+        let d: VirtioDomain<'_, _, _, 8, 64, 4> = VirtioDomain::new(&io, 1).unwrap();
         d.attach(EP).unwrap();
         let mut model: std::collections::BTreeMap<u64, u64> = Default::default();
         let mut g = IotlbGather::new();
@@ -628,5 +613,89 @@ fn random_sequences_keep_the_device_in_step_with_the_caller() {
             }
         }
         assert!(rejected > 0, "seed {seed}: the refusal path never ran");
+    }
+}
+
+/// What endpoint `EP` reaches at `iova` in domain 1, read from the fake's
+/// mappings (without raising a fault event).
+fn reach(fake: &FakeIommu, iova: Iova) -> Option<PhysAddr> {
+    fake.mappings(1)?
+        .iter()
+        .find(|m| m.start <= iova.0 && iova.0 <= m.end)
+        .map(|m| PhysAddr(m.phys + (iova.0 - m.start)))
+}
+
+#[test]
+fn adjacent_states_on_contiguous_memory_tear_down_on_their_own() {
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let window = IovaRange::new(Iova(0x40_0000_0000), 16 * G).unwrap();
+    let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(window, G), 64, 1).unwrap();
+    let cpu = || 0;
+    let mapper = DmaMapper::new(&d, &iovas, &cpu).unwrap();
+    let mut a = mapper.try_alloc(G, G).unwrap();
+    let mut b = mapper.try_alloc(G, G).unwrap();
+    assert_eq!(b.iova().0, a.iova().0 + G, "adjacent");
+    a.link(0, PhysAddr(0x8000_0000), G, Prot::RW).unwrap();
+    b.link(0, PhysAddr(0x8000_1000), G, Prot::RW).unwrap();
+    a.sync().unwrap();
+    b.sync().unwrap();
+    assert_eq!(reach(&fake, b.iova()), Some(PhysAddr(0x8000_1000)));
+    a.destroy().unwrap();
+    assert_eq!(reach(&fake, window.start), None, "A's page is gone");
+    assert_eq!(
+        reach(&fake, b.iova()),
+        Some(PhysAddr(0x8000_1000)),
+        "B's stays"
+    );
+    b.destroy().unwrap();
+    assert_eq!(fake.mappings(1), Some(vec![]), "nothing left on the device");
+    iovas.flush_caches();
+    let st = iovas.stats();
+    assert_eq!(
+        (st.live_allocations, st.free_bytes),
+        (0, window.len()),
+        "no IOVA leaked"
+    );
+
+    // Within one state: one of two adjacent, contiguous links unlinks alone.
+    let mut s = mapper.try_alloc(2 * G, G).unwrap();
+    s.link(0, PhysAddr(0x8000_0000), G, Prot::RW).unwrap();
+    s.link(G, PhysAddr(0x8000_1000), G, Prot::RW).unwrap();
+    s.sync().unwrap();
+    assert_eq!(
+        s.unlink(G, G),
+        Ok(()),
+        "an exact link can always be unlinked"
+    );
+    s.sync().unwrap();
+    assert_eq!(
+        reach(&fake, s.dma_addr(0).unwrap()),
+        Some(PhysAddr(0x8000_0000))
+    );
+    assert_eq!(reach(&fake, s.dma_addr(G).unwrap()), None);
+    let c = io.counters();
+    s.destroy().unwrap();
+    assert_eq!(io.counters().since(&c).notifications, 1);
+    assert_eq!(fake.mappings(1), Some(vec![]));
+}
+
+/// The core's model of adjacent states, over the fake device: after every
+/// step exactly the live links translate.
+#[test]
+fn adjacent_states_model() {
+    let (seeds, steps) = if cfg!(miri) { (2, 120) } else { (12, 600) };
+    for seed in 0..seeds {
+        let (fake, io) = iommu::<256>();
+        let d: VirtioDomain<'_, _, _, 256, 64, 8> = VirtioDomain::new(&io, 1).unwrap();
+        d.attach(EP).unwrap();
+        let run = iova_core::fakes::AdjacentStates {
+            window: IovaRange::new(Iova(0x40_0000_0000), 24 * G).unwrap(),
+            pa_base: PhysAddr(0x8000_0000),
+            seed,
+            steps,
+        };
+        iova_core::fakes::check_adjacent_states(&d, run, &|iova| reach(&fake, iova));
     }
 }

@@ -24,6 +24,9 @@
 //! assert!(frames.live() > 0);
 //! ```
 
+mod adjacent_states;
+pub use adjacent_states::{AdjacentStates, check_adjacent_states};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
