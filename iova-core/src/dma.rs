@@ -31,6 +31,7 @@ use crate::addr::{Iova, IovaRange, PhysAddr, align_up, checked_end};
 use crate::cache::{CacheMaintenance, Coherent};
 use crate::domain::IommuDomain;
 use crate::error::Error;
+use crate::flush_queue::FlushQueue;
 use crate::gather::IotlbGather;
 use crate::iova_alloc::{CurrentCpu, IovaAlloc, IovaAllocator};
 use crate::prot::Prot;
@@ -109,13 +110,20 @@ impl LinkStore for alloc::vec::Vec<Link> {
 #[cfg(feature = "alloc")]
 pub type DefaultLinks = alloc::vec::Vec<Link>;
 
-/// A cheap handle tying a domain, an IOVA allocator and the cache maintenance of
-/// the devices attached to the domain. `Copy`: every state carries one.
+/// A cheap handle tying a domain, an IOVA allocator, the cache maintenance of
+/// the devices attached to the domain and its flush policy. `Copy`: every
+/// state carries one.
+///
+/// The policy is strict unless [`with_flush_queue`](Self::with_flush_queue)
+/// names a [`FlushQueue`]: then unlinks are invalidated in batches, with a
+/// bounded window in which the device may still reach unlinked memory (see
+/// [`crate::flush_queue`]).
 pub struct DmaMapper<'a, D: IommuDomain + ?Sized> {
     domain: &'a D,
     iovas: &'a IovaAllocator<'a>,
     cpu: &'a (dyn CurrentCpu + Sync),
     cache: &'a dyn CacheMaintenance,
+    queue: Option<&'a FlushQueue<'a>>,
 }
 
 impl<D: IommuDomain + ?Sized> Clone for DmaMapper<'_, D> {
@@ -152,12 +160,48 @@ impl<'a, D: IommuDomain + ?Sized> DmaMapper<'a, D> {
             iovas,
             cpu,
             cache: &COHERENT,
+            queue: None,
         })
     }
 
     /// The same mapper for devices that need cache maintenance.
     pub fn with_cache(self, cache: &'a dyn CacheMaintenance) -> Self {
         Self { cache, ..self }
+    }
+
+    /// The same mapper with deferred invalidation: states' unlinks wait in
+    /// `queue`, which must serve this domain and this IOVA allocator only
+    /// (see [`crate::flush_queue`] for what the device may reach, and until
+    /// when).
+    pub fn with_flush_queue(self, queue: &'a FlushQueue<'a>) -> Self {
+        Self {
+            queue: Some(queue),
+            ..self
+        }
+    }
+
+    /// The flush queue, if the policy is deferred.
+    pub fn flush_queue(&self) -> Option<&'a FlushQueue<'a>> {
+        self.queue
+    }
+
+    /// Flushes the flush queue now, if anything waits in it (a no-op under
+    /// the strict policy). On error the queue keeps everything.
+    pub fn flush_deferred(&self) -> Result<(), Error> {
+        match self.queue {
+            Some(q) => q.flush(self.domain, self.iovas, self.cpu.current_cpu(), false),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes the flush queue if one of its limits is reached, its age
+    /// among them: call it from a periodic tick to make the age limit a
+    /// bound in time.
+    pub fn flush_expired(&self) -> Result<(), Error> {
+        match self.queue {
+            Some(q) => q.flush(self.domain, self.iovas, self.cpu.current_cpu(), true),
+            None => Ok(()),
+        }
     }
 
     /// The domain.
@@ -198,6 +242,7 @@ impl<'a, D: IommuDomain + ?Sized> DmaMapper<'a, D> {
             links,
             pending: IotlbGather::new(),
             cleans_pending: false,
+            deferred: None,
         })
     }
 
@@ -348,6 +393,16 @@ pub struct IovaState<'a, D: IommuDomain + ?Sized, S: LinkStore> {
     links: S,
     pending: IotlbGather,
     cleans_pending: bool,
+    /// Unlinks waiting in the mapper's flush queue: the queue generation
+    /// they belong to and the IOVA span they cover, `[lo, hi)`.
+    deferred: Option<Deferred>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Deferred {
+    generation: u64,
+    lo: u64,
+    hi: u64,
 }
 
 impl<D: IommuDomain + ?Sized, S: LinkStore> fmt::Debug for IovaState<'_, D, S> {
@@ -455,8 +510,9 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
         {
             return Err(Error::Misaligned);
         }
-        self.links.insert(idx, link)?;
         let iova = Iova(self.base.0 + start);
+        self.flush_before_relink(iova.0, self.base.0 + stop)?;
+        self.links.insert(idx, link)?;
         let mapped = self.mapper.domain.map(
             iova,
             pa.align_down(g),
@@ -478,15 +534,26 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
     /// Makes every link and unlink since the last sync take effect: waits for the
     /// cache cleans (once), then one backend flush. On error the pending work is
     /// kept and `sync` may be retried.
+    ///
+    /// Under a deferred policy unlinks are not part of that flush: `sync`
+    /// flushes the mapper's queue only if one of its limits is reached (see
+    /// [`crate::flush_queue`]).
     pub fn sync(&mut self) -> Result<(), Error> {
         if self.cleans_pending {
             self.mapper.cache.complete();
             self.cleans_pending = false;
         }
-        if self.pending.is_empty() {
-            return Ok(());
+        if !self.pending.is_empty() {
+            self.mapper.domain.flush(&mut self.pending)?;
         }
-        self.mapper.domain.flush(&mut self.pending)
+        match self.mapper.queue {
+            Some(q) => q.flush_if_due(
+                self.mapper.domain,
+                self.mapper.iovas,
+                self.mapper.cpu.current_cpu(),
+            ),
+            None => Ok(()),
+        }
     }
 
     /// Unlinks `[offset, offset + len)`, which must be exactly one link or several
@@ -526,10 +593,57 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
         let g = self.mapper.granule();
         let start = links[first].span(g).0;
         let stop = links[last - 1].span(g).1;
-        self.mapper
-            .domain
-            .unmap(Iova(self.base.0 + start), stop - start, &mut self.pending)?;
+        self.unmap(start, stop)?;
         self.links.remove(first, last);
+        Ok(())
+    }
+
+    /// Unmaps `[start, stop)` (offsets) into the state's gather, or into the
+    /// flush queue under a deferred policy.
+    fn unmap(&mut self, start: u64, stop: u64) -> Result<(), Error> {
+        let (iova, end) = (self.base.0 + start, self.base.0 + stop);
+        let Some(q) = self.mapper.queue else {
+            self.mapper
+                .domain
+                .unmap(Iova(iova), end - iova, &mut self.pending)?;
+            return Ok(());
+        };
+        let generation = q.unmap(self.mapper.domain, Iova(iova), end - iova)?;
+        self.deferred = Some(match self.deferred {
+            Some(d) if d.generation == generation => Deferred {
+                generation,
+                lo: d.lo.min(iova),
+                hi: d.hi.max(end),
+            },
+            _ => Deferred {
+                generation,
+                lo: iova,
+                hi: end,
+            },
+        });
+        Ok(())
+    }
+
+    /// Before `[iova, end)` is linked again: if this state unlinked part of
+    /// it and the queue has not flushed that yet, flush now, or the device
+    /// could keep using the old translation after the new link's sync.
+    fn flush_before_relink(&mut self, iova: u64, end: u64) -> Result<(), Error> {
+        let (Some(q), Some(d)) = (self.mapper.queue, self.deferred) else {
+            return Ok(());
+        };
+        if q.generation() > d.generation {
+            self.deferred = None;
+            return Ok(());
+        }
+        if iova < d.hi && d.lo < end {
+            q.flush_for_relink(
+                self.mapper.domain,
+                self.mapper.iovas,
+                self.mapper.cpu.current_cpu(),
+                d.generation,
+            )?;
+            self.deferred = None;
+        }
         Ok(())
     }
 
@@ -580,7 +694,9 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
         if let Err(error) = self.sync() {
             return Err(Returned { error, state: self });
         }
-        self.release_iova();
+        if let Err(error) = self.release_iova() {
+            return Err(Returned { error, state: self });
+        }
         Ok(())
     }
 
@@ -595,18 +711,37 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
             }
             let start = first.span(g).0;
             let stop = links[n - 1].span(g).1;
-            self.mapper
-                .domain
-                .unmap(Iova(self.base.0 + start), stop - start, &mut self.pending)?;
+            self.unmap(start, stop)?;
             self.links.remove(0, n);
         }
         Ok(())
     }
 
-    fn release_iova(&mut self) {
-        if let Some(alloc) = self.alloc.take() {
-            // Only fails for a foreign or stale handle, which ours never is.
-            let _ = self.mapper.iovas.free(self.mapper.cpu.current_cpu(), alloc);
+    /// Gives the IOVA range back: at once, or under a deferred policy once
+    /// the queue has flushed this state's unlinks. On error the state keeps it.
+    fn release_iova(&mut self) -> Result<(), Error> {
+        let Some(alloc) = self.alloc.take() else {
+            return Ok(());
+        };
+        let cpu = self.mapper.cpu.current_cpu();
+        match (self.mapper.queue, self.deferred) {
+            (Some(q), Some(d)) => q
+                .release(
+                    self.mapper.domain,
+                    self.mapper.iovas,
+                    cpu,
+                    alloc,
+                    d.generation,
+                )
+                .map_err(|(e, alloc)| {
+                    self.alloc = Some(alloc);
+                    e
+                }),
+            _ => {
+                // Only fails for a foreign or stale handle, which ours never is.
+                let _ = self.mapper.iovas.free(cpu, alloc);
+                Ok(())
+            }
         }
     }
 }
@@ -616,9 +751,7 @@ impl<D: IommuDomain + ?Sized, S: LinkStore> Drop for IovaState<'_, D, S> {
         if self.alloc.is_none() {
             return;
         }
-        if self.unlink_all().is_ok() && self.sync().is_ok() {
-            self.release_iova();
-        } else {
+        if !(self.unlink_all().is_ok() && self.sync().is_ok() && self.release_iova().is_ok()) {
             // Leak the IOVA range (the allocator keeps it live forever): handing
             // it out again could let a device use a stale translation.
             let leaked = self.alloc.take().map_or(0, |a| a.range().start.0);

@@ -89,6 +89,7 @@ pub mod domain;
 pub mod error;
 #[cfg(feature = "fakes")]
 pub mod fakes;
+pub mod flush_queue;
 pub mod formats;
 pub mod frame;
 pub mod gather;
@@ -104,6 +105,7 @@ pub use cache::{CacheMaintenance, Coherent};
 pub use dma::{DmaMapper, IovaState, Link, LinkStore, Mapping, Returned};
 pub use domain::{IommuDomain, IotlbInvalidate, PageTableDomain};
 pub use error::Error;
+pub use flush_queue::{DeferLimits, FlushQueue};
 pub use frame::FrameAllocator;
 pub use gather::IotlbGather;
 pub use iova_alloc::{CurrentCpu, IovaAlloc, IovaAllocError, IovaAllocator, IovaAllocatorConfig};

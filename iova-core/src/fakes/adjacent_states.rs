@@ -121,7 +121,28 @@ pub fn check_adjacent_states<D: IommuDomain>(
         x ^= x << 17;
         x % n
     };
-    let mut met = 0u32;
+    // Every sequence starts with the case the check is for: two states of
+    // one page each, adjacent, linked to contiguous memory and synced.
+    for i in 0..2u64 {
+        let mut s = mapper
+            .try_alloc_with(g, g, Links::new())
+            .expect("prologue: try_alloc");
+        let pa = PhysAddr(pa_base.0 + (s.iova().0 - window.start.0));
+        s.link(0, pa, g, Prot::RW).expect("prologue: link");
+        model.set(s.iova().0, g, |p, _| *p = Page::Pending(std::vec![pa]));
+        states.push(s);
+        assert_eq!(
+            states[i as usize].iova().0,
+            window.start.0 + i * g,
+            "prologue: packed"
+        );
+    }
+    for s in &mut states {
+        s.sync().expect("prologue: sync");
+        synced(&mut model, s);
+    }
+    let mut met = meetings(&model, &states);
+    check(&model, device, &std::format!("seed {seed}: prologue"));
     for step in 0..steps {
         let at = |what: &str| std::format!("seed {seed} step {step}: {what}");
         match rnd(20) {
