@@ -1909,3 +1909,61 @@ fn adjacent_states_model() {
         smmu.detach_s2(SID, &s2).unwrap();
     }
 }
+
+/// Deferred invalidation: 16 requests' unlinks wait in a flush queue, and
+/// one queue flush is one range TLBI (the queue's ranges merged) and one
+/// CMD_SYNC; until then the stale translations work, after it none does.
+#[test]
+fn a_flush_queue_is_one_cmd_sync_for_many_unlinks() {
+    use iova_core::flush_queue::{DeferLimits, FlushQueue};
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+    let aperture = IovaRange::new(Iova(0x10_0000_0000), 1 << 32).unwrap();
+    let iovas =
+        IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, K4), 64, 1).unwrap();
+    let cpu = || 0;
+    let clock = || 0u64;
+    let limits = DeferLimits {
+        max_entries: 16,
+        max_bytes: u64::MAX,
+        max_age: u64::MAX,
+    };
+    let queue = FlushQueue::with_capacity(limits, &clock, 16);
+    let mapper = DmaMapper::new(&d, &iovas, &cpu)
+        .unwrap()
+        .with_flush_queue(&queue);
+    let before = smmu.counters().commands;
+    let mut gone = Vec::new();
+    for i in 0..16 {
+        let p = page(&m);
+        let mut st = mapper.try_alloc(K4, K4).unwrap();
+        st.link(0, p, K4, Prot::RW).unwrap();
+        st.sync().unwrap();
+        fake.dma_write(SID, st.iova(), &[i as u8; 4]).unwrap();
+        gone.push(st.iova());
+        if i < 15 {
+            st.destroy().unwrap();
+            assert_eq!(smmu.counters().commands.total, before.total, "deferred");
+            assert!(
+                fake.dma_write(SID, gone[0], &[0]).is_ok(),
+                "stale until the flush"
+            );
+        } else {
+            st.destroy().unwrap();
+        }
+    }
+    let c = smmu.counters().commands;
+    assert_eq!(
+        (c.sync - before.sync, c.total - before.total),
+        (1, 2),
+        "one TLBI and one CMD_SYNC for 16 unlinks"
+    );
+    assert_eq!(queue.counters().flushes, 1);
+    for iova in gone {
+        assert!(fake.dma_write(SID, iova, &[0]).is_err(), "never after");
+    }
+    let _ = events(&smmu);
+}

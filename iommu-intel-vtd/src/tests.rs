@@ -525,6 +525,57 @@ fn two_step_batches_flush_once() {
     state.destroy().unwrap();
 }
 
+/// Deferred invalidation: 16 unlinks wait in a flush queue; one queue
+/// flush is one batch of IOTLB descriptors and one wait.
+#[test]
+fn a_flush_queue_is_one_wait_for_many_unlinks() {
+    use iova_core::flush_queue::{DeferLimits, FlushQueue};
+    let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    attach(&u, &d, EDU, 1);
+    u.enable_translation().unwrap();
+    let aperture = IovaRange::new(Iova(0x1_0000_0000), 1 << 32).unwrap();
+    let iovas =
+        IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, 0x1000), 64, 1).unwrap();
+    let cpu = || 0;
+    let clock = || 0u64;
+    let limits = DeferLimits {
+        max_entries: 16,
+        max_bytes: u64::MAX,
+        max_age: u64::MAX,
+    };
+    let queue = FlushQueue::with_capacity(limits, &clock, 16);
+    let mapper = DmaMapper::new(&d, &iovas, &cpu)
+        .unwrap()
+        .with_flush_queue(&queue);
+    let before = u.counters().snapshot();
+    let mut gone = Vec::new();
+    for i in 0..16u64 {
+        let mut st = mapper.try_alloc(0x1000, 0x1000).unwrap();
+        st.link(0, PhysAddr(0x100_0000 + i * 0x3000), 0x1000, Prot::RW)
+            .unwrap();
+        st.sync().unwrap();
+        assert!(f.translate(EDU, st.iova().0, Dma::Read).is_ok());
+        gone.push(st.iova().0);
+        st.destroy().unwrap();
+        if i < 15 {
+            assert_eq!(u.counters().snapshot().since(&before).waits, 0, "deferred");
+            assert!(
+                f.translate(EDU, gone[0], Dma::Read).is_ok(),
+                "stale until the flush"
+            );
+        }
+    }
+    let c = u.counters().snapshot().since(&before);
+    assert_eq!(c.waits, 1, "one wait for 16 unlinks");
+    assert!(c.iotlb_page + c.iotlb_domain >= 1 && c.iotlb_page <= 8);
+    for iova in gone {
+        assert!(f.translate(EDU, iova, Dma::Read).is_err(), "never after");
+    }
+    faults(&u);
+}
+
 /// The core's model of adjacent states over second-level domains of both
 /// depths: after every step the device reaches exactly the live links (the
 /// fake's IOTLB keeps what was not invalidated, as hardware does).

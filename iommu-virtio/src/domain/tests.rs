@@ -699,3 +699,57 @@ fn adjacent_states_model() {
         iova_core::fakes::check_adjacent_states(&d, run, &|iova| reach(&fake, iova));
     }
 }
+
+/// Deferred invalidation: the UNMAPs of 16 unlinks wait; one queue flush
+/// sends them with one notification (or they ride along with the next
+/// MAP's notification).
+#[test]
+fn a_flush_queue_sends_many_unmaps_with_one_notification() {
+    use iova_core::flush_queue::{DeferLimits, FlushQueue};
+    let (fake, io) = iommu::<256>();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    let window = IovaRange::new(Iova(0x40_0000_0000), 1 << 30).unwrap();
+    let iovas = IovaAllocator::with_capacity(IovaAllocatorConfig::new(window, G), 64, 1).unwrap();
+    let cpu = || 0;
+    let clock = || 0u64;
+    let limits = DeferLimits {
+        max_entries: 16,
+        max_bytes: u64::MAX,
+        max_age: u64::MAX,
+    };
+    let queue = FlushQueue::with_capacity(limits, &clock, 16);
+    let mapper = DmaMapper::new(&d, &iovas, &cpu)
+        .unwrap()
+        .with_flush_queue(&queue);
+    let mut states = Vec::new();
+    for i in 0..16 {
+        let mut st = mapper.try_alloc(G, G).unwrap();
+        st.link(0, PhysAddr(scattered(i)), G, Prot::RW).unwrap();
+        states.push(st);
+    }
+    for st in &mut states {
+        st.sync().unwrap();
+    }
+    let gone: Vec<u64> = states.iter().map(|s| s.iova().0).collect();
+    let before = io.counters();
+    let last = states.pop().unwrap();
+    for st in states {
+        st.destroy().unwrap();
+    }
+    assert_eq!(io.counters().since(&before).notifications, 0, "deferred");
+    assert!(
+        reach(&fake, Iova(gone[0])).is_some(),
+        "mapped until the flush"
+    );
+    last.destroy().unwrap();
+    let c = io.counters().since(&before);
+    assert_eq!(
+        (c.unmap, c.notifications),
+        (1, 1),
+        "adjacent ranges: one UNMAP, one notification"
+    );
+    for iova in gone {
+        assert_eq!(reach(&fake, Iova(iova)), None);
+    }
+}
