@@ -1374,13 +1374,21 @@ fn the_last_granule_of_every_input_size_is_the_walkers_last() {
     let m = mem();
     let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
     let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
-    for ia in [25, 32, 39, 40, 44, 48] {
+    // Miri walks the smallest and the largest sizes only.
+    let pick = |all: &'static [u32]| -> Vec<u32> {
+        if cfg!(miri) {
+            vec![all[0], all[all.len() - 1]]
+        } else {
+            all.to_vec()
+        }
+    };
+    for ia in pick(&[25, 32, 39, 40, 44, 48]) {
         let d = smmu.s1_domain(Arc::clone(&m), ia).unwrap();
         smmu.attach_s1(SID, &d).unwrap();
         check(&fake, &m, &d, ia, &format!("s1 4K {ia}"));
     }
     for g in [Granule::K16, Granule::K64] {
-        for ia in [25, 36, 48] {
+        for ia in pick(&[25, 36, 48]) {
             let fmt = LpaeS1Large::new(g, ia, 44).unwrap();
             let d = smmu.s1_domain_with(Arc::clone(&m), fmt).unwrap();
             smmu.attach_s1(SID, &d).unwrap();
@@ -1388,7 +1396,7 @@ fn the_last_granule_of_every_input_size_is_the_walkers_last() {
         }
     }
     for g in [Granule::K4, Granule::K16, Granule::K64] {
-        for ia in [25, 32, 40, 44] {
+        for ia in pick(&[25, 32, 40, 44]) {
             let fmt = LpaeS2::with_granule(g, ia, 44).unwrap();
             let d = smmu.s2_domain_with(Arc::clone(&m), fmt).unwrap();
             smmu.attach_s2(SID, &d).unwrap();
