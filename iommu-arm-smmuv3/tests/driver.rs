@@ -1346,6 +1346,66 @@ fn stage2_with_large_granules() {
     }
 }
 
+/// Every input size the engine accepts is the one the CD's T0SZ or the
+/// STE's S2T0SZ gives the walker: the last granule below `1 << ia_bits`
+/// maps and the device reaches it; the next is refused by the engine (and
+/// faults in the walker).
+#[test]
+fn the_last_granule_of_every_input_size_is_the_walkers_last() {
+    use iommu_arm_smmuv3::{Granule, LpaeS1Large, LpaeS2};
+    fn check<D: IommuDomain>(fake: &FakeSmmu, m: &FakeFrames, d: &D, ia: u32, label: &str) {
+        let g = d.granule();
+        let top = 1u64 << ia;
+        let buf = m.alloc_zeroed(g as usize).unwrap();
+        map(d, top - g, buf, g, Prot::RW);
+        fake.dma_write(SID, Iova(top - 4), b"last").unwrap();
+        assert_eq!(read_mem(m, PhysAddr(buf.0 + g - 4), 4), b"last", "{label}");
+        assert!(fake.dma_write(SID, Iova(top), b"x").is_err(), "{label}");
+        let mut gather = IotlbGather::new();
+        assert_eq!(
+            d.map(Iova(top), buf, g, Prot::RW, &mut gather),
+            Err(Error::OutOfRange),
+            "{label}"
+        );
+        unmap(d, top - g, g).unwrap();
+        // SAFETY: allocated above, no longer mapped and invalidated.
+        unsafe { m.free(buf, g as usize) };
+    }
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    // Miri walks the smallest and the largest sizes only.
+    let pick = |all: &'static [u32]| -> Vec<u32> {
+        if cfg!(miri) {
+            vec![all[0], all[all.len() - 1]]
+        } else {
+            all.to_vec()
+        }
+    };
+    for ia in pick(&[25, 32, 39, 40, 44, 48]) {
+        let d = smmu.s1_domain(Arc::clone(&m), ia).unwrap();
+        smmu.attach_s1(SID, &d).unwrap();
+        check(&fake, &m, &d, ia, &format!("s1 4K {ia}"));
+    }
+    for g in [Granule::K16, Granule::K64] {
+        for ia in pick(&[25, 36, 48]) {
+            let fmt = LpaeS1Large::new(g, ia, 44).unwrap();
+            let d = smmu.s1_domain_with(Arc::clone(&m), fmt).unwrap();
+            smmu.attach_s1(SID, &d).unwrap();
+            check(&fake, &m, &d, ia, &format!("s1 {g:?} {ia}"));
+        }
+    }
+    for g in [Granule::K4, Granule::K16, Granule::K64] {
+        for ia in pick(&[25, 32, 40, 44]) {
+            let fmt = LpaeS2::with_granule(g, ia, 44).unwrap();
+            let d = smmu.s2_domain_with(Arc::clone(&m), fmt).unwrap();
+            smmu.attach_s2(SID, &d).unwrap();
+            check(&fake, &m, &d, ia, &format!("s2 {g:?} {ia}"));
+        }
+    }
+    smmu.drain_events(|_| {});
+}
+
 #[test]
 fn cfgi_ste_range_drops_exactly_its_aligned_block() {
     let m = mem();

@@ -138,8 +138,9 @@ unsafe impl<M: Mmio, A: FrameAllocator> IotlbInvalidate for VtdInvalidator<'_, M
 /// to each unit, in order, and fails on the first unit that fails (the
 /// gather is then kept whole, so a retry invalidates every unit again).
 ///
-/// The table must suit every unit: a depth each unit's SAGAW has, output
-/// addresses within each unit's MGAW, superpages only where all have them.
+/// The table must suit every unit: a depth each unit's SAGAW has, input and
+/// output addresses within each unit's MGAW (the format of the unit with the
+/// smallest), superpages only where all have them.
 #[derive(Debug)]
 pub struct VtdMultiInvalidator<'u, M: Mmio, A: FrameAllocator, const N: usize> {
     units: heapless::Vec<VtdInvalidator<'u, M, A>, N>,

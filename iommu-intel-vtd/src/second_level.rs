@@ -45,6 +45,8 @@ pub enum FormatError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SecondLevel {
     levels: usize,
+    /// Input address bits translated: the levels' reach, or MGAW if less.
+    ia_bits: u32,
     sp_2m: bool,
     sp_1g: bool,
     oa_bits: u32,
@@ -64,6 +66,7 @@ impl SecondLevel {
         }
         Ok(Self {
             levels,
+            ia_bits: 12 + 9 * levels as u32,
             sp_2m: sllps & 1 != 0,
             sp_1g: sllps & 2 != 0,
             oa_bits,
@@ -73,13 +76,21 @@ impl SecondLevel {
     }
 
     /// The format a unit with capability `cap` walks with `levels` levels;
-    /// output addresses are limited to the unit's MGAW (QEMU treats address
-    /// bits above it as reserved).
+    /// input and output addresses are limited to the unit's MGAW (QEMU
+    /// treats output bits above it as reserved).
     pub fn for_unit(cap: Capability, levels: usize) -> Result<Self, FormatError> {
         if !cap.supports_levels(levels) {
             return Err(FormatError::LevelsUnsupported(levels));
         }
-        Self::new(levels, cap.sllps(), cap.mgaw().min(52))
+        Ok(Self::new(levels, cap.sllps(), cap.mgaw().min(52))?.with_mgaw(cap.mgaw()))
+    }
+
+    /// Limits input addresses to `mgaw` bits: the unit faults on IOVAs at or
+    /// above `1 << MGAW` even where the tables' levels reach further (a
+    /// 4-level table on a unit with MGAW 39).
+    pub fn with_mgaw(mut self, mgaw: u32) -> Self {
+        self.ia_bits = self.ia_bits.min(mgaw);
+        self
     }
 
     /// Sets SNP in every leaf (only for units with ECAP.SC: on others the
@@ -89,9 +100,10 @@ impl SecondLevel {
         self
     }
 
-    /// The input address width the tables cover: 39, 48 or 57 bits.
+    /// The input address width translated: what the levels cover (39, 48
+    /// or 57 bits), or the unit's MGAW if less.
     pub fn ia_bits(&self) -> u32 {
-        12 + 9 * self.levels as u32
+        self.ia_bits
     }
 
     /// The context entry's AW field for this depth (1 = 3-level, 2 = 4-level,
@@ -124,6 +136,9 @@ impl PtFormat for SecondLevel {
     }
     fn oa_bits(&self) -> u32 {
         self.oa_bits
+    }
+    fn max_ia_bits(&self) -> u32 {
+        self.ia_bits
     }
     #[inline]
     fn is_present(&self, _: usize, raw: u64) -> bool {
@@ -200,6 +215,14 @@ mod tests {
         let f4 = SecondLevel::for_unit(Capability(QEMU_CAP_48), 4).unwrap();
         assert_eq!((f4.ia_bits(), f4.context_aw(), f4.oa_bits()), (48, 2, 48));
         assert!(!f4.block_allowed(0) && f4.block_allowed(1) && f4.block_allowed(2));
+        // 4-level tables on a unit with MGAW 39: 39-bit IOVAs, AW still 4-level.
+        let narrow =
+            SecondLevel::for_unit(Capability(QEMU_CAP_48 & !(0x3f << 16) | 38 << 16), 4).unwrap();
+        assert_eq!(
+            (narrow.levels(), narrow.ia_bits(), narrow.max_ia_bits()),
+            (4, 39, 39)
+        );
+        assert_eq!(narrow.context_aw(), 2);
         // No SLLPS: no superpages at all.
         let plain = SecondLevel::new(4, 0, 46).unwrap();
         assert!((0..4).all(|d| !plain.block_allowed(d)));

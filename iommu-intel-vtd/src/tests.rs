@@ -1196,6 +1196,59 @@ mod scalable {
         );
     }
 
+    /// First-level translation takes canonical addresses only: the domain
+    /// maps the lower half, below bit 47, up to its last page, and an
+    /// allocator over the top of its input range hands out IOVAs the unit
+    /// translates.
+    #[test]
+    fn first_level_iovas_are_the_lower_canonical_half() {
+        let (frames, f) = fake(QEMU_CAP_48 | CAP_FL1GP, QEMU_ECAP_FLTS);
+        let u = scalable_unit(&f, &frames);
+        let d = fl_domain(&u, &frames, 2);
+        u.set_context(
+            EDU,
+            ContextState::FirstLevel {
+                did: 2,
+                root: d.table().root().0,
+            },
+            false,
+        )
+        .unwrap();
+        u.enable_translation().unwrap();
+        let top = 1u64 << 47;
+        assert_eq!(d.table().ia_bits(), 47);
+        assert_eq!(d.table().input_range().end, Iova(top));
+        let mut g = IotlbGather::new();
+        for iova in [top, (1 << 48) - 0x1000, 0xffff_8000_0000_0000] {
+            assert_eq!(
+                d.map(Iova(iova), PhysAddr(0x5000), 0x1000, Prot::RW, &mut g),
+                Err(iova_core::Error::OutOfRange),
+                "{iova:#x}"
+            );
+        }
+        assert!(g.is_empty());
+        // The unit itself refuses what is not canonical, as QEMU does.
+        assert_eq!(
+            f.translate(EDU, top, Dma::Read),
+            Err(FaultReason::NonCanonical)
+        );
+        assert_eq!(faults(&u)[0].reason, FaultReason::NonCanonical);
+        let last = IovaRange::new(Iova(top - 0x1000), 0x1000).unwrap();
+        assert!(d.table().input_range().contains_range(&last));
+        let iovas =
+            IovaAllocator::with_capacity(IovaAllocatorConfig::new(last, 0x1000), 8, 1).unwrap();
+        let cpu = || 0;
+        let mapper = DmaMapper::new(&d, &iovas, &cpu).unwrap();
+        let m = mapper.map(PhysAddr(0x7000), 0x1000, Prot::RW).unwrap();
+        assert_eq!(m.addr(), Iova(top - 0x1000));
+        assert_eq!(f.translate(EDU, top - 8, Dma::Write), Ok(0x7ff8));
+        mapper.unmap(m).unwrap();
+        assert_eq!(
+            f.translate(EDU, top - 8, Dma::Write),
+            Err(FaultReason::FirstLevelNotPresent)
+        );
+    }
+
     #[test]
     fn first_level_needs_pasid_based_invalidation() {
         // An IOTLB (type 2) invalidation does not reach first-level
@@ -1607,6 +1660,41 @@ fn five_level_tables_where_sagaw_has_them() {
         f.translate(EDU, high + 0x10, Dma::Write),
         Err(FaultReason::WriteDenied)
     );
+}
+
+#[test]
+fn second_level_iovas_stay_below_mgaw() {
+    // SAGAW 3- and 4-level, MGAW 39: 4-level tables reach bit 47, but the
+    // unit faults on IOVAs at or above 1 << 39 (QEMU's range check, too).
+    let cap = (QEMU_CAP_48 & !(0x3f << 16)) | 38 << 16;
+    let (frames, f) = fake(cap, QEMU_ECAP);
+    let u = unit(&f, &frames);
+    let d = domain(&u, &frames, 1, 4);
+    assert_eq!(d.table().format().levels(), 4);
+    assert_eq!(d.table().format().context_aw(), 2);
+    assert_eq!(
+        (d.table().format().ia_bits(), d.table().ia_bits()),
+        (39, 39)
+    );
+    attach(&u, &d, EDU, 1);
+    u.enable_translation().unwrap();
+    let top = 1u64 << 39;
+    let mut g = IotlbGather::new();
+    for (iova, len) in [(top, 0x1000), (top - 0x1000, 0x2000), (1 << 47, 0x1000)] {
+        assert_eq!(
+            d.map(Iova(iova), PhysAddr(0x5000), len, Prot::RW, &mut g),
+            Err(iova_core::Error::OutOfRange),
+            "{iova:#x}"
+        );
+    }
+    assert!(g.is_empty());
+    assert_eq!(
+        f.translate(EDU, top, Dma::Read),
+        Err(FaultReason::BeyondAddressWidth)
+    );
+    faults(&u);
+    map(&d, top - 0x1000, 0x5000, 0x1000, Prot::RW);
+    assert_eq!(f.translate(EDU, top - 8, Dma::Write), Ok(0x5ff8));
 }
 
 #[test]

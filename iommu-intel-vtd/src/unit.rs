@@ -345,17 +345,17 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     }
 
     /// The deepest second-level format the unit walks, limited to
-    /// `max_levels` (e.g. 4 to stay with 48-bit tables).
+    /// `max_levels` (e.g. 4 to stay with 48-bit tables); IOVAs below
+    /// `1 << MGAW`.
     pub fn second_level_format(&self, max_levels: usize) -> Result<SecondLevel, VtdError> {
         let levels = (3..=max_levels.min(5))
             .rev()
             .find(|&l| self.features.cap.supports_levels(l))
             .ok_or(VtdError::LevelsUnsupported(max_levels))?;
-        Ok(SecondLevel::new(
-            levels,
-            self.features.cap.sllps(),
-            self.oa_bits.min(52),
-        )?)
+        Ok(
+            SecondLevel::new(levels, self.features.cap.sllps(), self.oa_bits.min(52))?
+                .with_mgaw(self.features.cap.mgaw()),
+        )
     }
 
     /// Physical address width the unit is given: MGAW, or less where

@@ -123,11 +123,9 @@ fn bad_arguments_change_nothing() {
 #[test]
 fn the_last_granule_of_both_ranges_maps_and_the_next_does_not() {
     fn check<F: PtFormat>(fmt: F) {
-        let (ia, oa) = (
-            1u64 << (fmt.levels() as u32 * 9 + 12),
-            1u64 << fmt.oa_bits(),
-        );
+        let oa = 1u64 << fmt.oa_bits();
         let (d, _frames) = fake_domain(fmt);
+        let ia = 1u64 << d.table().ia_bits();
         assert_eq!(map_flush(&d, ia - K4, oa - K4, K4, Prot::RW), Ok(()));
         assert_eq!(
             d.device_access(Iova(ia - 8), Access::Write),
@@ -147,13 +145,64 @@ fn the_last_granule_of_both_ranges_maps_and_the_next_does_not() {
     check(X86_64::four_level());
 }
 
+/// x86-64 walkers translate canonical addresses only (bits 63 down to the
+/// top translated bit all equal), so the tables map the lower half: below bit
+/// 47 with 4 levels, 56 with 5. Addresses the levels reach above that are
+/// refused on every path (single granule, runs, unmap, translate).
+#[test]
+fn x86_64_tables_map_only_the_lower_canonical_half() {
+    for (fmt, bits) in [
+        (X86_64::four_level(), 47),
+        (X86_64::new(5, true, 52).unwrap(), 56),
+    ] {
+        let top = 1u64 << bits;
+        let (d, frames) = fake_domain(fmt);
+        assert_eq!(d.table().ia_bits(), bits);
+        let live = frames.live();
+        let mut g = IotlbGather::new();
+        for (iova, len) in [
+            (top, K4),
+            (2 * top - K4, K4),
+            (top - K4, 2 * K4),
+            (top - G1, 2 * G1),
+            (top, M2),
+            (!(top - 1), K4),
+        ] {
+            assert_eq!(
+                d.map(Iova(iova), PhysAddr(G1), len, Prot::RW, &mut g),
+                Err(Error::OutOfRange),
+                "map {iova:#x} + {len:#x}"
+            );
+            assert_eq!(
+                d.unmap(Iova(iova), len, &mut g),
+                Err(Error::OutOfRange),
+                "unmap {iova:#x} + {len:#x}"
+            );
+            assert_eq!(d.table().translate(Iova(iova)), None);
+        }
+        assert!(g.is_empty());
+        assert_eq!(frames.live(), live);
+        assert!(d.leaves().is_empty());
+        // The last page and the last 2 MiB block below the limit map.
+        map_flush(&d, top - K4, 0x5000, K4, Prot::RW).unwrap();
+        map_flush(&d, top - 2 * M2, 0x4000_0000, M2, Prot::RW).unwrap();
+        assert_eq!(
+            d.device_access(Iova(top - 8), Access::Write),
+            Ok(PhysAddr(0x5ff8))
+        );
+        let t = d.table().translate(Iova(top - 2 * M2 + 0x10)).unwrap();
+        assert_eq!((t.pa, t.page_size), (PhysAddr(0x4000_0010), M2));
+        assert_eq!(unmap_flush(&d, top - 2 * M2, 2 * M2), Ok(M2 + K4));
+    }
+}
+
 /// Single pages take a walk compiled for the tree's shape; every shape (2 to
 /// 5 levels, narrow roots) puts them where the fake's own walker finds them.
 #[test]
 fn single_pages_land_right_in_every_geometry() {
     fn check<F: PtFormat>(fmt: F) {
-        let ia = 1u64 << (fmt.index_bits(0) + 9 * (fmt.levels() as u32 - 1) + 12);
         let (d, _frames) = fake_domain(fmt);
+        let ia = 1u64 << d.table().ia_bits();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut pages: Vec<u64> = (0..40)
             .map(|_| {

@@ -1607,6 +1607,33 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
     },
     SystemTest {
+        name: "vtd-edu-x86_64-first-level-9-top-iova",
+        arch: Arch::X86_64,
+        example: "vtd-edu",
+        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): the domain maps the lower canonical half only (47-bit IOVAs); an allocator over its last page hands out IOVA 0x7fff_ffff_f000 and edu DMA RAM -> device -> RAM through it, bytes checked",
+        iommu: "Intel VT-d (iommu-intel-vtd)",
+        // dma_mask: edu must not mask the 47-bit IOVA.
+        qemu_args: &[
+            "-M",
+            "q35",
+            "-device",
+            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
+            "-append",
+            "vtd-edu.checks=9",
+        ],
+        expect: Expect::GuestSuccess,
+        require: &[
+            "translation mode: scalable mode, first-level",
+            "47-bit IOVAs (the lower canonical half)",
+            "vtd-edu: check 9 OK: 4096 bytes RAM",
+            "through IOVA 0x7ffffffff000, the last page below 1 << 47 (first-level tables)",
+            "selected check(s) passed with first-level tables",
+            "demo: result: OK",
+        ],
+    },
+    SystemTest {
         name: "vtd-edu-x86_64-caching-mode",
         arch: Arch::X86_64,
         example: "vtd-edu",

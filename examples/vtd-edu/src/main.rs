@@ -20,7 +20,12 @@
 //!    through it works;
 //! 7. the second edu in pass-through (ECAP.PT) DMAs by physical address;
 //! 8. a fault raises the fault event interrupt, seen pending in the local
-//!    APIC.
+//!    APIC;
+//! 9. the last page of the domain's input range (below `1 << 47` with
+//!    first-level tables, which map the lower canonical half only; below
+//!    MGAW with second-level ones), handed out by an allocator whose
+//!    aperture is that page: DMA RAM -> edu -> RAM at that IOVA, bytes
+//!    checked.
 //!
 //! The unit runs in scalable mode where ECAP.SMTS (`x-scalable-mode=on`),
 //! with first-level tables where ECAP.FLTS (`x-flts=on`), in legacy mode
@@ -261,8 +266,8 @@ fn print_structure(s: &Structure<'_>) {
 
 /// Which checks to run: `vtd-edu.checks=1,3` on the kernel command line
 /// (`-append`) selects some; all run without it.
-fn selected_checks(boot: &BootInfo) -> [bool; 9] {
-    let mut all = [true; 9];
+fn selected_checks(boot: &BootInfo) -> [bool; 10] {
+    let mut all = [true; 10];
     let line = platform::cmdline::command_line(boot);
     let Some(list) = line
         .split(' ')
@@ -270,7 +275,7 @@ fn selected_checks(boot: &BootInfo) -> [bool; 9] {
     else {
         return all;
     };
-    all = [false; 9];
+    all = [false; 10];
     for n in list.split(',').filter_map(|n| n.parse::<usize>().ok()) {
         if let Some(c) = all.get_mut(n) {
             *c = true;
@@ -471,8 +476,9 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         unit.set_context(edu_bdf, ContextState::FirstLevel { did: DID, root }, false)?;
         demo!(
             "iommu",
-            "Intel VT-d at {:#x} (from ACPI DMAR), {mode}, 48-bit IOVAs",
-            drhd.register_base
+            "Intel VT-d at {:#x} (from ACPI DMAR), {mode}, {}-bit IOVAs (the lower canonical half)",
+            drhd.register_base,
+            domain.table().ia_bits()
         );
         checks(env, &unit, &domain, "first-level tables")
     } else {
@@ -937,6 +943,48 @@ fn checks<F: PtFormat>(
         println!("{NAME}: check 6 skipped: the format has no 2 MiB pages here");
     }
 
+    // 9. The last page the domain maps, from an allocator whose aperture is
+    // just that page at the top of the table's input range.
+    if run[9] {
+        let end = domain.table().input_range().end.0;
+        let last = IovaRange::new(Iova(end - PAGE), PAGE).map_err(CoreError::from)?;
+        let mut slots = [const { ExtentSlot::new() }; 2];
+        let mut cpus = [const { CpuCache::new() }; 1];
+        let top = IovaAllocator::new(IovaAllocatorConfig::new(last, PAGE), &mut slots, &mut cpus)
+            .map_err(CoreError::from)?;
+        let top_mapper = DmaMapper::new(domain, &top, &cpu)?;
+        let mut buf = frames.alloc(1)?;
+        for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
+            *b = pattern(9000, i);
+        }
+        let m = top_mapper.map(PhysAddr(buf.phys()), PAGE, Prot::RW)?;
+        if m.addr() != last.start {
+            return Err(Error::Check("not the last page", m.addr().0));
+        }
+        // SAFETY: the device reads and then writes `buf` through the IOMMU;
+        // it is ours, and the CPU touches it only between the transfers.
+        unsafe { edu.dma_to_device(m.addr().0, 0, edu::BUFFER_SIZE)? };
+        platform::arch::dma_barrier();
+        buf.as_mut_slice().fill(0);
+        platform::arch::dma_barrier();
+        // SAFETY: as above.
+        unsafe { edu.dma_from_device(0, m.addr().0, edu::BUFFER_SIZE)? };
+        platform::arch::dma_barrier();
+        if let Some(i) = (0..FRAME_SIZE).find(|&i| buf.as_mut_slice()[i] != pattern(9000, i)) {
+            return Err(Error::Check(
+                "byte at the last IOVA came back wrong",
+                i as u64,
+            ));
+        }
+        let at = m.addr();
+        top_mapper.unmap(m).map_err(|r| r.error)?;
+        println!(
+            "{NAME}: check 9 OK: 4096 bytes RAM {:#x} -> edu -> RAM through IOVA {at:#x}, the last page below 1 << {} ({desc})",
+            buf.phys(),
+            domain.table().ia_bits()
+        );
+    }
+
     mapper.unmap(src_map).map_err(|r| r.error)?;
     let stray = unit.drain_faults(|r| println!("{NAME}: unexpected fault: {r}"));
     if stray.records != 0 || stray.overflow {
@@ -957,8 +1005,8 @@ fn checks<F: PtFormat>(
         pool.next.load(Ordering::Relaxed)
     );
 
-    let ran = (1..9).filter(|&n| run[n]).count();
-    if ran == 8 {
+    let ran = (1..10).filter(|&n| run[n]).count();
+    if ran == 9 {
         println!("{NAME}: all checks passed with {desc}");
     } else {
         println!("{NAME}: {ran} selected check(s) passed with {desc}");

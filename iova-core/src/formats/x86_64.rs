@@ -2,6 +2,12 @@
 //! 2 MiB pages, and 1 GiB pages where the IOMMU supports them. VT-d uses it for
 //! first-level (scalable-mode) translation.
 //!
+//! The walker translates canonical addresses only (bits 63:47, or 63:56,
+//! all equal). The tables map the lower canonical half: IOVAs below
+//! `1 << 47` (4-level) or `1 << 56` (5-level), so an IOVA is its own
+//! zero-extended address and no allocator has to hand out a sign-extended
+//! upper half.
+//!
 //! Leaves are written with the accessed and dirty bits already set so that the
 //! IOMMU never has to write them back. x86 cannot express write-only or
 //! unreadable mappings: any present leaf is readable.
@@ -82,6 +88,10 @@ impl PtFormat for X86_64 {
     }
     fn oa_bits(&self) -> u32 {
         self.oa_bits
+    }
+    fn max_ia_bits(&self) -> u32 {
+        // The lower canonical half: the top bit the levels reach stays 0.
+        12 + 9 * self.levels as u32 - 1
     }
     #[inline]
     fn is_present(&self, _: usize, raw: u64) -> bool {

@@ -41,6 +41,13 @@ pub trait PtFormat: Send + Sync {
     fn block_allowed(&self, depth: usize) -> bool;
     /// Output addresses must be below `1 << oa_bits()`.
     fn oa_bits(&self) -> u32;
+    /// Input addresses must be below `1 << max_ia_bits()` as well as within
+    /// the levels' reach. A format says less than its levels reach where the
+    /// hardware refuses the rest: x86-64 translates canonical addresses only,
+    /// so its tables map the lower half. The default leaves it to the levels.
+    fn max_ia_bits(&self) -> u32 {
+        64
+    }
 
     /// Whether `raw` at `depth` is present.
     fn is_present(&self, depth: usize, raw: u64) -> bool;

@@ -32,7 +32,7 @@ use loom::hint::spin_loop;
 #[cfg(loom)]
 use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
-use crate::addr::{Iova, PhysAddr};
+use crate::addr::{Iova, IovaRange, PhysAddr};
 use crate::cache::{CacheMaintenance, Coherent};
 use crate::error::Error;
 use crate::frame::FrameAllocator;
@@ -117,15 +117,14 @@ impl Geometry {
         if shift >= 64 || fmt.oa_bits() > 64 {
             return Err(Error::OutOfRange);
         }
-        g.ia_bits = shift;
-        g.ia_limit = 1 << shift;
+        g.ia_bits = shift.min(fmt.max_ia_bits());
+        g.ia_limit = 1 << g.ia_bits;
         g.oa_limit = match fmt.oa_bits() {
             64 => u64::MAX,
             bits => 1 << bits,
         };
-        // Both limits are at least one granule (`shift` exceeds the granule's
-        // shift; the output size is checked here).
-        if g.oa_limit < g.granule {
+        // Both limits are at least one granule.
+        if g.ia_limit < g.granule || g.oa_limit < g.granule {
             return Err(Error::OutOfRange);
         }
         g.ia_last_page = g.ia_limit - g.granule;
@@ -272,9 +271,21 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         &self.cache
     }
 
-    /// Input address bits: IOVAs must be below `1 << ia_bits()`.
+    /// Input address bits: IOVAs must be below `1 << ia_bits()`. What the
+    /// levels reach, or less where the format says so
+    /// ([`PtFormat::max_ia_bits`]); an IOVA aperture must end at or below
+    /// this.
     pub fn ia_bits(&self) -> u32 {
         self.geo.ia_bits
+    }
+
+    /// The IOVAs this table maps, `[0, 1 << ia_bits())`: an allocator's
+    /// aperture must lie within it.
+    pub fn input_range(&self) -> IovaRange {
+        IovaRange {
+            start: Iova(0),
+            end: Iova(self.geo.ia_limit),
+        }
     }
 
     /// The smallest page size.
