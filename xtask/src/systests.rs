@@ -1637,7 +1637,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "vtd-edu-x86_64-caching-mode",
         arch: Arch::X86_64,
         example: "vtd-edu",
-        summary: "Intel VT-d with caching-mode=on, all seven checks in one boot: new mappings and context entries are invalidated too",
+        summary: "Intel VT-d with caching-mode=on, all nine checks in one boot: new mappings and context entries are invalidated too",
         iommu: "Intel VT-d (iommu-intel-vtd)",
         qemu_args: &[
             "-M",
