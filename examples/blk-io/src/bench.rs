@@ -146,3 +146,253 @@ fn run<H: Hal, T: Transport>(
     );
     Ok(r)
 }
+
+/// A configuration of the IOMMU and of the `Hal` the disk is driven through,
+/// as the same-boot benchmark ([`matrix`]) compares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The IOMMU lets the device through untranslated (SMMUv3 STE bypass,
+    /// VT-d pass-through context, virtio-iommu bypass domain); device
+    /// addresses are physical addresses ([`crate::DirectHal`]).
+    Baseline,
+    /// A translated domain that maps all of the platform's memory at
+    /// IOVA = physical address once: what the IOMMU itself costs, with no
+    /// map, unmap or flush per request ([`crate::DirectHal`]).
+    Premapped,
+    /// `iova-virtio-hal` in place, strict: every share mapped, every unshare
+    /// unmapped and flushed before it returns.
+    Strict,
+    /// `iova-virtio-hal` with its mapped bounce pool, strict.
+    Pool,
+    /// `iova-virtio-hal` with deferred invalidation (a flush queue).
+    Deferred,
+}
+
+impl Policy {
+    /// The name in `blk-bench:` lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Premapped => "premapped",
+            Self::Strict => "strict",
+            Self::Pool => "pool",
+            Self::Deferred => "deferred",
+        }
+    }
+}
+
+/// What a request cost, from the policy's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Costs {
+    /// Mappings made (links, MAP requests).
+    pub maps: u64,
+    /// Flushes issued (CMD_SYNCs, invalidation waits, notifications).
+    pub flushes: u64,
+    /// Bytes copied to or from bounce memory.
+    pub bounce_bytes: u64,
+}
+
+impl Costs {
+    fn since(self, before: Costs) -> Costs {
+        Costs {
+            maps: self.maps.saturating_sub(before.maps),
+            flushes: self.flushes.saturating_sub(before.flushes),
+            bounce_bytes: self.bounce_bytes.saturating_sub(before.bounce_bytes),
+        }
+    }
+}
+
+/// One cell of the matrix: request size and requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cell {
+    /// Bytes per request.
+    pub size: usize,
+    /// Requests kept in flight.
+    pub depth: usize,
+}
+
+/// The cells every policy runs, in this order.
+pub const CELLS: [Cell; 4] = [
+    Cell { size: 4096, depth: 1 },
+    Cell { size: 4096, depth: 16 },
+    Cell { size: 65536, depth: 1 },
+    Cell { size: 65536, depth: 16 },
+];
+
+/// Rounds of the matrix (odd, for the median).
+pub const ROUNDS: usize = 3;
+
+/// Bytes a cell reads per round: 1 MiB of 4 KiB requests, 4 MiB of 64 KiB.
+fn cell_bytes(size: usize) -> u64 {
+    if size <= 4096 { 1 << 20 } else { 4 << 20 }
+}
+
+/// Buffer space [`matrix`] needs: 16 requests of 64 KiB in flight.
+pub const MATRIX_BUFFER_BYTES: usize = crate::MAX_DEPTH * 65536;
+
+/// A disk [`matrix`] can read from, whatever its `Hal`.
+pub trait Disk {
+    /// [`BlkDevice::read_pipelined`].
+    fn read_pipelined(
+        &mut self,
+        first: u64,
+        size: usize,
+        requests: u64,
+        depth: usize,
+        bufs: &mut [u8],
+        check: &mut dyn FnMut(u64, &[u8]) -> Result<(), BlkError>,
+    ) -> Result<usize, BlkError>;
+}
+
+impl<H: Hal, T: Transport> Disk for BlkDevice<'_, H, T> {
+    fn read_pipelined(
+        &mut self,
+        first: u64,
+        size: usize,
+        requests: u64,
+        depth: usize,
+        bufs: &mut [u8],
+        check: &mut dyn FnMut(u64, &[u8]) -> Result<(), BlkError>,
+    ) -> Result<usize, BlkError> {
+        BlkDevice::read_pipelined(self, first, size, requests, depth, bufs, check)
+    }
+}
+
+/// The I/O one policy runs: the disk, and a reader of the policy's costs.
+pub type Workload<'w> =
+    dyn FnMut(&mut dyn Disk, &mut dyn FnMut() -> Costs) -> Result<(), BlkError> + 'w;
+
+/// What a backend example provides to [`matrix`].
+pub trait Setup {
+    /// The example's error.
+    type Error: From<BlkError>;
+    /// `smmuv3`, `vtd` or `virtio-iommu`.
+    fn backend(&self) -> &'static str;
+    /// The policies to compare; the first must be [`Policy::Baseline`].
+    fn policies(&self) -> &[Policy];
+    /// Puts the IOMMU in the state `policy` needs, brings the disk up
+    /// through the matching `Hal`, runs `work` on it, and tears it down
+    /// (device reset, its memory given back, the IOMMU as before).
+    fn with_disk(&mut self, policy: Policy, work: &mut Workload<'_>) -> Result<(), Self::Error>;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    ns: u64,
+    requests: u64,
+    costs: Costs,
+    peak: usize,
+}
+
+const MAX_POLICIES: usize = 5;
+
+/// The same-boot benchmark: [`ROUNDS`] rounds, each running every policy
+/// (baseline first) over every [`CELLS`] cell, so all policies see the same
+/// machine; prints one `blk-bench:` line per policy and cell with the median
+/// over rounds of its throughput ratio to the same round's baseline, the
+/// spread (max / min of the per-round ratios) and the exact costs per
+/// request. Every sector read is checked.
+pub fn matrix<S: Setup>(setup: &mut S, bufs: &mut [u8]) -> Result<(), S::Error> {
+    let policies: heapless::Vec<Policy, MAX_POLICIES> = setup
+        .policies()
+        .iter()
+        .copied()
+        .take(MAX_POLICIES)
+        .collect();
+    if policies.first() != Some(&Policy::Baseline) {
+        return Err(BlkError::Bench("the first policy must be the baseline").into());
+    }
+    let mut samples = [[[Sample::default(); ROUNDS]; CELLS.len()]; MAX_POLICIES];
+    for round in 0..ROUNDS {
+        for (p, &policy) in policies.iter().enumerate() {
+            let row = &mut samples[p];
+            let bufs = &mut *bufs;
+            setup.with_disk(policy, &mut |disk, costs| {
+                for (c, cell) in CELLS.iter().enumerate() {
+                    let requests = cell_bytes(cell.size) / cell.size as u64;
+                    let before = costs();
+                    let start = now_ns();
+                    let peak = disk.read_pipelined(
+                        0,
+                        cell.size,
+                        requests,
+                        cell.depth,
+                        bufs,
+                        &mut check_initial,
+                    )?;
+                    let ns = now_ns().saturating_sub(start).max(1);
+                    row[c][round] = Sample {
+                        ns,
+                        requests,
+                        costs: costs().since(before),
+                        peak,
+                    };
+                }
+                Ok(())
+            })?;
+        }
+    }
+    let arch = if cfg!(target_arch = "aarch64") {
+        "aarch64"
+    } else {
+        "x86_64"
+    };
+    for (p, &policy) in policies.iter().enumerate() {
+        for (c, cell) in CELLS.iter().enumerate() {
+            let mut ratios = [0f64; ROUNDS];
+            for (r, ratio) in ratios.iter_mut().enumerate() {
+                // Same bytes in both: the ratio of throughputs is the inverse
+                // ratio of times.
+                *ratio = samples[0][c][r].ns as f64 / samples[p][c][r].ns as f64;
+            }
+            let (median, spread) = median_spread(&mut ratios);
+            let s = &samples[p][c];
+            let reqs: u64 = s.iter().map(|x| x.requests).sum();
+            let per = |f: fn(&Costs) -> u64| {
+                s.iter().map(|x| f(&x.costs)).sum::<u64>() as f64 / reqs as f64
+            };
+            let mut times = [0f64; ROUNDS];
+            for (r, t) in times.iter_mut().enumerate() {
+                *t = (s[r].requests * cell.size as u64) as f64 * 1000.0 / s[r].ns as f64;
+            }
+            let (mbps, _) = median_spread(&mut times);
+            platform::println!(
+                "blk-bench: backend={} arch={arch} policy={} size={} depth={} rounds={ROUNDS} ratio={median:.2} spread={spread:.2} maps_per_req={:.2} flushes_per_req={:.2} bounce_bytes_per_req={:.0} inflight={} mbps={mbps:.1}",
+                setup.backend(),
+                policy.name(),
+                cell.size,
+                cell.depth,
+                per(|c| c.maps),
+                per(|c| c.flushes),
+                per(|c| c.bounce_bytes),
+                s.iter().map(|x| x.peak).max().unwrap_or(0),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sorts `v` and returns its median and max / min.
+fn median_spread(v: &mut [f64; ROUNDS]) -> (f64, f64) {
+    v.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(core::cmp::Ordering::Equal));
+    let spread = if v[0] > 0.0 { v[ROUNDS - 1] / v[0] } else { 0.0 };
+    (v[ROUNDS / 2], spread)
+}
+
+/// Every sector of the initial pattern starts with its own number.
+fn check_initial(first: u64, buf: &[u8]) -> Result<(), BlkError> {
+    for (k, chunk) in buf.chunks_exact(SECTOR).enumerate() {
+        let s = first + k as u64;
+        let want = s.to_le_bytes();
+        if let Some(offset) = (0..8).find(|&j| chunk[j] != want[j]) {
+            return Err(BlkError::Data(Mismatch {
+                pattern: Pattern::Initial,
+                sector: s,
+                offset,
+                expected: want[offset],
+                found: chunk[offset],
+            }));
+        }
+    }
+    Ok(())
+}

@@ -18,6 +18,20 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 2000;
 /// (it is an MMIO read; the used ring is memory).
 const STATUS_EVERY: u32 = 64;
 
+/// The most requests [`BlkDevice::read_pipelined`] keeps in flight:
+/// virtio-drivers' queue has 16 entries (one per request with indirect
+/// descriptors).
+pub const MAX_DEPTH: usize = 16;
+
+/// One request in flight: its buffer and the driver's header and status.
+struct Slot<'b> {
+    buf: &'b mut [u8],
+    req: BlkReq,
+    resp: BlkResp,
+    token: Option<u16>,
+    sector: u64,
+}
+
 /// Bytes and requests moved so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IoStats {
@@ -116,20 +130,26 @@ impl<'t, H: Hal, T: Transport> BlkDevice<'t, H, T> {
 
     /// Waits for `token`; on any failure resets the device.
     fn wait(&mut self, token: u16, op: Op, sector: u64) -> Result<(), BlkError> {
+        let found = self.wait_any(op, sector)?;
+        if found != token {
+            self.reset();
+            return Err(BlkError::WrongToken {
+                expected: token,
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for the next completed request and returns its token; on a
+    /// timeout or DEVICE_NEEDS_RESET resets the device.
+    fn wait_any(&mut self, op: Op, sector: u64) -> Result<u16, BlkError> {
         let mut deadline = Deadline::after_ms(self.timeout_ms);
         let mut polls = 0u32;
         loop {
             let expired = deadline.expired();
-            match self.blk.peek_used() {
-                Some(t) if t == token => return Ok(()),
-                Some(found) => {
-                    self.reset();
-                    return Err(BlkError::WrongToken {
-                        expected: token,
-                        found,
-                    });
-                }
-                None => {}
+            if let Some(t) = self.blk.peek_used() {
+                return Ok(t);
             }
             polls = polls.wrapping_add(1);
             if expired || polls.is_multiple_of(STATUS_EVERY) {
@@ -166,6 +186,98 @@ impl<'t, H: Hal, T: Transport> BlkDevice<'t, H, T> {
         self.stats.requests += 1;
         self.stats.bytes_read += buf.len() as u64;
         Ok(())
+    }
+
+    /// Reads `requests` requests of `size` bytes, sector after sector from
+    /// `first`, keeping up to `depth` of them in flight (each in its own
+    /// `size` bytes of `bufs`), and hands each completed buffer to `check`
+    /// with its first sector. Returns the most requests that were in flight
+    /// at once: fewer than `depth` when the queue holds fewer (without
+    /// indirect descriptors each request takes three of its entries).
+    pub fn read_pipelined(
+        &mut self,
+        first: u64,
+        size: usize,
+        requests: u64,
+        depth: usize,
+        bufs: &mut [u8],
+        check: &mut dyn FnMut(u64, &[u8]) -> Result<(), BlkError>,
+    ) -> Result<usize, BlkError> {
+        self.usable(size)?;
+        let depth = depth.clamp(1, MAX_DEPTH);
+        if bufs.len() < depth * size {
+            return Err(BlkError::Scratch(bufs.as_ptr() as usize, bufs.len()));
+        }
+        let per = (size / SECTOR) as u64;
+        let mut slots: heapless::Vec<Slot<'_>, MAX_DEPTH> = heapless::Vec::new();
+        for buf in bufs.chunks_exact_mut(size).take(depth) {
+            let _ = slots.push(Slot {
+                buf,
+                req: BlkReq::default(),
+                resp: BlkResp::default(),
+                token: None,
+                sector: 0,
+            });
+        }
+        let (mut next, mut issued, mut done, mut peak) = (first, 0u64, 0u64, 0usize);
+        let mut in_flight = 0usize;
+        platform::arch::dma_barrier();
+        while done < requests {
+            // Fill every free slot the queue has room for.
+            for slot in slots.iter_mut().filter(|s| s.token.is_none()) {
+                if issued == requests {
+                    break;
+                }
+                let id = usize::try_from(next).map_err(|_| BlkError::BadLength(size))?;
+                // SAFETY: the slot's request, buffer and response are not
+                // touched until its token completes below, or the device is
+                // reset (it then no longer accesses them) before we return.
+                let r = unsafe {
+                    self.blk
+                        .read_blocks_nb(id, &mut slot.req, slot.buf, &mut slot.resp)
+                };
+                match r {
+                    Ok(token) => {
+                        slot.token = Some(token);
+                        slot.sector = next;
+                        next += per;
+                        issued += 1;
+                        in_flight += 1;
+                    }
+                    Err(virtio_drivers::Error::QueueFull) if in_flight > 0 => break,
+                    Err(e) => {
+                        self.reset();
+                        return Err(e.into());
+                    }
+                }
+            }
+            peak = peak.max(in_flight);
+            let token = self.wait_any(Op::Read, next)?;
+            let Some(slot) = slots.iter_mut().find(|s| s.token == Some(token)) else {
+                self.reset();
+                return Err(BlkError::WrongToken {
+                    expected: slots.iter().find_map(|s| s.token).unwrap_or(0),
+                    found: token,
+                });
+            };
+            // SAFETY: the buffers passed to `read_blocks_nb` for `token`.
+            let r = unsafe {
+                self.blk
+                    .complete_read_blocks(token, &slot.req, slot.buf, &mut slot.resp)
+            };
+            platform::arch::dma_barrier();
+            slot.token = None;
+            in_flight -= 1;
+            if let Err(e) = r {
+                self.reset();
+                return Err(e.into());
+            }
+            check(slot.sector, slot.buf)?;
+            done += 1;
+            self.stats.requests += 1;
+            self.stats.bytes_read += size as u64;
+        }
+        Ok(peak)
     }
 
     /// Writes whole sectors from `buf` at `sector`, waiting with a deadline.

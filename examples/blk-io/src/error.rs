@@ -75,6 +75,8 @@ pub enum BlkError {
     Dead,
     /// The scratch area is not 4 KiB aligned or too small (address, length).
     Scratch(usize, usize),
+    /// The benchmark's setup is unusable (what is wrong).
+    Bench(&'static str),
     /// A request's buffer is empty or not whole sectors (length).
     BadLength(usize),
     /// Data read back differs from the pattern.
@@ -108,6 +110,7 @@ impl fmt::Display for BlkError {
                 "virtio-blk: device completed descriptor {found}, {expected} was in flight; device reset"
             ),
             Self::Dead => f.write_str("virtio-blk: device was reset after an earlier failure"),
+            Self::Bench(what) => write!(f, "benchmark setup: {what}"),
             Self::Scratch(a, l) => write!(
                 f,
                 "scratch area {a:#x} ({l:#x} bytes) is not 4 KiB aligned or smaller than {:#x}",

@@ -48,6 +48,7 @@
 pub mod bench;
 pub mod check;
 mod device;
+pub mod direct;
 mod error;
 pub mod pattern;
 pub mod pci;
@@ -57,7 +58,8 @@ mod trap;
 
 pub use bench::{BenchResult, bench};
 pub use check::{CheckReport, check};
-pub use device::{BlkDevice, DEFAULT_TIMEOUT_MS, IoStats};
+pub use device::{BlkDevice, DEFAULT_TIMEOUT_MS, IoStats, MAX_DEPTH};
+pub use direct::{DirectHal, premap_ram};
 pub use error::{BlkError, Op};
 pub use iova_virtio_hal::{AccessPlatform, BypassesIommu};
 pub use shared::SharedTransport;

@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 /// Size of one frame.
 pub const FRAME_SIZE: usize = 4096;
 /// Size of the whole pool.
-pub const POOL_SIZE: usize = 2 * 1024 * 1024;
+pub const POOL_SIZE: usize = 8 * 1024 * 1024;
 
 #[repr(C, align(4096))]
 struct Pool(UnsafeCell<[u8; POOL_SIZE]>);

@@ -42,6 +42,7 @@ pub mod edu;
 pub mod exit;
 pub mod frame_pool;
 pub mod frames;
+pub mod heap;
 pub mod leak;
 pub mod mmio;
 pub mod pci;

@@ -34,26 +34,33 @@ use iommu_arm_smmuv3::{
     CommandCounts, Config, DrainReport, Event, FaultKind, MmioRegion, S1Domain, Smmu, SmmuError,
 };
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig, extent_slots_needed};
+use blk_io::bench::{Costs, Policy, Setup, Workload};
+use blk_io::DirectHal;
 use iova_core::{DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange};
 use iova_virtio_hal::{DmaShares, HalContext, IdentityMapped, IommuHal, ShareCounters, ShareError};
 use platform::dtb::Fdt;
 use platform::frame_pool::FramePool;
 use platform::frames::{FRAME_SIZE, FrameAllocator as PlatformFrames, FramesError};
 use platform::leak::{leak, leak_slice};
+use platform::virtio_pci::VirtioFunction;
 use platform::{BootInfo, demo, println};
 use spin::Once;
+use virtio_drivers::Hal as VirtioHal;
 use virtio_drivers::transport::pci::PciTransport;
 
 use crate::dt::{self, DtError, SmmuNode};
 use crate::{APERTURE, NAME, PAGE};
 
-/// Slots of the share table: the queue's allocations, the three shares of
-/// a request, and the two a blocked request leaves behind (the device is
-/// reset instead of completing it), with room to spare.
-const SLOTS: usize = 16;
+/// Slots of the share table: the queue's allocations, the four shares of
+/// each of 16 requests in flight (indirect list, header, data, status), and
+/// the ones a blocked request leaves behind (the device is reset instead of
+/// completing it), with room to spare.
+const SLOTS: usize = 80;
 /// Frames for the SMMU's queues and tables, page tables, DMA memory and
-/// bounce pages (1 MiB of the 2 MiB platform pool).
-const DMA_FRAMES: usize = 256;
+/// bounce pages (2 MiB of the 8 MiB platform pool).
+const DMA_FRAMES: usize = 512;
+/// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
+const HEAP_FRAMES: usize = 16;
 /// Event queue: 2048 entries. QEMU records faults in 4-byte pieces; the
 /// probe's blocked read must not overflow it.
 const EVTQ_LOG2: u32 = 11;
@@ -226,6 +233,7 @@ pub fn run(
     scenario: Scenario,
 ) -> Result<(), Error> {
     let mut frames = PlatformFrames::take().ok_or(Error::NoFrameAllocator)?;
+    platform::heap::init(&mut frames, HEAP_FRAMES)?;
     let mut scratch = frames.alloc(SCRATCH_BYTES / FRAME_SIZE)?;
     let block = frames.alloc_aligned(DMA_FRAMES, 0x1_0000)?;
     let dma: &'static FramePool = leak(&mut frames, FramePool::new(block))?;
@@ -367,13 +375,37 @@ pub fn run(
         s1.shares - s0.shares
     );
 
-    match scenario {
-        Scenario::Check => stale_probe(&mut dev, scratch, &mut ctx, smmu, iovas, sid)?,
-        Scenario::Bench => bench(&mut dev, scratch, &mut ctx, smmu)?,
+    if scenario == Scenario::Check {
+        stale_probe(&mut dev, scratch, &mut ctx, smmu, iovas, sid)?;
     }
 
     // 6. Teardown: the device is reset, then the driver frees its queue.
     drop(dev);
+    drop(transport);
+    if scenario == Scenario::Bench {
+        let mut bufs = frames.alloc(blk_io::bench::MATRIX_BUFFER_BYTES / FRAME_SIZE)?;
+        let premapped: &'static Domain = leak(&mut frames, smmu.s1_domain(dma, 48)?)?;
+        let ram = blk_io::premap_ram(premapped, boot)?;
+        println!("{NAME}: blk-bench: pre-mapped domain: {} MiB of RAM at IOVA = physical address", ram >> 20);
+        DirectHal::use_pool(dma);
+        let mut bench = Bench {
+            smmu,
+            sid,
+            function: &function,
+            domain,
+            premapped,
+            shares,
+        };
+        blk_io::bench::matrix(&mut bench, bufs.as_mut_slice())?;
+        let (_, r) = drain(smmu);
+        if r.events != 0 || r.lost_events() {
+            return Err(Error::Check(
+                "SMMU events during the benchmark",
+                u64::from(r.events),
+            ));
+        }
+        println!("{NAME}: blk-bench: 0 SMMU events during the benchmark");
+    }
     let s = no_share_errors(shares, "at the end")?;
     let c = smmu.counters();
     let fs = dma.stats();
@@ -493,27 +525,87 @@ fn stale_probe(
     Ok(())
 }
 
-/// The benchmark, with the SMMU's commands per size.
-fn bench(
-    dev: &mut Dev<'_>,
-    scratch: &mut [u8],
-    ctx: &mut Context<'_>,
-    smmu: &Driver,
-) -> Result<(), Error> {
-    let c0 = smmu.counters().commands;
-    let results = blk_io::bench(dev, scratch, ctx)?;
-    let d = since(smmu.counters().commands, c0);
-    let (_, r) = drain(smmu);
-    if r.events != 0 || r.lost_events() {
-        return Err(Error::Check(
-            "SMMU events during the benchmark",
-            u64::from(r.events),
-        ));
+/// The SMMU side of the same-boot benchmark: which STE the blk StreamID
+/// gets, and which `Hal` drives the disk, per policy.
+struct Bench<'f> {
+    smmu: &'static Driver,
+    sid: u32,
+    function: &'f VirtioFunction,
+    /// The domain `iova-virtio-hal` maps in.
+    domain: &'static Domain,
+    /// All of the platform's memory at IOVA = physical address.
+    premapped: &'static Domain,
+    shares: &'static Shares,
+}
+
+impl Bench<'_> {
+    /// The disk through a fresh transport and `H`; reset and dropped after.
+    fn disk<H: VirtioHal>(
+        &self,
+        work: &mut Workload<'_>,
+        costs: &mut dyn FnMut() -> Costs,
+    ) -> Result<(), Error> {
+        let pci = blk_io::pci::pci_transport::<H>(self.function)?;
+        let transport =
+            RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
+        let mut dev: BlkDevice<'_, H, _> = BlkDevice::new(&transport)?;
+        work(&mut dev, costs)?;
+        Ok(())
     }
-    let requests: u64 = results.iter().map(|b| b.requests).sum();
-    println!(
-        "blk-bench: SMMUv3 commands over {requests} requests: {} TLBI_NH_VA ({} range), {} TLBI_NH_ASID, {} CMD_SYNC, {} total; 0 events",
-        d.tlbi_nh_va, d.tlbi_range, d.tlbi_nh_asid, d.sync, d.total
-    );
-    Ok(())
+
+    fn syncs(&self) -> u64 {
+        self.smmu.counters().commands.sync
+    }
+}
+
+impl Setup for Bench<'_> {
+    type Error = Error;
+
+    fn backend(&self) -> &'static str {
+        "smmuv3"
+    }
+
+    fn policies(&self) -> &[Policy] {
+        &[Policy::Baseline, Policy::Premapped, Policy::Strict]
+    }
+
+    fn with_disk(&mut self, policy: Policy, work: &mut Workload<'_>) -> Result<(), Error> {
+        let (smmu, sid) = (self.smmu, self.sid);
+        smmu.detach_s1(sid, self.domain)?;
+        let result = match policy {
+            Policy::Baseline => {
+                smmu.set_bypass(sid)?;
+                self.disk::<DirectHal>(work, &mut || Costs {
+                    flushes: self.syncs(),
+                    ..Costs::default()
+                })
+            }
+            Policy::Premapped => {
+                smmu.attach_s1(sid, self.premapped)?;
+                let r = self.disk::<DirectHal>(work, &mut || Costs {
+                    flushes: self.syncs(),
+                    ..Costs::default()
+                });
+                smmu.detach_s1(sid, self.premapped)?;
+                r
+            }
+            _ => {
+                smmu.attach_s1(sid, self.domain)?;
+                let shares = self.shares;
+                let r = self.disk::<Hal>(work, &mut || {
+                    let s = shares.counters();
+                    Costs {
+                        maps: s.allocs + s.shares,
+                        flushes: self.syncs(),
+                        bounce_bytes: s.bounce_bytes,
+                    }
+                });
+                smmu.detach_s1(sid, self.domain)?;
+                r
+            }
+        };
+        // Back to where the scenario left it: attached to its domain.
+        smmu.attach_s1(sid, self.domain)?;
+        result
+    }
 }
