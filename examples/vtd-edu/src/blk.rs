@@ -43,7 +43,11 @@ use iova_core::{
     DmaMapper, Error as CoreError, IommuDomain, IotlbGather, Iova, IovaAllocator, IovaRange,
     PageTable, PageTableDomain,
 };
+use blk_io::DirectHal;
+use blk_io::bench::{Costs, Policy, Setup, Workload};
 use iova_virtio_hal::{DmaShares, HalContext, IommuHal, ShareError};
+use platform::virtio_pci::VirtioFunction;
+use virtio_drivers::Hal as VirtioHal;
 use platform::frame_pool::FramePool;
 use platform::frames::{FRAME_SIZE, FrameAllocator, FramesError};
 use platform::leak::leak;
@@ -57,7 +61,7 @@ use crate::{CLFLUSH, Clflush, NAME, bridge_buses, rsdp, vtd_bdf};
 
 /// Frames for the unit's structures, the domain's page tables, the
 /// virtqueue and bounce pages (reused: see [`FramePool`]).
-const POOL_FRAMES: usize = 128;
+const POOL_FRAMES: usize = 512;
 /// IOVAs handed to the disk start here, far from any RAM address, inside
 /// 39 bits.
 const APERTURE: u64 = 0x20_0000_0000;
@@ -66,13 +70,15 @@ const APERTURE_LEN: u64 = 1 << 32;
 const DID: u16 = 1;
 /// Extents the IOVA allocator may track (free + live ranges).
 const IOVA_SLOTS: usize = 128;
-/// Live allocations + shares the DMA table holds: the virtqueue's two
-/// allocations, one request's three buffers, and the two the stale probe
-/// leaves behind (its request is never completed), with room to spare.
-/// Each slot is ~700 bytes, and debug builds copy the table a few times on
-/// the 256 KiB boot stack while it is built: 64 slots (the default) would
-/// not fit.
-const TABLE_SLOTS: usize = 16;
+/// Live allocations + shares the DMA table holds: the virtqueue's
+/// allocations, the four buffers of each of 16 requests in flight (indirect
+/// list, header, data, status), and the ones the stale probe leaves behind
+/// (its request is never completed), with room to spare.
+const TABLE_SLOTS: usize = 80;
+/// The pre-mapped domain of the benchmark.
+const PREMAPPED_DID: u16 = 2;
+/// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
+const HEAP_FRAMES: usize = 16;
 
 /// Which scenario the command line (`-append`) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +260,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     );
 
     let mut frames = FrameAllocator::take().ok_or(Error::Check("frame pool taken", 0))?;
+    platform::heap::init(&mut frames, HEAP_FRAMES)?;
     let block = frames.alloc(POOL_FRAMES)?;
     let pool: &'static FramePool = leak(&mut frames, FramePool::new(block))?;
     let mut scratch = frames.alloc(SCRATCH_BYTES / FRAME_SIZE)?;
@@ -420,13 +427,34 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         table.bounced - table0.bounced
     );
 
-    match scenario {
-        Scenario::Blk => stale_probe(unit, iovas, disk, &mut dev, scratch, &mut ctx)?,
-        Scenario::Bench => {
-            blk_io::bench(&mut dev, scratch, &mut ctx)?;
-        }
+    if scenario == Scenario::Blk {
+        stale_probe(unit, iovas, disk, &mut dev, scratch, &mut ctx)?;
     }
     drop(dev);
+    drop(transport);
+    if scenario == Scenario::Bench {
+        let mut bufs = frames.alloc(blk_io::bench::MATRIX_BUFFER_BYTES / FRAME_SIZE)?;
+        let table = PageTable::with_cache(format, pool, Clflush)?;
+        let inval = VtdInvalidator::new(unit, PREMAPPED_DID)?;
+        let premapped: &'static Domain = leak(&mut frames, PageTableDomain::new(table, inval))?;
+        let ram = blk_io::premap_ram(premapped, boot)?;
+        println!(
+            "{NAME}: blk-bench: pre-mapped domain {PREMAPPED_DID}: {} MiB of RAM at IOVA = physical address",
+            ram >> 20
+        );
+        DirectHal::use_pool(pool);
+        let mut bench = Bench {
+            unit,
+            disk,
+            aw,
+            function: &function,
+            domain,
+            premapped,
+            shares,
+        };
+        blk_io::bench::matrix(&mut bench, bufs.as_mut_slice())?;
+        println!("{NAME}: blk-bench: matrix done");
+    }
 
     let (records, overflow) = drain(unit, |r| println!("{NAME}: blk: unexpected fault: {r}"));
     if records != 0 || overflow {
@@ -464,6 +492,96 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
 }
 
 const PAGE: u64 = FRAME_SIZE as u64;
+
+/// The VT-d side of the same-boot benchmark: which context entry the disk
+/// gets, and which `Hal` drives it, per policy.
+struct Bench<'f> {
+    unit: &'static Unit,
+    disk: Bdf,
+    aw: u8,
+    function: &'f VirtioFunction,
+    /// The domain `iova-virtio-hal` maps in.
+    domain: &'static Domain,
+    /// All of RAM at IOVA = physical address.
+    premapped: &'static Domain,
+    shares: &'static DmaShares<'static, Domain, TABLE_SLOTS>,
+}
+
+impl Bench<'_> {
+    /// The disk through a fresh transport and `H`; reset and dropped after.
+    fn disk<H: VirtioHal>(
+        &self,
+        work: &mut Workload<'_>,
+        costs: &mut dyn FnMut() -> Costs,
+    ) -> Result<(), Error> {
+        let pci = blk_io::pci::pci_transport::<H>(self.function)?;
+        let transport =
+            RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
+        let mut dev: BlkDevice<'_, H, _> = BlkDevice::new(&transport)?;
+        work(&mut dev, costs)?;
+        Ok(())
+    }
+
+    fn translated(&self, did: u16, d: &Domain) -> ContextState {
+        ContextState::Translated {
+            did,
+            root: d.table().root().0,
+            aw: self.aw,
+        }
+    }
+
+    fn waits(&self) -> u64 {
+        self.unit.counters().snapshot().waits
+    }
+}
+
+impl Setup for Bench<'_> {
+    type Error = Error;
+
+    fn backend(&self) -> &'static str {
+        "vtd"
+    }
+
+    fn policies(&self) -> &[Policy] {
+        &[Policy::Baseline, Policy::Premapped, Policy::Strict]
+    }
+
+    fn with_disk(&mut self, policy: Policy, work: &mut Workload<'_>) -> Result<(), Error> {
+        let (unit, disk) = (self.unit, self.disk);
+        let direct = |b: &Self, work: &mut Workload<'_>| {
+            b.disk::<DirectHal>(work, &mut || Costs {
+                flushes: b.waits(),
+                ..Costs::default()
+            })
+        };
+        let result = match policy {
+            Policy::Baseline => {
+                let pt = ContextState::PassThrough { did: DID, aw: self.aw };
+                unit.set_context(disk, pt, false)?;
+                direct(self, work)
+            }
+            Policy::Premapped => {
+                unit.set_context(disk, self.translated(PREMAPPED_DID, self.premapped), false)?;
+                direct(self, work)
+            }
+            _ => {
+                unit.set_context(disk, self.translated(DID, self.domain), false)?;
+                let shares = self.shares;
+                self.disk::<IommuHal<Ctx, TABLE_SLOTS>>(work, &mut || {
+                    let s = shares.counters();
+                    Costs {
+                        maps: s.allocs + s.shares,
+                        flushes: self.waits(),
+                        bounce_bytes: s.bounce_bytes,
+                    }
+                })
+            }
+        };
+        // Back to where the scenario left it: the disk in its domain.
+        unit.set_context(disk, self.translated(DID, self.domain), false)?;
+        result
+    }
+}
 
 /// The stale-buffer probe (see the module docs).
 fn stale_probe(
