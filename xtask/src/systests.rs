@@ -2195,7 +2195,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "virtio-iommu-edu-aarch64-blk-bench",
         arch: Arch::Aarch64,
         example: "virtio-iommu-edu",
-        summary: "virtio-blk-pci behind virtio-iommu-pci (virt): check with 0 faults, then sequential 4 KiB / 64 KiB reads of 8 MiB through the domain (blk-bench lines with MAP requests and notifications)",
+        summary: "virtio-blk-pci behind virtio-iommu-pci (virt): check with 0 faults, then the same-boot benchmark: baseline (bypass domain), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, MAPs / notifications / bounce bytes per request)",
         iommu: "virtio-iommu",
         // No edu: the disk is the only endpoint. The image is made at test
         // time (xtask/src/disk.rs).
@@ -2215,9 +2215,10 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         require: &[
             "0 faults, 0 fault events: every DMA of the disk went to an IOVA we mapped",
             "write pattern checked",
-            "blk-bench: virtio-iommu 4KiB requests=2048 bytes=8388608",
-            "blk-bench: virtio-iommu 64KiB requests=128 bytes=8388608",
-            "blk-bench: virtio-iommu totals:",
+            "blk-bench: backend=virtio-iommu arch=aarch64 policy=baseline size=4096 depth=1 rounds=3 ratio=1.00",
+            "blk-bench: backend=virtio-iommu arch=aarch64 policy=premapped size=65536 depth=16 ",
+            "blk-bench: backend=virtio-iommu arch=aarch64 policy=strict size=4096 depth=16 rounds=3 ratio=",
+            "virtio-iommu-edu: blk-bench: 0 faults during the benchmark",
             "virtio-iommu-edu: scenario `blk-bench` passed",
             "demo: result: OK",
         ],
@@ -2260,7 +2261,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "virtio-iommu-edu-x86_64-blk-bench",
         arch: Arch::X86_64,
         example: "virtio-iommu-edu",
-        summary: "virtio-blk-pci behind virtio-iommu-pci (q35): check with 0 faults, then sequential 4 KiB / 64 KiB reads of 8 MiB through the domain (blk-bench lines with MAP requests and notifications)",
+        summary: "virtio-blk-pci behind virtio-iommu-pci (q35): check with 0 faults, then the same-boot benchmark: baseline (bypass domain), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, MAPs / notifications / bounce bytes per request)",
         iommu: "virtio-iommu",
         // No edu: the disk is the only endpoint. The image is made at test
         // time (xtask/src/disk.rs).
@@ -2280,9 +2281,10 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         require: &[
             "0 faults, 0 fault events: every DMA of the disk went to an IOVA we mapped",
             "write pattern checked",
-            "blk-bench: virtio-iommu 4KiB requests=2048 bytes=8388608",
-            "blk-bench: virtio-iommu 64KiB requests=128 bytes=8388608",
-            "blk-bench: virtio-iommu totals:",
+            "blk-bench: backend=virtio-iommu arch=x86_64 policy=baseline size=4096 depth=1 rounds=3 ratio=1.00",
+            "blk-bench: backend=virtio-iommu arch=x86_64 policy=premapped size=65536 depth=16 ",
+            "blk-bench: backend=virtio-iommu arch=x86_64 policy=strict size=4096 depth=16 rounds=3 ratio=",
+            "virtio-iommu-edu: blk-bench: 0 faults during the benchmark",
             "virtio-iommu-edu: scenario `blk-bench` passed",
             "demo: result: OK",
         ],

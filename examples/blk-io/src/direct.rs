@@ -76,23 +76,41 @@ unsafe impl Hal for DirectHal {
 /// of [`crate::bench::Policy::Premapped`], in which [`DirectHal`]'s
 /// addresses (stack, heap, frames) all translate.
 pub fn premap_ram<D: IommuDomain + ?Sized>(domain: &D, boot: &BootInfo) -> Result<u64, Error> {
-    let g = domain.granule();
     let mut gather = IotlbGather::new();
     let mut mapped = 0;
-    for &(base, size) in boot.ram() {
-        let start = base.next_multiple_of(g);
-        let end = base.saturating_add(size) & !(g - 1);
-        if end > start {
-            domain.map(
-                Iova(start),
-                iova_core::PhysAddr(start),
-                end - start,
-                Prot::RW,
-                &mut gather,
-            )?;
-            mapped += end - start;
-        }
+    for (start, len) in ram_granules(domain, boot) {
+        domain.map(
+            Iova(start),
+            iova_core::PhysAddr(start),
+            len,
+            Prot::RW,
+            &mut gather,
+        )?;
+        mapped += len;
     }
     domain.flush(&mut gather)?;
     Ok(mapped)
+}
+
+/// Undoes [`premap_ram`] (unmaps and flushes): for a domain that must be
+/// empty when its last endpoint leaves it (virtio-iommu frees it then).
+pub fn unmap_ram<D: IommuDomain + ?Sized>(domain: &D, boot: &BootInfo) -> Result<(), Error> {
+    let mut gather = IotlbGather::new();
+    for (start, len) in ram_granules(domain, boot) {
+        domain.unmap(Iova(start), len, &mut gather)?;
+    }
+    domain.flush(&mut gather)
+}
+
+/// The whole granules of each RAM region, `(start, len)`.
+fn ram_granules<'b, D: IommuDomain + ?Sized>(
+    domain: &D,
+    boot: &'b BootInfo,
+) -> impl Iterator<Item = (u64, u64)> + 'b {
+    let g = domain.granule();
+    boot.ram().iter().filter_map(move |&(base, size)| {
+        let start = base.next_multiple_of(g);
+        let end = base.saturating_add(size) & !(g - 1);
+        (end > start).then_some((start, end - start))
+    })
 }

@@ -147,6 +147,8 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         "none: device addresses are physical addresses (identity Hal)"
     );
     let mut frames = FrameAllocator::take().ok_or(Error::NoFrameAllocator)?;
+    // virtio-drivers' indirect descriptor lists (64 KiB).
+    platform::heap::init(&mut frames, 16)?;
     let hal = frames.alloc(HAL_FRAMES)?;
     HAL_END.store(hal.phys() as usize + hal.len(), Ordering::Relaxed);
     HAL_NEXT.store(hal.phys() as usize, Ordering::Relaxed);

@@ -52,13 +52,28 @@ use platform::leak::leak;
 use platform::virtio_pci::{VirtioSetupError, open_virtio_functions};
 use platform::{BootInfo, demo, println};
 
+use blk_io::DirectHal;
+use blk_io::bench::{Costs, Policy, Setup, Workload};
+use platform::virtio_pci::VirtioFunction;
+use iommu_virtio::virtio_drivers::Hal as VirtioHal;
+
 use crate::{Config, Domain, HAL_END, HAL_FRAMES, HAL_NEXT, IOVA_BASE, Iommu, NAME, PAGE, now_us};
 
 /// Frames of the [`FramePool`]: the virtqueue (2 blocks) and the bounce pages
-/// of the requests in flight (one at a time, at most 4 each), with room.
-const DMA_FRAMES: usize = 64;
+/// of the requests in flight (up to 16, at most 4 each), with room.
+const DMA_FRAMES: usize = 256;
+/// Slots of the share table: the queue's allocations and the four shares of
+/// each of 16 requests in flight (indirect list, header, data, status),
+/// with room for what the stale probe leaves behind.
+const SLOTS: usize = 80;
+/// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
+const HEAP_FRAMES: usize = 16;
+/// The benchmark's pre-mapped domain (all of RAM at IOVA = physical address).
+const PREMAPPED_DOMAIN: u32 = 2;
+/// The benchmark's bypass domain (its baseline).
+const BYPASS_DOMAIN: u32 = 3;
 /// Extent slots of the IOVA allocator.
-const IOVA_SLOTS: usize = 64;
+const IOVA_SLOTS: usize = 256;
 /// The IOVA window: 4 GiB at [`IOVA_BASE`].
 const IOVA_WINDOW: u64 = 1 << 32;
 
@@ -139,7 +154,7 @@ fn check(ok: bool, what: &'static str, value: u64) -> Result<(), Error> {
     }
 }
 
-type Shares = DmaShares<'static, Domain<'static>>;
+type Shares = DmaShares<'static, Domain<'static>, SLOTS>;
 
 // `Hal` has no `self`: the driver, the domain, the allocator and the table
 // are leaked into frames of the platform pool by `run`, which sets this
@@ -151,7 +166,7 @@ static CPU: fn() -> usize = || 0;
 /// Where `IommuHal` finds the table.
 struct BlkHal;
 
-impl HalContext for BlkHal {
+impl HalContext<SLOTS> for BlkHal {
     type Domain = Domain<'static>;
 
     fn shares() -> &'static Shares {
@@ -171,7 +186,7 @@ impl HalContext for BlkHal {
     }
 }
 
-type H = IommuHal<BlkHal>;
+type H = IommuHal<BlkHal, SLOTS>;
 type Dev<'t> = BlkDevice<'t, TrapHal<H>, AccessPlatform<PciTransport>>;
 
 /// Every fault the driver has (after polling the event queue).
@@ -268,6 +283,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     );
 
     let mut frames = FrameAllocator::take().ok_or(Error::NoFrameAllocator)?;
+    platform::heap::init(&mut frames, HEAP_FRAMES)?;
     let hal = frames.alloc(HAL_FRAMES)?;
     HAL_END.store(hal.phys() as usize + hal.len(), Ordering::Relaxed);
     HAL_NEXT.store(hal.phys() as usize, Ordering::Relaxed);
@@ -404,27 +420,37 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         init.map
     );
 
-    match scenario {
-        Scenario::Blk => stale_probe(iommu, iovas, &mut dev, scratch, &mut ctx, endpoint)?,
-        Scenario::Bench => {
-            let before = iommu.counters();
-            let s0 = shares.counters();
-            blk_io::bench(&mut dev, scratch, &mut ctx)?;
-            let c = iommu.counters().since(&before);
-            let s = shares_clean(shares, "after the benchmark")?;
-            let faults = drain(iommu, |f| {
-                println!("{NAME}: fault during the benchmark: {f:?}")
-            });
-            check(faults == 0, "faults during the benchmark", faults as u64)?;
-            println!(
-                "blk-bench: virtio-iommu totals: {}, {} shares ({} bounced), 0 faults",
-                request_summary(&c),
-                s.shares - s0.shares,
-                s.bounced - s0.bounced
-            );
-        }
+    if scenario == Scenario::Blk {
+        stale_probe(iommu, iovas, &mut dev, scratch, &mut ctx, endpoint)?;
     }
     drop(dev);
+    drop(transport);
+    if scenario == Scenario::Bench {
+        let mut bufs = frames.alloc(blk_io::bench::MATRIX_BUFFER_BYTES / FRAME_SIZE)?;
+        let premapped: &'static Domain<'static> =
+            leak(&mut frames, VirtioDomain::new(iommu, PREMAPPED_DOMAIN)?)?;
+        DirectHal::use_pool(dma_frames);
+        let before = iommu.counters();
+        let mut bench = Bench {
+            boot,
+            iommu,
+            endpoint,
+            function: &blk,
+            domain,
+            premapped,
+            shares,
+        };
+        blk_io::bench::matrix(&mut bench, bufs.as_mut_slice())?;
+        let faults = drain(iommu, |f| {
+            println!("{NAME}: fault during the benchmark: {f:?}")
+        });
+        check(faults == 0, "faults during the benchmark", faults as u64)?;
+        shares_clean(shares, "after the benchmark")?;
+        println!(
+            "{NAME}: blk-bench: 0 faults during the benchmark; {}",
+            request_summary(&iommu.counters().since(&before))
+        );
+    }
     let stats = dma_frames.stats();
     println!(
         "{NAME}: after the scenario: {} live DMA shares, frame pool {} KiB in use (high water {} KiB of {} KiB, {} bad frees); totals {}",
@@ -443,6 +469,90 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     println!("{NAME}: scenario `{}` passed", scenario.name());
     demo!("result", "OK");
     Ok(())
+}
+
+/// The virtio-iommu side of the same-boot benchmark: which domain the disk's
+/// endpoint is attached to, and which `Hal` drives it, per policy.
+struct Bench<'f> {
+    boot: &'f BootInfo,
+    iommu: &'static Iommu,
+    endpoint: u32,
+    function: &'f VirtioFunction,
+    /// The domain `iova-virtio-hal` maps in.
+    domain: &'static Domain<'static>,
+    /// All of RAM at IOVA = physical address.
+    premapped: &'static Domain<'static>,
+    shares: &'static Shares,
+}
+
+impl Bench<'_> {
+    /// The disk through a fresh transport and `HAL`; reset and dropped after.
+    fn disk<HAL: VirtioHal>(
+        &self,
+        work: &mut Workload<'_>,
+        costs: &mut dyn FnMut() -> Costs,
+    ) -> Result<(), Error> {
+        let pci = blk_io::pci::pci_transport::<HAL>(self.function)?;
+        let transport =
+            RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
+        let mut dev: BlkDevice<'_, HAL, _> = BlkDevice::new(&transport)?;
+        work(&mut dev, costs)?;
+        Ok(())
+    }
+
+    fn costs(&self) -> Costs {
+        let c = self.iommu.counters();
+        let s = self.shares.counters();
+        Costs {
+            maps: c.map,
+            flushes: c.notifications,
+            bounce_bytes: s.bounce_bytes,
+        }
+    }
+}
+
+impl Setup for Bench<'_> {
+    type Error = Error;
+
+    fn backend(&self) -> &'static str {
+        "virtio-iommu"
+    }
+
+    fn policies(&self) -> &[Policy] {
+        &[Policy::Baseline, Policy::Premapped, Policy::Strict]
+    }
+
+    fn with_disk(&mut self, policy: Policy, work: &mut Workload<'_>) -> Result<(), Error> {
+        let (iommu, ep) = (self.iommu, self.endpoint);
+        let result = match policy {
+            Policy::Baseline => {
+                iommu.attach_bypass(ep, BYPASS_DOMAIN)?;
+                self.disk::<DirectHal>(work, &mut || self.costs())
+            }
+            Policy::Premapped => {
+                // The device creates the domain at its first attach and
+                // frees it (mappings and all) when its last endpoint leaves:
+                // map after attaching, unmap before leaving.
+                self.premapped.attach(ep)?;
+                blk_io::premap_ram(self.premapped, self.boot)?;
+                let r = self.disk::<DirectHal>(work, &mut || self.costs());
+                blk_io::unmap_ram(self.premapped, self.boot)?;
+                r
+            }
+            _ => {
+                self.domain.attach(ep)?;
+                let r = self.disk::<H>(work, &mut || self.costs());
+                if let Some(e) = self.shares.take_error() {
+                    println!("{NAME}: blk-bench: {} policy: DmaShares failed: {e}", policy.name());
+                    return Err(Error::Share(e));
+                }
+                r
+            }
+        };
+        // Back to where the scenario left it: the disk in domain 1.
+        self.domain.attach(ep)?;
+        result
+    }
 }
 
 /// The stale-buffer probe: B unshared, then read into through its old IOVA.
