@@ -5,7 +5,8 @@
 //!
 //! Run with `cargo bench -p iova-core --features fakes --bench engine`. After
 //! criterion's own report, a summary table (medians of this run's samples, and
-//! the ratios ours / theirs) is printed.
+//! the ratios ours / theirs) is printed. A filter argument (`-- unlink_256`)
+//! selects criterion's groups and the paired comparisons alike.
 
 use std::alloc::{Layout, alloc_zeroed};
 use std::collections::BTreeMap;
@@ -1190,30 +1191,32 @@ fn print_summary(paired: &[(&str, usize, f64, f64, f64)], unmap: &[[f64; 6]]) {
             );
         }
     }
-    println!();
-    println!(
-        "   paired: {PAIRED_ROUNDS} alternating rounds of ours and theirs, ~64 Ki page maps each"
-    );
-    println!(
-        "{:<8} {:>7} | {:>10} {:>10} | {:>6}",
-        "format", "N", "ours/page", "theirs/page", "ratio"
-    );
-    let mut met = true;
-    for &(format, n, o, t, r) in paired {
-        met &= r < 1.0;
+    if !paired.is_empty() {
+        println!();
         println!(
-            "{:<8} {:>7} | {:>10} {:>10} | {:>6.2}",
-            format,
-            n,
-            fmt_ns(Some(o / n as f64)),
-            fmt_ns(Some(t / n as f64)),
-            r
+            "   paired: {PAIRED_ROUNDS} alternating rounds of ours and theirs, ~64 Ki page maps each"
+        );
+        println!(
+            "{:<8} {:>7} | {:>10} {:>10} | {:>6}",
+            "format", "N", "ours/page", "theirs/page", "ratio"
+        );
+        let mut met = true;
+        for &(format, n, o, t, r) in paired {
+            met &= r < 1.0;
+            println!(
+                "{:<8} {:>7} | {:>10} {:>10} | {:>6.2}",
+                format,
+                n,
+                fmt_ns(Some(o / n as f64)),
+                fmt_ns(Some(t / n as f64)),
+                r
+            );
+        }
+        println!(
+            "   target (ours faster than both at every N, paired ratios): {}",
+            if met { "met" } else { "NOT met" }
         );
     }
-    println!(
-        "   target (ours faster than both at every N, paired ratios): {}",
-        if met { "met" } else { "NOT met" }
-    );
     println!();
     let link = median_ns("link1g/link", LINK_SAMPLES);
     let link_sync = median_ns("link1g/link+sync", LINK_SAMPLES);
@@ -1275,6 +1278,9 @@ fn spread(mut v: Vec<f64>) -> [f64; 5] {
 }
 
 fn print_unmap_summary(rounds: &[[f64; 6]]) {
+    if rounds.is_empty() {
+        return;
+    }
     println!();
     println!(
         "3b. unmap 256 contiguous 4 KiB pages (one range), paired: {UNMAP_ROUNDS} rounds, \
@@ -1330,8 +1336,20 @@ fn main() {
     bench_iova(&mut c);
     c.final_summary();
     if bench_mode {
-        let paired = paired_map(arena);
-        let unmap = paired_unmap(arena);
+        // The paired comparisons follow criterion's filter (a substring of
+        // their group's name), so that one can be run alone.
+        let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        let wanted = |group: &str| filter.as_deref().is_none_or(|f| group.contains(f));
+        let paired = if wanted("map_scattered_4k") {
+            paired_map(arena)
+        } else {
+            Vec::new()
+        };
+        let unmap = if wanted("unlink_256x4k") {
+            paired_unmap(arena)
+        } else {
+            Vec::new()
+        };
         print_summary(&paired, &unmap);
     }
 }
