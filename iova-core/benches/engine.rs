@@ -5,7 +5,8 @@
 //!
 //! Run with `cargo bench -p iova-core --features fakes --bench engine`. After
 //! criterion's own report, a summary table (medians of this run's samples, and
-//! the ratios ours / theirs) is printed.
+//! the ratios ours / theirs) is printed. A filter argument (`-- unlink_256`)
+//! selects criterion's groups and the paired comparisons alike.
 
 use std::alloc::{Layout, alloc_zeroed};
 use std::collections::BTreeMap;
@@ -766,6 +767,300 @@ fn bench_unlink_256(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------
+// 3b. Unmapping 256 contiguous 4 KiB pages: ours and theirs, paired.
+// ---------------------------------------------------------------------------
+
+/// Ranges unmapped per timed batch, each 256 pages in a leaf table of its own.
+const UNMAP_RANGES: usize = 16;
+/// Batches per implementation per round.
+const UNMAP_BATCHES: usize = 16;
+const UNMAP_ROUNDS: usize = 31;
+/// Where range `j` starts for the engine and the two crates: 2 MiB apart.
+const UNMAP_BASE: u64 = 256 * GIB;
+
+/// A flush that does nothing: the unlink cells measure the unmap and the link
+/// bookkeeping, not an IOTLB (their `sync` is outside the timed section anyway).
+struct NoFlush;
+
+// SAFETY: no IOMMU walks the bench's tables, so there is nothing to
+// invalidate; the tables freed after a flush go back to the arena, whose
+// `free` does nothing (frames are reused only after `Arena::reset`).
+unsafe impl iova_core::IotlbInvalidate for NoFlush {
+    fn invalidate(&self, _: &IotlbGather) -> Result<(), iova_core::Error> {
+        Ok(())
+    }
+}
+
+type BenchDomain<F> = iova_core::PageTableDomain<F, &'static Arena, NoFlush>;
+
+fn bench_domain<F: PtFormat>(fmt: F, arena: &'static Arena) -> BenchDomain<F> {
+    iova_core::PageTableDomain::new(PageTable::new(fmt, arena).unwrap(), NoFlush)
+}
+
+/// One implementation's side of the comparison. Every side unmaps the same
+/// 256 pages per range, into tables that stay allocated (no side frees a
+/// table: a 1 MiB range is half its leaf table's span).
+trait UnmapSide {
+    /// Untimed: maps the 256 pages of every range.
+    fn map_all(&mut self, pas: &[u64]);
+    /// Timed: unmaps range `j`.
+    fn unmap(&mut self, j: usize);
+    /// Untimed: whatever the unmaps left behind (gathers to flush, states to free).
+    fn settle(&mut self);
+    /// Whether page `i` of range `j` is mapped (for the check before timing).
+    fn mapped(&self, j: usize, i: u64) -> bool;
+}
+
+fn unmap_base(j: usize) -> u64 {
+    UNMAP_BASE + j as u64 * 2 * MIB
+}
+
+/// `PageTable::unmap` of each range into a fresh gather.
+struct EngineSide<'d, F: PtFormat> {
+    domain: &'d BenchDomain<F>,
+    gathers: Vec<IotlbGather>,
+}
+
+impl<'d, F: PtFormat> EngineSide<'d, F> {
+    fn new(domain: &'d BenchDomain<F>) -> Self {
+        Self {
+            domain,
+            gathers: (0..UNMAP_RANGES).map(|_| IotlbGather::new()).collect(),
+        }
+    }
+}
+
+impl<F: PtFormat> UnmapSide for EngineSide<'_, F> {
+    fn map_all(&mut self, pas: &[u64]) {
+        let mut g = IotlbGather::new();
+        for j in 0..UNMAP_RANGES {
+            for (i, &pa) in pas.iter().enumerate() {
+                let iova = Iova(unmap_base(j) + i as u64 * PAGE);
+                self.domain
+                    .map(iova, PhysAddr(pa), PAGE, Prot::RW, &mut g)
+                    .unwrap();
+            }
+        }
+        self.domain.flush(&mut g).unwrap();
+    }
+    #[inline]
+    fn unmap(&mut self, j: usize) {
+        let len = UNLINK_PAGES * PAGE;
+        let table = self.domain.table();
+        let n = table.unmap(Iova(unmap_base(j)), len, &mut self.gathers[j]);
+        black_box(n.unwrap());
+    }
+    fn settle(&mut self) {
+        for g in &mut self.gathers {
+            self.domain.flush(g).unwrap();
+        }
+    }
+    fn mapped(&self, j: usize, i: u64) -> bool {
+        let iova = Iova(unmap_base(j) + i * PAGE);
+        self.domain.table().translate(iova).is_some()
+    }
+}
+
+/// `IovaState::unlink` of 256 adjacent one-page links, over the same engine
+/// (the flush that follows, in `settle`, is a no-op and untimed).
+struct UnlinkSide<'d, F: PtFormat> {
+    mapper: DmaMapper<'d, BenchDomain<F>>,
+    states: Vec<iova_core::IovaState<'d, BenchDomain<F>, Vec<iova_core::Link>>>,
+}
+
+/// IOVAs for an unlink side: room for twice the ranges of a batch, so that
+/// freed ranges (and their leaf tables) come back and the arena lasts.
+fn unlink_iovas() -> IovaAllocator<'static> {
+    let aperture = IovaRange::new(Iova(UNMAP_BASE), 2 * UNMAP_RANGES as u64 * 2 * MIB).unwrap();
+    IovaAllocator::with_capacity(IovaAllocatorConfig::new(aperture, PAGE), 64, 1).unwrap()
+}
+
+static CPU0: fn() -> usize = || 0;
+
+impl<'d, F: PtFormat> UnlinkSide<'d, F> {
+    fn new(domain: &'d BenchDomain<F>, iovas: &'d IovaAllocator<'static>) -> Self {
+        Self {
+            mapper: DmaMapper::new(domain, iovas, &CPU0).unwrap(),
+            states: Vec::new(),
+        }
+    }
+}
+
+impl<F: PtFormat> UnmapSide for UnlinkSide<'_, F> {
+    fn map_all(&mut self, pas: &[u64]) {
+        let len = UNLINK_PAGES * PAGE;
+        for _ in 0..UNMAP_RANGES {
+            // 2 MiB aligned: each range alone in its leaf table, as for the others.
+            let mut s = self.mapper.try_alloc(len, 2 * MIB).unwrap();
+            for (i, &pa) in pas.iter().enumerate() {
+                s.link(i as u64 * PAGE, PhysAddr(pa), PAGE, Prot::RW)
+                    .unwrap();
+            }
+            s.sync().unwrap();
+            self.states.push(s);
+        }
+    }
+    #[inline]
+    fn unmap(&mut self, j: usize) {
+        black_box(self.states[j].unlink(0, UNLINK_PAGES * PAGE)).unwrap();
+    }
+    fn settle(&mut self) {
+        for s in self.states.drain(..) {
+            s.free().unwrap();
+        }
+    }
+    fn mapped(&self, j: usize, i: u64) -> bool {
+        let iova = Iova(self.states[j].iova().0 + i * PAGE);
+        self.mapper.domain().table().translate(iova).is_some()
+    }
+}
+
+/// aarch64-paging: one `map_range` of the whole range without
+/// `Attributes::VALID`, its way of making entries invalid.
+struct ArmSide(RootTable<ArmFrames>);
+
+impl UnmapSide for ArmSide {
+    fn map_all(&mut self, pas: &[u64]) {
+        for j in 0..UNMAP_RANGES {
+            for (i, &pa) in pas.iter().enumerate() {
+                arm_map(&mut self.0, unmap_base(j) + i as u64 * PAGE, pa);
+            }
+        }
+    }
+    #[inline]
+    fn unmap(&mut self, j: usize) {
+        let base = unmap_base(j) as usize;
+        let region = MemoryRegion::new(base, base + (UNLINK_PAGES * PAGE) as usize);
+        self.0
+            .map_range(
+                &region,
+                PhysicalAddress(0),
+                Attributes::empty(),
+                Constraints::empty(),
+            )
+            .unwrap();
+    }
+    fn settle(&mut self) {}
+    fn mapped(&self, j: usize, i: u64) -> bool {
+        let va = (unmap_base(j) + i * PAGE) as usize;
+        let mut valid = false;
+        self.0
+            .walk_range(
+                &MemoryRegion::new(va, va + PAGE as usize),
+                &mut |_, d, _| {
+                    valid |= d.is_valid();
+                    Ok(())
+                },
+            )
+            .unwrap();
+        valid
+    }
+}
+
+/// The `x86_64` crate: `Mapper::unmap` of each page (flush ignored).
+struct X86Side(X86);
+
+impl UnmapSide for X86Side {
+    fn map_all(&mut self, pas: &[u64]) {
+        for j in 0..UNMAP_RANGES {
+            for (i, &pa) in pas.iter().enumerate() {
+                x86_map(&mut self.0, unmap_base(j) + i as u64 * PAGE, pa);
+            }
+        }
+    }
+    #[inline]
+    fn unmap(&mut self, j: usize) {
+        for i in 0..UNLINK_PAGES {
+            let va = VirtAddr::new(unmap_base(j) + i * PAGE);
+            let page = Page::<Size4KiB>::containing_address(va);
+            self.0.mapper.unmap(page).unwrap().1.ignore();
+        }
+    }
+    fn settle(&mut self) {}
+    fn mapped(&self, j: usize, i: u64) -> bool {
+        let va = VirtAddr::new(unmap_base(j) + i * PAGE);
+        self.0.mapper.translate_addr(va).is_some()
+    }
+}
+
+/// The cells of the comparison, in the order they are reported.
+const UNMAP_CELLS: [&str; 6] = [
+    "ours PageTable::unmap, LPAE s1",
+    "ours PageTable::unmap, x86-64",
+    "ours IovaState::unlink, LPAE s1",
+    "ours IovaState::unlink, x86-64",
+    "aarch64-paging",
+    "x86_64 crate",
+];
+/// Index of the first peer in `UNMAP_CELLS`.
+const UNMAP_PEERS: usize = 4;
+
+/// Nanoseconds per unmap of one 256-page range: `UNMAP_BATCHES` batches of
+/// `UNMAP_RANGES` timed unmaps, each batch mapped and settled untimed.
+fn time_unmap(side: &mut dyn UnmapSide, pas: &[u64]) -> f64 {
+    let mut total = Duration::ZERO;
+    for _ in 0..UNMAP_BATCHES {
+        side.map_all(pas);
+        let start = Instant::now();
+        for j in 0..UNMAP_RANGES {
+            side.unmap(j);
+        }
+        total += start.elapsed();
+        side.settle();
+    }
+    total.as_nanos() as f64 / (UNMAP_BATCHES * UNMAP_RANGES) as f64
+}
+
+/// Per round, ns per 256-page unmap of every cell; the cells take turns at
+/// going first (round `r` starts at cell `r mod 6`), so that a slow phase of
+/// the shared machine hits all of them alike.
+fn paired_unmap(arena: &'static Arena) -> Vec<[f64; 6]> {
+    let mut rng = Rng(0x1234_5678);
+    let pas: Vec<u64> = (0..UNLINK_PAGES)
+        .map(|_| TARGET_PA_BASE + (rng.next() & ((64 * GIB - 1) & !(PAGE - 1))))
+        .collect();
+    arena.reset();
+    let domains = (
+        bench_domain(LpaeS1::va48(), arena),
+        bench_domain(X86_64::four_level(), arena),
+        bench_domain(LpaeS1::va48(), arena),
+        bench_domain(X86_64::four_level(), arena),
+    );
+    let iovas = [unlink_iovas(), unlink_iovas()];
+    let mut sides: [Box<dyn UnmapSide>; 6] = [
+        Box::new(EngineSide::new(&domains.0)),
+        Box::new(EngineSide::new(&domains.1)),
+        Box::new(UnlinkSide::new(&domains.2, &iovas[0])),
+        Box::new(UnlinkSide::new(&domains.3, &iovas[1])),
+        Box::new(ArmSide(arm_new(arena))),
+        Box::new(X86Side(x86_new(arena))),
+    ];
+    // Every side maps and then unmaps exactly the 256 pages of each range.
+    for (side, name) in sides.iter_mut().zip(UNMAP_CELLS) {
+        side.map_all(&pas);
+        for j in 0..UNMAP_RANGES {
+            assert!((0..UNLINK_PAGES).all(|i| side.mapped(j, i)), "{name}");
+            side.unmap(j);
+            assert!((0..UNLINK_PAGES).all(|i| !side.mapped(j, i)), "{name}");
+        }
+        side.settle();
+    }
+    let mut rounds = Vec::with_capacity(UNMAP_ROUNDS);
+    for r in 0..UNMAP_ROUNDS {
+        let mut t = [0.0; 6];
+        for k in 0..6 {
+            let c = (r + k) % 6;
+            t[c] = time_unmap(&mut *sides[c], &pas);
+        }
+        rounds.push(t);
+    }
+    drop(sides);
+    drop(domains);
+    arena.reset();
+    rounds
+}
+
+// ---------------------------------------------------------------------------
 // 4. IOVA alloc + free pairs with many live allocations.
 // ---------------------------------------------------------------------------
 
@@ -865,7 +1160,7 @@ fn fmt_ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn print_summary(paired: &[(&str, usize, f64, f64, f64)]) {
+fn print_summary(paired: &[(&str, usize, f64, f64, f64)], unmap: &[[f64; 6]]) {
     println!();
     println!("==================== summary (medians of this run) ====================");
     println!("machine: {}", machine());
@@ -896,30 +1191,32 @@ fn print_summary(paired: &[(&str, usize, f64, f64, f64)]) {
             );
         }
     }
-    println!();
-    println!(
-        "   paired: {PAIRED_ROUNDS} alternating rounds of ours and theirs, ~64 Ki page maps each"
-    );
-    println!(
-        "{:<8} {:>7} | {:>10} {:>10} | {:>6}",
-        "format", "N", "ours/page", "theirs/page", "ratio"
-    );
-    let mut met = true;
-    for &(format, n, o, t, r) in paired {
-        met &= r < 1.0;
+    if !paired.is_empty() {
+        println!();
         println!(
-            "{:<8} {:>7} | {:>10} {:>10} | {:>6.2}",
-            format,
-            n,
-            fmt_ns(Some(o / n as f64)),
-            fmt_ns(Some(t / n as f64)),
-            r
+            "   paired: {PAIRED_ROUNDS} alternating rounds of ours and theirs, ~64 Ki page maps each"
+        );
+        println!(
+            "{:<8} {:>7} | {:>10} {:>10} | {:>6}",
+            "format", "N", "ours/page", "theirs/page", "ratio"
+        );
+        let mut met = true;
+        for &(format, n, o, t, r) in paired {
+            met &= r < 1.0;
+            println!(
+                "{:<8} {:>7} | {:>10} {:>10} | {:>6.2}",
+                format,
+                n,
+                fmt_ns(Some(o / n as f64)),
+                fmt_ns(Some(t / n as f64)),
+                r
+            );
+        }
+        println!(
+            "   target (ours faster than both at every N, paired ratios): {}",
+            if met { "met" } else { "NOT met" }
         );
     }
-    println!(
-        "   target (ours faster than both at every N, paired ratios): {}",
-        if met { "met" } else { "NOT met" }
-    );
     println!();
     let link = median_ns("link1g/link", LINK_SAMPLES);
     let link_sync = median_ns("link1g/link+sync", LINK_SAMPLES);
@@ -942,6 +1239,7 @@ fn print_summary(paired: &[(&str, usize, f64, f64, f64)]) {
             fmt_ratio(v, Some(LINUX_UNMAP_256_NS))
         );
     }
+    print_unmap_summary(unmap);
     println!();
     println!("4. IOVA alloc+free pair (median ns per pair) vs live allocations held");
     print!("   {:>8}", "live");
@@ -972,6 +1270,59 @@ fn print_summary(paired: &[(&str, usize, f64, f64, f64)]) {
     println!("=========================================================================");
 }
 
+/// The median and the quartiles of `v`, and its extremes.
+fn spread(mut v: Vec<f64>) -> [f64; 5] {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    [at(0.5), at(0.25), at(0.75), v[0], v[v.len() - 1]]
+}
+
+fn print_unmap_summary(rounds: &[[f64; 6]]) {
+    if rounds.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "3b. unmap 256 contiguous 4 KiB pages (one range), paired: {UNMAP_ROUNDS} rounds, \
+         {} unmaps per cell per round",
+        UNMAP_BATCHES * UNMAP_RANGES
+    );
+    println!("    ratio: per-round ours / peer; median [quartiles] (min-max)");
+    println!(
+        "{:<33} {:>9} {:>8} | {:>28} | {:>28} | {:>28}",
+        "cell", "median", "/page", "/ aarch64-paging", "/ x86_64 crate", "/ faster peer"
+    );
+    let ratio = |c: usize, peer: Option<usize>| {
+        spread(
+            rounds
+                .iter()
+                .map(|t| t[c] / peer.map_or(t[UNMAP_PEERS].min(t[UNMAP_PEERS + 1]), |p| t[p]))
+                .collect(),
+        )
+    };
+    let fmt = |[m, q1, q3, lo, hi]: [f64; 5]| format!("{m:.2} [{q1:.2}-{q3:.2}] ({lo:.2}-{hi:.2})");
+    let mut met = true;
+    for (c, name) in UNMAP_CELLS.iter().enumerate() {
+        let ns = spread(rounds.iter().map(|t| t[c]).collect())[0];
+        let ours = c < UNMAP_PEERS;
+        let faster = ratio(c, None);
+        met &= !ours || faster[0] <= 0.5;
+        println!(
+            "{:<33} {:>9} {:>8} | {:>28} | {:>28} | {:>28}",
+            name,
+            fmt_ns(Some(ns)),
+            fmt_ns(Some(ns / UNLINK_PAGES as f64)),
+            fmt(ratio(c, Some(UNMAP_PEERS))),
+            fmt(ratio(c, Some(UNMAP_PEERS + 1))),
+            if ours { fmt(faster) } else { "-".to_owned() },
+        );
+    }
+    println!(
+        "    target (every ours cell <= 0.5 of the faster peer, median ratio): {}",
+        if met { "met" } else { "NOT met" }
+    );
+}
+
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     if bench_mode {
@@ -985,7 +1336,20 @@ fn main() {
     bench_iova(&mut c);
     c.final_summary();
     if bench_mode {
-        let paired = paired_map(arena);
-        print_summary(&paired);
+        // The paired comparisons follow criterion's filter (a substring of
+        // their group's name), so that one can be run alone.
+        let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        let wanted = |group: &str| filter.as_deref().is_none_or(|f| group.contains(f));
+        let paired = if wanted("map_scattered_4k") {
+            paired_map(arena)
+        } else {
+            Vec::new()
+        };
+        let unmap = if wanted("unlink_256x4k") {
+            paired_unmap(arena)
+        } else {
+            Vec::new()
+        };
+        print_summary(&paired, &unmap);
     }
 }

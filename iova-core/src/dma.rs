@@ -575,20 +575,15 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
         }
         let links = self.links.links();
         let first = links.partition_point(|l| l.end() <= offset);
-        let mut last = first;
-        let mut at = offset;
-        while at < end {
-            let Some(l) = links.get(last) else {
-                return Err(Error::NotMapped);
-            };
-            if l.offset > at {
-                return Err(Error::NotMapped);
-            }
-            if l.offset < at || l.end() > end {
-                return Err(Error::PartialUnmap);
-            }
-            at = l.end();
-            last += 1;
+        let last = first + links[first..].partition_point(|l| l.offset < end);
+        let run = &links[first..last];
+        // The links are sorted and disjoint: those that start at `offset` and
+        // end at `end` cover the range exactly when their lengths add up to it.
+        let exact = run.first().is_some_and(|l| l.offset == offset)
+            && run.last().is_some_and(|l| l.end() == end)
+            && run.iter().map(|l| l.len).sum::<u64>() == len;
+        if !exact {
+            return Err(uncovered(run, offset, end));
         }
         let g = self.mapper.granule();
         let start = links[first].span(g).0;
@@ -744,6 +739,23 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
             }
         }
     }
+}
+
+/// Why the links `run` (those that overlap `[offset, end)`, sorted) do not
+/// cover it exactly: the first gap or cut from `offset` up.
+#[cold]
+fn uncovered(run: &[Link], offset: u64, end: u64) -> Error {
+    let mut at = offset;
+    for l in run {
+        if l.offset > at {
+            return Error::NotMapped;
+        }
+        if l.offset < at || l.end() > end {
+            return Error::PartialUnmap;
+        }
+        at = l.end();
+    }
+    Error::NotMapped
 }
 
 impl<D: IommuDomain + ?Sized, S: LinkStore> Drop for IovaState<'_, D, S> {

@@ -510,3 +510,199 @@ fn tables_out_of_the_formats_reach_are_refused() {
     assert!(matches!(r, Err(Error::TableUnreachable)));
     assert_eq!(frames.live(), 0);
 }
+
+/// Unmaps `[iova, iova + len)` and checks the result against the leaves that
+/// were there: the bytes they held, what the gather records (one range, the
+/// sizes removed, `freed` tables), and that every other leaf is left alone.
+fn unmap_and_check<F: PtFormat>(
+    d: &iova_core::fakes::FakeDomain<F>,
+    iova: u64,
+    len: u64,
+    freed: usize,
+) -> IotlbGather {
+    let before = d.leaves();
+    let inside = |l: &Leaf| iova <= l.iova.0 && l.iova.0 + l.size <= iova + len;
+    let bytes: u64 = before.iter().filter(|l| inside(l)).map(|l| l.size).sum();
+    let page_sizes = before
+        .iter()
+        .filter(|l| inside(l))
+        .fold(0, |acc, l| acc | l.size);
+    let mut g = IotlbGather::new();
+    assert_eq!(
+        d.unmap(Iova(iova), len, &mut g),
+        Ok(bytes),
+        "{iova:#x}+{len:#x}"
+    );
+    let kept: Vec<Leaf> = before.into_iter().filter(|l| !inside(l)).collect();
+    assert_eq!(d.leaves(), kept, "{iova:#x}+{len:#x}");
+    assert_eq!(g.page_sizes(), page_sizes);
+    assert_eq!(g.has_unmapped(), bytes > 0);
+    assert_eq!(g.freed_tables(), freed);
+    assert_eq!(g.tables_changed(), freed > 0);
+    if bytes > 0 || freed > 0 {
+        let range = iova_core::IovaRange::new(Iova(iova), len).unwrap();
+        assert_eq!(g.ranges(), &[range]);
+    } else {
+        assert!(g.is_empty());
+    }
+    g
+}
+
+#[test]
+fn unmap_runs_cross_leaf_tables_skip_holes_and_keep_their_neighbours() {
+    fn check<F: PtFormat>(fmt: F) {
+        let (d, frames) = fake_domain(fmt);
+        // Pages M2 - 9 .. M2 + 8, two leaf tables; holes at M2 - 5 and M2 + 3.
+        for i in (0..17).filter(|&i| i != 4 && i != 12) {
+            let iova = M2 - 9 * K4 + i * K4;
+            map_flush(&d, iova, 0x1000_0000 + iova, K4, Prot::RW).unwrap();
+        }
+        let tables = frames.live();
+        // All but the first page (a neighbour kept below the range).
+        let mut g = unmap_and_check(&d, M2 - 8 * K4, 16 * K4, 0);
+        assert_eq!(d.leaves().len(), 1);
+        d.flush(&mut g).unwrap();
+        assert_eq!(frames.live(), tables, "a partly covered table stays");
+        // Nothing left there: nothing to record.
+        let mut g = unmap_and_check(&d, M2 - 8 * K4, 16 * K4, 0);
+        d.flush(&mut g).unwrap();
+    }
+    check(LpaeS1::va48());
+    check(X86_64::four_level());
+}
+
+#[test]
+fn a_run_ending_at_a_leaf_tables_end_stops_there() {
+    let (d, _) = fake_domain(LpaeS1::va48());
+    map_flush(&d, M2 - 4 * K4, 0x1000_0000, 5 * K4, Prot::RW).unwrap();
+    let mut g = unmap_and_check(&d, M2 - 4 * K4, 4 * K4, 0);
+    assert_eq!(sizes(&d.leaves()), vec![K4]);
+    assert_eq!(d.leaves()[0].iova, Iova(M2));
+    // And one that starts at a table's first entry.
+    g = {
+        d.flush(&mut g).unwrap();
+        unmap_and_check(&d, M2, K4, 0)
+    };
+    d.flush(&mut g).unwrap();
+    assert!(d.leaves().is_empty());
+}
+
+#[test]
+fn blocks_inside_an_unmapped_range_go_with_the_pages_around_them() {
+    fn check<F: PtFormat>(fmt: F) {
+        let (d, _) = fake_domain(fmt);
+        // Pages, a 2 MiB block, pages: one map, identity-mapped so the block fits.
+        map_flush(&d, M2 - 2 * K4, M2 - 2 * K4, M2 + 4 * K4, Prot::RW).unwrap();
+        assert_eq!(sizes(&d.leaves()), vec![K4, K4, M2, K4, K4]);
+        let mut g = unmap_and_check(&d, M2 - 2 * K4, M2 + 4 * K4, 0);
+        assert_eq!(g.page_sizes(), K4 | M2);
+        d.flush(&mut g).unwrap();
+        assert!(d.leaves().is_empty());
+    }
+    check(LpaeS1::va48());
+    check(X86_64::four_level());
+}
+
+#[test]
+fn an_unmap_covering_a_leaf_tables_span_frees_it_one_not_covering_it_does_not() {
+    let (d, frames) = fake_domain(X86_64::four_level());
+    // Every page of [M2, 2 M2) but two, and one page beyond.
+    for i in (0..513).filter(|&i| i != 7 && i != 300) {
+        map_flush(&d, M2 + i * K4, 0x1000_0000 + i * K4, K4, Prot::RW).unwrap();
+    }
+    let live = frames.live();
+    // All pages but the first: the table stays, emptied of those.
+    let mut g = unmap_and_check(&d, M2 + K4, M2 - K4, 0);
+    d.flush(&mut g).unwrap();
+    assert_eq!(frames.live(), live);
+    // The whole span: the table goes, after the flush; the page beyond stays.
+    let mut g = unmap_and_check(&d, M2, M2, 1);
+    assert_eq!(frames.live(), live);
+    d.flush(&mut g).unwrap();
+    assert_eq!(frames.live(), live - 1);
+    assert_eq!(d.leaves().len(), 1);
+    assert_eq!(d.tables(), frames.live());
+    assert_eq!(frames.bad_frees(), 0);
+}
+
+#[test]
+fn random_unmaps_over_three_leaf_tables_match_the_leaves_they_cover() {
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let base = 0x40_0000_0000;
+    for _ in 0..if cfg!(miri) { 3 } else { 300 } {
+        let (d, frames) = fake_domain(LpaeS1::va48());
+        // Three 2 MiB spans of pages at random (sparse to dense), or, for the
+        // middle one sometimes, one block.
+        let block = next(3) == 0;
+        for span in 0..3 {
+            let start = base + span * M2;
+            if span == 1 && block {
+                map_flush(&d, start, start, M2, Prot::RW).unwrap();
+                continue;
+            }
+            let density = 1 + next(8);
+            for i in 0..512 {
+                if next(8) < density {
+                    map_flush(&d, start + i * K4, start + i * K4, K4, Prot::RW).unwrap();
+                }
+            }
+        }
+        // A range of whole pages, its ends often at a table boundary.
+        let mut end = || {
+            let page = base + next(3 * 512 + 1) * K4;
+            if next(4) == 0 { page & !(M2 - 1) } else { page }
+        };
+        let (x, y) = (end(), end());
+        let (a, b) = (x.min(y), x.max(y).max(x.min(y) + K4));
+        if block && [a, b].iter().any(|&e| base + M2 < e && e < base + 2 * M2) {
+            let before = d.leaves();
+            let mut g = IotlbGather::new();
+            assert_eq!(d.unmap(Iova(a), b - a, &mut g), Err(Error::PartialUnmap));
+            assert!(g.is_empty());
+            assert_eq!(d.leaves(), before);
+            continue;
+        }
+        // Leaf tables whose whole span the range covers are freed (a block's
+        // span has none).
+        let leaves = d.leaves();
+        let freed = (0..3)
+            .map(|s| base + s * M2)
+            .filter(|&s| a <= s && s + M2 <= b)
+            .filter(|&s| {
+                leaves
+                    .iter()
+                    .any(|l| l.size == K4 && s <= l.iova.0 && l.iova.0 < s + M2)
+            })
+            .count();
+        let live = frames.live();
+        let mut g = unmap_and_check(&d, a, b - a, freed);
+        d.flush(&mut g).unwrap();
+        assert_eq!(frames.live(), live - freed);
+        assert_eq!(d.tables(), frames.live(), "no table leaked or lost");
+        assert_eq!(frames.bad_frees(), 0);
+    }
+}
+
+#[test]
+fn a_non_coherent_walker_gets_each_leaf_tables_cleared_run_cleaned() {
+    let frames = FakeFrames::new();
+    let table = PageTable::with_cache(LpaeS1::va48(), &frames, CountingCache::default()).unwrap();
+    let mut g = IotlbGather::new();
+    table
+        .map(Iova(M2 - 8 * K4), PhysAddr(0), 16 * K4, Prot::RW, &mut g)
+        .unwrap();
+    let before = table_cache(&table).cleans.lock().unwrap().len();
+    assert_eq!(table.unmap(Iova(M2 - 8 * K4), 16 * K4, &mut g), Ok(16 * K4));
+    let cleans = table_cache(&table).cleans.lock().unwrap()[before..].to_vec();
+    // Entries 504..511 of one leaf table and 0..7 of the next.
+    assert_eq!(cleans.len(), 2, "{cleans:x?}");
+    assert_eq!(cleans[0].0 % 4096, 504 * 8);
+    assert_eq!(cleans[1].0 % 4096, 0);
+    assert!(cleans.iter().all(|&(_, len)| len == 8 * 8));
+}

@@ -2,7 +2,9 @@
 //! (and every weak-memory outcome loom models) of
 //! - two CPUs installing the same missing tables for disjoint pages, and
 //! - a software walker (`translate`) racing an unmap that detaches and frees
-//!   the table it is walking.
+//!   the table it is walking, and
+//! - an unmap clearing a run of pages racing a mapper and a walker in the
+//!   same leaf table.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p iova-core --release --test
 //! loom_table` (`cargo xtask test loom` does). Under `cfg(loom)` the engine's
@@ -212,5 +214,50 @@ fn a_walker_never_reads_a_table_freed_under_it() {
             "the walker saw {seen:?}"
         );
         assert_eq!(frames.live(), 1, "only the root is left");
+    });
+}
+
+#[test]
+fn clearing_pages_races_a_mapper_and_a_walker_in_the_same_leaf_table() {
+    const PA3: u64 = 0xa000_0000;
+    loom::model(|| {
+        let frames = frames();
+        let table = Arc::new(PageTable::new(Tiny, frames).unwrap());
+        let mut gather = IotlbGather::new();
+        for (iova, pa) in [(0x0000, PA1), (0x1000, PA2)] {
+            table
+                .map(Iova(iova), PhysAddr(pa), 0x1000, Prot::RW, &mut gather)
+                .unwrap();
+        }
+        let mapper = {
+            let table = Arc::clone(&table);
+            loom::thread::spawn(move || {
+                let mut gather = IotlbGather::new();
+                table
+                    .map(Iova(0x2000), PhysAddr(PA3), 0x1000, Prot::RW, &mut gather)
+                    .unwrap();
+            })
+        };
+        let walker = {
+            let table = Arc::clone(&table);
+            loom::thread::spawn(move || table.translate(Iova(0x1010)).map(|t| t.pa))
+        };
+        // Two of the leaf table's four entries: the table stays.
+        let mut gather = IotlbGather::new();
+        assert_eq!(table.unmap(Iova(0), 0x2000, &mut gather).unwrap(), 0x2000);
+        assert_eq!(gather.freed_tables(), 0);
+        mapper.join().unwrap();
+        let seen = walker.join().unwrap();
+        assert!(
+            seen.is_none() || seen == Some(PhysAddr(PA2 + 0x10)),
+            "the walker saw {seen:?}"
+        );
+        assert_eq!(table.translate(Iova(0x0010)), None);
+        assert_eq!(table.translate(Iova(0x1010)), None);
+        assert_eq!(
+            table.translate(Iova(0x2010)).unwrap().pa,
+            PhysAddr(PA3 + 0x10)
+        );
+        assert_eq!(frames.live(), 3);
     });
 }

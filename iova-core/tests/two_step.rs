@@ -185,6 +185,12 @@ fn unlink_errors_change_nothing() {
         (0, K4, Error::PartialUnmap),
         (K4, 2 * K4, Error::PartialUnmap),
         (0, 2 * K4 + 0x10, Error::PartialUnmap),
+        // starts inside a link
+        (0x10, 3 * K4 - 0x10, Error::PartialUnmap),
+        // runs past the last link
+        (5 * K4, 2 * K4, Error::NotMapped),
+        // a link, then a cut one after a hole
+        (2 * K4, 3 * K4 + 0x10, Error::NotMapped),
     ];
     for &(off, len, err) in cases {
         assert_eq!(s.unlink(off, len), Err(err), "{off:#x} {len:#x}");

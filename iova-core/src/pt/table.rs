@@ -316,6 +316,15 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         return unsafe { &*base.add(idx).cast::<AtomicU64>() };
     }
 
+    /// The entries of `table`, a table at `depth`.
+    #[inline]
+    fn entries(&self, table: PhysAddr, depth: usize) -> &[AtomicU64] {
+        let base = self.frames.phys_to_virt(table).cast::<AtomicU64>();
+        // SAFETY: as in `entry`, for every index below the table's entry
+        // count; a table at `depth` holds `1 << bits[depth]` entries.
+        unsafe { core::slice::from_raw_parts(base, 1 << self.geo.bits[depth]) }
+    }
+
     #[inline]
     fn clean(&self, pa: PhysAddr, len: usize) {
         if !self.cache.is_coherent() {
@@ -700,6 +709,9 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
         sizes: &mut u64,
         tables: &mut bool,
     ) -> u64 {
+        if depth + 1 == self.geo.levels {
+            return self.unmap_pages(table, depth, start, end, sizes);
+        }
         let size = 1u64 << self.geo.shift[depth];
         let mut a = start;
         let mut bytes = 0;
@@ -734,6 +746,38 @@ impl<F: PtFormat, A: FrameAllocator, C: CacheMaintenance> PageTable<F, A, C> {
             self.clean_entries(table, first, last);
         }
         bytes
+    }
+
+    /// [`unmap_level`](Self::unmap_level) in a last-level table, where every
+    /// present entry is a page: `[start, end)` is one run of entries in it.
+    fn unmap_pages(
+        &self,
+        table: PhysAddr,
+        depth: usize,
+        start: u64,
+        end: u64,
+        sizes: &mut u64,
+    ) -> u64 {
+        let shift = self.geo.shift[depth];
+        let first = self.geo.index(start, depth);
+        let run = &self.entries(table, depth)[first..first + ((end - start) >> shift) as usize];
+        let mut cleared = 0u64;
+        for slot in run {
+            // Relaxed: the range is the caller's alone, so nobody else writes
+            // these entries, and a page entry carries nothing a walker must see
+            // ordered before it (software walkers read an old page or none; the
+            // flush orders the clears before the IOMMU's next walk). Holes are
+            // zero already (the engine writes nothing else into a live table):
+            // storing without a branch changes nothing there.
+            cleared += u64::from(self.fmt.is_present(depth, slot.load(Ordering::Relaxed)));
+            slot.store(0, Ordering::Relaxed);
+        }
+        if cleared > 0 {
+            *sizes |= 1 << shift;
+            // The whole run: cleaning the holes in it too is harmless.
+            self.clean_entries(table, first, first + run.len() - 1);
+        }
+        cleared << shift
     }
 
     /// The leaf covering `iova`, as (start, size).
