@@ -662,6 +662,27 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
         cache.complete();
     }
 
+    /// Cleans the CPU caches for the linked bytes in `[offset, offset + len)`
+    /// and waits, once the CPU has written them and before the device reads
+    /// them: for memory that stays linked while the CPU rewrites it (a bounce
+    /// pool mapped once), where no [`link`](Self::link) cleans it. Needed only
+    /// for non-coherent devices (a no-op otherwise).
+    pub fn sync_for_device(&self, offset: u64, len: u64) {
+        let cache = self.mapper.cache;
+        if cache.is_coherent() {
+            return;
+        }
+        let end = offset.saturating_add(len);
+        for l in self.links.links() {
+            let from = l.offset.max(offset);
+            let to = l.end().min(end);
+            if from < to {
+                cache.clean(PhysAddr(l.pa.0 + (from - l.offset)), to - from);
+            }
+        }
+        cache.complete();
+    }
+
     /// Unlinks everything still linked, flushes, and frees the IOVA range.
     ///
     /// If the flush fails, the state comes back with no links (their entries are

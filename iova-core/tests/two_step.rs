@@ -427,6 +427,17 @@ fn non_coherent_devices_get_batched_cache_maintenance() {
             ("complete", 0, 0)
         ]
     );
+    cache.ops.lock().unwrap().clear();
+    // Rewritten in place while linked: cleaned again, only what is linked.
+    s.sync_for_device(0, 0x1800);
+    assert_eq!(
+        *cache.ops.lock().unwrap(),
+        vec![
+            ("clean", 0x1_0100, 0xf00),
+            ("clean", 0x5_0000, 0x800),
+            ("complete", 0, 0)
+        ]
+    );
     s.destroy().unwrap();
 }
 

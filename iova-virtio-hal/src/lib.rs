@@ -73,10 +73,12 @@
 pub mod hal;
 mod layout;
 pub mod memory;
+pub mod pool;
 pub mod shares;
 pub mod transport;
 
 pub use hal::{HalContext, IommuHal};
 pub use memory::{CpuMemory, IdentityMapped};
+pub use pool::{MAX_POOL_SLOTS, PoolConfig};
 pub use shares::{DmaShares, MAX_PIECES, ShareCounters, ShareError};
 pub use transport::{ACCESS_PLATFORM, AccessPlatform, BypassesIommu};

@@ -5,19 +5,21 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use iova_core::{
-    DmaMapper, Error, FrameAllocator, IommuDomain, Iova, IovaState, Link, PhysAddr, Prot,
+    DmaMapper, Error, FrameAllocator, IommuDomain, Iova, IovaRange, IovaState, Link, PhysAddr,
+    Prot, Returned,
 };
 use spin::Mutex;
 use virtio_drivers::{BufferDirection, PAGE_SIZE};
 
 use crate::layout::{Layout, Span};
 use crate::memory::CpuMemory;
+use crate::pool::{Pool, PoolConfig, Use};
 
 /// The most physical pieces one share may be made of: a bounced head, a
 /// bounced tail, and up to six physically separate runs of whole granules.
 pub const MAX_PIECES: usize = 8;
 
-type Links = heapless::Vec<Link, MAX_PIECES>;
+pub(crate) type Links = heapless::Vec<Link, MAX_PIECES>;
 
 /// Why a DMA allocation, share or teardown failed. Whatever failed to be set
 /// up was unwound: nothing of it is mapped, no frame of it is kept.
@@ -48,6 +50,8 @@ pub enum ShareError {
     /// never reused, since the device may still reach it;
     /// [`DmaShares::reclaim`] retries.
     Teardown(Error),
+    /// A [`PoolConfig`] out of bounds (see its fields).
+    InvalidConfig,
 }
 
 impl fmt::Display for ShareError {
@@ -64,11 +68,19 @@ impl fmt::Display for ShareError {
             ShareError::Map(e) => write!(f, "mapping failed: {e}"),
             ShareError::NotShared => f.write_str("no live share at that device address"),
             ShareError::Teardown(e) => write!(f, "teardown failed, memory quarantined: {e}"),
+            ShareError::InvalidConfig => f.write_str("bounce pool configuration out of bounds"),
         }
     }
 }
 
 /// What the table has done since it was made.
+///
+/// What a share cost: a share copied into a pool slot (`pool_shares`) maps
+/// nothing and flushes nothing; every other share is one IOVA state, linked
+/// in one domain map call per piece (`maps`), synced with one flush, and
+/// flushed once more on unshare. `maps` and `flushes` count every call the
+/// table made (the pool's one map and flush at creation and its flush at
+/// drop included), so a difference of two snapshots is exact.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShareCounters {
@@ -80,10 +92,26 @@ pub struct ShareCounters {
     pub shares: u64,
     /// Shares torn down.
     pub unshares: u64,
-    /// Shares with at least one bounced part.
+    /// Mapped shares with at least one bounced part (a partial granule
+    /// copied into a bounce page or a pool frame).
     pub bounced: u64,
-    /// Bytes copied to and from bounce pages.
+    /// Bytes of partial granules copied to and from bounce pages and pool
+    /// frames.
     pub bounce_bytes: u64,
+    /// Shares copied whole into a pool slot: no map, no flush.
+    pub pool_shares: u64,
+    /// Bytes copied into and out of pool slots for `pool_shares`.
+    pub pool_bytes: u64,
+    /// Partial granules of mapped shares held in a pool frame instead of a
+    /// freshly allocated bounce page.
+    pub pool_bounces: u64,
+    /// Times the pool had no free slot, so the share (or the partial
+    /// granule) took the path without the pool.
+    pub pool_fallbacks: u64,
+    /// Domain map calls (one per linked piece).
+    pub maps: u64,
+    /// IOTLB flushes asked of the domain (failed ones included).
+    pub flushes: u64,
     /// Calls that failed (each also recorded for [`DmaShares::take_error`]).
     pub failures: u64,
 }
@@ -96,6 +124,12 @@ struct Counters {
     unshares: AtomicU64,
     bounced: AtomicU64,
     bounce_bytes: AtomicU64,
+    pool_shares: AtomicU64,
+    pool_bytes: AtomicU64,
+    pool_bounces: AtomicU64,
+    pool_fallbacks: AtomicU64,
+    maps: AtomicU64,
+    flushes: AtomicU64,
     failures: AtomicU64,
 }
 
@@ -109,6 +143,18 @@ struct Bounce {
     frame: PhysAddr,
     /// The part of the buffer it holds; at `part.va % granule` in the frame.
     part: Span,
+    /// The pool slot whose first granule `frame` is, or `None` for a frame
+    /// of its own.
+    slot: Option<usize>,
+}
+
+/// What a successful share did, for the counters.
+struct Shared {
+    dev: Iova,
+    /// Bytes copied in (whole buffer for a pool share, else bounced parts).
+    copied: usize,
+    pooled: bool,
+    pool_bounces: usize,
 }
 
 enum Held {
@@ -174,6 +220,8 @@ pub struct DmaShares<'a, D: IommuDomain + ?Sized, const N: usize = 64> {
     poison: u64,
     counters: Counters,
     last_error: Mutex<Option<ShareError>>,
+    /// The bounce pool ([`with_pool`](Self::with_pool)), if any.
+    pool: Option<Pool<'a, D>>,
 }
 
 impl<D: IommuDomain + ?Sized, const N: usize> fmt::Debug for DmaShares<'_, D, N> {
@@ -214,12 +262,67 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             poison: 0,
             counters: Counters::default(),
             last_error: Mutex::new(None),
+            pool: None,
         };
         let poison = shares.reserve(granule as u64)?;
         shares.poison = poison.iova().0;
         // Capacity 2: the poison and at most one zero guard.
         let _ = shares.reserved.get_mut().push(poison);
         Ok(shares)
+    }
+
+    /// A table as [`new`](Self::new) makes, with a bounce pool: `config.slots`
+    /// slots of `config.slot_size` bytes in one frame from `frames`, mapped
+    /// read-write in the domain now (one map, one flush) and unmapped when the
+    /// table is dropped. Buffers of at most `config.threshold` bytes are then
+    /// copied into a slot on `share`, with no map and no flush; partial
+    /// granules of larger buffers are bounced into slots instead of fresh
+    /// frames. The device can reach every slot for as long as the table
+    /// lives (see the crate docs for the trade).
+    ///
+    /// # Errors
+    ///
+    /// [`ShareError::InvalidConfig`] if `config` is out of bounds,
+    /// [`Overflow`](ShareError::Overflow), [`NoMemory`](ShareError::NoMemory)
+    /// for the pool's frame, [`Map`](ShareError::Map) as for `new` or if the
+    /// pool cannot be mapped. Nothing is held on error.
+    pub fn with_pool(
+        mapper: DmaMapper<'a, D>,
+        frames: &'a (dyn FrameAllocator + 'a),
+        memory: &'a (dyn CpuMemory + 'a),
+        config: PoolConfig,
+    ) -> Result<Self, ShareError> {
+        // Dropping `shares` on error gives the poison range back.
+        let mut shares = Self::new(mapper, frames, memory)?;
+        let (slots, bytes) = config.region(shares.granule)?;
+        let frame = frames.alloc_zeroed(bytes).ok_or(ShareError::NoMemory)?;
+        let state = match shares.map(&[(frame, bytes as u64)], 0, bytes as u64, Prot::RW) {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: allocated above, never mapped (the map unwound).
+                unsafe { frames.free(frame, bytes) };
+                return Err(e);
+            }
+        };
+        shares.pool = Some(Pool::new(state, frames, frame, bytes, slots, &config));
+        Ok(shares)
+    }
+
+    /// The device addresses of the bounce pool, if the table has one: the
+    /// device may reach all of it, read and write, while the table lives.
+    pub fn pool_range(&self) -> Option<IovaRange> {
+        let (start, end) = self.pool.as_ref()?.range();
+        Some(IovaRange {
+            start: Iova(start),
+            end: Iova(end),
+        })
+    }
+
+    /// Free slots of the bounce pool (0 without a pool).
+    pub fn pool_free(&self) -> usize {
+        self.pool
+            .as_ref()
+            .map_or(0, |p| p.count(|u| *u == Use::Free))
     }
 
     /// The device address every failed share returns: reserved, never mapped.
@@ -237,9 +340,12 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         &self.mapper
     }
 
-    /// Live allocations and shares (stuck ones included).
+    /// Live allocations and shares (stuck ones and pool shares included).
     pub fn live(&self) -> usize {
-        self.live.lock().len()
+        let pooled = self.pool.as_ref().map_or(0, |p| {
+            p.count(|u| matches!(u, Use::Share { .. } | Use::Releasing))
+        });
+        self.live.lock().len() + pooled
     }
 
     /// Allocations and shares whose teardown failed and that are kept.
@@ -258,6 +364,12 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             unshares: get(&c.unshares),
             bounced: get(&c.bounced),
             bounce_bytes: get(&c.bounce_bytes),
+            pool_shares: get(&c.pool_shares),
+            pool_bytes: get(&c.pool_bytes),
+            pool_bounces: get(&c.pool_bounces),
+            pool_fallbacks: get(&c.pool_fallbacks),
+            maps: get(&c.maps),
+            flushes: get(&c.flushes),
             failures: get(&c.failures),
         }
     }
@@ -322,9 +434,12 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         let cpu = self.frames.phys_to_virt(frame);
         if cpu.is_null() || cpu as usize % PAGE_SIZE != 0 {
             // `Hal` promises page-aligned pointers; the platform broke that.
-            drop(state);
-            // SAFETY: allocated above; its mapping was just dropped (torn down).
-            unsafe { self.frames.free(frame, size) };
+            // If the teardown fails the frame stays allocated: it may still
+            // be reachable.
+            if self.destroy(state).is_ok() {
+                // SAFETY: allocated above; its mapping was torn down and flushed.
+                unsafe { self.frames.free(frame, size) };
+            }
             return Err(ShareError::Untranslatable);
         }
         self.insert(Entry {
@@ -394,24 +509,28 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     ) -> Result<Iova, ShareError> {
         // SAFETY: forwarded from the caller.
         match unsafe { self.try_share(buffer, direction) } {
-            Ok((dev, bounced)) => {
-                bump(&self.counters.shares, 1);
-                if bounced > 0 {
-                    bump(&self.counters.bounced, 1);
-                    bump(&self.counters.bounce_bytes, bounced as u64);
+            Ok(s) => {
+                let c = &self.counters;
+                bump(&c.shares, 1);
+                if s.pooled {
+                    bump(&c.pool_shares, 1);
+                    bump(&c.pool_bytes, s.copied as u64);
+                } else if s.copied > 0 {
+                    bump(&c.bounced, 1);
+                    bump(&c.bounce_bytes, s.copied as u64);
                 }
-                Ok(dev)
+                bump(&c.pool_bounces, s.pool_bounces as u64);
+                Ok(s.dev)
             }
             Err(e) => self.failed(e),
         }
     }
 
-    /// The share and how many bytes it bounced.
     unsafe fn try_share(
         &self,
         buffer: NonNull<[u8]>,
         direction: BufferDirection,
-    ) -> Result<(Iova, usize), ShareError> {
+    ) -> Result<Shared, ShareError> {
         let buf = Span {
             va: buffer.as_ptr() as *mut u8 as usize,
             len: buffer.len(),
@@ -420,6 +539,22 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             return Err(ShareError::Empty);
         }
         buf.va.checked_add(buf.len).ok_or(ShareError::Overflow)?;
+        if let Some(pool) = self.pool.as_ref().filter(|p| p.takes(buf.len)) {
+            match pool.take(Use::Share { buf, direction }) {
+                Some(i) => {
+                    // SAFETY: the buffer is readable (caller); it is not pool
+                    // memory, to which nobody but the table has a pointer.
+                    unsafe { pool.copy_in(i, 0, buffer.cast::<u8>().as_ptr(), buf.len) };
+                    return Ok(Shared {
+                        dev: pool.dev(i),
+                        copied: buf.len,
+                        pooled: true,
+                        pool_bounces: 0,
+                    });
+                }
+                None => bump(&self.counters.pool_fallbacks, 1),
+            }
+        }
         self.ensure_room()?;
         let g = self.granule;
         let layout = Layout::of(buf.va, buf.len, g);
@@ -461,7 +596,8 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             }
         };
         let dev = state.dma_addr(first).map_err(ShareError::Map)?;
-        let bounced = bounces.iter().map(|b| b.part.len).sum();
+        let copied = bounces.iter().map(|b| b.part.len).sum();
+        let pool_bounces = bounces.iter().filter(|b| b.slot.is_some()).count();
         self.insert(Entry {
             dev: dev.0,
             held: Held::Buffer {
@@ -472,7 +608,12 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             state,
             stuck: false,
         })?;
-        Ok((dev, bounced))
+        Ok(Shared {
+            dev,
+            copied,
+            pooled: false,
+            pool_bounces,
+        })
     }
 
     /// Tears down a [`share`](Self::share): unmaps and syncs, then copies the
@@ -502,6 +643,22 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             va: buffer.as_ptr() as *mut u8 as usize,
             len: buffer.len(),
         };
+        let pooled = self
+            .pool
+            .as_ref()
+            .and_then(|p| Some((p, p.take_share(dev, want, direction)?)));
+        if let Some((pool, i)) = pooled {
+            if direction != BufferDirection::DriverToDevice {
+                // SAFETY: the buffer is writable for `want.len` bytes
+                // (caller) and is not pool memory.
+                unsafe { pool.copy_out(i, 0, buffer.cast::<u8>().as_ptr(), want.len) };
+                bump(&self.counters.pool_bytes, want.len as u64);
+            }
+            pool.zero(i, 0, want.len);
+            pool.release(i);
+            bump(&self.counters.unshares, 1);
+            return Ok(());
+        }
         let found = self.remove(|e| {
             e.dev == dev.0
                 && !e.stuck
@@ -571,16 +728,32 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                 // A state that never synced a link has no flush pending that
                 // could fail; if destroy fails anyway, dropping the state
                 // leaks the IOVA rather than reuse it.
-                let _ = state.destroy();
+                let _ = self.destroy(state);
                 return Err(ShareError::Map(e));
             }
+            bump(&self.counters.maps, 1);
             offset += len;
         }
+        if state.needs_sync() {
+            bump(&self.counters.flushes, 1);
+        }
         if let Err(e) = state.sync() {
-            let _ = state.destroy();
+            let _ = self.destroy(state);
             return Err(ShareError::Map(e));
         }
         Ok(state)
+    }
+
+    /// [`IovaState::destroy`], counting the flush it asks for.
+    #[allow(clippy::result_large_err)]
+    fn destroy(
+        &self,
+        state: IovaState<'a, D, Links>,
+    ) -> Result<(), Returned<IovaState<'a, D, Links>>> {
+        if state.is_linked() || state.needs_sync() {
+            bump(&self.counters.flushes, 1);
+        }
+        state.destroy()
     }
 
     /// A fresh IOVA state of `size` bytes whose device address is not 0.
@@ -642,6 +815,28 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     ///
     /// `buffer` is readable and `part` lies in it.
     unsafe fn bounce_in(&self, buffer: NonNull<[u8]>, part: Span) -> Result<Bounce, ShareError> {
+        if let Some(pool) = &self.pool {
+            match pool.take(Use::Bounce) {
+                Some(i) => {
+                    // SAFETY: `part` is readable (caller) and not pool memory;
+                    // it fits in the slot's first granule at its offset.
+                    unsafe {
+                        pool.copy_in(
+                            i,
+                            part.va % self.granule,
+                            part_of(buffer, part).cast_const(),
+                            part.len,
+                        )
+                    };
+                    return Ok(Bounce {
+                        frame: pool.pa(i),
+                        part,
+                        slot: Some(i),
+                    });
+                }
+                None => bump(&self.counters.pool_fallbacks, 1),
+            }
+        }
         let frame = self
             .frames
             .alloc_zeroed(self.granule)
@@ -657,7 +852,11 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                 part.len,
             )
         };
-        Ok(Bounce { frame, part })
+        Ok(Bounce {
+            frame,
+            part,
+            slot: None,
+        })
     }
 
     /// Copies a bounce page's part back into `buffer`.
@@ -666,6 +865,19 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     ///
     /// `b.frame` is allocated, `buffer` is writable and `b.part` lies in it.
     unsafe fn copy_out(&self, buffer: NonNull<[u8]>, b: &Bounce) {
+        if let (Some(pool), Some(i)) = (&self.pool, b.slot) {
+            // SAFETY: `b.part` lies in the writable buffer (caller), which is
+            // not pool memory.
+            unsafe {
+                pool.copy_out(
+                    i,
+                    b.part.va % self.granule,
+                    part_of(buffer, b.part),
+                    b.part.len,
+                )
+            };
+            return;
+        }
         let src = self.frames.phys_to_virt(b.frame);
         // SAFETY: as the caller guarantees; the frame and the buffer are
         // distinct memory.
@@ -678,11 +890,19 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         };
     }
 
+    /// Frees bounce pages, or zeroes and frees their pool slots. Only once
+    /// the share's own mapping of them is gone (or never was).
     fn free_bounces(&self, bounces: &[Bounce]) {
         for b in bounces {
-            // SAFETY: allocated by `bounce_in`; unmapped and flushed (or
-            // never mapped), so the device cannot reach it any more.
-            unsafe { self.frames.free(b.frame, self.granule) };
+            match (&self.pool, b.slot) {
+                (Some(pool), Some(i)) => {
+                    pool.zero(i, b.part.va % self.granule, b.part.len);
+                    pool.release(i);
+                }
+                // SAFETY: allocated by `bounce_in`; unmapped and flushed (or
+                // never mapped), so the device cannot reach it any more.
+                _ => unsafe { self.frames.free(b.frame, self.granule) },
+            }
         }
     }
 
@@ -738,7 +958,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         let Entry {
             dev, held, state, ..
         } = entry;
-        match state.destroy() {
+        match self.destroy(state) {
             Ok(()) => Ok(()),
             Err(r) => {
                 let kept = Entry {
@@ -769,6 +989,18 @@ impl<D: IommuDomain + ?Sized, const N: usize> Drop for DmaShares<'_, D, N> {
         // Stuck entries were pushed back by `teardown_mapping`: leak them.
         for kept in core::mem::take(self.live.get_mut()) {
             core::mem::forget(kept);
+        }
+        if let Some(pool) = self.pool.take() {
+            // A slot still bouncing for a leaked entry may be reachable
+            // through that entry's mapping, which nothing will flush now.
+            let held = pool.count(|u| *u == Use::Bounce) > 0;
+            let (state, frame, bytes) = pool.into_parts();
+            if self.destroy(state).is_ok() && !held {
+                // SAFETY: the pool's frame; its only other mappings were the
+                // shares', torn down and flushed above, and its own mapping
+                // just now.
+                unsafe { self.frames.free(frame, bytes) };
+            }
         }
     }
 }
