@@ -750,7 +750,9 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         &self,
         state: IovaState<'a, D, Links>,
     ) -> Result<(), Returned<IovaState<'a, D, Links>>> {
-        if state.is_linked() || state.needs_sync() {
+        // Under a deferred policy the unlinks wait in the mapper's flush
+        // queue instead (its own counters count its flushes).
+        if (state.is_linked() || state.needs_sync()) && self.mapper.flush_queue().is_none() {
             bump(&self.counters.flushes, 1);
         }
         state.destroy()
@@ -954,11 +956,22 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     /// Destroys the entry's state; on failure puts the entry back, stuck
     /// (or, if the table has filled up meanwhile, leaks it: its memory must
     /// not be reused while the device may reach it).
+    ///
+    /// Under a deferred policy the device may still reach what the state
+    /// mapped until the mapper's flush queue is flushed; memory that goes
+    /// back to the frame allocator or the pool (an allocation, bounce pages)
+    /// must not be reused before that, so the queue is flushed first. If
+    /// that flush fails the memory is leaked, never reused.
     fn teardown_mapping(&self, entry: Entry<'a, D>) -> Result<(), ShareError> {
         let Entry {
             dev, held, state, ..
         } = entry;
+        let gives_back = match &held {
+            Held::Memory { .. } => true,
+            Held::Buffer { bounces, .. } => !bounces.is_empty(),
+        };
         match self.destroy(state) {
+            Ok(()) if gives_back => self.mapper.flush_deferred().map_err(ShareError::Teardown),
             Ok(()) => Ok(()),
             Err(r) => {
                 let kept = Entry {
@@ -995,7 +1008,10 @@ impl<D: IommuDomain + ?Sized, const N: usize> Drop for DmaShares<'_, D, N> {
             // through that entry's mapping, which nothing will flush now.
             let held = pool.count(|u| *u == Use::Bounce) > 0;
             let (state, frame, bytes) = pool.into_parts();
-            if self.destroy(state).is_ok() && !held {
+            // Under a deferred policy the pool's unlink waits in the flush
+            // queue: flush it before the frame goes back.
+            let gone = self.destroy(state).is_ok() && self.mapper.flush_deferred().is_ok();
+            if gone && !held {
                 // SAFETY: the pool's frame; its only other mappings were the
                 // shares', torn down and flushed above, and its own mapping
                 // just now.

@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use iova_core::fakes::{Access, FAKE_PHYS_BASE, FakeDomain, FakeFrames, Fault, fake_domain};
 use iova_core::formats::lpae::LpaeS1;
 use iova_core::iova_alloc::IovaAllocatorConfig;
-use iova_core::{DmaMapper, Iova, IovaAllocator, IovaRange, PhysAddr};
+use iova_core::{DmaMapper, FlushQueue, Iova, IovaAllocator, IovaRange, PhysAddr};
 use iova_virtio_hal::{CpuMemory, DmaShares, PoolConfig, ShareError};
 
 pub const DMA_BYTES: usize = 4 << 20;
@@ -68,7 +68,12 @@ pub fn with_rig<const N: usize>(
     memory: &dyn CpuMemory,
     f: impl FnOnce(&Rig<'_>, &DmaShares<'_, Domain, N>),
 ) {
-    run(memory, |m, dma, memory| DmaShares::new(m, dma, memory), f)
+    run(
+        memory,
+        None,
+        |m, dma, memory| DmaShares::new(m, dma, memory),
+        f,
+    )
 }
 
 /// As [`with_rig`], with a bounce pool made with `config`.
@@ -79,16 +84,19 @@ pub fn with_pool_rig<const N: usize>(
 ) {
     run(
         memory,
+        None,
         |m, dma, memory| DmaShares::with_pool(m, dma, memory, config),
         f,
     )
 }
 
-/// A fresh fake domain, DMA memory and IOVA window; `make` builds the table,
-/// `f` runs against it. Afterwards (the table dropped): no DMA frame is
-/// live, none was freed wrongly, nothing is mapped.
+/// A fresh fake domain, DMA memory and IOVA window; `make` builds the table
+/// (over a mapper that defers invalidation to `queue`, if given), `f` runs
+/// against it. Afterwards (the table dropped): no DMA frame is live, none was
+/// freed wrongly, nothing is mapped.
 pub fn run<const N: usize>(
     memory: &dyn CpuMemory,
+    queue: Option<&FlushQueue<'_>>,
     make: impl for<'x> FnOnce(
         DmaMapper<'x, Domain>,
         &'x FakeFrames,
@@ -102,7 +110,10 @@ pub fn run<const N: usize>(
     let iovas =
         IovaAllocator::with_capacity(IovaAllocatorConfig::new(window, 0x1000), 64, 1).unwrap();
     let cpu = || 0usize;
-    let mapper = DmaMapper::new(&domain, &iovas, &cpu).unwrap();
+    let mut mapper = DmaMapper::new(&domain, &iovas, &cpu).unwrap();
+    if let Some(q) = queue {
+        mapper = mapper.with_flush_queue(q);
+    }
     let rig = Rig {
         domain: &domain,
         tables: &tables,
