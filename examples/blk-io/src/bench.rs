@@ -396,3 +396,21 @@ fn check_initial(first: u64, buf: &[u8]) -> Result<(), BlkError> {
     }
     Ok(())
 }
+
+/// How long, in microseconds of the platform clock, an unlink may wait in
+/// the examples' flush queue: Linux's DMA-FQ timeout.
+pub const DEFER_MAX_AGE_US: u64 = 10_000;
+
+/// The examples' flush queue for [`Policy::Deferred`]: Linux's DMA-FQ
+/// figures (256 unlinks, 10 ms) and at most 4 MiB waiting, its age read from
+/// the platform clock in microseconds; `slots` holds the waiting IOVA ranges.
+pub fn flush_queue(
+    slots: &'static mut [iova_core::flush_queue::DeferredSlot],
+) -> iova_core::FlushQueue<'static> {
+    static CLOCK: fn() -> u64 = || platform::time::now_us().unwrap_or(0);
+    let limits = iova_core::DeferLimits {
+        max_age: DEFER_MAX_AGE_US,
+        ..iova_core::DeferLimits::linux_like(1000)
+    };
+    iova_core::FlushQueue::new(limits, &CLOCK, slots)
+}

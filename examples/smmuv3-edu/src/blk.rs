@@ -37,7 +37,12 @@ use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig, extent_sl
 use blk_io::bench::{Costs, Policy, Setup, Workload};
 use blk_io::DirectHal;
 use iova_core::{DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange};
-use iova_virtio_hal::{DmaShares, HalContext, IdentityMapped, IommuHal, ShareCounters, ShareError};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use iova_core::flush_queue::DeferredSlot;
+use iova_virtio_hal::{
+    DmaShares, HalContext, IdentityMapped, IommuHal, PoolConfig, ShareCounters, ShareError,
+};
 use platform::dtb::Fdt;
 use platform::frame_pool::FramePool;
 use platform::frames::{FRAME_SIZE, FrameAllocator as PlatformFrames, FramesError};
@@ -59,6 +64,14 @@ const SLOTS: usize = 80;
 /// Frames for the SMMU's queues and tables, page tables, DMA memory and
 /// bounce pages (2 MiB of the 8 MiB platform pool).
 const DMA_FRAMES: usize = 512;
+/// The bounce pool of the pool and deferred tables: 128 slots of 4 KiB, so
+/// that 16 requests in flight (four small buffers each) never run out.
+const POOL: PoolConfig = PoolConfig {
+    slots: 128,
+    ..PoolConfig::DEFAULT
+};
+/// IOVA ranges the flush queue can hold.
+const QUEUE_SLOTS: usize = 256;
 /// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
 const HEAP_FRAMES: usize = 16;
 /// Event queue: 2048 entries. QEMU records faults in 4-byte pieces; the
@@ -152,9 +165,42 @@ type Driver = Smmu<MmioRegion, Frames>;
 type Domain = S1Domain<'static, MmioRegion, Frames, Frames>;
 type Shares = DmaShares<'static, Domain, SLOTS>;
 
-/// The table the `Hal` uses; set once in [`run`] before the device is
-/// initialised.
-static SHARES: Once<&'static Shares> = Once::new();
+/// The tables the `Hal` may use, one per policy; set once in [`run`]
+/// before the device is initialised.
+static TABLES: Once<Tables> = Once::new();
+/// Which of them it uses now ([`Tables::select`]).
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+
+/// One share table per `iova-virtio-hal` policy, all on the blk domain.
+struct Tables {
+    /// In place, strict.
+    strict: &'static Shares,
+    /// With the bounce pool, strict.
+    pool: &'static Shares,
+    /// With the bounce pool, deferred invalidation (a flush queue).
+    deferred: &'static Shares,
+}
+
+impl Tables {
+    /// Makes the `Hal` use `policy`'s table (strict for any other).
+    fn select(&self, policy: Policy) -> &'static Shares {
+        let i = match policy {
+            Policy::Pool => 1,
+            Policy::Deferred => 2,
+            _ => 0,
+        };
+        CURRENT.store(i, Ordering::Relaxed);
+        self.get(i)
+    }
+
+    fn get(&self, i: usize) -> &'static Shares {
+        match i {
+            1 => self.pool,
+            2 => self.deferred,
+            _ => self.strict,
+        }
+    }
+}
 
 /// Where [`IommuHal`] finds the table.
 struct Ctx;
@@ -163,8 +209,8 @@ impl HalContext<SLOTS> for Ctx {
     type Domain = Domain;
 
     fn shares() -> &'static Shares {
-        match SHARES.get() {
-            Some(s) => s,
+        match TABLES.get() {
+            Some(t) => t.get(CURRENT.load(Ordering::Relaxed)),
             // `run` sets it before the first transport is built: a bug here.
             None => panic!("smmuv3-edu: IommuHal used before the share table was set up"),
         }
@@ -301,7 +347,16 @@ pub fn run(
     static IDENTITY: IdentityMapped = IdentityMapped;
     let mapper = DmaMapper::new(domain, iovas, &CPU)?;
     let shares: &'static Shares = leak(&mut frames, DmaShares::new(mapper, dma, &IDENTITY)?)?;
-    SHARES.call_once(|| shares);
+    let pooled = DmaShares::with_pool(mapper, dma, &IDENTITY, POOL)?;
+    let queue_slots = leak_slice(&mut frames, QUEUE_SLOTS, DeferredSlot::new)?;
+    let queue = leak(&mut frames, blk_io::bench::flush_queue(queue_slots))?;
+    let deferred = DmaShares::with_pool(mapper.with_flush_queue(queue), dma, &IDENTITY, POOL)?;
+    let tables = Tables {
+        strict: shares,
+        pool: leak(&mut frames, pooled)?,
+        deferred: leak(&mut frames, deferred)?,
+    };
+    let tables = TABLES.call_once(|| tables);
     println!(
         "{NAME}: IOVAs from {APERTURE:#x} (+4 GiB); share table of {SLOTS} slots, granule {} B, poison IOVA {:#x}",
         shares.granule(),
@@ -394,7 +449,7 @@ pub fn run(
             function: &function,
             domain,
             premapped,
-            shares,
+            tables,
         };
         blk_io::bench::matrix(&mut bench, bufs.as_mut_slice())?;
         let (_, r) = drain(smmu);
@@ -535,7 +590,7 @@ struct Bench<'f> {
     domain: &'static Domain,
     /// All of the platform's memory at IOVA = physical address.
     premapped: &'static Domain,
-    shares: &'static Shares,
+    tables: &'static Tables,
 }
 
 impl Bench<'_> {
@@ -566,7 +621,13 @@ impl Setup for Bench<'_> {
     }
 
     fn policies(&self) -> &[Policy] {
-        &[Policy::Baseline, Policy::Premapped, Policy::Strict]
+        &[
+            Policy::Baseline,
+            Policy::Premapped,
+            Policy::Strict,
+            Policy::Pool,
+            Policy::Deferred,
+        ]
     }
 
     fn with_disk(&mut self, policy: Policy, work: &mut Workload<'_>) -> Result<(), Error> {
@@ -591,15 +652,22 @@ impl Setup for Bench<'_> {
             }
             _ => {
                 smmu.attach_s1(sid, self.domain)?;
-                let shares = self.shares;
+                let shares = self.tables.select(policy);
                 let r = self.disk::<Hal>(work, &mut || {
                     let s = shares.counters();
                     Costs {
-                        maps: s.allocs + s.shares,
+                        maps: s.maps,
                         flushes: self.syncs(),
-                        bounce_bytes: s.bounce_bytes,
+                        bounce_bytes: s.bounce_bytes + s.pool_bytes,
                     }
                 });
+                self.tables.select(Policy::Strict);
+                // What the deferred table's queue holds goes before the
+                // domain is detached.
+                shares.mapper().flush_deferred()?;
+                if let Some(e) = shares.take_error() {
+                    return Err(Error::Share(e));
+                }
                 smmu.detach_s1(sid, self.domain)?;
                 r
             }
