@@ -414,3 +414,54 @@ pub fn flush_queue(
     };
     iova_core::FlushQueue::new(limits, &CLOCK, slots)
 }
+
+/// One share table per `iova-virtio-hal` policy on the same domain, and
+/// which of them the `Hal` uses now: a `HalContext` returns
+/// [`current`](Self::current), the benchmark [`select`](Self::select)s
+/// between runs (never while a device is up).
+pub struct PolicyTables<T: 'static> {
+    strict: &'static T,
+    pool: &'static T,
+    deferred: &'static T,
+    current: core::sync::atomic::AtomicUsize,
+}
+
+impl<T> PolicyTables<T> {
+    /// The tables for [`Policy::Strict`], [`Policy::Pool`] and
+    /// [`Policy::Deferred`]; strict is current.
+    pub const fn new(strict: &'static T, pool: &'static T, deferred: &'static T) -> Self {
+        Self {
+            strict,
+            pool,
+            deferred,
+            current: core::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Makes `policy`'s table current (strict for the others) and returns it.
+    pub fn select(&self, policy: Policy) -> &'static T {
+        let i = match policy {
+            Policy::Pool => 1,
+            Policy::Deferred => 2,
+            _ => 0,
+        };
+        // A plain store: single CPU, and no read-modify-write (which needs
+        // exclusive accesses that do not work on aarch64 with the MMU off).
+        self.current.store(i, core::sync::atomic::Ordering::Relaxed);
+        self.current()
+    }
+
+    /// The table the `Hal` uses now.
+    pub fn current(&self) -> &'static T {
+        match self.current.load(core::sync::atomic::Ordering::Relaxed) {
+            1 => self.pool,
+            2 => self.deferred,
+            _ => self.strict,
+        }
+    }
+
+    /// The strict table.
+    pub fn strict(&self) -> &'static T {
+        self.strict
+    }
+}

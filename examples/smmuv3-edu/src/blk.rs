@@ -34,11 +34,9 @@ use iommu_arm_smmuv3::{
     CommandCounts, Config, DrainReport, Event, FaultKind, MmioRegion, S1Domain, Smmu, SmmuError,
 };
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig, extent_slots_needed};
-use blk_io::bench::{Costs, Policy, Setup, Workload};
+use blk_io::bench::{Costs, Policy, PolicyTables, Setup, Workload};
 use blk_io::DirectHal;
 use iova_core::{DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange};
-use core::sync::atomic::{AtomicUsize, Ordering};
-
 use iova_core::flush_queue::DeferredSlot;
 use iova_virtio_hal::{
     DmaShares, HalContext, IdentityMapped, IommuHal, PoolConfig, ShareCounters, ShareError,
@@ -62,8 +60,8 @@ use crate::{APERTURE, NAME, PAGE};
 /// completing it), with room to spare.
 const SLOTS: usize = 80;
 /// Frames for the SMMU's queues and tables, page tables, DMA memory and
-/// bounce pages (2 MiB of the 8 MiB platform pool).
-const DMA_FRAMES: usize = 512;
+/// bounce pages, and the two bounce pools (4 MiB of the 8 MiB platform pool).
+const DMA_FRAMES: usize = 1024;
 /// The bounce pool of the pool and deferred tables: 128 slots of 4 KiB, so
 /// that 16 requests in flight (four small buffers each) never run out.
 const POOL: PoolConfig = PoolConfig {
@@ -165,42 +163,10 @@ type Driver = Smmu<MmioRegion, Frames>;
 type Domain = S1Domain<'static, MmioRegion, Frames, Frames>;
 type Shares = DmaShares<'static, Domain, SLOTS>;
 
-/// The tables the `Hal` may use, one per policy; set once in [`run`]
-/// before the device is initialised.
+/// The tables the `Hal` may use, one per policy (strict for the check); set
+/// once in [`run`] before the device is initialised.
 static TABLES: Once<Tables> = Once::new();
-/// Which of them it uses now ([`Tables::select`]).
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-
-/// One share table per `iova-virtio-hal` policy, all on the blk domain.
-struct Tables {
-    /// In place, strict.
-    strict: &'static Shares,
-    /// With the bounce pool, strict.
-    pool: &'static Shares,
-    /// With the bounce pool, deferred invalidation (a flush queue).
-    deferred: &'static Shares,
-}
-
-impl Tables {
-    /// Makes the `Hal` use `policy`'s table (strict for any other).
-    fn select(&self, policy: Policy) -> &'static Shares {
-        let i = match policy {
-            Policy::Pool => 1,
-            Policy::Deferred => 2,
-            _ => 0,
-        };
-        CURRENT.store(i, Ordering::Relaxed);
-        self.get(i)
-    }
-
-    fn get(&self, i: usize) -> &'static Shares {
-        match i {
-            1 => self.pool,
-            2 => self.deferred,
-            _ => self.strict,
-        }
-    }
-}
+type Tables = PolicyTables<Shares>;
 
 /// Where [`IommuHal`] finds the table.
 struct Ctx;
@@ -210,7 +176,7 @@ impl HalContext<SLOTS> for Ctx {
 
     fn shares() -> &'static Shares {
         match TABLES.get() {
-            Some(t) => t.get(CURRENT.load(Ordering::Relaxed)),
+            Some(t) => t.current(),
             // `run` sets it before the first transport is built: a bug here.
             None => panic!("smmuv3-edu: IommuHal used before the share table was set up"),
         }
@@ -351,11 +317,11 @@ pub fn run(
     let queue_slots = leak_slice(&mut frames, QUEUE_SLOTS, DeferredSlot::new)?;
     let queue = leak(&mut frames, blk_io::bench::flush_queue(queue_slots))?;
     let deferred = DmaShares::with_pool(mapper.with_flush_queue(queue), dma, &IDENTITY, POOL)?;
-    let tables = Tables {
-        strict: shares,
-        pool: leak(&mut frames, pooled)?,
-        deferred: leak(&mut frames, deferred)?,
-    };
+    let tables = Tables::new(
+        shares,
+        leak(&mut frames, pooled)?,
+        leak(&mut frames, deferred)?,
+    );
     let tables = TABLES.call_once(|| tables);
     println!(
         "{NAME}: IOVAs from {APERTURE:#x} (+4 GiB); share table of {SLOTS} slots, granule {} B, poison IOVA {:#x}",

@@ -44,8 +44,10 @@ use iova_core::{
     PageTable, PageTableDomain,
 };
 use blk_io::DirectHal;
-use blk_io::bench::{Costs, Policy, Setup, Workload};
-use iova_virtio_hal::{DmaShares, HalContext, IommuHal, ShareError};
+use blk_io::bench::{Costs, Policy, PolicyTables, Setup, Workload};
+use iova_core::flush_queue::DeferredSlot;
+use iova_virtio_hal::{DmaShares, HalContext, IommuHal, PoolConfig, ShareError};
+use platform::leak::leak_slice;
 use platform::virtio_pci::VirtioFunction;
 use virtio_drivers::Hal as VirtioHal;
 use platform::frame_pool::FramePool;
@@ -61,7 +63,7 @@ use crate::{CLFLUSH, Clflush, NAME, bridge_buses, rsdp, vtd_bdf};
 
 /// Frames for the unit's structures, the domain's page tables, the
 /// virtqueue and bounce pages (reused: see [`FramePool`]).
-const POOL_FRAMES: usize = 512;
+const POOL_FRAMES: usize = 1024;
 /// IOVAs handed to the disk start here, far from any RAM address, inside
 /// 39 bits.
 const APERTURE: u64 = 0x20_0000_0000;
@@ -77,6 +79,14 @@ const IOVA_SLOTS: usize = 128;
 const TABLE_SLOTS: usize = 80;
 /// The pre-mapped domain of the benchmark.
 const PREMAPPED_DID: u16 = 2;
+/// The bounce pool of the pool and deferred tables: 128 slots of 4 KiB, so
+/// that 16 requests in flight (four small buffers each) never run out.
+const POOL: PoolConfig = PoolConfig {
+    slots: 128,
+    ..PoolConfig::DEFAULT
+};
+/// IOVA ranges the flush queue can hold.
+const QUEUE_SLOTS: usize = 256;
 /// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
 const HEAP_FRAMES: usize = 16;
 
@@ -180,8 +190,10 @@ type Domain = PageTableDomain<
 // is leaked into frames of the platform pool by `run`.
 static CPU: fn() -> usize = || 0;
 static CPU_MEMORY: iova_virtio_hal::IdentityMapped = iova_virtio_hal::IdentityMapped;
-/// The table the `Hal` uses; set once by `run`.
-static SHARES: Once<&'static DmaShares<'static, Domain, TABLE_SLOTS>> = Once::new();
+type Shares = DmaShares<'static, Domain, TABLE_SLOTS>;
+/// The tables the `Hal` may use, one per policy (strict for the check); set
+/// once by `run`.
+static TABLES: Once<PolicyTables<Shares>> = Once::new();
 
 /// Where the disk's `Hal` finds its table.
 struct Ctx;
@@ -190,12 +202,12 @@ impl HalContext<TABLE_SLOTS> for Ctx {
     type Domain = Domain;
 
     fn shares() -> &'static DmaShares<'static, Domain, TABLE_SLOTS> {
-        // `run` fills SHARES before it makes the transport or the driver,
+        // `run` fills TABLES before it makes the transport or the driver,
         // the only callers of the `Hal`.
-        SHARES
+        TABLES
             .get()
-            .copied()
             .expect("vtd-edu blk: DMA table used before it was set up")
+            .current()
     }
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
@@ -357,7 +369,16 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     let mapper = DmaMapper::new(domain, iovas, &CPU)?;
     let shares = DmaShares::new(mapper, pool, &CPU_MEMORY)?;
     let shares: &'static DmaShares<'static, Domain, TABLE_SLOTS> = leak(&mut frames, shares)?;
-    SHARES.call_once(|| shares);
+    let pooled = DmaShares::with_pool(mapper, pool, &CPU_MEMORY, POOL)?;
+    let queue_slots = leak_slice(&mut frames, QUEUE_SLOTS, DeferredSlot::new)?;
+    let queue = leak(&mut frames, blk_io::bench::flush_queue(queue_slots))?;
+    let deferred = DmaShares::with_pool(mapper.with_flush_queue(queue), pool, &CPU_MEMORY, POOL)?;
+    let tables = PolicyTables::new(
+        shares,
+        leak(&mut frames, pooled)?,
+        leak(&mut frames, deferred)?,
+    );
+    let tables = TABLES.call_once(|| tables);
     println!(
         "{NAME}: DMA table ready: granule {} bytes, poison IOVA {:#x} (reserved, never mapped)",
         shares.granule(),
@@ -450,7 +471,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
             function: &function,
             domain,
             premapped,
-            shares,
+            tables,
         };
         blk_io::bench::matrix(&mut bench, bufs.as_mut_slice())?;
         println!("{NAME}: blk-bench: matrix done");
@@ -504,7 +525,7 @@ struct Bench<'f> {
     domain: &'static Domain,
     /// All of RAM at IOVA = physical address.
     premapped: &'static Domain,
-    shares: &'static DmaShares<'static, Domain, TABLE_SLOTS>,
+    tables: &'static PolicyTables<Shares>,
 }
 
 impl Bench<'_> {
@@ -543,7 +564,13 @@ impl Setup for Bench<'_> {
     }
 
     fn policies(&self) -> &[Policy] {
-        &[Policy::Baseline, Policy::Premapped, Policy::Strict]
+        &[
+            Policy::Baseline,
+            Policy::Premapped,
+            Policy::Strict,
+            Policy::Pool,
+            Policy::Deferred,
+        ]
     }
 
     fn with_disk(&mut self, policy: Policy, work: &mut Workload<'_>) -> Result<(), Error> {
@@ -566,15 +593,22 @@ impl Setup for Bench<'_> {
             }
             _ => {
                 unit.set_context(disk, self.translated(DID, self.domain), false)?;
-                let shares = self.shares;
-                self.disk::<IommuHal<Ctx, TABLE_SLOTS>>(work, &mut || {
+                let shares = self.tables.select(policy);
+                let r = self.disk::<IommuHal<Ctx, TABLE_SLOTS>>(work, &mut || {
                     let s = shares.counters();
                     Costs {
-                        maps: s.allocs + s.shares,
+                        maps: s.maps,
                         flushes: self.waits(),
-                        bounce_bytes: s.bounce_bytes,
+                        bounce_bytes: s.bounce_bytes + s.pool_bytes,
                     }
-                })
+                });
+                self.tables.select(Policy::Strict);
+                // What the deferred table's queue holds goes first.
+                shares.mapper().flush_deferred()?;
+                if let Some(e) = shares.take_error() {
+                    return Err(Error::Share(e));
+                }
+                r
             }
         };
         // Back to where the scenario left it: the disk in its domain.
