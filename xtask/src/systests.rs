@@ -2208,6 +2208,10 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "file=@DISK@,format=raw,if=none,id=blk0",
             "-device",
             "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
+            // An idle edu keeps domain 1 attached while the disk moves
+            // between the benchmark's domains.
+            "-device",
+            "edu",
             "-append",
             "blk-bench",
         ],
@@ -2274,6 +2278,10 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "file=@DISK@,format=raw,if=none,id=blk0",
             "-device",
             "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
+            // An idle edu keeps domain 1 attached while the disk moves
+            // between the benchmark's domains.
+            "-device",
+            "edu",
             "-append",
             "blk-bench",
         ],

@@ -53,19 +53,31 @@ use platform::virtio_pci::{VirtioSetupError, open_virtio_functions};
 use platform::{BootInfo, demo, println};
 
 use blk_io::DirectHal;
-use blk_io::bench::{Costs, Policy, Setup, Workload};
+use blk_io::bench::{Costs, Policy, PolicyTables, Setup, Workload};
+use iova_core::flush_queue::DeferredSlot;
+use iova_virtio_hal::PoolConfig;
+use platform::leak::leak_slice;
 use platform::virtio_pci::VirtioFunction;
 use iommu_virtio::virtio_drivers::Hal as VirtioHal;
 
 use crate::{Config, Domain, HAL_END, HAL_FRAMES, HAL_NEXT, IOVA_BASE, Iommu, NAME, PAGE, now_us};
 
 /// Frames of the [`FramePool`]: the virtqueue (2 blocks) and the bounce pages
-/// of the requests in flight (up to 16, at most 4 each), with room.
-const DMA_FRAMES: usize = 256;
+/// of the requests in flight (up to 16, at most 4 each), and the two bounce
+/// pools, with room.
+const DMA_FRAMES: usize = 1024;
 /// Slots of the share table: the queue's allocations and the four shares of
 /// each of 16 requests in flight (indirect list, header, data, status),
 /// with room for what the stale probe leaves behind.
 const SLOTS: usize = 80;
+/// The bounce pool of the pool and deferred tables: 128 slots of 4 KiB, so
+/// that 16 requests in flight (four small buffers each) never run out.
+const POOL: PoolConfig = PoolConfig {
+    slots: 128,
+    ..PoolConfig::DEFAULT
+};
+/// IOVA ranges the flush queue can hold.
+const QUEUE_SLOTS: usize = 256;
 /// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
 const HEAP_FRAMES: usize = 16;
 /// The benchmark's pre-mapped domain (all of RAM at IOVA = physical address).
@@ -158,8 +170,9 @@ type Shares = DmaShares<'static, Domain<'static>, SLOTS>;
 
 // `Hal` has no `self`: the driver, the domain, the allocator and the table
 // are leaked into frames of the platform pool by `run`, which sets this
-// once for the `Hal` to find the table.
-static SHARES: spin::Once<&'static Shares> = spin::Once::new();
+// once for the `Hal` to find its tables (one per policy, strict for the
+// check).
+static TABLES: spin::Once<PolicyTables<Shares>> = spin::Once::new();
 /// One CPU.
 static CPU: fn() -> usize = || 0;
 
@@ -172,8 +185,8 @@ impl HalContext<SLOTS> for BlkHal {
     fn shares() -> &'static Shares {
         // `run` sets the table before the transport (the first user of the
         // `Hal`) exists; nothing reaches here earlier.
-        match SHARES.get() {
-            Some(s) => s,
+        match TABLES.get() {
+            Some(t) => t.current(),
             None => {
                 platform::report_fatal(format_args!("IommuHal used before its table was set up"))
             }
@@ -351,7 +364,21 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         &mut frames,
         DmaShares::new(mapper, dma_frames, &IdentityMapped)?,
     )?;
-    SHARES.call_once(|| shares);
+    let pooled = DmaShares::with_pool(mapper, dma_frames, &IdentityMapped, POOL)?;
+    let queue_slots = leak_slice(&mut frames, QUEUE_SLOTS, DeferredSlot::new)?;
+    let queue = leak(&mut frames, blk_io::bench::flush_queue(queue_slots))?;
+    let deferred = DmaShares::with_pool(
+        mapper.with_flush_queue(queue),
+        dma_frames,
+        &IdentityMapped,
+        POOL,
+    )?;
+    let tables = PolicyTables::new(
+        shares,
+        leak(&mut frames, pooled)?,
+        leak(&mut frames, deferred)?,
+    );
+    let tables = TABLES.call_once(|| tables);
     println!(
         "{NAME}: DmaShares over domain 1: IOVAs {:#x}..{:#x} ({holes} PROBE holes), poison IOVA {:#x}, bounce granule {:#x}",
         IOVA_BASE,
@@ -427,6 +454,18 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     drop(transport);
     if scenario == Scenario::Bench {
         let mut bufs = frames.alloc(blk_io::bench::MATRIX_BUFFER_BYTES / FRAME_SIZE)?;
+        // The device frees a domain, mappings and all, when its last
+        // endpoint leaves; the disk leaves domain 1 for the baseline and the
+        // pre-mapped runs, so an idle edu (never given Bus-Master) stays
+        // attached to keep domain 1 and its bounce pools alive.
+        let anchor = platform::pci::discover(boot)
+            .ok()
+            .and_then(|host| host.find(platform::edu::VENDOR_ID, platform::edu::DEVICE_ID))
+            .ok_or(Error::Check(
+                "blk-bench needs an edu device to keep domain 1 attached while the disk moves",
+                0,
+            ))?;
+        domain.attach(u32::from(anchor.bdf.rid()))?;
         let premapped: &'static Domain<'static> =
             leak(&mut frames, VirtioDomain::new(iommu, PREMAPPED_DOMAIN)?)?;
         DirectHal::use_pool(dma_frames);
@@ -438,7 +477,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
             function: &blk,
             domain,
             premapped,
-            shares,
+            tables,
         };
         blk_io::bench::matrix(&mut bench, bufs.as_mut_slice())?;
         let faults = drain(iommu, |f| {
@@ -482,7 +521,7 @@ struct Bench<'f> {
     domain: &'static Domain<'static>,
     /// All of RAM at IOVA = physical address.
     premapped: &'static Domain<'static>,
-    shares: &'static Shares,
+    tables: &'static PolicyTables<Shares>,
 }
 
 impl Bench<'_> {
@@ -502,11 +541,11 @@ impl Bench<'_> {
 
     fn costs(&self) -> Costs {
         let c = self.iommu.counters();
-        let s = self.shares.counters();
+        let s = self.tables.current().counters();
         Costs {
             maps: c.map,
             flushes: c.notifications,
-            bounce_bytes: s.bounce_bytes,
+            bounce_bytes: s.bounce_bytes + s.pool_bytes,
         }
     }
 }
@@ -519,7 +558,13 @@ impl Setup for Bench<'_> {
     }
 
     fn policies(&self) -> &[Policy] {
-        &[Policy::Baseline, Policy::Premapped, Policy::Strict]
+        &[
+            Policy::Baseline,
+            Policy::Premapped,
+            Policy::Strict,
+            Policy::Pool,
+            Policy::Deferred,
+        ]
     }
 
     fn with_disk(&mut self, policy: Policy, work: &mut Workload<'_>) -> Result<(), Error> {
@@ -541,8 +586,12 @@ impl Setup for Bench<'_> {
             }
             _ => {
                 self.domain.attach(ep)?;
+                let shares = self.tables.select(policy);
                 let r = self.disk::<H>(work, &mut || self.costs());
-                if let Some(e) = self.shares.take_error() {
+                self.tables.select(Policy::Strict);
+                // What the deferred table's queue holds goes first.
+                shares.mapper().flush_deferred()?;
+                if let Some(e) = shares.take_error() {
                     println!("{NAME}: blk-bench: {} policy: DmaShares failed: {e}", policy.name());
                     return Err(Error::Share(e));
                 }
