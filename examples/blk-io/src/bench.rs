@@ -220,11 +220,13 @@ pub const CELLS: [Cell; 4] = [
 ];
 
 /// Rounds of the matrix (odd, for the median).
-pub const ROUNDS: usize = 3;
+pub const ROUNDS: usize = 5;
 
-/// Bytes a cell reads per round: 1 MiB of 4 KiB requests, 4 MiB of 64 KiB.
+/// Bytes a cell reads per round: 2 MiB of 4 KiB requests (512), 8 MiB of
+/// 64 KiB (128): long enough that one round of a cell is some milliseconds
+/// of TCG time, short enough that a row stays a few seconds.
 fn cell_bytes(size: usize) -> u64 {
-    if size <= 4096 { 1 << 20 } else { 4 << 20 }
+    if size <= 4096 { 2 << 20 } else { 8 << 20 }
 }
 
 /// Buffer space [`matrix`] needs: 16 requests of 64 KiB in flight.
