@@ -539,20 +539,26 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             return Err(ShareError::Empty);
         }
         buf.va.checked_add(buf.len).ok_or(ShareError::Overflow)?;
-        if let Some(pool) = self.pool.as_ref().filter(|p| p.takes(buf.len)) {
-            match pool.take(Use::Share { buf, direction }) {
+        // A share the full pool turned away bounces without it too: one
+        // fallback per share.
+        let mut pool = self.pool.as_ref();
+        if let Some(p) = pool.filter(|p| p.takes(buf.len)) {
+            match p.take(Use::Share { buf, direction }) {
                 Some(i) => {
                     // SAFETY: the buffer is readable (caller); it is not pool
                     // memory, to which nobody but the table has a pointer.
-                    unsafe { pool.copy_in(i, 0, buffer.cast::<u8>().as_ptr(), buf.len) };
+                    unsafe { p.copy_in(i, 0, buffer.cast::<u8>().as_ptr(), buf.len) };
                     return Ok(Shared {
-                        dev: pool.dev(i),
+                        dev: p.dev(i),
                         copied: buf.len,
                         pooled: true,
                         pool_bounces: 0,
                     });
                 }
-                None => bump(&self.counters.pool_fallbacks, 1),
+                None => {
+                    bump(&self.counters.pool_fallbacks, 1);
+                    pool = None;
+                }
             }
         }
         self.ensure_room()?;
@@ -564,7 +570,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         let built = (|| {
             if let Some(head) = layout.head {
                 // SAFETY: the head is part of the buffer, readable (caller).
-                let b = unsafe { self.bounce_in(buffer, head)? };
+                let b = unsafe { self.bounce_in(pool, buffer, head)? };
                 let _ = bounces.push(b);
                 let _ = pieces.push((PhysAddr(b.frame.0 + (head.va % g) as u64), head.len as u64));
             }
@@ -573,7 +579,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             }
             if let Some(tail) = layout.tail {
                 // SAFETY: the tail is part of the buffer, readable (caller).
-                let b = unsafe { self.bounce_in(buffer, tail)? };
+                let b = unsafe { self.bounce_in(pool, buffer, tail)? };
                 let _ = bounces.push(b);
                 pieces
                     .push((b.frame, tail.len as u64))
@@ -816,8 +822,13 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     /// # Safety
     ///
     /// `buffer` is readable and `part` lies in it.
-    unsafe fn bounce_in(&self, buffer: NonNull<[u8]>, part: Span) -> Result<Bounce, ShareError> {
-        if let Some(pool) = &self.pool {
+    unsafe fn bounce_in(
+        &self,
+        pool: Option<&Pool<'a, D>>,
+        buffer: NonNull<[u8]>,
+        part: Span,
+    ) -> Result<Bounce, ShareError> {
+        if let Some(pool) = pool {
             match pool.take(Use::Bounce) {
                 Some(i) => {
                     // SAFETY: `part` is readable (caller) and not pool memory;
