@@ -753,6 +753,7 @@ fn non_coherent_devices_get_slots_cleaned_and_invalidated() {
     };
     run::<8>(
         &IdentityMapped,
+        None,
         |m, dma, mem| DmaShares::with_pool(m.with_cache(&CACHE), dma, mem, DEFAULT),
         |rig, shares| {
             let (_, pas) = pool_of(rig, shares);
