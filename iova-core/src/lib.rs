@@ -13,6 +13,9 @@
 //! - [`IotlbGather`]: what a batch must invalidate, flushed once;
 //! - [`dma`]: the two-step API ([`DmaMapper`], [`IovaState`]) and the one-shot
 //!   `map` / `map_sg` / `unmap` built on it;
+//! - [`flush_queue`]: deferred invalidation (opt-in): unlinks wait in a
+//!   [`FlushQueue`] bounded by entries, bytes and age, and one flush covers
+//!   them all, with the exposure window stated;
 //! - [`fakes`] (feature `fakes`): an in-memory IOMMU with its own IOTLB, for
 //!   tests;
 //! - `guarantees` (documented with the `fakes` feature): the misuse the types
@@ -60,8 +63,8 @@
 //!
 //! # Dependencies
 //!
-//! `bitflags` for [`Prot`]; `spin` for the allocator's locks (no OS to block
-//! on, and critical sections are short and bounded); `heapless` for fixed
+//! `bitflags` for [`Prot`]; `spin` for the allocator's and the flush queue's
+//! locks (no OS to block on, and critical sections are short and bounded); `heapless` for fixed
 //! capacity storage when there is no heap.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
