@@ -19,9 +19,9 @@ pub const VALID: u64 = 1 << 0;
 pub const TABLE_OR_PAGE: u64 = 1 << 1;
 /// Attribute index field, bits 4:2.
 pub const ATTR_INDX_SHIFT: u32 = 2;
-/// AP[1]: unprivileged (EL0) access allowed.
+/// AP\[1\]: unprivileged (EL0) access allowed.
 pub const AP_UNPRIV: u64 = 1 << 6;
-/// AP[2]: read-only.
+/// AP\[2\]: read-only.
 pub const AP_RDONLY: u64 = 1 << 7;
 /// Shareability: inner shareable.
 pub const SH_IS: u64 = 3 << 8;
