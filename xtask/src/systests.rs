@@ -681,6 +681,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "smmuv3-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
             "demo: el: EL1",
             "every stream aborts until attached",
             "before attach: STE invalid (V = 0): its DMA aborts (default deny)",
@@ -1679,6 +1680,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "vtd-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
             "is blocked until it is attached",
             "attached to domain 1: legacy mode, second-level",
             "vtd-edu: virtio-blk initialised",
@@ -2179,6 +2181,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "virtio-iommu-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
             "virtio-iommu-edu: virtio-blk initialised",
             "bypass = 0 (the disk cannot DMA until attached)",
             "initial pattern checked",
@@ -2249,6 +2252,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "virtio-iommu-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
             "virtio-iommu-edu: virtio-blk initialised",
             "bypass = 0 (the disk cannot DMA until attached)",
             "initial pattern checked",

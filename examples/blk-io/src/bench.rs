@@ -213,10 +213,22 @@ pub struct Cell {
 
 /// The cells every policy runs, in this order.
 pub const CELLS: [Cell; 4] = [
-    Cell { size: 4096, depth: 1 },
-    Cell { size: 4096, depth: 16 },
-    Cell { size: 65536, depth: 1 },
-    Cell { size: 65536, depth: 16 },
+    Cell {
+        size: 4096,
+        depth: 1,
+    },
+    Cell {
+        size: 4096,
+        depth: 16,
+    },
+    Cell {
+        size: 65536,
+        depth: 1,
+    },
+    Cell {
+        size: 65536,
+        depth: 16,
+    },
 ];
 
 /// Rounds of the matrix (odd, for the median).
@@ -377,7 +389,11 @@ pub fn matrix<S: Setup>(setup: &mut S, bufs: &mut [u8]) -> Result<(), S::Error> 
 /// Sorts `v` and returns its median and max / min.
 fn median_spread(v: &mut [f64; ROUNDS]) -> (f64, f64) {
     v.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(core::cmp::Ordering::Equal));
-    let spread = if v[0] > 0.0 { v[ROUNDS - 1] / v[0] } else { 0.0 };
+    let spread = if v[0] > 0.0 {
+        v[ROUNDS - 1] / v[0]
+    } else {
+        0.0
+    };
     (v[ROUNDS / 2], spread)
 }
 

@@ -77,6 +77,10 @@ pub enum BlkError {
     Scratch(usize, usize),
     /// The benchmark's setup is unusable (what is wrong).
     Bench(&'static str),
+    /// A probe found the IOMMU policy not doing what it promises.
+    Probe(&'static str, u64),
+    /// The IOMMU side failed (a flush, say).
+    Iommu(iova_core::Error),
     /// A request's buffer is empty or not whole sectors (length).
     BadLength(usize),
     /// Data read back differs from the pattern.
@@ -111,6 +115,8 @@ impl fmt::Display for BlkError {
             ),
             Self::Dead => f.write_str("virtio-blk: device was reset after an earlier failure"),
             Self::Bench(what) => write!(f, "benchmark setup: {what}"),
+            Self::Probe(what, at) => write!(f, "probe: {what} ({at:#x})"),
+            Self::Iommu(e) => write!(f, "IOMMU: {e}"),
             Self::Scratch(a, l) => write!(
                 f,
                 "scratch area {a:#x} ({l:#x} bytes) is not 4 KiB aligned or smaller than {:#x}",

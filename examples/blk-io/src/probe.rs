@@ -184,3 +184,32 @@ pub unsafe fn stale_read<H: Hal, T: Transport>(
     );
     Ok(report)
 }
+
+/// Step 2 under deferred invalidation, between [`record`] and the caller's
+/// reservation of A: B's unlink must be waiting in `queue` (so its IOVA is
+/// not handed out again and the device may still reach B: the stated
+/// window); then `flush` flushes the queue, after which A must be as dead as
+/// under the strict policy, which the stale read then checks.
+pub fn settle_deferred(
+    ctx: &Context<'_>,
+    queue: &iova_core::FlushQueue<'_>,
+    flush: impl FnOnce() -> Result<(), iova_core::Error>,
+    a: PhysAddr,
+) -> Result<(), BlkError> {
+    let (waiting, held) = (queue.pending(), queue.pending_iovas());
+    if waiting == 0 || held == 0 {
+        return Err(BlkError::Probe(
+            "B's unlink did not wait in the flush queue",
+            a,
+        ));
+    }
+    platform::println!(
+        "{}: deferred probe: after B's unshare {waiting} unlink(s) and {held} IOVA range(s) wait in the flush queue (B's old IOVA is not handed out again); flushing it",
+        ctx.name
+    );
+    flush().map_err(BlkError::Iommu)?;
+    if queue.pending() != 0 {
+        return Err(BlkError::Probe("the flush left unlinks in the queue", a));
+    }
+    Ok(())
+}

@@ -28,16 +28,16 @@ use core::cell::RefCell;
 use core::fmt;
 use core::ptr::NonNull;
 
+use blk_io::DirectHal;
+use blk_io::bench::{Costs, Policy, PolicyTables, Setup, Workload};
 use blk_io::probe::{self, PROBE_BYTES};
 use blk_io::{AccessPlatform, BlkDevice, BlkError, Context, Counters, SCRATCH_BYTES, TrapHal};
 use iommu_arm_smmuv3::{
     CommandCounts, Config, DrainReport, Event, FaultKind, MmioRegion, S1Domain, Smmu, SmmuError,
 };
-use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig, extent_slots_needed};
-use blk_io::bench::{Costs, Policy, PolicyTables, Setup, Workload};
-use blk_io::DirectHal;
-use iova_core::{DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange};
 use iova_core::flush_queue::DeferredSlot;
+use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig, extent_slots_needed};
+use iova_core::{DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange};
 use iova_virtio_hal::{
     DmaShares, HalContext, IdentityMapped, IommuHal, PoolConfig, ShareCounters, ShareError,
 };
@@ -397,17 +397,31 @@ pub fn run(
     );
 
     if scenario == Scenario::Check {
-        stale_probe(&mut dev, scratch, &mut ctx, smmu, iovas, sid)?;
+        stale_probe(
+            &mut dev,
+            scratch,
+            &mut ctx,
+            smmu,
+            iovas,
+            sid,
+            &mut |_, _| Ok(()),
+        )?;
     }
 
     // 6. Teardown: the device is reset, then the driver frees its queue.
     drop(dev);
     drop(transport);
+    if scenario == Scenario::Check {
+        deferred_probe(&function, scratch, &mut ctx, smmu, iovas, sid, tables)?;
+    }
     if scenario == Scenario::Bench {
         let mut bufs = frames.alloc(blk_io::bench::MATRIX_BUFFER_BYTES / FRAME_SIZE)?;
         let premapped: &'static Domain = leak(&mut frames, smmu.s1_domain(dma, 48)?)?;
         let ram = blk_io::premap_ram(premapped, boot)?;
-        println!("{NAME}: blk-bench: pre-mapped domain: {} MiB of RAM at IOVA = physical address", ram >> 20);
+        println!(
+            "{NAME}: blk-bench: pre-mapped domain: {} MiB of RAM at IOVA = physical address",
+            ram >> 20
+        );
         DirectHal::use_pool(dma);
         let mut bench = Bench {
             smmu,
@@ -473,6 +487,43 @@ pub fn run(
 }
 
 /// The stale-buffer probe: B's old IOVA must be blocked, with a fault record.
+/// The stale-buffer probe under deferred invalidation: the unshared buffer's
+/// unlink waits in the flush queue (its IOVA with it); once the queue is
+/// flushed, B's old IOVA must be blocked exactly as under the strict policy.
+fn deferred_probe(
+    function: &VirtioFunction,
+    scratch: &mut [u8],
+    ctx: &mut Context<'_>,
+    smmu: &Driver,
+    iovas: &IovaAllocator<'_>,
+    sid: u32,
+    tables: &Tables,
+) -> Result<(), Error> {
+    let shares = tables.select(Policy::Deferred);
+    let queue = shares
+        .mapper()
+        .flush_queue()
+        .ok_or(Error::Check("the deferred table has no flush queue", 0))?;
+    let pci = blk_io::pci::pci_transport::<Hal>(function)?;
+    let transport =
+        RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
+    let mut dev: Dev<'_> = BlkDevice::new(&transport)?;
+    stale_probe(&mut dev, scratch, ctx, smmu, iovas, sid, &mut |a, ctx| {
+        Ok(probe::settle_deferred(
+            ctx,
+            queue,
+            || shares.mapper().flush_deferred(),
+            a,
+        )?)
+    })?;
+    drop(dev);
+    tables.select(Policy::Strict);
+    println!(
+        "{NAME}: deferred probe: after the queue flush B's old IOVA is blocked, as under strict"
+    );
+    Ok(())
+}
+
 fn stale_probe(
     dev: &mut Dev<'_>,
     scratch: &mut [u8],
@@ -480,8 +531,11 @@ fn stale_probe(
     smmu: &Driver,
     iovas: &IovaAllocator<'_>,
     sid: u32,
+    settle: &mut dyn FnMut(u64, &Context<'_>) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let a = probe::record(dev, scratch, ctx)?;
+    // Under a deferred policy B's translation may remain until this.
+    settle(a, ctx)?;
     let len = PROBE_BYTES as u64;
     let range = IovaRange::new(Iova(a), len).map_err(CoreError::from)?;
     iovas.reserve(range).map_err(CoreError::from)?;

@@ -54,11 +54,11 @@ use platform::{BootInfo, demo, println};
 
 use blk_io::DirectHal;
 use blk_io::bench::{Costs, Policy, PolicyTables, Setup, Workload};
+use iommu_virtio::virtio_drivers::Hal as VirtioHal;
 use iova_core::flush_queue::DeferredSlot;
 use iova_virtio_hal::PoolConfig;
 use platform::leak::leak_slice;
 use platform::virtio_pci::VirtioFunction;
-use iommu_virtio::virtio_drivers::Hal as VirtioHal;
 
 use crate::{Config, Domain, HAL_END, HAL_FRAMES, HAL_NEXT, IOVA_BASE, Iommu, NAME, PAGE, now_us};
 
@@ -448,10 +448,52 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     );
 
     if scenario == Scenario::Blk {
-        stale_probe(iommu, iovas, &mut dev, scratch, &mut ctx, endpoint)?;
+        stale_probe(
+            iommu,
+            iovas,
+            &mut dev,
+            scratch,
+            &mut ctx,
+            endpoint,
+            &mut |_, _| Ok(()),
+        )?;
     }
     drop(dev);
     drop(transport);
+    if scenario == Scenario::Blk {
+        // Deferred invalidation: B's UNMAP waits in the flush queue; once
+        // it is flushed, B's old IOVA must be blocked as under strict.
+        let shares = tables.select(Policy::Deferred);
+        let queue = shares
+            .mapper()
+            .flush_queue()
+            .ok_or(Error::Check("the deferred table has no flush queue", 0))?;
+        let pci = blk_io::pci::pci_transport::<H>(&blk)?;
+        let transport =
+            RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
+        let mut dev: Dev<'_> = BlkDevice::new(&transport)?;
+        stale_probe(
+            iommu,
+            iovas,
+            &mut dev,
+            scratch,
+            &mut ctx,
+            endpoint,
+            &mut |a, ctx| {
+                Ok(probe::settle_deferred(
+                    ctx,
+                    queue,
+                    || shares.mapper().flush_deferred(),
+                    a,
+                )?)
+            },
+        )?;
+        drop(dev);
+        tables.select(Policy::Strict);
+        println!(
+            "{NAME}: deferred probe: after the queue flush B's old IOVA is blocked, as under strict"
+        );
+    }
     if scenario == Scenario::Bench {
         let mut bufs = frames.alloc(blk_io::bench::MATRIX_BUFFER_BYTES / FRAME_SIZE)?;
         // The device frees a domain, mappings and all, when its last
@@ -592,7 +634,10 @@ impl Setup for Bench<'_> {
                 // What the deferred table's queue holds goes first.
                 shares.mapper().flush_deferred()?;
                 if let Some(e) = shares.take_error() {
-                    println!("{NAME}: blk-bench: {} policy: DmaShares failed: {e}", policy.name());
+                    println!(
+                        "{NAME}: blk-bench: {} policy: DmaShares failed: {e}",
+                        policy.name()
+                    );
                     return Err(Error::Share(e));
                 }
                 r
@@ -612,8 +657,11 @@ fn stale_probe(
     scratch: &mut [u8],
     ctx: &mut Context<'_>,
     endpoint: u32,
+    settle: &mut dyn FnMut(u64, &Context<'_>) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let a = probe::record(dev, scratch, ctx)?;
+    // Under a deferred policy B's translation may remain until this.
+    settle(a, ctx)?;
     let len = PROBE_BYTES as u64;
     // Nothing may be mapped at A again: the stale read must find it empty.
     let range = IovaRange::new(Iova(a), len).map_err(CoreError::from)?;

@@ -28,6 +28,8 @@ use core::cell::RefCell;
 use core::fmt;
 use core::ptr::NonNull;
 
+use blk_io::DirectHal;
+use blk_io::bench::{Costs, Policy, PolicyTables, Setup, Workload};
 use blk_io::probe::{self, PROBE_BYTES};
 use blk_io::{AccessPlatform, BlkDevice, BlkError, Context, Counters, SCRATCH_BYTES, TrapHal};
 use iommu_intel_vtd::acpi::{self, AcpiError};
@@ -37,25 +39,23 @@ use iommu_intel_vtd::{
     Bdf, ContextState, Dmar, FaultRecord, Features, SecondLevel, UnitConfig, VtdError,
     VtdInvalidator, VtdUnit,
 };
+use iova_core::flush_queue::DeferredSlot;
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::pt::PtFormat;
 use iova_core::{
     DmaMapper, Error as CoreError, IommuDomain, IotlbGather, Iova, IovaAllocator, IovaRange,
     PageTable, PageTableDomain,
 };
-use blk_io::DirectHal;
-use blk_io::bench::{Costs, Policy, PolicyTables, Setup, Workload};
-use iova_core::flush_queue::DeferredSlot;
 use iova_virtio_hal::{DmaShares, HalContext, IommuHal, PoolConfig, ShareError};
-use platform::leak::leak_slice;
-use platform::virtio_pci::VirtioFunction;
-use virtio_drivers::Hal as VirtioHal;
 use platform::frame_pool::FramePool;
 use platform::frames::{FRAME_SIZE, FrameAllocator, FramesError};
 use platform::leak::leak;
+use platform::leak::leak_slice;
 use platform::pci::{self, PciError};
+use platform::virtio_pci::VirtioFunction;
 use platform::{BootInfo, demo, println};
 use spin::Once;
+use virtio_drivers::Hal as VirtioHal;
 use virtio_drivers::PhysAddr;
 use virtio_drivers::transport::pci::PciTransport;
 
@@ -449,10 +449,52 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     );
 
     if scenario == Scenario::Blk {
-        stale_probe(unit, iovas, disk, &mut dev, scratch, &mut ctx)?;
+        stale_probe(
+            unit,
+            iovas,
+            disk,
+            &mut dev,
+            scratch,
+            &mut ctx,
+            &mut |_, _| Ok(()),
+        )?;
     }
     drop(dev);
     drop(transport);
+    if scenario == Scenario::Blk {
+        // Deferred invalidation: B's unlink waits in the flush queue; once
+        // it is flushed, B's old IOVA must be blocked as under strict.
+        let shares = tables.select(Policy::Deferred);
+        let queue = shares
+            .mapper()
+            .flush_queue()
+            .ok_or(Error::Check("the deferred table has no flush queue", 0))?;
+        let pci = blk_io::pci::pci_transport::<Hal>(&function)?;
+        let transport =
+            RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
+        let mut dev: Dev<'_> = BlkDevice::new(&transport)?;
+        stale_probe(
+            unit,
+            iovas,
+            disk,
+            &mut dev,
+            scratch,
+            &mut ctx,
+            &mut |a, ctx| {
+                Ok(probe::settle_deferred(
+                    ctx,
+                    queue,
+                    || shares.mapper().flush_deferred(),
+                    a,
+                )?)
+            },
+        )?;
+        drop(dev);
+        tables.select(Policy::Strict);
+        println!(
+            "{NAME}: deferred probe: after the queue flush B's old IOVA is blocked, as under strict"
+        );
+    }
     if scenario == Scenario::Bench {
         let mut bufs = frames.alloc(blk_io::bench::MATRIX_BUFFER_BYTES / FRAME_SIZE)?;
         let table = PageTable::with_cache(format, pool, Clflush)?;
@@ -583,7 +625,10 @@ impl Setup for Bench<'_> {
         };
         let result = match policy {
             Policy::Baseline => {
-                let pt = ContextState::PassThrough { did: DID, aw: self.aw };
+                let pt = ContextState::PassThrough {
+                    did: DID,
+                    aw: self.aw,
+                };
                 unit.set_context(disk, pt, false)?;
                 direct(self, work)
             }
@@ -625,8 +670,11 @@ fn stale_probe(
     dev: &mut Dev<'_>,
     scratch: &mut [u8],
     ctx: &mut Context<'_>,
+    settle: &mut dyn FnMut(u64, &Context<'_>) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let a = probe::record(dev, scratch, ctx)?;
+    // Under a deferred policy B's translation may remain until this.
+    settle(a, ctx)?;
     let len = PROBE_BYTES as u64;
     // B is whole pages, so it was mapped in place: A starts a page and its
     // IOVA range was exactly [A, A + 8 KiB). Nothing may be mapped there
