@@ -681,6 +681,8 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "smmuv3-edu: pool probe: 4 KiB buffer B' copied into pool slot",
+            "it went to the pool, B' canary intact",
             "smmuv3-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
             "demo: el: EL1",
             "every stream aborts until attached",
@@ -1680,6 +1682,8 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "vtd-edu: pool probe: 4 KiB buffer B' copied into pool slot",
+            "it went to the pool, B' canary intact",
             "vtd-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
             "is blocked until it is attached",
             "attached to domain 1: legacy mode, second-level",
@@ -2181,6 +2185,8 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "virtio-iommu-edu: pool probe: 4 KiB buffer B' copied into pool slot",
+            "it went to the pool, B' canary intact",
             "virtio-iommu-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
             "virtio-iommu-edu: virtio-blk initialised",
             "bypass = 0 (the disk cannot DMA until attached)",
@@ -2252,6 +2258,8 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         ],
         expect: Expect::GuestSuccess,
         require: &[
+            "virtio-iommu-edu: pool probe: 4 KiB buffer B' copied into pool slot",
+            "it went to the pool, B' canary intact",
             "virtio-iommu-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
             "virtio-iommu-edu: virtio-blk initialised",
             "bypass = 0 (the disk cannot DMA until attached)",

@@ -213,3 +213,66 @@ pub fn settle_deferred(
     }
     Ok(())
 }
+
+/// The stale-buffer probe under the bounce pool: a 4 KiB buffer B' (the
+/// first page of B) is small enough to be copied into a pool slot, so the
+/// device never gets B' itself. Reads into B' once (the device address A is
+/// recorded and must lie in `pool`), then reads again with A substituted
+/// for the share: the device writes the pool slot, never B', whose canary
+/// must be intact. Returns A.
+///
+/// # Safety
+///
+/// `pool` is the bounce pool of the table behind `H`: memory the device may
+/// always write, which nothing of the program relies on between shares.
+pub unsafe fn pool_read<H: Hal, T: Transport>(
+    dev: &mut BlkDevice<'_, TrapHal<H>, T>,
+    scratch: &mut [u8],
+    ctx: &mut Context<'_>,
+    pool: core::ops::Range<u64>,
+) -> Result<PhysAddr, BlkError> {
+    let (_, _, page) = scratch_areas(scratch)?;
+    let small = &mut page[..PROBE_BYTES / 2];
+    TrapHal::<H>::watch(small.as_ptr());
+    let read = dev.read(RECORD_SECTOR, small);
+    let recorded = TrapHal::<H>::recorded();
+    TrapHal::<H>::disarm();
+    read?;
+    Pattern::Initial.check(RECORD_SECTOR, small)?;
+    let a = recorded.ok_or(BlkError::TrapMissed)?;
+    if !pool.contains(&a) {
+        return Err(BlkError::Probe(
+            "a 4 KiB buffer was not copied into the pool",
+            a,
+        ));
+    }
+    small.fill(CANARY);
+    // SAFETY: `a` is a slot of the pool (checked above), which the caller
+    // vouches the device may write.
+    unsafe { TrapHal::<H>::arm(small.as_ptr(), a) };
+    let result = dev.read(STALE_SECTOR, small);
+    let substituted = TrapHal::<H>::substituted();
+    TrapHal::<H>::disarm();
+    if !substituted {
+        return Err(BlkError::TrapMissed);
+    }
+    platform::arch::dma_barrier();
+    if small.iter().any(|&b| b != CANARY) {
+        return Err(BlkError::Probe(
+            "the device reached the unshared buffer through its pool address",
+            a,
+        ));
+    }
+    platform::println!(
+        "{}: pool probe: 4 KiB buffer B' copied into pool slot {a:#x} (pool {:#x}..{:#x}); a read given that address again after the unshare {}: it went to the pool, B' canary intact",
+        ctx.name,
+        pool.start,
+        pool.end,
+        if result.is_ok() {
+            "completed"
+        } else {
+            "failed"
+        }
+    );
+    result.map(|()| a)
+}

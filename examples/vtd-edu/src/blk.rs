@@ -494,6 +494,20 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         println!(
             "{NAME}: deferred probe: after the queue flush B's old IOVA is blocked, as under strict"
         );
+        // The bounce pool: a small buffer never reaches the device itself.
+        let shares = tables.select(Policy::Pool);
+        let pool = shares
+            .pool_range()
+            .ok_or(Error::Check("the pool table has no pool", 0))?;
+        let pci = blk_io::pci::pci_transport::<Hal>(&function)?;
+        let transport =
+            RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
+        let mut dev: Dev<'_> = BlkDevice::new(&transport)?;
+        // SAFETY: `pool` is the pool table's bounce pool, which the device
+        // may write at any time and which holds nothing between shares.
+        unsafe { probe::pool_read(&mut dev, scratch, &mut ctx, pool.start.0..pool.end.0) }?;
+        drop(dev);
+        tables.select(Policy::Strict);
     }
     if scenario == Scenario::Bench {
         let mut bufs = frames.alloc(blk_io::bench::MATRIX_BUFFER_BYTES / FRAME_SIZE)?;
