@@ -13,6 +13,7 @@ use core::fmt;
 use virtio_drivers::Hal;
 use virtio_drivers::transport::Transport;
 
+use crate::device::CheckRead;
 use crate::pattern::{Mismatch, Pattern, SECTOR};
 use crate::{BlkDevice, BlkError, Context, Counters, scratch_areas};
 
@@ -254,7 +255,7 @@ pub trait Disk {
         requests: u64,
         depth: usize,
         bufs: &mut [u8],
-        check: &mut dyn FnMut(u64, &[u8]) -> Result<(), BlkError>,
+        check: &mut CheckRead<'_>,
     ) -> Result<usize, BlkError>;
 }
 
@@ -266,7 +267,7 @@ impl<H: Hal, T: Transport> Disk for BlkDevice<'_, H, T> {
         requests: u64,
         depth: usize,
         bufs: &mut [u8],
-        check: &mut dyn FnMut(u64, &[u8]) -> Result<(), BlkError>,
+        check: &mut CheckRead<'_>,
     ) -> Result<usize, BlkError> {
         BlkDevice::read_pipelined(self, first, size, requests, depth, bufs, check)
     }

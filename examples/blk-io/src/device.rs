@@ -23,6 +23,9 @@ const STATUS_EVERY: u32 = 64;
 /// descriptors).
 pub const MAX_DEPTH: usize = 16;
 
+/// Checks a completed buffer, given its first sector.
+pub type CheckRead<'c> = dyn FnMut(u64, &[u8]) -> Result<(), BlkError> + 'c;
+
 /// One request in flight: its buffer and the driver's header and status.
 struct Slot<'b> {
     buf: &'b mut [u8],
@@ -201,7 +204,7 @@ impl<'t, H: Hal, T: Transport> BlkDevice<'t, H, T> {
         requests: u64,
         depth: usize,
         bufs: &mut [u8],
-        check: &mut dyn FnMut(u64, &[u8]) -> Result<(), BlkError>,
+        check: &mut CheckRead<'_>,
     ) -> Result<usize, BlkError> {
         self.usable(size)?;
         let depth = depth.clamp(1, MAX_DEPTH);

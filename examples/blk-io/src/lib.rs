@@ -58,7 +58,7 @@ mod trap;
 
 pub use bench::{BenchResult, bench};
 pub use check::{CheckReport, check};
-pub use device::{BlkDevice, DEFAULT_TIMEOUT_MS, IoStats, MAX_DEPTH};
+pub use device::{BlkDevice, CheckRead, DEFAULT_TIMEOUT_MS, IoStats, MAX_DEPTH};
 pub use direct::{DirectHal, premap_ram, unmap_ram};
 pub use error::{BlkError, Op};
 pub use iova_virtio_hal::{AccessPlatform, BypassesIommu};
