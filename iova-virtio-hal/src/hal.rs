@@ -30,7 +30,8 @@ pub trait HalContext<const N: usize = 64>: 'static {
 
 /// A [`Hal`] whose device addresses are IOVAs of one IOMMU domain: the
 /// device reaches what the driver shares, while it is shared, and nothing
-/// else.
+/// else; with a bounce pool ([`DmaShares::with_pool`]), also the pool's
+/// slots, which hold copies of small shares, for as long as the table lives.
 ///
 /// `Hal` cannot return errors. A failed `dma_alloc` returns address 0
 /// (which virtio-drivers turns into `Error::DmaError`); a failed `share`

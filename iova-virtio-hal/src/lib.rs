@@ -6,7 +6,8 @@
 //! a device gets is an IOVA of one IOMMU domain (SMMUv3, VT-d, virtio-iommu,
 //! or anything implementing [`iova_core::IommuDomain`]), mapped while the
 //! driver shares the buffer and unmapped, with the IOTLB flushed, before
-//! `unshare` returns (strict mode).
+//! `unshare` returns (strict mode), or, with a bounce pool, copied through
+//! slots mapped once (below).
 //!
 //! - [`DmaShares`] ([`shares`]): the table of live DMA allocations and shared
 //!   buffers, with `&self` methods that return typed errors ([`ShareError`]),
@@ -35,6 +36,79 @@
 //! buffers), at granule rather than whole-buffer grain: large aligned
 //! transfers are not copied.
 //!
+//! # The bounce pool
+//!
+//! Strict mapping costs one IOVA state per share, synced with one IOTLB
+//! flush, and one more flush on `unshare`: a virtio-blk request (a 16-byte
+//! header, the data, a 1-byte status) is three maps and six flushes, which
+//! under an emulated IOMMU dominate small I/O. [`DmaShares::with_pool`]
+//! (configured by [`PoolConfig`]) adds a *bounce pool* per table, that is per
+//! domain: one frame from the table's `FrameAllocator`, mapped read-write in
+//! the domain once when the table is made (one map, one flush), carved into
+//! fixed-size slots, and unmapped (flushed, then freed) when the table is
+//! dropped. [`DmaShares::new`] makes a table without one.
+//!
+//! - A buffer of at most [`PoolConfig::threshold`] bytes (default 4 KiB, one
+//!   slot), at any alignment, is copied whole into a free slot at offset 0,
+//!   for every direction (so bytes the device does not write survive the
+//!   copy back); the device gets the slot's IOVA. No map, no flush.
+//!   `unshare` copies it back for `DeviceToDriver` and `Both`, zeroes the
+//!   bytes the share put in the slot, and frees the slot.
+//! - A larger buffer is mapped as without a pool, but its partial first and
+//!   last granules are bounced into pool slots instead of freshly allocated
+//!   and zeroed frames (still mapped at the share's IOVA next to the whole
+//!   granules: one descriptor needs contiguous device addresses). What this
+//!   saves is the allocation and the zeroing of a frame; the maps and flushes
+//!   stay.
+//! - Zeroing: on release, of what the share put there. Invariant: a free slot
+//!   holds zeros, except for bytes the device itself wrote there (it can
+//!   write any slot at any time). So no driver data outlives its share in the
+//!   pool, and a device never reads another request's leftover bytes.
+//! - Exhaustion: a share that finds no free slot takes the path without the
+//!   pool (mapped in place, bounce pages), as before; nothing fails that
+//!   works without a pool. Counted in [`ShareCounters::pool_fallbacks`].
+//! - Non-coherent devices: slots are cleaned after the copy in and the zeroing
+//!   and invalidated before the copy back (the mapper's cache maintenance).
+//!
+//! The device can reach its own domain's pool, every slot of it, read and
+//! write, for as long as the table lives: the copies of the domain's live
+//! small shares (a `DeviceToDriver` buffer's contents before the transfer
+//! included, and a `DriverToDevice` slot is writable, though nothing comes
+//! back from it), zeros, and what it wrote itself. It never reaches the
+//! driver's buffers through the pool, nor another domain's pool (each table
+//! maps its pool only in its own domain).
+//!
+//! | Policy | A malicious device can reach | For how long | Cost per share |
+//! |---|---|---|---|
+//! | strict in place ([`DmaShares::new`]) | the buffer's whole granules in place, and bounce pages holding its partial granules (its bytes, zeros) | from `share` until `unshare` returns (unmapped, flushed) | 1 map per physical piece, 1 flush on share, 1 on unshare; per partial granule a frame allocated and zeroed, its bytes copied in (and back) |
+//! | pool + strict ([`DmaShares::with_pool`]), buffer ≤ threshold | its domain's pool slots: copies of live small shares, zeros, its own writes; never the buffer | the pool: the table's life; a share's copy: from `share` until `unshare` (then zeroed) | no map, no flush; `len` bytes copied in, `len` back (`DeviceToDriver`, `Both`), `len` zeroed |
+//! | pool + strict, buffer > threshold | as strict in place, plus its domain's pool | as strict in place; the pool: the table's life | as strict in place, without the frame allocations: partial granules go to pool slots |
+//! | deferred invalidation | not yet available | | |
+//!
+//! What a virtio-blk read costs (header 16 bytes `DriverToDevice`, data
+//! `DeviceToDriver` page aligned, status 1 byte `DeviceToDriver`; from the
+//! counters, checked against the fake IOMMU in `tests/pool.rs`):
+//!
+//! | Data | Pool | Maps | Flushes | Bytes copied | Frames allocated |
+//! |---|---|---|---|---|---|
+//! | 4 KiB | no | 3 | 6 | 18 | 2 |
+//! | 4 KiB | yes | 0 | 0 | 8210 | 0 |
+//! | 64 KiB | no | 3 | 6 | 18 | 2 |
+//! | 64 KiB | yes | 1 | 2 | 18 | 0 |
+//!
+//! The pool also zeroes what it copied in (4113 bytes for the 4 KiB request).
+//! With the data 0x200 bytes into its page, the 4 KiB read costs 4 maps
+//! without the pool (the data's two partial granules are bounced) and still
+//! none with it; the 64 KiB read costs 5 maps and 6 flushes without, 3 maps
+//! and 2 flushes with it (its partial granules in pool slots, no frame
+//! allocated).
+//!
+//! The default threshold is one 4 KiB slot: a request of up to 4 KiB then
+//! costs no map and no flush for a copy of at most 8 KiB, while an IOTLB
+//! flush (a command queue round trip, or a VM exit under emulation) costs
+//! far more than copying a page. Larger data keeps its single in-place map
+//! and its two flushes, and copies nothing but the header and status.
+//!
 //! # Setting it up
 //!
 //! (`tests/hal.rs` does this with the fake IOMMU; the examples under
@@ -56,7 +130,10 @@
 //!
 //! // domain, iovas, cpu and frames are 'static (statics or leaked boxes).
 //! let mapper = DmaMapper::new(domain, iovas, cpu)?;
-//! SHARES.call_once(|| DmaShares::new(mapper, frames, &IdentityMapped).unwrap());
+//! // Or DmaShares::new(..) for strict mapping of every share, without a pool.
+//! SHARES.call_once(|| {
+//!     DmaShares::with_pool(mapper, frames, &IdentityMapped, PoolConfig::DEFAULT).unwrap()
+//! });
 //! let transport = AccessPlatform::new(pci_transport).map_err(|(e, _)| e)?;
 //! let mut blk = VirtIOBlk::<IommuHal<Ctx>, _>::new(transport)?;
 //! ```

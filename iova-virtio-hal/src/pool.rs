@@ -5,7 +5,7 @@
 //! Invariant: a free slot holds zeros, except for bytes the device itself
 //! wrote into it while it was free (the whole pool stays mapped, so a device
 //! can write any slot at any time). Whoever frees a slot first zeroes the
-//! bytes the share put there ([`Pool::zero`]), so no driver data outlives its
+//! bytes the share put there (`Pool::zero`), so no driver data outlives its
 //! share in the pool, and an honest device reading past a buffer reads zeros.
 
 use core::ptr;

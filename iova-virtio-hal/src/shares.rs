@@ -201,7 +201,16 @@ struct Entry<'a, D: IommuDomain + ?Sized> {
 ///   flushed before the call returns), then copies bounced parts back for
 ///   `DeviceToDriver` and `Both`, then frees the bounce pages.
 ///
-/// At most `N` allocations and shares are live at once. A failed share gets
+/// With a bounce pool ([`with_pool`](Self::with_pool)), a share of at most
+/// the pool's threshold is instead copied into a slot mapped once, for no map
+/// and no flush, and `unshare` copies it back, zeroes what it copied in, and
+/// frees the slot; partial granules of larger shares are bounced into slots
+/// rather than fresh frames. The device can then reach the pool (and only
+/// its own table's pool) for as long as the table lives; see the crate docs
+/// for the trade. A full pool falls back to mapping, as without one.
+///
+/// At most `N` allocations and mapped shares are live at once (pool shares
+/// take no table entry). A failed share gets
 /// [`poison`](Self::poison), a device address that is never mapped, so a
 /// device given it faults instead of reaching memory; the `Hal` methods
 /// cannot return errors, so every failure is also counted and kept for
@@ -229,6 +238,7 @@ impl<D: IommuDomain + ?Sized, const N: usize> fmt::Debug for DmaShares<'_, D, N>
         f.debug_struct("DmaShares")
             .field("granule", &self.granule)
             .field("poison", &format_args!("{:#x}", self.poison))
+            .field("pool", &self.pool_range())
             .field("counters", &self.counters())
             .finish_non_exhaustive()
     }
@@ -487,7 +497,9 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     }
 
     /// Maps `buffer` for the device, as `direction` says it will be used, and
-    /// syncs; returns the device address of its first byte.
+    /// syncs; returns the device address of its first byte. With a pool, a
+    /// buffer of at most the threshold is copied into a free slot instead
+    /// (no map, no sync), whichever its direction.
     ///
     /// # Errors
     ///
@@ -624,7 +636,10 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
 
     /// Tears down a [`share`](Self::share): unmaps and syncs, then copies the
     /// bounced parts back into the buffer (unless `direction` is
-    /// `DriverToDevice`) and frees the bounce pages.
+    /// `DriverToDevice`) and frees the bounce pages (zeroing what they held
+    /// if they are pool slots). A share in a pool slot is copied back the
+    /// same way, the slot's bytes zeroed and the slot freed: it was never
+    /// mapped, so nothing is unmapped or flushed.
     ///
     /// # Errors
     ///
