@@ -83,7 +83,7 @@
 //! | strict in place ([`DmaShares::new`]) | the buffer's whole granules in place, and bounce pages holding its partial granules (its bytes, zeros) | from `share` until `unshare` returns (unmapped, flushed) | 1 map per physical piece, 1 flush on share, 1 on unshare; per partial granule a frame allocated and zeroed, its bytes copied in (and back) |
 //! | pool + strict ([`DmaShares::with_pool`]), buffer ≤ threshold | its domain's pool slots: copies of live small shares, zeros, its own writes; never the buffer | the pool: the table's life; a share's copy: from `share` until `unshare` (then zeroed) | no map, no flush; `len` bytes copied in, `len` back (`DeviceToDriver`, `Both`), `len` zeroed |
 //! | pool + strict, buffer > threshold | as strict in place, plus its domain's pool | as strict in place; the pool: the table's life | as strict in place, without the frame allocations: partial granules go to pool slots |
-//! | deferred invalidation | not yet available | | |
+//! | pool + deferred ([`DmaShares::with_pool`] over a mapper [`with_flush_queue`](iova_core::DmaMapper::with_flush_queue)) | as pool + strict, and an unshared buffer above the threshold (its granules in place) stays reachable, read and write; its IOVA is not handed out again, nor any frame the table gives back, before the queue flush | until the flush queue flushes: at most [`DeferLimits`](iova_core::DeferLimits) unlinks, bytes and age (the age only if someone calls `flush_expired` that often) | as pool + strict, without the unshare's flush: one backend flush per queue flush |
 //!
 //! What a virtio-blk read costs (header 16 bytes `DriverToDevice`, data
 //! `DeviceToDriver` page aligned, status 1 byte `DeviceToDriver`; from the
