@@ -97,8 +97,19 @@ pub(crate) struct Pool<'a, D: IommuDomain + ?Sized> {
     slot_size: usize,
     slots: usize,
     threshold: usize,
-    uses: Mutex<[Use; MAX_POOL_SLOTS]>,
+    slots_in_use: Mutex<Slots>,
 }
+
+/// What each slot is used for, and which are free.
+struct Slots {
+    uses: [Use; MAX_POOL_SLOTS],
+    /// Bit `i` set: slot `i` is [`Use::Free`] (kept with `uses`, so that
+    /// taking a slot is one bit scan rather than a search).
+    free: u128,
+}
+
+// One bit per slot.
+const _: () = assert!(MAX_POOL_SLOTS <= u128::BITS as usize);
 
 impl<'a, D: IommuDomain + ?Sized> Pool<'a, D> {
     /// A pool over `frame` (`bytes` long, from `frames`), which `state` maps
@@ -111,15 +122,24 @@ impl<'a, D: IommuDomain + ?Sized> Pool<'a, D> {
         slots: usize,
         config: &PoolConfig,
     ) -> Self {
+        let slots = slots.min(MAX_POOL_SLOTS);
+        let free = if slots == MAX_POOL_SLOTS {
+            u128::MAX
+        } else {
+            (1u128 << slots) - 1
+        };
         Self {
             state,
             frames,
             frame,
             bytes,
             slot_size: config.slot_size,
-            slots: slots.min(MAX_POOL_SLOTS),
+            slots,
             threshold: config.threshold,
-            uses: Mutex::new([Use::Free; MAX_POOL_SLOTS]),
+            slots_in_use: Mutex::new(Slots {
+                uses: [Use::Free; MAX_POOL_SLOTS],
+                free,
+            }),
         }
     }
 
@@ -136,9 +156,13 @@ impl<'a, D: IommuDomain + ?Sized> Pool<'a, D> {
 
     /// A free slot, now marked `as_`; `None` if all are taken.
     pub fn take(&self, as_: Use) -> Option<usize> {
-        let mut uses = self.uses.lock();
-        let i = uses[..self.slots].iter().position(|u| *u == Use::Free)?;
-        uses[i] = as_;
+        let mut s = self.slots_in_use.lock();
+        if s.free == 0 {
+            return None;
+        }
+        let i = s.free.trailing_zeros() as usize;
+        s.free &= !(1 << i);
+        s.uses[i] = as_;
         Some(i)
     }
 
@@ -149,8 +173,8 @@ impl<'a, D: IommuDomain + ?Sized> Pool<'a, D> {
             return None;
         }
         let i = ((dev.0 - start) / self.slot_size as u64) as usize;
-        let mut uses = self.uses.lock();
-        let slot = uses.get_mut(i)?;
+        let mut s = self.slots_in_use.lock();
+        let slot = s.uses.get_mut(i)?;
         if *slot != (Use::Share { buf, direction }) {
             return None;
         }
@@ -160,14 +184,16 @@ impl<'a, D: IommuDomain + ?Sized> Pool<'a, D> {
 
     /// Marks slot `i` free; its bytes must have been zeroed.
     pub fn release(&self, i: usize) {
-        if let Some(u) = self.uses.lock().get_mut(i) {
-            *u = Use::Free;
+        let mut s = self.slots_in_use.lock();
+        if i < self.slots {
+            s.uses[i] = Use::Free;
+            s.free |= 1 << i;
         }
     }
 
     /// Slots used as `u`.
     pub fn count(&self, u: impl Fn(&Use) -> bool) -> usize {
-        self.uses.lock()[..self.slots]
+        self.slots_in_use.lock().uses[..self.slots]
             .iter()
             .filter(|x| u(x))
             .count()

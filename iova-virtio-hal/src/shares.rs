@@ -557,12 +557,22 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         if let Some(p) = pool.filter(|p| p.takes(buf.len)) {
             match p.take(Use::Share { buf, direction }) {
                 Some(i) => {
-                    // SAFETY: the buffer is readable (caller); it is not pool
-                    // memory, to which nobody but the table has a pointer.
-                    unsafe { p.copy_in(i, 0, buffer.cast::<u8>().as_ptr(), buf.len) };
+                    // A free slot holds zeros (or the device's own writes), so
+                    // a buffer the device only writes needs nothing copied
+                    // in: what it does not write comes back as zeros, and a
+                    // virtio driver reads only the used length.
+                    let copied = if direction == BufferDirection::DeviceToDriver {
+                        0
+                    } else {
+                        // SAFETY: the buffer is readable (caller); it is not
+                        // pool memory, to which nobody but the table has a
+                        // pointer.
+                        unsafe { p.copy_in(i, 0, buffer.cast::<u8>().as_ptr(), buf.len) };
+                        buf.len
+                    };
                     return Ok(Shared {
                         dev: p.dev(i),
-                        copied: buf.len,
+                        copied,
                         pooled: true,
                         pool_bounces: 0,
                     });

@@ -704,7 +704,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "smmuv3-edu-aarch64-blk-bench",
         arch: Arch::Aarch64,
         example: "smmuv3-edu",
-        summary: "virtio-blk-pci behind the SMMUv3: check with 0 SMMU events, then the same-boot benchmark: baseline (STE bypass), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, maps / flushes / bounce bytes per request)",
+        summary: "virtio-blk-pci behind the SMMUv3: check with 0 SMMU events, then the same-boot benchmark: baseline (STE bypass), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, maps / flushes / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
         iommu: "SMMUv3",
         // No edu: the disk is the only device. The image is made at test
         // time (xtask/src/disk.rs).
@@ -725,6 +725,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "blk-bench: backend=smmuv3 arch=aarch64 policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
             "blk-bench: backend=smmuv3 arch=aarch64 policy=premapped size=65536 depth=16 ",
             "blk-bench: backend=smmuv3 arch=aarch64 policy=strict size=4096 depth=16 rounds=5 ratio=",
+            "blk-profile: backend=smmuv3 arch=aarch64 policy=pool size=4096 depth=16 ticks_per_req=",
             "smmuv3-edu: blk-bench: 0 SMMU events during the benchmark",
             "smmuv3-edu: scenario `blk-bench` passed",
             "demo: result: OK",
@@ -1702,7 +1703,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "vtd-edu-x86_64-blk-bench",
         arch: Arch::X86_64,
         example: "vtd-edu",
-        summary: "virtio-blk-pci behind Intel VT-d: check, then the same-boot benchmark: baseline (pass-through context), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, maps / flushes / bounce bytes per request)",
+        summary: "virtio-blk-pci behind Intel VT-d: check, then the same-boot benchmark: baseline (pass-through context), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, maps / flushes / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
         iommu: "Intel VT-d (iommu-intel-vtd)",
         qemu_args: &[
             "-M",
@@ -1722,6 +1723,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "blk-bench: backend=vtd arch=x86_64 policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
             "blk-bench: backend=vtd arch=x86_64 policy=premapped size=65536 depth=16 ",
             "blk-bench: backend=vtd arch=x86_64 policy=strict size=4096 depth=16 rounds=5 ratio=",
+            "blk-profile: backend=vtd arch=x86_64 policy=pool size=4096 depth=16 ticks_per_req=",
             "vtd-edu: blk-bench: matrix done",
             "vtd-edu: scenario `blk-bench` passed",
             "demo: result: OK",
@@ -2204,7 +2206,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "virtio-iommu-edu-aarch64-blk-bench",
         arch: Arch::Aarch64,
         example: "virtio-iommu-edu",
-        summary: "virtio-blk-pci behind virtio-iommu-pci (virt): check with 0 faults, then the same-boot benchmark: baseline (bypass domain), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, MAPs / notifications / bounce bytes per request)",
+        summary: "virtio-blk-pci behind virtio-iommu-pci (virt): check with 0 faults, then the same-boot benchmark: baseline (bypass domain), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, MAPs / notifications / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
         iommu: "virtio-iommu",
         // No edu: the disk is the only endpoint. The image is made at test
         // time (xtask/src/disk.rs).
@@ -2231,6 +2233,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "blk-bench: backend=virtio-iommu arch=aarch64 policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
             "blk-bench: backend=virtio-iommu arch=aarch64 policy=premapped size=65536 depth=16 ",
             "blk-bench: backend=virtio-iommu arch=aarch64 policy=strict size=4096 depth=16 rounds=5 ratio=",
+            "blk-profile: backend=virtio-iommu arch=aarch64 policy=pool size=4096 depth=16 ticks_per_req=",
             "virtio-iommu-edu: blk-bench: 0 faults during the benchmark",
             "virtio-iommu-edu: scenario `blk-bench` passed",
             "demo: result: OK",
@@ -2277,7 +2280,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
         name: "virtio-iommu-edu-x86_64-blk-bench",
         arch: Arch::X86_64,
         example: "virtio-iommu-edu",
-        summary: "virtio-blk-pci behind virtio-iommu-pci (q35): check with 0 faults, then the same-boot benchmark: baseline (bypass domain), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, MAPs / notifications / bounce bytes per request)",
+        summary: "virtio-blk-pci behind virtio-iommu-pci (q35): check with 0 faults, then the same-boot benchmark: baseline (bypass domain), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, MAPs / notifications / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
         iommu: "virtio-iommu",
         // No edu: the disk is the only endpoint. The image is made at test
         // time (xtask/src/disk.rs).
@@ -2304,6 +2307,7 @@ pub const SYSTEM_TESTS: &[SystemTest] = &[
             "blk-bench: backend=virtio-iommu arch=x86_64 policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
             "blk-bench: backend=virtio-iommu arch=x86_64 policy=premapped size=65536 depth=16 ",
             "blk-bench: backend=virtio-iommu arch=x86_64 policy=strict size=4096 depth=16 rounds=5 ratio=",
+            "blk-profile: backend=virtio-iommu arch=x86_64 policy=pool size=4096 depth=16 ticks_per_req=",
             "virtio-iommu-edu: blk-bench: 0 faults during the benchmark",
             "virtio-iommu-edu: scenario `blk-bench` passed",
             "demo: result: OK",

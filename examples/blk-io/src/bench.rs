@@ -15,7 +15,7 @@ use virtio_drivers::transport::Transport;
 
 use crate::device::CheckRead;
 use crate::pattern::{Mismatch, Pattern, SECTOR};
-use crate::{BlkDevice, BlkError, Context, Counters, scratch_areas};
+use crate::{BlkDevice, BlkError, Context, Counters, HalTime, TimedHal, scratch_areas};
 
 /// Bytes read per size.
 pub const BENCH_BYTES: u64 = 8 << 20;
@@ -277,6 +277,22 @@ impl<H: Hal, T: Transport> Disk for BlkDevice<'_, H, T> {
 pub type Workload<'w> =
     dyn FnMut(&mut dyn Disk, &mut dyn FnMut() -> Costs) -> Result<(), BlkError> + 'w;
 
+/// Brings the disk at `function` up through a fresh `PciTransport` and
+/// `H` (timed: [`TimedHal`]), runs `work` on it, and drops it (the device is
+/// reset): the body of every [`Setup::with_disk`].
+pub fn with_pci_disk<H: Hal>(
+    function: &platform::virtio_pci::VirtioFunction,
+    work: &mut Workload<'_>,
+    costs: &mut dyn FnMut() -> Costs,
+) -> Result<(), BlkError> {
+    let pci = crate::pci::pci_transport::<TimedHal<H>>(function)?;
+    let transport = core::cell::RefCell::new(
+        crate::AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?,
+    );
+    let mut dev: BlkDevice<'_, TimedHal<H>, _> = BlkDevice::new(&transport)?;
+    work(&mut dev, costs)
+}
+
 /// What a backend example provides to [`matrix`].
 pub trait Setup {
     /// The example's error.
@@ -297,6 +313,14 @@ struct Sample {
     requests: u64,
     costs: Costs,
     peak: usize,
+}
+
+/// One cell of the profile pass, in [`platform::arch::cycles`] ticks.
+#[derive(Debug, Clone, Copy, Default)]
+struct Profile {
+    total: u64,
+    hal: HalTime,
+    requests: u64,
 }
 
 const MAX_POLICIES: usize = 5;
@@ -347,6 +371,38 @@ pub fn matrix<S: Setup>(setup: &mut S, bufs: &mut [u8]) -> Result<(), S::Error> 
             })?;
         }
     }
+    // The profile pass: every policy once more, with the time in the `Hal`
+    // measured (not part of the ratios, which the timing would slow).
+    let mut profile = [[Profile::default(); CELLS.len()]; MAX_POLICIES];
+    for (p, &policy) in policies.iter().enumerate() {
+        let row = &mut profile[p];
+        let bufs = &mut *bufs;
+        setup.with_disk(policy, &mut |disk, _| {
+            for (c, cell) in CELLS.iter().enumerate() {
+                let requests = cell_bytes(cell.size) / cell.size as u64;
+                crate::timed::enable(true);
+                let before = crate::timed::time();
+                let start = platform::arch::cycles();
+                let r = disk.read_pipelined(
+                    0,
+                    cell.size,
+                    requests,
+                    cell.depth,
+                    bufs,
+                    &mut check_initial,
+                );
+                let total = platform::arch::cycles().wrapping_sub(start);
+                crate::timed::enable(false);
+                r?;
+                row[c] = Profile {
+                    total,
+                    hal: crate::timed::time().since(before),
+                    requests,
+                };
+            }
+            Ok(())
+        })?;
+    }
     let arch = if cfg!(target_arch = "aarch64") {
         "aarch64"
     } else {
@@ -381,6 +437,20 @@ pub fn matrix<S: Setup>(setup: &mut S, bufs: &mut [u8]) -> Result<(), S::Error> 
                 per(|c| c.flushes),
                 per(|c| c.bounce_bytes),
                 s.iter().map(|x| x.peak).max().unwrap_or(0),
+            );
+            let (pr, base) = (&profile[p][c], &profile[0][c]);
+            let per_req = |t: u64| t as f64 / pr.requests.max(1) as f64;
+            platform::println!(
+                "blk-profile: backend={} arch={arch} policy={} size={} depth={} ticks_per_req={:.0} vs_baseline={:.2} share_ticks_per_req={:.0} unshare_ticks_per_req={:.0} hal_fraction={:.2}",
+                setup.backend(),
+                policy.name(),
+                cell.size,
+                cell.depth,
+                per_req(pr.total),
+                pr.total as f64 / base.total.max(1) as f64,
+                per_req(pr.hal.share),
+                per_req(pr.hal.unshare),
+                (pr.hal.share + pr.hal.unshare) as f64 / pr.total.max(1) as f64,
             );
         }
     }

@@ -54,6 +54,7 @@ pub mod pattern;
 pub mod pci;
 pub mod probe;
 mod shared;
+pub mod timed;
 mod trap;
 
 pub use bench::{BenchResult, bench};
@@ -63,6 +64,7 @@ pub use direct::{DirectHal, premap_ram, unmap_ram};
 pub use error::{BlkError, Op};
 pub use iova_virtio_hal::{AccessPlatform, BypassesIommu};
 pub use shared::SharedTransport;
+pub use timed::{HalTime, TimedHal};
 pub use trap::TrapHal;
 
 /// Size of the scratch area the scenarios need.

@@ -1,7 +1,8 @@
 //! Bounded waiting.
 //!
 //! Clock source: the generic timer (`CNTPCT_EL0` / `CNTFRQ_EL0`) on aarch64 and
-//! the HPET main counter at 0xFED0_0000 on x86_64 q35. If no clock is available
+//! on x86_64 the TSC, its rate measured at boot against the HPET main counter
+//! at 0xFED0_0000 (or the HPET itself if that fails). If no clock is available
 //! a [`Deadline`] falls back to counting polls (about one per microsecond,
 //! which is pessimistic for an MMIO read under TCG), so a wait always ends.
 

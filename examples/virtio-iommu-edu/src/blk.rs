@@ -587,12 +587,11 @@ impl Bench<'_> {
         work: &mut Workload<'_>,
         costs: &mut dyn FnMut() -> Costs,
     ) -> Result<(), Error> {
-        let pci = blk_io::pci::pci_transport::<HAL>(self.function)?;
-        let transport =
-            RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
-        let mut dev: BlkDevice<'_, HAL, _> = BlkDevice::new(&transport)?;
-        work(&mut dev, costs)?;
-        Ok(())
+        Ok(blk_io::bench::with_pci_disk::<HAL>(
+            self.function,
+            work,
+            costs,
+        )?)
     }
 
     fn costs(&self) -> Costs {

@@ -591,12 +591,11 @@ impl Bench<'_> {
         work: &mut Workload<'_>,
         costs: &mut dyn FnMut() -> Costs,
     ) -> Result<(), Error> {
-        let pci = blk_io::pci::pci_transport::<H>(self.function)?;
-        let transport =
-            RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
-        let mut dev: BlkDevice<'_, H, _> = BlkDevice::new(&transport)?;
-        work(&mut dev, costs)?;
-        Ok(())
+        Ok(blk_io::bench::with_pci_disk::<H>(
+            self.function,
+            work,
+            costs,
+        )?)
     }
 
     fn translated(&self, did: u16, d: &Domain) -> ContextState {
