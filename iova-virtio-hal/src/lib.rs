@@ -49,11 +49,15 @@
 //! dropped. [`DmaShares::new`] makes a table without one.
 //!
 //! - A buffer of at most [`PoolConfig::threshold`] bytes (default 4 KiB, one
-//!   slot), at any alignment, is copied whole into a free slot at offset 0,
-//!   for every direction (so bytes the device does not write survive the
-//!   copy back); the device gets the slot's IOVA. No map, no flush.
-//!   `unshare` copies it back for `DeviceToDriver` and `Both`, zeroes the
-//!   bytes the share put in the slot, and frees the slot.
+//!   slot), at any alignment, gets a free slot (one bit scan) and the device
+//!   gets the slot's IOVA at offset 0. No map, no flush. `DriverToDevice`
+//!   and `Both` buffers are copied into the slot; a `DeviceToDriver` buffer
+//!   is not, since the device only writes it: the device sees zeros, and
+//!   bytes it does not write come back as zeros (a virtio driver reads only
+//!   the used length the device reports; the virtio specification tells it
+//!   to ignore device-writable bytes beyond it). `unshare` copies the slot
+//!   back for `DeviceToDriver` and `Both`, zeroes the bytes the share used,
+//!   and frees the slot.
 //! - A larger buffer is mapped as without a pool, but its partial first and
 //!   last granules are bounced into pool slots instead of freshly allocated
 //!   and zeroed frames (still mapped at the share's IOVA next to the whole
@@ -72,16 +76,16 @@
 //!
 //! The device can reach its own domain's pool, every slot of it, read and
 //! write, for as long as the table lives: the copies of the domain's live
-//! small shares (a `DeviceToDriver` buffer's contents before the transfer
-//! included, and a `DriverToDevice` slot is writable, though nothing comes
-//! back from it), zeros, and what it wrote itself. It never reaches the
+//! small shares (`DriverToDevice` and `Both` ones; a `DriverToDevice` slot is
+//! writable, though nothing comes back from it), zeros, and what it wrote
+//! itself. It never reaches the
 //! driver's buffers through the pool, nor another domain's pool (each table
 //! maps its pool only in its own domain).
 //!
 //! | Policy | A malicious device can reach | For how long | Cost per share |
 //! |---|---|---|---|
 //! | strict in place ([`DmaShares::new`]) | the buffer's whole granules in place, and bounce pages holding its partial granules (its bytes, zeros) | from `share` until `unshare` returns (unmapped, flushed) | 1 map per physical piece, 1 flush on share, 1 on unshare; per partial granule a frame allocated and zeroed, its bytes copied in (and back) |
-//! | pool + strict ([`DmaShares::with_pool`]), buffer ≤ threshold | its domain's pool slots: copies of live small shares, zeros, its own writes; never the buffer | the pool: the table's life; a share's copy: from `share` until `unshare` (then zeroed) | no map, no flush; `len` bytes copied in, `len` back (`DeviceToDriver`, `Both`), `len` zeroed |
+//! | pool + strict ([`DmaShares::with_pool`]), buffer ≤ threshold | its domain's pool slots: copies of live small shares, zeros, its own writes; never the buffer | the pool: the table's life; a share's copy: from `share` until `unshare` (then zeroed) | no map, no flush; `len` bytes copied in (`DriverToDevice`, `Both`), `len` back (`DeviceToDriver`, `Both`), `len` zeroed |
 //! | pool + strict, buffer > threshold | as strict in place, plus its domain's pool | as strict in place; the pool: the table's life | as strict in place, without the frame allocations: partial granules go to pool slots |
 //! | pool + deferred ([`DmaShares::with_pool`] over a mapper [`with_flush_queue`](iova_core::DmaMapper::with_flush_queue)) | as pool + strict, and an unshared buffer above the threshold (its granules in place) stays reachable, read and write; its IOVA is not handed out again, nor any frame the table gives back, before the queue flush | until the flush queue flushes: at most [`DeferLimits`](iova_core::DeferLimits) unlinks, bytes and age (the age only if someone calls `flush_expired` that often) | as pool + strict, without the unshare's flush: one backend flush per queue flush |
 //!
@@ -92,11 +96,13 @@
 //! | Data | Pool | Maps | Flushes | Bytes copied | Frames allocated |
 //! |---|---|---|---|---|---|
 //! | 4 KiB | no | 3 | 6 | 18 | 2 |
-//! | 4 KiB | yes | 0 | 0 | 8210 | 0 |
+//! | 4 KiB | yes | 0 | 0 | 4113 | 0 |
 //! | 64 KiB | no | 3 | 6 | 18 | 2 |
-//! | 64 KiB | yes | 1 | 2 | 18 | 0 |
+//! | 64 KiB | yes | 1 | 2 | 17 | 0 |
 //!
-//! The pool also zeroes what it copied in (4113 bytes for the 4 KiB request).
+//! (4 KiB with the pool: the header copied in, the data and the status copied
+//! back, nothing copied in for them.) The pool also zeroes what each share
+//! used (4113 bytes for the 4 KiB request).
 //! With the data 0x200 bytes into its page, the 4 KiB read costs 4 maps
 //! without the pool (the data's two partial granules are bounced) and still
 //! none with it; the 64 KiB read costs 5 maps and 6 flushes without, 3 maps
@@ -104,7 +110,7 @@
 //! allocated).
 //!
 //! The default threshold is one 4 KiB slot: a request of up to 4 KiB then
-//! costs no map and no flush for a copy of at most 8 KiB, while an IOTLB
+//! costs no map and no flush for a copy of about 4 KiB, while an IOTLB
 //! flush (a command queue round trip, or a VM exit under emulation) costs
 //! far more than copying a page. Larger data keeps its single in-place map
 //! and its two flushes, and copies nothing but the header and status.
