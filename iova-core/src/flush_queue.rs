@@ -261,6 +261,12 @@ impl<'a> FlushQueue<'a> {
         self.limits
     }
 
+    /// The queue's clock now, in the ticks of [`DeferLimits::max_age`] (for
+    /// callers that keep other deferred state under the same limits).
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
     /// How many queue flushes have completed. An unlink recorded before this
     /// was read as `g` is unreachable once `generation() > g`.
     pub fn generation(&self) -> u64 {

@@ -131,9 +131,18 @@ fn cell(policy: Policy, size: usize, depth: usize, requests: usize, reqs: &mut [
         slots: 128,
         ..PoolConfig::DEFAULT
     };
+    // As the QEMU benchmark's tables: deferred copies only buffers below a
+    // page, and keeps the mappings of the rest for reuse.
     let shares: DmaShares<'_, _> = match policy {
         Policy::Strict => DmaShares::new(mapper, &dma, &IdentityMapped),
-        _ => DmaShares::with_pool(mapper, &dma, &IdentityMapped, pool),
+        Policy::Pool => DmaShares::with_pool(mapper, &dma, &IdentityMapped, pool),
+        Policy::Deferred => {
+            let pool = PoolConfig {
+                threshold: 2048,
+                ..pool
+            };
+            DmaShares::with_pool(mapper, &dma, &IdentityMapped, pool)
+        }
     }
     .unwrap();
     // Warm up the tables and the allocator's caches; time the rest.

@@ -15,6 +15,8 @@ use crate::layout::{Layout, Span};
 use crate::memory::CpuMemory;
 use crate::pool::{Pool, PoolConfig, Use};
 
+mod park;
+
 /// The most physical pieces one share may be made of: a bounced head, a
 /// bounced tail, and up to six physically separate runs of whole granules.
 pub const MAX_PIECES: usize = 8;
@@ -108,6 +110,9 @@ pub struct ShareCounters {
     /// Times the pool had no free slot, so the share (or the partial
     /// granule) took the path without the pool.
     pub pool_fallbacks: u64,
+    /// Shares that took the kept mapping of the same buffer (deferred
+    /// policy only, see [`DmaShares::parked`]): no map, no sync.
+    pub reused: u64,
     /// Domain map calls (one per linked piece).
     pub maps: u64,
     /// IOTLB flushes asked of the domain (failed ones included).
@@ -128,6 +133,7 @@ struct Counters {
     pool_bytes: AtomicU64,
     pool_bounces: AtomicU64,
     pool_fallbacks: AtomicU64,
+    reused: AtomicU64,
     maps: AtomicU64,
     flushes: AtomicU64,
     failures: AtomicU64,
@@ -184,6 +190,10 @@ struct Entry<'a, D: IommuDomain + ?Sized> {
     state: IovaState<'a, D, Links>,
     /// Its teardown failed: kept until [`DmaShares::reclaim`] succeeds.
     stuck: bool,
+    /// Unshared under a deferred policy, its mapping kept for the next
+    /// share of the same buffer: since when, in the flush queue's ticks
+    /// (see [`park`]).
+    parked: Option<u64>,
 }
 
 /// DMA memory and shared buffers of virtio devices, each mapped in one IOMMU
@@ -231,6 +241,8 @@ pub struct DmaShares<'a, D: IommuDomain + ?Sized, const N: usize = 64> {
     last_error: Mutex<Option<ShareError>>,
     /// The bounce pool ([`with_pool`](Self::with_pool)), if any.
     pool: Option<Pool<'a, D>>,
+    /// Running totals of the parked mappings in `live`.
+    park: park::Totals,
 }
 
 impl<D: IommuDomain + ?Sized, const N: usize> fmt::Debug for DmaShares<'_, D, N> {
@@ -273,6 +285,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             counters: Counters::default(),
             last_error: Mutex::new(None),
             pool: None,
+            park: park::Totals::default(),
         };
         let poison = shares.reserve(granule as u64)?;
         shares.poison = poison.iova().0;
@@ -350,12 +363,14 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         &self.mapper
     }
 
-    /// Live allocations and shares (stuck ones and pool shares included).
+    /// Live allocations and shares (stuck ones and pool shares included,
+    /// parked mappings not).
     pub fn live(&self) -> usize {
         let pooled = self.pool.as_ref().map_or(0, |p| {
             p.count(|u| matches!(u, Use::Share { .. } | Use::Releasing))
         });
-        self.live.lock().len() + pooled
+        let live = self.live.lock();
+        live.iter().filter(|e| e.parked.is_none()).count() + pooled
     }
 
     /// Allocations and shares whose teardown failed and that are kept.
@@ -378,6 +393,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             pool_bytes: get(&c.pool_bytes),
             pool_bounces: get(&c.pool_bounces),
             pool_fallbacks: get(&c.pool_fallbacks),
+            reused: get(&c.reused),
             maps: get(&c.maps),
             flushes: get(&c.flushes),
             failures: get(&c.failures),
@@ -457,6 +473,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             held: Held::Memory { frame, size },
             state,
             stuck: false,
+            parked: None,
         })?;
         Ok((dev, NonNull::new(cpu).ok_or(ShareError::Untranslatable)?))
     }
@@ -499,7 +516,10 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     /// Maps `buffer` for the device, as `direction` says it will be used, and
     /// syncs; returns the device address of its first byte. With a pool, a
     /// buffer of at most the threshold is copied into a free slot instead
-    /// (no map, no sync), whichever its direction.
+    /// (no map, no sync), whichever its direction. Under a deferred policy a
+    /// buffer of whole granules whose mapping was kept after its last
+    /// unshare (see [`parked`](Self::parked)) gets that mapping back, if it
+    /// is the same buffer, direction and physical pages: no map, no sync.
     ///
     /// # Errors
     ///
@@ -583,9 +603,20 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                 }
             }
         }
-        self.ensure_room()?;
         let g = self.granule;
         let layout = Layout::of(buf.va, buf.len, g);
+        if let (None, Some(middle), None) = (layout.head, layout.middle, layout.tail) {
+            if let Some(dev) = self.reuse(middle, direction)? {
+                bump(&self.counters.reused, 1);
+                return Ok(Shared {
+                    dev,
+                    copied: 0,
+                    pooled: false,
+                    pool_bounces: 0,
+                });
+            }
+        }
+        self.ensure_room()?;
 
         let mut pieces: heapless::Vec<(PhysAddr, u64), MAX_PIECES> = heapless::Vec::new();
         let mut bounces: heapless::Vec<Bounce, 2> = heapless::Vec::new();
@@ -635,6 +666,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             },
             state,
             stuck: false,
+            parked: None,
         })?;
         Ok(Shared {
             dev,
@@ -649,7 +681,11 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     /// `DriverToDevice`) and frees the bounce pages (zeroing what they held
     /// if they are pool slots). A share in a pool slot is copied back the
     /// same way, the slot's bytes zeroed and the slot freed: it was never
-    /// mapped, so nothing is unmapped or flushed.
+    /// mapped, so nothing is unmapped or flushed. Under a deferred policy
+    /// (the mapper has a flush queue) a share of whole granules keeps its
+    /// mapping instead, parked for the buffer's next share, within the
+    /// queue's limits (see the crate docs); the device may reach the buffer
+    /// until it is evicted and the queue flushed.
     ///
     /// # Errors
     ///
@@ -657,7 +693,9 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     /// those of one live share (nothing changes); [`ShareError::Teardown`] if
     /// the unmap or flush failed: the bounced parts are still copied back, but
     /// the bounce pages are kept (see [`reclaim`](Self::reclaim)) and the
-    /// device may still reach the buffer's whole granules.
+    /// device may still reach the buffer's whole granules (or, when parking,
+    /// if the teardown of a parked mapping it evicted failed: that one is
+    /// kept).
     ///
     /// # Safety
     ///
@@ -690,12 +728,20 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
             bump(&self.counters.unshares, 1);
             return Ok(());
         }
-        let found = self.remove(|e| {
+        let shared = |e: &Entry<'a, D>| {
             e.dev == dev.0
                 && !e.stuck
+                && e.parked.is_none()
                 && matches!(&e.held, Held::Buffer { buf, direction: d, .. } if *buf == want && *d == direction)
-        });
-        let Some(entry) = found else {
+        };
+        // Deferred: the buffer stays reachable until a queue flush anyway;
+        // keep its mapping for the buffer's next share.
+        if let Some(parked) = self.park(shared, direction) {
+            bump(&self.counters.unshares, 1);
+            // An error is an evicted mapping's teardown (kept stuck).
+            return parked.or_else(|e| self.failed(e));
+        }
+        let Some(entry) = self.remove(shared) else {
             return self.failed(ShareError::NotShared);
         };
         if direction != BufferDirection::DriverToDevice {
@@ -944,11 +990,16 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         }
     }
 
+    /// Room for one more entry: a full table first gives up its oldest
+    /// parked mapping.
     fn ensure_room(&self) -> Result<(), ShareError> {
-        if self.live.lock().is_full() {
-            return Err(ShareError::Full);
+        if !self.live.lock().is_full() {
+            return Ok(());
         }
-        Ok(())
+        match self.unpark_oldest() {
+            Some(entry) => self.teardown_mapping(entry),
+            None => Err(ShareError::Full),
+        }
     }
 
     /// Records a new entry; a table filled meanwhile unwinds it.
@@ -1015,6 +1066,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                     held,
                     state: r.state,
                     stuck: true,
+                    parked: None,
                 };
                 if let Err(kept) = self.live.lock().push(kept) {
                     core::mem::forget(kept);

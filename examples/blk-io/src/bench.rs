@@ -486,22 +486,38 @@ fn check_initial(first: u64, buf: &[u8]) -> Result<(), BlkError> {
     Ok(())
 }
 
-/// How long, in microseconds of the platform clock, an unlink may wait in
-/// the examples' flush queue: Linux's DMA-FQ timeout.
-pub const DEFER_MAX_AGE_US: u64 = 10_000;
+/// The bounce pool of the examples' pool table: 128 slots of 4 KiB, so that
+/// 16 requests in flight (four buffers each) never run out; a 4 KiB request
+/// is copied whole.
+pub const POOL: iova_virtio_hal::PoolConfig = iova_virtio_hal::PoolConfig {
+    slots: 128,
+    ..iova_virtio_hal::PoolConfig::DEFAULT
+};
+
+/// The bounce pool of the examples' deferred table: as [`POOL`], but only
+/// buffers of less than a page are copied. Whole pages are mapped in place,
+/// and under the deferred policy their mappings are kept and reused while
+/// the driver reuses the buffer, which costs less than copying a page.
+pub const DEFERRED_POOL: iova_virtio_hal::PoolConfig = iova_virtio_hal::PoolConfig {
+    threshold: 2048,
+    ..POOL
+};
 
 /// The examples' flush queue for [`Policy::Deferred`]: Linux's DMA-FQ
-/// figures (256 unlinks, 10 ms) and at most 4 MiB waiting, its age read from
-/// the platform clock in microseconds; `slots` holds the waiting IOVA ranges.
+/// figures (256 unlinks, 10 ms) and at most 4 MiB waiting, its age read in
+/// the platform clock's own ticks (no conversion on every read); `slots`
+/// holds the waiting IOVA ranges. Without a clock the age never runs out.
 pub fn flush_queue(
     slots: &'static mut [iova_core::flush_queue::DeferredSlot],
 ) -> iova_core::FlushQueue<'static> {
-    static CLOCK: fn() -> u64 = || platform::time::now_us().unwrap_or(0);
-    let limits = iova_core::DeferLimits {
-        max_age: DEFER_MAX_AGE_US,
-        ..iova_core::DeferLimits::linux_like(1000)
-    };
-    iova_core::FlushQueue::new(limits, &CLOCK, slots)
+    static CLOCK: fn() -> u64 = || platform::time::clock().map_or(0, |(ticks, _)| ticks);
+    // `linux_like` takes ten of these: no overflow.
+    let ticks_per_ms = platform::time::clock().map_or(u64::MAX / 10, |(_, hz)| hz / 1000);
+    iova_core::FlushQueue::new(
+        iova_core::DeferLimits::linux_like(ticks_per_ms),
+        &CLOCK,
+        slots,
+    )
 }
 
 /// One share table per `iova-virtio-hal` policy on the same domain, and

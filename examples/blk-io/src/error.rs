@@ -81,6 +81,8 @@ pub enum BlkError {
     Probe(&'static str, u64),
     /// The IOMMU side failed (a flush, say).
     Iommu(iova_core::Error),
+    /// The share table failed (an eviction or flush of a deferred table).
+    Share(iova_virtio_hal::ShareError),
     /// A request's buffer is empty or not whole sectors (length).
     BadLength(usize),
     /// Data read back differs from the pattern.
@@ -117,6 +119,7 @@ impl fmt::Display for BlkError {
             Self::Bench(what) => write!(f, "benchmark setup: {what}"),
             Self::Probe(what, at) => write!(f, "probe: {what} ({at:#x})"),
             Self::Iommu(e) => write!(f, "IOMMU: {e}"),
+            Self::Share(e) => write!(f, "share table: {e}"),
             Self::Scratch(a, l) => write!(
                 f,
                 "scratch area {a:#x} ({l:#x} bytes) is not 4 KiB aligned or smaller than {:#x}",

@@ -30,6 +30,8 @@
 //! After a read that did not complete, the request's header and status
 //! buffers are never unshared (the device is reset instead).
 
+use iova_core::IommuDomain;
+use iova_virtio_hal::DmaShares;
 use virtio_drivers::transport::{DeviceStatus, Transport};
 use virtio_drivers::{Hal, PhysAddr};
 
@@ -186,30 +188,35 @@ pub unsafe fn stale_read<H: Hal, T: Transport>(
 }
 
 /// Step 2 under deferred invalidation, between [`record`] and the caller's
-/// reservation of A: B's unlink must be waiting in `queue` (so its IOVA is
-/// not handed out again and the device may still reach B: the stated
-/// window); then `flush` flushes the queue, after which A must be as dead as
-/// under the strict policy, which the stale read then checks.
-pub fn settle_deferred(
+/// reservation of A: B (whole pages, mapped in place) must still be mapped,
+/// either kept by `shares` for its next share (parked) or its unlink waiting
+/// in the flush queue, so that its IOVA is not handed out again and the
+/// device may still reach B: the stated window. Then `shares` evicts what it
+/// keeps and flushes the queue, after which A must be as dead as under the
+/// strict policy, which the stale read then checks.
+pub fn settle_deferred<D: IommuDomain + ?Sized, const N: usize>(
     ctx: &Context<'_>,
-    queue: &iova_core::FlushQueue<'_>,
-    flush: impl FnOnce() -> Result<(), iova_core::Error>,
+    shares: &DmaShares<'_, D, N>,
     a: PhysAddr,
 ) -> Result<(), BlkError> {
-    let (waiting, held) = (queue.pending(), queue.pending_iovas());
-    if waiting == 0 || held == 0 {
+    let queue = shares
+        .mapper()
+        .flush_queue()
+        .ok_or(BlkError::Probe("the deferred table has no flush queue", a))?;
+    let (parked, waiting, held) = (shares.parked(), queue.pending(), queue.pending_iovas());
+    if parked == 0 && (waiting == 0 || held == 0) {
         return Err(BlkError::Probe(
-            "B's unlink did not wait in the flush queue",
+            "B's mapping was neither kept nor its unlink queued",
             a,
         ));
     }
     platform::println!(
-        "{}: deferred probe: after B's unshare {waiting} unlink(s) and {held} IOVA range(s) wait in the flush queue (B's old IOVA is not handed out again); flushing it",
+        "{}: deferred probe: after B's unshare {parked} mapping(s) are kept for reuse and {waiting} unlink(s) and {held} IOVA range(s) wait in the flush queue (B's old IOVA is not handed out again); evicting and flushing",
         ctx.name
     );
-    flush().map_err(BlkError::Iommu)?;
-    if queue.pending() != 0 {
-        return Err(BlkError::Probe("the flush left unlinks in the queue", a));
+    shares.flush_deferred().map_err(BlkError::Share)?;
+    if shares.parked() != 0 || queue.pending() != 0 {
+        return Err(BlkError::Probe("the flush left mappings behind", a));
     }
     Ok(())
 }

@@ -38,9 +38,7 @@ use iommu_arm_smmuv3::{
 use iova_core::flush_queue::DeferredSlot;
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig, extent_slots_needed};
 use iova_core::{DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange};
-use iova_virtio_hal::{
-    DmaShares, HalContext, IdentityMapped, IommuHal, PoolConfig, ShareCounters, ShareError,
-};
+use iova_virtio_hal::{DmaShares, HalContext, IdentityMapped, IommuHal, ShareCounters, ShareError};
 use platform::dtb::Fdt;
 use platform::frame_pool::FramePool;
 use platform::frames::{FRAME_SIZE, FrameAllocator as PlatformFrames, FramesError};
@@ -62,12 +60,6 @@ const SLOTS: usize = 80;
 /// Frames for the SMMU's queues and tables, page tables, DMA memory and
 /// bounce pages, and the two bounce pools (4 MiB of the 8 MiB platform pool).
 const DMA_FRAMES: usize = 1024;
-/// The bounce pool of the pool and deferred tables: 128 slots of 4 KiB, so
-/// that 16 requests in flight (four small buffers each) never run out.
-const POOL: PoolConfig = PoolConfig {
-    slots: 128,
-    ..PoolConfig::DEFAULT
-};
 /// IOVA ranges the flush queue can hold.
 const QUEUE_SLOTS: usize = 256;
 /// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
@@ -313,10 +305,15 @@ pub fn run(
     static IDENTITY: IdentityMapped = IdentityMapped;
     let mapper = DmaMapper::new(domain, iovas, &CPU)?;
     let shares: &'static Shares = leak(&mut frames, DmaShares::new(mapper, dma, &IDENTITY)?)?;
-    let pooled = DmaShares::with_pool(mapper, dma, &IDENTITY, POOL)?;
+    let pooled = DmaShares::with_pool(mapper, dma, &IDENTITY, blk_io::bench::POOL)?;
     let queue_slots = leak_slice(&mut frames, QUEUE_SLOTS, DeferredSlot::new)?;
     let queue = leak(&mut frames, blk_io::bench::flush_queue(queue_slots))?;
-    let deferred = DmaShares::with_pool(mapper.with_flush_queue(queue), dma, &IDENTITY, POOL)?;
+    let deferred = DmaShares::with_pool(
+        mapper.with_flush_queue(queue),
+        dma,
+        &IDENTITY,
+        blk_io::bench::DEFERRED_POOL,
+    )?;
     let tables = Tables::new(
         shares,
         leak(&mut frames, pooled)?,
@@ -514,21 +511,12 @@ fn deferred_probe(
     tables: &Tables,
 ) -> Result<(), Error> {
     let shares = tables.select(Policy::Deferred);
-    let queue = shares
-        .mapper()
-        .flush_queue()
-        .ok_or(Error::Check("the deferred table has no flush queue", 0))?;
     let pci = blk_io::pci::pci_transport::<Hal>(function)?;
     let transport =
         RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
     let mut dev: Dev<'_> = BlkDevice::new(&transport)?;
     stale_probe(&mut dev, scratch, ctx, smmu, iovas, sid, &mut |a, ctx| {
-        Ok(probe::settle_deferred(
-            ctx,
-            queue,
-            || shares.mapper().flush_deferred(),
-            a,
-        )?)
+        Ok(probe::settle_deferred(ctx, shares, a)?)
     })?;
     drop(dev);
     tables.select(Policy::Strict);
@@ -697,7 +685,7 @@ impl Setup for Bench<'_> {
                 self.tables.select(Policy::Strict);
                 // What the deferred table's queue holds goes before the
                 // domain is detached.
-                shares.mapper().flush_deferred()?;
+                shares.flush_deferred()?;
                 if let Some(e) = shares.take_error() {
                     return Err(Error::Share(e));
                 }

@@ -56,7 +56,6 @@ use blk_io::DirectHal;
 use blk_io::bench::{Costs, Policy, PolicyTables, Setup, Workload};
 use iommu_virtio::virtio_drivers::Hal as VirtioHal;
 use iova_core::flush_queue::DeferredSlot;
-use iova_virtio_hal::PoolConfig;
 use platform::leak::leak_slice;
 use platform::virtio_pci::VirtioFunction;
 
@@ -70,12 +69,6 @@ const DMA_FRAMES: usize = 1024;
 /// each of 16 requests in flight (indirect list, header, data, status),
 /// with room for what the stale probe leaves behind.
 const SLOTS: usize = 80;
-/// The bounce pool of the pool and deferred tables: 128 slots of 4 KiB, so
-/// that 16 requests in flight (four small buffers each) never run out.
-const POOL: PoolConfig = PoolConfig {
-    slots: 128,
-    ..PoolConfig::DEFAULT
-};
 /// IOVA ranges the flush queue can hold.
 const QUEUE_SLOTS: usize = 256;
 /// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
@@ -364,14 +357,14 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         &mut frames,
         DmaShares::new(mapper, dma_frames, &IdentityMapped)?,
     )?;
-    let pooled = DmaShares::with_pool(mapper, dma_frames, &IdentityMapped, POOL)?;
+    let pooled = DmaShares::with_pool(mapper, dma_frames, &IdentityMapped, blk_io::bench::POOL)?;
     let queue_slots = leak_slice(&mut frames, QUEUE_SLOTS, DeferredSlot::new)?;
     let queue = leak(&mut frames, blk_io::bench::flush_queue(queue_slots))?;
     let deferred = DmaShares::with_pool(
         mapper.with_flush_queue(queue),
         dma_frames,
         &IdentityMapped,
-        POOL,
+        blk_io::bench::DEFERRED_POOL,
     )?;
     let tables = PolicyTables::new(
         shares,
@@ -464,10 +457,6 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         // Deferred invalidation: B's UNMAP waits in the flush queue; once
         // it is flushed, B's old IOVA must be blocked as under strict.
         let shares = tables.select(Policy::Deferred);
-        let queue = shares
-            .mapper()
-            .flush_queue()
-            .ok_or(Error::Check("the deferred table has no flush queue", 0))?;
         let pci = blk_io::pci::pci_transport::<H>(&blk)?;
         let transport =
             RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
@@ -479,14 +468,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
             scratch,
             &mut ctx,
             endpoint,
-            &mut |a, ctx| {
-                Ok(probe::settle_deferred(
-                    ctx,
-                    queue,
-                    || shares.mapper().flush_deferred(),
-                    a,
-                )?)
-            },
+            &mut |a, ctx| Ok(probe::settle_deferred(ctx, shares, a)?),
         )?;
         drop(dev);
         tables.select(Policy::Strict);
@@ -645,7 +627,7 @@ impl Setup for Bench<'_> {
                 let r = self.disk::<H>(work, &mut || self.costs());
                 self.tables.select(Policy::Strict);
                 // What the deferred table's queue holds goes first.
-                shares.mapper().flush_deferred()?;
+                shares.flush_deferred()?;
                 if let Some(e) = shares.take_error() {
                     println!(
                         "{NAME}: blk-bench: {} policy: DmaShares failed: {e}",

@@ -46,7 +46,7 @@ use iova_core::{
     DmaMapper, Error as CoreError, IommuDomain, IotlbGather, Iova, IovaAllocator, IovaRange,
     PageTable, PageTableDomain,
 };
-use iova_virtio_hal::{DmaShares, HalContext, IommuHal, PoolConfig, ShareError};
+use iova_virtio_hal::{DmaShares, HalContext, IommuHal, ShareError};
 use platform::frame_pool::FramePool;
 use platform::frames::{FRAME_SIZE, FrameAllocator, FramesError};
 use platform::leak::leak;
@@ -79,12 +79,6 @@ const IOVA_SLOTS: usize = 128;
 const TABLE_SLOTS: usize = 80;
 /// The pre-mapped domain of the benchmark.
 const PREMAPPED_DID: u16 = 2;
-/// The bounce pool of the pool and deferred tables: 128 slots of 4 KiB, so
-/// that 16 requests in flight (four small buffers each) never run out.
-const POOL: PoolConfig = PoolConfig {
-    slots: 128,
-    ..PoolConfig::DEFAULT
-};
 /// IOVA ranges the flush queue can hold.
 const QUEUE_SLOTS: usize = 256;
 /// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
@@ -369,10 +363,15 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     let mapper = DmaMapper::new(domain, iovas, &CPU)?;
     let shares = DmaShares::new(mapper, pool, &CPU_MEMORY)?;
     let shares: &'static DmaShares<'static, Domain, TABLE_SLOTS> = leak(&mut frames, shares)?;
-    let pooled = DmaShares::with_pool(mapper, pool, &CPU_MEMORY, POOL)?;
+    let pooled = DmaShares::with_pool(mapper, pool, &CPU_MEMORY, blk_io::bench::POOL)?;
     let queue_slots = leak_slice(&mut frames, QUEUE_SLOTS, DeferredSlot::new)?;
     let queue = leak(&mut frames, blk_io::bench::flush_queue(queue_slots))?;
-    let deferred = DmaShares::with_pool(mapper.with_flush_queue(queue), pool, &CPU_MEMORY, POOL)?;
+    let deferred = DmaShares::with_pool(
+        mapper.with_flush_queue(queue),
+        pool,
+        &CPU_MEMORY,
+        blk_io::bench::DEFERRED_POOL,
+    )?;
     let tables = PolicyTables::new(
         shares,
         leak(&mut frames, pooled)?,
@@ -465,10 +464,6 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         // Deferred invalidation: B's unlink waits in the flush queue; once
         // it is flushed, B's old IOVA must be blocked as under strict.
         let shares = tables.select(Policy::Deferred);
-        let queue = shares
-            .mapper()
-            .flush_queue()
-            .ok_or(Error::Check("the deferred table has no flush queue", 0))?;
         let pci = blk_io::pci::pci_transport::<Hal>(&function)?;
         let transport =
             RefCell::new(AccessPlatform::new(pci).map_err(|(e, _)| BlkError::BypassesIommu(e))?);
@@ -480,14 +475,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
             &mut dev,
             scratch,
             &mut ctx,
-            &mut |a, ctx| {
-                Ok(probe::settle_deferred(
-                    ctx,
-                    queue,
-                    || shares.mapper().flush_deferred(),
-                    a,
-                )?)
-            },
+            &mut |a, ctx| Ok(probe::settle_deferred(ctx, shares, a)?),
         )?;
         drop(dev);
         tables.select(Policy::Strict);
@@ -662,7 +650,7 @@ impl Setup for Bench<'_> {
                 });
                 self.tables.select(Policy::Strict);
                 // What the deferred table's queue holds goes first.
-                shares.mapper().flush_deferred()?;
+                shares.flush_deferred()?;
                 if let Some(e) = shares.take_error() {
                     return Err(Error::Share(e));
                 }
