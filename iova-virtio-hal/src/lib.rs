@@ -87,7 +87,27 @@
 //! | strict in place ([`DmaShares::new`]) | the buffer's whole granules in place, and bounce pages holding its partial granules (its bytes, zeros) | from `share` until `unshare` returns (unmapped, flushed) | 1 map per physical piece, 1 flush on share, 1 on unshare; per partial granule a frame allocated and zeroed, its bytes copied in (and back) |
 //! | pool + strict ([`DmaShares::with_pool`]), buffer ≤ threshold | its domain's pool slots: copies of live small shares, zeros, its own writes; never the buffer | the pool: the table's life; a share's copy: from `share` until `unshare` (then zeroed) | no map, no flush; `len` bytes copied in (`DriverToDevice`, `Both`), `len` back (`DeviceToDriver`, `Both`), `len` zeroed |
 //! | pool + strict, buffer > threshold | as strict in place, plus its domain's pool | as strict in place; the pool: the table's life | as strict in place, without the frame allocations: partial granules go to pool slots |
-//! | pool + deferred ([`DmaShares::with_pool`] over a mapper [`with_flush_queue`](iova_core::DmaMapper::with_flush_queue)) | as pool + strict, and an unshared buffer above the threshold (its granules in place) stays reachable, read and write; its IOVA is not handed out again, nor any frame the table gives back, before the queue flush | until the flush queue flushes: at most [`DeferLimits`](iova_core::DeferLimits) unlinks, bytes and age (the age only if someone calls `flush_expired` that often) | as pool + strict, without the unshare's flush: one backend flush per queue flush |
+//! | pool + deferred ([`DmaShares::with_pool`] over a mapper [`with_flush_queue`](iova_core::DmaMapper::with_flush_queue)) | as pool + strict, and an unshared buffer above the threshold (its granules in place) stays reachable, read and write: its mapping is kept for the buffer's next share (*parked*, if it is whole granules) or its unlink waits in the flush queue; its IOVA is not handed out to anything else, nor any frame the table gives back, before the flush | parked: until evicted (at most [`DeferLimits`](iova_core::DeferLimits) `max_entries` mappings and `max_bytes` bytes, `max_age` old, checked when a mapping parks and on [`DmaShares::flush_expired`]); then until the flush queue flushes (the same limits on unlinks) | as pool + strict without the unshare's flush (one backend flush per queue flush); a parked buffer shared again costs no map and no sync |
+//!
+//! # Deferred: kept mappings
+//!
+//! Under a deferred policy an unshared buffer stays reachable until the
+//! flush queue flushes anyway, so [`DmaShares::unshare`] does not unlink a
+//! buffer of whole granules at once: it *parks* the mapping, and the next
+//! [`share`](DmaShares::share) of the same buffer (same address, length and
+//! direction, and the same physical pages, translated again) takes it back
+//! with no map and no sync. Drivers reuse their buffers (a block device's
+//! data buffers, a network device's receive ring), so hot buffers then cost
+//! what a pre-mapped domain costs. Parked mappings are evicted, oldest
+//! first, into the flush queue (as an ordinary deferred unlink) when there
+//! are more than the queue's `max_entries` of them or `max_bytes` bytes, when
+//! one is `max_age` old (checked whenever a mapping parks, and by
+//! [`DmaShares::flush_expired`], which a timer may call), and when the table
+//! needs room. [`DmaShares::flush_deferred`] evicts them all and flushes the
+//! queue: afterwards the device reaches no unshared buffer. Shares with a
+//! bounced part never park (the bounce memory goes back, which must not wait
+//! for a flush). [`ShareCounters::reused`] counts the shares that took a
+//! parked mapping, [`DmaShares::parked`] how many wait.
 //!
 //! What a virtio-blk read costs (header 16 bytes `DriverToDevice`, data
 //! `DeviceToDriver` page aligned, status 1 byte `DeviceToDriver`; from the

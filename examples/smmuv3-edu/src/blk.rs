@@ -499,8 +499,9 @@ pub fn run(
 
 /// The stale-buffer probe: B's old IOVA must be blocked, with a fault record.
 /// The stale-buffer probe under deferred invalidation: the unshared buffer's
-/// unlink waits in the flush queue (its IOVA with it); once the queue is
-/// flushed, B's old IOVA must be blocked exactly as under the strict policy.
+/// mapping is kept by the table or its unlink waits in the flush queue (its
+/// IOVA with it); once the table has evicted and flushed, B's old IOVA must
+/// be blocked exactly as under the strict policy.
 fn deferred_probe(
     function: &VirtioFunction,
     scratch: &mut [u8],

@@ -454,8 +454,9 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     drop(dev);
     drop(transport);
     if scenario == Scenario::Blk {
-        // Deferred invalidation: B's UNMAP waits in the flush queue; once
-        // it is flushed, B's old IOVA must be blocked as under strict.
+        // Deferred invalidation: B's mapping is kept by the table or its
+        // UNMAP waits in the flush queue; once the table has evicted and
+        // flushed, B's old IOVA must be blocked as under strict.
         let shares = tables.select(Policy::Deferred);
         let pci = blk_io::pci::pci_transport::<H>(&blk)?;
         let transport =
