@@ -28,7 +28,7 @@
 use core::fmt;
 
 use crate::addr::{Iova, IovaRange, PhysAddr, align_up, checked_end};
-use crate::cache::{CacheMaintenance, Coherent};
+use crate::cache::CacheMaintenance;
 use crate::domain::IommuDomain;
 use crate::error::Error;
 use crate::flush_queue::FlushQueue;
@@ -122,7 +122,9 @@ pub struct DmaMapper<'a, D: IommuDomain + ?Sized> {
     domain: &'a D,
     iovas: &'a IovaAllocator<'a>,
     cpu: &'a (dyn CurrentCpu + Sync),
-    cache: &'a dyn CacheMaintenance,
+    /// `None` for coherent devices (asked once, in `with_cache`): the
+    /// per-share syncs then cost no call.
+    cache: Option<&'a dyn CacheMaintenance>,
     queue: Option<&'a FlushQueue<'a>>,
 }
 
@@ -141,8 +143,6 @@ impl<D: IommuDomain + ?Sized> fmt::Debug for DmaMapper<'_, D> {
     }
 }
 
-static COHERENT: Coherent = Coherent;
-
 impl<'a, D: IommuDomain + ?Sized> DmaMapper<'a, D> {
     /// A mapper for coherent devices. The allocator's granule must be a
     /// multiple of the domain's ([`Error::Misaligned`] otherwise).
@@ -159,14 +159,18 @@ impl<'a, D: IommuDomain + ?Sized> DmaMapper<'a, D> {
             domain,
             iovas,
             cpu,
-            cache: &COHERENT,
+            cache: None,
             queue: None,
         })
     }
 
-    /// The same mapper for devices that need cache maintenance.
+    /// The same mapper for devices that need cache maintenance (whether
+    /// they do is read once, here: [`CacheMaintenance::is_coherent`]).
     pub fn with_cache(self, cache: &'a dyn CacheMaintenance) -> Self {
-        Self { cache, ..self }
+        Self {
+            cache: (!cache.is_coherent()).then_some(cache),
+            ..self
+        }
     }
 
     /// The same mapper with deferred invalidation: states' unlinks wait in
@@ -524,8 +528,8 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
             self.links.remove(idx, idx + 1);
             return Err(e);
         }
-        if !self.mapper.cache.is_coherent() {
-            self.mapper.cache.clean(pa, len);
+        if let Some(cache) = self.mapper.cache {
+            cache.clean(pa, len);
             self.cleans_pending = true;
         }
         Ok(())
@@ -539,8 +543,8 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
     /// flushes the mapper's queue only if one of its limits is reached (see
     /// [`crate::flush_queue`]).
     pub fn sync(&mut self) -> Result<(), Error> {
-        if self.cleans_pending {
-            self.mapper.cache.complete();
+        if let (true, Some(cache)) = (self.cleans_pending, self.mapper.cache) {
+            cache.complete();
             self.cleans_pending = false;
         }
         if !self.pending.is_empty() {
@@ -647,10 +651,9 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
     /// Needed only for non-coherent devices (a no-op otherwise); all invalidates
     /// are issued, then one wait.
     pub fn sync_for_cpu(&self, offset: u64, len: u64) {
-        let cache = self.mapper.cache;
-        if cache.is_coherent() {
+        let Some(cache) = self.mapper.cache else {
             return;
-        }
+        };
         let end = offset.saturating_add(len);
         for l in self.links.links() {
             let from = l.offset.max(offset);
@@ -668,10 +671,9 @@ impl<'a, D: IommuDomain + ?Sized, S: LinkStore> IovaState<'a, D, S> {
     /// pool mapped once), where no [`link`](Self::link) cleans it. Needed only
     /// for non-coherent devices (a no-op otherwise).
     pub fn sync_for_device(&self, offset: u64, len: u64) {
-        let cache = self.mapper.cache;
-        if cache.is_coherent() {
+        let Some(cache) = self.mapper.cache else {
             return;
-        }
+        };
         let end = offset.saturating_add(len);
         for l in self.links.links() {
             let from = l.offset.max(offset);

@@ -140,7 +140,11 @@ struct Counters {
 }
 
 fn bump(c: &AtomicU64, by: u64) {
-    c.fetch_add(by, Ordering::Relaxed);
+    // Skipping zero saves a read-modify-write (several per share), which
+    // costs most where the CPU is emulated.
+    if by != 0 {
+        c.fetch_add(by, Ordering::Relaxed);
+    }
 }
 
 /// A bounce page standing in for a partial granule of a shared buffer.
