@@ -13,6 +13,7 @@ mod fuzz;
 mod prereq;
 mod qemu;
 mod systests;
+mod trace;
 mod util;
 
 use std::io::{self, Write};
@@ -565,11 +566,14 @@ fn run_system_test(
         Err(e) => return Err((format!("building {}: {e}", test.example), None)),
     }
     disk::prepare(test).map_err(|e| (e, None))?;
+    trace::prepare(test).map_err(|e| (e, None))?;
     println!("  $ {}", util::command_line(&program, &args));
     flush();
     let outcome = qemu::run(&program, &args, log, timeout).map_err(|e| (e.to_string(), None))?;
-    // The disk image is checked even if the guest failed; both reasons are kept.
+    // The disk image and the trace are checked even if the guest failed;
+    // every reason is kept.
     let verdict = disk::combine(qemu::judge(test, &outcome), disk::verify(test));
+    let verdict = join_checks(verdict, trace::verify(test, &outcome.serial));
     let detail = format!(
         "; exit status {}; serial log {}",
         test.arch.explain_status(outcome.status),
@@ -579,6 +583,21 @@ fn run_system_test(
         Ok(Some(disk)) => Ok(format!("{detail}; {disk}")),
         Ok(None) => Ok(detail),
         Err(why) => Err((format!("{why}{detail}"), Some(outcome.log))),
+    }
+}
+
+/// Two checks' verdicts: both summaries if both passed, else every reason.
+fn join_checks(
+    a: Result<Option<String>, String>,
+    b: Result<Option<String>, String>,
+) -> Result<Option<String>, String> {
+    match (a, b) {
+        (Ok(x), Ok(y)) => Ok(match (x, y) {
+            (Some(x), Some(y)) => Some(format!("{x}; {y}")),
+            (x, y) => x.or(y),
+        }),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(x), Err(y)) => Err(format!("{x}; {y}")),
     }
 }
 

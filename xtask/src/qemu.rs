@@ -88,6 +88,7 @@ pub fn command(test: &SystemTest) -> Result<(String, Vec<String>), String> {
         .collect();
     // A row that asks for a disk gets its image path (see `disk`).
     args.extend(crate::disk::substitute(test, test.qemu_args));
+    args.extend(crate::trace::args(test));
     args.push("-kernel".into());
     args.push(example_elf(test.example, test.arch).display().to_string());
     args.extend(extra_args()?);

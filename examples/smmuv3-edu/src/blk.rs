@@ -492,6 +492,12 @@ pub fn run(
     if smmu.global_errors()? != 0 {
         return Err(Error::Check("global errors pending", 0));
     }
+    // Totals since boot, for xtask to hold against QEMU's trace.
+    println!("{NAME}: trace-count: cmd_sync={}", c.commands.sync);
+    println!(
+        "{NAME}: trace-count: cmd_tlbi_nh_va={}",
+        c.commands.tlbi_nh_va
+    );
     println!("{NAME}: scenario `{}` passed", scenario.name());
     demo!("result", "OK");
     Ok(())

@@ -544,6 +544,10 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         "frames freed that were not allocated",
         stats.bad_frees,
     )?;
+    // Totals since boot, for xtask to hold against QEMU's trace.
+    let c = iommu.counters();
+    println!("{NAME}: trace-count: map={}", c.map);
+    println!("{NAME}: trace-count: unmap={}", c.unmap);
     println!("{NAME}: scenario `{}` passed", scenario.name());
     demo!("result", "OK");
     Ok(())

@@ -552,6 +552,13 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     if bad != 0 {
         return Err(Error::Check("frames freed that were not allocated", bad));
     }
+    // Totals since boot, for xtask to hold against QEMU's trace.
+    println!(
+        "{NAME}: trace-count: wait_descriptors={}",
+        c.wait_descriptors
+    );
+    println!("{NAME}: trace-count: iotlb_page={}", c.iotlb_page);
+    println!("{NAME}: trace-count: iotlb_domain={}", c.iotlb_domain);
     println!("{NAME}: scenario `{label}` passed");
     demo!("result", "OK");
     Ok(())
