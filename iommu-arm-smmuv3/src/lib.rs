@@ -22,7 +22,7 @@
 //! - [`cache`]: cache maintenance for non-coherent SMMUs;
 //! - [`dt`]: StreamIDs from a PCI host's `iommu-map` device-tree property;
 //!   [`iort`]: SMMUv3 bases and StreamIDs from the ACPI IORT;
-//! - [`fake`] (feature `fakes`): a fake SMMUv3 behind [`Mmio`] for host tests.
+//! - `fake` (feature `fakes`): a fake SMMUv3 behind [`Mmio`] for host tests.
 //!
 //! # Use
 //!
@@ -73,7 +73,7 @@
 //!
 //! # Features
 //!
-//! - `fakes`: the [`fake`] SMMU (implies `std`);
+//! - `fakes`: the `fake` SMMU (implies `std`);
 //! - `log`, `defmt`: warnings for conditions a caller cannot see in a return
 //!   value (refused commands, lost events, a GBPA that does not abort).
 //!

@@ -24,7 +24,7 @@
 //! - [`fault`]: typed fault records.
 //! - [`reserved`]: identity maps for the DMAR's reserved memory regions.
 //! - [`counters`]: what the driver did.
-//! - [`fake`] (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
+//! - `fake` (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
 //!
 //! What the driver adapts to: SAGAW (3-, 4- or 5-level tables), MGAW, the
 //! number of domain IDs, the fault recording registers' number and place,

@@ -4,7 +4,7 @@
 //! link must stay unlinkable on its own), or as one link of contiguous memory
 //! (one MAP).
 //!
-//! `cargo bench -p iommu-virtio --features fake --bench batch`
+//! `cargo bench -p iommu-virtio --features fakes --bench batch`
 //!
 //! The time includes the fake device's thread handling every request (a
 //! mutex, a condition variable and the ring walk), so it measures the

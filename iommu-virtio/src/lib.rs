@@ -40,7 +40,7 @@
 //! # End to end
 //!
 //! ```
-//! # #[cfg(feature = "fake")] {
+//! # #[cfg(feature = "fakes")] {
 //! use iommu_virtio::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal};
 //! use iommu_virtio::{DriverConfig, VirtioDomain, VirtioIommu};
 //! use iova_core::iova_alloc::IovaAllocatorConfig;
@@ -122,7 +122,7 @@ mod dma;
 pub mod domain;
 pub mod driver;
 pub mod error;
-#[cfg(any(test, feature = "fake"))]
+#[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod fault;
 pub mod features;

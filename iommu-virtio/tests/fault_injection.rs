@@ -5,7 +5,7 @@
 //! with the driver usable (or `Broken`) afterwards. `TESTING.md` section 2
 //! names these tests.
 
-#![cfg(feature = "fake")]
+#![cfg(feature = "fakes")]
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! `dma_iova_sync` / `dma_iova_unlink` / `dma_iova_destroy` / `dma_iova_free`,
 //! with these differences:
 //!
-//! - [`DmaMapper::try_alloc`] takes a size and an explicit alignment (2 MiB or
+//! - [`DmaMapper::try_alloc_with`] (and `try_alloc`, feature `alloc`) takes a size and an explicit alignment (2 MiB or
 //!   1 GiB alignment lets the engine use blocks), not a physical address.
 //! - The state ([`IovaState`]) remembers every link: overlapping links,
 //!   unlinking what was never linked (or half a link), and freeing while linked

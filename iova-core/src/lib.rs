@@ -16,7 +16,7 @@
 //! - [`flush_queue`]: deferred invalidation (opt-in): unlinks wait in a
 //!   [`FlushQueue`] bounded by entries, bytes and age, and one flush covers
 //!   them all, with the exposure window stated;
-//! - [`fakes`] (feature `fakes`): an in-memory IOMMU with its own IOTLB, for
+//! - `fakes` (feature `fakes`): an in-memory IOMMU with its own IOTLB, for
 //!   tests;
 //! - `guarantees` (documented with the `fakes` feature): the misuse the types
 //!   rule out, as compile-fail examples.
@@ -58,7 +58,7 @@
 //!
 //! - `alloc`: heap-backed storage for the IOVA allocator and link lists.
 //! - `std`: implies `alloc`.
-//! - `fakes`: the in-memory IOMMU of [`fakes`] (implies `std`).
+//! - `fakes`: the in-memory IOMMU of `fakes` (implies `std`).
 //! - `log`, `defmt`: logging and `defmt::Format` for the public types.
 //!
 //! # Dependencies

@@ -45,6 +45,8 @@ USAGE:
     host-tests                    cargo test --workspace --all-features
     clippy                        cargo clippy --workspace --all-targets --all-features -- -D warnings
     fmt, fmt-examples             cargo fmt --all -- --check (root workspace, examples/)
+    doc, doc-all-features         cargo doc --no-deps, rustdoc warnings denied
+    package                       cargo package --workspace --exclude xtask
     build-iova-core-<arch>        cargo build -p iova-core --no-default-features --target <arch>-unknown-none
     build-<example>-<arch>        every example for each of its targets
     clippy-examples-<arch>        clippy -D warnings on examples/ for each target
@@ -186,6 +188,34 @@ fn all_steps() -> Vec<Step> {
             ],
         ),
     ];
+    // The API docs build without a broken link, with the default features
+    // (what docs.rs shows) and with all of them.
+    for (name, features) in [("doc", None), ("doc-all-features", Some("--all-features"))] {
+        let mut args = strings(&["doc", "--no-deps", "--workspace", "--exclude", "xtask"]);
+        args.extend(features.map(str::to_string));
+        steps.push(Step {
+            name: name.to_string(),
+            kind: Kind::Cargo {
+                dir: root.clone(),
+                args,
+                env: vec![("RUSTDOCFLAGS", "-D warnings".to_string())],
+                concurrent: false,
+            },
+        });
+    }
+    // Every library crate packages and builds from its package, in
+    // dependency order (`--workspace` resolves the crates' dependencies on
+    // each other to the packages just made).
+    steps.push(cargo(
+        "package",
+        &[
+            "package",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--allow-dirty",
+        ],
+    ));
     for arch in Arch::ALL {
         steps.push(cargo(
             &format!("build-iova-core-{}", arch.name()),
