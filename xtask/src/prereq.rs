@@ -22,8 +22,73 @@ use crate::util::capture;
 
 /// QEMU's minimum version (major, minor).
 pub const MIN_QEMU: (u32, u32) = (10, 0);
-const BACKPORTS_LINE: &str = "deb http://deb.debian.org/debian bookworm-backports main";
 const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/backports.list";
+/// Where apt's sources live: the one-line list and the directory of `.list`
+/// and deb822 `.sources` files.
+const SOURCES_LIST: &str = "/etc/apt/sources.list";
+const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
+
+/// The archive URI of the machine's own `bookworm` entry (one-line or
+/// deb822 format), so that backports come from the same mirror.
+fn bookworm_archive(texts: &[String]) -> Option<String> {
+    for text in texts {
+        // One-line format: `deb [options] URI suite components...`.
+        for line in text.lines().map(str::trim) {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("deb") {
+                continue;
+            }
+            let mut rest: Vec<&str> = words.collect();
+            if rest.first().is_some_and(|w| w.starts_with('[')) {
+                let end = rest.iter().position(|w| w.ends_with(']')).unwrap_or(0);
+                rest.drain(..=end);
+            }
+            if let [uri, "bookworm", ..] = rest.as_slice() {
+                return Some(uri.to_string());
+            }
+        }
+        // deb822: stanzas of `Key: value` lines separated by blank lines.
+        for stanza in text.split("\n\n") {
+            let field = |key: &str| {
+                stanza.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    (k.trim().eq_ignore_ascii_case(key)).then(|| v.trim().to_string())
+                })
+            };
+            let is_deb = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+            let bookworm =
+                field("Suites").is_some_and(|s| s.split_whitespace().any(|s| s == "bookworm"));
+            if is_deb && bookworm {
+                if let Some(uri) =
+                    field("URIs").and_then(|u| u.split_whitespace().next().map(str::to_string))
+                {
+                    return Some(uri);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The backports line for this machine's mirror.
+fn backports_line() -> Result<String, String> {
+    let mut texts: Vec<String> = fs::read_to_string(SOURCES_LIST).into_iter().collect();
+    if let Ok(dir) = fs::read_dir(SOURCES_DIR) {
+        let mut paths: Vec<_> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources"))
+            .collect();
+        paths.sort();
+        texts.extend(paths.iter().filter_map(|p| fs::read_to_string(p).ok()));
+    }
+    bookworm_archive(&texts)
+        .map(|uri| format!("deb {uri} bookworm-backports main"))
+        .ok_or_else(|| {
+            format!(
+                "no `bookworm` entry in {SOURCES_LIST} or {SOURCES_DIR} to take the archive from"
+            )
+        })
+}
 const TARGETS: [&str; 2] = ["aarch64-unknown-none", "x86_64-unknown-none"];
 /// Miri exists only on nightly toolchains: `cargo +nightly miri ...`.
 pub const MIRI_TOOLCHAIN_ARG: &str = "+nightly";
@@ -261,7 +326,7 @@ fn is_debian_bookworm() -> bool {
 fn install_instructions() -> String {
     format!(
         "install QEMU >= {}.{} (qemu-system-aarch64 and qemu-system-x86_64). On Debian bookworm, as root:\n\
-         \x20   echo '{BACKPORTS_LINE}' > {BACKPORTS_FILE}\n\
+         \x20   echo 'deb <your bookworm archive URI> bookworm-backports main' > {BACKPORTS_FILE}\n\
          \x20   apt-get update\n\
          \x20   DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports --no-install-recommends qemu-system-arm qemu-system-x86 qemu-utils\n\
          (plain bookworm only has QEMU 7.2; qemu-utils holds qemu-img, which the virtio-blk tests use). Elsewhere install QEMU {}.{} or newer from your distribution, \
@@ -275,14 +340,15 @@ fn apt_install_backports() -> Result<(), String> {
         "xtask: installing QEMU {}.x from bookworm-backports (qemu-system-arm, qemu-system-x86, qemu-utils)",
         MIN_QEMU.0
     );
+    let line = backports_line()?;
     let current = fs::read_to_string(BACKPORTS_FILE).unwrap_or_default();
-    if !current.lines().any(|l| l.trim() == BACKPORTS_LINE) {
-        println!("xtask: adding `{BACKPORTS_LINE}` to {BACKPORTS_FILE}");
+    if !current.lines().any(|l| l.trim() == line) {
+        println!("xtask: adding `{line}` to {BACKPORTS_FILE}");
         let mut text = current;
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
-        text.push_str(BACKPORTS_LINE);
+        text.push_str(&line);
         text.push('\n');
         fs::write(BACKPORTS_FILE, text)
             .map_err(|e| format!("cannot write {BACKPORTS_FILE}: {e}"))?;
@@ -360,7 +426,7 @@ fn qemu_img_version(binary: &str) -> Result<String, String> {
 fn qemu_img_instructions() -> String {
     format!(
         "install qemu-img (the virtio-blk system tests make their disk images with it). On Debian bookworm, as root:\n\
-         \x20   echo '{BACKPORTS_LINE}' > {BACKPORTS_FILE}\n\
+         \x20   echo 'deb <your bookworm archive URI> bookworm-backports main' > {BACKPORTS_FILE}\n\
          \x20   apt-get update\n\
          \x20   DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports --no-install-recommends qemu-utils\n\
          Elsewhere install your distribution's qemu-img (Debian/Ubuntu: qemu-utils; Fedora: qemu-img), \
@@ -413,6 +479,24 @@ pub fn ensure(needs: &Needs) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backports_archive_is_the_machines_own() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n".to_string();
+        assert_eq!(
+            bookworm_archive(&[deb822]).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let one_line =
+            "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/d bookworm main\n"
+                .to_string();
+        assert_eq!(
+            bookworm_archive(&[one_line]).as_deref(),
+            Some("http://m.example/d")
+        );
+        let others = "deb http://m.example/d bookworm-security main\nTypes: deb-src\nURIs: http://x\nSuites: bookworm\n".to_string();
+        assert_eq!(bookworm_archive(&[others]), None);
+    }
 
     #[test]
     fn parses_qemu_versions() {
