@@ -4,6 +4,7 @@ use core::fmt;
 
 use crate::cmd::CommandErrorKind;
 use crate::features::Unsupported;
+use iova_core::DeviceError;
 
 /// What a bounded wait was waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,30 +95,34 @@ impl From<iova_core::Error> for SmmuError {
 }
 
 impl From<SmmuError> for iova_core::Error {
-    /// Timeouts map to [`iova_core::Error::Timeout`]; command errors to
-    /// `Device(opcode << 8 | CMDQ_CONS.ERR)`; the rest to `Device` codes
-    /// `0x1_0000 +` the variant.
+    /// Timeouts map to [`iova_core::Error::Timeout`], memory and table errors
+    /// to their core equivalents, the rest to the [`DeviceError`] naming the
+    /// same cause.
     fn from(e: SmmuError) -> Self {
+        use iova_core::Error as E;
         match e {
-            SmmuError::Timeout(_) => iova_core::Error::Timeout,
-            SmmuError::NoMemory => iova_core::Error::NoMemory,
+            SmmuError::Timeout(_) => E::Timeout,
+            SmmuError::NoMemory => E::NoMemory,
             SmmuError::Table(t) => t,
-            SmmuError::Command(c) => {
-                iova_core::Error::Device(u32::from(c.opcode) << 8 | u32::from(c.kind.code()))
+            SmmuError::Command(c) => E::Device(DeviceError::CommandRejected {
+                opcode: c.opcode,
+                reason: c.kind.code(),
+            }),
+            SmmuError::Unsupported(_)
+            | SmmuError::StageUnsupported
+            | SmmuError::SubstreamsUnsupported => E::Device(DeviceError::Unsupported),
+            SmmuError::StreamIdOutOfRange(id) | SmmuError::SubstreamIdOutOfRange(id) => {
+                E::Device(DeviceError::IdOutOfRange(id))
             }
-            SmmuError::Unsupported(_) => iova_core::Error::Device(0x1_0001),
-            SmmuError::StreamIdOutOfRange(_) => iova_core::Error::Device(0x1_0002),
-            SmmuError::IdsExhausted => iova_core::Error::Device(0x1_0003),
-            SmmuError::StageUnsupported => iova_core::Error::Device(0x1_0004),
-            SmmuError::BadGeometry => iova_core::Error::Device(0x1_0005),
-            SmmuError::AlreadyEnabled => iova_core::Error::Device(0x1_0006),
-            SmmuError::ServiceFailure => iova_core::Error::Device(0x1_0007),
-            SmmuError::NotAttached(_) => iova_core::Error::Device(0x1_0008),
-            SmmuError::GranuleUnsupported => iova_core::Error::Device(0x1_0009),
-            SmmuError::StreamsFull => iova_core::Error::Device(0x1_000a),
-            SmmuError::SubstreamsUnsupported => iova_core::Error::Device(0x1_000b),
-            SmmuError::SubstreamIdOutOfRange(_) => iova_core::Error::Device(0x1_000c),
-            SmmuError::Busy(_) => iova_core::Error::Device(0x1_000d),
+            SmmuError::IdsExhausted => E::Device(DeviceError::IdsExhausted),
+            SmmuError::BadGeometry | SmmuError::GranuleUnsupported => {
+                E::Device(DeviceError::BadGeometry)
+            }
+            SmmuError::AlreadyEnabled => E::Device(DeviceError::AlreadyEnabled),
+            SmmuError::ServiceFailure => E::Device(DeviceError::ServiceFailure),
+            SmmuError::NotAttached(sid) => E::Device(DeviceError::NotAttached(sid)),
+            SmmuError::Busy(sid) => E::Device(DeviceError::Busy(sid)),
+            SmmuError::StreamsFull => E::Device(DeviceError::DomainFull),
         }
     }
 }

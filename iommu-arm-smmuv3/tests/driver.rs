@@ -16,7 +16,7 @@ use iommu_arm_smmuv3::{
 use iova_core::fakes::{FAKE_PHYS_BASE, FakeFrames};
 use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
 use iova_core::{
-    DmaMapper, Error, FrameAllocator, IommuDomain, IotlbGather, Iova, IovaRange, PhysAddr, Prot,
+    DeviceError, DmaMapper, Error, FrameAllocator, IommuDomain, IotlbGather, Iova, IovaRange, PhysAddr, Prot,
 };
 
 const K4: u64 = 0x1000;
@@ -544,7 +544,13 @@ fn refused_command_is_reported_skipped_and_the_queue_carries_on() {
     fake.refuse_opcode(op::TLBI_NH_VA);
     let mut g = IotlbGather::new();
     d.unmap(Iova(0x1000), K4, &mut g).unwrap();
-    assert_eq!(d.flush(&mut g), Err(Error::Device(0x12 << 8 | 1)));
+    assert_eq!(
+        d.flush(&mut g),
+        Err(Error::Device(DeviceError::CommandRejected {
+            opcode: op::TLBI_NH_VA,
+            reason: 1
+        }))
+    );
     assert!(!g.is_empty(), "a failed flush keeps the gather for a retry");
     std::mem::forget(g);
 }

@@ -15,7 +15,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use iova_core::formats::x86_64::X86_64;
-use iova_core::{CacheMaintenance, FrameAllocator, PhysAddr};
+use iova_core::{CacheMaintenance, DeviceError, FrameAllocator, PhysAddr};
 
 use crate::acpi::dmar::Bdf;
 use crate::caps::Features;
@@ -130,21 +130,43 @@ impl From<FormatError> for VtdError {
     }
 }
 
-/// Error code carried in [`iova_core::Error::Device`] for a queue error.
-pub const DEVICE_ERROR_QUEUE: u32 = 0x1;
-/// Error code carried in [`iova_core::Error::Device`] for a failed register
-/// invalidation.
-pub const DEVICE_ERROR_REGISTER: u32 = 0x2;
+/// [`DeviceError::CommandRejected`] reason for a descriptor the unit
+/// refused (FSTS.IQE).
+pub const REJECTED_BY_QUEUE: u8 = 1;
+/// [`DeviceError::CommandRejected`] reason for a register-based invalidation
+/// that reported failure.
+pub const REJECTED_BY_REGISTER: u8 = 2;
 
 impl From<VtdError> for iova_core::Error {
+    /// Each error maps to the core error naming the same cause.
     fn from(e: VtdError) -> Self {
+        use iova_core::Error as E;
         match e {
-            VtdError::Timeout(_) => Self::Timeout,
-            VtdError::NoMemory => Self::NoMemory,
-            VtdError::FrameUnreachable(_) => Self::TableUnreachable,
-            VtdError::QueueError { .. } => Self::Device(DEVICE_ERROR_QUEUE),
-            VtdError::RegisterInvalidationFailed => Self::Device(DEVICE_ERROR_REGISTER),
-            _ => Self::OutOfRange,
+            VtdError::Timeout(_) => E::Timeout,
+            VtdError::NoMemory => E::NoMemory,
+            VtdError::FrameUnreachable(_) => E::TableUnreachable,
+            VtdError::QueueError { descriptor, .. } => E::Device(DeviceError::CommandRejected {
+                opcode: descriptor.kind() as u8,
+                reason: REJECTED_BY_QUEUE,
+            }),
+            VtdError::RegisterInvalidationFailed => E::Device(DeviceError::CommandRejected {
+                opcode: 0,
+                reason: REJECTED_BY_REGISTER,
+            }),
+            VtdError::BadDomainId(d) => E::Device(DeviceError::IdOutOfRange(u32::from(d))),
+            VtdError::PasidOutOfRange(p) => E::Device(DeviceError::IdOutOfRange(p)),
+            VtdError::NonCoherentWalker => E::Device(DeviceError::NonCoherentWalker),
+            VtdError::NoDmaTranslation
+            | VtdError::NoDomains
+            | VtdError::PassThroughUnsupported
+            | VtdError::ScalableUnsupported
+            | VtdError::PasidUnsupported
+            | VtdError::FirstLevelUnsupported
+            | VtdError::SecondLevelUnsupported => E::Device(DeviceError::Unsupported),
+            VtdError::RegistersTooSmall { .. }
+            | VtdError::BadAddressWidth(_)
+            | VtdError::Format(_)
+            | VtdError::LevelsUnsupported(_) => E::Device(DeviceError::BadGeometry),
         }
     }
 }

@@ -21,9 +21,9 @@
 //!   first (a flush in the middle) and go on; when the queue is smaller than
 //!   the batch, `run` sends it in queue-sized parts.
 //! - **Retry.** A request the device rejects stays queued, and `flush`
-//!   returns the first rejection ([`Error::Device`] with the status, see
-//!   [`crate::error::device_code`]); the next flush sends it again. An unmap
-//!   of a mapping whose MAP has not succeeded yet simply drops that MAP.
+//!   returns the first rejection ([`iova_core::DeviceError::RequestFailed`]
+//!   with the status); the next flush sends it again. An unmap of a mapping
+//!   whose MAP has not succeeded yet simply drops that MAP.
 
 use iova_core::{Error, IommuDomain, IotlbGather, Iova, PhysAddr, Prot};
 use virtio_drivers::Hal;

@@ -225,29 +225,12 @@ impl fmt::Display for VirtioIommuError {
 
 impl core::error::Error for VirtioIommuError {}
 
-/// Codes carried by [`iova_core::Error::Device`] for errors that have no
-/// closer core equivalent: `0x7600_0000 | status` for a device status,
-/// `0x7601_0000 | n` for the driver-side conditions.
-pub mod device_code {
-    /// Base of device status codes.
-    pub const STATUS: u32 = 0x7600_0000;
-    /// A reply shorter than its tail.
-    pub const SHORT_REPLY: u32 = 0x7601_0001;
-    /// An unknown buffer on the used ring.
-    pub const BAD_USED: u32 = 0x7601_0002;
-    /// The device is unusable after an earlier failure.
-    pub const BROKEN: u32 = 0x7601_0003;
-    /// A feature was not negotiated.
-    pub const NOT_NEGOTIATED: u32 = 0x7601_0004;
-    /// Another driver-side failure.
-    pub const OTHER: u32 = 0x7601_00ff;
-}
-
 impl From<VirtioIommuError> for iova_core::Error {
+    /// Each error maps to the core error naming the same cause.
     fn from(e: VirtioIommuError) -> Self {
-        use iova_core::Error as E;
+        use iova_core::{DeviceError as D, Error as E};
         match e {
-            VirtioIommuError::Timeout => E::Timeout,
+            VirtioIommuError::Timeout | VirtioIommuError::ResetTimeout => E::Timeout,
             VirtioIommuError::AlreadyMapped => E::AlreadyMapped,
             VirtioIommuError::NotMapped => E::NotMapped,
             VirtioIommuError::SplitsMapping => E::PartialUnmap,
@@ -255,17 +238,21 @@ impl From<VirtioIommuError> for iova_core::Error {
             VirtioIommuError::OutOfRange => E::OutOfRange,
             VirtioIommuError::NoDmaMemory => E::NoMemory,
             VirtioIommuError::InvalidArgument(_) => E::Misaligned,
-            VirtioIommuError::NotNegotiated(_) => E::InvalidProt,
-            VirtioIommuError::Request { status, .. } => {
-                E::Device(device_code::STATUS | u32::from(status.code()))
+            VirtioIommuError::Request { status, .. } => E::Device(D::RequestFailed {
+                status: status.code(),
+            }),
+            VirtioIommuError::UnknownStatus { .. }
+            | VirtioIommuError::ShortReply { .. }
+            | VirtioIommuError::BadUsedEntry(_)
+            | VirtioIommuError::BadProbe(_) => E::Device(D::ProtocolViolation),
+            VirtioIommuError::Broken | VirtioIommuError::DeviceFailed(_) => E::Device(D::Broken),
+            VirtioIommuError::NotAnIommu(_)
+            | VirtioIommuError::MissingFeatures(_)
+            | VirtioIommuError::FeaturesRejected
+            | VirtioIommuError::NotNegotiated(_) => E::Device(D::Unsupported),
+            VirtioIommuError::BadConfig(_) | VirtioIommuError::Queue(_) => {
+                E::Device(D::BadGeometry)
             }
-            VirtioIommuError::UnknownStatus { code, .. } => {
-                E::Device(device_code::STATUS | u32::from(code))
-            }
-            VirtioIommuError::ShortReply { .. } => E::Device(device_code::SHORT_REPLY),
-            VirtioIommuError::BadUsedEntry(_) => E::Device(device_code::BAD_USED),
-            VirtioIommuError::Broken => E::Device(device_code::BROKEN),
-            _ => E::Device(device_code::OTHER),
         }
     }
 }
@@ -315,7 +302,10 @@ mod tests {
             })
         );
         let core: iova_core::Error = Status::NoEnt.result(RequestKind::Map).unwrap_err().into();
-        assert_eq!(core, iova_core::Error::Device(device_code::STATUS | 6));
+        assert_eq!(
+            core,
+            iova_core::Error::Device(iova_core::DeviceError::RequestFailed { status: 6 })
+        );
         assert_eq!(
             iova_core::Error::from(VirtioIommuError::Timeout),
             iova_core::Error::Timeout

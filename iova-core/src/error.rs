@@ -44,10 +44,99 @@ pub enum Error {
     StorageFull,
     /// The IOVA allocator could not satisfy the request.
     Iova(IovaAllocError),
-    /// The hardware did not complete in time (bounded poll expired).
+    /// The hardware did not complete in time (bounded poll expired). The
+    /// backend's own error names what it was waiting for.
     Timeout,
-    /// The hardware or hypervisor reported an error; the code is backend-specific.
-    Device(u32),
+    /// The hardware, or the hypervisor behind a paravirtual IOMMU, refused or
+    /// failed the operation, for the cause named.
+    Device(DeviceError),
+}
+
+/// Why an IOMMU (or the hypervisor behind a paravirtual one) refused or failed
+/// an operation, in terms every backend shares. Each backend's error type maps
+/// onto it without losing the cause; the backend's own error, returned by its
+/// direct API, carries the full detail (the refused command, the register).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The IOMMU refused a command or invalidation descriptor: its opcode and
+    /// the hardware's reason code (SMMUv3 CMDQ_CONS.ERR, VT-d 1 for an
+    /// invalidation queue error, 2 for a failed register-based invalidation).
+    CommandRejected {
+        /// The command's opcode (descriptor type on VT-d).
+        opcode: u8,
+        /// The hardware's reason code.
+        reason: u8,
+    },
+    /// A paravirtual IOMMU answered a request with an error status (the status
+    /// byte as the device wrote it: for virtio-iommu, `VIRTIO_IOMMU_S_*`).
+    RequestFailed {
+        /// The status byte.
+        status: u8,
+    },
+    /// The device broke its protocol (a reply shorter than its status, a
+    /// buffer it was never given, an undefined status); the driver has stopped
+    /// using it.
+    ProtocolViolation,
+    /// An earlier timeout or protocol violation made the device unusable.
+    Broken,
+    /// The hardware lacks a feature the operation needs, or the feature was
+    /// not negotiated.
+    Unsupported,
+    /// The IOMMU's table walks do not snoop CPU caches and no cache
+    /// maintenance was given to clean them.
+    NonCoherentWalker,
+    /// An ID (StreamID, SubstreamID, domain ID, PASID, endpoint ID) beyond
+    /// what the hardware offers.
+    IdOutOfRange(u32),
+    /// No ASID, VMID or domain ID left.
+    IdsExhausted,
+    /// The endpoint (the ID given) is not attached to this domain.
+    NotAttached(u32),
+    /// The endpoint (the ID given) is in use in a way the operation would
+    /// silently change.
+    Busy(u32),
+    /// The domain is attached to as many endpoints as it can track.
+    DomainFull,
+    /// The IOMMU stopped on a global error.
+    ServiceFailure,
+    /// The IOMMU was enabled by someone else, with tables we did not write,
+    /// and could not be taken over.
+    AlreadyEnabled,
+    /// An address size, granule or table depth the hardware cannot walk.
+    BadGeometry,
+}
+
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CommandRejected { opcode, reason } => {
+                write!(f, "command {opcode:#04x} refused (reason {reason:#x})")
+            }
+            Self::RequestFailed { status } => write!(f, "request failed with status {status}"),
+            Self::ProtocolViolation => f.write_str("device broke its protocol"),
+            Self::Broken => f.write_str("device unusable after an earlier failure"),
+            Self::Unsupported => f.write_str("feature not offered by the hardware"),
+            Self::NonCoherentWalker => {
+                f.write_str("table walks do not snoop caches and no cache maintenance was given")
+            }
+            Self::IdOutOfRange(id) => write!(f, "ID {id:#x} beyond the hardware's range"),
+            Self::IdsExhausted => f.write_str("no ASID, VMID or domain ID left"),
+            Self::NotAttached(id) => write!(f, "endpoint {id:#x} not attached to this domain"),
+            Self::Busy(id) => write!(f, "endpoint {id:#x} busy"),
+            Self::DomainFull => f.write_str("domain holds as many endpoints as it can track"),
+            Self::ServiceFailure => f.write_str("IOMMU stopped on a global error"),
+            Self::AlreadyEnabled => f.write_str("IOMMU enabled by someone else"),
+            Self::BadGeometry => f.write_str("address size or granule the hardware cannot walk"),
+        }
+    }
+}
+
+impl From<DeviceError> for Error {
+    fn from(e: DeviceError) -> Self {
+        Error::Device(e)
+    }
 }
 
 impl From<Overflow> for Error {
@@ -80,7 +169,7 @@ impl fmt::Display for Error {
             Error::StorageFull => f.write_str("bookkeeping storage full"),
             Error::Iova(e) => write!(f, "IOVA allocation failed: {e:?}"),
             Error::Timeout => f.write_str("hardware timed out"),
-            Error::Device(c) => write!(f, "device error {c:#x}"),
+            Error::Device(e) => write!(f, "device error: {e}"),
         }
     }
 }

@@ -107,7 +107,7 @@ pub use addr::{Iova, IovaRange, Overflow, PhysAddr};
 pub use cache::{CacheMaintenance, Coherent};
 pub use dma::{DmaMapper, IovaState, Link, LinkStore, Mapping, Returned};
 pub use domain::{IommuDomain, IotlbInvalidate, PageTableDomain};
-pub use error::Error;
+pub use error::{DeviceError, Error};
 pub use flush_queue::{DeferLimits, FlushQueue};
 pub use frame::FrameAllocator;
 pub use gather::IotlbGather;
