@@ -16,7 +16,8 @@ use iommu_arm_smmuv3::{
 use iova_core::fakes::{FAKE_PHYS_BASE, FakeFrames};
 use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
 use iova_core::{
-    DeviceError, DmaMapper, Error, FrameAllocator, IommuDomain, IotlbGather, Iova, IovaRange, PhysAddr, Prot,
+    DeviceError, DmaMapper, Error, FrameAllocator, IommuDomain, IotlbGather, Iova, IovaRange,
+    PhysAddr, Prot,
 };
 
 const K4: u64 = 0x1000;

@@ -249,7 +249,10 @@ fn a_rejected_request_stays_queued_and_the_flush_can_be_retried() {
         .unwrap();
     // Not attached yet: the device does not know domain 5.
     let e = d.flush(&mut g).unwrap_err();
-    assert_eq!(e, Error::Device(iova_core::DeviceError::RequestFailed { status: 6 }));
+    assert_eq!(
+        e,
+        Error::Device(iova_core::DeviceError::RequestFailed { status: 6 })
+    );
     assert!(!g.is_empty(), "the gather is kept for the retry");
     assert_eq!(d.pending(), 1);
     d.attach(EP).unwrap();
@@ -591,7 +594,10 @@ fn random_sequences_keep_the_device_in_step_with_the_caller() {
                             ..Default::default()
                         });
                         let e = d.flush(&mut g).unwrap_err();
-                        assert_eq!(e, Error::Device(iova_core::DeviceError::RequestFailed { status: 8 }));
+                        assert_eq!(
+                            e,
+                            Error::Device(iova_core::DeviceError::RequestFailed { status: 8 })
+                        );
                         fake.misbehave(Misbehave::default());
                         rejected += 1;
                     }
