@@ -16,6 +16,9 @@
 //! - [`flush_queue`]: deferred invalidation (opt-in): unlinks wait in a
 //!   [`FlushQueue`] bounded by entries, bytes and age, and one flush covers
 //!   them all, with the exposure window stated;
+//! - [`hw`]: what the backends share on the hardware side: register access
+//!   with one out-of-range policy, bounded waits, counters (and the
+//!   [`warn_event!`] logging macro);
 //! - `fakes` (feature `fakes`): an in-memory IOMMU with its own IOTLB, for
 //!   tests;
 //! - `guarantees` (documented with the `fakes` feature): the misuse the types
@@ -72,18 +75,29 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
-/// Reports a condition the caller cannot see in a return value, through the
-/// optional `log` and `defmt` features (nothing when both are off).
+/// Reports a condition the caller cannot see in a return value (a fault
+/// drained, an error a `Drop` cannot return) through the optional `log` and
+/// `defmt` features; nothing when both are off.
+///
+/// Shared by the backends: it expands in the calling crate and tests *that*
+/// crate's `log` and `defmt` features, so a crate using it declares both
+/// (forwarding them to iova-core's) and depends on `log` and `defmt` under
+/// those names. The arguments are evaluated (borrowed) either way, so a
+/// build without logging has no unused-variable warnings.
+///
+/// ```ignore
+/// iova_core::warn_event!("stream {:#x}: event {:#x} dropped", sid, code);
+/// ```
+#[macro_export]
 macro_rules! warn_event {
     ($fmt:literal $(, $arg:expr)* $(,)?) => {{
         #[cfg(feature = "log")]
-        log::warn!($fmt $(, $arg)*);
+        ::log::warn!($fmt $(, $arg)*);
         #[cfg(feature = "defmt")]
-        defmt::warn!($fmt $(, $arg)*);
+        ::defmt::warn!($fmt $(, $arg)*);
         $(let _ = &$arg;)*
     }};
 }
-pub(crate) use warn_event;
 
 pub mod addr;
 pub mod cache;
@@ -96,6 +110,7 @@ pub mod flush_queue;
 pub mod formats;
 pub mod frame;
 pub mod gather;
+pub mod hw;
 // Its examples run against the fakes.
 #[cfg(feature = "fakes")]
 pub mod guarantees;
