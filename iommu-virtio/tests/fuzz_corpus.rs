@@ -1,37 +1,18 @@
-//! The `virtio_reply` fuzz corpora replayed as regression tests: every
-//! hand-built seed in `fuzz/seeds/virtio_reply/` and every input the fuzzer
-//! kept in `fuzz/corpus/virtio_reply/` runs through the same checks as the
-//! fuzz target (`fuzz_check`) on every `cargo test`.
+//! The `virtio_reply` fuzz corpus replayed as a regression test (seeds and
+//! kept inputs, see `iova_core::fakes::corpus`), through the same checks as
+//! the fuzz target (`fuzz_check`).
 
 mod fuzz_check;
 
-use std::fs;
-use std::path::PathBuf;
+use std::path::Path;
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let mut inputs = Vec::new();
-    for kind in ["seeds", "corpus"] {
-        let dir = fuzz.join(kind).join(target);
-        let before = inputs.len();
-        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                let data = fs::read(&path).unwrap();
-                inputs.push((path, data));
-            }
-        }
-        assert!(inputs.len() > before, "{}: empty", dir.display());
-    }
-    inputs.sort();
-    inputs
+use iova_core::fakes::corpus::replay;
+
+fn fuzz_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz"))
 }
 
 #[test]
 fn virtio_reply_corpus_decodes_as_the_specification_says() {
-    let step = if cfg!(miri) { 16 } else { 1 };
-    for (path, data) in corpus("virtio_reply").into_iter().step_by(step) {
-        let run = std::panic::catch_unwind(|| fuzz_check::check(&data));
-        assert!(run.is_ok(), "{}", path.display());
-    }
+    replay(fuzz_dir(), "virtio_reply", fuzz_check::check);
 }

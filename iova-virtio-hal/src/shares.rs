@@ -2,8 +2,8 @@
 
 use core::fmt;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, Ordering};
 
+use iova_core::hw::Counter;
 use iova_core::{
     DmaMapper, Error, FrameAllocator, IommuDomain, Iova, IovaRange, IovaState, Link, PhysAddr,
     Prot, Returned,
@@ -123,28 +123,20 @@ pub struct ShareCounters {
 
 #[derive(Default)]
 struct Counters {
-    allocs: AtomicU64,
-    deallocs: AtomicU64,
-    shares: AtomicU64,
-    unshares: AtomicU64,
-    bounced: AtomicU64,
-    bounce_bytes: AtomicU64,
-    pool_shares: AtomicU64,
-    pool_bytes: AtomicU64,
-    pool_bounces: AtomicU64,
-    pool_fallbacks: AtomicU64,
-    reused: AtomicU64,
-    maps: AtomicU64,
-    flushes: AtomicU64,
-    failures: AtomicU64,
-}
-
-fn bump(c: &AtomicU64, by: u64) {
-    // Skipping zero saves a read-modify-write (several per share), which
-    // costs most where the CPU is emulated.
-    if by != 0 {
-        c.fetch_add(by, Ordering::Relaxed);
-    }
+    allocs: Counter,
+    deallocs: Counter,
+    shares: Counter,
+    unshares: Counter,
+    bounced: Counter,
+    bounce_bytes: Counter,
+    pool_shares: Counter,
+    pool_bytes: Counter,
+    pool_bounces: Counter,
+    pool_fallbacks: Counter,
+    reused: Counter,
+    maps: Counter,
+    flushes: Counter,
+    failures: Counter,
 }
 
 /// A bounce page standing in for a partial granule of a shared buffer.
@@ -385,7 +377,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     /// What the table has done so far.
     pub fn counters(&self) -> ShareCounters {
         let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let get = Counter::get;
         ShareCounters {
             allocs: get(&c.allocs),
             deallocs: get(&c.deallocs),
@@ -411,7 +403,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
 
     /// Records `e` for [`take_error`](Self::take_error) and passes it on.
     pub(crate) fn failed<T>(&self, e: ShareError) -> Result<T, ShareError> {
-        bump(&self.counters.failures, 1);
+        self.counters.failures.incr();
         *self.last_error.lock() = Some(e);
         Err(e)
     }
@@ -433,7 +425,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     ) -> Result<(Iova, NonNull<u8>), ShareError> {
         let r = self.try_alloc(pages, direction);
         match r {
-            Ok(_) => bump(&self.counters.allocs, 1),
+            Ok(_) => self.counters.allocs.incr(),
             Err(e) => return self.failed(e),
         }
         r
@@ -510,7 +502,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         };
         match self.teardown(entry) {
             Ok(()) => {
-                bump(&self.counters.deallocs, 1);
+                self.counters.deallocs.incr();
                 Ok(())
             }
             Err(e) => self.failed(e),
@@ -547,15 +539,15 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         match unsafe { self.try_share(buffer, direction) } {
             Ok(s) => {
                 let c = &self.counters;
-                bump(&c.shares, 1);
+                c.shares.incr();
                 if s.pooled {
-                    bump(&c.pool_shares, 1);
-                    bump(&c.pool_bytes, s.copied as u64);
+                    c.pool_shares.incr();
+                    c.pool_bytes.add(s.copied as u64);
                 } else if s.copied > 0 {
-                    bump(&c.bounced, 1);
-                    bump(&c.bounce_bytes, s.copied as u64);
+                    c.bounced.incr();
+                    c.bounce_bytes.add(s.copied as u64);
                 }
-                bump(&c.pool_bounces, s.pool_bounces as u64);
+                c.pool_bounces.add(s.pool_bounces as u64);
                 Ok(s.dev)
             }
             Err(e) => self.failed(e),
@@ -602,7 +594,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                     });
                 }
                 None => {
-                    bump(&self.counters.pool_fallbacks, 1);
+                    self.counters.pool_fallbacks.incr();
                     pool = None;
                 }
             }
@@ -611,7 +603,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         let layout = Layout::of(buf.va, buf.len, g);
         if let (None, Some(middle), None) = (layout.head, layout.middle, layout.tail) {
             if let Some(dev) = self.reuse(middle, direction)? {
-                bump(&self.counters.reused, 1);
+                self.counters.reused.incr();
                 return Ok(Shared {
                     dev,
                     copied: 0,
@@ -725,11 +717,11 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                 // SAFETY: the buffer is writable for `want.len` bytes
                 // (caller) and is not pool memory.
                 unsafe { pool.copy_out(i, 0, buffer.cast::<u8>().as_ptr(), want.len) };
-                bump(&self.counters.pool_bytes, want.len as u64);
+                self.counters.pool_bytes.add(want.len as u64);
             }
             pool.zero(i, 0, want.len);
             pool.release(i);
-            bump(&self.counters.unshares, 1);
+            self.counters.unshares.incr();
             return Ok(());
         }
         let shared = |e: &Entry<'a, D>| {
@@ -741,7 +733,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         // Deferred: the buffer stays reachable until a queue flush anyway;
         // keep its mapping for the buffer's next share.
         if let Some(parked) = self.park(shared, direction) {
-            bump(&self.counters.unshares, 1);
+            self.counters.unshares.incr();
             // An error is an evicted mapping's teardown (kept stuck).
             return parked.or_else(|e| self.failed(e));
         }
@@ -762,13 +754,13 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                 // nothing of a share) and `b.part` lies in the buffer, which
                 // the caller lets us write.
                 unsafe { self.copy_out(buffer, b) };
-                bump(&self.counters.bounce_bytes, b.part.len as u64);
+                self.counters.bounce_bytes.add(b.part.len as u64);
             }
         }
         match torn {
             Ok(()) => {
                 self.free_bounces(&bounces);
-                bump(&self.counters.unshares, 1);
+                self.counters.unshares.incr();
                 Ok(())
             }
             Err(e) => self.failed(e),
@@ -812,11 +804,11 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                 let _ = self.destroy(state);
                 return Err(ShareError::Map(e));
             }
-            bump(&self.counters.maps, 1);
+            self.counters.maps.incr();
             offset += len;
         }
         if state.needs_sync() {
-            bump(&self.counters.flushes, 1);
+            self.counters.flushes.incr();
         }
         if let Err(e) = state.sync() {
             let _ = self.destroy(state);
@@ -834,7 +826,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
         // Under a deferred policy the unlinks wait in the mapper's flush
         // queue instead (its own counters count its flushes).
         if (state.is_linked() || state.needs_sync()) && self.mapper.flush_queue().is_none() {
-            bump(&self.counters.flushes, 1);
+            self.counters.flushes.incr();
         }
         state.destroy()
     }
@@ -922,7 +914,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
                         slot: Some(i),
                     });
                 }
-                None => bump(&self.counters.pool_fallbacks, 1),
+                None => self.counters.pool_fallbacks.incr(),
             }
         }
         let frame = self

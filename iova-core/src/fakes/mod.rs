@@ -25,6 +25,7 @@
 //! ```
 
 mod adjacent_states;
+pub mod corpus;
 pub use adjacent_states::{AdjacentStates, check_adjacent_states};
 
 use std::collections::HashMap;
