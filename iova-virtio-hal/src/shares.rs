@@ -26,6 +26,7 @@ pub(crate) type Links = heapless::Vec<Link, MAX_PIECES>;
 /// Why a DMA allocation, share or teardown failed. Whatever failed to be set
 /// up was unwound: nothing of it is mapped, no frame of it is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ShareError {
     /// Zero pages or an empty buffer.
@@ -404,6 +405,7 @@ impl<'a, D: IommuDomain + ?Sized, const N: usize> DmaShares<'a, D, N> {
     /// Records `e` for [`take_error`](Self::take_error) and passes it on.
     pub(crate) fn failed<T>(&self, e: ShareError) -> Result<T, ShareError> {
         self.counters.failures.incr();
+        iova_core::warn_event!("DMA share failed: {:?}", e);
         *self.last_error.lock() = Some(e);
         Err(e)
     }
