@@ -1,79 +1,53 @@
-//! Raw MMIO accessors.
+//! Raw MMIO accessors by address, for the platform's own devices (UART,
+//! HPET, GIC, ECAM, `edu`).
 //!
-//! On aarch64 every access is one `ldr*`/`str*` instruction with a plain base
-//! register (no writeback, no pair), so that a hypervisor trapping the access
-//! gets a syndrome it can decode (ESR ISV = 1). Volatile pointer accesses give
-//! no such guarantee. On x86_64 volatile accesses are single `mov`s.
+//! Each is one access through [`iova_core::hw::MmioRegion`], the register
+//! access the library crates use: on aarch64 one `ldr*`/`str*` with a plain
+//! base register, so that a hypervisor trapping it gets a syndrome it can
+//! decode; on x86_64 a single `mov`.
 //!
 //! None of these are compiler barriers for *other* memory on x86_64; use
 //! [`crate::arch::dma_barrier`] between filling a DMA buffer and starting the
 //! device (and after the device reports completion).
 
-#[cfg(target_arch = "aarch64")]
-use core::arch::asm;
+use iova_core::hw::{Mmio, MmioRegion};
 
 macro_rules! mmio_accessors {
-    ($read:ident, $write:ident, $ty:ty, $ldr:literal, $str:literal, $reg:literal) => {
-        /// Reads a device register of this width.
+    ($read:ident, $write:ident, $ty:ty) => {
+        /// Reads a device register of this width; all-ones when `addr` is not
+        /// naturally aligned (nothing is read then).
         ///
         /// # Safety
         ///
-        /// `addr` must be the (identity-mapped) address of a device register or
-        /// of memory that may be read at this width, naturally aligned, and the
-        /// read (including any side effect it has on the device) must not break
+        /// `addr` must be the (identity-mapped) address of a device register
+        /// or of memory that may be read at this width, and the read
+        /// (including any side effect it has on the device) must not break
         /// memory safety.
         #[inline]
         pub unsafe fn $read(addr: usize) -> $ty {
-            #[cfg(target_arch = "aarch64")]
-            {
-                let value: $ty;
-                // SAFETY: the caller guarantees `addr` is valid and aligned for this
-                // access; the instruction touches nothing else.
-                unsafe {
-                    asm!(concat!($ldr, " {v:", $reg, "}, [{a}]"),
-                        a = in(reg) addr, v = out(reg) value,
-                        options(nostack, preserves_flags));
-                }
-                value
-            }
-            #[cfg(not(target_arch = "aarch64"))]
-            {
-                // SAFETY: the caller guarantees `addr` is valid and aligned for this access.
-                unsafe { core::ptr::read_volatile(addr as *const $ty) }
-            }
+            // SAFETY: the caller vouches for the register at `addr`; the
+            // region covers exactly that one register.
+            let r = unsafe { MmioRegion::new(addr as *mut u8, size_of::<$ty>()) };
+            r.$read(0).unwrap_or(<$ty>::MAX)
         }
 
-        /// Writes a device register of this width.
+        /// Writes a device register of this width; nothing is written when
+        /// `addr` is not naturally aligned.
         ///
         /// # Safety
         ///
-        /// `addr` must be the (identity-mapped) address of a device register or
-        /// of memory that may be written at this width, naturally aligned, and
-        /// the write (including what the device does in response, e.g. DMA)
-        /// must not break memory safety.
+        /// As for the read, and the write's effect on the device must not
+        /// break memory safety (e.g. pointing DMA at memory Rust owns).
         #[inline]
         pub unsafe fn $write(addr: usize, value: $ty) {
-            #[cfg(target_arch = "aarch64")]
-            {
-                // SAFETY: the caller guarantees `addr` is valid and aligned for this
-                // access and that the device's reaction is sound.
-                unsafe {
-                    asm!(concat!($str, " {v:", $reg, "}, [{a}]"),
-                        a = in(reg) addr, v = in(reg) value,
-                        options(nostack, preserves_flags));
-                }
-            }
-            #[cfg(not(target_arch = "aarch64"))]
-            {
-                // SAFETY: the caller guarantees `addr` is valid and aligned for this
-                // access and that the device's reaction is sound.
-                unsafe { core::ptr::write_volatile(addr as *mut $ty, value) }
-            }
+            // SAFETY: as in the read.
+            let r = unsafe { MmioRegion::new(addr as *mut u8, size_of::<$ty>()) };
+            let _ = r.$write(0, value);
         }
     };
 }
 
-mmio_accessors!(read8, write8, u8, "ldrb", "strb", "w");
-mmio_accessors!(read16, write16, u16, "ldrh", "strh", "w");
-mmio_accessors!(read32, write32, u32, "ldr", "str", "w");
-mmio_accessors!(read64, write64, u64, "ldr", "str", "x");
+mmio_accessors!(read8, write8, u8);
+mmio_accessors!(read16, write16, u16);
+mmio_accessors!(read32, write32, u32);
+mmio_accessors!(read64, write64, u64);

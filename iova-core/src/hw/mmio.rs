@@ -272,7 +272,13 @@ impl MmioRegion {
 
     fn at(&self, offset: usize, width: Width) -> Result<*mut u8, MmioError> {
         check_access(self.size, offset, width)?;
-        Ok(self.base.wrapping_add(offset))
+        let a = self.base.wrapping_add(offset);
+        // The address, not only the offset, must be aligned: a misaligned
+        // access may be split in two or fault.
+        if (a as usize) % width.bytes() != 0 {
+            return Err(MmioError::Misaligned { offset, width });
+        }
+        Ok(a)
     }
 }
 
@@ -372,6 +378,16 @@ mod tests {
             "an offset whose end overflows is out of range, not a wrap"
         );
         assert!(r.write64(4, u64::MAX).is_err());
+        // SAFETY: 8 bytes inside `mem`, accessed only through `odd`.
+        let odd = unsafe { MmioRegion::new(mem.as_mut_ptr().cast::<u8>().wrapping_add(2), 8) };
+        assert_eq!(
+            odd.read32(0),
+            Err(MmioError::Misaligned {
+                offset: 0,
+                width: w
+            }),
+            "a misaligned base is refused, not split"
+        );
         assert!(r.write16(31, 0xffff).is_err());
         // Only the four accepted writes reached memory.
         assert_eq!(
