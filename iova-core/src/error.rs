@@ -3,6 +3,7 @@
 use core::fmt;
 
 use crate::addr::Overflow;
+use crate::hw::MmioError;
 use crate::iova_alloc::IovaAllocError;
 
 /// Why an operation failed. An operation that returns an error changed nothing,
@@ -106,6 +107,10 @@ pub enum DeviceError {
     AlreadyEnabled,
     /// An address size, granule or table depth the hardware cannot walk.
     BadGeometry,
+    /// A register access was refused: outside the register block or
+    /// misaligned (a block smaller than the registers the hardware
+    /// describes). Nothing was read or written.
+    RegisterAccess(MmioError),
 }
 
 impl fmt::Display for DeviceError {
@@ -129,6 +134,7 @@ impl fmt::Display for DeviceError {
             Self::ServiceFailure => f.write_str("IOMMU stopped on a global error"),
             Self::AlreadyEnabled => f.write_str("IOMMU enabled by someone else"),
             Self::BadGeometry => f.write_str("address size or granule the hardware cannot walk"),
+            Self::RegisterAccess(e) => write!(f, "register access refused: {e}"),
         }
     }
 }
@@ -175,3 +181,15 @@ impl fmt::Display for Error {
 }
 
 impl core::error::Error for Error {}
+
+impl From<MmioError> for DeviceError {
+    fn from(e: MmioError) -> Self {
+        DeviceError::RegisterAccess(e)
+    }
+}
+
+impl From<MmioError> for Error {
+    fn from(e: MmioError) -> Self {
+        Error::Device(DeviceError::RegisterAccess(e))
+    }
+}
