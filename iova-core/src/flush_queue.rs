@@ -64,6 +64,7 @@ use crate::addr::Iova;
 use crate::domain::IommuDomain;
 use crate::error::Error;
 use crate::gather::IotlbGather;
+use crate::hw::Counter;
 use crate::iova_alloc::{IovaAlloc, IovaAllocator};
 
 /// When a [`FlushQueue`] must be flushed.
@@ -160,16 +161,16 @@ pub struct QueueCounters {
 
 #[derive(Default)]
 struct Counters {
-    deferred: AtomicU64,
-    deferred_bytes: AtomicU64,
-    deferred_iovas: AtomicU64,
-    by_entries: AtomicU64,
-    by_bytes: AtomicU64,
-    by_age: AtomicU64,
-    by_full: AtomicU64,
-    by_relink: AtomicU64,
-    explicit: AtomicU64,
-    failed: AtomicU64,
+    deferred: Counter,
+    deferred_bytes: Counter,
+    deferred_iovas: Counter,
+    by_entries: Counter,
+    by_bytes: Counter,
+    by_age: Counter,
+    by_full: Counter,
+    by_relink: Counter,
+    explicit: Counter,
+    failed: Counter,
 }
 
 enum Slots<'a> {
@@ -291,7 +292,7 @@ impl<'a> FlushQueue<'a> {
     /// What the queue has done so far.
     pub fn counters(&self) -> QueueCounters {
         let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let get = Counter::get;
         let by = [
             &c.by_entries,
             &c.by_bytes,
@@ -343,10 +344,8 @@ impl<'a> FlushQueue<'a> {
         }
         inner.entries = inner.entries.saturating_add(1);
         inner.bytes = inner.bytes.saturating_add(len);
-        self.counters.deferred.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .deferred_bytes
-            .fetch_add(len, Ordering::Relaxed);
+        self.counters.deferred.incr();
+        self.counters.deferred_bytes.add(len);
         Ok(self.generation.load(Ordering::Relaxed))
     }
 
@@ -381,7 +380,7 @@ impl<'a> FlushQueue<'a> {
         }
         *self.slots.get()[inner.held].0.lock() = Some(alloc);
         inner.held += 1;
-        self.counters.deferred_iovas.fetch_add(1, Ordering::Relaxed);
+        self.counters.deferred_iovas.incr();
         Ok(())
     }
 
@@ -460,7 +459,7 @@ impl<'a> FlushQueue<'a> {
         }
         Self::bind(inner, domain)?;
         if let Err(e) = domain.flush(&mut inner.gather) {
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            self.counters.failed.incr();
             return Err(e);
         }
         for slot in &self.slots.get()[..inner.held] {
@@ -482,7 +481,7 @@ impl<'a> FlushQueue<'a> {
             Reason::Relink => &c.by_relink,
             Reason::Explicit => &c.explicit,
         };
-        by.fetch_add(1, Ordering::Relaxed);
+        by.incr();
         Ok(())
     }
 }
