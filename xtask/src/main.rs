@@ -258,7 +258,7 @@ fn all_steps() -> Vec<Step> {
             ],
         ));
     }
-    for test in SYSTEM_TESTS {
+    for test in SYSTEM_TESTS.iter() {
         steps.push(Step {
             name: format!("qemu:{}", test.name),
             kind: Kind::Qemu(test),
@@ -786,7 +786,7 @@ mod tests {
     #[test]
     fn system_test_rows_are_consistent() {
         let mut names = std::collections::HashSet::new();
-        for test in SYSTEM_TESTS {
+        for test in SYSTEM_TESTS.iter() {
             assert!(
                 names.insert(test.name),
                 "duplicate system test {}",
