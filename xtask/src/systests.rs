@@ -1,9 +1,7 @@
 //! The examples and the QEMU system tests, as tables.
 //!
-//! To add a system test, add one [`SystemTest`] row to [`SYSTEM_TESTS`] (and,
-//! for a new example crate, an [`Example`] row to [`EXAMPLES`]). Each row is
-//! one QEMU boot: the harness builds the example for the row's
-//! architecture, runs
+//! Each row of [`SYSTEM_TESTS`] is one QEMU boot: the harness builds the
+//! example for the row's architecture, runs
 //!
 //! ```text
 //! <qemu binary> <Arch::base_args> <row.qemu_args> -kernel <example ELF> <QEMU_EXTRA_ARGS>
@@ -13,6 +11,33 @@
 //! `target/xtask/logs/<row.name>.log`, and passes the row if QEMU's exit
 //! status is the expected one and every `require` string occurs in the
 //! serial output.
+//!
+//! The rows are not written out one by one. `systests/table.rs` describes
+//! each [`Scenario`] once (its machine, devices, `-append`, expected exit and
+//! required lines) in a [`Group`] with the [`Config`]s it runs on (an
+//! architecture, and e.g. a VT-d translation mode), and [`expand`] makes a
+//! row of each scenario on each configuration: group by group, within a
+//! group configuration by configuration, and within a configuration in the
+//! order of the scenarios. A row's name is
+//! `<example>-<arch>[-<config name>][-<variant>]`.
+//!
+//! # Adding a system test
+//!
+//! * Another scenario of an example: add a [`Scenario`] to that example's
+//!   [`Group`] in `systests/table.rs`; it runs on every configuration of the
+//!   group. Start from the scenario the group's others share (`..SMMU`,
+//!   `..VTD_CHECK`, `..Scenario::BASE`, ...) and set what differs: `variant`
+//!   (the end of the row name), `summary`, `append` (the example's command
+//!   line), `require`; `disk: true` for a virtio-blk disk.
+//! * The same scenarios on another configuration: add a [`Config`] to the
+//!   group's `configs`: an architecture, a name for the row names (unless
+//!   the architecture is enough), and a value for each `{key}` the
+//!   scenarios use.
+//! * A new example crate: an [`Example`] in [`EXAMPLES`] and a new [`Group`].
+//!
+//! `cargo test -p xtask` checks the expanded rows: unique names, examples
+//! that exist and are built for the row's architecture, every placeholder
+//! filled, every configuration value used.
 
 mod table;
 
@@ -202,7 +227,8 @@ impl Expect {
 /// One QEMU boot.
 #[derive(Debug)]
 pub struct SystemTest {
-    /// Unique name; also the log file name. Convention: `<example>-<arch>[-<variant>]`.
+    /// Unique name; also the log file name:
+    /// `<example>-<arch>[-<config name>][-<variant>]`.
     pub name: &'static str,
     /// Guest architecture.
     pub arch: Arch,
@@ -388,3 +414,4 @@ fn leak_str(s: String) -> &'static str {
 fn leak_slice(v: Vec<&'static str>) -> &'static [&'static str] {
     Box::leak(v.into_boxed_slice())
 }
+
