@@ -415,3 +415,193 @@ fn leak_slice(v: Vec<&'static str>) -> &'static [&'static str] {
     Box::leak(v.into_boxed_slice())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Every string of a row.
+    fn row_strings(t: &SystemTest) -> impl Iterator<Item = &'static str> {
+        [t.name, t.summary, t.iommu]
+            .into_iter()
+            .chain(t.qemu_args.iter().copied())
+            .chain(t.require.iter().copied())
+    }
+
+    /// Every string of a scenario, placeholders unfilled.
+    fn scenario_strings(s: &Scenario) -> impl Iterator<Item = &'static str> {
+        [s.variant, s.summary, s.iommu, s.machine]
+            .into_iter()
+            .chain(s.iommu_device)
+            .chain(s.devices.iter().copied())
+            .chain(s.append)
+            .chain(s.require.iter().copied())
+    }
+
+    #[test]
+    fn expand_names_orders_and_fills_the_rows() {
+        const VIRT: Config = Config {
+            arch: Arch::Aarch64,
+            name: "",
+            vars: &[("machine", "virt"), ("what", "one")],
+        };
+        const Q35_FAST: Config = Config {
+            arch: Arch::X86_64,
+            name: "fast",
+            vars: &[("machine", "q35"), ("what", "two")],
+        };
+        let groups = [Group {
+            example: "ex",
+            configs: &[VIRT, Q35_FAST],
+            scenarios: &[
+                Scenario {
+                    summary: "{what} on {machine}",
+                    require: &["{arch} says {what}"],
+                    ..Scenario::BASE
+                },
+                Scenario {
+                    variant: "blk",
+                    iommu: "an IOMMU",
+                    iommu_device: Some("iommu-{what}"),
+                    disk: true,
+                    devices: &["edu", "edu-{what}"],
+                    append: Some("go"),
+                    expect: Expect::Status(1),
+                    require: &["failed"],
+                    ..Scenario::BASE
+                },
+            ],
+        }];
+        let rows = expand(&groups);
+        let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+        assert_eq!(
+            names,
+            [
+                "ex-aarch64",
+                "ex-aarch64-blk",
+                "ex-x86_64-fast",
+                "ex-x86_64-fast-blk"
+            ]
+        );
+        let plain = &rows[0];
+        assert_eq!(
+            (plain.arch, plain.example, plain.summary, plain.iommu),
+            (Arch::Aarch64, "ex", "one on virt", "none")
+        );
+        assert_eq!(plain.qemu_args, ["-M", "virt"]);
+        assert_eq!(plain.expect, Expect::GuestSuccess);
+        assert_eq!(plain.require, ["aarch64 says one", GUEST_OK]);
+        let blk = &rows[3];
+        assert_eq!((blk.arch, blk.iommu), (Arch::X86_64, "an IOMMU"));
+        let mut args = vec!["-M", "q35", "-device", "iommu-two"];
+        args.extend(DISK_ARGS);
+        args.extend(["-device", "edu", "-device", "edu-two", "-append", "go"]);
+        assert_eq!(blk.qemu_args, args);
+        assert_eq!(blk.expect, Expect::Status(1));
+        // A row that expects the guest to fail does not require its success line.
+        assert_eq!(blk.require, ["failed"]);
+    }
+
+    #[test]
+    fn row_names_are_unique() {
+        let mut names = HashSet::new();
+        for t in SYSTEM_TESTS.iter() {
+            assert!(names.insert(t.name), "two rows named {}", t.name);
+        }
+    }
+
+    #[test]
+    fn no_two_rows_boot_the_same() {
+        let mut boots = HashSet::new();
+        for t in SYSTEM_TESTS.iter() {
+            assert!(
+                boots.insert((t.example, t.arch.name(), t.qemu_args)),
+                "{} boots what another row boots",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_row_boots_an_example_that_exists_and_is_built_for_its_arch() {
+        for t in SYSTEM_TESTS.iter() {
+            let manifest = crate::util::repo_root()
+                .join("examples")
+                .join(t.example)
+                .join("Cargo.toml");
+            let text = std::fs::read_to_string(&manifest)
+                .unwrap_or_else(|e| panic!("{}: {}: {e}", t.name, manifest.display()));
+            assert!(
+                text.contains(&format!("name = \"{}\"", t.example)),
+                "{}: {} is not package {}",
+                t.name,
+                manifest.display(),
+                t.example
+            );
+            assert!(
+                EXAMPLES
+                    .iter()
+                    .any(|e| e.package == t.example && e.arches.contains(&t.arch)),
+                "{}: {} is not built for {}",
+                t.name,
+                t.example,
+                t.arch.name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_example_is_booted_on_every_arch_it_is_built_for() {
+        for e in EXAMPLES {
+            for &arch in e.arches {
+                assert!(
+                    SYSTEM_TESTS
+                        .iter()
+                        .any(|t| t.example == e.package && t.arch == arch),
+                    "{} is built for {} but no row boots it",
+                    e.package,
+                    arch.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_placeholder_is_filled() {
+        for t in SYSTEM_TESTS.iter() {
+            for s in row_strings(t) {
+                assert!(
+                    !s.contains('{') && !s.contains('}'),
+                    "{}: {s:?} has a placeholder its configuration does not fill",
+                    t.name
+                );
+            }
+        }
+    }
+
+    // A value no scenario uses is a misspelt placeholder, or configurations
+    // that differ only in their names.
+    #[test]
+    fn every_configuration_value_is_used() {
+        for group in table::GROUPS {
+            for config in group.configs {
+                for (key, _) in config.vars {
+                    let placeholder = format!("{{{key}}}");
+                    let used = table::GROUPS
+                        .iter()
+                        .filter(|g| g.configs.contains(config))
+                        .flat_map(|g| g.scenarios)
+                        .flat_map(scenario_strings)
+                        .any(|s| s.contains(&placeholder));
+                    assert!(
+                        used,
+                        "{}: no scenario uses {placeholder} of configuration {:?} ({})",
+                        group.example,
+                        config.name,
+                        config.arch.name()
+                    );
+                }
+            }
+        }
+    }
+}
