@@ -791,27 +791,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn system_test_rows_are_consistent() {
-        let mut names = std::collections::HashSet::new();
-        for test in SYSTEM_TESTS.iter() {
-            assert!(
-                names.insert(test.name),
-                "duplicate system test {}",
-                test.name
-            );
-            assert!(
-                EXAMPLES
-                    .iter()
-                    .any(|e| e.package == test.example && e.arches.contains(&test.arch)),
-                "{}: example {} not built for {:?}",
-                test.name,
-                test.example,
-                test.arch
-            );
-        }
-    }
-
-    #[test]
     fn demo_lines_are_parsed() {
         let serial = vec![
             "edu-dma: starting".to_string(),
