@@ -1,9 +1,7 @@
 //! The examples and the QEMU system tests, as tables.
 //!
-//! To add a system test, add one [`SystemTest`] row to [`SYSTEM_TESTS`] (and,
-//! for a new example crate, an [`Example`] row to [`EXAMPLES`]). Each row is
-//! one QEMU boot: the harness builds the example for the row's
-//! architecture, runs
+//! Each row of [`SYSTEM_TESTS`] is one QEMU boot: the harness builds the
+//! example for the row's architecture, runs
 //!
 //! ```text
 //! <qemu binary> <Arch::base_args> <row.qemu_args> -kernel <example ELF> <QEMU_EXTRA_ARGS>
@@ -13,8 +11,38 @@
 //! `target/xtask/logs/<row.name>.log`, and passes the row if QEMU's exit
 //! status is the expected one and every `require` string occurs in the
 //! serial output.
+//!
+//! The rows are not written out one by one. `systests/table.rs` describes
+//! each [`Scenario`] once (its machine, devices, `-append`, expected exit and
+//! required lines) in a [`Group`] with the [`Config`]s it runs on (an
+//! architecture, and e.g. a VT-d translation mode), and [`expand`] makes a
+//! row of each scenario on each configuration: group by group, within a
+//! group configuration by configuration, and within a configuration in the
+//! order of the scenarios. A row's name is
+//! `<example>-<arch>[-<config name>][-<variant>]`.
+//!
+//! # Adding a system test
+//!
+//! * Another scenario of an example: add a [`Scenario`] to that example's
+//!   [`Group`] in `systests/table.rs`; it runs on every configuration of the
+//!   group. Start from the scenario the group's others share (`..SMMU`,
+//!   `..VTD_CHECK`, `..Scenario::BASE`, ...) and set what differs: `variant`
+//!   (the end of the row name), `summary`, `append` (the example's command
+//!   line), `require`; `disk: true` for a virtio-blk disk.
+//! * The same scenarios on another configuration: add a [`Config`] to the
+//!   group's `configs`: an architecture, a name for the row names (unless
+//!   the architecture is enough), and a value for each `{key}` the
+//!   scenarios use.
+//! * A new example crate: an [`Example`] in [`EXAMPLES`] and a new [`Group`].
+//!
+//! `cargo test -p xtask` checks the expanded rows: unique names, examples
+//! that exist and are built for the row's architecture, every placeholder
+//! filled, every configuration value used.
+
+mod table;
 
 use std::env;
+use std::sync::LazyLock;
 
 /// A guest architecture / QEMU machine family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +212,6 @@ pub enum Expect {
     /// The guest exited through `platform::exit` with success.
     GuestSuccess,
     /// Exactly this status (e.g. a row that expects the guest to fail).
-    #[allow(dead_code)] // not used by any row yet
     Status(i32),
 }
 
@@ -200,7 +227,8 @@ impl Expect {
 /// One QEMU boot.
 #[derive(Debug)]
 pub struct SystemTest {
-    /// Unique name; also the log file name. Convention: `<example>-<arch>[-<variant>]`.
+    /// Unique name; also the log file name:
+    /// `<example>-<arch>[-<config name>][-<variant>]`.
     pub name: &'static str,
     /// Guest architecture.
     pub arch: Arch,
@@ -220,2207 +248,360 @@ pub struct SystemTest {
     pub require: &'static [&'static str],
 }
 
-/// Every QEMU system test, in the order they run.
-pub const SYSTEM_TESTS: &[SystemTest] = &[
-    SystemTest {
-        name: "edu-dma-aarch64",
-        arch: Arch::Aarch64,
-        example: "edu-dma",
-        summary: "edu DMA RAM -> device -> RAM on virt",
+/// A configuration scenarios run under: an architecture, and values for the
+/// `{key}` placeholders in the scenarios' strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Guest architecture.
+    pub arch: Arch,
+    /// Part of the row name after the architecture, "" for none: `aw39` in
+    /// `vtd-edu-x86_64-aw39-1-map`.
+    pub name: &'static str,
+    /// `(key, value)`: `{key}` in a scenario's string becomes `value`.
+    /// `{arch}` is always defined: the architecture's [`Arch::name`].
+    pub vars: &'static [(&'static str, &'static str)],
+}
+
+impl Config {
+    /// `text` with the placeholders filled in.
+    fn fill(&self, text: &'static str) -> &'static str {
+        if !text.contains('{') {
+            return text;
+        }
+        let mut filled = text.replace("{arch}", self.arch.name());
+        for (key, value) in self.vars {
+            filled = filled.replace(&format!("{{{key}}}"), value);
+        }
+        leak_str(filled)
+    }
+}
+
+/// One boot of an example, described once: the rows are this scenario on
+/// each configuration of its [`Group`]. The strings may hold `{key}`
+/// placeholders (see [`Config::vars`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Last part of the row name, "" for none: `map` in `smmuv3-edu-aarch64-map`.
+    pub variant: &'static str,
+    /// One line for humans (shown by `cargo xtask demo`).
+    pub summary: &'static str,
+    /// Which IOMMU QEMU emulates for this run ("none", "SMMUv3", ...).
+    pub iommu: &'static str,
+    /// `-M`: the machine and its options.
+    pub machine: &'static str,
+    /// `-device`: an IOMMU on the PCI bus (intel-iommu, virtio-iommu-pci),
+    /// first on the bus. None: no IOMMU, or one the machine has (virt's SMMUv3).
+    pub iommu_device: Option<&'static str>,
+    /// A virtio-blk-pci disk ([`DISK_ARGS`]) after the IOMMU: its image is
+    /// made for the row at test time and checked after the boot (see `disk`).
+    pub disk: bool,
+    /// `-device`: further devices (edu, ...), after the disk, in bus order.
+    pub devices: &'static [&'static str],
+    /// `-append`: the example's command line (which check to run). None: no
+    /// `-append`.
+    pub append: Option<&'static str>,
+    /// Required exit status.
+    pub expect: Expect,
+    /// Strings that must each occur somewhere in the serial output. With
+    /// [`Expect::GuestSuccess`] the row also requires [`GUEST_OK`], last.
+    pub require: &'static [&'static str],
+}
+
+impl Scenario {
+    /// The starting point of a scenario (`..Scenario::BASE`): no IOMMU, the
+    /// configuration's `{machine}`, no devices, the guest must succeed.
+    pub const BASE: Scenario = Scenario {
+        variant: "",
+        summary: "",
         iommu: "none",
-        // edu masks DMA addresses with (1 << 28) - 1 by default, and RAM on
-        // virt starts at 1 GiB: widen the mask, or the DMA lands elsewhere.
-        qemu_args: &["-M", "virt", "-device", "edu,dma_mask=0xffffffffffffffff"],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "edu-dma-aarch64-entered-at-el2",
-        arch: Arch::Aarch64,
-        example: "edu-dma",
-        summary: "edu DMA on virt,virtualization=on: the boot stub drops an ordinary example from EL2 to EL1",
-        iommu: "none",
-        qemu_args: &[
-            "-M",
-            "virt,virtualization=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "edu-dma: starting on aarch64 QEMU virt, EL1,",
-            "edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "edu-dma-x86_64",
-        arch: Arch::X86_64,
-        example: "edu-dma",
-        summary: "edu DMA RAM -> device -> RAM on q35",
-        iommu: "none",
-        // Our buffers are below 256 MiB, so the default dma_mask is fine here.
-        qemu_args: &["-M", "q35", "-device", "edu"],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "two-step-sw-aarch64",
-        arch: Arch::Aarch64,
-        example: "two-step-sw",
-        summary: "iova-core two-step API bare-metal, software-walked LPAE table, edu DMA",
-        iommu: "software (iova-core PageTable)",
-        qemu_args: &["-M", "virt", "-device", "edu,dma_mask=0xffffffffffffffff"],
-        expect: Expect::GuestSuccess,
-        require: &["two-step-sw: two-step over a software", "demo: result: OK"],
-    },
-    SystemTest {
-        name: "two-step-sw-x86_64",
-        arch: Arch::X86_64,
-        example: "two-step-sw",
-        summary: "iova-core two-step API bare-metal, software-walked x86-64 table, edu DMA",
-        iommu: "software (iova-core PageTable)",
-        qemu_args: &["-M", "q35", "-device", "edu"],
-        expect: Expect::GuestSuccess,
-        require: &["two-step-sw: two-step over a software", "demo: result: OK"],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-map",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 stage 1: buffer at IOVA != PA, edu DMA RAM -> device -> RAM checked; unmapped IOVA faults as typed events",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "map",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "demo: el: EL1",
-            "smmuv3-edu: 4096 bytes RAM -> edu -> RAM through the SMMU, every byte checked",
-            "translation-fault events, all for StreamID",
-            "smmuv3-edu: scenario `map` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-batch",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3: 64 scattered pages linked with one sync, DMA through all; unlink of the batch = 1 TLBI + 1 CMD_SYNC",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "batch",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "DMA through all 64 checked; unlink + sync: 1 TLBI, 1 CMD_SYNC",
-            "smmuv3-edu: scenario `batch` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-stale",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3: unlink + sync, DMA to the old (cached) IOVA blocked and reported; 4 KiB fault storm reported as lost events",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "stale",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "blocked, page unchanged",
-            "control: PTE cleared without TLBI -> device still wrote the page",
-            "4 KiB fault storm:",
-            "loss reported",
-            "smmuv3-edu: scenario `stale` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-perm",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3: device write to a read-only mapping: permission fault, memory unchanged",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "perm",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "blocked, page unchanged",
-            "permission faults",
-            "smmuv3-edu: scenario `perm` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-second-fn",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3: a second edu nobody attached is blocked and reported with its StreamID",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "second-fn",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "unattached function blocked, page unchanged",
-            "smmuv3-edu: scenario `second-fn` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-block",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3: a 2 MiB-aligned link becomes a block entry, DMA through it checked",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "block",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "is one block entry; DMA into its last page checked",
-            "smmuv3-edu: scenario `block` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-s2",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 stage 2 (VMID, VTTBR) from EL2, as a hypervisor gives a device to a guest: DMA through IPAs checked, stage-2 fault reported",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3,virtualization=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "s2",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "demo: el: EL2",
-            "stage 2 (4 KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked",
-            "smmuv3-edu: scenario `s2` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-nested",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 nested stage 1 + stage 2 from EL2: IOVA -> IPA -> PA DMA checked, stage-2 unmap blocks it",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3,virtualization=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "nested",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "demo: el: EL2",
-            "nested: IOVA",
-            "4096 bytes checked; stage-2 unmap faults",
-            "smmuv3-edu: scenario `nested` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-gran16k",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 stage 1 with a 16 KiB granule: DMA checked, range TLBI in granule units, unmapped page faults",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "gran16k",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "smmuv3-edu: 16 KiB granule: DMA through IOVA",
-            "smmuv3-edu: scenario `gran16k` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-gran64k",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 stage 1 with a 64 KiB granule: DMA checked, range TLBI in granule units, unmapped page faults",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "gran64k",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "smmuv3-edu: 64 KiB granule: DMA through IOVA",
-            "smmuv3-edu: scenario `gran64k` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-s2-16k",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 stage 2 from EL2 with a 16 KiB granule: DMA through IPAs checked, stage-2 fault reported",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3,virtualization=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "s2-16k",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "demo: el: EL2",
-            "smmuv3-edu: stage 2 (16 KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked",
-            "smmuv3-edu: scenario `s2-16k` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-s2-64k",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 stage 2 from EL2 with a 64 KiB granule: DMA through IPAs checked, stage-2 fault reported",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3,virtualization=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "s2-64k",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "demo: el: EL2",
-            "smmuv3-edu: stage 2 (64 KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked",
-            "smmuv3-edu: scenario `s2-64k` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-two-domains",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3: two edus in two domains (two ASIDs) map one IOVA to different pages; each reaches only its own, also after one unmaps",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "two-domains",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "each device reached only its own; after domain A's unmap, A's device faults",
-            "smmuv3-edu: scenario `two-domains` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-storm",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3: a 4 KiB DMA to an unmapped IOVA (1024 QEMU events) into a 2048-entry event queue: all drained, typed, in order, none lost",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "storm",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "smmuv3-edu: 4 KiB fault storm: all 1024 translation faults drained in order",
-            "smmuv3-edu: scenario `storm` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-irq",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 set_interrupts: a fault pulses the eventq SPI, a refused command the gerror SPI (seen pending in the GIC distributor); off, neither",
-        iommu: "SMMUv3",
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "irq",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "interrupts off -> pending (false, false); on -> eventq true, gerror true",
-            "smmuv3-edu: scenario `irq` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-map-virt91",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3 on a stage-1-only SMMU (virt-9.1: IDR0.S2P = 0): the driver adapts, map scenario passes",
-        iommu: "SMMUv3 (stage 1 only)",
-        qemu_args: &[
-            "-M",
-            "virt-9.1,iommu=smmuv3",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "map",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "stage1 true stage2 false nesting false",
-            "smmuv3-edu: scenario `map` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-s2-refused-virt91",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "iommu-arm-smmuv3: a stage-2 domain asked for at EL2 on a stage-1-only SMMU is refused with a typed error (the guest reports failure on purpose)",
-        iommu: "SMMUv3 (stage 1 only)",
-        qemu_args: &[
-            "-M",
-            "virt-9.1,iommu=smmuv3,virtualization=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "s2",
-        ],
-        expect: Expect::Status(1),
-        require: &[
-            "demo: el: EL2",
-            "error: smmuv3: translation stage not supported by the SMMU",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-blk",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "virtio-blk-pci (iommu_platform=on) behind the SMMUv3 (stage 1, strict) through iova-virtio-hal: write/read-back check with 0 SMMU events, image verified on the host; the unshared buffer's old IOVA is unreachable (canary intact, F_TRANSLATION for the disk's StreamID inside it)",
-        iommu: "SMMUv3",
-        // No edu: the disk is the only device. The image is made at test
-        // time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "blk",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "smmuv3-edu: pool probe: 4 KiB buffer B' copied into pool slot",
-            "it went to the pool, B' canary intact",
-            "smmuv3-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
-            "demo: el: EL1",
-            "every stream aborts until attached",
-            "before attach: STE invalid (V = 0): its DMA aborts (default deny)",
-            "smmuv3-edu: virtio-blk initialised",
-            "initial pattern checked",
-            "wrote sectors 64..128 (32768 bytes) in 13 requests",
-            "write pattern checked",
-            "smmuv3-edu: blk: 0 SMMU events during the check: every DMA of its 40 requests went to an IOVA we mapped",
-            "reserved in the IOVA allocator",
-            "smmuv3-edu: stale probe: SMMU fault record: Translation (type 0x10) sid 0x8 iova",
-            "all translation faults inside",
-            "smmuv3-edu: stale probe: blocked: NeedsReset, canary intact",
-            "smmuv3-edu: scenario `blk` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "smmuv3-edu-aarch64-blk-bench",
-        arch: Arch::Aarch64,
-        example: "smmuv3-edu",
-        summary: "virtio-blk-pci behind the SMMUv3: check with 0 SMMU events, then the same-boot benchmark: baseline (STE bypass), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, maps / flushes / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
-        iommu: "SMMUv3",
-        // No edu: the disk is the only device. The image is made at test
-        // time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "virt,iommu=smmuv3",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "blk-bench",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "write pattern checked",
-            "smmuv3-edu: blk: 0 SMMU events during the check",
-            "blk-bench: backend=smmuv3 arch=aarch64 policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
-            "blk-bench: backend=smmuv3 arch=aarch64 policy=premapped size=65536 depth=16 ",
-            "blk-bench: backend=smmuv3 arch=aarch64 policy=strict size=4096 depth=16 rounds=5 ratio=",
-            "blk-profile: backend=smmuv3 arch=aarch64 policy=pool size=4096 depth=16 ticks_per_req=",
-            "smmuv3-edu: blk-bench: 0 SMMU events during the benchmark",
-            "smmuv3-edu: scenario `blk-bench` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw39-1-map",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=39 (3-level second-level tables): edu DMA RAM -> device -> RAM through IOVAs unlike the physical addresses, bytes checked",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=39",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=1",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 1 OK",
-            "selected check(s) passed with 3-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw39-2-batch",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=39 (3-level second-level tables): 64 scattered pages linked with one sync, DMA from each; the unlink costs one IOTLB descriptor and one wait",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=39",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=2",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 2 OK",
-            "selected check(s) passed with 3-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw39-3-unlinked",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=39 (3-level second-level tables): unmap + sync, then a DMA write to the old (IOTLB-cached) IOVA: blocked, memory unchanged, typed fault record",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=39",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=3",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 3 OK",
-            "selected check(s) passed with 3-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw39-4-read-only",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=39 (3-level second-level tables): a read-only mapping written by the device: fault, memory unchanged",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=39",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=4",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 4 OK",
-            "selected check(s) passed with 3-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw39-5-no-context",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=39 (3-level second-level tables): a second edu with no context entry: blocked and reported",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=39",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=5",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 5 OK",
-            "selected check(s) passed with 3-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw39-6-superpage",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=39 (3-level second-level tables): a 2 MiB-aligned link uses a superpage, DMA through it checked",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=39",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=6",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 6 OK",
-            "selected check(s) passed with 3-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw39-7-pass-through",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=39 (3-level second-level tables): the second edu in pass-through DMAs by physical address, then is blocked again",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=39",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=7",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 7 OK",
-            "selected check(s) passed with 3-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw39-8-fault-interrupt",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=39 (3-level second-level tables): a DMA fault raises the fault event interrupt (MSI pending in the local APIC)",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=39",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=8",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 8 OK",
-            "selected check(s) passed with 3-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw48-1-map",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=48 (4-level second-level tables): edu DMA RAM -> device -> RAM through IOVAs unlike the physical addresses, bytes checked",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=1",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 1 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw48-2-batch",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=48 (4-level second-level tables): 64 scattered pages linked with one sync, DMA from each; the unlink costs one IOTLB descriptor and one wait",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=2",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 2 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw48-3-unlinked",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=48 (4-level second-level tables): unmap + sync, then a DMA write to the old (IOTLB-cached) IOVA: blocked, memory unchanged, typed fault record",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=3",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 3 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw48-4-read-only",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=48 (4-level second-level tables): a read-only mapping written by the device: fault, memory unchanged",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=4",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 4 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw48-5-no-context",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=48 (4-level second-level tables): a second edu with no context entry: blocked and reported",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=5",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 5 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw48-6-superpage",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=48 (4-level second-level tables): a 2 MiB-aligned link uses a superpage, DMA through it checked",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=6",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 6 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw48-7-pass-through",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=48 (4-level second-level tables): the second edu in pass-through DMAs by physical address, then is blocked again",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=7",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 7 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-aw48-8-fault-interrupt",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, legacy mode, aw-bits=48 (4-level second-level tables): a DMA fault raises the fault event interrupt (MSI pending in the local APIC)",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=8",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: legacy mode, second-level",
-            "vtd-edu: check 8 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-scalable-1-map",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode (x-scalable-mode=on): PASID table, RID_PASID entry, second-level tables: edu DMA RAM -> device -> RAM through IOVAs unlike the physical addresses, bytes checked",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=1",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, second-level",
-            "vtd-edu: check 1 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-scalable-2-batch",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode (x-scalable-mode=on): PASID table, RID_PASID entry, second-level tables: 64 scattered pages linked with one sync, DMA from each; the unlink costs one IOTLB descriptor and one wait",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=2",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, second-level",
-            "vtd-edu: check 2 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-scalable-3-unlinked",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode (x-scalable-mode=on): PASID table, RID_PASID entry, second-level tables: unmap + sync, then a DMA write to the old (IOTLB-cached) IOVA: blocked, memory unchanged, typed fault record",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=3",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, second-level",
-            "vtd-edu: check 3 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-scalable-4-read-only",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode (x-scalable-mode=on): PASID table, RID_PASID entry, second-level tables: a read-only mapping written by the device: fault, memory unchanged",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=4",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, second-level",
-            "vtd-edu: check 4 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-scalable-5-no-context",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode (x-scalable-mode=on): PASID table, RID_PASID entry, second-level tables: a second edu with no context entry: blocked and reported",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=5",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, second-level",
-            "vtd-edu: check 5 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-scalable-6-superpage",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode (x-scalable-mode=on): PASID table, RID_PASID entry, second-level tables: a 2 MiB-aligned link uses a superpage, DMA through it checked",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=6",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, second-level",
-            "vtd-edu: check 6 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-scalable-7-pass-through",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode (x-scalable-mode=on): PASID table, RID_PASID entry, second-level tables: the second edu in pass-through DMAs by physical address, then is blocked again",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=7",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, second-level",
-            "vtd-edu: check 7 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-scalable-8-fault-interrupt",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode (x-scalable-mode=on): PASID table, RID_PASID entry, second-level tables: a DMA fault raises the fault event interrupt (MSI pending in the local APIC)",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=8",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, second-level",
-            "vtd-edu: check 8 OK",
-            "selected check(s) passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-first-level-1-map",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): x86-64 tables, PASID-based IOTLB invalidation: edu DMA RAM -> device -> RAM through IOVAs unlike the physical addresses, bytes checked",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=1",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, first-level",
-            "vtd-edu: check 1 OK",
-            "selected check(s) passed with first-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-first-level-2-batch",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): x86-64 tables, PASID-based IOTLB invalidation: 64 scattered pages linked with one sync, DMA from each; the unlink costs one IOTLB descriptor and one wait",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=2",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, first-level",
-            "vtd-edu: check 2 OK",
-            "selected check(s) passed with first-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-first-level-3-unlinked",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): x86-64 tables, PASID-based IOTLB invalidation: unmap + sync, then a DMA write to the old (IOTLB-cached) IOVA: blocked, memory unchanged, typed fault record",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=3",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, first-level",
-            "vtd-edu: check 3 OK",
-            "selected check(s) passed with first-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-first-level-4-read-only",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): x86-64 tables, PASID-based IOTLB invalidation: a read-only mapping written by the device: fault, memory unchanged",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=4",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, first-level",
-            "vtd-edu: check 4 OK",
-            "selected check(s) passed with first-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-first-level-5-no-context",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): x86-64 tables, PASID-based IOTLB invalidation: a second edu with no context entry: blocked and reported",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=5",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, first-level",
-            "vtd-edu: check 5 OK",
-            "selected check(s) passed with first-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-first-level-6-superpage",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): x86-64 tables, PASID-based IOTLB invalidation: a 2 MiB-aligned link uses a superpage, DMA through it checked",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: IOVAs are above 256 MiB. The second edu never gets a
-        // context entry. The command line selects the check.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=6",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, first-level",
-            "vtd-edu: check 6 OK",
-            "selected check(s) passed with first-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-first-level-7-pass-through",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): x86-64 tables, PASID-based IOTLB invalidation: the second edu in pass-through DMAs by physical address, then is blocked again",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=7",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, first-level",
-            "vtd-edu: check 7 OK",
-            "selected check(s) passed with first-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-first-level-8-fault-interrupt",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): x86-64 tables, PASID-based IOTLB invalidation: a DMA fault raises the fault event interrupt (MSI pending in the local APIC)",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=8",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, first-level",
-            "vtd-edu: check 8 OK",
-            "selected check(s) passed with first-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-first-level-9-top-iova",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): the domain maps the lower canonical half only (47-bit IOVAs); an allocator over its last page hands out IOVA 0x7fff_ffff_f000 and edu DMA RAM -> device -> RAM through it, bytes checked",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // dma_mask: edu must not mask the 47-bit IOVA.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,x-scalable-mode=on,x-flts=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "vtd-edu.checks=9",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "translation mode: scalable mode, first-level",
-            "47-bit IOVAs (the lower canonical half)",
-            "vtd-edu: check 9 OK: 4096 bytes RAM",
-            "through IOVA 0x7ffffffff000, the last page below 1 << 47 (first-level tables)",
-            "selected check(s) passed with first-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-caching-mode",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "Intel VT-d with caching-mode=on, all nine checks in one boot: new mappings and context entries are invalidated too",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu,aw-bits=48,caching-mode=on",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "CM true",
-            "vtd-edu: check 2 OK: 64 scattered pages linked + one sync (1 waits",
-            "vtd-edu: all checks passed with 4-level tables",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-blk",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "virtio-blk-pci (iommu_platform=on) behind Intel VT-d (legacy, second-level) through iova-virtio-hal's IommuHal: write/read-back check with zero fault records, image verified on the host; an unshared buffer's old IOVA is blocked (canary intact) with a fault record from the disk's source-id inside it",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        // No edu: the blk scenario finds the unit through the disk's BDF.
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "blk",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "vtd-edu: pool probe: 4 KiB buffer B' copied into pool slot",
-            "it went to the pool, B' canary intact",
-            "vtd-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
-            "is blocked until it is attached",
-            "attached to domain 1: legacy mode, second-level",
-            "vtd-edu: virtio-blk initialised",
-            "initial pattern checked",
-            "wrote sectors 64..128 (32768 bytes) in 13 requests",
-            "write pattern checked",
-            "vtd-edu: blk: 0 fault records after the check: every DMA of",
-            "no DMA table failure",
-            "vtd-edu: blk: stale probe blocked by VT-d: B's canary intact, request not completed; fault record: DMA write fault from",
-            "vtd-edu: scenario `blk` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "vtd-edu-x86_64-blk-bench",
-        arch: Arch::X86_64,
-        example: "vtd-edu",
-        summary: "virtio-blk-pci behind Intel VT-d: check, then the same-boot benchmark: baseline (pass-through context), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, maps / flushes / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
-        iommu: "Intel VT-d (iommu-intel-vtd)",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "intel-iommu",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "blk-bench",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "vtd-edu: blk: 0 fault records after the check: every DMA of",
-            "blk-bench: backend=vtd arch=x86_64 policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
-            "blk-bench: backend=vtd arch=x86_64 policy=premapped size=65536 depth=16 ",
-            "blk-bench: backend=vtd arch=x86_64 policy=strict size=4096 depth=16 rounds=5 ratio=",
-            "blk-profile: backend=vtd arch=x86_64 policy=pool size=4096 depth=16 ticks_per_req=",
-            "vtd-edu: blk-bench: matrix done",
-            "vtd-edu: scenario `blk-bench` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-map",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (virt): map at an IOVA != PA, DMA RAM -> edu -> RAM checked",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "map",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: map: 4096 bytes RAM",
-            "virtio-iommu-edu: scenario `map` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-batch",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (virt): 64 scattered pages linked, one sync = 64 MAPs and 1 notification, DMA through all checked",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "batch",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: two-step: 64 scattered pages linked",
-            "one sync: 64 MAP requests, 1 notification",
-            "virtio-iommu-edu: DMA through all 64 linked pages",
-            "virtio-iommu-edu: scenario `batch` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-unlink",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (virt): unlink + sync, DMA to the old IOVA blocked, MAPPING fault (endpoint, address) drained",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "unlink",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: unlink: after unlink + sync (1 UNMAP, 1 notification)",
-            "virtio-iommu-edu: scenario `unlink` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-adjacent",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (virt): two states on adjacent IOVAs over contiguous pages get a MAP each; each destroy removes exactly its own page (edu blocked there, the neighbour reached); one of two contiguous links unlinks alone",
-        iommu: "virtio-iommu",
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "adjacent",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: adjacent: states at IOVA",
-            "destroy A removed only A's page",
-            "virtio-iommu-edu: adjacent: one state, two contiguous links",
-            "virtio-iommu-edu: scenario `adjacent` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-readonly",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (virt): device write to a read-only mapping blocked, fault with the write flag",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "readonly",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: read-only: edu's write to read-only IOVA",
-            "virtio-iommu-edu: scenario `readonly` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-deny",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (virt): bypass = 0: a second edu nobody attached cannot DMA, fault reported",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "deny",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: default deny: edu #2",
-            "virtio-iommu-edu: scenario `deny` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-msi",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (virt): PROBE's MSI region is never handed out as an IOVA",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "msi",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: PROBE hole:",
-            "virtio-iommu-edu: scenario `msi` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-identity",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (virt): ATTACH with the bypass flag: identity DMA works, denied again after DETACH",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "identity",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: identity: edu #2",
-            "virtio-iommu-edu: scenario `identity` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-map",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (q35): map at an IOVA != PA, DMA RAM -> edu -> RAM checked",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "map",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: map: 4096 bytes RAM",
-            "virtio-iommu-edu: scenario `map` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-batch",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (q35): 64 scattered pages linked, one sync = 64 MAPs and 1 notification, DMA through all checked",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "batch",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: two-step: 64 scattered pages linked",
-            "one sync: 64 MAP requests, 1 notification",
-            "virtio-iommu-edu: DMA through all 64 linked pages",
-            "virtio-iommu-edu: scenario `batch` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-unlink",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (q35): unlink + sync, DMA to the old IOVA blocked, MAPPING fault (endpoint, address) drained",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "unlink",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: unlink: after unlink + sync (1 UNMAP, 1 notification)",
-            "virtio-iommu-edu: scenario `unlink` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-adjacent",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (q35): two states on adjacent IOVAs over contiguous pages get a MAP each; each destroy removes exactly its own page (edu blocked there, the neighbour reached); one of two contiguous links unlinks alone",
-        iommu: "virtio-iommu",
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "adjacent",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: adjacent: states at IOVA",
-            "destroy A removed only A's page",
-            "virtio-iommu-edu: adjacent: one state, two contiguous links",
-            "virtio-iommu-edu: scenario `adjacent` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-readonly",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (q35): device write to a read-only mapping blocked, fault with the write flag",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "readonly",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: read-only: edu's write to read-only IOVA",
-            "virtio-iommu-edu: scenario `readonly` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-deny",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (q35): bypass = 0: a second edu nobody attached cannot DMA, fault reported",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "deny",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: default deny: edu #2",
-            "virtio-iommu-edu: scenario `deny` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-msi",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (q35): PROBE's MSI region is never handed out as an IOVA",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "msi",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: PROBE hole:",
-            "virtio-iommu-edu: scenario `msi` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-identity",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "iommu-virtio on virtio-iommu-pci (q35): ATTACH with the bypass flag: identity DMA works, denied again after DETACH",
-        iommu: "virtio-iommu",
-        // IOVAs sit at 256 GiB: edu must not mask them. The second edu is
-        // never attached (the `deny` scenario).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-device",
-            "edu,dma_mask=0xffffffffffffffff",
-            "-append",
-            "identity",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: identity: edu #2",
-            "virtio-iommu-edu: scenario `identity` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-blk",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "virtio-blk-pci (iommu_platform=on) behind virtio-iommu-pci (virt) through iova-virtio-hal: write/read-back check with 0 faults, image verified on the host; the unshared buffer's old IOVA is unreachable (canary intact, MAPPING fault for the disk inside it)",
-        iommu: "virtio-iommu",
-        // No edu: the disk is the only endpoint. The image is made at test
-        // time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "blk",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: pool probe: 4 KiB buffer B' copied into pool slot",
-            "it went to the pool, B' canary intact",
-            "virtio-iommu-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
-            "virtio-iommu-edu: virtio-blk initialised",
-            "bypass = 0 (the disk cannot DMA until attached)",
-            "initial pattern checked",
-            "wrote sectors 64..128 (32768 bytes) in 13 requests",
-            "write pattern checked",
-            "0 faults, 0 fault events: every DMA of the disk went to an IOVA we mapped",
-            "stale probe: blocked: NeedsReset, canary intact; virtio-iommu fault Mapping endpoint",
-            "all for the disk inside [A, A + 8 KiB)",
-            "virtio-iommu-edu: scenario `blk` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-aarch64-blk-bench",
-        arch: Arch::Aarch64,
-        example: "virtio-iommu-edu",
-        summary: "virtio-blk-pci behind virtio-iommu-pci (virt): check with 0 faults, then the same-boot benchmark: baseline (bypass domain), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, MAPs / notifications / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
-        iommu: "virtio-iommu",
-        // No edu: the disk is the only endpoint. The image is made at test
-        // time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            // An idle edu keeps domain 1 attached while the disk moves
-            // between the benchmark's domains.
-            "-device",
-            "edu",
-            "-append",
-            "blk-bench",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "0 faults, 0 fault events: every DMA of the disk went to an IOVA we mapped",
-            "write pattern checked",
-            "blk-bench: backend=virtio-iommu arch=aarch64 policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
-            "blk-bench: backend=virtio-iommu arch=aarch64 policy=premapped size=65536 depth=16 ",
-            "blk-bench: backend=virtio-iommu arch=aarch64 policy=strict size=4096 depth=16 rounds=5 ratio=",
-            "blk-profile: backend=virtio-iommu arch=aarch64 policy=pool size=4096 depth=16 ticks_per_req=",
-            "virtio-iommu-edu: blk-bench: 0 faults during the benchmark",
-            "virtio-iommu-edu: scenario `blk-bench` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-blk",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "virtio-blk-pci (iommu_platform=on) behind virtio-iommu-pci (q35) through iova-virtio-hal: write/read-back check with 0 faults, image verified on the host; the unshared buffer's old IOVA is unreachable (canary intact, MAPPING fault for the disk inside it)",
-        iommu: "virtio-iommu",
-        // No edu: the disk is the only endpoint. The image is made at test
-        // time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "blk",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "virtio-iommu-edu: pool probe: 4 KiB buffer B' copied into pool slot",
-            "it went to the pool, B' canary intact",
-            "virtio-iommu-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
-            "virtio-iommu-edu: virtio-blk initialised",
-            "bypass = 0 (the disk cannot DMA until attached)",
-            "initial pattern checked",
-            "wrote sectors 64..128 (32768 bytes) in 13 requests",
-            "write pattern checked",
-            "0 faults, 0 fault events: every DMA of the disk went to an IOVA we mapped",
-            "stale probe: blocked: NeedsReset, canary intact; virtio-iommu fault Mapping endpoint",
-            "all for the disk inside [A, A + 8 KiB)",
-            "virtio-iommu-edu: scenario `blk` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "virtio-iommu-edu-x86_64-blk-bench",
-        arch: Arch::X86_64,
-        example: "virtio-iommu-edu",
-        summary: "virtio-blk-pci behind virtio-iommu-pci (q35): check with 0 faults, then the same-boot benchmark: baseline (bypass domain), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, MAPs / notifications / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
-        iommu: "virtio-iommu",
-        // No edu: the disk is the only endpoint. The image is made at test
-        // time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-device",
-            "virtio-iommu-pci,granule=4k",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            // An idle edu keeps domain 1 attached while the disk moves
-            // between the benchmark's domains.
-            "-device",
-            "edu",
-            "-append",
-            "blk-bench",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "0 faults, 0 fault events: every DMA of the disk went to an IOVA we mapped",
-            "write pattern checked",
-            "blk-bench: backend=virtio-iommu arch=x86_64 policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
-            "blk-bench: backend=virtio-iommu arch=x86_64 policy=premapped size=65536 depth=16 ",
-            "blk-bench: backend=virtio-iommu arch=x86_64 policy=strict size=4096 depth=16 rounds=5 ratio=",
-            "blk-profile: backend=virtio-iommu arch=x86_64 policy=pool size=4096 depth=16 ticks_per_req=",
-            "virtio-iommu-edu: blk-bench: 0 faults during the benchmark",
-            "virtio-iommu-edu: scenario `blk-bench` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "blk-noiommu-aarch64",
-        arch: Arch::Aarch64,
-        example: "blk-noiommu",
-        summary: "virtio-blk-pci (iommu_platform=on) with no IOMMU, identity Hal: write/read-back check, image verified on the host; stale-buffer probe shows the device reaches an unshared buffer; an address with nothing there breaks the device (NEEDS_RESET), canary intact",
-        iommu: "none",
-        // The disk image is made at test time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "check",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "blk-noiommu: virtio-blk initialised",
-            "initial pattern checked",
-            "wrote sectors 64..128 (32768 bytes) in 13 requests",
-            "write pattern checked",
-            "the probe detects reachability",
-            "what a blocked DMA looks like in QEMU",
-            "blk-noiommu: scenario `check` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "blk-noiommu-x86_64",
-        arch: Arch::X86_64,
-        example: "blk-noiommu",
-        summary: "virtio-blk-pci (iommu_platform=on) with no IOMMU, identity Hal: write/read-back check, image verified on the host; stale-buffer probe shows the device reaches an unshared buffer; an address with nothing there breaks the device (NEEDS_RESET), canary intact",
-        iommu: "none",
-        // The disk image is made at test time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "check",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "blk-noiommu: virtio-blk initialised",
-            "initial pattern checked",
-            "wrote sectors 64..128 (32768 bytes) in 13 requests",
-            "write pattern checked",
-            "the probe detects reachability",
-            "what a blocked DMA looks like in QEMU",
-            "blk-noiommu: scenario `check` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "blk-noiommu-aarch64-bench",
-        arch: Arch::Aarch64,
-        example: "blk-noiommu",
-        summary: "virtio-blk-pci with no IOMMU: check, then sequential 4 KiB / 64 KiB reads of 8 MiB (blk-bench lines, the baseline for the IOMMU rows)",
-        iommu: "none",
-        // The disk image is made at test time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "virt",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "bench",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "write pattern checked",
-            "blk-bench: none 4KiB requests=2048 bytes=8388608",
-            "blk-bench: none 64KiB requests=128 bytes=8388608",
-            "blk-noiommu: scenario `bench` passed",
-            "demo: result: OK",
-        ],
-    },
-    SystemTest {
-        name: "blk-noiommu-x86_64-bench",
-        arch: Arch::X86_64,
-        example: "blk-noiommu",
-        summary: "virtio-blk-pci with no IOMMU: check, then sequential 4 KiB / 64 KiB reads of 8 MiB (blk-bench lines, the baseline for the IOMMU rows)",
-        iommu: "none",
-        // The disk image is made at test time (xtask/src/disk.rs).
-        qemu_args: &[
-            "-M",
-            "q35",
-            "-drive",
-            "file=@DISK@,format=raw,if=none,id=blk0",
-            "-device",
-            "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
-            "-append",
-            "bench",
-        ],
-        expect: Expect::GuestSuccess,
-        require: &[
-            "write pattern checked",
-            "blk-bench: none 4KiB requests=2048 bytes=8388608",
-            "blk-bench: none 64KiB requests=128 bytes=8388608",
-            "blk-noiommu: scenario `bench` passed",
-            "demo: result: OK",
-        ],
-    },
+        machine: "{machine}",
+        iommu_device: None,
+        disk: false,
+        devices: &[],
+        append: None,
+        expect: Expect::GuestSuccess,
+        require: &[],
+    };
+}
+
+/// Scenarios of one example and the configurations they run on.
+#[derive(Debug)]
+pub struct Group {
+    /// Example package to boot (must be in [`EXAMPLES`] for each
+    /// configuration's architecture).
+    pub example: &'static str,
+    /// Each scenario runs on each of these, in this order.
+    pub configs: &'static [Config],
+    pub scenarios: &'static [Scenario],
+}
+
+/// The disk a [`Scenario::disk`] row gets: a modern-only virtio-blk-pci
+/// whose DMA goes through the IOMMU (`iommu_platform=on`), on the image
+/// `@DISK@` names (see `disk`).
+pub const DISK_ARGS: [&str; 4] = [
+    "-drive",
+    "file=@DISK@,format=raw,if=none,id=blk0",
+    "-device",
+    "virtio-blk-pci,drive=blk0,iommu_platform=on,disable-legacy=on",
 ];
+
+/// The line `platform` prints when an example ends with success.
+pub const GUEST_OK: &str = "demo: result: OK";
+
+/// Every QEMU system test, in the order they run: [`table::GROUPS`]
+/// expanded (built on first use).
+pub static SYSTEM_TESTS: LazyLock<Vec<SystemTest>> = LazyLock::new(|| expand(table::GROUPS));
+
+/// The rows of `groups`: group by group, each group configuration by
+/// configuration, and under each configuration the group's scenarios.
+pub fn expand(groups: &[Group]) -> Vec<SystemTest> {
+    let mut rows = Vec::new();
+    for group in groups {
+        for config in group.configs {
+            for scenario in group.scenarios {
+                rows.push(row(group.example, config, scenario));
+            }
+        }
+    }
+    rows
+}
+
+/// `scenario` of `example` on `config`.
+fn row(example: &'static str, config: &Config, scenario: &Scenario) -> SystemTest {
+    let mut name = format!("{example}-{}", config.arch.name());
+    for part in [config.name, scenario.variant] {
+        if !part.is_empty() {
+            name.push('-');
+            name.push_str(part);
+        }
+    }
+    let mut args = vec!["-M", config.fill(scenario.machine)];
+    if let Some(iommu) = scenario.iommu_device {
+        args.extend(["-device", config.fill(iommu)]);
+    }
+    if scenario.disk {
+        args.extend(DISK_ARGS);
+    }
+    for device in scenario.devices {
+        args.extend(["-device", config.fill(device)]);
+    }
+    if let Some(append) = scenario.append {
+        args.extend(["-append", config.fill(append)]);
+    }
+    let mut require: Vec<&'static str> = scenario.require.iter().map(|r| config.fill(r)).collect();
+    if scenario.expect == Expect::GuestSuccess {
+        require.push(GUEST_OK);
+    }
+    SystemTest {
+        name: leak_str(name),
+        arch: config.arch,
+        example,
+        summary: config.fill(scenario.summary),
+        iommu: config.fill(scenario.iommu),
+        qemu_args: leak_slice(args),
+        expect: scenario.expect,
+        require: leak_slice(require),
+    }
+}
+
+// The rows are built once per process (SYSTEM_TESTS) and live until it
+// exits, like the constant table they stand for; leaking what they are built
+// from gives them the `'static` lifetime the rest of xtask borrows them for.
+fn leak_str(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn leak_slice(v: Vec<&'static str>) -> &'static [&'static str] {
+    Box::leak(v.into_boxed_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Every string of a row.
+    fn row_strings(t: &SystemTest) -> impl Iterator<Item = &'static str> {
+        [t.name, t.summary, t.iommu]
+            .into_iter()
+            .chain(t.qemu_args.iter().copied())
+            .chain(t.require.iter().copied())
+    }
+
+    /// Every string of a scenario, placeholders unfilled.
+    fn scenario_strings(s: &Scenario) -> impl Iterator<Item = &'static str> {
+        [s.variant, s.summary, s.iommu, s.machine]
+            .into_iter()
+            .chain(s.iommu_device)
+            .chain(s.devices.iter().copied())
+            .chain(s.append)
+            .chain(s.require.iter().copied())
+    }
+
+    #[test]
+    fn expand_names_orders_and_fills_the_rows() {
+        const VIRT: Config = Config {
+            arch: Arch::Aarch64,
+            name: "",
+            vars: &[("machine", "virt"), ("what", "one")],
+        };
+        const Q35_FAST: Config = Config {
+            arch: Arch::X86_64,
+            name: "fast",
+            vars: &[("machine", "q35"), ("what", "two")],
+        };
+        let groups = [Group {
+            example: "ex",
+            configs: &[VIRT, Q35_FAST],
+            scenarios: &[
+                Scenario {
+                    summary: "{what} on {machine}",
+                    require: &["{arch} says {what}"],
+                    ..Scenario::BASE
+                },
+                Scenario {
+                    variant: "blk",
+                    iommu: "an IOMMU",
+                    iommu_device: Some("iommu-{what}"),
+                    disk: true,
+                    devices: &["edu", "edu-{what}"],
+                    append: Some("go"),
+                    expect: Expect::Status(1),
+                    require: &["failed"],
+                    ..Scenario::BASE
+                },
+            ],
+        }];
+        let rows = expand(&groups);
+        let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+        assert_eq!(
+            names,
+            [
+                "ex-aarch64",
+                "ex-aarch64-blk",
+                "ex-x86_64-fast",
+                "ex-x86_64-fast-blk"
+            ]
+        );
+        let plain = &rows[0];
+        assert_eq!(
+            (plain.arch, plain.example, plain.summary, plain.iommu),
+            (Arch::Aarch64, "ex", "one on virt", "none")
+        );
+        assert_eq!(plain.qemu_args, ["-M", "virt"]);
+        assert_eq!(plain.expect, Expect::GuestSuccess);
+        assert_eq!(plain.require, ["aarch64 says one", GUEST_OK]);
+        let blk = &rows[3];
+        assert_eq!((blk.arch, blk.iommu), (Arch::X86_64, "an IOMMU"));
+        let mut args = vec!["-M", "q35", "-device", "iommu-two"];
+        args.extend(DISK_ARGS);
+        args.extend(["-device", "edu", "-device", "edu-two", "-append", "go"]);
+        assert_eq!(blk.qemu_args, args);
+        assert_eq!(blk.expect, Expect::Status(1));
+        // A row that expects the guest to fail does not require its success line.
+        assert_eq!(blk.require, ["failed"]);
+    }
+
+    #[test]
+    fn row_names_are_unique() {
+        let mut names = HashSet::new();
+        for t in SYSTEM_TESTS.iter() {
+            assert!(names.insert(t.name), "two rows named {}", t.name);
+        }
+    }
+
+    #[test]
+    fn no_two_rows_boot_the_same() {
+        let mut boots = HashSet::new();
+        for t in SYSTEM_TESTS.iter() {
+            assert!(
+                boots.insert((t.example, t.arch.name(), t.qemu_args)),
+                "{} boots what another row boots",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_row_boots_an_example_that_exists_and_is_built_for_its_arch() {
+        for t in SYSTEM_TESTS.iter() {
+            let manifest = crate::util::repo_root()
+                .join("examples")
+                .join(t.example)
+                .join("Cargo.toml");
+            let text = std::fs::read_to_string(&manifest)
+                .unwrap_or_else(|e| panic!("{}: {}: {e}", t.name, manifest.display()));
+            assert!(
+                text.contains(&format!("name = \"{}\"", t.example)),
+                "{}: {} is not package {}",
+                t.name,
+                manifest.display(),
+                t.example
+            );
+            assert!(
+                EXAMPLES
+                    .iter()
+                    .any(|e| e.package == t.example && e.arches.contains(&t.arch)),
+                "{}: {} is not built for {}",
+                t.name,
+                t.example,
+                t.arch.name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_example_is_booted_on_every_arch_it_is_built_for() {
+        for e in EXAMPLES {
+            for &arch in e.arches {
+                assert!(
+                    SYSTEM_TESTS
+                        .iter()
+                        .any(|t| t.example == e.package && t.arch == arch),
+                    "{} is built for {} but no row boots it",
+                    e.package,
+                    arch.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_placeholder_is_filled() {
+        for t in SYSTEM_TESTS.iter() {
+            for s in row_strings(t) {
+                assert!(
+                    !s.contains('{') && !s.contains('}'),
+                    "{}: {s:?} has a placeholder its configuration does not fill",
+                    t.name
+                );
+            }
+        }
+    }
+
+    // A value no scenario uses is a misspelt placeholder, or configurations
+    // that differ only in their names.
+    #[test]
+    fn every_configuration_value_is_used() {
+        for group in table::GROUPS {
+            for config in group.configs {
+                for (key, _) in config.vars {
+                    let placeholder = format!("{{{key}}}");
+                    let used = table::GROUPS
+                        .iter()
+                        .filter(|g| g.configs.contains(config))
+                        .flat_map(|g| g.scenarios)
+                        .flat_map(scenario_strings)
+                        .any(|s| s.contains(&placeholder));
+                    assert!(
+                        used,
+                        "{}: no scenario uses {placeholder} of configuration {:?} ({})",
+                        group.example,
+                        config.name,
+                        config.arch.name()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,773 @@
+//! Every QEMU system test: each scenario once, with the configurations it
+//! runs on. [`super::expand`] turns [`GROUPS`] into the rows, in order: each
+//! group's configurations one after the other, and under each configuration
+//! the group's scenarios. How to add one: see the module doc of
+//! [`super`](crate::systests).
+
+use super::{Arch, Config, Expect, Group, Scenario};
+
+/// An edu that may DMA anywhere. Its default mask, (1 << 28) - 1, would cut
+/// IOVAs above 256 MiB and virt's RAM, which starts at 1 GiB.
+const EDU: &str = "edu,dma_mask=0xffffffffffffffff";
+
+/// aarch64 on QEMU's virt machine, no configuration of its own.
+const VIRT: Config = Config {
+    arch: Arch::Aarch64,
+    name: "",
+    vars: &[
+        ("machine", "virt"),
+        // An edu that DMAs to RAM by physical address: RAM on virt starts
+        // at 1 GiB, so widen the mask, or the DMA lands elsewhere.
+        ("edu", EDU),
+        // The CPU's page-table format.
+        ("page_table", "LPAE"),
+    ],
+};
+
+/// x86_64 on QEMU's q35 machine, no configuration of its own.
+const Q35: Config = Config {
+    arch: Arch::X86_64,
+    name: "",
+    vars: &[
+        ("machine", "q35"),
+        // Our buffers are below 256 MiB, so the default dma_mask is fine here.
+        ("edu", "edu"),
+        ("page_table", "x86-64"),
+    ],
+};
+
+/// Every group of system tests, in the order they run.
+pub const GROUPS: &[Group] = &[
+    Group {
+        example: "edu-dma",
+        configs: &[VIRT],
+        scenarios: &[
+            EDU_DMA,
+            Scenario {
+                variant: "entered-at-el2",
+                summary: "edu DMA on virt,virtualization=on: the boot stub drops an ordinary example from EL2 to EL1",
+                machine: "virt,virtualization=on",
+                require: &[
+                    "edu-dma: starting on aarch64 QEMU virt, EL1,",
+                    "edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM",
+                ],
+                ..EDU_DMA
+            },
+        ],
+    },
+    Group {
+        example: "edu-dma",
+        configs: &[Q35],
+        scenarios: &[EDU_DMA],
+    },
+    Group {
+        example: "two-step-sw",
+        configs: &[VIRT, Q35],
+        scenarios: &[Scenario {
+            summary: "iova-core two-step API bare-metal, software-walked {page_table} table, edu DMA",
+            iommu: "software (iova-core PageTable)",
+            require: &["two-step-sw: two-step over a software"],
+            ..EDU_DMA
+        }],
+    },
+    Group {
+        example: "smmuv3-edu",
+        configs: &[VIRT],
+        scenarios: SMMUV3,
+    },
+    Group {
+        example: "vtd-edu",
+        configs: &[VTD_AW39, VTD_AW48, VTD_SCALABLE, VTD_FIRST_LEVEL],
+        scenarios: VTD_CHECKS,
+    },
+    Group {
+        example: "vtd-edu",
+        configs: &[VTD_FIRST_LEVEL],
+        scenarios: &[Scenario {
+            variant: "9-top-iova",
+            summary: "Intel VT-d, scalable mode with first-level translation (x-flts=on): the domain maps the lower canonical half only (47-bit IOVAs); an allocator over its last page hands out IOVA 0x7fff_ffff_f000 and edu DMA RAM -> device -> RAM through it, bytes checked",
+            // dma_mask: edu must not mask the 47-bit IOVA.
+            devices: &[EDU],
+            append: Some("vtd-edu.checks=9"),
+            require: &[
+                "translation mode: {mode}",
+                "47-bit IOVAs (the lower canonical half)",
+                "vtd-edu: check 9 OK: 4096 bytes RAM",
+                "through IOVA 0x7ffffffff000, the last page below 1 << 47 (first-level tables)",
+                "selected check(s) passed with {tables} tables",
+            ],
+            ..VTD_CHECK
+        }],
+    },
+    Group {
+        example: "vtd-edu",
+        configs: &[Q35],
+        scenarios: VTD_OTHERS,
+    },
+    Group {
+        example: "virtio-iommu-edu",
+        configs: &[VIRT, Q35],
+        scenarios: VIRTIO_IOMMU_EDU,
+    },
+    Group {
+        example: "virtio-iommu-edu",
+        configs: &[VIRT, Q35],
+        scenarios: VIRTIO_IOMMU_BLK,
+    },
+    Group {
+        example: "blk-noiommu",
+        configs: &[VIRT, Q35],
+        scenarios: &[Scenario {
+            summary: "virtio-blk-pci (iommu_platform=on) with no IOMMU, identity Hal: write/read-back check, image verified on the host; stale-buffer probe shows the device reaches an unshared buffer; an address with nothing there breaks the device (NEEDS_RESET), canary intact",
+            disk: true,
+            append: Some("check"),
+            require: &[
+                "blk-noiommu: virtio-blk initialised",
+                "initial pattern checked",
+                "wrote sectors 64..128 (32768 bytes) in 13 requests",
+                "write pattern checked",
+                "the probe detects reachability",
+                "what a blocked DMA looks like in QEMU",
+                "blk-noiommu: scenario `check` passed",
+            ],
+            ..Scenario::BASE
+        }],
+    },
+    Group {
+        example: "blk-noiommu",
+        configs: &[VIRT, Q35],
+        scenarios: &[Scenario {
+            variant: "bench",
+            summary: "virtio-blk-pci with no IOMMU: check, then sequential 4 KiB / 64 KiB reads of 8 MiB (blk-bench lines, the baseline for the IOMMU rows)",
+            disk: true,
+            append: Some("bench"),
+            require: &[
+                "write pattern checked",
+                "blk-bench: none 4KiB requests=2048 bytes=8388608",
+                "blk-bench: none 64KiB requests=128 bytes=8388608",
+                "blk-noiommu: scenario `bench` passed",
+            ],
+            ..Scenario::BASE
+        }],
+    },
+];
+
+/// edu DMA RAM -> device -> RAM, no IOMMU.
+const EDU_DMA: Scenario = Scenario {
+    summary: "edu DMA RAM -> device -> RAM on {machine}",
+    devices: &["{edu}"],
+    require: &["edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM"],
+    ..Scenario::BASE
+};
+
+/// What the smmuv3-edu scenarios share: the SMMUv3 of virt, one edu.
+const SMMU: Scenario = Scenario {
+    iommu: "SMMUv3",
+    machine: "virt,iommu=smmuv3",
+    devices: &[EDU],
+    ..Scenario::BASE
+};
+
+const SMMUV3: &[Scenario] = &[
+    Scenario {
+        variant: "map",
+        summary: "iommu-arm-smmuv3 stage 1: buffer at IOVA != PA, edu DMA RAM -> device -> RAM checked; unmapped IOVA faults as typed events",
+        append: Some("map"),
+        require: &[
+            "demo: el: EL1",
+            "smmuv3-edu: 4096 bytes RAM -> edu -> RAM through the SMMU, every byte checked",
+            "translation-fault events, all for StreamID",
+            "smmuv3-edu: scenario `map` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "batch",
+        summary: "iommu-arm-smmuv3: 64 scattered pages linked with one sync, DMA through all; unlink of the batch = 1 TLBI + 1 CMD_SYNC",
+        append: Some("batch"),
+        require: &[
+            "DMA through all 64 checked; unlink + sync: 1 TLBI, 1 CMD_SYNC",
+            "smmuv3-edu: scenario `batch` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "stale",
+        summary: "iommu-arm-smmuv3: unlink + sync, DMA to the old (cached) IOVA blocked and reported; 4 KiB fault storm reported as lost events",
+        append: Some("stale"),
+        require: &[
+            "blocked, page unchanged",
+            "control: PTE cleared without TLBI -> device still wrote the page",
+            "4 KiB fault storm:",
+            "loss reported",
+            "smmuv3-edu: scenario `stale` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "perm",
+        summary: "iommu-arm-smmuv3: device write to a read-only mapping: permission fault, memory unchanged",
+        append: Some("perm"),
+        require: &[
+            "blocked, page unchanged",
+            "permission faults",
+            "smmuv3-edu: scenario `perm` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "second-fn",
+        summary: "iommu-arm-smmuv3: a second edu nobody attached is blocked and reported with its StreamID",
+        devices: &[EDU, EDU],
+        append: Some("second-fn"),
+        require: &[
+            "unattached function blocked, page unchanged",
+            "smmuv3-edu: scenario `second-fn` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "block",
+        summary: "iommu-arm-smmuv3: a 2 MiB-aligned link becomes a block entry, DMA through it checked",
+        append: Some("block"),
+        require: &[
+            "is one block entry; DMA into its last page checked",
+            "smmuv3-edu: scenario `block` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "s2",
+        summary: "iommu-arm-smmuv3 stage 2 (VMID, VTTBR) from EL2, as a hypervisor gives a device to a guest: DMA through IPAs checked, stage-2 fault reported",
+        machine: "virt,iommu=smmuv3,virtualization=on",
+        append: Some("s2"),
+        require: &[
+            "demo: el: EL2",
+            "stage 2 (4 KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked",
+            "smmuv3-edu: scenario `s2` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "nested",
+        summary: "iommu-arm-smmuv3 nested stage 1 + stage 2 from EL2: IOVA -> IPA -> PA DMA checked, stage-2 unmap blocks it",
+        machine: "virt,iommu=smmuv3,virtualization=on",
+        append: Some("nested"),
+        require: &[
+            "demo: el: EL2",
+            "nested: IOVA",
+            "4096 bytes checked; stage-2 unmap faults",
+            "smmuv3-edu: scenario `nested` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "gran16k",
+        summary: "iommu-arm-smmuv3 stage 1 with a 16 KiB granule: DMA checked, range TLBI in granule units, unmapped page faults",
+        append: Some("gran16k"),
+        require: &[
+            "smmuv3-edu: 16 KiB granule: DMA through IOVA",
+            "smmuv3-edu: scenario `gran16k` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "gran64k",
+        summary: "iommu-arm-smmuv3 stage 1 with a 64 KiB granule: DMA checked, range TLBI in granule units, unmapped page faults",
+        append: Some("gran64k"),
+        require: &[
+            "smmuv3-edu: 64 KiB granule: DMA through IOVA",
+            "smmuv3-edu: scenario `gran64k` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "s2-16k",
+        summary: "iommu-arm-smmuv3 stage 2 from EL2 with a 16 KiB granule: DMA through IPAs checked, stage-2 fault reported",
+        machine: "virt,iommu=smmuv3,virtualization=on",
+        append: Some("s2-16k"),
+        require: &[
+            "demo: el: EL2",
+            "smmuv3-edu: stage 2 (16 KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked",
+            "smmuv3-edu: scenario `s2-16k` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "s2-64k",
+        summary: "iommu-arm-smmuv3 stage 2 from EL2 with a 64 KiB granule: DMA through IPAs checked, stage-2 fault reported",
+        machine: "virt,iommu=smmuv3,virtualization=on",
+        append: Some("s2-64k"),
+        require: &[
+            "demo: el: EL2",
+            "smmuv3-edu: stage 2 (64 KiB): 4096 bytes RAM -> edu -> RAM through IPAs checked",
+            "smmuv3-edu: scenario `s2-64k` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "two-domains",
+        summary: "iommu-arm-smmuv3: two edus in two domains (two ASIDs) map one IOVA to different pages; each reaches only its own, also after one unmaps",
+        devices: &[EDU, EDU],
+        append: Some("two-domains"),
+        require: &[
+            "each device reached only its own; after domain A's unmap, A's device faults",
+            "smmuv3-edu: scenario `two-domains` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "storm",
+        summary: "iommu-arm-smmuv3: a 4 KiB DMA to an unmapped IOVA (1024 QEMU events) into a 2048-entry event queue: all drained, typed, in order, none lost",
+        append: Some("storm"),
+        require: &[
+            "smmuv3-edu: 4 KiB fault storm: all 1024 translation faults drained in order",
+            "smmuv3-edu: scenario `storm` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "irq",
+        summary: "iommu-arm-smmuv3 set_interrupts: a fault pulses the eventq SPI, a refused command the gerror SPI (seen pending in the GIC distributor); off, neither",
+        append: Some("irq"),
+        require: &[
+            "interrupts off -> pending (false, false); on -> eventq true, gerror true",
+            "smmuv3-edu: scenario `irq` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "map-virt91",
+        summary: "iommu-arm-smmuv3 on a stage-1-only SMMU (virt-9.1: IDR0.S2P = 0): the driver adapts, map scenario passes",
+        iommu: "SMMUv3 (stage 1 only)",
+        machine: "virt-9.1,iommu=smmuv3",
+        append: Some("map"),
+        require: &[
+            "stage1 true stage2 false nesting false",
+            "smmuv3-edu: scenario `map` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "s2-refused-virt91",
+        summary: "iommu-arm-smmuv3: a stage-2 domain asked for at EL2 on a stage-1-only SMMU is refused with a typed error (the guest reports failure on purpose)",
+        iommu: "SMMUv3 (stage 1 only)",
+        machine: "virt-9.1,iommu=smmuv3,virtualization=on",
+        append: Some("s2"),
+        expect: Expect::Status(1),
+        require: &[
+            "demo: el: EL2",
+            "error: smmuv3: translation stage not supported by the SMMU",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "blk",
+        summary: "virtio-blk-pci (iommu_platform=on) behind the SMMUv3 (stage 1, strict) through iova-virtio-hal: write/read-back check with 0 SMMU events, image verified on the host; the unshared buffer's old IOVA is unreachable (canary intact, F_TRANSLATION for the disk's StreamID inside it)",
+        // No edu: the disk is the only device.
+        disk: true,
+        devices: &[],
+        append: Some("blk"),
+        require: &[
+            "smmuv3-edu: pool probe: 4 KiB buffer B' copied into pool slot",
+            "it went to the pool, B' canary intact",
+            "smmuv3-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
+            "demo: el: EL1",
+            "every stream aborts until attached",
+            "before attach: STE invalid (V = 0): its DMA aborts (default deny)",
+            "smmuv3-edu: virtio-blk initialised",
+            "initial pattern checked",
+            "wrote sectors 64..128 (32768 bytes) in 13 requests",
+            "write pattern checked",
+            "smmuv3-edu: blk: 0 SMMU events during the check: every DMA of its 40 requests went to an IOVA we mapped",
+            "reserved in the IOVA allocator",
+            "smmuv3-edu: stale probe: SMMU fault record: Translation (type 0x10) sid 0x8 iova",
+            "all translation faults inside",
+            "smmuv3-edu: stale probe: blocked: NeedsReset, canary intact",
+            "smmuv3-edu: scenario `blk` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "blk-bench",
+        summary: "virtio-blk-pci behind the SMMUv3: check with 0 SMMU events, then the same-boot benchmark: baseline (STE bypass), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, maps / flushes / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
+        disk: true,
+        devices: &[],
+        append: Some("blk-bench"),
+        require: &[
+            "write pattern checked",
+            "smmuv3-edu: blk: 0 SMMU events during the check",
+            "blk-bench: backend=smmuv3 arch={arch} policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
+            "blk-bench: backend=smmuv3 arch={arch} policy=premapped size=65536 depth=16 ",
+            "blk-bench: backend=smmuv3 arch={arch} policy=strict size=4096 depth=16 rounds=5 ratio=",
+            "blk-profile: backend=smmuv3 arch={arch} policy=pool size=4096 depth=16 ticks_per_req=",
+            "smmuv3-edu: blk-bench: 0 SMMU events during the benchmark",
+            "smmuv3-edu: scenario `blk-bench` passed",
+        ],
+        ..SMMU
+    },
+];
+
+/// The VT-d translation modes every [`VTD_CHECKS`] scenario runs under:
+/// `{options}` for the intel-iommu device, `{about}` for the summary, and
+/// the lines the example prints about the mode (`{mode}`) and the tables it
+/// built (`{tables}`).
+const VTD_AW39: Config = Config {
+    arch: Arch::X86_64,
+    name: "aw39",
+    vars: &[
+        ("options", "aw-bits=39"),
+        (
+            "about",
+            "Intel VT-d, legacy mode, aw-bits=39 (3-level second-level tables)",
+        ),
+        ("mode", "legacy mode, second-level"),
+        ("tables", "3-level"),
+    ],
+};
+
+const VTD_AW48: Config = Config {
+    arch: Arch::X86_64,
+    name: "aw48",
+    vars: &[
+        ("options", "aw-bits=48"),
+        (
+            "about",
+            "Intel VT-d, legacy mode, aw-bits=48 (4-level second-level tables)",
+        ),
+        ("mode", "legacy mode, second-level"),
+        ("tables", "4-level"),
+    ],
+};
+
+const VTD_SCALABLE: Config = Config {
+    arch: Arch::X86_64,
+    name: "scalable",
+    vars: &[
+        ("options", "aw-bits=48,x-scalable-mode=on"),
+        (
+            "about",
+            "Intel VT-d, scalable mode (x-scalable-mode=on): PASID table, RID_PASID entry, second-level tables",
+        ),
+        ("mode", "scalable mode, second-level"),
+        ("tables", "4-level"),
+    ],
+};
+
+const VTD_FIRST_LEVEL: Config = Config {
+    arch: Arch::X86_64,
+    name: "first-level",
+    vars: &[
+        ("options", "aw-bits=48,x-scalable-mode=on,x-flts=on"),
+        (
+            "about",
+            "Intel VT-d, scalable mode with first-level translation (x-flts=on): x86-64 tables, PASID-based IOTLB invalidation",
+        ),
+        ("mode", "scalable mode, first-level"),
+        ("tables", "first-level"),
+    ],
+};
+
+/// What the numbered vtd-edu checks share. `vtd-edu.checks=N` on the
+/// command line selects check N; two edus, the second never gets a context
+/// entry; dma_mask: IOVAs are above 256 MiB.
+const VTD_CHECK: Scenario = Scenario {
+    iommu: "Intel VT-d (iommu-intel-vtd)",
+    machine: "q35",
+    iommu_device: Some("intel-iommu,{options}"),
+    devices: &[EDU, EDU],
+    ..Scenario::BASE
+};
+
+const VTD_CHECKS: &[Scenario] = &[
+    Scenario {
+        variant: "1-map",
+        summary: "{about}: edu DMA RAM -> device -> RAM through IOVAs unlike the physical addresses, bytes checked",
+        append: Some("vtd-edu.checks=1"),
+        require: &[
+            "translation mode: {mode}",
+            "vtd-edu: check 1 OK",
+            "selected check(s) passed with {tables} tables",
+        ],
+        ..VTD_CHECK
+    },
+    Scenario {
+        variant: "2-batch",
+        summary: "{about}: 64 scattered pages linked with one sync, DMA from each; the unlink costs one IOTLB descriptor and one wait",
+        append: Some("vtd-edu.checks=2"),
+        require: &[
+            "translation mode: {mode}",
+            "vtd-edu: check 2 OK",
+            "selected check(s) passed with {tables} tables",
+        ],
+        ..VTD_CHECK
+    },
+    Scenario {
+        variant: "3-unlinked",
+        summary: "{about}: unmap + sync, then a DMA write to the old (IOTLB-cached) IOVA: blocked, memory unchanged, typed fault record",
+        append: Some("vtd-edu.checks=3"),
+        require: &[
+            "translation mode: {mode}",
+            "vtd-edu: check 3 OK",
+            "selected check(s) passed with {tables} tables",
+        ],
+        ..VTD_CHECK
+    },
+    Scenario {
+        variant: "4-read-only",
+        summary: "{about}: a read-only mapping written by the device: fault, memory unchanged",
+        append: Some("vtd-edu.checks=4"),
+        require: &[
+            "translation mode: {mode}",
+            "vtd-edu: check 4 OK",
+            "selected check(s) passed with {tables} tables",
+        ],
+        ..VTD_CHECK
+    },
+    Scenario {
+        variant: "5-no-context",
+        summary: "{about}: a second edu with no context entry: blocked and reported",
+        append: Some("vtd-edu.checks=5"),
+        require: &[
+            "translation mode: {mode}",
+            "vtd-edu: check 5 OK",
+            "selected check(s) passed with {tables} tables",
+        ],
+        ..VTD_CHECK
+    },
+    Scenario {
+        variant: "6-superpage",
+        summary: "{about}: a 2 MiB-aligned link uses a superpage, DMA through it checked",
+        append: Some("vtd-edu.checks=6"),
+        require: &[
+            "translation mode: {mode}",
+            "vtd-edu: check 6 OK",
+            "selected check(s) passed with {tables} tables",
+        ],
+        ..VTD_CHECK
+    },
+    Scenario {
+        variant: "7-pass-through",
+        summary: "{about}: the second edu in pass-through DMAs by physical address, then is blocked again",
+        append: Some("vtd-edu.checks=7"),
+        require: &[
+            "translation mode: {mode}",
+            "vtd-edu: check 7 OK",
+            "selected check(s) passed with {tables} tables",
+        ],
+        ..VTD_CHECK
+    },
+    Scenario {
+        variant: "8-fault-interrupt",
+        summary: "{about}: a DMA fault raises the fault event interrupt (MSI pending in the local APIC)",
+        append: Some("vtd-edu.checks=8"),
+        require: &[
+            "translation mode: {mode}",
+            "vtd-edu: check 8 OK",
+            "selected check(s) passed with {tables} tables",
+        ],
+        ..VTD_CHECK
+    },
+];
+
+/// vtd-edu beyond the numbered checks, each with its own intel-iommu.
+const VTD_OTHERS: &[Scenario] = &[
+    Scenario {
+        variant: "caching-mode",
+        summary: "Intel VT-d with caching-mode=on, all nine checks in one boot: new mappings and context entries are invalidated too",
+        iommu_device: Some("intel-iommu,aw-bits=48,caching-mode=on"),
+        require: &[
+            "CM true",
+            "vtd-edu: check 2 OK: 64 scattered pages linked + one sync (1 waits",
+            "vtd-edu: all checks passed with 4-level tables",
+        ],
+        ..VTD_CHECK
+    },
+    Scenario {
+        variant: "blk",
+        summary: "virtio-blk-pci (iommu_platform=on) behind Intel VT-d (legacy, second-level) through iova-virtio-hal's IommuHal: write/read-back check with zero fault records, image verified on the host; an unshared buffer's old IOVA is blocked (canary intact) with a fault record from the disk's source-id inside it",
+        iommu_device: Some("intel-iommu"),
+        // No edu: the blk scenario finds the unit through the disk's BDF.
+        disk: true,
+        devices: &[],
+        append: Some("blk"),
+        require: &[
+            "vtd-edu: pool probe: 4 KiB buffer B' copied into pool slot",
+            "it went to the pool, B' canary intact",
+            "vtd-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
+            "is blocked until it is attached",
+            "attached to domain 1: legacy mode, second-level",
+            "vtd-edu: virtio-blk initialised",
+            "initial pattern checked",
+            "wrote sectors 64..128 (32768 bytes) in 13 requests",
+            "write pattern checked",
+            "vtd-edu: blk: 0 fault records after the check: every DMA of",
+            "no DMA table failure",
+            "vtd-edu: blk: stale probe blocked by VT-d: B's canary intact, request not completed; fault record: DMA write fault from",
+            "vtd-edu: scenario `blk` passed",
+        ],
+        ..VTD_CHECK
+    },
+    Scenario {
+        variant: "blk-bench",
+        summary: "virtio-blk-pci behind Intel VT-d: check, then the same-boot benchmark: baseline (pass-through context), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, maps / flushes / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
+        iommu_device: Some("intel-iommu"),
+        disk: true,
+        devices: &[],
+        append: Some("blk-bench"),
+        require: &[
+            "vtd-edu: blk: 0 fault records after the check: every DMA of",
+            "blk-bench: backend=vtd arch={arch} policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
+            "blk-bench: backend=vtd arch={arch} policy=premapped size=65536 depth=16 ",
+            "blk-bench: backend=vtd arch={arch} policy=strict size=4096 depth=16 rounds=5 ratio=",
+            "blk-profile: backend=vtd arch={arch} policy=pool size=4096 depth=16 ticks_per_req=",
+            "vtd-edu: blk-bench: matrix done",
+            "vtd-edu: scenario `blk-bench` passed",
+        ],
+        ..VTD_CHECK
+    },
+];
+
+/// What the virtio-iommu-edu scenarios share: a virtio-iommu-pci with 4 KiB
+/// pages, and two edus (IOVAs sit at 256 GiB: edu must not mask them; the
+/// second edu is never attached, see `deny`).
+const VIRTIO_IOMMU: Scenario = Scenario {
+    iommu: "virtio-iommu",
+    iommu_device: Some("virtio-iommu-pci,granule=4k"),
+    devices: &[EDU, EDU],
+    ..Scenario::BASE
+};
+
+const VIRTIO_IOMMU_EDU: &[Scenario] = &[
+    Scenario {
+        variant: "map",
+        summary: "iommu-virtio on virtio-iommu-pci ({machine}): map at an IOVA != PA, DMA RAM -> edu -> RAM checked",
+        append: Some("map"),
+        require: &[
+            "virtio-iommu-edu: map: 4096 bytes RAM",
+            "virtio-iommu-edu: scenario `map` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+    Scenario {
+        variant: "batch",
+        summary: "iommu-virtio on virtio-iommu-pci ({machine}): 64 scattered pages linked, one sync = 64 MAPs and 1 notification, DMA through all checked",
+        append: Some("batch"),
+        require: &[
+            "virtio-iommu-edu: two-step: 64 scattered pages linked",
+            "one sync: 64 MAP requests, 1 notification",
+            "virtio-iommu-edu: DMA through all 64 linked pages",
+            "virtio-iommu-edu: scenario `batch` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+    Scenario {
+        variant: "unlink",
+        summary: "iommu-virtio on virtio-iommu-pci ({machine}): unlink + sync, DMA to the old IOVA blocked, MAPPING fault (endpoint, address) drained",
+        append: Some("unlink"),
+        require: &[
+            "virtio-iommu-edu: unlink: after unlink + sync (1 UNMAP, 1 notification)",
+            "virtio-iommu-edu: scenario `unlink` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+    Scenario {
+        variant: "adjacent",
+        summary: "iommu-virtio on virtio-iommu-pci ({machine}): two states on adjacent IOVAs over contiguous pages get a MAP each; each destroy removes exactly its own page (edu blocked there, the neighbour reached); one of two contiguous links unlinks alone",
+        append: Some("adjacent"),
+        require: &[
+            "virtio-iommu-edu: adjacent: states at IOVA",
+            "destroy A removed only A's page",
+            "virtio-iommu-edu: adjacent: one state, two contiguous links",
+            "virtio-iommu-edu: scenario `adjacent` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+    Scenario {
+        variant: "readonly",
+        summary: "iommu-virtio on virtio-iommu-pci ({machine}): device write to a read-only mapping blocked, fault with the write flag",
+        append: Some("readonly"),
+        require: &[
+            "virtio-iommu-edu: read-only: edu's write to read-only IOVA",
+            "virtio-iommu-edu: scenario `readonly` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+    Scenario {
+        variant: "deny",
+        summary: "iommu-virtio on virtio-iommu-pci ({machine}): bypass = 0: a second edu nobody attached cannot DMA, fault reported",
+        append: Some("deny"),
+        require: &[
+            "virtio-iommu-edu: default deny: edu #2",
+            "virtio-iommu-edu: scenario `deny` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+    Scenario {
+        variant: "msi",
+        summary: "iommu-virtio on virtio-iommu-pci ({machine}): PROBE's MSI region is never handed out as an IOVA",
+        append: Some("msi"),
+        require: &[
+            "virtio-iommu-edu: PROBE hole:",
+            "virtio-iommu-edu: scenario `msi` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+    Scenario {
+        variant: "identity",
+        summary: "iommu-virtio on virtio-iommu-pci ({machine}): ATTACH with the bypass flag: identity DMA works, denied again after DETACH",
+        append: Some("identity"),
+        require: &[
+            "virtio-iommu-edu: identity: edu #2",
+            "virtio-iommu-edu: scenario `identity` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+];
+
+/// virtio-iommu-edu with a disk behind the virtio-iommu: no edu, the disk is
+/// the only endpoint (bar the benchmark's idle one).
+const VIRTIO_IOMMU_BLK: &[Scenario] = &[
+    Scenario {
+        variant: "blk",
+        summary: "virtio-blk-pci (iommu_platform=on) behind virtio-iommu-pci ({machine}) through iova-virtio-hal: write/read-back check with 0 faults, image verified on the host; the unshared buffer's old IOVA is unreachable (canary intact, MAPPING fault for the disk inside it)",
+        disk: true,
+        devices: &[],
+        append: Some("blk"),
+        require: &[
+            "virtio-iommu-edu: pool probe: 4 KiB buffer B' copied into pool slot",
+            "it went to the pool, B' canary intact",
+            "virtio-iommu-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
+            "virtio-iommu-edu: virtio-blk initialised",
+            "bypass = 0 (the disk cannot DMA until attached)",
+            "initial pattern checked",
+            "wrote sectors 64..128 (32768 bytes) in 13 requests",
+            "write pattern checked",
+            "0 faults, 0 fault events: every DMA of the disk went to an IOVA we mapped",
+            "stale probe: blocked: NeedsReset, canary intact; virtio-iommu fault Mapping endpoint",
+            "all for the disk inside [A, A + 8 KiB)",
+            "virtio-iommu-edu: scenario `blk` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+    Scenario {
+        variant: "blk-bench",
+        summary: "virtio-blk-pci behind virtio-iommu-pci ({machine}): check with 0 faults, then the same-boot benchmark: baseline (bypass domain), pre-mapped, strict ... in interleaved rounds, 4 KiB / 64 KiB reads, 1 and 16 in flight, every sector checked (blk-bench lines: ratio to the baseline, spread, MAPs / notifications / bounce bytes per request; then a timed pass: blk-profile lines, the share of time in the Hal)",
+        disk: true,
+        // An idle edu keeps domain 1 attached while the disk moves between
+        // the benchmark's domains.
+        devices: &["edu"],
+        append: Some("blk-bench"),
+        require: &[
+            "0 faults, 0 fault events: every DMA of the disk went to an IOVA we mapped",
+            "write pattern checked",
+            "blk-bench: backend=virtio-iommu arch={arch} policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
+            "blk-bench: backend=virtio-iommu arch={arch} policy=premapped size=65536 depth=16 ",
+            "blk-bench: backend=virtio-iommu arch={arch} policy=strict size=4096 depth=16 rounds=5 ratio=",
+            "blk-profile: backend=virtio-iommu arch={arch} policy=pool size=4096 depth=16 ticks_per_req=",
+            "virtio-iommu-edu: blk-bench: 0 faults during the benchmark",
+            "virtio-iommu-edu: scenario `blk-bench` passed",
+        ],
+        ..VIRTIO_IOMMU
+    },
+];
