@@ -30,7 +30,7 @@ use virtio_drivers::Hal;
 use virtio_drivers::transport::Transport;
 
 use crate::driver::{Request, VirtioIommu};
-use crate::error::VirtioIommuError;
+use crate::error::{BadArgument, VirtioIommuError};
 use crate::features::Features;
 use crate::wire;
 
@@ -105,7 +105,7 @@ impl<H: Hal, T: Transport, const Q: usize, const M: usize, const P: usize> core:
 
 fn flags_of(prot: Prot, mmio_ok: bool) -> Result<u32, VirtioIommuError> {
     if !prot.grants_access() {
-        return Err(VirtioIommuError::InvalidArgument("no access"));
+        return Err(VirtioIommuError::InvalidArgument(BadArgument::NoAccess));
     }
     let mut f = 0;
     if prot.contains(Prot::READ) {
@@ -174,16 +174,16 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: u
     fn check_range(&self, iova: u64, pa: u64, len: u64) -> Result<u64, VirtioIommuError> {
         let g = self.iommu.geometry();
         if len == 0 {
-            return Err(VirtioIommuError::InvalidArgument("zero length"));
+            return Err(VirtioIommuError::InvalidArgument(BadArgument::ZeroLength));
         }
         let end = iova
             .checked_add(len)
-            .ok_or(VirtioIommuError::InvalidArgument("overflow"))?;
+            .ok_or(VirtioIommuError::InvalidArgument(BadArgument::Overflow))?;
         pa.checked_add(len)
-            .ok_or(VirtioIommuError::InvalidArgument("overflow"))?;
+            .ok_or(VirtioIommuError::InvalidArgument(BadArgument::Overflow))?;
         let gm = g.granule - 1;
         if iova & gm != 0 || pa & gm != 0 || len & gm != 0 {
-            return Err(VirtioIommuError::InvalidArgument("not granule aligned"));
+            return Err(VirtioIommuError::InvalidArgument(BadArgument::Misaligned));
         }
         if iova < g.input_start || end - 1 > g.input_end {
             return Err(VirtioIommuError::OutOfRange);
@@ -371,22 +371,13 @@ impl<H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: usize
         prot: Prot,
         gather: &mut IotlbGather,
     ) -> Result<(), Error> {
-        self.do_map(iova.0, pa.0, len, prot).map_err(|e| match e {
-            VirtioIommuError::InvalidArgument("no access") => Error::InvalidProt,
-            VirtioIommuError::InvalidArgument("zero length") => Error::ZeroLength,
-            VirtioIommuError::InvalidArgument("overflow") => Error::Overflow,
-            e => e.into(),
-        })?;
+        self.do_map(iova.0, pa.0, len, prot)?;
         gather.add_mapped(iova, len);
         Ok(())
     }
 
     fn unmap(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64, Error> {
-        let bytes = self.do_unmap(iova.0, len).map_err(|e| match e {
-            VirtioIommuError::InvalidArgument("zero length") => Error::ZeroLength,
-            VirtioIommuError::InvalidArgument("overflow") => Error::Overflow,
-            e => e.into(),
-        })?;
+        let bytes = self.do_unmap(iova.0, len)?;
         if bytes > 0 {
             gather.add_unmapped(iova, len, self.granule());
         }

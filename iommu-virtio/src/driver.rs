@@ -20,7 +20,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::dma::DmaRegion;
-use crate::error::{RequestKind, VirtioIommuError};
+use crate::error::{BadArgument, ConfigField, QueueProblem, RequestKind, VirtioIommuError, Wait};
 use crate::fault::FaultRecord;
 use crate::features::Features;
 use crate::probe::ProbeInfo;
@@ -420,7 +420,7 @@ fn wait_reset<T: Transport>(t: &mut T, budget: &WaitBudget) -> Result<(), Virtio
     let mut d = Deadline::start(budget);
     while t.get_status() != DeviceStatus::empty() {
         if d.expired() {
-            return Err(VirtioIommuError::ResetTimeout);
+            return Err(VirtioIommuError::Timeout(Wait::Reset));
         }
         core::hint::spin_loop();
     }
@@ -440,35 +440,47 @@ fn abandon<T: Transport, X>(t: &mut T, budget: &WaitBudget, memory: X) {
     t.set_status(s | DeviceStatus::FAILED);
 }
 
-fn read_u32<T: Transport>(t: &T, offset: usize) -> Result<u32, VirtioIommuError> {
+/// Reads the 32-bit config word at `offset`, part of `field`.
+fn read_u32<T: Transport>(
+    t: &T,
+    offset: usize,
+    field: ConfigField,
+) -> Result<u32, VirtioIommuError> {
     t.read_config_space::<u32>(offset)
-        .map_err(|_| VirtioIommuError::BadConfig("device config space too small"))
+        .map_err(|_| VirtioIommuError::BadConfig(field))
 }
 
-fn read_u64<T: Transport>(t: &T, offset: usize) -> Result<u64, VirtioIommuError> {
-    Ok(u64::from(read_u32(t, offset)?) | (u64::from(read_u32(t, offset + 4)?) << 32))
+fn read_u64<T: Transport>(
+    t: &T,
+    offset: usize,
+    field: ConfigField,
+) -> Result<u64, VirtioIommuError> {
+    Ok(u64::from(read_u32(t, offset, field)?) | (u64::from(read_u32(t, offset + 4, field)?) << 32))
 }
 
 /// Reads the config fields, retrying while the generation changes (bounded).
 fn read_geometry<T: Transport>(t: &T, f: Features) -> Result<Geometry, VirtioIommuError> {
     for _ in 0..16 {
         let gen_before = t.read_config_generation();
-        let page_size_mask = read_u64(t, off::PAGE_SIZE_MASK)?;
+        let page_size_mask = read_u64(t, off::PAGE_SIZE_MASK, ConfigField::PageSizeMask)?;
         let (input_start, input_end) = if f.contains(Features::INPUT_RANGE) {
-            (read_u64(t, off::INPUT_START)?, read_u64(t, off::INPUT_END)?)
+            (
+                read_u64(t, off::INPUT_START, ConfigField::InputRange)?,
+                read_u64(t, off::INPUT_END, ConfigField::InputRange)?,
+            )
         } else {
             (0, u64::MAX)
         };
         let (domain_start, domain_end) = if f.contains(Features::DOMAIN_RANGE) {
             (
-                read_u32(t, off::DOMAIN_START)?,
-                read_u32(t, off::DOMAIN_END)?,
+                read_u32(t, off::DOMAIN_START, ConfigField::DomainRange)?,
+                read_u32(t, off::DOMAIN_END, ConfigField::DomainRange)?,
             )
         } else {
             (0, u32::MAX)
         };
         let probe_size = if f.contains(Features::PROBE) {
-            read_u32(t, off::PROBE_SIZE)?
+            read_u32(t, off::PROBE_SIZE, ConfigField::ProbeSize)?
         } else {
             0
         };
@@ -476,16 +488,16 @@ fn read_geometry<T: Transport>(t: &T, f: Features) -> Result<Geometry, VirtioIom
             continue;
         }
         if page_size_mask == 0 {
-            return Err(VirtioIommuError::BadConfig("page_size_mask is 0"));
+            return Err(VirtioIommuError::BadConfig(ConfigField::PageSizeMask));
         }
         if input_end < input_start {
-            return Err(VirtioIommuError::BadConfig("input_range is empty"));
+            return Err(VirtioIommuError::BadConfig(ConfigField::InputRange));
         }
         if domain_end < domain_start {
-            return Err(VirtioIommuError::BadConfig("domain_range is empty"));
+            return Err(VirtioIommuError::BadConfig(ConfigField::DomainRange));
         }
         if probe_size > MAX_PROBE_SIZE {
-            return Err(VirtioIommuError::BadConfig("probe_size too large"));
+            return Err(VirtioIommuError::BadConfig(ConfigField::ProbeSize));
         }
         return Ok(Geometry {
             page_size_mask,
@@ -498,17 +510,13 @@ fn read_geometry<T: Transport>(t: &T, f: Features) -> Result<Geometry, VirtioIom
             unattached_bypass: f.contains(Features::BYPASS),
         });
     }
-    Err(VirtioIommuError::BadConfig(
-        "config generation kept changing",
-    ))
+    Err(VirtioIommuError::BadConfig(ConfigField::Generation))
 }
 
 /// Why `VirtQueue::new` failed. The queue's rings come from the `Hal` too:
 /// their allocation failing is `NoDmaMemory` (the caller may retry with more
-/// memory), not a device whose queue is missing or too small (found by
-/// `tests/fault_injection.rs::dma_memory_running_out_at_each_bring_up_allocation_is_no_dma_memory_and_leaks_nothing`;
-/// it used to be reported as `Queue(..)`).
-fn queue_error(e: virtio_drivers::Error, otherwise: &'static str) -> VirtioIommuError {
+/// memory), not a device whose queue is missing or too small.
+fn queue_error(e: virtio_drivers::Error, otherwise: QueueProblem) -> VirtioIommuError {
     match e {
         virtio_drivers::Error::DmaError => VirtioIommuError::NoDmaMemory,
         _ => VirtioIommuError::Queue(otherwise),
@@ -555,9 +563,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         VirtioIommuError,
     > {
         if !Q.is_power_of_two() || Q < 2 || Q > 0x8000 {
-            return Err(VirtioIommuError::Queue(
-                "queue size must be a power of two >= 2",
-            ));
+            return Err(VirtioIommuError::Queue(QueueProblem::InvalidSize));
         }
         if t.device_type() != DeviceType::IOMMU {
             return Err(VirtioIommuError::NotAnIommu(t.device_type() as u32));
@@ -582,12 +588,12 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         if features.contains(Features::BYPASS_CONFIG) {
             let want = u8::from(config.bypass_unattached);
             t.write_config_space::<u8>(off::BYPASS, want)
-                .map_err(|_| VirtioIommuError::BadConfig("bypass not writable"))?;
+                .map_err(|_| VirtioIommuError::BadConfig(ConfigField::Bypass))?;
             let now = t
                 .read_config_space::<u8>(off::BYPASS)
-                .map_err(|_| VirtioIommuError::BadConfig("bypass not readable"))?;
+                .map_err(|_| VirtioIommuError::BadConfig(ConfigField::Bypass))?;
             if now != want {
-                return Err(VirtioIommuError::BadConfig("bypass did not take the value"));
+                return Err(VirtioIommuError::BadConfig(ConfigField::Bypass));
             }
             geometry.unattached_bypass = now == 1;
         }
@@ -598,12 +604,12 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         // The queues come last: once the device knows their addresses, a
         // failure must reset it before their memory is freed.
         let req = VirtQueue::<H, Q>::new(t, REQ_QUEUE, false, false)
-            .map_err(|e| queue_error(e, "request queue unavailable or too small"))?;
+            .map_err(|e| queue_error(e, QueueProblem::RequestQueueUnavailable))?;
         let evt = match VirtQueue::<H, EVENT_QUEUE_SIZE>::new(t, EVENT_QUEUE, false, false) {
             Ok(evt) => evt,
             Err(e) => {
                 abandon(t, &config.wait, req);
-                return Err(queue_error(e, "event queue unavailable or too small"));
+                return Err(queue_error(e, QueueProblem::EventQueueUnavailable));
             }
         };
         Ok((features, geometry, req, evt))
@@ -722,23 +728,24 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
 
     /// Sends `requests`: as many as fit on the queue, one notification, a
     /// bounded wait for every reply, then the rest. Each request's outcome
-    /// goes to the matching entry of `results` (which must be as long).
+    /// goes to the entry of `results` at the same index (`results` must be at
+    /// least as long; entries past `requests.len()` are left alone).
     /// The requests go out exactly as given (no validation: see
     /// [`VirtioDomain`](crate::VirtioDomain) for the checked interface).
     ///
     /// `Err` means the batch could not complete: [`VirtioIommuError::Timeout`]
     /// or [`VirtioIommuError::BadUsedEntry`] (the device is now unusable),
-    /// [`VirtioIommuError::Broken`], or a length mismatch
-    /// ([`VirtioIommuError::InvalidArgument`]). Entries of `results` for
-    /// requests that never completed are left as they were.
+    /// [`VirtioIommuError::Broken`], or too few results
+    /// ([`BadArgument::ResultsTooShort`], nothing sent). Entries of `results`
+    /// for requests that never completed are left as they were.
     pub fn run(
         &self,
         requests: &[Request],
         results: &mut [Result<(), VirtioIommuError>],
     ) -> Result<(), VirtioIommuError> {
-        if requests.len() != results.len() {
+        if results.len() < requests.len() {
             return Err(VirtioIommuError::InvalidArgument(
-                "results and requests differ in length",
+                BadArgument::ResultsTooShort,
             ));
         }
         let mut inner = self.inner.lock();
@@ -841,7 +848,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         // SAFETY: the buffers stay valid and untouched until popped below
         // (or forever, if the driver breaks on a timeout).
         let token = unsafe { req.add(&[out], &mut [reply]) }
-            .map_err(|_| VirtioIommuError::Queue("no room for PROBE"))?;
+            .map_err(|_| VirtioIommuError::Queue(QueueProblem::NoDescriptors))?;
         inner.slot_of_token[usize::from(token)] = PROBE_SLOT;
         inner.outstanding += 1;
         bump(&self.counters.requests[RequestKind::Probe as usize]);
@@ -871,7 +878,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             let Some(token) = inner.req.peek_used() else {
                 if deadline.expired() {
                     inner.broken = true;
-                    return Err(VirtioIommuError::Timeout);
+                    return Err(VirtioIommuError::Timeout(Wait::Reply));
                 }
                 core::hint::spin_loop();
                 continue;
@@ -1018,7 +1025,7 @@ const fn out_len(kind: RequestKind) -> usize {
 impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
     fn enqueue(&mut self, r: &Request, meta: u32) -> Result<(), VirtioIommuError> {
         let Some(slot) = self.free_len.checked_sub(1).map(|i| self.free[i]) else {
-            return Err(VirtioIommuError::Queue("no free slot"));
+            return Err(VirtioIommuError::Queue(QueueProblem::NoFreeSlot));
         };
         let mut bytes = [0u8; SLOT];
         let len = r.encode(&mut bytes);
@@ -1033,7 +1040,7 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         // SAFETY: the slot stays valid and untouched until its token is
         // popped (or forever, if the driver breaks on a timeout).
         let token = unsafe { self.req.add(&[out], &mut [tail]) }
-            .map_err(|_| VirtioIommuError::Queue("descriptors exhausted"))?;
+            .map_err(|_| VirtioIommuError::Queue(QueueProblem::NoDescriptors))?;
         self.free_len -= 1;
         self.slot_of_token[usize::from(token)] = slot;
         self.slot_meta[usize::from(slot)] = (r.kind(), meta);
@@ -1120,7 +1127,7 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         let buf = event_slice(ptr);
         // SAFETY: the buffer stays valid and is not touched until popped.
         let token = unsafe { self.evt.add(&[], &mut [buf]) }
-            .map_err(|_| VirtioIommuError::Queue("event queue full"))?;
+            .map_err(|_| VirtioIommuError::Queue(QueueProblem::EventQueueFull))?;
         self.event_of_token[usize::from(token)] = index as u8;
         Ok(())
     }

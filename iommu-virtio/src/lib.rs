@@ -133,7 +133,10 @@ pub mod wire;
 
 pub use domain::VirtioDomain;
 pub use driver::{CounterSnapshot, DriverConfig, Geometry, Request, VirtioIommu, WaitBudget};
-pub use error::{RequestKind, Status, VirtioIommuError, decode_reply};
+pub use error::{
+    BadArgument, ConfigField, ProbeProblem, QueueProblem, RequestKind, Status, VirtioIommuError,
+    Wait, decode_reply,
+};
 pub use fault::{FaultReason, FaultRecord};
 pub use features::Features;
 pub use probe::{ProbeInfo, ReservedKind, ReservedRegion};
