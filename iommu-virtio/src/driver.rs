@@ -844,7 +844,10 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             core::ptr::write_bytes(base.add(PROBE_PROPS_AT), 0, size);
             core::ptr::write_bytes(base.add(PROBE_PROPS_AT + size), UNWRITTEN, 4);
         }
-        let (out, reply) = probe_slices(base, reply_len);
+        // SAFETY: `base` is the probe buffer (PROBE_PROPS_AT + reply_len
+        // bytes, allocated so in `assemble`); the slices end with this call,
+        // before the reads below.
+        let (out, reply) = unsafe { probe_slices(base, reply_len) };
         // SAFETY: the buffers stay valid and untouched until popped below
         // (or forever, if the driver breaks on a timeout).
         let token = unsafe { req.add(&[out], &mut [reply]) }
@@ -915,7 +918,10 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             }
             let index = usize::from(index);
             let ptr = event_ptr(&inner.events, index);
-            let buf = event_slice(ptr);
+            // SAFETY: event buffer `index` of the driver's; the device has
+            // returned it (its token is on the used ring), and the slice ends
+            // with the `pop_used` below, before the read of the buffer.
+            let buf = unsafe { event_slice(ptr) };
             // SAFETY: the same buffer that was added with this token.
             let used = match unsafe { inner.evt.pop_used(token, &[], &mut [buf]) } {
                 Ok(len) => len as usize,
@@ -975,10 +981,19 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
 
 const PROBE_SLOT: u16 = u16::MAX - 1;
 
-fn probe_slices<'a>(base: *mut u8, reply_len: usize) -> (&'a [u8], &'a mut [u8]) {
-    // SAFETY: callers pass the probe buffer's base, which holds the 72-byte
-    // request at 0 and `reply_len` bytes at PROBE_PROPS_AT; the two do not
-    // overlap.
+/// The PROBE buffer's request (device-readable) and reply (device-writable)
+/// parts, for handing to the queue.
+///
+/// # Safety
+///
+/// `base` is the start of the driver's PROBE buffer, which holds at least
+/// `PROBE_PROPS_AT + reply_len` bytes, and nothing else reads or writes
+/// those bytes while the slices live (the caller picks `'a`: it must end
+/// before the buffer is freed or touched through another pointer).
+unsafe fn probe_slices<'a>(base: *mut u8, reply_len: usize) -> (&'a [u8], &'a mut [u8]) {
+    // SAFETY: the caller vouches for the buffer and its exclusive use; the
+    // request [0, 72) and the reply [PROBE_PROPS_AT, + reply_len) do not
+    // overlap (72 <= PROBE_PROPS_AT).
     unsafe {
         (
             core::slice::from_raw_parts(base, size_of::<wire::ProbeReq>()),
@@ -991,10 +1006,19 @@ fn slot_ptr<H: Hal>(slots: &DmaRegion<H>, slot: usize) -> *mut u8 {
     slots.ptr(slot * SLOT)
 }
 
-fn slot_slices<'a>(ptr: *mut u8, out_len: usize) -> (&'a [u8], &'a mut [u8]) {
-    // SAFETY: `ptr` is a slot of SLOT bytes in the driver's DMA region; the
-    // out part [0, out_len <= 40) and the tail [TAIL_AT, TAIL_AT + 4) do not
-    // overlap.
+/// A request slot's device-readable part (`out_len` bytes) and its tail,
+/// for handing to the queue.
+///
+/// # Safety
+///
+/// `ptr` is the start of one of the driver's request slots (`SLOT` bytes of
+/// DMA memory), `out_len <= TAIL_AT`, and nothing else reads or writes the
+/// slot while the slices live (the caller picks `'a`: it must end before the
+/// slot is freed or touched through another pointer).
+unsafe fn slot_slices<'a>(ptr: *mut u8, out_len: usize) -> (&'a [u8], &'a mut [u8]) {
+    debug_assert!(out_len <= TAIL_AT);
+    // SAFETY: the caller vouches for the slot and its exclusive use; the out
+    // part [0, out_len) and the tail [TAIL_AT, TAIL_AT + 4) do not overlap.
     unsafe {
         (
             core::slice::from_raw_parts(ptr, out_len),
@@ -1007,9 +1031,16 @@ fn event_ptr<H: Hal>(events: &DmaRegion<H>, index: usize) -> *mut u8 {
     events.ptr(index * EVENT_BUF)
 }
 
-fn event_slice<'a>(ptr: *mut u8) -> &'a mut [u8] {
-    // SAFETY: `ptr` is an event buffer of EVENT_BUF bytes in the driver's
-    // DMA region, used for nothing else.
+/// An event buffer, for handing to the event queue.
+///
+/// # Safety
+///
+/// `ptr` is the start of one of the driver's event buffers (`EVENT_BUF`
+/// bytes of DMA memory), and nothing else reads or writes it while the slice
+/// lives (the caller picks `'a`: it must end before the buffer is freed or
+/// touched through another pointer).
+unsafe fn event_slice<'a>(ptr: *mut u8) -> &'a mut [u8] {
+    // SAFETY: as the caller vouches.
     unsafe { core::slice::from_raw_parts_mut(ptr, EVENT_BUF) }
 }
 
@@ -1036,7 +1067,9 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
             // A tail the device never writes reads back as UNWRITTEN.
             core::ptr::write_bytes(ptr.add(TAIL_AT), UNWRITTEN, 4);
         }
-        let (out, tail) = slot_slices(ptr, len);
+        // SAFETY: a free slot of the driver's, `len <= 40 < TAIL_AT`
+        // (`encode`); the slices end with the `add` below.
+        let (out, tail) = unsafe { slot_slices(ptr, len) };
         // SAFETY: the slot stays valid and untouched until its token is
         // popped (or forever, if the driver breaks on a timeout).
         let token = unsafe { self.req.add(&[out], &mut [tail]) }
@@ -1072,7 +1105,9 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
             };
             let base = buf.ptr(0);
             let reply_len = probe_size + size_of::<wire::ReqTail>();
-            let (out, reply) = probe_slices(base, reply_len);
+            // SAFETY: the probe buffer, which the device has returned (its
+            // token is on the used ring); the slices end with `pop_used`.
+            let (out, reply) = unsafe { probe_slices(base, reply_len) };
             // SAFETY: the buffers added with this token.
             let used = unsafe { self.req.pop_used(token, &[out], &mut [reply]) };
             // SAFETY: inside the probe buffer.
@@ -1081,7 +1116,12 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         } else {
             let (kind, meta) = self.slot_meta[usize::from(slot)];
             let ptr = slot_ptr(&self.slots, usize::from(slot));
-            let (out, tail) = slot_slices(ptr, out_len(kind));
+            // SAFETY: slot `slot` of the driver's, which the device has
+            // returned (its token is on the used ring); slots hold ATTACH,
+            // DETACH, MAP or UNMAP only (PROBE has its own buffer), so
+            // `out_len` is at most 36 < TAIL_AT. The slices end with
+            // `pop_used`.
+            let (out, tail) = unsafe { slot_slices(ptr, out_len(kind)) };
             // SAFETY: the buffers added with this token.
             let used = unsafe { self.req.pop_used(token, &[out], &mut [tail]) };
             // SAFETY: inside the slot.
@@ -1124,7 +1164,9 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         // SAFETY: the buffer is not on the queue, so the device does not
         // access it.
         unsafe { core::ptr::write_bytes(ptr, 0, EVENT_BUF) };
-        let buf = event_slice(ptr);
+        // SAFETY: event buffer `index` of the driver's, not on the queue; the
+        // slice ends with the `add` below.
+        let buf = unsafe { event_slice(ptr) };
         // SAFETY: the buffer stays valid and is not touched until popped.
         let token = unsafe { self.evt.add(&[], &mut [buf]) }
             .map_err(|_| VirtioIommuError::Queue(QueueProblem::EventQueueFull))?;
