@@ -23,8 +23,11 @@ use crate::dma::DmaRegion;
 use crate::error::{BadArgument, ConfigField, QueueProblem, RequestKind, VirtioIommuError, Wait};
 use crate::fault::FaultRecord;
 use crate::features::Features;
+use crate::owners::{Claim, Owners};
 use crate::probe::ProbeInfo;
 use crate::wire::{self, config_offset as off};
+
+pub use crate::owners::{MAX_DOMAINS, MAX_ENDPOINTS};
 
 /// Buffers kept on the event queue (its size).
 pub const EVENT_QUEUE_SIZE: usize = 8;
@@ -278,6 +281,7 @@ struct Counters {
     events: AtomicU64,
     faults_dropped: AtomicU64,
     malformed_events: AtomicU64,
+    teardown_failures: AtomicU64,
 }
 
 /// A snapshot of the driver's counters.
@@ -305,6 +309,11 @@ pub struct CounterSnapshot {
     pub faults_dropped: u64,
     /// Event buffers the device returned with fewer bytes than a fault.
     pub malformed_events: u64,
+    /// Domain teardowns (a [`VirtioDomain`](crate::VirtioDomain) dropped)
+    /// whose UNMAP or DETACH did not succeed; the ID stays reserved until
+    /// the next [`VirtioDomain::new`](crate::VirtioDomain::new) of it
+    /// finishes the teardown.
+    pub teardown_failures: u64,
 }
 
 impl CounterSnapshot {
@@ -327,6 +336,7 @@ impl CounterSnapshot {
             events: self.events - earlier.events,
             faults_dropped: self.faults_dropped - earlier.faults_dropped,
             malformed_events: self.malformed_events - earlier.malformed_events,
+            teardown_failures: self.teardown_failures - earlier.teardown_failures,
         }
     }
 }
@@ -400,6 +410,8 @@ impl<H: Hal, T: Transport, const Q: usize> Drop for Inner<H, T, Q> {
 /// requests fit in one batch.
 pub struct VirtioIommu<H: Hal, T: Transport, const Q: usize = 256> {
     inner: spin::Mutex<Inner<H, T, Q>>,
+    /// Taken before `inner`, never after.
+    owners: spin::Mutex<Owners>,
     geometry: Geometry,
     features: Features,
     config: DriverConfig,
@@ -679,6 +691,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         );
         let me = Self {
             inner: spin::Mutex::new(inner),
+            owners: spin::Mutex::new(Owners::new()),
             geometry,
             features,
             config,
@@ -718,6 +731,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             events: c.events.load(Ordering::Relaxed),
             faults_dropped: c.faults_dropped.load(Ordering::Relaxed),
             malformed_events: c.malformed_events.load(Ordering::Relaxed),
+            teardown_failures: c.teardown_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -772,18 +786,24 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         result[0]
     }
 
-    /// Attaches `endpoint` to `domain` (created by the device if new).
+    /// Attaches `endpoint` to `domain` (created by the device if new),
+    /// moving it from any other domain. The driver records the attachment:
+    /// dropping the [`VirtioDomain`](crate::VirtioDomain) of `domain`
+    /// detaches it.
+    ///
+    /// # Errors
+    ///
+    /// [`VirtioIommuError::StorageFull`] (nothing sent) when the driver
+    /// already tracks [`MAX_ENDPOINTS`] other endpoints; the request's own
+    /// errors otherwise. After a failed ATTACH the driver keeps the endpoint
+    /// recorded where it was.
     pub fn attach(&self, endpoint: u32, domain: u32) -> Result<(), VirtioIommuError> {
         self.check_domain(domain)?;
-        self.request(Request::Attach {
-            domain,
-            endpoint,
-            flags: 0,
-        })
+        self.attach_with(endpoint, domain, 0)
     }
 
-    /// Attaches `endpoint` to `domain` as a bypass (identity) domain. Needs
-    /// `BYPASS_CONFIG`.
+    /// Attaches `endpoint` to `domain` as a bypass (identity) domain, as
+    /// [`attach`](Self::attach) does otherwise. Needs `BYPASS_CONFIG`.
     pub fn attach_bypass(&self, endpoint: u32, domain: u32) -> Result<(), VirtioIommuError> {
         self.check_domain(domain)?;
         if !self.features.contains(Features::BYPASS_CONFIG) {
@@ -791,17 +811,139 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
                 Features::BYPASS_CONFIG.bits(),
             ));
         }
+        self.attach_with(endpoint, domain, wire::ATTACH_F_BYPASS)
+    }
+
+    fn attach_with(&self, endpoint: u32, domain: u32, flags: u32) -> Result<(), VirtioIommuError> {
+        let mut owners = self.owners.lock();
+        if !owners.can_attach(endpoint) {
+            return Err(VirtioIommuError::StorageFull);
+        }
         self.request(Request::Attach {
             domain,
             endpoint,
-            flags: wire::ATTACH_F_BYPASS,
-        })
+            flags,
+        })?;
+        // Cannot fail: checked above, under the same lock.
+        owners.attach(endpoint, domain);
+        Ok(())
     }
 
     /// Detaches `endpoint` from `domain`.
     pub fn detach(&self, endpoint: u32, domain: u32) -> Result<(), VirtioIommuError> {
         self.check_domain(domain)?;
-        self.request(Request::Detach { domain, endpoint })
+        let mut owners = self.owners.lock();
+        self.request(Request::Detach { domain, endpoint })?;
+        owners.detach(endpoint, domain);
+        Ok(())
+    }
+
+    /// The domain `endpoint` is attached to, as far as the driver knows: the
+    /// last successful [`attach`](Self::attach) or
+    /// [`attach_bypass`](Self::attach_bypass) not undone by a
+    /// [`detach`](Self::detach) or a domain's teardown. Requests sent with
+    /// [`run`](Self::run) are not tracked.
+    pub fn attached_domain(&self, endpoint: u32) -> Option<u32> {
+        self.owners.lock().domain_of(endpoint)
+    }
+
+    /// How many endpoints the driver knows attached to `domain`.
+    pub(crate) fn endpoints_in(&self, domain: u32) -> usize {
+        self.owners.lock().endpoints_of(domain).count()
+    }
+
+    /// Takes `domain` for a new `VirtioDomain`. An ID whose earlier teardown
+    /// did not complete is torn down first.
+    pub(crate) fn claim_domain(&self, domain: u32) -> Result<(), VirtioIommuError> {
+        let mut owners = self.owners.lock();
+        match owners.claim(domain) {
+            Some(Claim::Live) => return Err(VirtioIommuError::DomainInUse(domain)),
+            Some(Claim::Unclean) => self.teardown(&mut owners, domain, true)?,
+            None => {}
+        }
+        if owners.set_claim(domain, Claim::Live) {
+            Ok(())
+        } else {
+            Err(VirtioIommuError::StorageFull)
+        }
+    }
+
+    /// Gives `domain` back when its `VirtioDomain` is dropped: its endpoints
+    /// are detached and, when `unmap`, its mappings removed. If that does not
+    /// complete, the failure is counted and the ID stays reserved.
+    pub(crate) fn release_domain(&self, domain: u32, unmap: bool) {
+        let mut owners = self.owners.lock();
+        match self.teardown(&mut owners, domain, unmap) {
+            Ok(()) => owners.release(domain),
+            Err(_) => {
+                bump(&self.counters.teardown_failures);
+                // Already in the table (claimed Live): cannot fail.
+                owners.set_claim(domain, Claim::Unclean);
+            }
+        }
+    }
+
+    /// Removes what `domain` may still have on the device: with `unmap`, one
+    /// UNMAP of the whole input range; then a DETACH of each endpoint
+    /// attached to it. Sent in batches of up to [`TEARDOWN_BATCH`] requests,
+    /// one notification each (one in all for up to that many endpoints).
+    /// Endpoints whose DETACH succeeds are forgotten; the first failure is
+    /// returned. NOENT for the UNMAP counts as success: the device has no
+    /// such domain, so nothing maps into it.
+    fn teardown(
+        &self,
+        owners: &mut Owners,
+        domain: u32,
+        mut unmap: bool,
+    ) -> Result<(), VirtioIommuError> {
+        let mut first_error = None;
+        let mut skip = 0;
+        loop {
+            let mut requests = heapless::Vec::<Request, TEARDOWN_BATCH>::new();
+            if unmap {
+                // Fits: the batch is empty.
+                let _ = requests.push(Request::Unmap {
+                    domain,
+                    start: self.geometry.input_start,
+                    end: self.geometry.input_end,
+                });
+            }
+            for endpoint in owners.endpoints_of(domain).skip(skip) {
+                if requests.push(Request::Detach { domain, endpoint }).is_err() {
+                    break;
+                }
+            }
+            if requests.is_empty() {
+                break;
+            }
+            let mut results = [Ok(()); TEARDOWN_BATCH];
+            self.run(&requests, &mut results)?;
+            for (r, result) in requests.iter().zip(results) {
+                match (*r, result) {
+                    (Request::Detach { endpoint, .. }, Ok(())) => owners.detach(endpoint, domain),
+                    (Request::Detach { .. }, Err(e)) => {
+                        skip += 1;
+                        first_error.get_or_insert(e);
+                    }
+                    (
+                        _,
+                        Ok(())
+                        | Err(VirtioIommuError::Request {
+                            status: crate::Status::NoEnt,
+                            ..
+                        }),
+                    ) => {}
+                    (_, Err(e)) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            unmap = false;
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn check_domain(&self, domain: u32) -> Result<(), VirtioIommuError> {
@@ -980,6 +1122,9 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
 }
 
 const PROBE_SLOT: u16 = u16::MAX - 1;
+
+/// Requests per notification in a domain's teardown.
+pub const TEARDOWN_BATCH: usize = 8;
 
 /// The PROBE buffer's request (device-readable) and reply (device-writable)
 /// parts, for handing to the queue.

@@ -259,8 +259,12 @@ pub enum VirtioIommuError {
     /// The unmap would cut a device mapping in two (the device would answer
     /// RANGE); refused before it reached the device.
     SplitsMapping,
-    /// The driver's bookkeeping (mapping records, fault buffer) is full.
+    /// The driver's bookkeeping (mapping records, attached endpoints, domain
+    /// IDs, fault buffer) is full.
     StorageFull,
+    /// The domain ID (given) belongs to a live
+    /// [`VirtioDomain`](crate::VirtioDomain) already.
+    DomainInUse(u32),
     /// A bad argument, as named; nothing was queued or sent.
     InvalidArgument(BadArgument),
 }
@@ -297,6 +301,7 @@ impl fmt::Display for VirtioIommuError {
             Self::NotMapped => f.write_str("range not mapped"),
             Self::SplitsMapping => f.write_str("unmap would split a mapping"),
             Self::StorageFull => f.write_str("bookkeeping storage full"),
+            Self::DomainInUse(id) => write!(f, "domain {id} belongs to a live domain already"),
             Self::InvalidArgument(arg) => write!(f, "invalid argument: {arg}"),
         }
     }
@@ -371,6 +376,7 @@ impl From<VirtioIommuError> for iova_core::Error {
             VirtioIommuError::NotMapped => E::NotMapped,
             VirtioIommuError::SplitsMapping => E::PartialUnmap,
             VirtioIommuError::StorageFull => E::StorageFull,
+            VirtioIommuError::DomainInUse(id) => E::Device(D::Busy(id)),
             VirtioIommuError::OutOfRange => E::OutOfRange,
             VirtioIommuError::NoDmaMemory => E::NoMemory,
             VirtioIommuError::InvalidArgument(arg) => match arg {
@@ -442,6 +448,10 @@ mod tests {
                 "{arg:?}"
             );
         }
+        assert_eq!(
+            E::from(VirtioIommuError::DomainInUse(3)),
+            E::Device(iova_core::DeviceError::Busy(3))
+        );
         for wait in [Wait::Reset, Wait::Reply] {
             assert_eq!(E::from(VirtioIommuError::Timeout(wait)), E::Timeout);
         }

@@ -29,7 +29,10 @@
 //!   merged with another map's, so every link can be unlinked on its own),
 //!   `unmap` queues UNMAPs of whole mappings (a split is refused before the
 //!   device sees it), `flush` sends the batch with one notification. A full
-//!   batch is sent and the work goes on; nothing is dropped.
+//!   batch is sent and the work goes on; nothing is dropped. The driver
+//!   records which domain each endpoint is attached to; dropping a domain
+//!   removes its mappings and detaches its endpoints (bounded, failures
+//!   counted), and one domain holds an ID at a time.
 //! - [`ProbeInfo`] ([`probe`]): PROBE's reserved regions (MSI doorbells,
 //!   reserved ranges), which [`ProbeInfo::reserve_in`] turns into holes of an
 //!   [`iova_core::IovaAllocator`].
@@ -127,6 +130,7 @@ pub mod fake;
 pub mod fault;
 pub mod features;
 mod mmio;
+mod owners;
 pub mod probe;
 pub mod transport;
 pub mod wire;

@@ -681,3 +681,35 @@ fn a_queue_failure_after_the_device_saw_a_queue_resets_it_before_freeing() {
         "reset (ACK/DRIVER/FEATURES_OK gone), then FAILED"
     );
 }
+
+#[test]
+fn the_driver_tracks_attachments_and_refuses_one_past_its_table() {
+    let n = MAX_ENDPOINTS as u32;
+    let (fake, d) = setup::<16>(
+        FakeConfig {
+            endpoints: (0..=n).map(|e| (0x100 + e, vec![])).collect(),
+            ..Default::default()
+        },
+        patient(),
+    );
+    for e in 0..n {
+        d.attach(0x100 + e, 1).unwrap();
+    }
+    let sent = fake.handled().len();
+    assert_eq!(d.attach(0x100 + n, 1), Err(VirtioIommuError::StorageFull));
+    assert_eq!(fake.handled().len(), sent, "nothing sent");
+    assert_eq!(fake.domain_of(0x100 + n), None);
+    // A tracked endpoint still moves, and a detach frees a place.
+    d.attach_bypass(0x100, 2).unwrap();
+    assert_eq!(d.attached_domain(0x100), Some(2));
+    d.detach(0x100, 2).unwrap();
+    assert_eq!(d.attached_domain(0x100), None);
+    // A refused ATTACH changes nothing the driver records.
+    assert_eq!(
+        d.attach(0x9999, 1),
+        failed(RequestKind::Attach, Status::NoEnt)
+    );
+    assert_eq!(d.attached_domain(0x9999), None);
+    d.attach(0x100 + n, 1).unwrap();
+    assert_eq!(d.attached_domain(0x100 + n), Some(1));
+}
