@@ -1295,9 +1295,8 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
             // `enqueue` left it: a buffer returned without a reply, e.g. a
             // used entry returned twice and matched to the next request on
             // the same head. The used ring is out of step with the requests
-            // (which may run later, or twice): stop, as for a foreign entry
-            // (found by `tests/fault_injection.rs::a_used_entry_returned_twice_never_passes_for_the_success_of_an_unexecuted_request`;
-            // the driver used to report UnknownStatus and carry on).
+            // (which may run later, or twice): stop, as for a foreign entry,
+            // rather than report an undefined status and carry on.
             return Err(bad(self));
         }
         let result = crate::error::decode_reply(kind, used, needed, status);

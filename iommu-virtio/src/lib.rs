@@ -36,7 +36,7 @@
 //! - [`ProbeInfo`] ([`probe`]): PROBE's reserved regions (MSI doorbells,
 //!   reserved ranges), which [`ProbeInfo::reserve_in`] turns into holes of an
 //!   [`iova_core::IovaAllocator`].
-//! - `fake` (feature `fake`): a virtio-iommu on a host thread that reads the
+//! - `fake` (feature `fakes`): a virtio-iommu on a host thread that reads the
 //!   queues from memory and behaves as the specification says, and a host
 //!   [`Hal`]; it can also misbehave (silence, short replies, bad statuses).
 //!
@@ -116,7 +116,7 @@
 //!
 //! # Features
 //!
-//! - `fake`: the fake device and host HAL of the `fake` module (implies `std`).
+//! - `fakes`: the fake device and host HAL of the `fake` module (implies `std`).
 //! - `std`: builds with the standard library.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -153,8 +153,8 @@ mod tests {
 
     #[test]
     fn a_region_of_the_last_byte_reserves_nothing_and_is_no_error() {
-        // Found with the virtio_reply fuzz checks: its half-open range is
-        // empty, which the allocator refused (ZeroSize), failing the probe.
+        // Its half-open range is empty, which the allocator would refuse
+        // (ZeroSize): `reserve_in` must skip it, not fail the probe.
         let info = ProbeInfo::parse(&resv(1, u64::MAX, u64::MAX)).unwrap();
         assert!(info.reserved[0].range().is_empty());
         let aperture = iova_core::IovaRange {
