@@ -25,8 +25,7 @@ impl<H: Hal> DmaRegion<H> {
         let (paddr, vaddr) = H::dma_alloc(pages, dir);
         // Build the region only on success: an eagerly built one (as with
         // `then_some`) would be dropped on failure, handing the `Hal` a
-        // dangling pointer to free (found by
-        // `tests/fault_injection.rs::dma_memory_running_out_at_each_bring_up_allocation_is_no_dma_memory_and_leaks_nothing`).
+        // dangling pointer to free.
         if paddr == 0 {
             return None;
         }

@@ -24,13 +24,15 @@
 //!   returns the first rejection ([`iova_core::DeviceError::RequestFailed`]
 //!   with the status); the next flush sends it again. An unmap of a mapping
 //!   whose MAP has not succeeded yet simply drops that MAP.
+//! - **Teardown.** Dropping a domain removes what it left on the device and
+//!   detaches its endpoints (see [`VirtioDomain`]).
 
 use iova_core::{Error, IommuDomain, IotlbGather, Iova, PhysAddr, Prot};
 use virtio_drivers::Hal;
 use virtio_drivers::transport::Transport;
 
 use crate::driver::{Request, VirtioIommu};
-use crate::error::VirtioIommuError;
+use crate::error::{BadArgument, VirtioIommuError};
 use crate::features::Features;
 use crate::wire;
 
@@ -76,10 +78,25 @@ struct State<const M: usize, const P: usize> {
 /// `P` requests between flushes.
 ///
 /// The domain ID is the caller's choice (inside [`Geometry`](crate::Geometry)'s
-/// domain range); use each ID for one `VirtioDomain` only, or the two would
-/// disagree about what is mapped. Dropping a domain neither unmaps nor
-/// detaches: destroy the IOVA states and detach the endpoints first (the
-/// device frees a domain when its last endpoint leaves).
+/// domain range); one `VirtioDomain` holds an ID at a time (another
+/// [`new`](Self::new) of it fails with [`VirtioIommuError::DomainInUse`]).
+///
+/// # Teardown
+///
+/// The driver records every attach and detach made through it, so a domain
+/// knows its endpoints: those attached to its ID
+/// ([`attached_endpoints`](Self::attached_endpoints)). Dropping the domain
+/// leaves nothing of it on the device: MAPs still queued are dropped unsent;
+/// if the device may hold a mapping of the domain, one UNMAP of the whole
+/// input range removes them; then each endpoint attached to it is detached
+/// (up to [`TEARDOWN_BATCH`](crate::driver::TEARDOWN_BATCH) requests per
+/// notification, every wait bounded). So no endpoint keeps translating
+/// through an ID nobody owns, and a later domain of the same ID starts
+/// empty. Drop cannot return an error: when a request fails or times out,
+/// the failure is counted
+/// ([`CounterSnapshot::teardown_failures`](crate::CounterSnapshot::teardown_failures)),
+/// the ID stays reserved and the next `new` of it finishes the teardown
+/// first. ATTACH and DETACH sent with [`VirtioIommu::run`] bypass the record.
 pub struct VirtioDomain<
     'a,
     H: Hal,
@@ -105,7 +122,7 @@ impl<H: Hal, T: Transport, const Q: usize, const M: usize, const P: usize> core:
 
 fn flags_of(prot: Prot, mmio_ok: bool) -> Result<u32, VirtioIommuError> {
     if !prot.grants_access() {
-        return Err(VirtioIommuError::InvalidArgument("no access"));
+        return Err(VirtioIommuError::InvalidArgument(BadArgument::NoAccess));
     }
     let mut f = 0;
     if prot.contains(Prot::READ) {
@@ -127,8 +144,19 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: u
     VirtioDomain<'a, H, T, Q, M, P>
 {
     /// Domain `id` on `iommu` (the device creates it at the first attach).
+    ///
+    /// # Errors
+    ///
+    /// [`VirtioIommuError::OutOfRange`] for an ID outside the device's
+    /// domain range; [`VirtioIommuError::DomainInUse`] while another
+    /// `VirtioDomain` holds `id`; [`VirtioIommuError::StorageFull`] when the
+    /// driver tracks [`MAX_DOMAINS`](crate::driver::MAX_DOMAINS) IDs already.
+    /// If an earlier domain of `id` was dropped without its teardown
+    /// completing, `new` finishes it first and fails with that teardown's
+    /// error if it still does not complete.
     pub fn new(iommu: &'a VirtioIommu<H, T, Q>, id: u32) -> Result<Self, VirtioIommuError> {
         iommu.check_domain(id)?;
+        iommu.claim_domain(id)?;
         Ok(Self {
             iommu,
             id,
@@ -161,6 +189,13 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: u
         self.iommu.detach(endpoint, self.id)
     }
 
+    /// How many endpoints are attached to the domain (through the driver's
+    /// [`attach`](VirtioIommu::attach), this domain's or not), which its drop
+    /// detaches.
+    pub fn attached_endpoints(&self) -> usize {
+        self.iommu.endpoints_in(self.id)
+    }
+
     /// How many mappings the domain records (acknowledged or queued).
     pub fn mappings(&self) -> usize {
         self.state.lock().records.len()
@@ -174,16 +209,16 @@ impl<'a, H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: u
     fn check_range(&self, iova: u64, pa: u64, len: u64) -> Result<u64, VirtioIommuError> {
         let g = self.iommu.geometry();
         if len == 0 {
-            return Err(VirtioIommuError::InvalidArgument("zero length"));
+            return Err(VirtioIommuError::InvalidArgument(BadArgument::ZeroLength));
         }
         let end = iova
             .checked_add(len)
-            .ok_or(VirtioIommuError::InvalidArgument("overflow"))?;
+            .ok_or(VirtioIommuError::InvalidArgument(BadArgument::Overflow))?;
         pa.checked_add(len)
-            .ok_or(VirtioIommuError::InvalidArgument("overflow"))?;
+            .ok_or(VirtioIommuError::InvalidArgument(BadArgument::Overflow))?;
         let gm = g.granule - 1;
         if iova & gm != 0 || pa & gm != 0 || len & gm != 0 {
-            return Err(VirtioIommuError::InvalidArgument("not granule aligned"));
+            return Err(VirtioIommuError::InvalidArgument(BadArgument::Misaligned));
         }
         if iova < g.input_start || end - 1 > g.input_end {
             return Err(VirtioIommuError::OutOfRange);
@@ -371,22 +406,13 @@ impl<H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: usize
         prot: Prot,
         gather: &mut IotlbGather,
     ) -> Result<(), Error> {
-        self.do_map(iova.0, pa.0, len, prot).map_err(|e| match e {
-            VirtioIommuError::InvalidArgument("no access") => Error::InvalidProt,
-            VirtioIommuError::InvalidArgument("zero length") => Error::ZeroLength,
-            VirtioIommuError::InvalidArgument("overflow") => Error::Overflow,
-            e => e.into(),
-        })?;
+        self.do_map(iova.0, pa.0, len, prot)?;
         gather.add_mapped(iova, len);
         Ok(())
     }
 
     fn unmap(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64, Error> {
-        let bytes = self.do_unmap(iova.0, len).map_err(|e| match e {
-            VirtioIommuError::InvalidArgument("zero length") => Error::ZeroLength,
-            VirtioIommuError::InvalidArgument("overflow") => Error::Overflow,
-            e => e.into(),
-        })?;
+        let bytes = self.do_unmap(iova.0, len)?;
         if bytes > 0 {
             gather.add_unmapped(iova, len, self.granule());
         }
@@ -397,6 +423,28 @@ impl<H: Hal, T: Transport + Send, const Q: usize, const M: usize, const P: usize
         self.sync()?;
         gather.clear_ranges();
         Ok(())
+    }
+}
+
+impl<H: Hal, T: Transport, const Q: usize, const M: usize, const P: usize> Drop
+    for VirtioDomain<'_, H, T, Q, M, P>
+{
+    /// Tears the domain down on the device (see the type's documentation):
+    /// MAPs still queued are dropped unsent; one UNMAP of the whole input
+    /// range goes out if the device may hold a mapping of the domain, then a
+    /// DETACH per attached endpoint, each wait bounded by the driver's
+    /// [`WaitBudget`](crate::WaitBudget). Drop cannot return an error: a
+    /// teardown that does not complete is counted
+    /// ([`CounterSnapshot::teardown_failures`](crate::CounterSnapshot::teardown_failures))
+    /// and the ID stays reserved.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        let unmap = !st.records.is_empty()
+            || st
+                .pending
+                .iter()
+                .any(|p| matches!(p, Pending::Unmap { .. }));
+        self.iommu.release_domain(self.id, unmap);
     }
 }
 

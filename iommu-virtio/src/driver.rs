@@ -20,11 +20,14 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::dma::DmaRegion;
-use crate::error::{RequestKind, VirtioIommuError};
+use crate::error::{BadArgument, ConfigField, QueueProblem, RequestKind, VirtioIommuError, Wait};
 use crate::fault::FaultRecord;
 use crate::features::Features;
+use crate::owners::{Claim, Owners};
 use crate::probe::ProbeInfo;
 use crate::wire::{self, config_offset as off};
+
+pub use crate::owners::{MAX_DOMAINS, MAX_ENDPOINTS};
 
 /// Buffers kept on the event queue (its size).
 pub const EVENT_QUEUE_SIZE: usize = 8;
@@ -278,6 +281,7 @@ struct Counters {
     events: AtomicU64,
     faults_dropped: AtomicU64,
     malformed_events: AtomicU64,
+    teardown_failures: AtomicU64,
 }
 
 /// A snapshot of the driver's counters.
@@ -305,6 +309,11 @@ pub struct CounterSnapshot {
     pub faults_dropped: u64,
     /// Event buffers the device returned with fewer bytes than a fault.
     pub malformed_events: u64,
+    /// Domain teardowns (a [`VirtioDomain`](crate::VirtioDomain) dropped)
+    /// whose UNMAP or DETACH did not succeed; the ID stays reserved until
+    /// the next [`VirtioDomain::new`](crate::VirtioDomain::new) of it
+    /// finishes the teardown.
+    pub teardown_failures: u64,
 }
 
 impl CounterSnapshot {
@@ -327,6 +336,7 @@ impl CounterSnapshot {
             events: self.events - earlier.events,
             faults_dropped: self.faults_dropped - earlier.faults_dropped,
             malformed_events: self.malformed_events - earlier.malformed_events,
+            teardown_failures: self.teardown_failures - earlier.teardown_failures,
         }
     }
 }
@@ -400,6 +410,8 @@ impl<H: Hal, T: Transport, const Q: usize> Drop for Inner<H, T, Q> {
 /// requests fit in one batch.
 pub struct VirtioIommu<H: Hal, T: Transport, const Q: usize = 256> {
     inner: spin::Mutex<Inner<H, T, Q>>,
+    /// Taken before `inner`, never after.
+    owners: spin::Mutex<Owners>,
     geometry: Geometry,
     features: Features,
     config: DriverConfig,
@@ -420,7 +432,7 @@ fn wait_reset<T: Transport>(t: &mut T, budget: &WaitBudget) -> Result<(), Virtio
     let mut d = Deadline::start(budget);
     while t.get_status() != DeviceStatus::empty() {
         if d.expired() {
-            return Err(VirtioIommuError::ResetTimeout);
+            return Err(VirtioIommuError::Timeout(Wait::Reset));
         }
         core::hint::spin_loop();
     }
@@ -440,35 +452,47 @@ fn abandon<T: Transport, X>(t: &mut T, budget: &WaitBudget, memory: X) {
     t.set_status(s | DeviceStatus::FAILED);
 }
 
-fn read_u32<T: Transport>(t: &T, offset: usize) -> Result<u32, VirtioIommuError> {
+/// Reads the 32-bit config word at `offset`, part of `field`.
+fn read_u32<T: Transport>(
+    t: &T,
+    offset: usize,
+    field: ConfigField,
+) -> Result<u32, VirtioIommuError> {
     t.read_config_space::<u32>(offset)
-        .map_err(|_| VirtioIommuError::BadConfig("device config space too small"))
+        .map_err(|_| VirtioIommuError::BadConfig(field))
 }
 
-fn read_u64<T: Transport>(t: &T, offset: usize) -> Result<u64, VirtioIommuError> {
-    Ok(u64::from(read_u32(t, offset)?) | (u64::from(read_u32(t, offset + 4)?) << 32))
+fn read_u64<T: Transport>(
+    t: &T,
+    offset: usize,
+    field: ConfigField,
+) -> Result<u64, VirtioIommuError> {
+    Ok(u64::from(read_u32(t, offset, field)?) | (u64::from(read_u32(t, offset + 4, field)?) << 32))
 }
 
 /// Reads the config fields, retrying while the generation changes (bounded).
 fn read_geometry<T: Transport>(t: &T, f: Features) -> Result<Geometry, VirtioIommuError> {
     for _ in 0..16 {
         let gen_before = t.read_config_generation();
-        let page_size_mask = read_u64(t, off::PAGE_SIZE_MASK)?;
+        let page_size_mask = read_u64(t, off::PAGE_SIZE_MASK, ConfigField::PageSizeMask)?;
         let (input_start, input_end) = if f.contains(Features::INPUT_RANGE) {
-            (read_u64(t, off::INPUT_START)?, read_u64(t, off::INPUT_END)?)
+            (
+                read_u64(t, off::INPUT_START, ConfigField::InputRange)?,
+                read_u64(t, off::INPUT_END, ConfigField::InputRange)?,
+            )
         } else {
             (0, u64::MAX)
         };
         let (domain_start, domain_end) = if f.contains(Features::DOMAIN_RANGE) {
             (
-                read_u32(t, off::DOMAIN_START)?,
-                read_u32(t, off::DOMAIN_END)?,
+                read_u32(t, off::DOMAIN_START, ConfigField::DomainRange)?,
+                read_u32(t, off::DOMAIN_END, ConfigField::DomainRange)?,
             )
         } else {
             (0, u32::MAX)
         };
         let probe_size = if f.contains(Features::PROBE) {
-            read_u32(t, off::PROBE_SIZE)?
+            read_u32(t, off::PROBE_SIZE, ConfigField::ProbeSize)?
         } else {
             0
         };
@@ -476,16 +500,16 @@ fn read_geometry<T: Transport>(t: &T, f: Features) -> Result<Geometry, VirtioIom
             continue;
         }
         if page_size_mask == 0 {
-            return Err(VirtioIommuError::BadConfig("page_size_mask is 0"));
+            return Err(VirtioIommuError::BadConfig(ConfigField::PageSizeMask));
         }
         if input_end < input_start {
-            return Err(VirtioIommuError::BadConfig("input_range is empty"));
+            return Err(VirtioIommuError::BadConfig(ConfigField::InputRange));
         }
         if domain_end < domain_start {
-            return Err(VirtioIommuError::BadConfig("domain_range is empty"));
+            return Err(VirtioIommuError::BadConfig(ConfigField::DomainRange));
         }
         if probe_size > MAX_PROBE_SIZE {
-            return Err(VirtioIommuError::BadConfig("probe_size too large"));
+            return Err(VirtioIommuError::BadConfig(ConfigField::ProbeSize));
         }
         return Ok(Geometry {
             page_size_mask,
@@ -498,17 +522,13 @@ fn read_geometry<T: Transport>(t: &T, f: Features) -> Result<Geometry, VirtioIom
             unattached_bypass: f.contains(Features::BYPASS),
         });
     }
-    Err(VirtioIommuError::BadConfig(
-        "config generation kept changing",
-    ))
+    Err(VirtioIommuError::BadConfig(ConfigField::Generation))
 }
 
 /// Why `VirtQueue::new` failed. The queue's rings come from the `Hal` too:
 /// their allocation failing is `NoDmaMemory` (the caller may retry with more
-/// memory), not a device whose queue is missing or too small (found by
-/// `tests/fault_injection.rs::dma_memory_running_out_at_each_bring_up_allocation_is_no_dma_memory_and_leaks_nothing`;
-/// it used to be reported as `Queue(..)`).
-fn queue_error(e: virtio_drivers::Error, otherwise: &'static str) -> VirtioIommuError {
+/// memory), not a device whose queue is missing or too small.
+fn queue_error(e: virtio_drivers::Error, otherwise: QueueProblem) -> VirtioIommuError {
     match e {
         virtio_drivers::Error::DmaError => VirtioIommuError::NoDmaMemory,
         _ => VirtioIommuError::Queue(otherwise),
@@ -555,9 +575,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         VirtioIommuError,
     > {
         if !Q.is_power_of_two() || Q < 2 || Q > 0x8000 {
-            return Err(VirtioIommuError::Queue(
-                "queue size must be a power of two >= 2",
-            ));
+            return Err(VirtioIommuError::Queue(QueueProblem::InvalidSize));
         }
         if t.device_type() != DeviceType::IOMMU {
             return Err(VirtioIommuError::NotAnIommu(t.device_type() as u32));
@@ -582,12 +600,12 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         if features.contains(Features::BYPASS_CONFIG) {
             let want = u8::from(config.bypass_unattached);
             t.write_config_space::<u8>(off::BYPASS, want)
-                .map_err(|_| VirtioIommuError::BadConfig("bypass not writable"))?;
+                .map_err(|_| VirtioIommuError::BadConfig(ConfigField::Bypass))?;
             let now = t
                 .read_config_space::<u8>(off::BYPASS)
-                .map_err(|_| VirtioIommuError::BadConfig("bypass not readable"))?;
+                .map_err(|_| VirtioIommuError::BadConfig(ConfigField::Bypass))?;
             if now != want {
-                return Err(VirtioIommuError::BadConfig("bypass did not take the value"));
+                return Err(VirtioIommuError::BadConfig(ConfigField::Bypass));
             }
             geometry.unattached_bypass = now == 1;
         }
@@ -598,12 +616,12 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         // The queues come last: once the device knows their addresses, a
         // failure must reset it before their memory is freed.
         let req = VirtQueue::<H, Q>::new(t, REQ_QUEUE, false, false)
-            .map_err(|e| queue_error(e, "request queue unavailable or too small"))?;
+            .map_err(|e| queue_error(e, QueueProblem::RequestQueueUnavailable))?;
         let evt = match VirtQueue::<H, EVENT_QUEUE_SIZE>::new(t, EVENT_QUEUE, false, false) {
             Ok(evt) => evt,
             Err(e) => {
                 abandon(t, &config.wait, req);
-                return Err(queue_error(e, "event queue unavailable or too small"));
+                return Err(queue_error(e, QueueProblem::EventQueueUnavailable));
             }
         };
         Ok((features, geometry, req, evt))
@@ -673,6 +691,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         );
         let me = Self {
             inner: spin::Mutex::new(inner),
+            owners: spin::Mutex::new(Owners::new()),
             geometry,
             features,
             config,
@@ -712,6 +731,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             events: c.events.load(Ordering::Relaxed),
             faults_dropped: c.faults_dropped.load(Ordering::Relaxed),
             malformed_events: c.malformed_events.load(Ordering::Relaxed),
+            teardown_failures: c.teardown_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -722,23 +742,24 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
 
     /// Sends `requests`: as many as fit on the queue, one notification, a
     /// bounded wait for every reply, then the rest. Each request's outcome
-    /// goes to the matching entry of `results` (which must be as long).
+    /// goes to the entry of `results` at the same index (`results` must be at
+    /// least as long; entries past `requests.len()` are left alone).
     /// The requests go out exactly as given (no validation: see
     /// [`VirtioDomain`](crate::VirtioDomain) for the checked interface).
     ///
     /// `Err` means the batch could not complete: [`VirtioIommuError::Timeout`]
     /// or [`VirtioIommuError::BadUsedEntry`] (the device is now unusable),
-    /// [`VirtioIommuError::Broken`], or a length mismatch
-    /// ([`VirtioIommuError::InvalidArgument`]). Entries of `results` for
-    /// requests that never completed are left as they were.
+    /// [`VirtioIommuError::Broken`], or too few results
+    /// ([`BadArgument::ResultsTooShort`], nothing sent). Entries of `results`
+    /// for requests that never completed are left as they were.
     pub fn run(
         &self,
         requests: &[Request],
         results: &mut [Result<(), VirtioIommuError>],
     ) -> Result<(), VirtioIommuError> {
-        if requests.len() != results.len() {
+        if results.len() < requests.len() {
             return Err(VirtioIommuError::InvalidArgument(
-                "results and requests differ in length",
+                BadArgument::ResultsTooShort,
             ));
         }
         let mut inner = self.inner.lock();
@@ -765,18 +786,24 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         result[0]
     }
 
-    /// Attaches `endpoint` to `domain` (created by the device if new).
+    /// Attaches `endpoint` to `domain` (created by the device if new),
+    /// moving it from any other domain. The driver records the attachment:
+    /// dropping the [`VirtioDomain`](crate::VirtioDomain) of `domain`
+    /// detaches it.
+    ///
+    /// # Errors
+    ///
+    /// [`VirtioIommuError::StorageFull`] (nothing sent) when the driver
+    /// already tracks [`MAX_ENDPOINTS`] other endpoints; the request's own
+    /// errors otherwise. After a failed ATTACH the driver keeps the endpoint
+    /// recorded where it was.
     pub fn attach(&self, endpoint: u32, domain: u32) -> Result<(), VirtioIommuError> {
         self.check_domain(domain)?;
-        self.request(Request::Attach {
-            domain,
-            endpoint,
-            flags: 0,
-        })
+        self.attach_with(endpoint, domain, 0)
     }
 
-    /// Attaches `endpoint` to `domain` as a bypass (identity) domain. Needs
-    /// `BYPASS_CONFIG`.
+    /// Attaches `endpoint` to `domain` as a bypass (identity) domain, as
+    /// [`attach`](Self::attach) does otherwise. Needs `BYPASS_CONFIG`.
     pub fn attach_bypass(&self, endpoint: u32, domain: u32) -> Result<(), VirtioIommuError> {
         self.check_domain(domain)?;
         if !self.features.contains(Features::BYPASS_CONFIG) {
@@ -784,17 +811,139 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
                 Features::BYPASS_CONFIG.bits(),
             ));
         }
+        self.attach_with(endpoint, domain, wire::ATTACH_F_BYPASS)
+    }
+
+    fn attach_with(&self, endpoint: u32, domain: u32, flags: u32) -> Result<(), VirtioIommuError> {
+        let mut owners = self.owners.lock();
+        if !owners.can_attach(endpoint) {
+            return Err(VirtioIommuError::StorageFull);
+        }
         self.request(Request::Attach {
             domain,
             endpoint,
-            flags: wire::ATTACH_F_BYPASS,
-        })
+            flags,
+        })?;
+        // Cannot fail: checked above, under the same lock.
+        owners.attach(endpoint, domain);
+        Ok(())
     }
 
     /// Detaches `endpoint` from `domain`.
     pub fn detach(&self, endpoint: u32, domain: u32) -> Result<(), VirtioIommuError> {
         self.check_domain(domain)?;
-        self.request(Request::Detach { domain, endpoint })
+        let mut owners = self.owners.lock();
+        self.request(Request::Detach { domain, endpoint })?;
+        owners.detach(endpoint, domain);
+        Ok(())
+    }
+
+    /// The domain `endpoint` is attached to, as far as the driver knows: the
+    /// last successful [`attach`](Self::attach) or
+    /// [`attach_bypass`](Self::attach_bypass) not undone by a
+    /// [`detach`](Self::detach) or a domain's teardown. Requests sent with
+    /// [`run`](Self::run) are not tracked.
+    pub fn attached_domain(&self, endpoint: u32) -> Option<u32> {
+        self.owners.lock().domain_of(endpoint)
+    }
+
+    /// How many endpoints the driver knows attached to `domain`.
+    pub(crate) fn endpoints_in(&self, domain: u32) -> usize {
+        self.owners.lock().endpoints_of(domain).count()
+    }
+
+    /// Takes `domain` for a new `VirtioDomain`. An ID whose earlier teardown
+    /// did not complete is torn down first.
+    pub(crate) fn claim_domain(&self, domain: u32) -> Result<(), VirtioIommuError> {
+        let mut owners = self.owners.lock();
+        match owners.claim(domain) {
+            Some(Claim::Live) => return Err(VirtioIommuError::DomainInUse(domain)),
+            Some(Claim::Unclean) => self.teardown(&mut owners, domain, true)?,
+            None => {}
+        }
+        if owners.set_claim(domain, Claim::Live) {
+            Ok(())
+        } else {
+            Err(VirtioIommuError::StorageFull)
+        }
+    }
+
+    /// Gives `domain` back when its `VirtioDomain` is dropped: its endpoints
+    /// are detached and, when `unmap`, its mappings removed. If that does not
+    /// complete, the failure is counted and the ID stays reserved.
+    pub(crate) fn release_domain(&self, domain: u32, unmap: bool) {
+        let mut owners = self.owners.lock();
+        match self.teardown(&mut owners, domain, unmap) {
+            Ok(()) => owners.release(domain),
+            Err(_) => {
+                bump(&self.counters.teardown_failures);
+                // Already in the table (claimed Live): cannot fail.
+                owners.set_claim(domain, Claim::Unclean);
+            }
+        }
+    }
+
+    /// Removes what `domain` may still have on the device: with `unmap`, one
+    /// UNMAP of the whole input range; then a DETACH of each endpoint
+    /// attached to it. Sent in batches of up to [`TEARDOWN_BATCH`] requests,
+    /// one notification each (one in all for up to that many endpoints).
+    /// Endpoints whose DETACH succeeds are forgotten; the first failure is
+    /// returned. NOENT for the UNMAP counts as success: the device has no
+    /// such domain, so nothing maps into it.
+    fn teardown(
+        &self,
+        owners: &mut Owners,
+        domain: u32,
+        mut unmap: bool,
+    ) -> Result<(), VirtioIommuError> {
+        let mut first_error = None;
+        let mut skip = 0;
+        loop {
+            let mut requests = heapless::Vec::<Request, TEARDOWN_BATCH>::new();
+            if unmap {
+                // Fits: the batch is empty.
+                let _ = requests.push(Request::Unmap {
+                    domain,
+                    start: self.geometry.input_start,
+                    end: self.geometry.input_end,
+                });
+            }
+            for endpoint in owners.endpoints_of(domain).skip(skip) {
+                if requests.push(Request::Detach { domain, endpoint }).is_err() {
+                    break;
+                }
+            }
+            if requests.is_empty() {
+                break;
+            }
+            let mut results = [Ok(()); TEARDOWN_BATCH];
+            self.run(&requests, &mut results)?;
+            for (r, result) in requests.iter().zip(results) {
+                match (*r, result) {
+                    (Request::Detach { endpoint, .. }, Ok(())) => owners.detach(endpoint, domain),
+                    (Request::Detach { .. }, Err(e)) => {
+                        skip += 1;
+                        first_error.get_or_insert(e);
+                    }
+                    (
+                        _,
+                        Ok(())
+                        | Err(VirtioIommuError::Request {
+                            status: crate::Status::NoEnt,
+                            ..
+                        }),
+                    ) => {}
+                    (_, Err(e)) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            unmap = false;
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn check_domain(&self, domain: u32) -> Result<(), VirtioIommuError> {
@@ -837,11 +986,14 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             core::ptr::write_bytes(base.add(PROBE_PROPS_AT), 0, size);
             core::ptr::write_bytes(base.add(PROBE_PROPS_AT + size), UNWRITTEN, 4);
         }
-        let (out, reply) = probe_slices(base, reply_len);
+        // SAFETY: `base` is the probe buffer (PROBE_PROPS_AT + reply_len
+        // bytes, allocated so in `assemble`); the slices end with this call,
+        // before the reads below.
+        let (out, reply) = unsafe { probe_slices(base, reply_len) };
         // SAFETY: the buffers stay valid and untouched until popped below
         // (or forever, if the driver breaks on a timeout).
         let token = unsafe { req.add(&[out], &mut [reply]) }
-            .map_err(|_| VirtioIommuError::Queue("no room for PROBE"))?;
+            .map_err(|_| VirtioIommuError::Queue(QueueProblem::NoDescriptors))?;
         inner.slot_of_token[usize::from(token)] = PROBE_SLOT;
         inner.outstanding += 1;
         bump(&self.counters.requests[RequestKind::Probe as usize]);
@@ -871,7 +1023,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             let Some(token) = inner.req.peek_used() else {
                 if deadline.expired() {
                     inner.broken = true;
-                    return Err(VirtioIommuError::Timeout);
+                    return Err(VirtioIommuError::Timeout(Wait::Reply));
                 }
                 core::hint::spin_loop();
                 continue;
@@ -908,7 +1060,10 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             }
             let index = usize::from(index);
             let ptr = event_ptr(&inner.events, index);
-            let buf = event_slice(ptr);
+            // SAFETY: event buffer `index` of the driver's; the device has
+            // returned it (its token is on the used ring), and the slice ends
+            // with the `pop_used` below, before the read of the buffer.
+            let buf = unsafe { event_slice(ptr) };
             // SAFETY: the same buffer that was added with this token.
             let used = match unsafe { inner.evt.pop_used(token, &[], &mut [buf]) } {
                 Ok(len) => len as usize,
@@ -968,10 +1123,22 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
 
 const PROBE_SLOT: u16 = u16::MAX - 1;
 
-fn probe_slices<'a>(base: *mut u8, reply_len: usize) -> (&'a [u8], &'a mut [u8]) {
-    // SAFETY: callers pass the probe buffer's base, which holds the 72-byte
-    // request at 0 and `reply_len` bytes at PROBE_PROPS_AT; the two do not
-    // overlap.
+/// Requests per notification in a domain's teardown.
+pub const TEARDOWN_BATCH: usize = 8;
+
+/// The PROBE buffer's request (device-readable) and reply (device-writable)
+/// parts, for handing to the queue.
+///
+/// # Safety
+///
+/// `base` is the start of the driver's PROBE buffer, which holds at least
+/// `PROBE_PROPS_AT + reply_len` bytes, and nothing else reads or writes
+/// those bytes while the slices live (the caller picks `'a`: it must end
+/// before the buffer is freed or touched through another pointer).
+unsafe fn probe_slices<'a>(base: *mut u8, reply_len: usize) -> (&'a [u8], &'a mut [u8]) {
+    // SAFETY: the caller vouches for the buffer and its exclusive use; the
+    // request [0, 72) and the reply [PROBE_PROPS_AT, + reply_len) do not
+    // overlap (72 <= PROBE_PROPS_AT).
     unsafe {
         (
             core::slice::from_raw_parts(base, size_of::<wire::ProbeReq>()),
@@ -984,10 +1151,19 @@ fn slot_ptr<H: Hal>(slots: &DmaRegion<H>, slot: usize) -> *mut u8 {
     slots.ptr(slot * SLOT)
 }
 
-fn slot_slices<'a>(ptr: *mut u8, out_len: usize) -> (&'a [u8], &'a mut [u8]) {
-    // SAFETY: `ptr` is a slot of SLOT bytes in the driver's DMA region; the
-    // out part [0, out_len <= 40) and the tail [TAIL_AT, TAIL_AT + 4) do not
-    // overlap.
+/// A request slot's device-readable part (`out_len` bytes) and its tail,
+/// for handing to the queue.
+///
+/// # Safety
+///
+/// `ptr` is the start of one of the driver's request slots (`SLOT` bytes of
+/// DMA memory), `out_len <= TAIL_AT`, and nothing else reads or writes the
+/// slot while the slices live (the caller picks `'a`: it must end before the
+/// slot is freed or touched through another pointer).
+unsafe fn slot_slices<'a>(ptr: *mut u8, out_len: usize) -> (&'a [u8], &'a mut [u8]) {
+    debug_assert!(out_len <= TAIL_AT);
+    // SAFETY: the caller vouches for the slot and its exclusive use; the out
+    // part [0, out_len) and the tail [TAIL_AT, TAIL_AT + 4) do not overlap.
     unsafe {
         (
             core::slice::from_raw_parts(ptr, out_len),
@@ -1000,9 +1176,16 @@ fn event_ptr<H: Hal>(events: &DmaRegion<H>, index: usize) -> *mut u8 {
     events.ptr(index * EVENT_BUF)
 }
 
-fn event_slice<'a>(ptr: *mut u8) -> &'a mut [u8] {
-    // SAFETY: `ptr` is an event buffer of EVENT_BUF bytes in the driver's
-    // DMA region, used for nothing else.
+/// An event buffer, for handing to the event queue.
+///
+/// # Safety
+///
+/// `ptr` is the start of one of the driver's event buffers (`EVENT_BUF`
+/// bytes of DMA memory), and nothing else reads or writes it while the slice
+/// lives (the caller picks `'a`: it must end before the buffer is freed or
+/// touched through another pointer).
+unsafe fn event_slice<'a>(ptr: *mut u8) -> &'a mut [u8] {
+    // SAFETY: as the caller vouches.
     unsafe { core::slice::from_raw_parts_mut(ptr, EVENT_BUF) }
 }
 
@@ -1018,7 +1201,7 @@ const fn out_len(kind: RequestKind) -> usize {
 impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
     fn enqueue(&mut self, r: &Request, meta: u32) -> Result<(), VirtioIommuError> {
         let Some(slot) = self.free_len.checked_sub(1).map(|i| self.free[i]) else {
-            return Err(VirtioIommuError::Queue("no free slot"));
+            return Err(VirtioIommuError::Queue(QueueProblem::NoFreeSlot));
         };
         let mut bytes = [0u8; SLOT];
         let len = r.encode(&mut bytes);
@@ -1029,11 +1212,13 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
             // A tail the device never writes reads back as UNWRITTEN.
             core::ptr::write_bytes(ptr.add(TAIL_AT), UNWRITTEN, 4);
         }
-        let (out, tail) = slot_slices(ptr, len);
+        // SAFETY: a free slot of the driver's, `len <= 40 < TAIL_AT`
+        // (`encode`); the slices end with the `add` below.
+        let (out, tail) = unsafe { slot_slices(ptr, len) };
         // SAFETY: the slot stays valid and untouched until its token is
         // popped (or forever, if the driver breaks on a timeout).
         let token = unsafe { self.req.add(&[out], &mut [tail]) }
-            .map_err(|_| VirtioIommuError::Queue("descriptors exhausted"))?;
+            .map_err(|_| VirtioIommuError::Queue(QueueProblem::NoDescriptors))?;
         self.free_len -= 1;
         self.slot_of_token[usize::from(token)] = slot;
         self.slot_meta[usize::from(slot)] = (r.kind(), meta);
@@ -1065,7 +1250,9 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
             };
             let base = buf.ptr(0);
             let reply_len = probe_size + size_of::<wire::ReqTail>();
-            let (out, reply) = probe_slices(base, reply_len);
+            // SAFETY: the probe buffer, which the device has returned (its
+            // token is on the used ring); the slices end with `pop_used`.
+            let (out, reply) = unsafe { probe_slices(base, reply_len) };
             // SAFETY: the buffers added with this token.
             let used = unsafe { self.req.pop_used(token, &[out], &mut [reply]) };
             // SAFETY: inside the probe buffer.
@@ -1074,7 +1261,12 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         } else {
             let (kind, meta) = self.slot_meta[usize::from(slot)];
             let ptr = slot_ptr(&self.slots, usize::from(slot));
-            let (out, tail) = slot_slices(ptr, out_len(kind));
+            // SAFETY: slot `slot` of the driver's, which the device has
+            // returned (its token is on the used ring); slots hold ATTACH,
+            // DETACH, MAP or UNMAP only (PROBE has its own buffer), so
+            // `out_len` is at most 36 < TAIL_AT. The slices end with
+            // `pop_used`.
+            let (out, tail) = unsafe { slot_slices(ptr, out_len(kind)) };
             // SAFETY: the buffers added with this token.
             let used = unsafe { self.req.pop_used(token, &[out], &mut [tail]) };
             // SAFETY: inside the slot.
@@ -1103,9 +1295,8 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
             // `enqueue` left it: a buffer returned without a reply, e.g. a
             // used entry returned twice and matched to the next request on
             // the same head. The used ring is out of step with the requests
-            // (which may run later, or twice): stop, as for a foreign entry
-            // (found by `tests/fault_injection.rs::a_used_entry_returned_twice_never_passes_for_the_success_of_an_unexecuted_request`;
-            // the driver used to report UnknownStatus and carry on).
+            // (which may run later, or twice): stop, as for a foreign entry,
+            // rather than report an undefined status and carry on.
             return Err(bad(self));
         }
         let result = crate::error::decode_reply(kind, used, needed, status);
@@ -1117,10 +1308,12 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         // SAFETY: the buffer is not on the queue, so the device does not
         // access it.
         unsafe { core::ptr::write_bytes(ptr, 0, EVENT_BUF) };
-        let buf = event_slice(ptr);
+        // SAFETY: event buffer `index` of the driver's, not on the queue; the
+        // slice ends with the `add` below.
+        let buf = unsafe { event_slice(ptr) };
         // SAFETY: the buffer stays valid and is not touched until popped.
         let token = unsafe { self.evt.add(&[], &mut [buf]) }
-            .map_err(|_| VirtioIommuError::Queue("event queue full"))?;
+            .map_err(|_| VirtioIommuError::Queue(QueueProblem::EventQueueFull))?;
         self.event_of_token[usize::from(token)] = index as u8;
         Ok(())
     }

@@ -112,6 +112,85 @@ pub enum RequestKind {
     Probe,
 }
 
+/// Which argument was bad, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BadArgument {
+    /// A length of zero.
+    ZeroLength,
+    /// An address plus the length does not fit in 64 bits.
+    Overflow,
+    /// An address or length is not a multiple of the granule.
+    Misaligned,
+    /// The protection grants neither read nor write.
+    NoAccess,
+    /// [`VirtioIommu::run`](crate::VirtioIommu::run) was given fewer result
+    /// slots than requests.
+    ResultsTooShort,
+}
+
+/// Which field of the device configuration is unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigField {
+    /// `page_size_mask` is 0 or cannot be read.
+    PageSizeMask,
+    /// `input_range` is empty (its end below its start) or cannot be read.
+    InputRange,
+    /// `domain_range` is empty (its end below its start) or cannot be read.
+    DomainRange,
+    /// `probe_size` is larger than
+    /// [`MAX_PROBE_SIZE`](crate::driver::MAX_PROBE_SIZE) or cannot be read.
+    ProbeSize,
+    /// `bypass` cannot be written or read back, or did not keep the value
+    /// written.
+    Bypass,
+    /// The configuration generation kept changing while the fields were read.
+    Generation,
+}
+
+/// What is wrong with a virtqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueueProblem {
+    /// The driver's request queue size `Q` is not a power of two from 2 to
+    /// 32768.
+    InvalidSize,
+    /// The device has no request queue, or a smaller one than `Q`.
+    RequestQueueUnavailable,
+    /// The device has no event queue, or a smaller one than
+    /// [`EVENT_QUEUE_SIZE`](crate::driver::EVENT_QUEUE_SIZE).
+    EventQueueUnavailable,
+    /// No request slot is free.
+    NoFreeSlot,
+    /// The request queue has no free descriptors.
+    NoDescriptors,
+    /// The event queue has no room for a buffer given back.
+    EventQueueFull,
+}
+
+/// What is malformed in a PROBE reply's property list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProbeProblem {
+    /// A property's length runs past the end of the list (`probe_size`).
+    PropertyPastEnd,
+    /// A RESV_MEM property is shorter than its 20 bytes.
+    ResvMemTooShort,
+    /// A RESV_MEM property ends before it starts.
+    ResvMemReversed,
+}
+
+/// What a bounded wait on the device was waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wait {
+    /// The device status to read 0 after a reset.
+    Reset,
+    /// The replies to the requests on the queue.
+    Reply,
+}
+
 /// Why a virtio-iommu operation failed. Nothing changed on the device unless
 /// the variant says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,14 +202,12 @@ pub enum VirtioIommuError {
     MissingFeatures(u64),
     /// The device did not keep `FEATURES_OK` set after negotiation.
     FeaturesRejected,
-    /// The device did not finish a reset in time.
-    ResetTimeout,
     /// The device set `DEVICE_NEEDS_RESET` (or `FAILED` is set).
     DeviceFailed(u8),
-    /// The device configuration is unusable (the message says which field).
-    BadConfig(&'static str),
-    /// A queue is missing, too small, or already in use.
-    Queue(&'static str),
+    /// The device configuration is unusable: the field named.
+    BadConfig(ConfigField),
+    /// A queue is missing, too small, or full.
+    Queue(QueueProblem),
     /// The DMA allocator returned nothing.
     NoDmaMemory,
     /// The device answered a request with an error status.
@@ -159,14 +236,17 @@ pub enum VirtioIommuError {
     /// The device put a buffer on the used ring that the driver has not
     /// given it (or gave twice). The driver stops using the device.
     BadUsedEntry(u32),
-    /// No reply within the wait budget. Requests may still be in flight, so
-    /// the driver stops using the device (every later request fails with
-    /// [`VirtioIommuError::Broken`]).
-    Timeout,
+    /// A bounded wait ([`WaitBudget`](crate::WaitBudget)) expired, waiting
+    /// for what is named. After [`Wait::Reply`] requests may still be in
+    /// flight, so the driver stops using the device (every later request
+    /// fails with [`VirtioIommuError::Broken`]). After [`Wait::Reset`] the
+    /// device may still access the driver's memory, which is leaked rather
+    /// than freed.
+    Timeout(Wait),
     /// An earlier timeout or protocol violation made the device unusable.
     Broken,
-    /// A PROBE reply's property list is malformed.
-    BadProbe(&'static str),
+    /// A PROBE reply's property list is malformed, as named.
+    BadProbe(ProbeProblem),
     /// An endpoint or domain ID outside what the device supports.
     OutOfRange,
     /// The feature this needs was not negotiated (e.g. a bypass domain
@@ -179,10 +259,14 @@ pub enum VirtioIommuError {
     /// The unmap would cut a device mapping in two (the device would answer
     /// RANGE); refused before it reached the device.
     SplitsMapping,
-    /// The driver's bookkeeping (mapping records, fault buffer) is full.
+    /// The driver's bookkeeping (mapping records, attached endpoints, domain
+    /// IDs, fault buffer) is full.
     StorageFull,
-    /// Bad argument (zero length, misalignment, overflow, no access).
-    InvalidArgument(&'static str),
+    /// The domain ID (given) belongs to a live
+    /// [`VirtioDomain`](crate::VirtioDomain) already.
+    DomainInUse(u32),
+    /// A bad argument, as named; nothing was queued or sent.
+    InvalidArgument(BadArgument),
 }
 
 impl fmt::Display for VirtioIommuError {
@@ -191,10 +275,9 @@ impl fmt::Display for VirtioIommuError {
             Self::NotAnIommu(t) => write!(f, "virtio device type {t} is not an IOMMU (23)"),
             Self::MissingFeatures(b) => write!(f, "device lacks required features {b:#x}"),
             Self::FeaturesRejected => f.write_str("device rejected the negotiated features"),
-            Self::ResetTimeout => f.write_str("device reset did not complete"),
             Self::DeviceFailed(s) => write!(f, "device failed (status {s:#x})"),
-            Self::BadConfig(w) => write!(f, "unusable device config: {w}"),
-            Self::Queue(w) => write!(f, "virtqueue: {w}"),
+            Self::BadConfig(field) => write!(f, "unusable device config: {field}"),
+            Self::Queue(problem) => write!(f, "virtqueue: {problem}"),
             Self::NoDmaMemory => f.write_str("no DMA memory"),
             Self::Request { request, status } => write!(f, "{request:?} failed: {status:?}"),
             Self::UnknownStatus { request, code } => {
@@ -209,17 +292,75 @@ impl fmt::Display for VirtioIommuError {
                 "{request:?}: device wrote {used} bytes, reply needs {needed}"
             ),
             Self::BadUsedEntry(id) => write!(f, "device returned unknown buffer {id}"),
-            Self::Timeout => f.write_str("no reply from the device in time"),
+            Self::Timeout(wait) => write!(f, "device did not respond in time: {wait}"),
             Self::Broken => f.write_str("device unusable after an earlier failure"),
-            Self::BadProbe(w) => write!(f, "malformed PROBE reply: {w}"),
+            Self::BadProbe(problem) => write!(f, "malformed PROBE reply: {problem}"),
             Self::OutOfRange => f.write_str("ID or address out of the device's range"),
             Self::NotNegotiated(b) => write!(f, "needs feature {b:#x}, not negotiated"),
             Self::AlreadyMapped => f.write_str("range already mapped"),
             Self::NotMapped => f.write_str("range not mapped"),
             Self::SplitsMapping => f.write_str("unmap would split a mapping"),
             Self::StorageFull => f.write_str("bookkeeping storage full"),
-            Self::InvalidArgument(w) => write!(f, "invalid argument: {w}"),
+            Self::DomainInUse(id) => write!(f, "domain {id} belongs to a live domain already"),
+            Self::InvalidArgument(arg) => write!(f, "invalid argument: {arg}"),
         }
+    }
+}
+
+impl fmt::Display for BadArgument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ZeroLength => "zero length",
+            Self::Overflow => "address plus length overflows",
+            Self::Misaligned => "not granule aligned",
+            Self::NoAccess => "protection grants no access",
+            Self::ResultsTooShort => "fewer results than requests",
+        })
+    }
+}
+
+impl fmt::Display for ConfigField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::PageSizeMask => "page_size_mask is 0 or unreadable",
+            Self::InputRange => "input_range is empty or unreadable",
+            Self::DomainRange => "domain_range is empty or unreadable",
+            Self::ProbeSize => "probe_size too large or unreadable",
+            Self::Bypass => "bypass did not take the value written",
+            Self::Generation => "config generation kept changing",
+        })
+    }
+}
+
+impl fmt::Display for QueueProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InvalidSize => "queue size must be a power of two from 2 to 32768",
+            Self::RequestQueueUnavailable => "request queue unavailable or too small",
+            Self::EventQueueUnavailable => "event queue unavailable or too small",
+            Self::NoFreeSlot => "no free request slot",
+            Self::NoDescriptors => "request queue descriptors exhausted",
+            Self::EventQueueFull => "event queue full",
+        })
+    }
+}
+
+impl fmt::Display for ProbeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::PropertyPastEnd => "property runs past probe_size",
+            Self::ResvMemTooShort => "RESV_MEM shorter than 20 bytes",
+            Self::ResvMemReversed => "RESV_MEM ends before it starts",
+        })
+    }
+}
+
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Reset => "reset",
+            Self::Reply => "request replies",
+        })
     }
 }
 
@@ -230,14 +371,21 @@ impl From<VirtioIommuError> for iova_core::Error {
     fn from(e: VirtioIommuError) -> Self {
         use iova_core::{DeviceError as D, Error as E};
         match e {
-            VirtioIommuError::Timeout | VirtioIommuError::ResetTimeout => E::Timeout,
+            VirtioIommuError::Timeout(_) => E::Timeout,
             VirtioIommuError::AlreadyMapped => E::AlreadyMapped,
             VirtioIommuError::NotMapped => E::NotMapped,
             VirtioIommuError::SplitsMapping => E::PartialUnmap,
             VirtioIommuError::StorageFull => E::StorageFull,
+            VirtioIommuError::DomainInUse(id) => E::Device(D::Busy(id)),
             VirtioIommuError::OutOfRange => E::OutOfRange,
             VirtioIommuError::NoDmaMemory => E::NoMemory,
-            VirtioIommuError::InvalidArgument(_) => E::Misaligned,
+            VirtioIommuError::InvalidArgument(arg) => match arg {
+                BadArgument::ZeroLength => E::ZeroLength,
+                BadArgument::Overflow => E::Overflow,
+                BadArgument::Misaligned => E::Misaligned,
+                BadArgument::NoAccess => E::InvalidProt,
+                BadArgument::ResultsTooShort => E::StorageFull,
+            },
             VirtioIommuError::Request { status, .. } => E::Device(D::RequestFailed {
                 status: status.code(),
             }),
@@ -285,6 +433,31 @@ mod tests {
     }
 
     #[test]
+    fn each_argument_problem_maps_to_the_core_error_of_the_same_cause() {
+        use iova_core::Error as E;
+        for (arg, core) in [
+            (BadArgument::ZeroLength, E::ZeroLength),
+            (BadArgument::Overflow, E::Overflow),
+            (BadArgument::Misaligned, E::Misaligned),
+            (BadArgument::NoAccess, E::InvalidProt),
+            (BadArgument::ResultsTooShort, E::StorageFull),
+        ] {
+            assert_eq!(
+                E::from(VirtioIommuError::InvalidArgument(arg)),
+                core,
+                "{arg:?}"
+            );
+        }
+        assert_eq!(
+            E::from(VirtioIommuError::DomainInUse(3)),
+            E::Device(iova_core::DeviceError::Busy(3))
+        );
+        for wait in [Wait::Reset, Wait::Reply] {
+            assert_eq!(E::from(VirtioIommuError::Timeout(wait)), E::Timeout);
+        }
+    }
+
+    #[test]
     fn error_statuses_become_typed_errors() {
         assert_eq!(Status::Ok.result(RequestKind::Map), Ok(()));
         assert_eq!(
@@ -307,7 +480,7 @@ mod tests {
             iova_core::Error::Device(iova_core::DeviceError::RequestFailed { status: 6 })
         );
         assert_eq!(
-            iova_core::Error::from(VirtioIommuError::Timeout),
+            iova_core::Error::from(VirtioIommuError::Timeout(Wait::Reply)),
             iova_core::Error::Timeout
         );
         assert_eq!(

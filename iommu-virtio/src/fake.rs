@@ -1,5 +1,5 @@
 //! A fake virtio-iommu device on a host thread, and a host [`Hal`], for tests
-//! (feature `fake`).
+//! (feature `fakes`).
 //!
 //! [`FakeIommu`] models the device as the specification describes it: it
 //! reads the split virtqueues from memory (the "physical" addresses are host

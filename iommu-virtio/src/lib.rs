@@ -29,11 +29,14 @@
 //!   merged with another map's, so every link can be unlinked on its own),
 //!   `unmap` queues UNMAPs of whole mappings (a split is refused before the
 //!   device sees it), `flush` sends the batch with one notification. A full
-//!   batch is sent and the work goes on; nothing is dropped.
+//!   batch is sent and the work goes on; nothing is dropped. The driver
+//!   records which domain each endpoint is attached to; dropping a domain
+//!   removes its mappings and detaches its endpoints (bounded, failures
+//!   counted), and one domain holds an ID at a time.
 //! - [`ProbeInfo`] ([`probe`]): PROBE's reserved regions (MSI doorbells,
 //!   reserved ranges), which [`ProbeInfo::reserve_in`] turns into holes of an
 //!   [`iova_core::IovaAllocator`].
-//! - `fake` (feature `fake`): a virtio-iommu on a host thread that reads the
+//! - `fake` (feature `fakes`): a virtio-iommu on a host thread that reads the
 //!   queues from memory and behaves as the specification says, and a host
 //!   [`Hal`]; it can also misbehave (silence, short replies, bad statuses).
 //!
@@ -113,7 +116,7 @@
 //!
 //! # Features
 //!
-//! - `fake`: the fake device and host HAL of the `fake` module (implies `std`).
+//! - `fakes`: the fake device and host HAL of the `fake` module (implies `std`).
 //! - `std`: builds with the standard library.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -127,13 +130,17 @@ pub mod fake;
 pub mod fault;
 pub mod features;
 mod mmio;
+mod owners;
 pub mod probe;
 pub mod transport;
 pub mod wire;
 
 pub use domain::VirtioDomain;
 pub use driver::{CounterSnapshot, DriverConfig, Geometry, Request, VirtioIommu, WaitBudget};
-pub use error::{RequestKind, Status, VirtioIommuError, decode_reply};
+pub use error::{
+    BadArgument, ConfigField, ProbeProblem, QueueProblem, RequestKind, Status, VirtioIommuError,
+    Wait, decode_reply,
+};
 pub use fault::{FaultReason, FaultRecord};
 pub use features::Features;
 pub use probe::{ProbeInfo, ReservedKind, ReservedRegion};

@@ -13,8 +13,8 @@ use iommu_virtio::driver::{EVENT_QUEUE_SIZE, FAULT_LOG};
 use iommu_virtio::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave, patient};
 use iommu_virtio::virtio_drivers::transport::DeviceStatus;
 use iommu_virtio::{
-    DriverConfig, FaultReason, Request, RequestKind, Status, VirtioIommu, VirtioIommuError,
-    WaitBudget, wire,
+    DriverConfig, FaultReason, QueueProblem, Request, RequestKind, Status, VirtioIommu,
+    VirtioIommuError, WaitBudget, wire,
 };
 
 type Driver = VirtioIommu<HostHal, FakeTransport, 16>;
@@ -166,22 +166,22 @@ fn a_missing_or_too_small_queue_is_a_typed_error_with_nothing_left_behind() {
         (
             1,
             0,
-            VirtioIommuError::Queue("event queue unavailable or too small"),
+            VirtioIommuError::Queue(QueueProblem::EventQueueUnavailable),
         ),
         (
             1,
             (EVENT_QUEUE_SIZE / 2) as u16,
-            VirtioIommuError::Queue("event queue unavailable or too small"),
+            VirtioIommuError::Queue(QueueProblem::EventQueueUnavailable),
         ),
         (
             0,
             0,
-            VirtioIommuError::Queue("request queue unavailable or too small"),
+            VirtioIommuError::Queue(QueueProblem::RequestQueueUnavailable),
         ),
         (
             0,
             8,
-            VirtioIommuError::Queue("request queue unavailable or too small"),
+            VirtioIommuError::Queue(QueueProblem::RequestQueueUnavailable),
         ),
     ];
     for (queue, size, expected) in cases {
@@ -440,9 +440,7 @@ fn giving_up_on_a_device_whose_reset_sticks_leaks_the_memory_it_knows_instead_of
     fake.set_max_queue_size(1, 0);
     assert_eq!(
         Driver::new(t, quick).err(),
-        Some(VirtioIommuError::Queue(
-            "event queue unavailable or too small"
-        ))
+        Some(VirtioIommuError::Queue(QueueProblem::EventQueueUnavailable))
     );
     assert_eq!(
         HostHal::dma_live(),

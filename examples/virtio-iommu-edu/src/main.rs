@@ -28,6 +28,10 @@
 //!   write there is blocked, the neighbour still reachable); then two
 //!   adjacent contiguous links of one state, one unlinked alone.
 //!
+//! After the scenarios, every run drops domain 1 with a page still mapped
+//! and edu attached: one UNMAP and one DETACH go out in one notification,
+//! and edu's write to that IOVA is blocked (edu is attached nowhere).
+//!
 //! `-append blk` and `-append blk-bench` run instead the virtio-blk scenarios
 //! of [`blk`] (no edu needed): a virtio-blk-pci disk behind the
 //! virtio-iommu through `iova-virtio-hal`'s `Hal`.
@@ -49,7 +53,8 @@ use iommu_virtio::{
 };
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::{
-    DmaMapper, Error as CoreError, Iova, IovaAllocator, IovaRange, Link, PhysAddr, Prot,
+    DmaMapper, Error as CoreError, IommuDomain, IotlbGather, Iova, IovaAllocator, IovaRange, Link,
+    PhysAddr, Prot,
 };
 use platform::edu::{self, Edu, EduError};
 use platform::frames::{FRAME_SIZE, FrameAllocator, Frames, FramesError};
@@ -376,6 +381,28 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
         domain.mappings() == 0,
         "mappings left after the scenarios",
         domain.mappings() as u64,
+    )?;
+    // The mapper (in `ctx`) borrows the domain; nothing uses it any more.
+    let Ctx {
+        mut edu,
+        mut frames,
+        ..
+    } = ctx;
+    // A page just past the allocator's window, so no IOVA state owns it.
+    let spare = IovaRange::new(window.end, PAGE).map_err(CoreError::from)?;
+    g.aperture()
+        .filter(|a| a.contains_range(&spare))
+        .ok_or(Error::Check(
+            "IOVA past the window outside the input range",
+            spare.start.0,
+        ))?;
+    teardown(
+        &iommu,
+        domain,
+        &mut edu,
+        &mut frames,
+        endpoint,
+        spare.start.0,
     )?;
     let total = iommu.counters();
     println!(
@@ -800,6 +827,84 @@ fn scenario_identity(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         "{NAME}: identity: edu #2 (endpoint {ep2:#x}) in bypass domain 2 copied 4096 bytes by physical address, checked; after DETACH its write to {:#x} was blocked, fault {:?} (+{more} more)",
         target.phys(),
         f.reason
+    );
+    Ok(())
+}
+
+/// Drops `domain` with a page still mapped at `iova` and edu (`endpoint`)
+/// attached: the drop sends one UNMAP and one DETACH in one notification,
+/// and afterwards edu's write to `iova` is blocked (attached nowhere,
+/// bypass = 0) with a fault for its endpoint.
+fn teardown(
+    iommu: &Iommu,
+    domain: Domain<'_>,
+    edu: &mut Edu,
+    frames: &mut FrameAllocator,
+    endpoint: u32,
+    iova: u64,
+) -> Result<(), Error> {
+    let mut page = frames.alloc(1)?;
+    fill(&mut page, 77);
+    let mut gather = IotlbGather::new();
+    domain.map(
+        Iova(iova),
+        PhysAddr(page.phys()),
+        PAGE,
+        Prot::RW,
+        &mut gather,
+    )?;
+    domain.flush(&mut gather)?;
+    // SAFETY: `iova` maps to our page: edu reads it, then writes its first
+    // 8 bytes back over a fill.
+    unsafe { edu.dma_to_device(iova, 0, 8)? };
+    page.as_mut_slice().fill(0x44);
+    // SAFETY: as above.
+    unsafe { edu.dma_from_device(0, iova, 8)? };
+    let reached = page.as_mut_slice()[..8]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern(77, i));
+    check(reached, "DMA through domain 1 did not arrive", iova)?;
+    page.as_mut_slice().fill(0x44);
+
+    let before = iommu.counters();
+    drop(domain);
+    let c = iommu.counters().since(&before);
+    check(
+        c.unmap == 1 && c.detach == 1 && c.notifications == 1,
+        "dropping domain 1: UNMAP + DETACH in one notification",
+        c.requests(),
+    )?;
+    check(
+        c.teardown_failures == 0,
+        "dropping domain 1: teardown failed",
+        c.teardown_failures,
+    )?;
+    check(
+        iommu.attached_domain(endpoint).is_none(),
+        "edu still recorded attached after its domain was dropped",
+        endpoint.into(),
+    )?;
+    // SAFETY: the domain is gone and edu is attached nowhere (bypass = 0):
+    // the write to our page's old IOVA must be blocked.
+    unsafe { edu.dma_from_device(0, iova, 8)? };
+    check(
+        page.as_mut_slice().iter().all(|&b| b == 0x44),
+        "edu wrote memory after its domain was dropped",
+        iova,
+    )?;
+    let f = iommu
+        .pop_fault()
+        .ok_or(Error::Check("no fault after the domain was dropped", iova))?;
+    check(
+        matches!(f.reason, FaultReason::Unknown | FaultReason::Domain) && f.endpoint == endpoint,
+        "fault record after the domain was dropped",
+        f.endpoint.into(),
+    )?;
+    let more = drain_faults(iommu);
+    println!(
+        "{NAME}: teardown: dropping domain 1 with a page mapped at IOVA {iova:#x} sent {} UNMAP + {} DETACH in {} notification; edu (endpoint {endpoint:#x}) is attached nowhere and its write there was blocked, fault {:?} (+{more} more)",
+        c.unmap, c.detach, c.notifications, f.reason
     );
     Ok(())
 }

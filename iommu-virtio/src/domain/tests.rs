@@ -199,7 +199,12 @@ fn bad_arguments_are_refused_before_anything_is_queued() {
         Err(Error::AlreadyMapped)
     );
     assert_eq!(d.pending(), 1);
-    assert!(VirtioDomain::<'_, _, _, 256>::new(&io, 1).is_ok());
+    assert_eq!(
+        VirtioDomain::<'_, _, _, 256>::new(&io, 1).err(),
+        Some(VirtioIommuError::DomainInUse(1)),
+        "one VirtioDomain per ID"
+    );
+    assert!(VirtioDomain::<'_, _, _, 256>::new(&io, 2).is_ok());
     // MMIO mappings need the MMIO feature (offered here).
     m(0x10_0000, 0x1000_0000, G, Prot::RW | Prot::MMIO, &mut g).unwrap();
     d.flush(&mut g).unwrap_err(); // domain 1 was never attached: NOENT
@@ -758,4 +763,166 @@ fn a_flush_queue_sends_many_unmaps_with_one_notification() {
     for iova in gone {
         assert_eq!(reach(&fake, Iova(iova)), None);
     }
+}
+
+#[test]
+fn dropping_a_domain_leaves_no_endpoint_attached_and_no_mapping_on_the_device() {
+    let (fake, io) = iommu::<256>();
+    let mut g = IotlbGather::new();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    d.map(Iova(0x10_0000), PhysAddr(0x5000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    assert_eq!(fake.domain_of(EP), Some(1));
+    let before = io.counters();
+    drop(d);
+    let c = io.counters().since(&before);
+    assert_eq!(
+        (c.unmap, c.detach, c.notifications),
+        (1, 1, 1),
+        "one UNMAP and one DETACH, sent together"
+    );
+    assert_eq!(
+        fake.domain_of(EP),
+        None,
+        "the endpoint left with the domain"
+    );
+    assert_eq!(
+        fake.mappings(1),
+        None,
+        "the device has no domain 1 any more"
+    );
+    assert_eq!(fake.dma(EP, 0x10_0000, true), None, "its DMA is blocked");
+
+    // The ID starts afresh: the same IOVA maps elsewhere.
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    d.map(Iova(0x10_0000), PhysAddr(0x6000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    assert_eq!(fake.dma(EP, 0x10_0000, true), Some(0x6000_0000));
+}
+
+#[test]
+fn a_dropped_domain_leaves_an_endpoint_that_moved_on_alone_and_an_unused_one_sends_nothing() {
+    let (fake, io) = iommu::<256>();
+    let d1: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    let d2: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 2).unwrap();
+    d1.attach(EP).unwrap();
+    assert_eq!((d1.attached_endpoints(), d2.attached_endpoints()), (1, 0));
+    d2.attach(EP).unwrap();
+    assert_eq!((d1.attached_endpoints(), d2.attached_endpoints()), (0, 1));
+    assert_eq!(io.attached_domain(EP), Some(2));
+    let before = io.counters();
+    drop(d1);
+    let c = io.counters().since(&before);
+    assert_eq!(
+        (c.requests(), c.notifications),
+        (0, 0),
+        "nothing to tear down"
+    );
+    assert_eq!(fake.domain_of(EP), Some(2), "still where it moved");
+    assert_eq!(d2.attached_endpoints(), 1);
+    d2.detach(EP).unwrap();
+    assert_eq!(io.attached_domain(EP), None);
+    let before = io.counters();
+    drop(d2);
+    assert_eq!(
+        io.counters().since(&before).requests(),
+        0,
+        "detached already"
+    );
+    assert_eq!(io.counters().teardown_failures, 0);
+}
+
+#[test]
+fn a_teardown_the_device_refuses_is_counted_and_the_next_new_of_the_id_finishes_it() {
+    let (fake, io) = iommu::<256>();
+    let mut g = IotlbGather::new();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    d.map(Iova(0x10_0000), PhysAddr(0x5000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    let nomem = Misbehave {
+        reject: Some(8),
+        ..Default::default()
+    };
+    fake.misbehave(nomem);
+    drop(d);
+    assert_eq!(io.counters().teardown_failures, 1);
+    assert_eq!(fake.domain_of(EP), Some(1), "the device kept it attached");
+    assert_eq!(fake.mappings(1).map(|m| m.len()), Some(1));
+    assert_eq!(io.attached_domain(EP), Some(1), "and so does the driver");
+    // The ID is not handed out clean while the device may map into it.
+    assert_eq!(
+        VirtioDomain::<'_, _, _, 256>::new(&io, 1).err(),
+        Some(VirtioIommuError::Request {
+            request: crate::RequestKind::Unmap,
+            status: crate::Status::NoMem
+        })
+    );
+    fake.misbehave(Misbehave::default());
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    assert_eq!(fake.domain_of(EP), None);
+    assert_eq!(fake.mappings(1), None);
+    assert_eq!(d.attached_endpoints(), 0);
+    assert_eq!(io.counters().teardown_failures, 1, "the retry succeeded");
+}
+
+#[test]
+fn dropping_a_domain_on_a_silent_device_returns_bounded_and_is_counted() {
+    let (fake, t) = FakeIommu::new(FakeConfig::default());
+    let dc = DriverConfig {
+        wait: WaitBudget {
+            max_polls: u64::MAX,
+            clock: Some((crate::fake::host_clock_us, 300_000)),
+        },
+        ..Default::default()
+    };
+    let io = Iommu::<256>::new(t, dc).unwrap();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 1).unwrap();
+    d.attach(EP).unwrap();
+    fake.misbehave(Misbehave {
+        silent: true,
+        ..Default::default()
+    });
+    let t0 = std::time::Instant::now();
+    drop(d);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(io.counters().teardown_failures, 1);
+    assert!(io.is_broken(), "a reply timeout stops the driver");
+    assert_eq!(
+        VirtioDomain::<'_, _, _, 256>::new(&io, 1).err(),
+        Some(VirtioIommuError::Broken)
+    );
+}
+
+#[test]
+fn a_domain_with_more_endpoints_than_a_teardown_batch_detaches_them_all() {
+    let n = crate::driver::TEARDOWN_BATCH as u32 + 3;
+    let (fake, t) = FakeIommu::new(FakeConfig {
+        endpoints: (0..n).map(|e| (0x100 + e, vec![])).collect(),
+        ..Default::default()
+    });
+    let io = Iommu::<256>::new(t, patient()).unwrap();
+    let mut g = IotlbGather::new();
+    let d: VirtioDomain<'_, _, _, 256> = VirtioDomain::new(&io, 7).unwrap();
+    for e in 0..n {
+        d.attach(0x100 + e).unwrap();
+    }
+    d.map(Iova(0x10_0000), PhysAddr(0x5000_0000), G, Prot::RW, &mut g)
+        .unwrap();
+    d.flush(&mut g).unwrap();
+    assert_eq!(d.attached_endpoints(), n as usize);
+    let before = io.counters();
+    drop(d);
+    let c = io.counters().since(&before);
+    assert_eq!((c.unmap, c.detach, c.notifications), (1, u64::from(n), 2));
+    assert_eq!(c.teardown_failures, 0);
+    for e in 0..n {
+        assert_eq!(fake.domain_of(0x100 + e), None, "endpoint {e}");
+    }
+    assert_eq!(fake.mappings(7), None);
 }

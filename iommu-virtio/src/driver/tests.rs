@@ -1,6 +1,7 @@
 //! The driver against the fake device.
 
 use super::*;
+use crate::error::{ConfigField, QueueProblem, Wait};
 use crate::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave, patient};
 use crate::{FaultReason, ReservedKind, Status};
 
@@ -137,7 +138,7 @@ fn a_device_without_map_unmap_or_with_a_bad_config_is_refused() {
     });
     assert!(matches!(
         Driver::<16>::new(t, patient()),
-        Err(VirtioIommuError::BadConfig(_))
+        Err(VirtioIommuError::BadConfig(ConfigField::PageSizeMask))
     ));
     let (_fake, t) = FakeIommu::new(FakeConfig {
         max_queue: 8,
@@ -145,7 +146,9 @@ fn a_device_without_map_unmap_or_with_a_bad_config_is_refused() {
     });
     assert!(matches!(
         Driver::<16>::new(t, patient()),
-        Err(VirtioIommuError::Queue(_))
+        Err(VirtioIommuError::Queue(
+            QueueProblem::RequestQueueUnavailable
+        ))
     ));
 }
 
@@ -308,6 +311,27 @@ fn probe_reports_reserved_regions_which_become_allocator_holes() {
 }
 
 #[test]
+fn run_refuses_fewer_results_than_requests_and_leaves_extra_results_alone() {
+    let (fake, d) = default_pair();
+    d.attach(EP, 1).unwrap();
+    let sent = fake.handled().len();
+    let reqs = [map(1, 0x100_0000, 0x1000, 0x4000_0000, 1); 2];
+    let mut short = [Ok(()); 1];
+    assert_eq!(
+        d.run(&reqs, &mut short),
+        Err(VirtioIommuError::InvalidArgument(
+            crate::BadArgument::ResultsTooShort
+        ))
+    );
+    assert_eq!(fake.handled().len(), sent, "nothing sent");
+    let mut long = [Err(VirtioIommuError::Broken); 3];
+    d.run(&reqs[..1], &mut long).unwrap();
+    assert_eq!(long[0], Ok(()));
+    assert_eq!(long[1..], [Err(VirtioIommuError::Broken); 2]);
+    assert_eq!(fake.mappings(1).unwrap().len(), 1);
+}
+
+#[test]
 fn a_full_queue_is_flushed_and_the_batch_goes_on() {
     // Q = 8: four requests per batch.
     let (fake, d) = setup::<8>(FakeConfig::default(), patient());
@@ -374,7 +398,7 @@ fn a_device_that_never_answers_times_out_and_the_driver_stops() {
         ..Default::default()
     });
     let t0 = std::time::Instant::now();
-    assert_eq!(d.attach(EP, 1), Err(VirtioIommuError::Timeout));
+    assert_eq!(d.attach(EP, 1), Err(VirtioIommuError::Timeout(Wait::Reply)));
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
     assert!(d.is_broken());
     fake.misbehave(Misbehave::default());
@@ -397,7 +421,7 @@ fn a_clock_bounds_the_wait_too() {
         ..Default::default()
     });
     let t0 = std::time::Instant::now();
-    assert_eq!(d.attach(EP, 1), Err(VirtioIommuError::Timeout));
+    assert_eq!(d.attach(EP, 1), Err(VirtioIommuError::Timeout(Wait::Reply)));
     let waited = t0.elapsed();
     assert!(waited >= std::time::Duration::from_millis(50), "{waited:?}");
     assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
@@ -526,7 +550,7 @@ fn a_device_that_misbehaves_during_init_is_refused_with_a_typed_error() {
                 stuck_reset: true,
                 ..Default::default()
             },
-            VirtioIommuError::ResetTimeout,
+            VirtioIommuError::Timeout(Wait::Reset),
         ),
         (
             Misbehave {
@@ -540,7 +564,7 @@ fn a_device_that_misbehaves_during_init_is_refused_with_a_typed_error() {
                 unstable_generation: true,
                 ..Default::default()
             },
-            VirtioIommuError::BadConfig("config generation kept changing"),
+            VirtioIommuError::BadConfig(ConfigField::Generation),
         ),
     ] {
         let (fake, t) = FakeIommu::new(FakeConfig::default());
@@ -611,7 +635,10 @@ fn dropping_the_driver_resets_the_device_before_freeing_its_memory() {
         ..Default::default()
     });
     let live = HostHal::dma_live();
-    assert_eq!(d.reset().err(), Some(VirtioIommuError::ResetTimeout));
+    assert_eq!(
+        d.reset().err(),
+        Some(VirtioIommuError::Timeout(Wait::Reset))
+    );
     assert_ne!(fake.status(), 0);
     assert_eq!(HostHal::dma_live(), live, "nothing freed under the device");
     drop(fake);
@@ -646,11 +673,43 @@ fn a_queue_failure_after_the_device_saw_a_queue_resets_it_before_freeing() {
     });
     assert_eq!(
         Driver::<4>::new(t, patient()).unwrap_err(),
-        VirtioIommuError::Queue("event queue unavailable or too small")
+        VirtioIommuError::Queue(QueueProblem::EventQueueUnavailable)
     );
     assert_eq!(
         fake.status(),
         DeviceStatus::FAILED.bits() as u8,
         "reset (ACK/DRIVER/FEATURES_OK gone), then FAILED"
     );
+}
+
+#[test]
+fn the_driver_tracks_attachments_and_refuses_one_past_its_table() {
+    let n = MAX_ENDPOINTS as u32;
+    let (fake, d) = setup::<16>(
+        FakeConfig {
+            endpoints: (0..=n).map(|e| (0x100 + e, vec![])).collect(),
+            ..Default::default()
+        },
+        patient(),
+    );
+    for e in 0..n {
+        d.attach(0x100 + e, 1).unwrap();
+    }
+    let sent = fake.handled().len();
+    assert_eq!(d.attach(0x100 + n, 1), Err(VirtioIommuError::StorageFull));
+    assert_eq!(fake.handled().len(), sent, "nothing sent");
+    assert_eq!(fake.domain_of(0x100 + n), None);
+    // A tracked endpoint still moves, and a detach frees a place.
+    d.attach_bypass(0x100, 2).unwrap();
+    assert_eq!(d.attached_domain(0x100), Some(2));
+    d.detach(0x100, 2).unwrap();
+    assert_eq!(d.attached_domain(0x100), None);
+    // A refused ATTACH changes nothing the driver records.
+    assert_eq!(
+        d.attach(0x9999, 1),
+        failed(RequestKind::Attach, Status::NoEnt)
+    );
+    assert_eq!(d.attached_domain(0x9999), None);
+    d.attach(0x100 + n, 1).unwrap();
+    assert_eq!(d.attached_domain(0x100 + n), Some(1));
 }

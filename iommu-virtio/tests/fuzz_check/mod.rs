@@ -14,7 +14,8 @@ use iommu_virtio::error::decode_reply;
 use iommu_virtio::probe::MAX_RESERVED;
 use iommu_virtio::wire::{self, FAULT_F_ADDRESS, FAULT_F_EXEC, FAULT_F_READ, FAULT_F_WRITE};
 use iommu_virtio::{
-    FaultReason, FaultRecord, ProbeInfo, RequestKind, ReservedKind, Status, VirtioIommuError,
+    FaultReason, FaultRecord, ProbeInfo, ProbeProblem, RequestKind, ReservedKind, Status,
+    VirtioIommuError,
 };
 use iova_core::{Iova, IovaAllocator, IovaAllocatorConfig, IovaRange};
 use zerocopy::FromBytes;
@@ -42,10 +43,19 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
 }
 
+/// Why the driver must refuse a property list.
+#[derive(Debug)]
+enum Refusal {
+    /// Malformed, as named.
+    Malformed(ProbeProblem),
+    /// Well formed, but more regions than the driver keeps.
+    TooManyRegions,
+}
+
 /// The specification's reading of a property list: `Ok((regions, unknown))`
-/// or `Err(())` where the driver must refuse the list.
+/// or why the driver must refuse the list.
 #[allow(clippy::type_complexity)]
-fn expected_probe(b: &[u8]) -> Result<(Vec<(u64, u64, u8)>, usize), bool> {
+fn expected_probe(b: &[u8]) -> Result<(Vec<(u64, u64, u8)>, usize), Refusal> {
     let (mut regions, mut unknown, mut p) = (Vec::new(), 0, 0);
     while b.len() - p >= 4 {
         let kind = u16_at(b, p) & 0xfff;
@@ -54,20 +64,20 @@ fn expected_probe(b: &[u8]) -> Result<(Vec<(u64, u64, u8)>, usize), bool> {
         }
         let len = usize::from(u16_at(b, p + 2));
         if b.len() - p - 4 < len {
-            return Err(false);
+            return Err(Refusal::Malformed(ProbeProblem::PropertyPastEnd));
         }
         let value = &b[p + 4..p + 4 + len];
         if kind == 1 {
             if len < 20 {
-                return Err(false);
+                return Err(Refusal::Malformed(ProbeProblem::ResvMemTooShort));
             }
             let (start, end) = (u64_at(value, 4), u64_at(value, 12));
             if end < start {
-                return Err(false);
+                return Err(Refusal::Malformed(ProbeProblem::ResvMemReversed));
             }
             if regions.len() == MAX_RESERVED {
                 // More regions than the driver keeps: refused, not truncated.
-                return Err(true);
+                return Err(Refusal::TooManyRegions);
             }
             regions.push((start, end, value[0]));
         } else {
@@ -98,8 +108,8 @@ fn probe(b: &[u8]) {
             }
             reserve(info);
         }
-        (Err(false), Err(VirtioIommuError::BadProbe(_))) => {}
-        (Err(true), Err(VirtioIommuError::StorageFull)) => {}
+        (Err(Refusal::Malformed(want)), Err(VirtioIommuError::BadProbe(got))) if want == *got => {}
+        (Err(Refusal::TooManyRegions), Err(VirtioIommuError::StorageFull)) => {}
         (want, got) => panic!("PROBE {b:02x?}: expected {want:?}, got {got:?}"),
     }
 }
