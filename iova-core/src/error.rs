@@ -95,8 +95,8 @@ pub enum DeviceError {
     IdsExhausted,
     /// The endpoint (the ID given) is not attached to this domain.
     NotAttached(u32),
-    /// The endpoint (the ID given) is in use in a way the operation would
-    /// silently change.
+    /// The endpoint or domain (the ID given) is in use in a way the
+    /// operation would silently change.
     Busy(u32),
     /// The domain is attached to as many endpoints as it can track.
     DomainFull,
@@ -129,7 +129,7 @@ impl fmt::Display for DeviceError {
             Self::IdOutOfRange(id) => write!(f, "ID {id:#x} beyond the hardware's range"),
             Self::IdsExhausted => f.write_str("no ASID, VMID or domain ID left"),
             Self::NotAttached(id) => write!(f, "endpoint {id:#x} not attached to this domain"),
-            Self::Busy(id) => write!(f, "endpoint {id:#x} busy"),
+            Self::Busy(id) => write!(f, "endpoint or domain {id:#x} in use"),
             Self::DomainFull => f.write_str("domain holds as many endpoints as it can track"),
             Self::ServiceFailure => f.write_str("IOMMU stopped on a global error"),
             Self::AlreadyEnabled => f.write_str("IOMMU enabled by someone else"),

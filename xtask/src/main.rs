@@ -29,7 +29,9 @@ const HELP: &str = "\
 cargo xtask: build, lint and test the workspace, and boot the bare-metal examples under QEMU
 
 USAGE:
-    cargo xtask test [FILTER]     run every step whose name contains FILTER (all if omitted)
+    cargo xtask test [FILTER]     run every step whose name contains FILTER (all if omitted;
+                                  a FILTER ending in `$` matches the end of the name, so
+                                  `qemu:vtd-edu-x86_64-blk$` is that row without `-blk-bench`)
     cargo xtask test --list       list the step names
     cargo xtask demo [FILTER]     boot the examples (whose system-test name contains FILTER)
                                   and explain in a few lines what each one did
@@ -108,6 +110,15 @@ fn main() -> ExitCode {
             eprint!("{HELP}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Whether a step or row name is selected by FILTER: it contains FILTER, or,
+/// for a FILTER ending in `$`, ends with the rest.
+fn matches_filter(name: &str, filter: &str) -> bool {
+    match filter.strip_suffix('$') {
+        Some(end) => name.ends_with(end),
+        None => name.contains(filter),
     }
 }
 
@@ -436,7 +447,7 @@ fn cmd_test(rest: &[String]) -> ExitCode {
     };
     let steps: Vec<Step> = all_steps()
         .into_iter()
-        .filter(|s| filter.as_deref().is_none_or(|f| s.name.contains(f)))
+        .filter(|s| filter.as_deref().is_none_or(|f| matches_filter(&s.name, f)))
         .collect();
     let mut tally = Tally {
         passed: 0,
@@ -662,7 +673,7 @@ fn cmd_demo(rest: &[String]) -> ExitCode {
     };
     let tests: Vec<&SystemTest> = SYSTEM_TESTS
         .iter()
-        .filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f)))
+        .filter(|t| filter.as_deref().is_none_or(|f| matches_filter(t.name, f)))
         .collect();
     let mut tally = Tally {
         passed: 0,
@@ -789,6 +800,15 @@ fn cmd_demo(rest: &[String]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_ending_in_dollar_matches_the_end_only() {
+        assert!(matches_filter("qemu:vtd-edu-x86_64-blk", "qemu:vtd"));
+        assert!(matches_filter("qemu:vtd-edu-x86_64-blk-bench", "-blk"));
+        assert!(matches_filter("qemu:vtd-edu-x86_64-blk", "-blk$"));
+        assert!(!matches_filter("qemu:vtd-edu-x86_64-blk-bench", "-blk$"));
+        assert!(!matches_filter("qemu:vtd-edu-x86_64-blk", "vtd$"));
+    }
 
     #[test]
     fn demo_lines_are_parsed() {

@@ -646,6 +646,8 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         require: &[
             "virtio-iommu-edu: map: 4096 bytes RAM",
             "virtio-iommu-edu: scenario `map` passed",
+            "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
+            "attached nowhere and its write there was blocked",
         ],
         ..VIRTIO_IOMMU
     },
@@ -658,6 +660,8 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
             "one sync: 64 MAP requests, 1 notification",
             "virtio-iommu-edu: DMA through all 64 linked pages",
             "virtio-iommu-edu: scenario `batch` passed",
+            "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
+            "attached nowhere and its write there was blocked",
         ],
         ..VIRTIO_IOMMU
     },
@@ -668,6 +672,8 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         require: &[
             "virtio-iommu-edu: unlink: after unlink + sync (1 UNMAP, 1 notification)",
             "virtio-iommu-edu: scenario `unlink` passed",
+            "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
+            "attached nowhere and its write there was blocked",
         ],
         ..VIRTIO_IOMMU
     },
@@ -680,6 +686,8 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
             "destroy A removed only A's page",
             "virtio-iommu-edu: adjacent: one state, two contiguous links",
             "virtio-iommu-edu: scenario `adjacent` passed",
+            "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
+            "attached nowhere and its write there was blocked",
         ],
         ..VIRTIO_IOMMU
     },
@@ -690,6 +698,8 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         require: &[
             "virtio-iommu-edu: read-only: edu's write to read-only IOVA",
             "virtio-iommu-edu: scenario `readonly` passed",
+            "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
+            "attached nowhere and its write there was blocked",
         ],
         ..VIRTIO_IOMMU
     },
@@ -700,6 +710,8 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         require: &[
             "virtio-iommu-edu: default deny: edu #2",
             "virtio-iommu-edu: scenario `deny` passed",
+            "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
+            "attached nowhere and its write there was blocked",
         ],
         ..VIRTIO_IOMMU
     },
@@ -710,6 +722,8 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         require: &[
             "virtio-iommu-edu: PROBE hole:",
             "virtio-iommu-edu: scenario `msi` passed",
+            "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
+            "attached nowhere and its write there was blocked",
         ],
         ..VIRTIO_IOMMU
     },
@@ -720,6 +734,8 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         require: &[
             "virtio-iommu-edu: identity: edu #2",
             "virtio-iommu-edu: scenario `identity` passed",
+            "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
+            "attached nowhere and its write there was blocked",
         ],
         ..VIRTIO_IOMMU
     },
