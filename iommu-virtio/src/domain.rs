@@ -447,6 +447,3 @@ impl<H: Hal, T: Transport, const Q: usize, const M: usize, const P: usize> Drop
         self.iommu.release_domain(self.id, unmap);
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -4,6 +4,7 @@ use core::fmt;
 
 /// A request's status, as the device writes it in the tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Status {
     /// 0: success.
@@ -99,6 +100,7 @@ pub fn decode_reply(
 
 /// Which request a reply or an error belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum RequestKind {
     /// ATTACH.
     Attach,
@@ -114,6 +116,7 @@ pub enum RequestKind {
 
 /// Which argument was bad, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum BadArgument {
     /// A length of zero.
@@ -131,6 +134,7 @@ pub enum BadArgument {
 
 /// Which field of the device configuration is unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ConfigField {
     /// `page_size_mask` is 0 or cannot be read.
@@ -151,6 +155,7 @@ pub enum ConfigField {
 
 /// What is wrong with a virtqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum QueueProblem {
     /// The driver's request queue size `Q` is not a power of two from 2 to
@@ -171,6 +176,7 @@ pub enum QueueProblem {
 
 /// What is malformed in a PROBE reply's property list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ProbeProblem {
     /// A property's length runs past the end of the list (`probe_size`).
@@ -183,6 +189,7 @@ pub enum ProbeProblem {
 
 /// What a bounded wait on the device was waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Wait {
     /// The device status to read 0 after a reset.
@@ -194,6 +201,7 @@ pub enum Wait {
 /// Why a virtio-iommu operation failed. Nothing changed on the device unless
 /// the variant says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum VirtioIommuError {
     /// The transport's device is not a virtio-iommu (device type).

@@ -4,6 +4,7 @@ use crate::wire;
 
 /// Why the device reported a fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum FaultReason {
     /// The endpoint is unknown to the device (or the cause is unclassified).
@@ -18,6 +19,7 @@ pub enum FaultReason {
 
 /// One fault event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FaultRecord {
     /// Why.
     pub reason: FaultReason,

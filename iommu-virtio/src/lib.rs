@@ -129,7 +129,6 @@ pub mod error;
 pub mod fake;
 pub mod fault;
 pub mod features;
-mod mmio;
 mod owners;
 pub mod probe;
 pub mod transport;

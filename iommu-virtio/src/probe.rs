@@ -10,6 +10,7 @@ pub const MAX_RESERVED: usize = 8;
 
 /// What a reserved region is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ReservedKind {
     /// Not translated: accesses fault or are dropped.
@@ -22,6 +23,7 @@ pub enum ReservedKind {
 
 /// An address range of an endpoint that must not be used for IOVAs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ReservedRegion {
     /// First address.
     pub start: u64,

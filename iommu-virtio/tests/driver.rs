@@ -1,9 +1,14 @@
 //! The driver against the fake device.
 
-use super::*;
-use crate::error::{ConfigField, QueueProblem, Wait};
-use crate::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave, patient};
-use crate::{FaultReason, ReservedKind, Status};
+#![cfg(feature = "fakes")]
+
+use iommu_virtio::driver::{EVENT_QUEUE_SIZE, MAX_ENDPOINTS};
+use iommu_virtio::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave, patient};
+use iommu_virtio::virtio_drivers::transport::DeviceStatus;
+use iommu_virtio::{
+    ConfigField, DriverConfig, FaultReason, Features, Geometry, QueueProblem, Request, RequestKind,
+    ReservedKind, Status, VirtioIommu, VirtioIommuError, Wait, WaitBudget, wire,
+};
 
 type Driver<const Q: usize = 16> = VirtioIommu<HostHal, FakeTransport, Q>;
 
@@ -320,7 +325,7 @@ fn run_refuses_fewer_results_than_requests_and_leaves_extra_results_alone() {
     assert_eq!(
         d.run(&reqs, &mut short),
         Err(VirtioIommuError::InvalidArgument(
-            crate::BadArgument::ResultsTooShort
+            iommu_virtio::BadArgument::ResultsTooShort
         ))
     );
     assert_eq!(fake.handled().len(), sent, "nothing sent");
@@ -411,7 +416,7 @@ fn a_clock_bounds_the_wait_too() {
     let dc = DriverConfig {
         wait: WaitBudget {
             max_polls: u64::MAX,
-            clock: Some((crate::fake::host_clock_us, 50_000)),
+            clock: Some((iommu_virtio::fake::host_clock_us, 50_000)),
         },
         ..patient()
     };
@@ -655,7 +660,8 @@ fn the_driver_and_a_domain_accept_virtio_drivers_mmio_transport() {
     fn is_iommu_domain<D: iova_core::IommuDomain>() {}
     fn is_sync<S: Sync>() {}
     is_sync::<VirtioIommu<HostHal, MmioTransport<'static>, 16>>();
-    is_iommu_domain::<crate::VirtioDomain<'static, HostHal, MmioTransport<'static>, 16, 8>>();
+    is_iommu_domain::<iommu_virtio::VirtioDomain<'static, HostHal, MmioTransport<'static>, 16, 8>>(
+    );
     let _new: fn(
         MmioTransport<'static>,
         DriverConfig,
