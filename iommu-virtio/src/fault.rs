@@ -57,37 +57,3 @@ impl FaultRecord {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use zerocopy::little_endian::{U32, U64};
-
-    fn raw(reason: u8, flags: u32) -> wire::Fault {
-        wire::Fault {
-            reason,
-            flags: U32::new(flags),
-            endpoint: U32::new(0x10),
-            address: U64::new(0xdead_b000),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn reasons_flags_and_address_decode() {
-        let f = FaultRecord::decode(&raw(2, 0x102));
-        assert_eq!(f.reason, FaultReason::Mapping);
-        assert!(f.write && !f.read && !f.exec);
-        assert_eq!(f.address, Some(0xdead_b000));
-        assert_eq!(f.endpoint, 0x10);
-        let f = FaultRecord::decode(&raw(1, 0x5));
-        assert_eq!(f.reason, FaultReason::Domain);
-        assert!(f.read && f.exec && !f.write);
-        assert_eq!(f.address, None, "no ADDRESS flag: the address is not valid");
-        assert_eq!(FaultRecord::decode(&raw(0, 0)).reason, FaultReason::Unknown);
-        assert_eq!(
-            FaultRecord::decode(&raw(9, 0)).reason,
-            FaultReason::Other(9)
-        );
-    }
-}

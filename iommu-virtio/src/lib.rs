@@ -125,7 +125,7 @@ mod dma;
 pub mod domain;
 pub mod driver;
 pub mod error;
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(feature = "fakes")]
 pub mod fake;
 pub mod fault;
 pub mod features;
