@@ -1200,3 +1200,501 @@ mod pci {
         assert_eq!(e, PciTransportError::BadDeviceId(0x1234));
     }
 }
+
+/// The whole driver over the virtio-PCI transport, against the fake device's
+/// PCI registers ([`FakeIommu::new_pci`]), and what a register block that
+/// refuses an access does to it.
+mod pci_fake {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use iommu_virtio::fake::{FakeBar, FakeConfig, FakeIommu, FakePciFunction, HostHal, patient};
+    use iommu_virtio::transport::pci::{PciConfig, PciTransportError, VirtioPciTransport};
+    use iommu_virtio::transport::{Mmio, MmioError};
+    use iommu_virtio::virtio_drivers::Error as VirtioError;
+    use iommu_virtio::virtio_drivers::transport::{DeviceStatus, InterruptStatus, Transport};
+    use iommu_virtio::{
+        ConfigField, DriverConfig, Features, Request, VirtioIommu, VirtioIommuError, Wait,
+        WaitBudget, wire,
+    };
+    use iova_core::hw::{Width, check_access};
+
+    const EP: u32 = 0x10;
+    /// Offsets in the common configuration (`struct virtio_pci_common_cfg`).
+    const DRIVER_FEATURE: usize = 0x0c;
+    const DEVICE_FEATURE: usize = 0x04;
+    const DEVICE_STATUS: usize = 0x14;
+    const QUEUE_SELECT: usize = 0x16;
+    const QUEUE_SIZE: usize = 0x18;
+    const QUEUE_ENABLE: usize = 0x1c;
+    const QUEUE_DESC: usize = 0x20;
+    const QUEUE_DRIVER: usize = 0x28;
+
+    type Driver = VirtioIommu<HostHal, VirtioPciTransport<Refusing>, 16>;
+
+    /// Which accesses a [`Refusing`] BAR refuses: those at BAR offsets in
+    /// `[lo, hi)`, reads, writes or both.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Refusal {
+        lo: usize,
+        hi: usize,
+        reads: bool,
+        writes: bool,
+    }
+
+    impl Refusal {
+        fn writes(lo: usize, hi: usize) -> Self {
+            Self {
+                lo,
+                hi,
+                reads: false,
+                writes: true,
+            }
+        }
+        fn reads(lo: usize, hi: usize) -> Self {
+            Self {
+                lo,
+                hi,
+                reads: true,
+                writes: false,
+            }
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct Control {
+        refusal: Mutex<Option<Refusal>>,
+        /// Accesses that reached the BAR.
+        accesses: AtomicUsize,
+        /// Writes of 1 to QUEUE_ENABLE that reached the BAR.
+        enables: AtomicUsize,
+    }
+
+    /// A fake BAR behind a bus that refuses some accesses (with
+    /// `MmioError::Width`, as a bus that does not take them would), and
+    /// reports `size` bytes.
+    #[derive(Debug)]
+    struct Refusing {
+        bar: FakeBar,
+        size: usize,
+        ctl: Arc<Control>,
+    }
+
+    impl Refusing {
+        fn check(&self, offset: usize, width: Width, write: bool) -> Result<(), MmioError> {
+            check_access(self.size, offset, width)?;
+            let refused = self.ctl.refusal.lock().unwrap().is_some_and(|r| {
+                (r.lo..r.hi).contains(&offset) && if write { r.writes } else { r.reads }
+            });
+            if refused {
+                return Err(MmioError::Width { offset, width });
+            }
+            self.ctl.accesses.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    impl Mmio for Refusing {
+        fn size(&self) -> usize {
+            self.size
+        }
+        fn read8(&self, offset: usize) -> Result<u8, MmioError> {
+            self.check(offset, Width::W8, false)?;
+            self.bar.read8(offset)
+        }
+        fn read16(&self, offset: usize) -> Result<u16, MmioError> {
+            self.check(offset, Width::W16, false)?;
+            self.bar.read16(offset)
+        }
+        fn read32(&self, offset: usize) -> Result<u32, MmioError> {
+            self.check(offset, Width::W32, false)?;
+            self.bar.read32(offset)
+        }
+        fn write8(&self, offset: usize, value: u8) -> Result<(), MmioError> {
+            self.check(offset, Width::W8, true)?;
+            self.bar.write8(offset, value)
+        }
+        fn write16(&self, offset: usize, value: u16) -> Result<(), MmioError> {
+            self.check(offset, Width::W16, true)?;
+            if offset == QUEUE_ENABLE && value == 1 {
+                self.ctl.enables.fetch_add(1, Ordering::Relaxed);
+            }
+            self.bar.write16(offset, value)
+        }
+        fn write32(&self, offset: usize, value: u32) -> Result<(), MmioError> {
+            self.check(offset, Width::W32, true)?;
+            self.bar.write32(offset, value)
+        }
+    }
+
+    /// The fake's function with BAR 4 behind a [`Refusing`] bus of `size`
+    /// bytes, refusing `refusal` from the start.
+    fn refusing_bars(
+        f: &FakePciFunction,
+        size: usize,
+        refusal: Option<Refusal>,
+    ) -> ([Option<Refusing>; 6], Arc<Control>) {
+        let ctl = Arc::new(Control {
+            refusal: Mutex::new(refusal),
+            ..Control::default()
+        });
+        let bars = f.bars().map(|b| {
+            b.map(|bar| Refusing {
+                bar,
+                size,
+                ctl: ctl.clone(),
+            })
+        });
+        (bars, ctl)
+    }
+
+    /// The fake device, its function, and a transport over its BAR behind a
+    /// [`Refusing`] bus.
+    fn transport(
+        refusal: Option<Refusal>,
+    ) -> (
+        FakeIommu,
+        FakePciFunction,
+        VirtioPciTransport<Refusing>,
+        Arc<Control>,
+    ) {
+        let (fake, f) = FakeIommu::new_pci(FakeConfig::default());
+        let (bars, ctl) = refusing_bars(&f, FakeBar::SIZE, refusal);
+        let t = VirtioPciTransport::from_bars(&f, bars).expect("QEMU's layout");
+        (fake, f, t, ctl)
+    }
+
+    /// A config space with one dword replaced.
+    struct Edited<'a, C: PciConfig> {
+        f: &'a C,
+        at: u16,
+        value: u32,
+    }
+
+    impl<C: PciConfig> PciConfig for Edited<'_, C> {
+        fn read32(&self, offset: u16) -> u32 {
+            if offset == self.at {
+                self.value
+            } else {
+                self.f.read32(offset)
+            }
+        }
+    }
+
+    fn small_budget() -> DriverConfig {
+        DriverConfig {
+            wait: WaitBudget::polls(if cfg!(miri) { 2_000 } else { 200_000 }),
+            ..patient()
+        }
+    }
+
+    const FAILED: u8 = DeviceStatus::FAILED.bits() as u8;
+
+    #[test]
+    fn the_driver_runs_over_the_pci_transport_against_the_fake_device() {
+        let (fake, f) = FakeIommu::new_pci(FakeConfig::default());
+        let t = VirtioPciTransport::from_bars(&f, f.bars()).unwrap();
+        let d: VirtioIommu<HostHal, VirtioPciTransport<FakeBar>, 16> =
+            VirtioIommu::new(t, patient()).unwrap();
+        let expected = Features::VERSION_1
+            | Features::INPUT_RANGE
+            | Features::DOMAIN_RANGE
+            | Features::MAP_UNMAP
+            | Features::PROBE
+            | Features::MMIO
+            | Features::BYPASS_CONFIG;
+        assert_eq!(d.features(), expected);
+        assert_eq!(
+            fake.driver_features(),
+            expected,
+            "both dwords of the driver features reached the device"
+        );
+        let g = *d.geometry();
+        assert_eq!((g.input_start, g.input_end), (0, 0x7f_ffff_ffff));
+        assert_eq!(g.page_size_mask, !0xfff, "a u64 field read as two dwords");
+        assert_eq!(g.probe_size, 512);
+        assert_eq!(fake.bypass(), 0, "bypass written through the device config");
+        let ok = (DeviceStatus::ACKNOWLEDGE
+            | DeviceStatus::DRIVER
+            | DeviceStatus::FEATURES_OK
+            | DeviceStatus::DRIVER_OK)
+            .bits() as u8;
+        assert_eq!(fake.status(), ok);
+        assert_eq!(fake.notifications(), [0, 1], "event queue announced once");
+
+        d.attach(EP, 1).unwrap();
+        let before = d.counters();
+        let reqs: Vec<Request> = (0..5)
+            .map(|i| Request::Map {
+                domain: 1,
+                start: 0x10_0000 + i * 0x1000,
+                end: 0x10_0fff + i * 0x1000,
+                phys: 0x4000_0000 + i * 0x3000,
+                flags: wire::MAP_F_READ,
+            })
+            .collect();
+        let mut results = vec![Err(VirtioIommuError::Broken); 5];
+        d.run(&reqs, &mut results).unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(d.counters().since(&before).notifications, 1);
+        assert_eq!(fake.dma(EP, 0x10_2008, false), Some(0x4000_6008));
+        assert_eq!(fake.dma(EP, 0x10_2008, true), None, "read-only");
+        let fault = d.pop_fault().unwrap();
+        assert_eq!((fault.endpoint, fault.address), (EP, Some(0x10_2008)));
+        let info = d.probe(EP).unwrap();
+        assert_eq!(
+            (info.reserved[0].start, info.reserved[0].end),
+            (0xfee0_0000, 0xfeef_ffff)
+        );
+
+        let t = d.reset().unwrap();
+        assert_eq!(fake.status(), 0);
+        assert_eq!(fake.domain_of(EP), None);
+        assert_eq!(t.register_faults(), 0);
+        assert_eq!(t.first_register_fault(), None);
+    }
+
+    #[test]
+    fn a_bar_too_small_or_a_short_or_misaligned_structure_is_refused_at_probe() {
+        let (_fake, f) = FakeIommu::new_pci(FakeConfig::default());
+        // The notify structure ends at 0x4000; a 0x3800-byte BAR cannot hold it.
+        let (bars, ctl) = refusing_bars(&f, 0x3800, None);
+        assert_eq!(
+            VirtioPciTransport::from_bars(&f, bars).unwrap_err(),
+            PciTransportError::BadRegion(2)
+        );
+        assert_eq!(ctl.accesses.load(Ordering::Relaxed), 0, "nothing accessed");
+        // A common configuration shorter than its fields.
+        let short = Edited {
+            f: &f,
+            at: 0x4c,
+            value: 0x30,
+        };
+        assert_eq!(
+            VirtioPciTransport::from_bars(&short, f.bars()).unwrap_err(),
+            PciTransportError::BadRegion(1)
+        );
+        // Misaligned structures: common at 0x2, notify at 0x3001.
+        let odd = Edited {
+            f: &f,
+            at: 0x48,
+            value: 0x2,
+        };
+        assert_eq!(
+            VirtioPciTransport::from_bars(&odd, f.bars()).unwrap_err(),
+            PciTransportError::MisalignedRegion(1)
+        );
+        let odd = Edited {
+            f: &f,
+            at: 0x78,
+            value: 0x3001,
+        };
+        let shorter = Edited {
+            f: &odd,
+            at: 0x7c,
+            value: 0xfff,
+        };
+        assert_eq!(
+            VirtioPciTransport::from_bars(&shorter, f.bars()).unwrap_err(),
+            PciTransportError::MisalignedRegion(2)
+        );
+        // The BAR the capabilities name is absent.
+        let mut bars = f.bars();
+        bars[FakePciFunction::BAR] = None;
+        assert!(matches!(
+            VirtioPciTransport::from_bars(&f, bars),
+            Err(PciTransportError::BadRegion(_))
+        ));
+    }
+
+    #[test]
+    fn refused_accesses_in_transport_methods_are_counted_and_fail_the_device_safely() {
+        let (fake, f, mut t, ctl) = transport(None);
+        let refuse = |r: Option<Refusal>| *ctl.refusal.lock().unwrap() = r;
+        // A working register block: the status reads as the device has it.
+        assert_eq!(t.get_status(), DeviceStatus::empty());
+        t.set_status(DeviceStatus::ACKNOWLEDGE);
+        assert_eq!(t.get_status(), DeviceStatus::ACKNOWLEDGE);
+        assert_ne!(t.read_device_features(), 0);
+        assert_eq!(t.register_faults(), 0);
+
+        // A queue size that cannot be read: no queue. The first refusal is kept.
+        refuse(Some(Refusal::reads(QUEUE_SIZE, QUEUE_SIZE + 2)));
+        assert_eq!(t.max_queue_size(0), 0);
+        assert_eq!(t.register_faults(), 1);
+        let first = MmioError::Width {
+            offset: QUEUE_SIZE,
+            width: Width::W16,
+        };
+        assert_eq!(t.first_register_fault(), Some(first));
+        // From now on the device reads as failed (but a reset still reads 0).
+        refuse(None);
+        assert_eq!(
+            t.get_status(),
+            DeviceStatus::ACKNOWLEDGE | DeviceStatus::FAILED
+        );
+        assert_eq!(
+            u32::from(fake.status()),
+            DeviceStatus::ACKNOWLEDGE.bits(),
+            "the device is unchanged"
+        );
+
+        // Features that cannot be read: none offered.
+        refuse(Some(Refusal::reads(DEVICE_FEATURE, DEVICE_FEATURE + 4)));
+        assert_eq!(t.read_device_features(), 0);
+        assert_eq!(t.register_faults(), 3, "both halves");
+        // A queue state that cannot be read: in use, so nobody sets it up.
+        refuse(Some(Refusal::reads(QUEUE_ENABLE, QUEUE_ENABLE + 2)));
+        assert!(t.queue_used(0));
+        // An ISR that cannot be read: no interrupt.
+        refuse(Some(Refusal::reads(FakeBar::ISR, FakeBar::ISR + 1)));
+        assert_eq!(t.ack_interrupt().bits(), InterruptStatus::empty().bits());
+        // A status that cannot be read: FAILED alone (all-ones would claim
+        // DRIVER_OK).
+        refuse(Some(Refusal::reads(DEVICE_STATUS, DEVICE_STATUS + 1)));
+        assert_eq!(t.get_status(), DeviceStatus::FAILED);
+        assert_eq!(t.register_faults(), 6);
+
+        // A queue whose driver-area address is refused is not enabled; what
+        // came before it reached the device, nothing after it did.
+        refuse(Some(Refusal::writes(QUEUE_DRIVER, QUEUE_DRIVER + 4)));
+        t.queue_set(0, 16, 0x1122_3344_5566_7000, 0x8000, 0x9000);
+        assert_eq!(t.register_faults(), 7);
+        assert_eq!(ctl.enables.load(Ordering::Relaxed), 0, "never enabled");
+        refuse(None);
+        let probe = f.bars()[FakePciFunction::BAR].take().unwrap();
+        probe.write16(QUEUE_SELECT, 0).unwrap();
+        assert_eq!(probe.read16(QUEUE_ENABLE), Ok(0));
+        assert_eq!(probe.read16(QUEUE_SIZE), Ok(16));
+        assert_eq!(probe.read32(QUEUE_DESC), Ok(0x5566_7000));
+        assert_eq!(probe.read32(QUEUE_DESC + 4), Ok(0x1122_3344));
+        assert_eq!(probe.read32(QUEUE_DRIVER), Ok(0), "refused");
+        drop(probe);
+
+        // Driver features stop at the refused dword.
+        refuse(Some(Refusal::writes(DRIVER_FEATURE, DRIVER_FEATURE + 4)));
+        t.write_driver_features(Features::REQUIRED.bits());
+        assert_eq!(fake.driver_features(), Features::empty());
+        refuse(None);
+
+        // A notify offset beyond the notify region: dropped, counted.
+        let sent = fake.notifications();
+        t.notify(0x400);
+        assert_eq!(fake.notifications(), sent);
+        assert_eq!(t.register_faults(), 9);
+        assert_eq!(t.first_register_fault(), Some(first), "still the first");
+    }
+
+    #[test]
+    fn a_refused_queue_address_fails_bring_up_with_no_queue_enabled_and_nothing_leaked() {
+        let live = HostHal::dma_live();
+        let (fake, _f, t, ctl) = transport(Some(Refusal::writes(QUEUE_DESC, QUEUE_DESC + 4)));
+        let e = Driver::new(t, small_budget()).unwrap_err();
+        let VirtioIommuError::DeviceFailed(status) = e else {
+            panic!("{e:?}");
+        };
+        assert_ne!(status & FAILED, 0, "{status:#x}");
+        assert_eq!(ctl.enables.load(Ordering::Relaxed), 0, "no queue enabled");
+        assert_eq!(fake.status(), 0, "reset before its memory was freed");
+        assert_eq!(HostHal::dma_live(), live, "the reset completed: all freed");
+        assert_eq!(fake.notifications(), [0, 0], "nothing sent");
+        assert!(fake.handled().is_empty());
+    }
+
+    #[test]
+    fn a_refused_notification_times_out_bounded_and_the_transport_stays_failed() {
+        let live = HostHal::dma_live();
+        let (fake, _f, t, ctl) = transport(None);
+        let d = Driver::new(t, small_budget()).unwrap();
+        d.attach(EP, 1).unwrap();
+        *ctl.refusal.lock().unwrap() = Some(Refusal::writes(FakeBar::NOTIFY, FakeBar::SIZE));
+        let t0 = Instant::now();
+        assert_eq!(d.attach(EP, 2), Err(VirtioIommuError::Timeout(Wait::Reply)));
+        assert!(t0.elapsed() < Duration::from_secs(if cfg!(miri) { 600 } else { 10 }));
+        assert!(d.is_broken());
+        assert_eq!(
+            fake.domain_of(EP),
+            Some(1),
+            "the ATTACH never reached the device"
+        );
+        // The device still resets: its memory is freed, the transport given back.
+        let t = d.reset().unwrap();
+        assert_eq!(HostHal::dma_live(), live);
+        assert_eq!(t.register_faults(), 1);
+        assert_eq!(
+            t.first_register_fault(),
+            Some(MmioError::Width {
+                offset: FakeBar::NOTIFY,
+                width: Width::W16
+            })
+        );
+        // It cannot tell what else did not arrive: the device reads as failed
+        // from then on, so a new driver refuses it.
+        *ctl.refusal.lock().unwrap() = None;
+        let e = Driver::new(t, small_budget()).unwrap_err();
+        assert!(
+            matches!(e, VirtioIommuError::DeviceFailed(s) if s & FAILED != 0),
+            "{e:?}"
+        );
+        assert_eq!(HostHal::dma_live(), live);
+    }
+
+    #[test]
+    fn a_status_that_cannot_be_read_is_a_reset_timeout_bounded() {
+        let (fake, _f, t, _ctl) = transport(Some(Refusal::reads(DEVICE_STATUS, DEVICE_STATUS + 1)));
+        let dc = DriverConfig {
+            wait: WaitBudget::polls(10_000),
+            ..patient()
+        };
+        let t0 = Instant::now();
+        assert_eq!(
+            Driver::new(t, dc).unwrap_err(),
+            VirtioIommuError::Timeout(Wait::Reset)
+        );
+        assert!(t0.elapsed() < Duration::from_secs(if cfg!(miri) { 600 } else { 10 }));
+        assert_eq!(
+            fake.status() & DeviceStatus::DRIVER_OK.bits() as u8,
+            0,
+            "giving up wrote FAILED, not all-ones"
+        );
+        assert_ne!(fake.status() & FAILED, 0);
+    }
+
+    #[test]
+    fn refused_device_config_accesses_are_errors_not_register_faults() {
+        let device = Refusal {
+            lo: FakeBar::DEVICE,
+            hi: FakeBar::NOTIFY,
+            reads: true,
+            writes: true,
+        };
+        let (_fake, _f, mut t, _ctl) = transport(Some(device));
+        assert_eq!(
+            t.read_config_space::<u32>(0),
+            Err(VirtioError::InvalidParam)
+        );
+        assert_eq!(
+            t.read_config_space::<u64>(0),
+            Err(VirtioError::InvalidParam)
+        );
+        assert_eq!(
+            t.write_config_space::<u8>(wire::config_offset::BYPASS, 0),
+            Err(VirtioError::InvalidParam)
+        );
+        assert_eq!(
+            t.read_config_space::<u32>(0x1000),
+            Err(VirtioError::ConfigSpaceTooSmall),
+            "past the device structure"
+        );
+        assert_eq!(t.register_faults(), 0, "reported to the caller instead");
+        t.set_status(DeviceStatus::ACKNOWLEDGE);
+        assert_eq!(t.get_status(), DeviceStatus::ACKNOWLEDGE, "not failed");
+        t.set_status(DeviceStatus::empty());
+        // Through the driver: the config field it could not read, named.
+        assert_eq!(
+            Driver::new(t, small_budget()).unwrap_err(),
+            VirtioIommuError::BadConfig(ConfigField::PageSizeMask)
+        );
+    }
+}

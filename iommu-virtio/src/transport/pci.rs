@@ -35,11 +35,12 @@
 //!   where all-ones would claim something the device did not say: device
 //!   features read as none, a queue's maximum size as 0 (no queue), a
 //!   queue's state as in use (so it is not set up), the interrupt status as
-//!   none;
-//! - from the first refusal on, the device status reads with `FAILED` and
-//!   `DEVICE_NEEDS_RESET` set unless it reads 0, because the transport
-//!   cannot tell what of a register sequence reached the device. The
-//!   driver's bring-up then fails with
+//!   none, and the device status as `FAILED` alone (all-ones would claim
+//!   `DRIVER_OK`, and a driver that gives up writes back the status it read
+//!   with `FAILED` added);
+//! - from the first refusal on, a device status other than 0 reads with
+//!   `FAILED` set, because the transport cannot tell what of a register
+//!   sequence reached the device. The driver's bring-up then fails with
 //!   [`VirtioIommuError::DeviceFailed`](crate::VirtioIommuError::DeviceFailed)
 //!   (or [`Timeout(Wait::Reset)`](crate::VirtioIommuError::Timeout)); a
 //!   running driver stops at its next bounded wait (a notification that did
@@ -498,10 +499,11 @@ impl<M: Mmio> Transport for VirtioPciTransport<M> {
     }
 
     fn get_status(&self) -> DeviceStatus {
+        let failed = DeviceStatus::FAILED.bits() as u8;
         let r = self.read8(self.common, common::DEVICE_STATUS);
-        let mut s = self.or_fault("device status read", r, u8::MAX);
+        let mut s = self.or_fault("device status read", r, failed);
         if s != 0 && self.register_faults() > 0 {
-            s |= (DeviceStatus::FAILED | DeviceStatus::DEVICE_NEEDS_RESET).bits() as u8;
+            s |= failed;
         }
         DeviceStatus::from_bits_retain(u32::from(s))
     }
