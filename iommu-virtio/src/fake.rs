@@ -13,6 +13,13 @@
 //! status codes, return buffers it was never given, keep event buffers,
 //! answer a batch out of order. [`HostHal`] can be given an allocation
 //! budget ([`HostHal::limit_dma`]) to make DMA memory run out.
+//!
+//! The driver reaches the device through [`FakeTransport`]
+//! ([`FakeIommu::new`]), or through the crate's virtio-PCI transport over
+//! the device's PCI registers ([`FakeIommu::new_pci`]: a
+//! [`FakePciFunction`] for its config space and a [`FakeBar`], an
+//! [`Mmio`] block that decodes each register at its own width as QEMU does).
+//! Both faces share the device's state and behaviour.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::cell::Cell;
