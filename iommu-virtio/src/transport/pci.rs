@@ -16,9 +16,9 @@
 //! Every access goes through [`Mmio`], which refuses one outside its block,
 //! misaligned, or of a width the block does not take ([`MmioError`]).
 //! [`VirtioPciTransport::from_bars`] refuses capabilities that do not fit
-//! their BAR, so with an [`MmioRegion`] only the device can cause a refusal
-//! (a `queue_notify_off` beyond the notify region); another [`Mmio`] may
-//! refuse more. The device-config accesses
+//! their BAR or are misaligned, so with [`MmioRegion`]s at aligned BAR
+//! addresses only the device can cause a refusal (a `queue_notify_off`
+//! beyond the notify region); another [`Mmio`] may refuse more. The device-config accesses
 //! ([`Transport::read_config_space`], [`Transport::write_config_space`])
 //! return the refusal as an error. The other [`Transport`] methods cannot
 //! return one, and a refused access in them is handled so that the driver
@@ -31,13 +31,13 @@
 //! - a refused write is dropped, and so is the rest of its register sequence
 //!   (a queue whose size or addresses did not all reach the device is never
 //!   enabled, a notification is not sent to a queue that was not selected);
-//! - a refused read returns what an absent device does, all-ones, except
-//!   where all-ones would claim something the device did not say: device
-//!   features read as none, a queue's maximum size as 0 (no queue), a
-//!   queue's state as in use (so it is not set up), the interrupt status as
-//!   none, and the device status as `FAILED` alone (all-ones would claim
-//!   `DRIVER_OK`, and a driver that gives up writes back the status it read
-//!   with `FAILED` added);
+//! - a refused read returns a value that claims nothing the device did not
+//!   say: device features none, a queue's maximum size 0 (no queue), a
+//!   queue's state in use (so it is not set up), the interrupt status none,
+//!   the config generation all-ones (as an absent device reads), and the
+//!   device status `FAILED` alone (all-ones would claim `DRIVER_OK`, and a
+//!   driver that gives up writes back the status it read with `FAILED`
+//!   added);
 //! - from the first refusal on, a device status other than 0 reads with
 //!   `FAILED` set, because the transport cannot tell what of a register
 //!   sequence reached the device. The driver's bring-up then fails with
