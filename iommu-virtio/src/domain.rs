@@ -435,8 +435,8 @@ impl<H: Hal, T: Transport, const Q: usize, const M: usize, const P: usize> Drop
     /// DETACH per attached endpoint, each wait bounded by the driver's
     /// [`WaitBudget`](crate::WaitBudget). Drop cannot return an error: a
     /// teardown that does not complete is counted
-    /// ([`CounterSnapshot::teardown_failures`](crate::CounterSnapshot::teardown_failures))
-    /// and the ID stays reserved.
+    /// ([`CounterSnapshot::teardown_failures`](crate::CounterSnapshot::teardown_failures)),
+    /// logged (features `log`, `defmt`), and the ID stays reserved.
     fn drop(&mut self) {
         let st = self.state.get_mut();
         let unmap = !st.records.is_empty()
@@ -447,6 +447,3 @@ impl<H: Hal, T: Transport, const Q: usize, const M: usize, const P: usize> Drop
         self.iommu.release_domain(self.id, unmap);
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -11,7 +11,9 @@
 //! device may still write.
 
 use core::mem::ManuallyDrop;
-use core::sync::atomic::{AtomicU64, Ordering};
+
+use iova_core::hw::Counter;
+pub use iova_core::hw::WaitBudget;
 
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
@@ -50,50 +52,23 @@ const NO_SLOT: u16 = u16::MAX;
 /// undefined status, so a tail the device never wrote is told apart.
 const UNWRITTEN: u8 = 0xff;
 
-/// How long the driver waits for the device, at most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WaitBudget {
-    /// Polls of the used ring before giving up (always applies).
-    pub max_polls: u64,
-    /// A microsecond clock and a timeout on it (applies as well when set).
-    pub clock: Option<(fn() -> u64, u64)>,
-}
-
-impl Default for WaitBudget {
-    fn default() -> Self {
-        Self {
-            max_polls: 50_000_000,
-            clock: None,
-        }
-    }
-}
-
-struct Deadline {
-    polls: u64,
-    clock: Option<(fn() -> u64, u64)>,
-}
-
-impl Deadline {
-    fn start(budget: &WaitBudget) -> Self {
-        Self {
-            polls: budget.max_polls,
-            clock: budget.clock.map(|(now, t)| (now, now().saturating_add(t))),
-        }
-    }
-
-    fn expired(&mut self) -> bool {
-        if self.polls == 0 {
-            return true;
-        }
-        self.polls -= 1;
-        self.clock.is_some_and(|(now, end)| now() >= end)
-    }
-}
+/// The driver's default wait for the device: 50 million polls, no clock.
+///
+/// More than [`WaitBudget::DEFAULT`]'s 10 million, because what answers is a
+/// thread of the VMM, not hardware: the reply wait polls the used ring in
+/// memory (no trap, nanoseconds per poll), so 10 million polls are about
+/// 10 ms under KVM, which a host that deschedules the VMM's device thread
+/// for one scheduling period can exceed; and a reply timeout stops the
+/// driver for good ([`VirtioIommuError::Broken`]). The reset wait reads the
+/// status register, a trap per poll, so a device that never completes its
+/// reset is reported after tens of seconds at worst. Give the budget a clock
+/// ([`WaitBudget::with_clock`]) to bound the wait in time instead.
+pub const DEFAULT_WAIT: WaitBudget = WaitBudget::polls(50_000_000);
 
 /// How the driver sets the device up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DriverConfig {
-    /// The wait for replies and for the reset.
+    /// The wait for replies and for the reset ([`DEFAULT_WAIT`] by default).
     pub wait: WaitBudget,
     /// Let endpoints nobody attached bypass translation. Off by default:
     /// when the device offers `BYPASS_CONFIG` the driver writes `bypass = 0`,
@@ -101,8 +76,18 @@ pub struct DriverConfig {
     pub bypass_unattached: bool,
 }
 
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            wait: DEFAULT_WAIT,
+            bypass_unattached: false,
+        }
+    }
+}
+
 /// What the device supports, from its configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Geometry {
     /// Page sizes the device maps (bit `n`: `1 << n`).
     pub page_size_mask: u64,
@@ -274,18 +259,19 @@ impl Request {
 /// Event counts since the driver started.
 #[derive(Debug, Default)]
 struct Counters {
-    requests: [AtomicU64; 5],
-    notifications: AtomicU64,
-    event_notifications: AtomicU64,
-    replies: AtomicU64,
-    events: AtomicU64,
-    faults_dropped: AtomicU64,
-    malformed_events: AtomicU64,
-    teardown_failures: AtomicU64,
+    requests: [Counter; 5],
+    notifications: Counter,
+    event_notifications: Counter,
+    replies: Counter,
+    events: Counter,
+    faults_dropped: Counter,
+    malformed_events: Counter,
+    teardown_failures: Counter,
 }
 
 /// A snapshot of the driver's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct CounterSnapshot {
     /// ATTACH requests sent.
     pub attach: u64,
@@ -339,10 +325,6 @@ impl CounterSnapshot {
             teardown_failures: self.teardown_failures - earlier.teardown_failures,
         }
     }
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The driver's state. Everything the device may access by DMA is in a
@@ -429,14 +411,9 @@ impl<H: Hal, T: Transport, const Q: usize> core::fmt::Debug for VirtioIommu<H, T
 
 fn wait_reset<T: Transport>(t: &mut T, budget: &WaitBudget) -> Result<(), VirtioIommuError> {
     t.set_status(DeviceStatus::empty());
-    let mut d = Deadline::start(budget);
-    while t.get_status() != DeviceStatus::empty() {
-        if d.expired() {
-            return Err(VirtioIommuError::Timeout(Wait::Reset));
-        }
-        core::hint::spin_loop();
-    }
-    Ok(())
+    budget
+        .until_true(|| t.get_status() == DeviceStatus::empty())
+        .map_err(|_| VirtioIommuError::Timeout(Wait::Reset))
 }
 
 /// Gives up on a device that already knows the addresses of `memory`:
@@ -689,6 +666,14 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
                 | DeviceStatus::FEATURES_OK
                 | DeviceStatus::DRIVER_OK,
         );
+        // A device that failed while it took the queues, or a transport that
+        // could not reach a register of them (which reports the device as
+        // failed, see `transport::pci`), is refused before any request:
+        // dropping `inner` resets the device before its memory is freed.
+        let status = inner.transport.get_status();
+        if status.intersects(DeviceStatus::DEVICE_NEEDS_RESET | DeviceStatus::FAILED) {
+            return Err(VirtioIommuError::DeviceFailed(status.bits() as u8));
+        }
         let me = Self {
             inner: spin::Mutex::new(inner),
             owners: spin::Mutex::new(Owners::new()),
@@ -700,7 +685,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         {
             let mut inner = me.inner.lock();
             inner.transport.notify(EVENT_QUEUE);
-            bump(&me.counters.event_notifications);
+            me.counters.event_notifications.incr();
         }
         Ok(me)
     }
@@ -718,20 +703,20 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
     /// The driver's counters.
     pub fn counters(&self) -> CounterSnapshot {
         let c = &self.counters;
-        let r = |k: RequestKind| c.requests[k as usize].load(Ordering::Relaxed);
+        let r = |k: RequestKind| c.requests[k as usize].get();
         CounterSnapshot {
             attach: r(RequestKind::Attach),
             detach: r(RequestKind::Detach),
             map: r(RequestKind::Map),
             unmap: r(RequestKind::Unmap),
             probe: r(RequestKind::Probe),
-            notifications: c.notifications.load(Ordering::Relaxed),
-            event_notifications: c.event_notifications.load(Ordering::Relaxed),
-            replies: c.replies.load(Ordering::Relaxed),
-            events: c.events.load(Ordering::Relaxed),
-            faults_dropped: c.faults_dropped.load(Ordering::Relaxed),
-            malformed_events: c.malformed_events.load(Ordering::Relaxed),
-            teardown_failures: c.teardown_failures.load(Ordering::Relaxed),
+            notifications: c.notifications.get(),
+            event_notifications: c.event_notifications.get(),
+            replies: c.replies.get(),
+            events: c.events.get(),
+            faults_dropped: c.faults_dropped.get(),
+            malformed_events: c.malformed_events.get(),
+            teardown_failures: c.teardown_failures.get(),
         }
     }
 
@@ -771,7 +756,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             while next < requests.len() && inner.free_len > 0 {
                 let r = &requests[next];
                 inner.enqueue(r, next as u32)?;
-                bump(&self.counters.requests[r.kind() as usize]);
+                self.counters.requests[r.kind() as usize].incr();
                 next += 1;
             }
             self.notify_and_wait(&mut inner, &mut |i, res| results[i as usize] = res)?;
@@ -875,8 +860,11 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         let mut owners = self.owners.lock();
         match self.teardown(&mut owners, domain, unmap) {
             Ok(()) => owners.release(domain),
-            Err(_) => {
-                bump(&self.counters.teardown_failures);
+            Err(e) => {
+                // Drop cannot return the error: counted, logged, and the ID
+                // kept so that the next `VirtioDomain::new` of it retries.
+                iova_core::warn_event!("virtio-iommu: teardown of domain {} failed: {}", domain, e);
+                self.counters.teardown_failures.incr();
                 // Already in the table (claimed Live): cannot fail.
                 owners.set_claim(domain, Claim::Unclean);
             }
@@ -996,7 +984,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             .map_err(|_| VirtioIommuError::Queue(QueueProblem::NoDescriptors))?;
         inner.slot_of_token[usize::from(token)] = PROBE_SLOT;
         inner.outstanding += 1;
-        bump(&self.counters.requests[RequestKind::Probe as usize]);
+        self.counters.requests[RequestKind::Probe as usize].incr();
         let mut status = Ok(());
         self.notify_and_wait(&mut inner, &mut |_, r| status = r)?;
         status?;
@@ -1015,9 +1003,9 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         }
         if inner.req.should_notify() {
             inner.transport.notify(REQ_QUEUE);
-            bump(&self.counters.notifications);
+            self.counters.notifications.incr();
         }
-        let mut deadline = Deadline::start(&self.config.wait);
+        let mut deadline = self.config.wait.start();
         let probe_size = self.geometry.probe_size as usize;
         while inner.outstanding > 0 {
             let Some(token) = inner.req.peek_used() else {
@@ -1029,7 +1017,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
                 continue;
             };
             let (meta, result) = inner.complete(token, probe_size)?;
-            bump(&self.counters.replies);
+            self.counters.replies.incr();
             on_reply(meta, result);
         }
         // Faults may have been posted meanwhile; keep the event queue stocked.
@@ -1074,17 +1062,17 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
             };
             inner.event_of_token[usize::from(token)] = u8::MAX;
             n += 1;
-            bump(&self.counters.events);
+            self.counters.events.incr();
             if used >= size_of::<wire::Fault>() {
                 // SAFETY: the device returned the buffer; it is ours to read.
                 let raw = unsafe { core::ptr::read_volatile(ptr.cast::<[u8; 24]>()) };
                 if let Ok(f) = wire::Fault::read_from_bytes(&raw) {
                     if inner.faults.push_back(FaultRecord::decode(&f)).is_err() {
-                        bump(&self.counters.faults_dropped);
+                        self.counters.faults_dropped.incr();
                     }
                 }
             } else {
-                bump(&self.counters.malformed_events);
+                self.counters.malformed_events.incr();
             }
             if inner.post_event_buffer(index).is_err() {
                 inner.broken = true;
@@ -1093,7 +1081,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
         }
         if n > 0 {
             inner.transport.notify(EVENT_QUEUE);
-            bump(&self.counters.event_notifications);
+            self.counters.event_notifications.incr();
         }
         n
     }
@@ -1318,6 +1306,3 @@ impl<H: Hal, T: Transport, const Q: usize> Inner<H, T, Q> {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests;

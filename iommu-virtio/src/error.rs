@@ -4,6 +4,7 @@ use core::fmt;
 
 /// A request's status, as the device writes it in the tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Status {
     /// 0: success.
@@ -99,6 +100,7 @@ pub fn decode_reply(
 
 /// Which request a reply or an error belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum RequestKind {
     /// ATTACH.
     Attach,
@@ -114,6 +116,7 @@ pub enum RequestKind {
 
 /// Which argument was bad, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum BadArgument {
     /// A length of zero.
@@ -131,6 +134,7 @@ pub enum BadArgument {
 
 /// Which field of the device configuration is unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ConfigField {
     /// `page_size_mask` is 0 or cannot be read.
@@ -151,6 +155,7 @@ pub enum ConfigField {
 
 /// What is wrong with a virtqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum QueueProblem {
     /// The driver's request queue size `Q` is not a power of two from 2 to
@@ -171,6 +176,7 @@ pub enum QueueProblem {
 
 /// What is malformed in a PROBE reply's property list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ProbeProblem {
     /// A property's length runs past the end of the list (`probe_size`).
@@ -183,6 +189,7 @@ pub enum ProbeProblem {
 
 /// What a bounded wait on the device was waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Wait {
     /// The device status to read 0 after a reset.
@@ -194,6 +201,7 @@ pub enum Wait {
 /// Why a virtio-iommu operation failed. Nothing changed on the device unless
 /// the variant says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum VirtioIommuError {
     /// The transport's device is not a virtio-iommu (device type).
@@ -402,90 +410,5 @@ impl From<VirtioIommuError> for iova_core::Error {
                 E::Device(D::BadGeometry)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_status_code_round_trips_and_decodes_to_its_variant() {
-        let named = [
-            (0, Status::Ok),
-            (1, Status::IoErr),
-            (2, Status::Unsupp),
-            (3, Status::DevErr),
-            (4, Status::Inval),
-            (5, Status::Range),
-            (6, Status::NoEnt),
-            (7, Status::Fault),
-            (8, Status::NoMem),
-        ];
-        for (code, status) in named {
-            assert_eq!(Status::from_code(code), status);
-            assert_eq!(status.code(), code);
-        }
-        for code in 9..=255u8 {
-            assert_eq!(Status::from_code(code), Status::Unknown(code));
-            assert_eq!(Status::from_code(code).code(), code);
-        }
-    }
-
-    #[test]
-    fn each_argument_problem_maps_to_the_core_error_of_the_same_cause() {
-        use iova_core::Error as E;
-        for (arg, core) in [
-            (BadArgument::ZeroLength, E::ZeroLength),
-            (BadArgument::Overflow, E::Overflow),
-            (BadArgument::Misaligned, E::Misaligned),
-            (BadArgument::NoAccess, E::InvalidProt),
-            (BadArgument::ResultsTooShort, E::StorageFull),
-        ] {
-            assert_eq!(
-                E::from(VirtioIommuError::InvalidArgument(arg)),
-                core,
-                "{arg:?}"
-            );
-        }
-        assert_eq!(
-            E::from(VirtioIommuError::DomainInUse(3)),
-            E::Device(iova_core::DeviceError::Busy(3))
-        );
-        for wait in [Wait::Reset, Wait::Reply] {
-            assert_eq!(E::from(VirtioIommuError::Timeout(wait)), E::Timeout);
-        }
-    }
-
-    #[test]
-    fn error_statuses_become_typed_errors() {
-        assert_eq!(Status::Ok.result(RequestKind::Map), Ok(()));
-        assert_eq!(
-            Status::Range.result(RequestKind::Unmap),
-            Err(VirtioIommuError::Request {
-                request: RequestKind::Unmap,
-                status: Status::Range
-            })
-        );
-        assert_eq!(
-            Status::from_code(0x42).result(RequestKind::Attach),
-            Err(VirtioIommuError::UnknownStatus {
-                request: RequestKind::Attach,
-                code: 0x42
-            })
-        );
-        let core: iova_core::Error = Status::NoEnt.result(RequestKind::Map).unwrap_err().into();
-        assert_eq!(
-            core,
-            iova_core::Error::Device(iova_core::DeviceError::RequestFailed { status: 6 })
-        );
-        assert_eq!(
-            iova_core::Error::from(VirtioIommuError::Timeout(Wait::Reply)),
-            iova_core::Error::Timeout
-        );
-        assert_eq!(
-            iova_core::Error::from(VirtioIommuError::SplitsMapping),
-            iova_core::Error::PartialUnmap
-        );
     }
 }

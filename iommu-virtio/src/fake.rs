@@ -13,6 +13,13 @@
 //! status codes, return buffers it was never given, keep event buffers,
 //! answer a batch out of order. [`HostHal`] can be given an allocation
 //! budget ([`HostHal::limit_dma`]) to make DMA memory run out.
+//!
+//! The driver reaches the device through [`FakeTransport`]
+//! ([`FakeIommu::new`]), or through the crate's virtio-PCI transport over
+//! the device's PCI registers ([`FakeIommu::new_pci`]: a
+//! [`FakePciFunction`] for its config space and a [`FakeBar`], an
+//! [`Mmio`] block that decodes each register at its own width as QEMU does).
+//! Both faces share the device's state and behaviour.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::cell::Cell;
@@ -23,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::vec::Vec;
 
+use iova_core::hw::{Mmio, MmioError, Width, check_access};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{BufferDirection, Error as VirtioError, Hal, PAGE_SIZE, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -264,6 +272,15 @@ struct State {
     held_events: u16,
     resets_done: u32,
     bypass_writes: u32,
+    pci: PciSelects,
+}
+
+/// The selector registers of the virtio-PCI common configuration.
+#[derive(Debug, Default, Clone, Copy)]
+struct PciSelects {
+    device_feature: u32,
+    driver_feature: u32,
+    queue: u16,
 }
 
 struct Shared {
@@ -331,8 +348,22 @@ pub struct FakeTransport {
 }
 
 impl FakeIommu {
-    /// A device configured as `config`, with its thread running.
+    /// A device configured as `config`, with its thread running, and the
+    /// transport to hand the driver.
     pub fn new(config: FakeConfig) -> (Self, FakeTransport) {
+        let (me, shared) = Self::start(config);
+        (me, FakeTransport { shared })
+    }
+
+    /// The same device behind a modern virtio-PCI function, laid out as
+    /// QEMU's virtio-iommu-pci: its config space and its BAR 4 registers,
+    /// for [`VirtioPciTransport::from_bars`](crate::transport::pci::VirtioPciTransport::from_bars).
+    pub fn new_pci(config: FakeConfig) -> (Self, FakePciFunction) {
+        let (me, shared) = Self::start(config);
+        (me, FakePciFunction { shared })
+    }
+
+    fn start(config: FakeConfig) -> (Self, Arc<Shared>) {
         let state = State {
             status: 0,
             device_features: config.features.bits(),
@@ -362,6 +393,7 @@ impl FakeIommu {
             held_events: 0,
             resets_done: 0,
             bypass_writes: 0,
+            pci: PciSelects::default(),
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -374,7 +406,7 @@ impl FakeIommu {
                 shared: shared.clone(),
                 thread: Some(thread),
             },
-            FakeTransport { shared },
+            shared,
         )
     }
 
@@ -961,19 +993,11 @@ impl Transport for FakeTransport {
     }
 
     fn max_queue_size(&mut self, queue: u16) -> u32 {
-        self.lock()
-            .max_queue
-            .get(usize::from(queue))
-            .map_or(0, |&m| u32::from(m))
+        u32::from(self.lock().max_queue_size(queue))
     }
 
     fn notify(&mut self, queue: u16) {
-        let mut s = self.lock();
-        if let Some(p) = s.pending.get_mut(usize::from(queue)) {
-            *p = true;
-            s.notifications[usize::from(queue)] += 1;
-        }
-        drop(s);
+        self.lock().notify(queue);
         self.shared.wake.notify_all();
     }
 
@@ -982,25 +1006,7 @@ impl Transport for FakeTransport {
     }
 
     fn set_status(&mut self, status: DeviceStatus) {
-        let mut s = self.lock();
-        let mut v = status.bits() as u8;
-        if v == 0 {
-            if s.misbehave.stuck_reset && s.resets_done >= s.misbehave.resets_before_stuck {
-                s.status = DeviceStatus::ACKNOWLEDGE.bits() as u8;
-                return;
-            }
-            s.reset();
-            s.resets_done += 1;
-            return;
-        }
-        if v & DeviceStatus::FEATURES_OK.bits() as u8 != 0
-            && (s.misbehave.reject_features || s.driver_features & !s.device_features != 0)
-        {
-            v &= !(DeviceStatus::FEATURES_OK.bits() as u8);
-        }
-        // DEVICE_NEEDS_RESET is the device's to set; keep it.
-        v |= s.status & DeviceStatus::DEVICE_NEEDS_RESET.bits() as u8;
-        s.status = v;
+        self.lock().set_status(status.bits() as u8);
     }
 
     fn set_guest_page_size(&mut self, _guest_page_size: u32) {}
@@ -1049,11 +1055,7 @@ impl Transport for FakeTransport {
     }
 
     fn read_config_generation(&self) -> u32 {
-        let mut s = self.lock();
-        if s.misbehave.unstable_generation {
-            s.generation = s.generation.wrapping_add(1);
-        }
-        s.generation
+        self.lock().read_generation()
     }
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, VirtioError> {
@@ -1073,19 +1075,363 @@ impl Transport for FakeTransport {
         offset: usize,
         value: T,
     ) -> Result<(), VirtioError> {
-        let mut s = self.lock();
         let v = value.as_bytes();
-        // Only `bypass` is writable, and only with BYPASS_CONFIG: otherwise
-        // the device fails, as QEMU's does.
+        // Only `bypass` is writable.
         if offset != wire::config_offset::BYPASS || v.len() != 1 {
             return Err(VirtioError::InvalidParam);
         }
-        if !s.negotiated(Features::BYPASS_CONFIG) || v[0] > 1 {
-            s.status |= DeviceStatus::DEVICE_NEEDS_RESET.bits() as u8;
-            return Ok(());
-        }
-        s.config.bypass = v[0];
-        s.bypass_writes += 1;
+        self.lock().write_bypass(v[0]);
         Ok(())
+    }
+}
+
+/// What both faces of the device (the [`Transport`] and the PCI registers)
+/// do on an access.
+impl State {
+    fn max_queue_size(&self, queue: u16) -> u16 {
+        self.max_queue.get(usize::from(queue)).copied().unwrap_or(0)
+    }
+
+    fn notify(&mut self, queue: u16) {
+        if let Some(p) = self.pending.get_mut(usize::from(queue)) {
+            *p = true;
+            self.notifications[usize::from(queue)] += 1;
+        }
+    }
+
+    fn set_status(&mut self, status: u8) {
+        let mut v = status;
+        if v == 0 {
+            if self.misbehave.stuck_reset && self.resets_done >= self.misbehave.resets_before_stuck
+            {
+                self.status = DeviceStatus::ACKNOWLEDGE.bits() as u8;
+                return;
+            }
+            self.reset();
+            self.resets_done += 1;
+            return;
+        }
+        if v & DeviceStatus::FEATURES_OK.bits() as u8 != 0
+            && (self.misbehave.reject_features || self.driver_features & !self.device_features != 0)
+        {
+            v &= !(DeviceStatus::FEATURES_OK.bits() as u8);
+        }
+        // DEVICE_NEEDS_RESET is the device's to set; keep it.
+        v |= self.status & DeviceStatus::DEVICE_NEEDS_RESET.bits() as u8;
+        self.status = v;
+    }
+
+    fn read_generation(&mut self) -> u32 {
+        if self.misbehave.unstable_generation {
+            self.generation = self.generation.wrapping_add(1);
+        }
+        self.generation
+    }
+
+    /// A write of `bypass`: taken only with BYPASS_CONFIG and a value of 0
+    /// or 1; otherwise the device fails, as QEMU's does.
+    fn write_bypass(&mut self, v: u8) {
+        if !self.negotiated(Features::BYPASS_CONFIG) || v > 1 {
+            self.status |= DeviceStatus::DEVICE_NEEDS_RESET.bits() as u8;
+            return;
+        }
+        self.config.bypass = v;
+        self.bypass_writes += 1;
+    }
+}
+
+/// The virtio-PCI function of a [`FakeIommu`] made with
+/// [`FakeIommu::new_pci`]: its config space (vendor and device ID, the four
+/// virtio capabilities, all in BAR [`FakePciFunction::BAR`]) and its BARs.
+pub struct FakePciFunction {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FakePciFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakePciFunction").finish_non_exhaustive()
+    }
+}
+
+impl FakePciFunction {
+    /// The BAR holding every virtio structure, as on QEMU.
+    pub const BAR: usize = 4;
+    /// `notify_off_multiplier`: queue `q` is notified at
+    /// [`FakeBar::NOTIFY`]` + 4 * q`.
+    pub const NOTIFY_MULTIPLIER: u32 = 4;
+
+    /// The function's BARs: [`FakeBar`] at [`BAR`](Self::BAR), the others
+    /// absent.
+    pub fn bars(&self) -> [Option<FakeBar>; 6] {
+        let mut bars = [None, None, None, None, None, None];
+        bars[Self::BAR] = Some(FakeBar {
+            shared: self.shared.clone(),
+        });
+        bars
+    }
+
+    fn config_space(offset: u16) -> u32 {
+        let cap = |ty: u8, next: u8, len: u8| {
+            u32::from(0x09u8) | u32::from(next) << 8 | u32::from(len) << 16 | u32::from(ty) << 24
+        };
+        let bar = Self::BAR as u32;
+        let window = 0x1000;
+        match offset {
+            0x00 => 0x1057_1af4,
+            // Status: capability list.
+            0x04 => 1 << (16 + 4),
+            0x34 => 0x40,
+            // (cfg_type, next, cap_len) at 0x40, 0x50, 0x60, 0x70, then
+            // (bar, offset, length) and, for notify, the multiplier.
+            0x40 => cap(1, 0x50, 16),
+            0x50 => cap(3, 0x60, 16),
+            0x60 => cap(4, 0x70, 16),
+            0x70 => cap(2, 0x00, 20),
+            0x44 | 0x54 | 0x64 | 0x74 => bar,
+            0x48 => FakeBar::COMMON as u32,
+            0x58 => FakeBar::ISR as u32,
+            0x68 => FakeBar::DEVICE as u32,
+            0x78 => FakeBar::NOTIFY as u32,
+            0x4c | 0x5c | 0x6c | 0x7c => window,
+            0x80 => Self::NOTIFY_MULTIPLIER,
+            _ => 0,
+        }
+    }
+}
+
+impl crate::transport::pci::PciConfig for FakePciFunction {
+    fn read32(&self, offset: u16) -> u32 {
+        Self::config_space(offset)
+    }
+}
+
+/// BAR 4 of a [`FakePciFunction`]: the device's virtio-PCI registers, each
+/// at its own width as QEMU decodes them (common configuration, ISR, device
+/// configuration, notifications; 4 KiB each). An access outside the BAR or
+/// misaligned is refused as [`check_access`] says, one of a register's wrong
+/// width with [`MmioError::Width`], and every 64-bit access (the
+/// specification has the driver split 64-bit fields into dwords). Bytes of
+/// a structure that hold no register read 0 and ignore writes.
+pub struct FakeBar {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FakeBar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeBar").finish_non_exhaustive()
+    }
+}
+
+/// `struct virtio_pci_common_cfg`: each register's offset and width.
+const COMMON_REGS: [(usize, Width); 19] = [
+    (0x00, Width::W32), // device_feature_select
+    (0x04, Width::W32), // device_feature
+    (0x08, Width::W32), // driver_feature_select
+    (0x0c, Width::W32), // driver_feature
+    (0x10, Width::W16), // config_msix_vector
+    (0x12, Width::W16), // num_queues
+    (0x14, Width::W8),  // device_status
+    (0x15, Width::W8),  // config_generation
+    (0x16, Width::W16), // queue_select
+    (0x18, Width::W16), // queue_size
+    (0x1a, Width::W16), // queue_msix_vector
+    (0x1c, Width::W16), // queue_enable
+    (0x1e, Width::W16), // queue_notify_off
+    (0x20, Width::W32), // queue_desc, low and high
+    (0x24, Width::W32),
+    (0x28, Width::W32), // queue_driver
+    (0x2c, Width::W32),
+    (0x30, Width::W32), // queue_device
+    (0x34, Width::W32),
+];
+
+impl FakeBar {
+    /// Bytes of the BAR.
+    pub const SIZE: usize = 0x4000;
+    /// Offset of the common configuration.
+    pub const COMMON: usize = 0x0000;
+    /// Offset of the ISR status byte.
+    pub const ISR: usize = 0x1000;
+    /// Offset of the device configuration (`struct virtio_iommu_config`).
+    pub const DEVICE: usize = 0x2000;
+    /// Offset of the notification region.
+    pub const NOTIFY: usize = 0x3000;
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap()
+    }
+
+    /// The common-config register at `offset`, refused unless accessed at
+    /// its width.
+    fn common_reg(offset: usize, width: Width) -> Result<Option<usize>, MmioError> {
+        match COMMON_REGS.iter().find(|&&(at, _)| at == offset) {
+            Some(&(at, w)) if w == width => Ok(Some(at)),
+            Some(_) => Err(MmioError::Width { offset, width }),
+            // Inside a register, not at its start: refused as well.
+            None if offset < 0x38 => Err(MmioError::Width { offset, width }),
+            None => Ok(None),
+        }
+    }
+
+    fn read(&self, offset: usize, width: Width) -> Result<u32, MmioError> {
+        check_access(Self::SIZE, offset, width)?;
+        let mut s = self.lock();
+        let sel = usize::from(s.pci.queue);
+        let q = s.queues.get(sel).copied();
+        let v = match offset {
+            o if o < Self::ISR => match Self::common_reg(o - Self::COMMON, width)? {
+                Some(0x04) => match s.pci.device_feature {
+                    0 => s.device_features as u32,
+                    1 => (s.device_features >> 32) as u32,
+                    _ => 0,
+                },
+                Some(0x00) => s.pci.device_feature,
+                Some(0x08) => s.pci.driver_feature,
+                Some(0x0c) => match s.pci.driver_feature {
+                    0 => s.driver_features as u32,
+                    1 => (s.driver_features >> 32) as u32,
+                    _ => 0,
+                },
+                Some(0x10 | 0x1a) => 0xffff,
+                Some(0x12) => 2,
+                Some(0x14) => u32::from(s.status),
+                Some(0x15) => s.read_generation() & 0xff,
+                Some(0x16) => u32::from(s.pci.queue),
+                Some(0x18) => match q {
+                    Some(q) if q.size != 0 => u32::from(q.size),
+                    _ => u32::from(s.max_queue_size(s.pci.queue)),
+                },
+                Some(0x1c) => u32::from(q.is_some_and(|q| q.ready)),
+                // QEMU's notify offset of a queue is its index.
+                Some(0x1e) => u32::from(s.pci.queue),
+                Some(0x20) => q.map_or(0, |q| q.desc as u32),
+                Some(0x24) => q.map_or(0, |q| (q.desc >> 32) as u32),
+                Some(0x28) => q.map_or(0, |q| q.driver as u32),
+                Some(0x2c) => q.map_or(0, |q| (q.driver >> 32) as u32),
+                Some(0x30) => q.map_or(0, |q| q.device as u32),
+                Some(0x34) => q.map_or(0, |q| (q.device >> 32) as u32),
+                _ => 0,
+            },
+            o if o < Self::DEVICE => {
+                if o != Self::ISR || width != Width::W8 {
+                    return Err(MmioError::Width { offset, width });
+                }
+                0
+            }
+            o if o < Self::NOTIFY => {
+                let at = o - Self::DEVICE;
+                let bytes = s.config.as_bytes();
+                let mut v = [0u8; 4];
+                for (i, b) in v.iter_mut().take(width.bytes()).enumerate() {
+                    *b = bytes.get(at + i).copied().unwrap_or(0);
+                }
+                u32::from_le_bytes(v)
+            }
+            _ => 0,
+        };
+        Ok(v)
+    }
+
+    fn write(&self, offset: usize, width: Width, v: u32) -> Result<(), MmioError> {
+        check_access(Self::SIZE, offset, width)?;
+        let mut s = self.lock();
+        let sel = usize::from(s.pci.queue);
+        let set = |q: &mut Queue, lo: bool, field: fn(&mut Queue) -> &mut u64| {
+            let f = field(q);
+            *f = if lo {
+                (*f & !0xffff_ffff) | u64::from(v)
+            } else {
+                (*f & 0xffff_ffff) | u64::from(v) << 32
+            };
+        };
+        match offset {
+            o if o < Self::ISR => match Self::common_reg(o - Self::COMMON, width)? {
+                Some(0x00) => s.pci.device_feature = v,
+                Some(0x08) => s.pci.driver_feature = v,
+                Some(0x0c) => match s.pci.driver_feature {
+                    0 => s.driver_features = (s.driver_features & !0xffff_ffff) | u64::from(v),
+                    1 => {
+                        s.driver_features = (s.driver_features & 0xffff_ffff) | u64::from(v) << 32;
+                    }
+                    _ => {}
+                },
+                Some(0x14) => s.set_status(v as u8),
+                Some(0x16) => s.pci.queue = v as u16,
+                Some(0x18) => {
+                    let max = s.max_queue_size(s.pci.queue);
+                    if let Some(q) = s.queues.get_mut(sel) {
+                        if (v as u16) <= max {
+                            q.size = v as u16;
+                        }
+                    }
+                }
+                Some(0x1c) => {
+                    if let Some(q) = s.queues.get_mut(sel) {
+                        if v == 1 && q.size != 0 {
+                            q.ready = true;
+                            q.last_avail = 0;
+                            q.used_idx = 0;
+                        }
+                    }
+                }
+                Some(at @ 0x20..=0x34) => {
+                    if let Some(q) = s.queues.get_mut(sel) {
+                        let field: fn(&mut Queue) -> &mut u64 = match at {
+                            0x20 | 0x24 => |q| &mut q.desc,
+                            0x28 | 0x2c => |q| &mut q.driver,
+                            _ => |q| &mut q.device,
+                        };
+                        set(q, at % 8 == 0, field);
+                    }
+                }
+                // Read-only registers and the MSI-X vectors (the driver
+                // polls) ignore writes.
+                _ => {}
+            },
+            o if o < Self::DEVICE => {
+                if o != Self::ISR || width != Width::W8 {
+                    return Err(MmioError::Width { offset, width });
+                }
+            }
+            o if o < Self::NOTIFY => {
+                // Only `bypass` is writable; the rest ignores writes.
+                if o - Self::DEVICE == wire::config_offset::BYPASS && width == Width::W8 {
+                    s.write_bypass(v as u8);
+                }
+            }
+            o => {
+                let queue = (o - Self::NOTIFY) / FakePciFunction::NOTIFY_MULTIPLIER as usize;
+                if width == Width::W16 && (o - Self::NOTIFY) % 4 == 0 {
+                    s.notify(queue as u16);
+                    drop(s);
+                    self.shared.wake.notify_all();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Mmio for FakeBar {
+    fn size(&self) -> usize {
+        Self::SIZE
+    }
+    fn read8(&self, offset: usize) -> Result<u8, MmioError> {
+        self.read(offset, Width::W8).map(|v| v as u8)
+    }
+    fn read16(&self, offset: usize) -> Result<u16, MmioError> {
+        self.read(offset, Width::W16).map(|v| v as u16)
+    }
+    fn read32(&self, offset: usize) -> Result<u32, MmioError> {
+        self.read(offset, Width::W32)
+    }
+    fn write8(&self, offset: usize, value: u8) -> Result<(), MmioError> {
+        self.write(offset, Width::W8, u32::from(value))
+    }
+    fn write16(&self, offset: usize, value: u16) -> Result<(), MmioError> {
+        self.write(offset, Width::W16, u32::from(value))
+    }
+    fn write32(&self, offset: usize, value: u32) -> Result<(), MmioError> {
+        self.write(offset, Width::W32, value)
     }
 }

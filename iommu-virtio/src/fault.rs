@@ -4,6 +4,7 @@ use crate::wire;
 
 /// Why the device reported a fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum FaultReason {
     /// The endpoint is unknown to the device (or the cause is unclassified).
@@ -18,6 +19,7 @@ pub enum FaultReason {
 
 /// One fault event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FaultRecord {
     /// Why.
     pub reason: FaultReason,
@@ -53,39 +55,5 @@ impl FaultRecord {
             address: (flags & wire::FAULT_F_ADDRESS != 0).then(|| raw.address.get()),
             flags,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use zerocopy::little_endian::{U32, U64};
-
-    fn raw(reason: u8, flags: u32) -> wire::Fault {
-        wire::Fault {
-            reason,
-            flags: U32::new(flags),
-            endpoint: U32::new(0x10),
-            address: U64::new(0xdead_b000),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn reasons_flags_and_address_decode() {
-        let f = FaultRecord::decode(&raw(2, 0x102));
-        assert_eq!(f.reason, FaultReason::Mapping);
-        assert!(f.write && !f.read && !f.exec);
-        assert_eq!(f.address, Some(0xdead_b000));
-        assert_eq!(f.endpoint, 0x10);
-        let f = FaultRecord::decode(&raw(1, 0x5));
-        assert_eq!(f.reason, FaultReason::Domain);
-        assert!(f.read && f.exec && !f.write);
-        assert_eq!(f.address, None, "no ADDRESS flag: the address is not valid");
-        assert_eq!(FaultRecord::decode(&raw(0, 0)).reason, FaultReason::Unknown);
-        assert_eq!(
-            FaultRecord::decode(&raw(9, 0)).reason,
-            FaultReason::Other(9)
-        );
     }
 }

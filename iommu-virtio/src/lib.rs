@@ -6,7 +6,9 @@
 //! runs on a virtio-iommu with **one notification per sync**.
 //!
 //! - [`transport`]: where the device is. [`transport::pci::VirtioPciTransport`]
-//!   (modern virtio-PCI, every common-config field at its exact width) or
+//!   (modern virtio-PCI, every common-config field at its exact width, its
+//!   BARs reached through [`iova_core::hw::Mmio`]; a register access the
+//!   BAR refuses is counted, logged and makes the device read as failed) or
 //!   `virtio_drivers`' `MmioTransport`; any
 //!   [`virtio_drivers::transport::Transport`] works.
 //! - [`VirtioIommu`] ([`driver`]): reset with a bounded wait, feature
@@ -18,7 +20,9 @@
 //!   and `bypass = 0` whenever BYPASS_CONFIG is offered so that endpoints
 //!   nobody attached cannot DMA. Requests (ATTACH, with the bypass flag for
 //!   identity domains; DETACH; MAP; UNMAP; PROBE) go out in batches with one
-//!   notification; every reply is waited for with a bound ([`WaitBudget`]),
+//!   notification; every reply is waited for with a bound
+//!   ([`WaitBudget`], iova-core's, [`driver::DEFAULT_WAIT`] unless
+//!   configured),
 //!   every status decoded ([`Status`], [`VirtioIommuError`]). A device that
 //!   does not answer, or returns a buffer it was not given, stops the driver
 //!   ([`VirtioIommuError::Broken`]) rather than risk reused buffers.
@@ -37,8 +41,10 @@
 //!   reserved ranges), which [`ProbeInfo::reserve_in`] turns into holes of an
 //!   [`iova_core::IovaAllocator`].
 //! - `fake` (feature `fakes`): a virtio-iommu on a host thread that reads the
-//!   queues from memory and behaves as the specification says, and a host
-//!   [`Hal`]; it can also misbehave (silence, short replies, bad statuses).
+//!   queues from memory and behaves as the specification says, behind a
+//!   `Transport` of its own or behind virtio-PCI registers (an `Mmio` BAR for
+//!   [`transport::pci::VirtioPciTransport`]), and a host [`Hal`]; it can also
+//!   misbehave (silence, short replies, bad statuses).
 //!
 //! # End to end
 //!
@@ -118,6 +124,10 @@
 //!
 //! - `fakes`: the fake device and host HAL of the `fake` module (implies `std`).
 //! - `std`: builds with the standard library.
+//! - `log`, `defmt`: warnings (through [`iova_core::warn_event!`]) for what a
+//!   caller cannot see in a return value: a register access the PCI
+//!   transport refused, a domain teardown that did not complete; `defmt`
+//!   also derives `defmt::Format` for the error and record types.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -125,11 +135,10 @@ mod dma;
 pub mod domain;
 pub mod driver;
 pub mod error;
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(feature = "fakes")]
 pub mod fake;
 pub mod fault;
 pub mod features;
-mod mmio;
 mod owners;
 pub mod probe;
 pub mod transport;

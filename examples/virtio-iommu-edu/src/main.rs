@@ -305,10 +305,7 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
     // are identity mapped, and only this transport touches them.
     let transport = unsafe { VirtioPciTransport::new(&Config(found.virtio), &bars)? };
     let config = DriverConfig {
-        wait: WaitBudget {
-            max_polls: 200_000_000,
-            clock: Some((now_us, 2_000_000)),
-        },
+        wait: WaitBudget::polls(200_000_000).with_clock(now_us, 2_000_000),
         bypass_unattached: false,
     };
     let iommu = Iommu::new(transport, config)?;

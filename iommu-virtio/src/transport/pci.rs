@@ -7,17 +7,55 @@
 //! config fields and on a `queue_notify_off` outside the notify region, and
 //! its `Drop` waits for the reset without a bound. It also needs its own PCI
 //! root type. This one takes the function's config space through a small
-//! trait and the BAR addresses the caller assigned, and never panics or
-//! waits: a device that misbehaves makes accesses no-ops, which the driver
-//! then sees as a bounded timeout.
+//! trait and its BARs as [`Mmio`] register blocks ([`MmioRegion`]s at the
+//! addresses the caller assigned, with [`VirtioPciTransport::new`]), and
+//! never panics or waits.
+//!
+//! # A register access that is refused
+//!
+//! Every access goes through [`Mmio`], which refuses one outside its block,
+//! misaligned, or of a width the block does not take ([`MmioError`]).
+//! [`VirtioPciTransport::from_bars`] refuses capabilities that do not fit
+//! their BAR or are misaligned, so with [`MmioRegion`]s at aligned BAR
+//! addresses only the device can cause a refusal (a `queue_notify_off`
+//! beyond the notify region); another [`Mmio`] may refuse more. The device-config accesses
+//! ([`Transport::read_config_space`], [`Transport::write_config_space`])
+//! return the refusal as an error. The other [`Transport`] methods cannot
+//! return one, and a refused access in them is handled so that the driver
+//! stops, bounded, and nothing reaches the device half-done:
+//!
+//! - it is counted ([`VirtioPciTransport::register_faults`]), the first one
+//!   kept ([`VirtioPciTransport::first_register_fault`]) and logged with
+//!   `warn_event!` (features `log`, `defmt`; a refusal repeating the one
+//!   before is only counted, so a poll loop does not flood the log);
+//! - a refused write is dropped, and so is the rest of its register sequence
+//!   (a queue whose size or addresses did not all reach the device is never
+//!   enabled, a notification is not sent to a queue that was not selected);
+//! - a refused read returns a value that claims nothing the device did not
+//!   say: device features none, a queue's maximum size 0 (no queue), a
+//!   queue's state in use (so it is not set up), the interrupt status none,
+//!   the config generation all-ones (as an absent device reads), and the
+//!   device status `FAILED` alone (all-ones would claim `DRIVER_OK`, and a
+//!   driver that gives up writes back the status it read with `FAILED`
+//!   added);
+//! - from the first refusal on, a device status other than 0 reads with
+//!   `FAILED` set, because the transport cannot tell what of a register
+//!   sequence reached the device. The driver's bring-up then fails with
+//!   [`VirtioIommuError::DeviceFailed`](crate::VirtioIommuError::DeviceFailed)
+//!   (or [`Timeout(Wait::Reset)`](crate::VirtioIommuError::Timeout)); a
+//!   running driver stops at its next bounded wait (a notification that did
+//!   not reach the device times out). A reset that the device completes
+//!   still reads 0, so the driver frees its memory after it, and leaks it
+//!   otherwise.
 
 use core::fmt;
 
+use iova_core::hw::{Counter, Width, check_access};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{Error as VirtioError, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use crate::mmio::Regs;
+use super::{Mmio, MmioError, MmioRegion};
 
 /// PCI vendor ID of virtio devices.
 pub const VENDOR_ID: u16 = 0x1af4;
@@ -68,6 +106,7 @@ pub struct PciBar {
 
 /// Why [`VirtioPciTransport::new`] failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum PciTransportError {
     /// Not a virtio vendor ID.
@@ -79,8 +118,13 @@ pub enum PciTransportError {
     /// A required capability is absent (the `cfg_type`).
     MissingCapability(u8),
     /// A capability points into a BAR the caller did not provide, or past
-    /// its end (the `cfg_type`).
+    /// its end, or describes a structure shorter than its fields (the
+    /// `cfg_type`).
     BadRegion(u8),
+    /// A capability's offset is not aligned as the specification requires
+    /// for its structure (4 bytes for the common and device configuration,
+    /// 2 for notifications; the `cfg_type`).
+    MisalignedRegion(u8),
     /// The notify capability's multiplier is odd.
     BadNotifyMultiplier(u32),
 }
@@ -93,10 +137,13 @@ impl fmt::Display for PciTransportError {
             Self::NoCapabilities => f.write_str("no PCI capability list"),
             Self::MissingCapability(t) => write!(f, "virtio capability type {t} missing"),
             Self::BadRegion(t) => write!(f, "virtio capability type {t} outside its BAR"),
+            Self::MisalignedRegion(t) => write!(f, "virtio capability type {t} misaligned"),
             Self::BadNotifyMultiplier(m) => write!(f, "odd notify_off_multiplier {m}"),
         }
     }
 }
+
+impl core::error::Error for PciTransportError {}
 
 #[derive(Debug, Clone, Copy)]
 struct Cap {
@@ -105,29 +152,83 @@ struct Cap {
     length: u32,
 }
 
-/// The modern virtio-PCI transport.
-#[derive(Debug)]
-pub struct VirtioPciTransport {
-    device_id: u16,
-    common: Regs,
-    notify: Regs,
-    notify_multiplier: u32,
-    isr: Regs,
-    device: Option<Regs>,
+/// Where one virtio structure is: `len` bytes at `offset` in BAR `bar`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    bar: usize,
+    offset: usize,
+    len: usize,
 }
 
-impl VirtioPciTransport {
+/// What the transport keeps of refused accesses it could not report.
+#[derive(Debug, Default)]
+struct Faults {
+    count: Counter,
+    /// The first refusal and the latest one.
+    seen: spin::Mutex<Option<(MmioError, MmioError)>>,
+}
+
+/// The modern virtio-PCI transport, over the function's BARs as `M`
+/// register blocks.
+#[derive(Debug)]
+pub struct VirtioPciTransport<M: Mmio = MmioRegion> {
+    device_id: u16,
+    bars: [Option<M>; 6],
+    common: Window,
+    notify: Window,
+    notify_multiplier: u32,
+    isr: Window,
+    device: Option<Window>,
+    faults: Faults,
+}
+
+impl VirtioPciTransport<MmioRegion> {
     /// Finds the virtio capabilities of the function behind `config` and maps
-    /// them onto `bars`.
+    /// them onto `bars`, each reached through an [`MmioRegion`].
+    ///
+    /// # Errors
+    ///
+    /// As [`from_bars`](Self::from_bars).
     ///
     /// # Safety
     ///
     /// Each `Some` entry of `bars` is where the CPU reaches that BAR of this
-    /// function (memory decoding on), for as long as the transport lives, and
-    /// nothing else accesses the device's registers meanwhile.
+    /// function (memory decoding on), `size` bytes mapped as device memory,
+    /// for as long as the transport lives, and nothing else accesses the
+    /// device's registers meanwhile ([`MmioRegion::new`]'s contract for each
+    /// BAR).
     pub unsafe fn new(
         config: &impl PciConfig,
         bars: &[Option<PciBar>; 6],
+    ) -> Result<Self, PciTransportError> {
+        let regions = bars.map(|bar| {
+            bar.map(|b| {
+                // A size beyond the address space cannot be mapped whole; the
+                // part that can is all an access may reach.
+                let size = usize::try_from(b.size).unwrap_or(usize::MAX);
+                // SAFETY: the caller vouches for the BAR as `MmioRegion::new`
+                // requires; a smaller size only narrows what is accessed.
+                unsafe { MmioRegion::new(core::ptr::with_exposed_provenance_mut(b.cpu_addr), size) }
+            })
+        });
+        Self::from_bars(config, regions)
+    }
+}
+
+impl<M: Mmio> VirtioPciTransport<M> {
+    /// Finds the virtio capabilities of the function behind `config` and maps
+    /// them onto `bars` (BAR `i` at index `i`).
+    ///
+    /// # Errors
+    ///
+    /// A typed [`PciTransportError`] when `config` is not a modern virtio
+    /// function, lacks a capability the transport needs, or describes a
+    /// structure that does not fit in its BAR (as [`Mmio::size`] gives it),
+    /// is shorter than its fields or misaligned. Nothing is accessed in the
+    /// BARs.
+    pub fn from_bars(
+        config: &impl PciConfig,
+        bars: [Option<M>; 6],
     ) -> Result<Self, PciTransportError> {
         let id = config.read32(0);
         let (vendor, device_id) = (id as u16, (id >> 16) as u16);
@@ -178,116 +279,238 @@ impl VirtioPciTransport {
         if multiplier % 2 != 0 {
             return Err(PciTransportError::BadNotifyMultiplier(multiplier));
         }
-        let region = |cap: Option<Cap>, kind: u8, min: usize| -> Result<Regs, PciTransportError> {
+        // `min`: the bytes of the structure's fields the transport accesses;
+        // `align`: the offset alignment the specification requires of it.
+        let window = |cap: Option<Cap>, kind: u8, min: usize, align: u32| {
             let cap = cap.ok_or(PciTransportError::MissingCapability(kind))?;
-            let bar = bars
-                .get(usize::from(cap.bar))
-                .copied()
-                .flatten()
-                .ok_or(PciTransportError::BadRegion(kind))?;
+            let bar = usize::from(cap.bar);
+            let size = bars
+                .get(bar)
+                .and_then(Option::as_ref)
+                .ok_or(PciTransportError::BadRegion(kind))?
+                .size();
             let end = u64::from(cap.offset) + u64::from(cap.length);
-            if end > bar.size || (cap.length as usize) < min {
+            if end > size as u64 || (cap.length as usize) < min {
                 return Err(PciTransportError::BadRegion(kind));
             }
-            // SAFETY: inside a BAR the caller vouched for (checked above).
-            Ok(unsafe { Regs::new(bar.cpu_addr + cap.offset as usize, cap.length as usize) })
+            if cap.offset % align != 0 {
+                return Err(PciTransportError::MisalignedRegion(kind));
+            }
+            Ok(Window {
+                bar,
+                offset: cap.offset as usize,
+                len: cap.length as usize,
+            })
+        };
+        let common = window(common, CFG_COMMON, common::LEN, 4)?;
+        let notify = window(notify, CFG_NOTIFY, 2, 2)?;
+        let isr = window(isr, CFG_ISR, 1, 1)?;
+        let device = match device {
+            Some(_) => Some(window(device, CFG_DEVICE, 0, 4)?),
+            None => None,
         };
         Ok(Self {
             device_id,
-            common: region(common, CFG_COMMON, common::LEN)?,
-            notify: region(notify, CFG_NOTIFY, 2)?,
+            bars,
+            common,
+            notify,
             notify_multiplier: multiplier,
-            isr: region(isr, CFG_ISR, 1)?,
-            device: match device {
-                Some(_) => Some(region(device, CFG_DEVICE, 0)?),
-                None => None,
-            },
+            isr,
+            device,
+            faults: Faults::default(),
         })
     }
 
-    fn select(&mut self, queue: u16) {
-        self.common.write16(common::QUEUE_SELECT, queue);
+    /// Register accesses refused inside [`Transport`] methods that cannot
+    /// return an error (see the [module documentation](self)). Zero on a
+    /// working device.
+    pub fn register_faults(&self) -> u64 {
+        self.faults.count.get()
     }
 
-    fn write64(&mut self, offset: usize, value: u64) {
-        self.common.write32(offset, value as u32);
-        self.common.write32(offset + 4, (value >> 32) as u32);
+    /// The first of those refusals.
+    pub fn first_register_fault(&self) -> Option<MmioError> {
+        self.faults.seen.lock().map(|(first, _)| first)
+    }
+
+    /// The BAR behind `w` and the offset in it of `offset` in `w`, after the
+    /// window's own range and alignment check.
+    fn at(&self, w: Window, offset: usize, width: Width) -> Result<(&M, usize), MmioError> {
+        check_access(w.len, offset, width)?;
+        // `from_bars` made every window of a BAR that is present, inside it.
+        let bar = self.bars.get(w.bar).and_then(Option::as_ref);
+        match (bar, w.offset.checked_add(offset)) {
+            (Some(bar), Some(at)) => Ok((bar, at)),
+            _ => Err(MmioError::OutOfRange {
+                offset,
+                width,
+                size: w.len,
+            }),
+        }
+    }
+
+    fn read8(&self, w: Window, offset: usize) -> Result<u8, MmioError> {
+        let (bar, at) = self.at(w, offset, Width::W8)?;
+        bar.read8(at)
+    }
+    fn read16(&self, w: Window, offset: usize) -> Result<u16, MmioError> {
+        let (bar, at) = self.at(w, offset, Width::W16)?;
+        bar.read16(at)
+    }
+    fn read32(&self, w: Window, offset: usize) -> Result<u32, MmioError> {
+        let (bar, at) = self.at(w, offset, Width::W32)?;
+        bar.read32(at)
+    }
+    fn write8(&self, w: Window, offset: usize, value: u8) -> Result<(), MmioError> {
+        let (bar, at) = self.at(w, offset, Width::W8)?;
+        bar.write8(at, value)
+    }
+    fn write16(&self, w: Window, offset: usize, value: u16) -> Result<(), MmioError> {
+        let (bar, at) = self.at(w, offset, Width::W16)?;
+        bar.write16(at, value)
+    }
+    fn write32(&self, w: Window, offset: usize, value: u32) -> Result<(), MmioError> {
+        let (bar, at) = self.at(w, offset, Width::W32)?;
+        bar.write32(at, value)
+    }
+
+    /// A 64-bit common-config field, as two dword writes (low first).
+    fn write64(&self, offset: usize, value: u64) -> Result<(), MmioError> {
+        self.write32(self.common, offset, value as u32)?;
+        self.write32(self.common, offset + 4, (value >> 32) as u32)
+    }
+
+    fn select(&self, queue: u16) -> Result<(), MmioError> {
+        self.write16(self.common, common::QUEUE_SELECT, queue)
+    }
+
+    /// `r`'s value, or `fallback` with the refusal recorded: for the
+    /// [`Transport`] methods, which cannot return it.
+    fn or_fault<T>(&self, what: &'static str, r: Result<T, MmioError>, fallback: T) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => {
+                self.fault(what, e);
+                fallback
+            }
+        }
+    }
+
+    fn fault(&self, what: &'static str, e: MmioError) {
+        self.faults.count.incr();
+        let mut seen = self.faults.seen.lock();
+        let repeat = seen.is_some_and(|(_, last)| last == e);
+        *seen = Some(seen.map_or((e, e), |(first, _)| (first, e)));
+        drop(seen);
+        if !repeat {
+            iova_core::warn_event!(
+                "virtio-pci: {} refused ({}); the device now reads as failed",
+                what,
+                e
+            );
+        }
     }
 }
 
-/// Reads `T` (1, 2, 4 or 8 bytes; 8 as two dwords) at `offset` at its width.
-fn read_sized<T: FromBytes>(regs: &Regs, offset: usize) -> Result<T, VirtioError> {
-    let mut bytes = [0u8; 8];
+/// Reads `T` (1, 2, 4 or 8 bytes; 8 as two dwords) at `offset` of `w` at its
+/// width.
+fn read_sized<T: FromBytes, M: Mmio>(
+    t: &VirtioPciTransport<M>,
+    w: Window,
+    offset: usize,
+) -> Result<T, VirtioError> {
     let n = size_of::<T>();
-    let ok = match n {
-        1 => regs.read8(offset).map(|v| bytes[0] = v),
-        2 => regs
-            .read16(offset)
+    if offset.checked_add(n).is_none_or(|end| end > w.len) {
+        return Err(VirtioError::ConfigSpaceTooSmall);
+    }
+    let mut bytes = [0u8; 8];
+    let read = match n {
+        1 => t.read8(w, offset).map(|v| bytes[0] = v),
+        2 => t
+            .read16(w, offset)
             .map(|v| bytes[..2].copy_from_slice(&v.to_le_bytes())),
-        4 => regs
-            .read32(offset)
+        4 => t
+            .read32(w, offset)
             .map(|v| bytes[..4].copy_from_slice(&v.to_le_bytes())),
-        8 => regs.read32(offset).and_then(|lo| {
-            let hi = regs.read32(offset + 4)?;
+        8 => t.read32(w, offset).and_then(|lo| {
+            let hi = t.read32(w, offset + 4)?;
             bytes[..4].copy_from_slice(&lo.to_le_bytes());
             bytes[4..].copy_from_slice(&hi.to_le_bytes());
-            Some(())
+            Ok(())
         }),
-        _ => None,
+        _ => return Err(VirtioError::InvalidParam),
     };
-    ok.ok_or(VirtioError::ConfigSpaceTooSmall)?;
+    // Inside the structure, so the register block refused the access itself
+    // (misaligned, or a width it does not take).
+    read.map_err(|_| VirtioError::InvalidParam)?;
     T::read_from_bytes(&bytes[..n]).map_err(|_| VirtioError::InvalidParam)
 }
 
-impl Transport for VirtioPciTransport {
+impl<M: Mmio> Transport for VirtioPciTransport<M> {
     fn device_type(&self) -> DeviceType {
-        // `new` checked the range; types virtio-drivers does not name read as
-        // `Memory` (anything but `IOMMU` makes the driver refuse the device).
+        // `from_bars` checked the range; types virtio-drivers does not name
+        // read as `Memory` (anything but `IOMMU` makes the driver refuse the
+        // device).
         DeviceType::try_from(self.device_id - DEVICE_ID_BASE).unwrap_or(DeviceType::Memory)
     }
 
     fn read_device_features(&mut self) -> u64 {
-        self.common.write32(common::DEVICE_FEATURE_SELECT, 0);
-        let lo = self.common.read32(common::DEVICE_FEATURE).unwrap_or(0);
-        self.common.write32(common::DEVICE_FEATURE_SELECT, 1);
-        let hi = self.common.read32(common::DEVICE_FEATURE).unwrap_or(0);
+        let c = self.common;
+        let half = |select: u32| {
+            self.write32(c, common::DEVICE_FEATURE_SELECT, select)?;
+            self.read32(c, common::DEVICE_FEATURE)
+        };
+        // A half that cannot be read offers nothing.
+        let lo = self.or_fault("device feature read", half(0), 0);
+        let hi = self.or_fault("device feature read", half(1), 0);
         u64::from(lo) | (u64::from(hi) << 32)
     }
 
     fn write_driver_features(&mut self, driver_features: u64) {
-        self.common.write32(common::DRIVER_FEATURE_SELECT, 0);
-        self.common
-            .write32(common::DRIVER_FEATURE, driver_features as u32);
-        self.common.write32(common::DRIVER_FEATURE_SELECT, 1);
-        self.common
-            .write32(common::DRIVER_FEATURE, (driver_features >> 32) as u32);
+        let c = self.common;
+        let r = (|| {
+            self.write32(c, common::DRIVER_FEATURE_SELECT, 0)?;
+            self.write32(c, common::DRIVER_FEATURE, driver_features as u32)?;
+            self.write32(c, common::DRIVER_FEATURE_SELECT, 1)?;
+            self.write32(c, common::DRIVER_FEATURE, (driver_features >> 32) as u32)
+        })();
+        self.or_fault("driver feature write", r, ());
     }
 
     fn max_queue_size(&mut self, queue: u16) -> u32 {
-        self.select(queue);
-        self.common.read16(common::QUEUE_SIZE).map_or(0, u32::from)
+        let r = self
+            .select(queue)
+            .and_then(|()| self.read16(self.common, common::QUEUE_SIZE));
+        // No size read: no queue.
+        u32::from(self.or_fault("queue size read", r, 0))
     }
 
     fn notify(&mut self, queue: u16) {
-        self.select(queue);
-        let Some(off) = self.common.read16(common::QUEUE_NOTIFY_OFF) else {
-            return;
-        };
-        // Outside the notify region the write is dropped, and the driver's
+        let r = self.select(queue).and_then(|()| {
+            let off = self.read16(self.common, common::QUEUE_NOTIFY_OFF)?;
+            // Beyond the address space is beyond the notify region.
+            let at = usize::try_from(u64::from(off) * u64::from(self.notify_multiplier))
+                .unwrap_or(usize::MAX);
+            self.write16(self.notify, at, queue)
+        });
+        // A notification that does not reach the device: the driver's
         // bounded wait reports the device as not answering.
-        if let Ok(at) = usize::try_from(u64::from(off) * u64::from(self.notify_multiplier)) {
-            self.notify.write16(at, queue);
-        }
+        self.or_fault("queue notification", r, ());
     }
 
     fn get_status(&self) -> DeviceStatus {
-        let s = self.common.read8(common::DEVICE_STATUS).unwrap_or(0);
+        let failed = DeviceStatus::FAILED.bits() as u8;
+        let r = self.read8(self.common, common::DEVICE_STATUS);
+        let mut s = self.or_fault("device status read", r, failed);
+        if s != 0 && self.register_faults() > 0 {
+            s |= failed;
+        }
         DeviceStatus::from_bits_retain(u32::from(s))
     }
 
     fn set_status(&mut self, status: DeviceStatus) {
-        self.common
-            .write8(common::DEVICE_STATUS, status.bits() as u8);
+        let r = self.write8(self.common, common::DEVICE_STATUS, status.bits() as u8);
+        self.or_fault("device status write", r, ());
     }
 
     fn set_guest_page_size(&mut self, _guest_page_size: u32) {}
@@ -304,12 +527,18 @@ impl Transport for VirtioPciTransport {
         driver_area: PhysAddr,
         device_area: PhysAddr,
     ) {
-        self.select(queue);
-        self.common.write16(common::QUEUE_SIZE, size as u16);
-        self.write64(common::QUEUE_DESC, descriptors);
-        self.write64(common::QUEUE_DRIVER, driver_area);
-        self.write64(common::QUEUE_DEVICE, device_area);
-        self.common.write16(common::QUEUE_ENABLE, 1);
+        let c = self.common;
+        // Stops at the first refusal: the queue is enabled only once its
+        // size and all three addresses reached the device.
+        let r = (|| {
+            self.select(queue)?;
+            self.write16(c, common::QUEUE_SIZE, size as u16)?;
+            self.write64(common::QUEUE_DESC, descriptors)?;
+            self.write64(common::QUEUE_DRIVER, driver_area)?;
+            self.write64(common::QUEUE_DEVICE, device_area)?;
+            self.write16(c, common::QUEUE_ENABLE, 1)
+        })();
+        self.or_fault("queue setup", r, ());
     }
 
     fn queue_unset(&mut self, _queue: u16) {
@@ -317,27 +546,27 @@ impl Transport for VirtioPciTransport {
     }
 
     fn queue_used(&mut self, queue: u16) -> bool {
-        self.select(queue);
-        self.common.read16(common::QUEUE_ENABLE) == Some(1)
+        let r = self
+            .select(queue)
+            .and_then(|()| self.read16(self.common, common::QUEUE_ENABLE));
+        // A queue whose state cannot be read counts as in use, so that
+        // nobody sets it up.
+        self.or_fault("queue state read", r.map(|e| e == 1), true)
     }
 
     fn ack_interrupt(&mut self) -> InterruptStatus {
-        let isr = self.isr.read8(0).unwrap_or(0);
-        InterruptStatus::from_bits_retain(u32::from(isr))
+        let r = self.read8(self.isr, 0);
+        InterruptStatus::from_bits_retain(u32::from(self.or_fault("ISR read", r, 0)))
     }
 
     fn read_config_generation(&self) -> u32 {
-        self.common
-            .read8(common::CONFIG_GENERATION)
-            .map_or(0, u32::from)
+        let r = self.read8(self.common, common::CONFIG_GENERATION);
+        u32::from(self.or_fault("config generation read", r, u8::MAX))
     }
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, VirtioError> {
-        let regs = self
-            .device
-            .as_ref()
-            .ok_or(VirtioError::ConfigSpaceMissing)?;
-        read_sized(regs, offset)
+        let w = self.device.ok_or(VirtioError::ConfigSpaceMissing)?;
+        read_sized(self, w, offset)
     }
 
     fn write_config_space<T: IntoBytes + Immutable>(
@@ -345,154 +574,18 @@ impl Transport for VirtioPciTransport {
         offset: usize,
         value: T,
     ) -> Result<(), VirtioError> {
-        let regs = self
-            .device
-            .as_ref()
-            .ok_or(VirtioError::ConfigSpaceMissing)?;
+        let w = self.device.ok_or(VirtioError::ConfigSpaceMissing)?;
         let b = value.as_bytes();
-        let ok = match b.len() {
-            1 => regs.write8(offset, b[0]),
-            2 => regs.write16(offset, u16::from_le_bytes([b[0], b[1]])),
-            4 => regs.write32(offset, u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            _ => false,
+        if offset.checked_add(b.len()).is_none_or(|end| end > w.len) {
+            return Err(VirtioError::ConfigSpaceTooSmall);
+        }
+        let r = match b.len() {
+            1 => self.write8(w, offset, b[0]),
+            2 => self.write16(w, offset, u16::from_le_bytes([b[0], b[1]])),
+            4 => self.write32(w, offset, u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            _ => return Err(VirtioError::InvalidParam),
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(VirtioError::ConfigSpaceTooSmall)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Config space of QEMU's virtio-iommu-pci as measured (caps at 0x84 ->
-    /// 0x70 -> 0x60 -> 0x50 -> 0x40, all in BAR4).
-    struct QemuLike([u32; 64]);
-
-    impl QemuLike {
-        fn new() -> Self {
-            let mut c = [0u32; 64];
-            c[0] = 0x1057_1af4;
-            c[1] = 1 << (16 + 4);
-            c[0x34 / 4] = 0x84;
-            let mut cap = |at: usize, next: u8, len: u8, ty: u8, off: u32, extra: Option<u32>| {
-                c[at / 4] = u32::from(CAP_VENDOR)
-                    | u32::from(next) << 8
-                    | u32::from(len) << 16
-                    | u32::from(ty) << 24;
-                c[at / 4 + 1] = 4;
-                c[at / 4 + 2] = off;
-                c[at / 4 + 3] = 0x1000;
-                if let Some(m) = extra {
-                    c[at / 4 + 4] = m;
-                }
-            };
-            cap(0x84, 0x70, 20, 5, 0, None); // PCI_CFG: ignored
-            cap(0x70, 0x60, 20, CFG_NOTIFY, 0x3000, Some(4));
-            cap(0x60, 0x50, 16, CFG_DEVICE, 0x2000, None);
-            cap(0x50, 0x40, 16, CFG_ISR, 0x1000, None);
-            cap(0x40, 0x00, 16, CFG_COMMON, 0x0000, None);
-            Self(c)
-        }
-    }
-
-    impl PciConfig for QemuLike {
-        fn read32(&self, offset: u16) -> u32 {
-            self.0
-                .get(usize::from(offset / 4))
-                .copied()
-                .unwrap_or(u32::MAX)
-        }
-    }
-
-    /// A 16 KiB "BAR" of plain memory that the test reads and writes only
-    /// through the pointer it handed the transport, as a device's registers
-    /// would be: a reference to the memory would invalidate that pointer.
-    struct Bar(*mut [u8; 0x4000]);
-
-    #[repr(C, align(4096))]
-    struct BarMemory([u8; 0x4000]);
-
-    impl Bar {
-        fn new() -> Self {
-            Self(Box::into_raw(Box::new(BarMemory([0; 0x4000]))).cast())
-        }
-        fn base(&self) -> usize {
-            self.0 as usize
-        }
-        fn get(&self, at: usize, len: usize) -> Vec<u8> {
-            assert!(at + len <= 0x4000);
-            // SAFETY: inside the allocation this `Bar` owns.
-            unsafe { core::slice::from_raw_parts(self.0.cast::<u8>().add(at), len) }.to_vec()
-        }
-        fn set(&self, at: usize, bytes: &[u8]) {
-            assert!(at + bytes.len() <= 0x4000);
-            // SAFETY: as in `get`; the transport is not accessing it now.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    self.0.cast::<u8>().add(at),
-                    bytes.len(),
-                )
-            };
-        }
-    }
-
-    impl Drop for Bar {
-        fn drop(&mut self) {
-            // SAFETY: made by `Box::into_raw` in `new`, freed only here.
-            drop(unsafe { Box::from_raw(self.0.cast::<BarMemory>()) });
-        }
-    }
-
-    #[test]
-    fn finds_the_capabilities_and_splits_64_bit_fields_into_dwords() {
-        let bar = Bar::new();
-        let mut bars = [None; 6];
-        bars[4] = Some(PciBar {
-            cpu_addr: bar.base(),
-            size: 0x4000,
-        });
-        // SAFETY: the "BAR" is plain memory owned by this test, which
-        // outlives the transport.
-        let mut t = unsafe { VirtioPciTransport::new(&QemuLike::new(), &bars) }.unwrap();
-        assert_eq!(t.device_type(), DeviceType::IOMMU);
-        t.queue_set(1, 8, 0x1122_3344_5566_7788, 0xaabb_ccdd_0000_1000, 0x2000);
-        assert_eq!(bar.get(0x16, 2), 1u16.to_le_bytes());
-        assert_eq!(bar.get(0x18, 2), 8u16.to_le_bytes());
-        assert_eq!(bar.get(0x20, 8), 0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(bar.get(0x28, 8), 0xaabb_ccdd_0000_1000u64.to_le_bytes());
-        assert_eq!(bar.get(0x1c, 2), 1u16.to_le_bytes());
-        // Device config at BAR4 + 0x2000; a u64 read is two dwords.
-        bar.set(0x2000, &0xffff_ffff_ffff_f000u64.to_le_bytes());
-        bar.set(0x2024, &[1]);
-        assert_eq!(t.read_config_space::<u64>(0), Ok(0xffff_ffff_ffff_f000));
-        assert_eq!(t.read_config_space::<u8>(0x24), Ok(1));
-        t.write_config_space::<u8>(0x24, 0).unwrap();
-        assert_eq!(bar.get(0x2024, 1), [0]);
-        assert_eq!(
-            t.read_config_space::<u32>(0x1002),
-            Err(VirtioError::ConfigSpaceTooSmall)
-        );
-        // Queue 1's notify offset 1 x multiplier 4 -> BAR4 + 0x3004.
-        bar.set(0x1e, &[1]);
-        t.notify(1);
-        assert_eq!(bar.get(0x3004, 2), 1u16.to_le_bytes());
-    }
-
-    #[test]
-    fn a_capability_outside_the_bars_is_an_error() {
-        let bars = [None; 6];
-        // SAFETY: no BAR is given, so nothing is accessed.
-        let e = unsafe { VirtioPciTransport::new(&QemuLike::new(), &bars) }.unwrap_err();
-        assert!(matches!(e, PciTransportError::BadRegion(_)));
-        let mut c = QemuLike::new();
-        c.0[0] = 0x1234_1af4;
-        // SAFETY: as above.
-        let e = unsafe { VirtioPciTransport::new(&c, &bars) }.unwrap_err();
-        assert_eq!(e, PciTransportError::BadDeviceId(0x1234));
+        // Inside the structure: the register block refused the access itself.
+        r.map_err(|_| VirtioError::InvalidParam)
     }
 }

@@ -1,10 +1,13 @@
 //! The domain and the two-step API over the fake device.
 
-use super::*;
-use crate::driver::{DriverConfig, WaitBudget};
-use crate::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave, patient};
+#![cfg(feature = "fakes")]
+
+use iommu_virtio::domain::PENDING;
+use iommu_virtio::fake::{FakeConfig, FakeIommu, FakeTransport, HostHal, Misbehave, patient};
+use iommu_virtio::{DriverConfig, VirtioDomain, VirtioIommu, VirtioIommuError, WaitBudget, wire};
 use iova_core::iova_alloc::IovaAllocatorConfig;
 use iova_core::{DmaMapper, IovaAllocator, IovaRange};
+use iova_core::{Error, IommuDomain, IotlbGather, Iova, PhysAddr, Prot};
 
 const EP: u32 = 0x10;
 const G: u64 = 0x1000;
@@ -274,7 +277,7 @@ fn a_silent_device_makes_the_flush_time_out() {
     let dc = DriverConfig {
         wait: WaitBudget {
             max_polls: u64::MAX,
-            clock: Some((crate::fake::host_clock_us, 300_000)),
+            clock: Some((iommu_virtio::fake::host_clock_us, 300_000)),
         },
         ..Default::default()
     };
@@ -859,8 +862,8 @@ fn a_teardown_the_device_refuses_is_counted_and_the_next_new_of_the_id_finishes_
     assert_eq!(
         VirtioDomain::<'_, _, _, 256>::new(&io, 1).err(),
         Some(VirtioIommuError::Request {
-            request: crate::RequestKind::Unmap,
-            status: crate::Status::NoMem
+            request: iommu_virtio::RequestKind::Unmap,
+            status: iommu_virtio::Status::NoMem
         })
     );
     fake.misbehave(Misbehave::default());
@@ -877,7 +880,7 @@ fn dropping_a_domain_on_a_silent_device_returns_bounded_and_is_counted() {
     let dc = DriverConfig {
         wait: WaitBudget {
             max_polls: u64::MAX,
-            clock: Some((crate::fake::host_clock_us, 300_000)),
+            clock: Some((iommu_virtio::fake::host_clock_us, 300_000)),
         },
         ..Default::default()
     };
@@ -901,7 +904,7 @@ fn dropping_a_domain_on_a_silent_device_returns_bounded_and_is_counted() {
 
 #[test]
 fn a_domain_with_more_endpoints_than_a_teardown_batch_detaches_them_all() {
-    let n = crate::driver::TEARDOWN_BATCH as u32 + 3;
+    let n = iommu_virtio::driver::TEARDOWN_BATCH as u32 + 3;
     let (fake, t) = FakeIommu::new(FakeConfig {
         endpoints: (0..n).map(|e| (0x100 + e, vec![])).collect(),
         ..Default::default()
