@@ -2,7 +2,7 @@
 //! level-1 descriptors of a two-level stream table.
 
 use crate::features::size_code;
-use crate::lpae_large::Granule;
+use iova_core::formats::lpae::Granule;
 
 /// Size of an STE in bytes.
 pub const STE_BYTES: usize = 64;

@@ -1059,12 +1059,12 @@ fn concurrent_mappers_share_one_smmu() {
 
 #[test]
 fn stage1_with_16k_and_64k_granules() {
-    use iommu_arm_smmuv3::{Granule, LpaeS1Large};
+    use iommu_arm_smmuv3::{Granule, LpaeS1};
     for (g, tg) in [(Granule::K16, 2u64), (Granule::K64, 3)] {
         let m = mem();
         let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
         let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
-        let fmt = LpaeS1Large::new(g, 48, 44).unwrap();
+        let fmt = LpaeS1::with_granule(g, 48, 44).unwrap();
         let d = smmu.s1_domain_with(Arc::clone(&m), fmt).unwrap();
         assert_eq!(d.granule(), 1 << g.shift());
         smmu.attach_s1(SID, &d).unwrap();
@@ -1093,7 +1093,7 @@ fn stage1_with_16k_and_64k_granules() {
     id.idr[5] &= !(1 << 6);
     let fake = FakeSmmu::new(Arc::clone(&m), id);
     let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
-    let fmt = LpaeS1Large::new(Granule::K64, 48, 44).unwrap();
+    let fmt = LpaeS1::with_granule(Granule::K64, 48, 44).unwrap();
     assert!(matches!(
         smmu.s1_domain_with(Arc::clone(&m), fmt),
         Err(SmmuError::GranuleUnsupported)
@@ -1102,7 +1102,7 @@ fn stage1_with_16k_and_64k_granules() {
 
 #[test]
 fn a_64k_granule_without_ril_steps_by_granule() {
-    use iommu_arm_smmuv3::{Granule, LpaeS1Large};
+    use iommu_arm_smmuv3::{Granule, LpaeS1};
     let m = mem();
     let mut id = QEMU_10_VIRT;
     id.idr[3] &= !(1 << 10);
@@ -1111,7 +1111,7 @@ fn a_64k_granule_without_ril_steps_by_granule() {
     let d = smmu
         .s1_domain_with(
             Arc::clone(&m),
-            LpaeS1Large::new(Granule::K64, 42, 44).unwrap(),
+            LpaeS1::with_granule(Granule::K64, 42, 44).unwrap(),
         )
         .unwrap();
     smmu.attach_s1(SID, &d).unwrap();
@@ -1186,7 +1186,7 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
     // its TLB and walk caches, which the device keeps warm by touching every
     // slot) must equal the model. Any missing or too narrow invalidation shows
     // up as a slot the device still reaches.
-    use iommu_arm_smmuv3::{Granule, LpaeS1Large};
+    use iommu_arm_smmuv3::{Granule, LpaeS1};
     fn run<D: IommuDomain>(
         fake: &FakeSmmu,
         d: &D,
@@ -1285,7 +1285,7 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
         // Stage 1, 16 KiB and 64 KiB granules.
         for g in [Granule::K16, Granule::K64] {
             let d = smmu
-                .s1_domain_with(Arc::clone(&m), LpaeS1Large::new(g, 48, 44).unwrap())
+                .s1_domain_with(Arc::clone(&m), LpaeS1::with_granule(g, 48, 44).unwrap())
                 .unwrap();
             smmu.attach_s1(SID, &d).unwrap();
             run(
@@ -1359,7 +1359,7 @@ fn stage2_with_large_granules() {
 /// faults in the walker).
 #[test]
 fn the_last_granule_of_every_input_size_is_the_walkers_last() {
-    use iommu_arm_smmuv3::{Granule, LpaeS1Large, LpaeS2};
+    use iommu_arm_smmuv3::{Granule, LpaeS1, LpaeS2};
     fn check<D: IommuDomain>(fake: &FakeSmmu, m: &FakeFrames, d: &D, ia: u32, label: &str) {
         let g = d.granule();
         let top = 1u64 << ia;
@@ -1396,7 +1396,7 @@ fn the_last_granule_of_every_input_size_is_the_walkers_last() {
     }
     for g in [Granule::K16, Granule::K64] {
         for ia in pick(&[25, 36, 48]) {
-            let fmt = LpaeS1Large::new(g, ia, 44).unwrap();
+            let fmt = LpaeS1::with_granule(g, ia, 44).unwrap();
             let d = smmu.s1_domain_with(Arc::clone(&m), fmt).unwrap();
             smmu.attach_s1(SID, &d).unwrap();
             check(&fake, &m, &d, ia, &format!("s1 {g:?} {ia}"));
@@ -1532,11 +1532,8 @@ impl iova_core::PtFormat for NoAf {
     }
 }
 
-impl iommu_arm_smmuv3::S1Format for NoAf {
-    fn granule(&self) -> iommu_arm_smmuv3::Granule {
-        iommu_arm_smmuv3::Granule::K4
-    }
-}
+// Its descriptors are LPAE stage 1 with the core's MAIR indices.
+impl iommu_arm_smmuv3::S1Format for NoAf {}
 
 #[test]
 fn access_flag_faults_are_typed() {
