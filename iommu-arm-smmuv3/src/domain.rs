@@ -430,7 +430,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         domain
             .streams
             .add(sid, |s| self.ste(s).is_ok_and(|e| uses_cd(&e, cd)))?;
-        if let Err(e) = self.write_ste(sid, &Ste::s1(cd.0).with_walk_attrs(self.maintains_caches()))
+        if let Err(e) =
+            self.install_ste(sid, &Ste::s1(cd.0).with_walk_attrs(self.maintains_caches()))
         {
             if !self.ste(sid).is_ok_and(|e| uses_cd(&e, cd)) {
                 domain.streams.remove(sid);
@@ -453,7 +454,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         domain
             .streams
             .add(sid, |s| self.ste(s).is_ok_and(|e| uses_s2(&e, root)))?;
-        if let Err(e) = self.write_ste(
+        if let Err(e) = self.install_ste(
             sid,
             &Ste::s2(&s2_config(domain)).with_walk_attrs(self.maintains_caches()),
         ) {
@@ -501,7 +502,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         }
         i1.vmid.store(u32::from(i2.vmid), Ordering::Relaxed);
         i2.nested.fetch_add(1, Ordering::Relaxed);
-        self.write_ste(
+        self.install_ste(
             sid,
             &Ste::nested(cd.0, &s2_config(s2)).with_walk_attrs(self.maintains_caches()),
         )

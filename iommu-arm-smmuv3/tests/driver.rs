@@ -791,13 +791,16 @@ fn stage_1_only_stes_on_stage_1_only_hardware_and_bad_stes() {
         oa_bits: 44,
         ttb: 0x40_0000_0000,
     };
-    smmu.write_ste(SID, &Ste::s2(&s2)).unwrap();
+    // SAFETY: the fake SMMU reads only the fake frames (and faults outside
+    // them); its devices reach nothing but those frames.
+    unsafe { smmu.write_ste(SID, &Ste::s2(&s2)) }.unwrap();
     assert_eq!(
         fake.dma_read(SID, Iova(0), 1),
         Err(DmaFault::Terminated(Some(0x04)))
     );
     // A CD pointer to memory that does not exist: F_CD_FETCH.
-    smmu.write_ste(SID, &Ste::s1(0x10_0000_0000_0000)).unwrap();
+    // SAFETY: as above.
+    unsafe { smmu.write_ste(SID, &Ste::s1(0x10_0000_0000_0000)) }.unwrap();
     assert_eq!(
         fake.dma_read(SID, Iova(0), 1),
         Err(DmaFault::Terminated(Some(0x09)))
@@ -978,7 +981,10 @@ fn walk_and_fetch_aborts_are_typed() {
         // SAFETY: a page the test owns, 8-byte aligned.
         unsafe { p.add(i).write_volatile(*w) };
     }
-    smmu.write_ste(SID, &Ste::s1(cd_pa.0)).unwrap();
+    // SAFETY: the CD page outlives the SMMU; the fake SMMU reads only the
+    // fake frames (the TTB0 outside them aborts the walk), and its devices
+    // reach nothing but those frames.
+    unsafe { smmu.write_ste(SID, &Ste::s1(cd_pa.0)) }.unwrap();
     assert_eq!(
         fake.dma_write(SID, Iova(0x1000), b"x"),
         Err(DmaFault::Terminated(Some(0x0b)))
@@ -986,8 +992,9 @@ fn walk_and_fetch_aborts_are_typed() {
     // An invalid CD (V = 0): C_BAD_CD.
     // SAFETY: as above.
     unsafe { p.write_volatile(cd.0[0] & !iommu_arm_smmuv3::cd::V) };
-    smmu.write_ste(SID, &Ste::abort()).unwrap();
-    smmu.write_ste(SID, &Ste::s1(cd_pa.0)).unwrap();
+    smmu.set_abort(SID).unwrap();
+    // SAFETY: as above.
+    unsafe { smmu.write_ste(SID, &Ste::s1(cd_pa.0)) }.unwrap();
     assert_eq!(
         fake.dma_write(SID, Iova(0x1000), b"x"),
         Err(DmaFault::Terminated(Some(0x0a)))
@@ -1534,6 +1541,65 @@ impl iova_core::PtFormat for NoAf {
 
 // Its descriptors are LPAE stage 1 with the core's MAIR indices.
 impl iommu_arm_smmuv3::S1Format for NoAf {}
+
+/// LPAE stage 1 claiming a granule LPAE does not have (8 KiB).
+struct OddGranule(iova_core::formats::lpae::LpaeS1);
+
+impl iova_core::PtFormat for OddGranule {
+    fn levels(&self) -> usize {
+        self.0.levels()
+    }
+    fn granule_shift(&self) -> u32 {
+        13
+    }
+    fn index_bits(&self, d: usize) -> u32 {
+        self.0.index_bits(d)
+    }
+    fn block_allowed(&self, d: usize) -> bool {
+        self.0.block_allowed(d)
+    }
+    fn oa_bits(&self) -> u32 {
+        iova_core::PtFormat::oa_bits(&self.0)
+    }
+    fn is_present(&self, d: usize, raw: u64) -> bool {
+        self.0.is_present(d, raw)
+    }
+    fn is_table(&self, d: usize, raw: u64) -> bool {
+        self.0.is_table(d, raw)
+    }
+    fn table_pa(&self, raw: u64) -> PhysAddr {
+        self.0.table_pa(raw)
+    }
+    fn leaf_pa(&self, d: usize, raw: u64) -> PhysAddr {
+        self.0.leaf_pa(d, raw)
+    }
+    fn leaf_prot(&self, d: usize, raw: u64) -> Prot {
+        self.0.leaf_prot(d, raw)
+    }
+    fn encode_table(&self, d: usize, pa: PhysAddr) -> u64 {
+        self.0.encode_table(d, pa)
+    }
+    fn encode_leaf(&self, d: usize, pa: PhysAddr, prot: Prot) -> u64 {
+        self.0.encode_leaf(d, pa, prot)
+    }
+}
+
+impl iommu_arm_smmuv3::S1Format for OddGranule {}
+
+#[test]
+fn a_format_whose_granule_is_no_lpae_granule_is_refused() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let before = m.live();
+    let fmt = OddGranule(iova_core::formats::lpae::LpaeS1::new(48, 44).unwrap());
+    assert!(matches!(
+        smmu.s1_domain_with(Arc::clone(&m), fmt),
+        Err(SmmuError::GranuleUnsupported)
+    ));
+    // Nothing was allocated for it.
+    assert_eq!(m.live(), before);
+}
 
 #[test]
 fn access_flag_faults_are_typed() {
