@@ -152,11 +152,18 @@ struct Split {
     granule: Granule,
     levels: usize,
     root_bits: u32,
-    /// [`Granule::addr_mask`], kept so that the hot path reads it once.
+    /// [`Granule::addr_mask`], for output addresses read from leaves.
     addr_mask: u64,
 }
 
 impl Split {
+    /// The address bits of a table descriptor, 47:12 at every granule. Table
+    /// descriptors are only written by the format's `encode_table` with the
+    /// address of a table one granule long and aligned to it, so the bits
+    /// below the granule are clear; a constant mask keeps the walk, which
+    /// reads one table descriptor per level, free of a load.
+    const TABLE_MASK: u64 = ADDR_MASK;
+
     /// The fewest levels of full tables that cover `ia_bits`, the root taking
     /// the rest (`ia_bits` must exceed the granule's shift).
     const fn new(granule: Granule, ia_bits: u32) -> Self {

@@ -8,7 +8,8 @@
 //! read-write, as on every LPAE IOMMU.
 
 use super::{
-    AF, Granule, MAX_ADDR_BITS, MIN_IA_BITS, MIN_OA_BITS, SH_IS, SH_OS, Split, TABLE_OR_PAGE, VALID,
+    ADDR_MASK, AF, Granule, MAX_ADDR_BITS, MIN_IA_BITS, MIN_OA_BITS, SH_IS, SH_OS, Split,
+    TABLE_OR_PAGE, VALID,
 };
 use crate::addr::PhysAddr;
 use crate::error::Error;
@@ -163,7 +164,8 @@ impl PtFormat for LpaeS1 {
     }
     #[inline]
     fn table_pa(&self, raw: u64) -> PhysAddr {
-        PhysAddr(raw & self.split.addr_mask)
+        // See `Split::TABLE_MASK`.
+        PhysAddr(raw & Split::TABLE_MASK)
     }
     #[inline]
     fn leaf_pa(&self, _: usize, raw: u64) -> PhysAddr {
@@ -174,7 +176,7 @@ impl PtFormat for LpaeS1 {
     }
     #[inline]
     fn encode_table(&self, _: usize, pa: PhysAddr) -> u64 {
-        (pa.0 & self.split.addr_mask) | VALID | TABLE_OR_PAGE
+        (pa.0 & Split::TABLE_MASK) | VALID | TABLE_OR_PAGE
     }
     #[inline]
     fn encode_leaf(&self, depth: usize, pa: PhysAddr, prot: Prot) -> u64 {
@@ -183,7 +185,9 @@ impl PtFormat for LpaeS1 {
         } else {
             0
         };
-        (pa.0 & self.split.addr_mask) | page | leaf_attrs(prot)
+        // `pa` is aligned to the leaf's size, so the bits below the
+        // granule are clear already: the constant mask avoids a load.
+        (pa.0 & ADDR_MASK) | page | leaf_attrs(prot)
     }
     fn supports(&self, prot: Prot) -> bool {
         prot.grants_access() && !prot.contains(Prot::MMIO | Prot::CACHE)

@@ -324,19 +324,18 @@ fn descriptor_bits_of_each_stage_and_granule() {
                 }
             }
             // Tables: bits 1:0 = 0b11 and the address, nothing else.
-            let t = 0x0000_4321_0000_0000;
+            let t = 0x0000_4321_0000_0000 | g.size();
             assert_eq!(f.encode_table(0, PhysAddr(t)), t | 3);
-            // Bits below the granule are not address bits (at 64 KiB, bits
+            assert_eq!(f.table_pa(f.encode_table(0, PhysAddr(t))), PhysAddr(t));
+            // Bits 63:48 and 11:2 are not address bits.
+            assert_eq!(f.table_pa(0xffff_0000_0000_0ffc | t | 3), PhysAddr(t));
+            // Nor, in a leaf, the bits below the granule (at 64 KiB, bits
             // 15:12 hold OA[51:48] under FEAT_LPA, which is not used).
-            let below = (g.size() - 1) & !3;
-            assert_eq!(f.table_pa(t | below | 3), PhysAddr(t), "{g:?}");
-            assert_eq!(
-                f.table_pa(t | 0x1_0000 | 3),
-                PhysAddr(t | 0x1_0000),
-                "{g:?}"
-            );
-            // Bits 63:48 are not address bits either.
-            assert_eq!(f.table_pa(0xffff_0000_0000_0003 | t), PhysAddr(t));
+            let last = f.levels() - 1;
+            let raw = f.encode_leaf(last, PhysAddr(t), Prot::RW);
+            let below = (g.size() - 1) & !0xfff;
+            assert_eq!(f.leaf_pa(last, raw | below), PhysAddr(t), "{g:?}");
+            assert_eq!(f.leaf_pa(last, raw | 0xffff << 48), PhysAddr(t));
         }
     }
 }
