@@ -306,7 +306,7 @@ fn descriptor_bits_of_each_stage_and_granule() {
                 }
                 let page = if depth == last { 0x2 } else { 0 };
                 let size = 1u64 << g.level_shift(f.start_level() + depth as u32);
-                let pa = 0x0000_8000_0000_0000 | 5 * size;
+                let pa = 0x0000_8000_0000_0000 | (5 * size);
                 for &(prot, bits) in table {
                     let raw = f.encode_leaf(depth, PhysAddr(pa), prot);
                     assert_eq!(
