@@ -1,7 +1,7 @@
 //! Context descriptors (64 bytes): the stage-1 translation regime of a stream.
 
 use crate::features::size_code;
-use crate::lpae_large::Granule;
+use iova_core::formats::lpae::Granule;
 
 /// Size of a CD in bytes.
 pub const CD_BYTES: usize = 64;

@@ -20,7 +20,7 @@ use core::mem::ManuallyDrop;
 use core::ops::Deref;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use iova_core::formats::lpae::{LpaeS1, MAIR};
+use iova_core::formats::lpae::{Granule, LpaeS1, LpaeS2, MAIR};
 use iova_core::{
     Error, FrameAllocator, IommuDomain, IotlbGather, IotlbInvalidate, Iova, PageTable,
     PageTableDomain, PhysAddr, Prot,
@@ -31,33 +31,28 @@ use crate::cache::SmmuCache;
 use crate::cd::{Cd, CdConfig};
 use crate::cmd::{Command, TlbiRange};
 use crate::error::SmmuError;
-use crate::lpae_large::{Granule, LpaeS1Large};
 use crate::regs::Mmio;
-use crate::s2::LpaeS2;
 use crate::smmu::Smmu;
 use crate::ste::{self, S2Config, Ste};
 
 /// Streams one domain can be attached to at once.
 pub const MAX_STREAMS: usize = 16;
 
-/// A stage-1 page-table format the SMMU can walk: LPAE with one of the
-/// three granules.
-pub trait S1Format: iova_core::PtFormat {
-    /// The translation granule (for CD.TG0 and the TLBI granule).
-    fn granule(&self) -> Granule;
-}
+/// A stage-1 page-table format whose tables the SMMU can walk as the context
+/// descriptor describes them: VMSAv8-64 stage-1 descriptors with attribute
+/// indices into [`MAIR`], at the granule the format's
+/// [`granule_shift`](iova_core::PtFormat::granule_shift) names (CD.TG0 and
+/// the TLBI granule follow from it).
+///
+/// [`LpaeS1`] is such a format at every granule. The trait is kept, rather
+/// than accepting any [`PtFormat`](iova_core::PtFormat), because the engine's
+/// other formats (x86-64, VT-d second level) have the same shape and would
+/// type-check, and the SMMU would then walk their tables as LPAE. A wrapper
+/// around [`LpaeS1`] (one that adds software bits, or a test's that drops the
+/// access flag) implements it to say its descriptors keep that meaning.
+pub trait S1Format: iova_core::PtFormat {}
 
-impl S1Format for LpaeS1 {
-    fn granule(&self) -> Granule {
-        Granule::K4
-    }
-}
-
-impl S1Format for LpaeS1Large {
-    fn granule(&self) -> Granule {
-        LpaeS1Large::granule(self)
-    }
-}
+impl S1Format for LpaeS1 {}
 
 /// Stage-1 invalidation for one ASID, and the domain's context descriptor.
 pub struct S1Inval<'s, M: Mmio, A: FrameAllocator> {
@@ -302,8 +297,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         self.s1_domain_with(tables, fmt)
     }
 
-    /// A new stage-1 domain of format `fmt` (any granule the SMMU offers:
-    /// [`LpaeS1`], or [`LpaeS1Large`] for 16 KiB / 64 KiB).
+    /// A new stage-1 domain of format `fmt` (an [`LpaeS1`] of any granule the
+    /// SMMU offers).
     pub fn s1_domain_with<T: FrameAllocator, F: S1Format>(
         &self,
         tables: T,
@@ -313,7 +308,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         if !f.stage1 {
             return Err(SmmuError::StageUnsupported);
         }
-        let granule = fmt.granule();
+        let granule =
+            Granule::from_shift(fmt.granule_shift()).ok_or(SmmuError::GranuleUnsupported)?;
         if !granule_offered(f, granule) {
             return Err(SmmuError::GranuleUnsupported);
         }
@@ -434,7 +430,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         domain
             .streams
             .add(sid, |s| self.ste(s).is_ok_and(|e| uses_cd(&e, cd)))?;
-        if let Err(e) = self.write_ste(sid, &Ste::s1(cd.0).with_walk_attrs(self.maintains_caches()))
+        if let Err(e) =
+            self.install_ste(sid, &Ste::s1(cd.0).with_walk_attrs(self.maintains_caches()))
         {
             if !self.ste(sid).is_ok_and(|e| uses_cd(&e, cd)) {
                 domain.streams.remove(sid);
@@ -457,7 +454,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         domain
             .streams
             .add(sid, |s| self.ste(s).is_ok_and(|e| uses_s2(&e, root)))?;
-        if let Err(e) = self.write_ste(
+        if let Err(e) = self.install_ste(
             sid,
             &Ste::s2(&s2_config(domain)).with_walk_attrs(self.maintains_caches()),
         ) {
@@ -505,7 +502,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         }
         i1.vmid.store(u32::from(i2.vmid), Ordering::Relaxed);
         i2.nested.fetch_add(1, Ordering::Relaxed);
-        self.write_ste(
+        self.install_ste(
             sid,
             &Ste::nested(cd.0, &s2_config(s2)).with_walk_attrs(self.maintains_caches()),
         )

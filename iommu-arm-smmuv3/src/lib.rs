@@ -6,9 +6,9 @@
 //!   the driver cannot use;
 //! - [`ste`], [`cd`], [`cmd`], [`event`]: bit-exact stream table entries,
 //!   context descriptors, commands and event records;
-//! - [`s2`]: the LPAE stage-2 page-table format (stage 1 is
-//!   [`iova_core::formats::lpae::LpaeS1`] for 4 KiB, [`lpae_large`] for the
-//!   16 KiB and 64 KiB granules);
+//! - page-table formats: the core's Arm VMSAv8-64 formats
+//!   ([`iova_core::formats::lpae`]), [`LpaeS1`] and [`LpaeS2`] at 4, 16 or
+//!   64 KiB [`Granule`]s, re-exported here;
 //! - [`Smmu`]: bring-up in the architected order with GBPA abort, a linear or
 //!   two-level stream table (level-2 tables on first use; every stream not
 //!   attached is invalid, so it is blocked and reported), the command queue
@@ -109,10 +109,8 @@ pub mod event;
 pub mod fake;
 pub mod features;
 pub mod iort;
-pub mod lpae_large;
 pub mod queue;
 pub mod regs;
-pub mod s2;
 pub mod smmu;
 pub mod ste;
 pub mod strtab;
@@ -124,10 +122,9 @@ pub use domain::{S1Domain, S1Format, S1Inval, S2Domain, S2Inval};
 pub use error::{CommandError, SmmuError, Wait};
 pub use event::{Event, FaultKind};
 pub use features::{Features, IdRegs, Unsupported};
-pub use lpae_large::{Granule, LpaeS1Large};
+pub use iova_core::formats::lpae::{Granule, LpaeS1, LpaeS2};
 pub use queue::DrainReport;
 pub use regs::{Mmio, MmioRegion};
-pub use s2::LpaeS2;
 pub use smmu::{Config, Counters, Layout, Msi, Smmu, probe};
 pub use ste::Ste;
 pub use strtab::StreamTableFormat;

@@ -386,11 +386,6 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         &self.layout
     }
 
-    /// The register access.
-    pub fn mmio(&self) -> &M {
-        &self.mmio
-    }
-
     /// The allocator of queues, stream table and CDs.
     pub fn frames(&self) -> &A {
         &self.frames
@@ -446,16 +441,37 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
 
     /// Writes the STE of `sid` in the architected order and makes the SMMU
     /// use it. This is the low-level entry point under the attach methods:
-    /// an STE written here is not tracked by any domain, so the memory it
-    /// points at (context descriptor, stage-2 tables) must stay valid until
-    /// the stream is detached. The order: a live entry is first made invalid and invalidated
-    /// (break-before-make), then words 1-7 are written, then word 0 with V,
-    /// then CFGI_STE (Leaf = 0, which also covers a new level-1 descriptor)
-    /// and CFGI_CD_ALL, and one CMD_SYNC.
+    /// an STE written here is not tracked by any domain. The order: a live
+    /// entry is first made invalid and invalidated (break-before-make), then
+    /// words 1-7 are written, then word 0 with V, then CFGI_STE (Leaf = 0,
+    /// which also covers a new level-1 descriptor) and CFGI_CD_ALL, and one
+    /// CMD_SYNC.
     ///
     /// If the SMMU fails a command on the way, the error is returned and the
     /// entry may be left invalid (the stream denied), never half-written.
-    pub fn write_ste(&self, sid: u32, ste: &Ste) -> Result<(), SmmuError> {
+    ///
+    /// # Safety
+    ///
+    /// The SMMU reads what `ste` points at and lets the stream's device reach
+    /// what that describes. So, until the entry of `sid` has been replaced
+    /// (by this function, an attach, [`set_abort`](Self::set_abort),
+    /// [`set_bypass`](Self::set_bypass) or [`detach`](Self::detach)) and
+    /// that call has returned:
+    /// - the memory `ste` points at (the context descriptor or CD table at
+    ///   S1ContextPtr, the stage-2 tables at S2TTB, and every descriptor and
+    ///   table reachable from them) stays allocated to this use and holds
+    ///   valid descriptors;
+    /// - the translations they describe give the device access only to
+    ///   memory the caller lets it write and read.
+    pub unsafe fn write_ste(&self, sid: u32, ste: &Ste) -> Result<(), SmmuError> {
+        self.install_ste(sid, ste)
+    }
+
+    /// [`write_ste`](Self::write_ste) for entries whose targets the driver
+    /// keeps alive: its domains' (which detach their streams before freeing
+    /// anything) and the abort, bypass and invalid entries, which point at
+    /// nothing.
+    pub(crate) fn install_ste(&self, sid: u32, ste: &Ste) -> Result<(), SmmuError> {
         let mut st = self.strtab.lock();
         let st = st.as_mut().ok_or(SmmuError::NoMemory)?;
         let m = &self.mmio;
@@ -489,18 +505,18 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
 
     /// Makes `sid` abort without recording events (an attached-but-blocked stream).
     pub fn set_abort(&self, sid: u32) -> Result<(), SmmuError> {
-        self.write_ste(sid, &Ste::abort())
+        self.install_ste(sid, &Ste::abort())
     }
 
     /// Makes `sid` bypass translation.
     pub fn set_bypass(&self, sid: u32) -> Result<(), SmmuError> {
-        self.write_ste(sid, &Ste::bypass())
+        self.install_ste(sid, &Ste::bypass())
     }
 
     /// Returns `sid` to the default: invalid, so its transactions are
     /// terminated and reported (C_BAD_STE).
     pub fn detach(&self, sid: u32) -> Result<(), SmmuError> {
-        self.write_ste(sid, &Ste::invalid())
+        self.install_ste(sid, &Ste::invalid())
     }
 
     /// Allocates and writes a context descriptor (valid word last).

@@ -2,7 +2,7 @@
 //! level-1 descriptors of a two-level stream table.
 
 use crate::features::size_code;
-use crate::lpae_large::Granule;
+use iova_core::formats::lpae::Granule;
 
 /// Size of an STE in bytes.
 pub const STE_BYTES: usize = 64;
@@ -95,7 +95,10 @@ pub struct S2Config {
     pub vmid: u16,
     /// Input (IPA) size in bits; S2T0SZ = 64 - this.
     pub ia_bits: u32,
-    /// Starting level of the walk (0-3, 4 KiB granule).
+    /// Starting level of the walk (0-3, as [`LpaeS2::start_level`] says; with
+    /// 16 and 64 KiB granules at least 1).
+    ///
+    /// [`LpaeS2::start_level`]: iova_core::formats::lpae::LpaeS2::start_level
     pub start_level: u32,
     /// Output size in bits (S2PS).
     pub oa_bits: u32,

@@ -137,7 +137,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 } else if cur.is_valid() && cur.config() != crate::ste::CONFIG_ABORT {
                     Err(SmmuError::Busy(sid))
                 } else {
-                    self.write_ste(sid, &want)
+                    self.install_ste(sid, &want)
                 }
             });
             if let Err(e) = pointed {

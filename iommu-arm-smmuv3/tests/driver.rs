@@ -791,13 +791,16 @@ fn stage_1_only_stes_on_stage_1_only_hardware_and_bad_stes() {
         oa_bits: 44,
         ttb: 0x40_0000_0000,
     };
-    smmu.write_ste(SID, &Ste::s2(&s2)).unwrap();
+    // SAFETY: the fake SMMU reads only the fake frames (and faults outside
+    // them); its devices reach nothing but those frames.
+    unsafe { smmu.write_ste(SID, &Ste::s2(&s2)) }.unwrap();
     assert_eq!(
         fake.dma_read(SID, Iova(0), 1),
         Err(DmaFault::Terminated(Some(0x04)))
     );
     // A CD pointer to memory that does not exist: F_CD_FETCH.
-    smmu.write_ste(SID, &Ste::s1(0x10_0000_0000_0000)).unwrap();
+    // SAFETY: as above.
+    unsafe { smmu.write_ste(SID, &Ste::s1(0x10_0000_0000_0000)) }.unwrap();
     assert_eq!(
         fake.dma_read(SID, Iova(0), 1),
         Err(DmaFault::Terminated(Some(0x09)))
@@ -978,7 +981,10 @@ fn walk_and_fetch_aborts_are_typed() {
         // SAFETY: a page the test owns, 8-byte aligned.
         unsafe { p.add(i).write_volatile(*w) };
     }
-    smmu.write_ste(SID, &Ste::s1(cd_pa.0)).unwrap();
+    // SAFETY: the CD page outlives the SMMU; the fake SMMU reads only the
+    // fake frames (the TTB0 outside them aborts the walk), and its devices
+    // reach nothing but those frames.
+    unsafe { smmu.write_ste(SID, &Ste::s1(cd_pa.0)) }.unwrap();
     assert_eq!(
         fake.dma_write(SID, Iova(0x1000), b"x"),
         Err(DmaFault::Terminated(Some(0x0b)))
@@ -986,8 +992,9 @@ fn walk_and_fetch_aborts_are_typed() {
     // An invalid CD (V = 0): C_BAD_CD.
     // SAFETY: as above.
     unsafe { p.write_volatile(cd.0[0] & !iommu_arm_smmuv3::cd::V) };
-    smmu.write_ste(SID, &Ste::abort()).unwrap();
-    smmu.write_ste(SID, &Ste::s1(cd_pa.0)).unwrap();
+    smmu.set_abort(SID).unwrap();
+    // SAFETY: as above.
+    unsafe { smmu.write_ste(SID, &Ste::s1(cd_pa.0)) }.unwrap();
     assert_eq!(
         fake.dma_write(SID, Iova(0x1000), b"x"),
         Err(DmaFault::Terminated(Some(0x0a)))
@@ -1059,12 +1066,12 @@ fn concurrent_mappers_share_one_smmu() {
 
 #[test]
 fn stage1_with_16k_and_64k_granules() {
-    use iommu_arm_smmuv3::{Granule, LpaeS1Large};
+    use iommu_arm_smmuv3::{Granule, LpaeS1};
     for (g, tg) in [(Granule::K16, 2u64), (Granule::K64, 3)] {
         let m = mem();
         let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
         let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
-        let fmt = LpaeS1Large::new(g, 48, 44).unwrap();
+        let fmt = LpaeS1::with_granule(g, 48, 44).unwrap();
         let d = smmu.s1_domain_with(Arc::clone(&m), fmt).unwrap();
         assert_eq!(d.granule(), 1 << g.shift());
         smmu.attach_s1(SID, &d).unwrap();
@@ -1093,7 +1100,7 @@ fn stage1_with_16k_and_64k_granules() {
     id.idr[5] &= !(1 << 6);
     let fake = FakeSmmu::new(Arc::clone(&m), id);
     let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
-    let fmt = LpaeS1Large::new(Granule::K64, 48, 44).unwrap();
+    let fmt = LpaeS1::with_granule(Granule::K64, 48, 44).unwrap();
     assert!(matches!(
         smmu.s1_domain_with(Arc::clone(&m), fmt),
         Err(SmmuError::GranuleUnsupported)
@@ -1102,7 +1109,7 @@ fn stage1_with_16k_and_64k_granules() {
 
 #[test]
 fn a_64k_granule_without_ril_steps_by_granule() {
-    use iommu_arm_smmuv3::{Granule, LpaeS1Large};
+    use iommu_arm_smmuv3::{Granule, LpaeS1};
     let m = mem();
     let mut id = QEMU_10_VIRT;
     id.idr[3] &= !(1 << 10);
@@ -1111,7 +1118,7 @@ fn a_64k_granule_without_ril_steps_by_granule() {
     let d = smmu
         .s1_domain_with(
             Arc::clone(&m),
-            LpaeS1Large::new(Granule::K64, 42, 44).unwrap(),
+            LpaeS1::with_granule(Granule::K64, 42, 44).unwrap(),
         )
         .unwrap();
     smmu.attach_s1(SID, &d).unwrap();
@@ -1186,7 +1193,7 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
     // its TLB and walk caches, which the device keeps warm by touching every
     // slot) must equal the model. Any missing or too narrow invalidation shows
     // up as a slot the device still reaches.
-    use iommu_arm_smmuv3::{Granule, LpaeS1Large};
+    use iommu_arm_smmuv3::{Granule, LpaeS1};
     fn run<D: IommuDomain>(
         fake: &FakeSmmu,
         d: &D,
@@ -1285,7 +1292,7 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
         // Stage 1, 16 KiB and 64 KiB granules.
         for g in [Granule::K16, Granule::K64] {
             let d = smmu
-                .s1_domain_with(Arc::clone(&m), LpaeS1Large::new(g, 48, 44).unwrap())
+                .s1_domain_with(Arc::clone(&m), LpaeS1::with_granule(g, 48, 44).unwrap())
                 .unwrap();
             smmu.attach_s1(SID, &d).unwrap();
             run(
@@ -1359,7 +1366,7 @@ fn stage2_with_large_granules() {
 /// faults in the walker).
 #[test]
 fn the_last_granule_of_every_input_size_is_the_walkers_last() {
-    use iommu_arm_smmuv3::{Granule, LpaeS1Large, LpaeS2};
+    use iommu_arm_smmuv3::{Granule, LpaeS1, LpaeS2};
     fn check<D: IommuDomain>(fake: &FakeSmmu, m: &FakeFrames, d: &D, ia: u32, label: &str) {
         let g = d.granule();
         let top = 1u64 << ia;
@@ -1396,7 +1403,7 @@ fn the_last_granule_of_every_input_size_is_the_walkers_last() {
     }
     for g in [Granule::K16, Granule::K64] {
         for ia in pick(&[25, 36, 48]) {
-            let fmt = LpaeS1Large::new(g, ia, 44).unwrap();
+            let fmt = LpaeS1::with_granule(g, ia, 44).unwrap();
             let d = smmu.s1_domain_with(Arc::clone(&m), fmt).unwrap();
             smmu.attach_s1(SID, &d).unwrap();
             check(&fake, &m, &d, ia, &format!("s1 {g:?} {ia}"));
@@ -1532,10 +1539,66 @@ impl iova_core::PtFormat for NoAf {
     }
 }
 
-impl iommu_arm_smmuv3::S1Format for NoAf {
-    fn granule(&self) -> iommu_arm_smmuv3::Granule {
-        iommu_arm_smmuv3::Granule::K4
+// Its descriptors are LPAE stage 1 with the core's MAIR indices.
+impl iommu_arm_smmuv3::S1Format for NoAf {}
+
+/// LPAE stage 1 claiming a granule LPAE does not have (8 KiB).
+struct OddGranule(iova_core::formats::lpae::LpaeS1);
+
+impl iova_core::PtFormat for OddGranule {
+    fn levels(&self) -> usize {
+        self.0.levels()
     }
+    fn granule_shift(&self) -> u32 {
+        13
+    }
+    fn index_bits(&self, d: usize) -> u32 {
+        self.0.index_bits(d)
+    }
+    fn block_allowed(&self, d: usize) -> bool {
+        self.0.block_allowed(d)
+    }
+    fn oa_bits(&self) -> u32 {
+        iova_core::PtFormat::oa_bits(&self.0)
+    }
+    fn is_present(&self, d: usize, raw: u64) -> bool {
+        self.0.is_present(d, raw)
+    }
+    fn is_table(&self, d: usize, raw: u64) -> bool {
+        self.0.is_table(d, raw)
+    }
+    fn table_pa(&self, raw: u64) -> PhysAddr {
+        self.0.table_pa(raw)
+    }
+    fn leaf_pa(&self, d: usize, raw: u64) -> PhysAddr {
+        self.0.leaf_pa(d, raw)
+    }
+    fn leaf_prot(&self, d: usize, raw: u64) -> Prot {
+        self.0.leaf_prot(d, raw)
+    }
+    fn encode_table(&self, d: usize, pa: PhysAddr) -> u64 {
+        self.0.encode_table(d, pa)
+    }
+    fn encode_leaf(&self, d: usize, pa: PhysAddr, prot: Prot) -> u64 {
+        self.0.encode_leaf(d, pa, prot)
+    }
+}
+
+impl iommu_arm_smmuv3::S1Format for OddGranule {}
+
+#[test]
+fn a_format_whose_granule_is_no_lpae_granule_is_refused() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
+    let before = m.live();
+    let fmt = OddGranule(iova_core::formats::lpae::LpaeS1::new(48, 44).unwrap());
+    assert!(matches!(
+        smmu.s1_domain_with(Arc::clone(&m), fmt),
+        Err(SmmuError::GranuleUnsupported)
+    ));
+    // Nothing was allocated for it.
+    assert_eq!(m.live(), before);
 }
 
 #[test]

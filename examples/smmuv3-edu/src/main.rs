@@ -50,8 +50,7 @@ use core::fmt;
 
 use iommu_arm_smmuv3::event::Stage;
 use iommu_arm_smmuv3::{
-    Config, DrainReport, Event, FaultKind, Granule, LpaeS1Large, LpaeS2, MmioRegion, Smmu,
-    SmmuError,
+    Config, DrainReport, Event, FaultKind, Granule, LpaeS1, LpaeS2, MmioRegion, Smmu, SmmuError,
 };
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::{
@@ -1039,7 +1038,7 @@ fn granule(
     g: Granule,
 ) -> Result<(), Error> {
     let gsz = 1u64 << g.shift();
-    let d = smmu.s1_domain_with(pool, LpaeS1Large::new(g, 48, 44)?)?;
+    let d = smmu.s1_domain_with(pool, LpaeS1::with_granule(g, 48, 44)?)?;
     smmu.attach_s1(dev.sid, &d)?;
     let per = (gsz / PAGE) as usize;
     let mut src = frames.alloc_aligned(per, gsz as usize)?;

@@ -1,42 +1,33 @@
-//! Arm VMSAv8-64 (LPAE) stage-1 descriptors, 4 KiB granule.
+//! Stage-1 descriptors and the stage-1 format.
 //!
-//! Leaves always have AF set (QEMU 9.0+ and real SMMUs fault on AF=0 unless
-//! the context descriptor disables access-flag faults) and nG set (the
-//! translations belong to one ASID). Memory attributes select an index of the
-//! MAIR value [`MAIR`] that the backend must program: normal non-cacheable,
-//! normal write-back cacheable (with [`Prot::CACHE`]), or Device-nGnRE (with
-//! [`Prot::MMIO`]). Stage 1 cannot express write-only: [`Prot::WRITE`] without
-//! [`Prot::READ`] maps read-write, as on every LPAE IOMMU.
+//! Leaves always have AF and nG set (the translations belong to one ASID).
+//! Memory attributes select an index of the MAIR value [`MAIR`] that the
+//! backend must program: normal non-cacheable, normal write-back cacheable
+//! (with [`Prot::CACHE`]), or Device-nGnRE (with [`Prot::MMIO`]). Stage 1
+//! cannot express write-only: [`Prot::WRITE`] without [`Prot::READ`] maps
+//! read-write, as on every LPAE IOMMU.
 
+use super::{
+    ADDR_MASK, AF, Granule, MAX_ADDR_BITS, MIN_IA_BITS, MIN_OA_BITS, SH_IS, SH_OS, Split,
+    TABLE_OR_PAGE, VALID,
+};
 use crate::addr::PhysAddr;
 use crate::error::Error;
 use crate::prot::Prot;
 use crate::pt::PtFormat;
 
-/// Descriptor is valid.
-pub const VALID: u64 = 1 << 0;
-/// At levels 0-2: a table (not a block). At level 3: must be set (page).
-pub const TABLE_OR_PAGE: u64 = 1 << 1;
 /// Attribute index field, bits 4:2.
 pub const ATTR_INDX_SHIFT: u32 = 2;
 /// AP\[1\]: unprivileged (EL0) access allowed.
 pub const AP_UNPRIV: u64 = 1 << 6;
 /// AP\[2\]: read-only.
 pub const AP_RDONLY: u64 = 1 << 7;
-/// Shareability: inner shareable.
-pub const SH_IS: u64 = 3 << 8;
-/// Shareability: outer shareable.
-pub const SH_OS: u64 = 2 << 8;
-/// Access flag.
-pub const AF: u64 = 1 << 10;
 /// Not global: the translation belongs to the current ASID.
 pub const NG: u64 = 1 << 11;
 /// Privileged execute-never.
 pub const PXN: u64 = 1 << 53;
 /// (Unprivileged) execute-never.
 pub const UXN: u64 = 1 << 54;
-/// Output address bits 47:12.
-pub const ADDR_MASK: u64 = 0x0000_FFFF_FFFF_F000;
 
 /// MAIR index of normal non-cacheable memory.
 pub const ATTR_IDX_NC: u64 = 0;
@@ -50,8 +41,7 @@ pub const MAIR: u64 = 0x44 | 0xff << 8 | 0x04 << 16;
 
 /// The bits of a stage-1 leaf that `prot` decides (valid, AF, nG, AP, XN,
 /// attribute index, shareability): all but the output address and the
-/// page-or-block bit, which depend on the granule and level. Formats of other
-/// granules share it, so the attribute encoding exists once.
+/// page-or-block bit, which depend on the granule and level.
 #[inline]
 pub fn leaf_attrs(prot: Prot) -> u64 {
     let mut raw = VALID | AF | NG;
@@ -95,58 +85,67 @@ pub fn leaf_prot(raw: u64) -> Prot {
     p
 }
 
-/// LPAE stage 1 with a 4 KiB granule: 2 MiB and 1 GiB blocks, up to 48-bit
-/// input and output addresses.
+/// LPAE stage 1 (one translation table base, TTBR0 / CD.TTB0) with a 4, 16
+/// or 64 KiB granule, up to 48-bit input and output addresses. Blocks as
+/// [`Granule::has_blocks_at`] says: 1 GiB and 2 MiB with 4 KiB, 32 MiB with
+/// 16 KiB, 512 MiB with 64 KiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LpaeS1 {
-    levels: usize,
-    root_bits: u32,
+    split: Split,
     oa_bits: u32,
 }
 
 impl LpaeS1 {
-    /// A format for `ia_bits` of input (25..=48, i.e. T0SZ 16..=39) and
-    /// `oa_bits` of output address (32..=48).
+    /// A 4 KiB-granule format for `ia_bits` of input (25..=48, i.e. T0SZ
+    /// 16..=39) and `oa_bits` of output address (32..=48).
     pub fn new(ia_bits: u32, oa_bits: u32) -> Result<Self, Error> {
-        if !(25..=48).contains(&ia_bits) || !(32..=48).contains(&oa_bits) {
+        Self::with_granule(Granule::K4, ia_bits, oa_bits)
+    }
+
+    /// As [`new`](Self::new), with a 4, 16 or 64 KiB granule.
+    pub fn with_granule(granule: Granule, ia_bits: u32, oa_bits: u32) -> Result<Self, Error> {
+        if !(MIN_IA_BITS..=MAX_ADDR_BITS).contains(&ia_bits)
+            || !(MIN_OA_BITS..=MAX_ADDR_BITS).contains(&oa_bits)
+        {
             return Err(Error::OutOfRange);
         }
-        let (levels, root_bits) = super::split_levels(ia_bits, 12, 9);
         Ok(Self {
-            levels,
-            root_bits,
+            split: Split::new(granule, ia_bits),
             oa_bits,
         })
     }
 
-    /// The common case: 48-bit input and output, four levels.
-    pub fn va48() -> Self {
+    /// The common case: 4 KiB granule, 48-bit input and output, four levels.
+    pub const fn va48() -> Self {
         Self {
-            levels: 4,
-            root_bits: 9,
+            split: Split::new(Granule::K4, 48),
             oa_bits: 48,
         }
     }
 
-    /// The architectural level (0-3) of a depth.
-    fn arch_level(&self, depth: usize) -> usize {
-        4 - self.levels + depth
+    /// The granule (for TCR / CD.TG0 and the TLBI granule).
+    pub const fn granule(&self) -> Granule {
+        self.split.granule
+    }
+
+    /// The architectural level (0-3) the walk starts at.
+    pub const fn start_level(&self) -> u32 {
+        self.split.start_level()
     }
 }
 
 impl PtFormat for LpaeS1 {
     fn levels(&self) -> usize {
-        self.levels
+        self.split.levels
     }
     fn granule_shift(&self) -> u32 {
-        12
+        self.split.granule.shift()
     }
     fn index_bits(&self, depth: usize) -> u32 {
-        if depth == 0 { self.root_bits } else { 9 }
+        self.split.index_bits(depth)
     }
     fn block_allowed(&self, depth: usize) -> bool {
-        // 4 KiB granule: blocks at levels 1 (1 GiB) and 2 (2 MiB) only.
-        matches!(self.arch_level(depth), 1 | 2)
+        self.split.block_allowed(depth)
     }
     fn oa_bits(&self) -> u32 {
         self.oa_bits
@@ -157,7 +156,7 @@ impl PtFormat for LpaeS1 {
     }
     #[inline]
     fn is_table(&self, depth: usize, raw: u64) -> bool {
-        self.is_next_table(depth, raw) && depth + 1 < self.levels
+        self.is_next_table(depth, raw) && !self.split.is_last(depth)
     }
     #[inline]
     fn is_next_table(&self, _: usize, raw: u64) -> bool {
@@ -165,26 +164,29 @@ impl PtFormat for LpaeS1 {
     }
     #[inline]
     fn table_pa(&self, raw: u64) -> PhysAddr {
-        PhysAddr(raw & ADDR_MASK)
+        // See `Split::TABLE_MASK`.
+        PhysAddr(raw & Split::TABLE_MASK)
     }
     #[inline]
     fn leaf_pa(&self, _: usize, raw: u64) -> PhysAddr {
-        PhysAddr(raw & ADDR_MASK)
+        PhysAddr(raw & self.split.addr_mask)
     }
     fn leaf_prot(&self, _: usize, raw: u64) -> Prot {
         leaf_prot(raw)
     }
     #[inline]
     fn encode_table(&self, _: usize, pa: PhysAddr) -> u64 {
-        (pa.0 & ADDR_MASK) | VALID | TABLE_OR_PAGE
+        (pa.0 & Split::TABLE_MASK) | VALID | TABLE_OR_PAGE
     }
     #[inline]
     fn encode_leaf(&self, depth: usize, pa: PhysAddr, prot: Prot) -> u64 {
-        let page = if depth + 1 == self.levels {
+        let page = if self.split.is_last(depth) {
             TABLE_OR_PAGE
         } else {
             0
         };
+        // `pa` is aligned to the leaf's size, so the bits below the
+        // granule are clear already: the constant mask avoids a load.
         (pa.0 & ADDR_MASK) | page | leaf_attrs(prot)
     }
     fn supports(&self, prot: Prot) -> bool {
@@ -196,6 +198,76 @@ impl PtFormat for LpaeS1 {
 mod tests {
     use super::*;
     use crate::pt::Entry;
+
+    #[test]
+    fn geometry_of_the_large_granules() {
+        let f = LpaeS1::with_granule(Granule::K16, 48, 48).unwrap();
+        assert_eq!((f.levels(), f.index_bits(0), f.index_bits(1)), (4, 1, 11));
+        assert!(!f.block_allowed(1) && f.block_allowed(2) && !f.block_allowed(3));
+        let f = LpaeS1::with_granule(Granule::K64, 48, 48).unwrap();
+        assert_eq!((f.levels(), f.index_bits(0), f.index_bits(1)), (3, 6, 13));
+        assert!(!f.block_allowed(0) && f.block_allowed(1) && !f.block_allowed(2));
+        let f = LpaeS1::with_granule(Granule::K64, 42, 44).unwrap();
+        assert_eq!((f.levels(), f.index_bits(0)), (2, 13));
+        assert!(f.block_allowed(0));
+        let f = LpaeS1::with_granule(Granule::K16, 36, 44).unwrap();
+        assert_eq!((f.levels(), f.index_bits(0)), (2, 11));
+        // The 4 KiB granule is the same format as `new` makes.
+        assert_eq!(
+            LpaeS1::with_granule(Granule::K4, 48, 48),
+            Ok(LpaeS1::va48())
+        );
+        assert_eq!(LpaeS1::new(48, 48), Ok(LpaeS1::va48()));
+        assert_eq!(
+            LpaeS1::with_granule(Granule::K16, 49, 48),
+            Err(Error::OutOfRange)
+        );
+        for g in [Granule::K16, Granule::K64] {
+            for ia in 25..=48 {
+                let f = LpaeS1::with_granule(g, ia, 48).unwrap();
+                let bits: u32 = (0..f.levels()).map(|d| f.index_bits(d)).sum();
+                assert_eq!(bits + g.shift(), ia);
+                assert_eq!(f.granule(), g);
+            }
+        }
+    }
+
+    #[test]
+    fn large_granules_have_the_same_attributes_as_4k() {
+        let k4 = LpaeS1::va48();
+        let f = LpaeS1::with_granule(Granule::K64, 48, 48).unwrap();
+        for prot in [
+            Prot::RW,
+            Prot::READ,
+            Prot::RW | Prot::CACHE,
+            Prot::READ | Prot::MMIO | Prot::NOEXEC,
+        ] {
+            // Page descriptors: identical bits at the last level.
+            assert_eq!(
+                f.encode_leaf(2, PhysAddr(0x1234_0000), prot),
+                k4.encode_leaf(3, PhysAddr(0x1234_0000), prot)
+            );
+            let raw = f.encode_leaf(1, PhysAddr(0x2000_0000), prot);
+            assert_eq!(
+                f.decode(1, raw),
+                Entry::Leaf {
+                    pa: PhysAddr(0x2000_0000),
+                    prot
+                }
+            );
+        }
+        // A 64K page at 0x1_0000: 0x1_0000 | VALID | PAGE | AP_UNPRIV | SH_OS | AF | nG.
+        assert_eq!(
+            f.encode_leaf(2, PhysAddr(0x1_0000), Prot::RW),
+            0x1_0000 | 0xe43
+        );
+        assert_eq!(
+            f.decode(0, f.encode_table(0, PhysAddr(0x4_0000))),
+            Entry::Table(PhysAddr(0x4_0000))
+        );
+        assert_eq!(f.decode(1, 0), Entry::Invalid);
+        assert_eq!(f.decode(1, 0x1_0000), Entry::Invalid);
+    }
 
     #[test]
     fn geometry_follows_t0sz() {

@@ -1,22 +1,20 @@
-//! Arm VMSAv8-64 stage-2 descriptors (4, 16 or 64 KiB granule) for the
-//! core's engine.
+//! Stage-2 descriptors and the stage-2 format.
 //!
-//! Stage 2 differs from stage 1 ([`iova_core::formats::lpae`]) in its leaf
-//! attributes: S2AP has separate read and write bits (so write-only is
-//! expressible), MemAttr encodes the memory type directly (no MAIR), and the
-//! root may be up to 16 concatenated tables, which this format uses to save a
-//! level where the architecture allows it (as the start level in the STE's
-//! S2SL0). Stage 2 has no privilege distinction: [`Prot::PRIV`] is ignored.
-//! Leaves always have AF set.
+//! Stage 2 differs from stage 1 ([`super::s1`]) in its leaf attributes:
+//! S2AP has separate read and write bits (so write-only is expressible),
+//! MemAttr encodes the memory type directly (no MAIR), and the root may be up
+//! to 16 concatenated tables, which this format uses to save a level where
+//! the architecture allows it (the start level goes into VTCR_EL2.SL0 or an
+//! SMMU STE's S2SL0). Stage 2 has no privilege distinction: [`Prot::PRIV`] is
+//! ignored. Leaves always have AF set.
 
-use iova_core::{Error, PhysAddr, Prot, PtFormat};
+pub use super::{ADDR_MASK, AF, SH_IS, SH_OS, TABLE_OR_PAGE, VALID};
+use super::{Granule, MAX_ADDR_BITS, MIN_IA_BITS, MIN_OA_BITS, Split};
+use crate::addr::PhysAddr;
+use crate::error::Error;
+use crate::prot::Prot;
+use crate::pt::PtFormat;
 
-use crate::lpae_large::Granule;
-
-/// Descriptor is valid.
-pub const VALID: u64 = 1 << 0;
-/// At levels 0-2: a table. At level 3: must be set (page).
-pub const TABLE_OR_PAGE: u64 = 1 << 1;
 /// MemAttr, bits 5:2.
 pub const MEMATTR_SHIFT: u32 = 2;
 /// MemAttr: normal, inner and outer write-back cacheable.
@@ -29,118 +27,153 @@ pub const MEMATTR_DEV: u64 = 0b0001;
 pub const S2AP_R: u64 = 1 << 6;
 /// S2AP bit 1: writes allowed.
 pub const S2AP_W: u64 = 1 << 7;
-/// Shareability: inner shareable.
-pub const SH_IS: u64 = 3 << 8;
-/// Shareability: outer shareable.
-pub const SH_OS: u64 = 2 << 8;
-/// Access flag.
-pub const AF: u64 = 1 << 10;
 /// Execute-never (bit 1 of XN).
 pub const XN: u64 = 1 << 54;
-/// Output address bits 47:12.
-pub const ADDR_MASK: u64 = 0x0000_FFFF_FFFF_F000;
+
+/// Most root tables a stage-2 walk may start with (concatenated).
+pub const MAX_CONCATENATED: u32 = 16;
+
+/// The bits of a stage-2 leaf that `prot` decides (valid, AF, S2AP, XN,
+/// MemAttr, shareability): all but the output address and the page-or-block
+/// bit.
+#[inline]
+pub fn leaf_attrs(prot: Prot) -> u64 {
+    let mut raw = VALID | AF;
+    if prot.contains(Prot::READ) {
+        raw |= S2AP_R;
+    }
+    if prot.contains(Prot::WRITE) {
+        raw |= S2AP_W;
+    }
+    if prot.contains(Prot::NOEXEC) {
+        raw |= XN;
+    }
+    let (attr, sh) = if prot.contains(Prot::MMIO) {
+        (MEMATTR_DEV, SH_OS)
+    } else if prot.contains(Prot::CACHE) {
+        (MEMATTR_WB, SH_IS)
+    } else {
+        (MEMATTR_NC, SH_OS)
+    };
+    raw | attr << MEMATTR_SHIFT | sh
+}
+
+/// The permissions a stage-2 leaf's attribute bits grant: the inverse of
+/// [`leaf_attrs`].
+pub fn leaf_prot(raw: u64) -> Prot {
+    let mut p = Prot::empty();
+    if raw & S2AP_R != 0 {
+        p |= Prot::READ;
+    }
+    if raw & S2AP_W != 0 {
+        p |= Prot::WRITE;
+    }
+    if raw & XN != 0 {
+        p |= Prot::NOEXEC;
+    }
+    match (raw >> MEMATTR_SHIFT) & 0xf {
+        MEMATTR_WB => p |= Prot::CACHE,
+        MEMATTR_DEV => p |= Prot::MMIO,
+        _ => {}
+    }
+    p
+}
 
 /// LPAE stage 2: 4 KiB granule with 2 MiB and 1 GiB blocks, or 16 KiB /
-/// 64 KiB granules with 32 MiB / 512 MiB blocks.
+/// 64 KiB granules with 32 MiB / 512 MiB blocks; up to 48-bit IPA and
+/// output addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LpaeS2 {
-    shift: u32,
-    levels: usize,
-    root_bits: u32,
+    split: Split,
     ia_bits: u32,
     oa_bits: u32,
 }
 
 impl LpaeS2 {
-    /// A format for `ia_bits` of IPA (25..=48, at most `oa_bits`: the
-    /// architecture requires S2T0SZ >= 64 - PS) and `oa_bits` of output
-    /// (32..=48).
+    /// A 4 KiB-granule format for `ia_bits` of IPA (25..=48, at most
+    /// `oa_bits`: the architecture requires T0SZ >= 64 - PS) and `oa_bits`
+    /// of output (32..=48).
     pub fn new(ia_bits: u32, oa_bits: u32) -> Result<Self, Error> {
         Self::with_granule(Granule::K4, ia_bits, oa_bits)
     }
 
     /// As [`new`](Self::new), with a 4, 16 or 64 KiB granule.
     pub fn with_granule(granule: Granule, ia_bits: u32, oa_bits: u32) -> Result<Self, Error> {
-        if !(32..=48).contains(&oa_bits) || !(25..=48).contains(&ia_bits) || ia_bits > oa_bits {
+        if !(MIN_OA_BITS..=MAX_ADDR_BITS).contains(&oa_bits)
+            || !(MIN_IA_BITS..=MAX_ADDR_BITS).contains(&ia_bits)
+            || ia_bits > oa_bits
+        {
             return Err(Error::OutOfRange);
         }
-        let shift = granule.shift();
-        let stride = shift - 3;
-        let above = ia_bits - shift;
-        let mut levels = above.div_ceil(stride);
-        let mut root_bits = above - stride * (levels - 1);
-        // S2SL0 encodes start levels 0-2 with a 4 KiB granule and 1-3 with
-        // the others (QEMU, like SMMUs without FEAT_TTST, has no more).
-        let (lowest, highest) = if shift == 12 { (0, 2) } else { (1, 3) };
-        let start = |levels: u32| 4 - levels;
+        let mut split = Split::new(granule, ia_bits);
+        let stride = granule.bits_per_level();
+        // SL0 encodes start levels 0-2 with a 4 KiB granule and 1-3 with the
+        // others (without FEAT_TTST, as on QEMU's SMMU, there are no more).
+        let (lowest, highest) = match granule {
+            Granule::K4 => (0, 2),
+            Granule::K16 | Granule::K64 => (1, 3),
+        };
+        let start = |levels: usize| 4 - levels as u32;
         // Up to 16 concatenated root tables replace a level of up to 4 bits.
         // Required when the start level would not be encodable; otherwise
         // done when the root stays within 64 KiB (saving a level of walk for
         // at most 16 small tables: always the case with 4 KiB).
-        let required = start(levels) < lowest;
-        let small = 8u64 << (root_bits + stride) <= 0x1_0000;
-        if root_bits <= 4 && levels > 1 && start(levels - 1) <= highest && (required || small) {
-            levels -= 1;
-            root_bits += stride;
+        let required = start(split.levels) < lowest;
+        let small = 8u64 << (split.root_bits + stride) <= 0x1_0000;
+        if split.root_bits <= MAX_CONCATENATED.ilog2()
+            && split.levels > 1
+            && start(split.levels - 1) <= highest
+            && (required || small)
+        {
+            split.levels -= 1;
+            split.root_bits += stride;
         }
-        if start(levels) < lowest {
+        if start(split.levels) < lowest {
             return Err(Error::OutOfRange);
         }
         Ok(Self {
-            shift,
-            levels: levels as usize,
-            root_bits,
+            split,
             ia_bits,
             oa_bits,
         })
     }
 
     /// The granule.
-    pub fn granule(&self) -> Granule {
-        Granule::from_shift(self.shift).unwrap_or(Granule::K4)
+    pub const fn granule(&self) -> Granule {
+        self.split.granule
     }
 
-    /// The architectural level (0-3) the walk starts at (for S2SL0).
-    pub fn start_level(&self) -> u32 {
-        4 - self.levels as u32
+    /// The architectural level (0-3) the walk starts at (for SL0).
+    pub const fn start_level(&self) -> u32 {
+        self.split.start_level()
     }
 
-    /// The input size in bits (for S2T0SZ).
-    pub fn ia_bits(&self) -> u32 {
+    /// The input size in bits (for T0SZ).
+    pub const fn ia_bits(&self) -> u32 {
         self.ia_bits
     }
 
     /// How many tables are concatenated at the root.
-    pub fn concatenated(&self) -> u32 {
-        1 << self.root_bits.saturating_sub(self.shift - 3)
-    }
-
-    fn arch_level(&self, depth: usize) -> usize {
-        4 - self.levels + depth
+    pub const fn concatenated(&self) -> u32 {
+        1 << self
+            .split
+            .root_bits
+            .saturating_sub(self.split.granule.bits_per_level())
     }
 }
 
 impl PtFormat for LpaeS2 {
     fn levels(&self) -> usize {
-        self.levels
+        self.split.levels
     }
     fn granule_shift(&self) -> u32 {
-        self.shift
+        self.split.granule.shift()
     }
     fn index_bits(&self, depth: usize) -> u32 {
-        if depth == 0 {
-            self.root_bits
-        } else {
-            self.shift - 3
-        }
+        self.split.index_bits(depth)
     }
     fn block_allowed(&self, depth: usize) -> bool {
-        // Level-1 blocks of the 16/64 KiB granules need 52-bit addresses.
-        match self.arch_level(depth) {
-            2 => true,
-            1 => self.shift == 12,
-            _ => false,
-        }
+        self.split.block_allowed(depth)
     }
     fn oa_bits(&self) -> u32 {
         self.oa_bits
@@ -151,61 +184,38 @@ impl PtFormat for LpaeS2 {
     }
     #[inline]
     fn is_table(&self, depth: usize, raw: u64) -> bool {
-        raw & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE && depth + 1 < self.levels
+        self.is_next_table(depth, raw) && !self.split.is_last(depth)
+    }
+    #[inline]
+    fn is_next_table(&self, _: usize, raw: u64) -> bool {
+        raw & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE
     }
     #[inline]
     fn table_pa(&self, raw: u64) -> PhysAddr {
-        PhysAddr(raw & ADDR_MASK & !((1 << self.shift) - 1))
+        // See `Split::TABLE_MASK`.
+        PhysAddr(raw & Split::TABLE_MASK)
     }
     #[inline]
     fn leaf_pa(&self, _: usize, raw: u64) -> PhysAddr {
-        PhysAddr(raw & ADDR_MASK & !((1 << self.shift) - 1))
+        PhysAddr(raw & self.split.addr_mask)
     }
     fn leaf_prot(&self, _: usize, raw: u64) -> Prot {
-        let mut p = Prot::empty();
-        if raw & S2AP_R != 0 {
-            p |= Prot::READ;
-        }
-        if raw & S2AP_W != 0 {
-            p |= Prot::WRITE;
-        }
-        if raw & XN != 0 {
-            p |= Prot::NOEXEC;
-        }
-        match (raw >> MEMATTR_SHIFT) & 0xf {
-            MEMATTR_WB => p |= Prot::CACHE,
-            MEMATTR_DEV => p |= Prot::MMIO,
-            _ => {}
-        }
-        p
+        leaf_prot(raw)
     }
     #[inline]
     fn encode_table(&self, _: usize, pa: PhysAddr) -> u64 {
-        (pa.0 & ADDR_MASK) | VALID | TABLE_OR_PAGE
+        (pa.0 & Split::TABLE_MASK) | VALID | TABLE_OR_PAGE
     }
     #[inline]
     fn encode_leaf(&self, depth: usize, pa: PhysAddr, prot: Prot) -> u64 {
-        let mut raw = (pa.0 & ADDR_MASK) | VALID | AF;
-        if depth + 1 == self.levels {
-            raw |= TABLE_OR_PAGE;
-        }
-        if prot.contains(Prot::READ) {
-            raw |= S2AP_R;
-        }
-        if prot.contains(Prot::WRITE) {
-            raw |= S2AP_W;
-        }
-        if prot.contains(Prot::NOEXEC) {
-            raw |= XN;
-        }
-        let (attr, sh) = if prot.contains(Prot::MMIO) {
-            (MEMATTR_DEV, SH_OS)
-        } else if prot.contains(Prot::CACHE) {
-            (MEMATTR_WB, SH_IS)
+        let page = if self.split.is_last(depth) {
+            TABLE_OR_PAGE
         } else {
-            (MEMATTR_NC, SH_OS)
+            0
         };
-        raw | attr << MEMATTR_SHIFT | sh
+        // `pa` is aligned to the leaf's size, so the bits below the
+        // granule are clear already: the constant mask avoids a load.
+        (pa.0 & ADDR_MASK) | page | leaf_attrs(prot)
     }
     fn supports(&self, prot: Prot) -> bool {
         prot.grants_access() && !prot.contains(Prot::MMIO | Prot::CACHE)
@@ -215,7 +225,7 @@ impl PtFormat for LpaeS2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iova_core::pt::Entry;
+    use crate::pt::Entry;
 
     #[test]
     fn geometry_and_concatenation() {
