@@ -9,7 +9,8 @@
 //! - [`iova_alloc`]: the IOVA allocator (aperture with holes, explicit
 //!   alignment, per-CPU caches, no heap needed);
 //! - [`pt`]: a generic radix page-table engine, parameterised by a
-//!   [`PtFormat`], with formats in [`formats`] (Arm LPAE stage 1, x86-64);
+//!   [`PtFormat`], with formats in [`formats`] (Arm LPAE stage 1 and
+//!   stage 2 at 4, 16 and 64 KiB granules, x86-64);
 //! - [`IotlbGather`]: what a batch must invalidate, flushed once;
 //! - [`dma`]: the two-step API ([`DmaMapper`], [`IovaState`]) and the one-shot
 //!   `map` / `map_sg` / `unmap` built on it;
