@@ -143,6 +143,8 @@ enum Kind {
         /// slow single-threaded checkers (Miri, loom), each with its own
         /// target directory so that cargo's lock does not serialise them.
         concurrent: bool,
+        /// A directory removed before the step runs.
+        fresh: Option<PathBuf>,
     },
     Qemu(&'static SystemTest),
 }
@@ -177,6 +179,7 @@ fn all_steps() -> Vec<Step> {
             args: strings(args),
             env: Vec::new(),
             concurrent: false,
+            fresh: None,
         },
     };
     let mut steps = vec![
@@ -218,22 +221,34 @@ fn all_steps() -> Vec<Step> {
                 args,
                 env: vec![("RUSTDOCFLAGS", "-D warnings".to_string())],
                 concurrent: false,
+                fresh: None,
             },
         });
     }
     // Every library crate packages and builds from its package, in
     // dependency order (`--workspace` resolves the crates' dependencies on
-    // each other to the packages just made).
-    steps.push(cargo(
-        "package",
-        &[
-            "package",
-            "--workspace",
-            "--exclude",
-            "xtask",
-            "--allow-dirty",
-        ],
-    ));
+    // each other to the packages just made). In a target directory of its
+    // own, emptied first: cargo takes a registry crate of an unchanged
+    // version for immutable and would reuse the previous run's build of it.
+    let package_target = root.join("target/xtask/package");
+    steps.push(Step {
+        name: "package".to_string(),
+        kind: Kind::Cargo {
+            dir: root.clone(),
+            args: vec![
+                "package".to_string(),
+                "--workspace".to_string(),
+                "--exclude".to_string(),
+                "xtask".to_string(),
+                "--allow-dirty".to_string(),
+                "--target-dir".to_string(),
+                package_target.display().to_string(),
+            ],
+            env: Vec::new(),
+            concurrent: false,
+            fresh: Some(package_target),
+        },
+    });
     for arch in Arch::ALL {
         steps.push(cargo(
             &format!("build-iova-core-{}", arch.name()),
@@ -256,6 +271,7 @@ fn all_steps() -> Vec<Step> {
                     args: qemu::build_args(example.package, arch),
                     env: Vec::new(),
                     concurrent: false,
+                    fresh: None,
                 },
             });
         }
@@ -316,6 +332,7 @@ fn checker_steps(root: &std::path::Path) -> Vec<Step> {
                     ("CARGO_TARGET_DIR", format!("target/miri-{package}")),
                 ],
                 concurrent: true,
+                fresh: None,
             },
         }
     };
@@ -358,6 +375,7 @@ fn checker_steps(root: &std::path::Path) -> Vec<Step> {
                     ("CARGO_TARGET_DIR", "target/loom".to_string()),
                 ],
                 concurrent: true,
+                fresh: None,
             },
         },
     ]
@@ -516,6 +534,16 @@ fn step_log(step: &Step, logs: &std::path::Path) -> PathBuf {
 }
 
 /// Prints and runs a cargo step; its output goes to `log`.
+/// Removes `dir` and everything in it; absent is fine.
+fn remove_dir(dir: &std::path::Path) -> Result<(), String> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("cannot empty {}: {e}", util::display_path(dir)))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn run_cargo(
     dir: &std::path::Path,
     args: &[String],
@@ -537,8 +565,17 @@ fn run_step(step: &Step, logs: &std::path::Path, timeout: Duration, tally: &mut 
     let log = step_log(step, logs);
     let start = Instant::now();
     match &step.kind {
-        Kind::Cargo { dir, args, env, .. } => {
-            let result = run_cargo(dir, args, env, &log);
+        Kind::Cargo {
+            dir,
+            args,
+            env,
+            fresh,
+            ..
+        } => {
+            let result = match fresh.as_deref().map(remove_dir) {
+                Some(Err(e)) => Err(e),
+                _ => run_cargo(dir, args, env, &log),
+            };
             if !tally.record(&step.name, result, start.elapsed()) {
                 show_tail(&log, 30);
             }
