@@ -6,8 +6,9 @@
 //! root table (every device blocked once translation is on) in legacy or
 //! scalable mode, enables queued invalidation where ECAP.QI offers it, and
 //! invalidates the context cache, PASID cache and IOTLB globally. Devices
-//! are then given what their DMA gets with [`VtdUnit::set_context`] (and, in
-//! scalable mode, per PASID with [`VtdUnit::set_pasid`]), and
+//! are then given what their DMA gets: a domain ([`VtdUnit::attach`], see
+//! [`crate::domain`]), pass-through ([`VtdUnit::pass_through`]) or nothing
+//! ([`VtdUnit::block`]), in scalable mode also per PASID; and
 //! [`VtdUnit::enable_translation`] turns remapping on. Dropping a unit whose
 //! translation is on leaves it on; [`VtdUnit::shutdown`] turns it off.
 
@@ -22,6 +23,7 @@ use crate::caps::Features;
 use crate::context::{self, ContextState, root_entry, scalable};
 use crate::counters::Counters;
 use crate::descriptor::{ContextScope, Descriptor, IotlbScope, PasidCacheScope, PasidIotlbScope};
+use crate::domain::Endpoint;
 use crate::fault::{FaultRecord, FaultSummary};
 use crate::queue::Invalidation;
 use crate::regs::{self, Mmio};
@@ -82,6 +84,28 @@ pub enum VtdError {
     Format(FormatError),
     /// The table's depth is not in SAGAW.
     LevelsUnsupported(usize),
+    /// No domain ID left to hand out (CAP.ND's count, at most
+    /// [`MAX_ALLOCATED_DIDS`]).
+    DomainIdsExhausted,
+    /// The domain is attached to [`MAX_ENDPOINTS`](crate::domain::MAX_ENDPOINTS)
+    /// endpoints already.
+    DomainFull,
+    /// The endpoint's entry does not point at the domain it was to be
+    /// detached from.
+    NotAttached(Endpoint),
+    /// The domain's tables are not walked by this unit (it was built for
+    /// other units).
+    ForeignDomain,
+    /// A first-level domain translates the requests of one PASID (its
+    /// invalidations are tagged with it), not those of another.
+    PasidMismatch {
+        /// The PASID the domain was built for.
+        domain: u32,
+        /// The PASID asked for.
+        requested: u32,
+    },
+    /// The page-table engine could not build the domain's table.
+    Table(iova_core::Error),
 }
 
 impl fmt::Display for VtdError {
@@ -120,6 +144,15 @@ impl fmt::Display for VtdError {
             }
             Self::Format(e) => write!(f, "VT-d: second-level format: {e:?}"),
             Self::LevelsUnsupported(l) => write!(f, "VT-d: {l}-level tables not in SAGAW"),
+            Self::DomainIdsExhausted => f.write_str("VT-d: no domain ID left"),
+            Self::DomainFull => f.write_str("VT-d: domain attached to too many endpoints"),
+            Self::NotAttached(e) => write!(f, "VT-d: {e} is not attached to that domain"),
+            Self::ForeignDomain => f.write_str("VT-d: the domain is not walked by this unit"),
+            Self::PasidMismatch { domain, requested } => write!(
+                f,
+                "VT-d: first-level domain of PASID {domain:#x} attached as PASID {requested:#x}"
+            ),
+            Self::Table(e) => write!(f, "VT-d: page table: {e}"),
         }
     }
 }
@@ -154,7 +187,15 @@ impl From<VtdError> for iova_core::Error {
                 reason: REJECTED_BY_REGISTER,
             }),
             VtdError::BadDomainId(d) => E::Device(DeviceError::IdOutOfRange(u32::from(d))),
-            VtdError::PasidOutOfRange(p) => E::Device(DeviceError::IdOutOfRange(p)),
+            VtdError::PasidOutOfRange(p) | VtdError::PasidMismatch { requested: p, .. } => {
+                E::Device(DeviceError::IdOutOfRange(p))
+            }
+            VtdError::DomainIdsExhausted => E::Device(DeviceError::IdsExhausted),
+            VtdError::DomainFull => E::Device(DeviceError::DomainFull),
+            VtdError::NotAttached(e) => {
+                E::Device(DeviceError::NotAttached(u32::from(e.dev.source_id())))
+            }
+            VtdError::Table(e) => e,
             VtdError::NonCoherentWalker => E::Device(DeviceError::NonCoherentWalker),
             VtdError::NoDmaTranslation
             | VtdError::NoDomains
@@ -162,7 +203,8 @@ impl From<VtdError> for iova_core::Error {
             | VtdError::ScalableUnsupported
             | VtdError::PasidUnsupported
             | VtdError::FirstLevelUnsupported
-            | VtdError::SecondLevelUnsupported => E::Device(DeviceError::Unsupported),
+            | VtdError::SecondLevelUnsupported
+            | VtdError::ForeignDomain => E::Device(DeviceError::Unsupported),
             VtdError::RegistersTooSmall { .. }
             | VtdError::BadAddressWidth(_)
             | VtdError::Format(_)
@@ -188,8 +230,9 @@ pub struct UnitConfig {
     /// How to write CPU caches back before the unit reads its root,
     /// context and PASID tables and the invalidation queue, for units whose
     /// walks do not snoop (ECAP.C = 0, as QEMU reports). Required for such a
-    /// unit. The page tables of its domains need the same maintenance: build
-    /// them with `PageTable::with_cache`.
+    /// unit. Its [`VtdDomain`](crate::VtdDomain)s' tables get it too; tables
+    /// programmed with [`VtdUnit::set_context`] need the same (build them
+    /// with `PageTable::with_cache`).
     pub walk_cache: Option<&'static dyn CacheMaintenance>,
     /// The platform's DMA address width (the DMAR's host address width):
     /// the unit's tables and every output address stay below it. `None`:
@@ -225,6 +268,46 @@ impl Default for UnitConfig {
 
 const FRAME: usize = 4096;
 
+/// Domain IDs the driver hands out (to the domains it builds, for
+/// pass-through, and through [`VtdUnit::alloc_domain_id`]) run from 1 up to
+/// CAP.ND's count, at most this many; IDs from here up, where ND has them,
+/// are never handed out.
+pub const MAX_ALLOCATED_DIDS: u32 = 4096;
+
+/// The domain IDs in use.
+struct DomainIds {
+    used: [u64; MAX_ALLOCATED_DIDS as usize / 64],
+    limit: u32,
+    /// The ID of pass-through entries, once one was made.
+    pass_through: Option<u16>,
+}
+
+impl DomainIds {
+    fn new(domains: u32) -> Self {
+        let mut used = [0; MAX_ALLOCATED_DIDS as usize / 64];
+        // ID 0 is never handed out: caching mode reserves it (it tags
+        // cached not-present entries).
+        used[0] = 1;
+        Self {
+            used,
+            limit: domains.min(MAX_ALLOCATED_DIDS),
+            pass_through: None,
+        }
+    }
+
+    fn alloc(&mut self) -> Option<u16> {
+        let did = (1..self.limit).find(|&d| self.used[d as usize / 64] & 1 << (d % 64) == 0)?;
+        self.used[did as usize / 64] |= 1 << (did % 64);
+        Some(did as u16)
+    }
+
+    fn free(&mut self, did: u16) {
+        if did != 0 && u32::from(did) < self.limit {
+            self.used[usize::from(did) / 64] &= !(1 << (did % 64));
+        }
+    }
+}
+
 /// One VT-d remapping unit in legacy translation mode.
 pub struct VtdUnit<M: Mmio, A: FrameAllocator> {
     pub(crate) regs: M,
@@ -243,6 +326,7 @@ pub struct VtdUnit<M: Mmio, A: FrameAllocator> {
     cache: Option<&'static dyn CacheMaintenance>,
     pub(crate) inval: spin::Mutex<Invalidation>,
     pub(crate) counters: Counters,
+    dids: spin::Mutex<DomainIds>,
 }
 
 impl<M: Mmio, A: FrameAllocator> fmt::Debug for VtdUnit<M, A> {
@@ -317,6 +401,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             },
             inval: spin::Mutex::new(inval),
             counters: Counters::default(),
+            dids: spin::Mutex::new(DomainIds::new(cap.domains())),
         };
         unit.take_over()?;
         Ok(unit)
@@ -399,6 +484,39 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         }
         X86_64::new(4, self.features.cap.first_level_1g(), self.oa_bits.min(52))
             .map_err(|_| VtdError::BadAddressWidth(self.oa_bits))
+    }
+
+    /// Refuses a second-level format the unit cannot walk: a depth not in
+    /// SAGAW, input addresses beyond MGAW, output addresses beyond the
+    /// unit's address width, superpages beyond CAP.SLLPS, SNP without
+    /// ECAP.SC, or second level in scalable mode without ECAP.SLTS.
+    pub fn check_second_level(&self, fmt: &SecondLevel) -> Result<(), VtdError> {
+        use iova_core::pt::PtFormat;
+        let (cap, ecap) = (self.features.cap, self.features.ecap);
+        if self.scalable && !ecap.second_level_translation() {
+            return Err(VtdError::SecondLevelUnsupported);
+        }
+        if !cap.supports_levels(fmt.levels()) {
+            return Err(VtdError::LevelsUnsupported(fmt.levels()));
+        }
+        if fmt.ia_bits() > cap.mgaw() {
+            return Err(FormatError::BadAddressWidth(fmt.ia_bits()).into());
+        }
+        if fmt.oa_bits() > self.oa_bits {
+            return Err(FormatError::BadAddressWidth(fmt.oa_bits()).into());
+        }
+        if fmt.sllps() & !cap.sllps() != 0 {
+            return Err(FormatError::SuperpagesUnsupported.into());
+        }
+        if fmt.snoop() && !ecap.snoop_control() {
+            return Err(FormatError::SnoopUnsupported.into());
+        }
+        Ok(())
+    }
+
+    /// Cache maintenance for what the unit walks; `None` when it snoops.
+    pub(crate) fn walk_cache(&self) -> Option<&'static dyn CacheMaintenance> {
+        self.cache
     }
 
     /// Makes CPU writes to `[pa, pa + len)` visible to a walker that does
@@ -490,12 +608,27 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     /// or in scalable mode the RID_PASID entry of its PASID table).
     pub fn context(&self, dev: Bdf) -> ContextState {
         let tables = self.context_tables.lock();
+        self.entry_state(&tables, dev, 0)
+    }
+
+    /// What the entry of `dev`'s `pasid` holds (legacy mode: the context
+    /// entry, which `pasid` 0 stands for).
+    fn entry_state(&self, tables: &[u64; 512], dev: Bdf, pasid: u32) -> ContextState {
         if self.scalable {
-            drop(tables);
-            return self.pasid_context(dev, 0);
+            if pasid >= scalable::MAX_PASIDS {
+                return ContextState::NotPresent;
+            }
+            return match self.pasid_entry_of(tables, dev, pasid) {
+                Some((t, i)) => scalable::decode_pasid_entry([
+                    self.entry(t, i).load(Ordering::Acquire),
+                    self.entry(t, i + 1).load(Ordering::Acquire),
+                    self.entry(t, i + 2).load(Ordering::Acquire),
+                ]),
+                None => ContextState::NotPresent,
+            };
         }
         let table = tables[usize::from(dev.bus)];
-        if table == 0 {
+        if table == 0 || pasid != 0 {
             return ContextState::NotPresent;
         }
         let i = 2 * usize::from(dev.devfn());
@@ -564,14 +697,212 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     /// or pass-through; not present blocks the device.
     ///
     /// `fpd` disables fault recording for the device.
-    pub fn set_context(&self, dev: Bdf, state: ContextState, fpd: bool) -> Result<(), VtdError> {
-        self.validate(&state)?;
-        let mut tables = self.context_tables.lock();
-        if self.scalable {
-            self.set_scalable(&mut tables, dev, 0, state, fpd)
-        } else {
-            self.set_legacy(&mut tables, dev, state, fpd)
+    ///
+    /// [`attach`](Self::attach) does this for a [`VtdDomain`](crate::VtdDomain),
+    /// [`pass_through`](Self::pass_through) and [`block`](Self::block) for
+    /// the states without a table, all safely.
+    ///
+    /// # Safety
+    ///
+    /// For a present `state`: its domain ID is one no
+    /// [`VtdDomain`](crate::VtdDomain) of this unit holds and not the unit's
+    /// pass-through ID (take one with [`alloc_domain_id`](Self::alloc_domain_id)),
+    /// and is used with one table only (or only for pass-through): the unit
+    /// tags cached translations with it alone.
+    ///
+    /// For [`ContextState::Translated`] and [`ContextState::FirstLevel`]:
+    /// `root` is the root of a table of that format (second level of the
+    /// depth `aw` gives; x86-64 4-level paging) whose frames stay allocated,
+    /// and are not reused, until the entry is replaced (by any call of this
+    /// unit) and that call returned `Ok`; and every change to the table is
+    /// followed by an invalidation of the domain ID (as a
+    /// [`VtdInvalidator`](crate::VtdInvalidator) does) that completes before
+    /// memory a removed entry pointed to is reused.
+    pub unsafe fn set_context(
+        &self,
+        dev: Bdf,
+        state: ContextState,
+        fpd: bool,
+    ) -> Result<(), VtdError> {
+        self.update(dev, None, fpd, |_| Ok(Some(state)))
+    }
+
+    /// Blocks `dev`'s requests without a PASID (its context entry, or in
+    /// scalable mode its RID_PASID entry, not present; faults are recorded),
+    /// invalidating what the unit cached of the entry before.
+    pub fn block(&self, dev: Bdf) -> Result<(), VtdError> {
+        self.update(dev, None, false, |_| Ok(Some(ContextState::NotPresent)))
+    }
+
+    /// Blocks the requests of `dev` tagged with `pasid` (scalable mode).
+    pub fn block_pasid(&self, dev: Bdf, pasid: u32) -> Result<(), VtdError> {
+        self.update(dev, Some(pasid), false, |_| {
+            Ok(Some(ContextState::NotPresent))
+        })
+    }
+
+    /// Lets `dev`'s requests without a PASID through untranslated (needs
+    /// ECAP.PT). Pass-through entries are tagged with a domain ID of their
+    /// own, taken from the unit's on first use and kept.
+    pub fn pass_through(&self, dev: Bdf) -> Result<(), VtdError> {
+        self.pass_through_at(dev, None)
+    }
+
+    /// Lets the requests of `dev` tagged with `pasid` through untranslated
+    /// (scalable mode, ECAP.PT).
+    pub fn pass_through_pasid(&self, dev: Bdf, pasid: u32) -> Result<(), VtdError> {
+        self.pass_through_at(dev, Some(pasid))
+    }
+
+    fn pass_through_at(&self, dev: Bdf, pasid: Option<u32>) -> Result<(), VtdError> {
+        if let Some(p) = pasid {
+            self.check_pasid(p)?;
         }
+        if !self.features.ecap.pass_through() {
+            return Err(VtdError::PassThroughUnsupported);
+        }
+        let aw = self.features.max_levels().map_or(1, |l| (l - 2) as u8);
+        let pasid = pasid.unwrap_or(0);
+        // Pass-through entries are written under this lock only, so the ID
+        // taken here is not used by anyone else until the write succeeds.
+        let mut tables = self.context_tables.lock();
+        let (did, fresh) = {
+            let mut ids = self.dids.lock();
+            match ids.pass_through {
+                Some(did) => (did, false),
+                None => {
+                    let did = ids.alloc().ok_or(VtdError::DomainIdsExhausted)?;
+                    ids.pass_through = Some(did);
+                    (did, true)
+                }
+            }
+        };
+        let state = ContextState::PassThrough { did, aw };
+        let r = self.write(&mut tables, dev, pasid, state, false);
+        if r.is_err() && fresh && self.entry_state(&tables, dev, pasid) != state {
+            let mut ids = self.dids.lock();
+            ids.pass_through = None;
+            ids.free(did);
+        }
+        r
+    }
+
+    /// Under the context-table lock: `decide` is given what the entry of
+    /// `dev` (requests without a PASID for `None`) holds and returns what it
+    /// is to hold (`None`: leave it as it is), which is then written as
+    /// [`set_context`](Self::set_context) describes.
+    pub(crate) fn update(
+        &self,
+        dev: Bdf,
+        pasid: Option<u32>,
+        fpd: bool,
+        decide: impl FnOnce(ContextState) -> Result<Option<ContextState>, VtdError>,
+    ) -> Result<(), VtdError> {
+        if let Some(p) = pasid {
+            self.check_pasid(p)?;
+        }
+        let pasid = pasid.unwrap_or(0);
+        let mut tables = self.context_tables.lock();
+        let Some(state) = decide(self.entry_state(&tables, dev, pasid))? else {
+            return Ok(());
+        };
+        self.write(&mut tables, dev, pasid, state, fpd)
+    }
+
+    /// Writes the entry of `dev`'s `pasid` (0: requests without a PASID),
+    /// as [`set_context`](Self::set_context) describes.
+    fn write(
+        &self,
+        tables: &mut [u64; 512],
+        dev: Bdf,
+        pasid: u32,
+        state: ContextState,
+        fpd: bool,
+    ) -> Result<(), VtdError> {
+        self.validate(&state)?;
+        if self.scalable {
+            self.set_scalable(tables, dev, pasid, state, fpd)
+        } else {
+            self.set_legacy(tables, dev, state, fpd)
+        }
+    }
+
+    /// Whether the entry of `dev`'s `pasid` (0: requests without a PASID)
+    /// holds `state`.
+    pub(crate) fn entry_is(&self, dev: Bdf, pasid: u32, state: &ContextState) -> bool {
+        let tables = self.context_tables.lock();
+        self.entry_state(&tables, dev, pasid) == *state
+    }
+
+    /// Refuses a PASID the unit cannot program: legacy mode, a PASID other
+    /// than 0 without ECAP.PASID, or one beyond `2^(PSS + 1)` and
+    /// [`scalable::MAX_PASIDS`].
+    pub(crate) fn check_pasid(&self, pasid: u32) -> Result<(), VtdError> {
+        if !self.scalable {
+            return Err(VtdError::ScalableUnsupported);
+        }
+        let ecap = self.features.ecap;
+        if pasid != 0 && !ecap.pasid() {
+            return Err(VtdError::PasidUnsupported);
+        }
+        let limit = if ecap.pasid() {
+            (1u64 << ecap.pasid_bits()).min(u64::from(scalable::MAX_PASIDS))
+        } else {
+            1
+        };
+        if u64::from(pasid) >= limit {
+            return Err(VtdError::PasidOutOfRange(pasid));
+        }
+        Ok(())
+    }
+
+    /// A domain ID that no domain of this unit holds, for entries written
+    /// with [`set_context`](Self::set_context); it stays taken until
+    /// [`free_domain_id`](Self::free_domain_id).
+    pub fn alloc_domain_id(&self) -> Result<u16, VtdError> {
+        self.alloc_did()
+    }
+
+    /// Gives back a domain ID from [`alloc_domain_id`](Self::alloc_domain_id).
+    ///
+    /// # Safety
+    ///
+    /// `did` came from `alloc_domain_id` and was not freed since, no present
+    /// entry carries it, and the unit's caches hold nothing tagged with it
+    /// (every entry that carried it was replaced through this unit, and
+    /// every translation of its table invalidated): the next domain given
+    /// the ID must not find anything of the old one.
+    pub unsafe fn free_domain_id(&self, did: u16) {
+        self.free_did(did)
+    }
+
+    pub(crate) fn alloc_did(&self) -> Result<u16, VtdError> {
+        self.dids.lock().alloc().ok_or(VtdError::DomainIdsExhausted)
+    }
+
+    pub(crate) fn free_did(&self, did: u16) {
+        let mut ids = self.dids.lock();
+        if ids.pass_through != Some(did) {
+            ids.free(did);
+        }
+    }
+
+    /// Drops everything the unit may have cached under domain `did`:
+    /// context (legacy) or PASID-cache entries tagged with it, and its
+    /// translations (second-level ones, or those of the first-level
+    /// `pasid`). One batch, one wait.
+    pub(crate) fn forget_domain(&self, did: u16, first_level: Option<u32>) -> Result<(), VtdError> {
+        let tlb = match first_level {
+            Some(pasid) => Descriptor::pasid_iotlb(PasidIotlbScope::Pasid { did, pasid }),
+            None => Descriptor::iotlb(IotlbScope::Domain(did), false, false),
+        };
+        let entries = if self.scalable {
+            Descriptor::pasid_cache(PasidCacheScope::Domain(did))
+        } else {
+            Descriptor::context(ContextScope::Domain(did))
+        };
+        self.flush_write_buffer()?;
+        self.submit(&[entries, tlb])
     }
 
     fn set_legacy(
@@ -682,49 +1013,33 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     /// What the PASID table holds for `dev`'s `pasid` (scalable mode);
     /// [`ContextState::NotPresent`] without an entry.
     pub fn pasid_context(&self, dev: Bdf, pasid: u32) -> ContextState {
-        let tables = self.context_tables.lock();
-        if !self.scalable || pasid >= scalable::MAX_PASIDS {
+        if !self.scalable {
             return ContextState::NotPresent;
         }
-        match self.pasid_entry_of(&tables, dev, pasid) {
-            Some((t, i)) => scalable::decode_pasid_entry([
-                self.entry(t, i).load(Ordering::Acquire),
-                self.entry(t, i + 1).load(Ordering::Acquire),
-                self.entry(t, i + 2).load(Ordering::Acquire),
-            ]),
-            None => ContextState::NotPresent,
-        }
+        let tables = self.context_tables.lock();
+        self.entry_state(&tables, dev, pasid)
     }
 
     /// Sets what requests of `dev` tagged with `pasid` get (scalable mode):
     /// as [`set_context`](Self::set_context) does for requests without a
     /// PASID (which use RID_PASID, PASID 0). PASIDs other than 0 need
     /// ECAP.PASID and must be below `2^(PSS + 1)` and [`scalable::MAX_PASIDS`].
-    pub fn set_pasid(
+    ///
+    /// [`attach_pasid`](Self::attach_pasid),
+    /// [`pass_through_pasid`](Self::pass_through_pasid) and
+    /// [`block_pasid`](Self::block_pasid) are the safe forms.
+    ///
+    /// # Safety
+    ///
+    /// As for [`set_context`](Self::set_context).
+    pub unsafe fn set_pasid(
         &self,
         dev: Bdf,
         pasid: u32,
         state: ContextState,
         fpd: bool,
     ) -> Result<(), VtdError> {
-        if !self.scalable {
-            return Err(VtdError::ScalableUnsupported);
-        }
-        let ecap = self.features.ecap;
-        if pasid != 0 && !ecap.pasid() {
-            return Err(VtdError::PasidUnsupported);
-        }
-        let limit = if ecap.pasid() {
-            (1u64 << ecap.pasid_bits()).min(u64::from(scalable::MAX_PASIDS))
-        } else {
-            1
-        };
-        if u64::from(pasid) >= limit {
-            return Err(VtdError::PasidOutOfRange(pasid));
-        }
-        self.validate(&state)?;
-        let mut tables = self.context_tables.lock();
-        self.set_scalable(&mut tables, dev, pasid, state, fpd)
+        self.update(dev, Some(pasid), fpd, |_| Ok(Some(state)))
     }
 
     fn set_scalable(
