@@ -43,9 +43,10 @@ use iova_core::{
 use crate::acpi::dmar::Bdf;
 use crate::context::ContextState;
 use crate::descriptor::Descriptor;
+use crate::error::VtdError;
 use crate::regs::Mmio;
 use crate::second_level::SecondLevel;
-use crate::unit::{VtdError, VtdUnit};
+use crate::unit::VtdUnit;
 
 /// Descriptors one flush can hold before it falls back to domain-selective.
 const BATCH: usize = 64;

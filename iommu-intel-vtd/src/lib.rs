@@ -6,10 +6,10 @@
 //!   units, device scopes, reserved regions, ATS root ports).
 //! - [`caps`]: VER, CAP and ECAP decoded.
 //! - [`regs`]: register offsets and MMIO access ([`regs::Mmio`]).
-//! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, root,
-//!   context and PASID tables (RID_PASID, and other PASIDs where
-//!   ECAP.PASID), domain IDs, global commands, fault recording and the
-//!   fault event interrupt.
+//! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, global
+//!   commands, domain IDs; [`unit::tables`]: its root, context and PASID
+//!   tables (RID_PASID, and other PASIDs where ECAP.PASID).
+//! - [`error`]: the error type, [`VtdError`].
 //! - [`context`]: root, context and PASID entries ([`ContextState`]: not
 //!   present, pass-through, second-level, first-level).
 //! - [`second_level`]: the second-level page-table format for iova-core's
@@ -22,7 +22,8 @@
 //!   that walks it, an [`IommuDomain`](iova_core::IommuDomain), attached to
 //!   devices with [`VtdUnit::attach`]; its invalidation, [`VtdInvalidator`]
 //!   (and [`VtdMultiInvalidator`] for several units).
-//! - [`fault`]: typed fault records.
+//! - [`fault`]: typed fault records, their reading, and the fault event
+//!   interrupt.
 //! - [`reserved`]: identity maps for the DMAR's reserved memory regions.
 //! - [`counters`]: what the driver did.
 //! - `fake` (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
@@ -165,6 +166,7 @@ pub mod context;
 pub mod counters;
 pub mod descriptor;
 pub mod domain;
+pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod fault;
@@ -182,6 +184,7 @@ pub use caps::Features;
 pub use context::ContextState;
 pub use counters::CounterSnapshot;
 pub use domain::{Endpoint, VtdCache, VtdDomain, VtdFormat, VtdInvalidator, VtdMultiInvalidator};
+pub use error::VtdError;
 pub use fault::{FaultReason, FaultRecord};
 pub use second_level::SecondLevel;
-pub use unit::{MAX_ALLOCATED_DIDS, UnitConfig, VtdError, VtdUnit};
+pub use unit::{MAX_ALLOCATED_DIDS, UnitConfig, VtdUnit};

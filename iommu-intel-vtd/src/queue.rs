@@ -21,8 +21,9 @@ use crate::caps::Features;
 use crate::descriptor::{
     self, ContextScope, Descriptor, IotlbScope, PasidCacheScope, PasidIotlbScope,
 };
+use crate::error::VtdError;
 use crate::regs::{self, Mmio};
-use crate::unit::{VtdError, VtdUnit, alloc_frame};
+use crate::unit::{VtdUnit, alloc_frame};
 
 /// Descriptors in a queue of 128-bit descriptors (one 4 KiB page).
 pub const QUEUE_ENTRIES: usize = 256;
