@@ -8,6 +8,44 @@ use crate::descriptor::Descriptor;
 use crate::domain::Endpoint;
 use crate::second_level::FormatError;
 
+/// What a bounded wait on the unit was waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Wait {
+    /// GSTS.TES to follow GCMD.TE (translation turned on or off).
+    TranslationEnable,
+    /// GSTS.QIES to follow GCMD.QIE (queued invalidation turned on or off).
+    QueuedInvalidationEnable,
+    /// GSTS.RTPS after GCMD.SRTP (the root table pointer latched).
+    RootTablePointer,
+    /// GSTS.WBFS to clear after GCMD.WBF (the write buffer flushed).
+    WriteBufferFlush,
+    /// Room in the invalidation queue (IQH to move on).
+    QueueSpace,
+    /// An invalidation wait descriptor's status write.
+    InvalidationWait,
+    /// CCMD.ICC to clear (a register-based context-cache invalidation).
+    ContextCommand,
+    /// IOTLB_REG.IVT to clear (a register-based IOTLB invalidation).
+    IotlbRegister,
+}
+
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::TranslationEnable => "the translation enable status (GSTS.TES)",
+            Self::QueuedInvalidationEnable => "the queued invalidation status (GSTS.QIES)",
+            Self::RootTablePointer => "the root table pointer (GSTS.RTPS)",
+            Self::WriteBufferFlush => "the write buffer flush (GSTS.WBFS)",
+            Self::QueueSpace => "room in the invalidation queue",
+            Self::InvalidationWait => "an invalidation wait descriptor",
+            Self::ContextCommand => "a register-based context-cache invalidation (CCMD.ICC)",
+            Self::IotlbRegister => "a register-based IOTLB invalidation (IOTLB_REG.IVT)",
+        })
+    }
+}
+
 /// Why the driver refused or failed an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -29,8 +67,8 @@ pub enum VtdError {
     NoMemory,
     /// A frame is not 4 KiB aligned or is beyond what the unit can address.
     FrameUnreachable(u64),
-    /// A bounded poll expired (what was being waited for).
-    Timeout(&'static str),
+    /// A bounded poll expired.
+    Timeout(Wait),
     /// The unit stopped the invalidation queue (FSTS.IQE) on this descriptor.
     QueueError {
         /// Index of the descriptor in the queue (IQH).
@@ -188,6 +226,98 @@ impl From<VtdError> for iova_core::Error {
             | VtdError::BadAddressWidth(_)
             | VtdError::Format(_)
             | VtdError::LevelsUnsupported(_) => E::Device(DeviceError::BadGeometry),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acpi::dmar::Bdf;
+    use iova_core::Error as E;
+
+    const WAITS: [Wait; 8] = [
+        Wait::TranslationEnable,
+        Wait::QueuedInvalidationEnable,
+        Wait::RootTablePointer,
+        Wait::WriteBufferFlush,
+        Wait::QueueSpace,
+        Wait::InvalidationWait,
+        Wait::ContextCommand,
+        Wait::IotlbRegister,
+    ];
+
+    #[test]
+    fn every_wait_is_a_core_timeout_and_says_what_it_waited_for() {
+        let mut texts = std::vec::Vec::new();
+        for w in WAITS {
+            assert_eq!(E::from(VtdError::Timeout(w)), E::Timeout);
+            let text = std::format!("{}", VtdError::Timeout(w));
+            assert!(text.starts_with("VT-d: timed out waiting for "), "{text}");
+            assert!(!texts.contains(&text), "{text}");
+            texts.push(text);
+        }
+    }
+
+    #[test]
+    fn errors_map_to_the_core_error_naming_the_same_cause() {
+        let ep = Endpoint {
+            dev: Bdf::new(0, 1, 0),
+            pasid: 3,
+        };
+        let cases = [
+            (VtdError::NoMemory, E::NoMemory),
+            (VtdError::FrameUnreachable(0x1234), E::TableUnreachable),
+            (
+                VtdError::QueueError {
+                    index: 4,
+                    descriptor: Descriptor { lo: 0x12, hi: 0 },
+                },
+                E::Device(DeviceError::CommandRejected {
+                    opcode: 2,
+                    reason: REJECTED_BY_QUEUE,
+                }),
+            ),
+            (
+                VtdError::RegisterInvalidationFailed,
+                E::Device(DeviceError::CommandRejected {
+                    opcode: 0,
+                    reason: REJECTED_BY_REGISTER,
+                }),
+            ),
+            (
+                VtdError::BadDomainId(9),
+                E::Device(DeviceError::IdOutOfRange(9)),
+            ),
+            (
+                VtdError::PasidMismatch {
+                    domain: 1,
+                    requested: 2,
+                },
+                E::Device(DeviceError::IdOutOfRange(2)),
+            ),
+            (
+                VtdError::DomainIdsExhausted,
+                E::Device(DeviceError::IdsExhausted),
+            ),
+            (VtdError::DomainFull, E::Device(DeviceError::DomainFull)),
+            (
+                VtdError::NotAttached(ep),
+                E::Device(DeviceError::NotAttached(0x8)),
+            ),
+            (VtdError::ForeignDomain, E::Device(DeviceError::Unsupported)),
+            (VtdError::Table(E::OutOfRange), E::OutOfRange),
+            (
+                VtdError::LevelsUnsupported(5),
+                E::Device(DeviceError::BadGeometry),
+            ),
+            (
+                VtdError::NonCoherentWalker,
+                E::Device(DeviceError::NonCoherentWalker),
+            ),
+        ];
+        for (v, core) in cases {
+            assert_eq!(E::from(v), core, "{v}");
         }
     }
 }

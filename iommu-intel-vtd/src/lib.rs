@@ -184,7 +184,7 @@ pub use caps::Features;
 pub use context::ContextState;
 pub use counters::CounterSnapshot;
 pub use domain::{Endpoint, VtdCache, VtdDomain, VtdFormat, VtdInvalidator, VtdMultiInvalidator};
-pub use error::VtdError;
+pub use error::{VtdError, Wait};
 pub use fault::{FaultReason, FaultRecord};
 pub use second_level::SecondLevel;
 pub use unit::{MAX_ALLOCATED_DIDS, UnitConfig, VtdUnit};

@@ -844,7 +844,7 @@ fn a_wait_that_never_completes_times_out() {
     f.stall_waits(true);
     assert_eq!(
         u.invalidate_all(),
-        Err(VtdError::Timeout("invalidation wait"))
+        Err(VtdError::Timeout(crate::error::Wait::InvalidationWait))
     );
     let d = domain(&u, &frames, 4);
     let mut g = IotlbGather::new();

@@ -29,6 +29,7 @@ use crate::queue::Invalidation;
 use crate::regs::{self, Mmio};
 use crate::second_level::{FormatError, SecondLevel};
 
+use crate::error::Wait;
 pub use crate::error::{REJECTED_BY_QUEUE, REJECTED_BY_REGISTER, VtdError};
 
 /// Driver settings.
@@ -229,10 +230,10 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         // Firmware may have left the unit running; stop it before replacing
         // its tables and queue.
         if self.gsts() & regs::G_TE != 0 {
-            self.global_command(regs::G_TE, false)?;
+            self.global_command(regs::G_TE, false, Wait::TranslationEnable)?;
         }
         if self.gsts() & regs::G_QIE != 0 {
-            self.global_command(regs::G_QIE, false)?;
+            self.global_command(regs::G_QIE, false, Wait::QueuedInvalidationEnable)?;
         }
         let ttm = if self.scalable {
             regs::RTADDR_TTM_SCALABLE
@@ -243,7 +244,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         // the unit reads them.
         self.publish(self.root.0, FRAME);
         self.regs.write64(regs::RTADDR, self.root.0 | ttm);
-        self.one_shot(regs::G_SRTP, "root table pointer")?;
+        self.one_shot(regs::G_SRTP, Wait::RootTablePointer)?;
         self.inval.lock().enable(self)?;
         self.invalidate_all()
     }
@@ -350,7 +351,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         self.regs.read32(regs::GSTS)
     }
 
-    fn poll(&self, what: &'static str, mut done: impl FnMut() -> bool) -> Result<(), VtdError> {
+    fn poll(&self, what: Wait, mut done: impl FnMut() -> bool) -> Result<(), VtdError> {
         for _ in 0..self.config.poll_limit.max(1) {
             if done() {
                 return Ok(());
@@ -364,8 +365,9 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         }
     }
 
-    /// Turns an enable bit of GCMD (TE, QIE) on or off and waits for GSTS to agree.
-    pub(crate) fn global_command(&self, bit: u32, on: bool) -> Result<(), VtdError> {
+    /// Turns an enable bit of GCMD (TE, QIE) on or off and waits (`what`) for
+    /// GSTS to agree.
+    pub(crate) fn global_command(&self, bit: u32, on: bool, what: Wait) -> Result<(), VtdError> {
         let persistent = self.gsts() & !regs::G_ONE_SHOT;
         let value = if on {
             persistent | bit
@@ -373,11 +375,11 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             persistent & !bit
         };
         self.regs.write32(regs::GCMD, value);
-        self.poll("global status", || (self.gsts() & bit != 0) == on)
+        self.poll(what, || (self.gsts() & bit != 0) == on)
     }
 
     /// Issues a one-shot command (SRTP) and waits for its status bit.
-    fn one_shot(&self, bit: u32, what: &'static str) -> Result<(), VtdError> {
+    fn one_shot(&self, bit: u32, what: Wait) -> Result<(), VtdError> {
         let persistent = self.gsts() & !regs::G_ONE_SHOT;
         self.regs.write32(regs::GCMD, persistent | bit);
         self.poll(what, || self.gsts() & bit != 0)
@@ -394,18 +396,18 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         self.counters
             .write_buffer_flushes
             .fetch_add(1, Ordering::Relaxed);
-        self.poll("write buffer flush", || self.gsts() & regs::G_WBF == 0)
+        self.poll(Wait::WriteBufferFlush, || self.gsts() & regs::G_WBF == 0)
     }
 
     /// Turns DMA remapping on: from now on devices without a present
     /// context entry are blocked.
     pub fn enable_translation(&self) -> Result<(), VtdError> {
-        self.global_command(regs::G_TE, true)
+        self.global_command(regs::G_TE, true, Wait::TranslationEnable)
     }
 
     /// Turns DMA remapping off (all DMA passes untranslated).
     pub fn disable_translation(&self) -> Result<(), VtdError> {
-        self.global_command(regs::G_TE, false)
+        self.global_command(regs::G_TE, false, Wait::TranslationEnable)
     }
 
     /// Whether remapping is on (GSTS.TES).
@@ -487,7 +489,11 @@ impl<M: Mmio, A: FrameAllocator> Drop for VtdUnit<M, A> {
             return;
         }
         // Stop the queue before freeing it; if it does not stop, leak.
-        if self.inval.lock().is_queued() && self.global_command(regs::G_QIE, false).is_err() {
+        if self.inval.lock().is_queued()
+            && self
+                .global_command(regs::G_QIE, false, Wait::QueuedInvalidationEnable)
+                .is_err()
+        {
             return;
         }
         let tables = self.context_tables.lock();
