@@ -518,8 +518,9 @@ impl<M: Mmio, A: FrameAllocator> Drop for VtdUnit<M, A> {
                     unsafe { self.frames.free(PhysAddr(dir), FRAME) };
                 }
             }
-            // SAFETY: allocated by `set_context`, unreachable now that the
-            // unit is off and the root table goes with it.
+            // SAFETY: a context table allocated by `set_legacy` or
+            // `new_scalable_device`, unreachable now that the unit is off
+            // and the root table goes with it.
             unsafe { self.frames.free(PhysAddr(t), FRAME) };
         }
         // SAFETY: as above.

@@ -436,9 +436,9 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             return Ok(());
         }
         // A new device gets its PASID table before its directory and
-        // context entry are built: running out of memory for it afterwards
-        // left a half-built device (a present context entry over an empty
-        // directory, two frames held). Found by tests/fault_injection.rs.
+        // context entry are built, so that running out of memory leaves
+        // nothing half built (a present context entry over an empty
+        // directory, frames held).
         let mut spare = match existing {
             Some(_) => None,
             None => Some(alloc_frame(&self.frames, self.oa_bits)?),
