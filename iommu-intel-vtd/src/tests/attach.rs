@@ -180,9 +180,11 @@ fn a_teardown_the_unit_does_not_complete_leaks_the_tables() {
         ..cfg()
     };
     let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
-    let d = domain(&u, &frames, 4);
+    // Tables from a borrowed allocator: the leaked table then holds no
+    // reference that would keep the fake memory alive.
+    let d = u.second_level_domain(&*frames, 4).unwrap();
     let did = d.did();
-    attach(&u, &d, EDU);
+    u.attach(EDU, &d).unwrap();
     map(&d, 0x10_0000, 0x5000, 0x1000, Prot::RW);
     let live = frames.live();
     f.stall_waits(true);
