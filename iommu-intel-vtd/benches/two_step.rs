@@ -13,12 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use iommu_intel_vtd::fake::{CAP_FL1GP, FakeVtd, QEMU_CAP_48, QEMU_ECAP, QEMU_ECAP_FLTS};
-use iommu_intel_vtd::{Bdf, ContextState, CounterSnapshot, UnitConfig, VtdInvalidator, VtdUnit};
+use iommu_intel_vtd::{Bdf, CounterSnapshot, UnitConfig, VtdUnit};
 use iova_core::fakes::FakeFrames;
 use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
-use iova_core::{
-    DmaMapper, IommuDomain, Iova, IovaRange, PageTable, PageTableDomain, PhysAddr, Prot,
-};
+use iova_core::{DmaMapper, IommuDomain, Iova, IovaRange, PhysAddr, Prot};
 
 const PAGE: u64 = 0x1000;
 
@@ -45,22 +43,14 @@ fn run(cap: u64, fl: bool, pages: u64, gaps: bool, rounds: u32) -> Row {
         ..UnitConfig::default()
     };
     let unit = VtdUnit::new(&hw, Arc::clone(&frames), config).unwrap();
-    let did = 1;
     let dev = Bdf::new(0, 1, 0);
     if fl {
-        let t = PageTable::new(unit.first_level_format().unwrap(), Arc::clone(&frames)).unwrap();
-        let domain = PageTableDomain::new(t, VtdInvalidator::first_level(&unit, did).unwrap());
-        let root = domain.table().root().0;
-        unit.set_context(dev, ContextState::FirstLevel { did, root }, false)
-            .unwrap();
+        let domain = unit.first_level_domain(Arc::clone(&frames), 0).unwrap();
+        unit.attach(dev, &domain).unwrap();
         measure(&unit, &domain, pages, gaps, rounds)
     } else {
-        let fmt = unit.second_level_format(4).unwrap();
-        let t = PageTable::new(fmt, Arc::clone(&frames)).unwrap();
-        let domain = PageTableDomain::new(t, VtdInvalidator::new(&unit, did).unwrap());
-        let root = domain.table().root().0;
-        unit.set_context(dev, ContextState::Translated { did, root, aw: 2 }, false)
-            .unwrap();
+        let domain = unit.second_level_domain(Arc::clone(&frames), 4).unwrap();
+        unit.attach(dev, &domain).unwrap();
         measure(&unit, &domain, pages, gaps, rounds)
     }
 }

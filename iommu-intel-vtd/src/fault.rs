@@ -5,10 +5,18 @@
 //! to clear), the request type T (bit 62: 1 = read), the reason FR (39:32),
 //! the PASID and whether it is present (PV 59:40, PP 31), and the source ID
 //! (15:0).
+//!
+//! [`VtdUnit::drain_faults`] reads and clears them;
+//! [`VtdUnit::enable_fault_interrupt`] has the unit signal new ones.
 
 use core::fmt;
+use core::sync::atomic::Ordering;
+
+use iova_core::FrameAllocator;
 
 use crate::acpi::dmar::Bdf;
+use crate::regs::{self, Mmio};
+use crate::unit::VtdUnit;
 
 /// Why the unit blocked a request (the FR field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +200,64 @@ pub struct FaultSummary {
     pub records: usize,
     /// FSTS.PFO was set: faults were lost because every record was full.
     pub overflow: bool,
+}
+
+impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
+    /// Has the unit signal new faults with the message-signalled interrupt
+    /// `data` written to `addr` (on x86, `0xFEE0_0000 | apic_id << 12` and
+    /// the vector), then unmasks it. The unit raises it when a fault record
+    /// becomes pending with none pending before; read and clear the records
+    /// with [`drain_faults`](Self::drain_faults) so that the next fault
+    /// raises it again.
+    pub fn enable_fault_interrupt(&self, addr: u64, data: u32) {
+        self.regs.write32(regs::FECTL, regs::FECTL_IM);
+        self.regs.write32(regs::FEDATA, data);
+        self.regs.write32(regs::FEADDR, addr as u32);
+        self.regs.write32(regs::FEUADDR, (addr >> 32) as u32);
+        self.regs.write32(regs::FECTL, 0);
+    }
+
+    /// Masks the fault event interrupt (the reset state).
+    pub fn disable_fault_interrupt(&self) {
+        self.regs.write32(regs::FECTL, regs::FECTL_IM);
+    }
+
+    /// Whether a fault event arrived while the interrupt was masked
+    /// (FECTL.IP); unmasking sends it.
+    pub fn fault_interrupt_pending(&self) -> bool {
+        self.regs.read32(regs::FECTL) & regs::FECTL_IP != 0
+    }
+
+    /// Reads every fault record with F set (starting at FSTS.FRI), hands it
+    /// to `sink` and clears it; clears and reports a primary fault overflow.
+    pub fn drain_faults(&self, mut sink: impl FnMut(FaultRecord)) -> FaultSummary {
+        let cap = self.features.cap;
+        let (base, n) = (cap.fault_record_offset(), cap.fault_records());
+        let fsts = self.regs.read32(regs::FSTS);
+        let first = (fsts >> regs::FSTS_FRI_SHIFT & 0xff) as usize % n;
+        let mut summary = FaultSummary::default();
+        for k in 0..n {
+            let off = base + 16 * ((first + k) % n);
+            let hi = self.regs.read64(off + 8);
+            if hi & regs::FRCD_F == 0 {
+                continue;
+            }
+            let lo = self.regs.read64(off);
+            // F is write-1-to-clear in bit 31 of the record's last dword.
+            self.regs.write32(off + 12, 1 << 31);
+            sink(FaultRecord::decode(lo, hi));
+            summary.records += 1;
+        }
+        if fsts & regs::FSTS_PFO != 0 {
+            self.regs.write32(regs::FSTS, regs::FSTS_PFO);
+            summary.overflow = true;
+            crate::warn_event!("VT-d: primary fault overflow: faults were lost");
+        }
+        self.counters
+            .faults
+            .fetch_add(summary.records as u64, Ordering::Relaxed);
+        summary
+    }
 }
 
 #[cfg(test)]

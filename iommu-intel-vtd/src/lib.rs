@@ -6,10 +6,10 @@
 //!   units, device scopes, reserved regions, ATS root ports).
 //! - [`caps`]: VER, CAP and ECAP decoded.
 //! - [`regs`]: register offsets and MMIO access ([`regs::Mmio`]).
-//! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, root,
-//!   context and PASID tables (RID_PASID, and other PASIDs where
-//!   ECAP.PASID), global commands, fault recording and the fault event
-//!   interrupt.
+//! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, global
+//!   commands, domain IDs; [`unit::tables`]: its root, context and PASID
+//!   tables (RID_PASID, and other PASIDs where ECAP.PASID).
+//! - [`error`]: the error type, [`VtdError`].
 //! - [`context`]: root, context and PASID entries ([`ContextState`]: not
 //!   present, pass-through, second-level, first-level).
 //! - [`second_level`]: the second-level page-table format for iova-core's
@@ -18,10 +18,12 @@
 //! - [`descriptor`], [`queue`]: invalidation descriptors and their submission
 //!   (queued with one wait per batch, 256-bit in scalable mode, or
 //!   register-based without ECAP.QI).
-//! - [`domain`]: [`VtdInvalidator`] (and [`VtdMultiInvalidator`] for several
-//!   units), which makes a [`PageTableDomain`](iova_core::PageTableDomain)
-//!   an [`IommuDomain`](iova_core::IommuDomain).
-//! - [`fault`]: typed fault records.
+//! - [`domain`]: [`VtdDomain`], a page table with a domain ID on each unit
+//!   that walks it, an [`IommuDomain`](iova_core::IommuDomain), attached to
+//!   devices with [`VtdUnit::attach`]; its invalidation, [`VtdInvalidator`]
+//!   (and [`VtdMultiInvalidator`] for several units).
+//! - [`fault`]: typed fault records, their reading, and the fault event
+//!   interrupt.
 //! - [`reserved`]: identity maps for the DMAR's reserved memory regions.
 //! - [`counters`]: what the driver did.
 //! - `fake` (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
@@ -31,6 +33,38 @@
 //! superpages (SLLPS, FL1GP), QI, PSI and MAMV, RWBF, CM, SMTS/SLTS/FLTS, PT,
 //! SC and C (non-coherent walks need [`UnitConfig::walk_cache`]). What it
 //! cannot drive it refuses with a [`VtdError`] at probe or attach.
+//!
+//! # Attaching devices
+//!
+//! A [`VtdDomain`] owns its page table and a domain ID of each unit that
+//! walks it (handed out by the unit, returned on drop), and records the
+//! endpoints (device, and in scalable mode PASID) attached to it:
+//!
+//! - [`VtdUnit::attach`] / [`VtdUnit::attach_pasid`] point an endpoint's
+//!   entry at the domain; an endpoint attached elsewhere is moved (its old
+//!   entry made not present and invalidated first). A domain holds at most
+//!   [`MAX_ENDPOINTS`](domain::MAX_ENDPOINTS) endpoints
+//!   ([`VtdError::DomainFull`]); a first-level domain serves the one PASID
+//!   it was built for.
+//! - [`VtdUnit::detach`] / [`VtdUnit::detach_pasid`] block it again
+//!   ([`VtdError::NotAttached`] if its entry does not point at the domain).
+//! - Dropping a domain detaches every endpoint still pointing at it and
+//!   drops what the units cached under its domain IDs, each with its wait,
+//!   before the tables are freed; if a unit does not complete that, the
+//!   tables are leaked instead.
+//! - [`VtdUnit::pass_through`] and [`VtdUnit::block`] (and their PASID
+//!   forms) set the states that need no table.
+//!
+//! The rule behind it: a unit may walk a table only while the table is
+//! alive, and a table's frames are reused only after the unit was told to
+//! forget them. [`VtdUnit::set_context`] and [`VtdUnit::set_pasid`], which
+//! take a raw table root and domain ID, are therefore `unsafe`: their
+//! caller keeps the table alive and invalidated until the entry is
+//! replaced, and keeps the domain ID to that one table.
+//!
+//! A domain walked by several units ([`VtdDomain::second_level`] with the
+//! units' list) has a domain ID on each; each flush invalidates on every
+//! unit, and attaching goes through the unit that covers the device.
 //!
 //! # The two-step flow over VT-d
 //!
@@ -42,9 +76,9 @@
 //! use std::sync::Arc;
 //! use iova_core::fakes::FakeFrames;
 //! use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
-//! use iova_core::{DmaMapper, Iova, IovaRange, PageTable, PageTableDomain, PhysAddr, Prot};
+//! use iova_core::{DmaMapper, Iova, IovaRange, PhysAddr, Prot};
 //! use iommu_intel_vtd::fake::{Dma, FakeVtd};
-//! use iommu_intel_vtd::{Bdf, ContextState, FaultReason, UnitConfig, VtdInvalidator, VtdUnit};
+//! use iommu_intel_vtd::{Bdf, ContextState, FaultReason, UnitConfig, VtdUnit};
 //!
 //! let frames = Arc::new(FakeFrames::new());
 //! let hw = FakeVtd::qemu(Arc::clone(&frames), 48);
@@ -62,14 +96,11 @@
 //! let config = UnitConfig { walk_cache: Some(&CACHE), ..UnitConfig::default() };
 //! let unit = VtdUnit::new(&hw, Arc::clone(&frames), config).unwrap();
 //!
-//! // A domain: second-level tables the unit can walk, invalidated by domain ID 1.
-//! let format = unit.second_level_format(4).unwrap();
-//! let table = PageTable::with_cache(format, Arc::clone(&frames), Clflush).unwrap();
-//! let domain = PageTableDomain::new(table, VtdInvalidator::new(&unit, 1).unwrap());
+//! // A domain: second-level tables the unit walks, with a domain ID of its
+//! // own; edu's DMA goes through it once attached.
+//! let domain = unit.second_level_domain(Arc::clone(&frames), 4).unwrap();
 //! let dev = Bdf::new(0, 1, 0);
-//! let root = domain.table().root().0;
-//! let aw = format.context_aw();
-//! unit.set_context(dev, ContextState::Translated { did: 1, root, aw }, false).unwrap();
+//! unit.attach(dev, &domain).unwrap();
 //! unit.enable_translation().unwrap();
 //!
 //! let aperture = IovaRange::new(Iova(0x1_0000_0000), 1 << 30).unwrap();
@@ -96,6 +127,12 @@
 //! unit.drain_faults(|r| faults.push(r));
 //! assert_eq!((faults[0].source, faults[0].address), (dev, iova & !0xfff));
 //! state.destroy().unwrap();
+//! drop(mapper);
+//!
+//! // Dropping the domain detaches edu (blocked again) before the tables go.
+//! drop(domain);
+//! assert_eq!(unit.context(dev), ContextState::NotPresent);
+//! assert_eq!(hw.translate(dev, iova, Dma::Write), Err(FaultReason::ContextNotPresent));
 //! # }
 //! ```
 //!
@@ -129,6 +166,7 @@ pub mod context;
 pub mod counters;
 pub mod descriptor;
 pub mod domain;
+pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod fault;
@@ -145,7 +183,8 @@ pub use acpi::dmar::{Bdf, Dmar};
 pub use caps::Features;
 pub use context::ContextState;
 pub use counters::CounterSnapshot;
-pub use domain::{VtdInvalidator, VtdMultiInvalidator};
+pub use domain::{Endpoint, VtdCache, VtdDomain, VtdFormat, VtdInvalidator, VtdMultiInvalidator};
+pub use error::{VtdError, Wait};
 pub use fault::{FaultReason, FaultRecord};
 pub use second_level::SecondLevel;
-pub use unit::{UnitConfig, VtdError, VtdUnit};
+pub use unit::{MAX_ALLOCATED_DIDS, UnitConfig, VtdUnit};

@@ -21,8 +21,9 @@ use crate::caps::Features;
 use crate::descriptor::{
     self, ContextScope, Descriptor, IotlbScope, PasidCacheScope, PasidIotlbScope,
 };
+use crate::error::{VtdError, Wait};
 use crate::regs::{self, Mmio};
-use crate::unit::{VtdError, VtdUnit, alloc_frame};
+use crate::unit::{VtdUnit, alloc_frame};
 
 /// Descriptors in a queue of 128-bit descriptors (one 4 KiB page).
 pub const QUEUE_ENTRIES: usize = 256;
@@ -109,7 +110,7 @@ impl Invalidation {
         unit.regs.write64(regs::IQT, 0);
         let dw = if q.wide { IQA_DW } else { 0 };
         unit.regs.write64(regs::IQA, q.base.0 | dw);
-        unit.global_command(regs::G_QIE, true)
+        unit.global_command(regs::G_QIE, true, Wait::QueuedInvalidationEnable)
     }
 
     pub(crate) fn free<A: FrameAllocator>(&mut self, frames: &A) {
@@ -183,7 +184,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             core::hint::spin_loop();
         }
         if !room {
-            return Err(VtdError::Timeout("room in the invalidation queue"));
+            return Err(VtdError::Timeout(Wait::QueueSpace));
         }
         q.seq = q.seq.wrapping_add(1).max(1);
         let seq = q.seq;
@@ -253,7 +254,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if error.is_none() {
             crate::warn_event!("VT-d: invalidation wait {} timed out", seq);
         }
-        Err(error.unwrap_or(VtdError::Timeout("invalidation wait")))
+        Err(error.unwrap_or(VtdError::Timeout(Wait::InvalidationWait)))
     }
 
     fn submit_register(&self, d: &Descriptor) -> Result<(), VtdError> {
@@ -272,7 +273,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 let cmd = regs::CCMD_ICC | g << 61 | fm << 32 | sid << 16 | did;
                 self.regs.write64(regs::CCMD, cmd);
                 let mut last = cmd;
-                let r = self.poll_register("context command", || {
+                let r = self.poll_register(Wait::ContextCommand, || {
                     last = self.regs.read64(regs::CCMD);
                     last & regs::CCMD_ICC == 0
                 });
@@ -299,7 +300,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 }
                 self.regs.write64(base + 8, cmd);
                 let mut last = cmd;
-                self.poll_register("IOTLB invalidation", || {
+                self.poll_register(Wait::IotlbRegister, || {
                     last = self.regs.read64(base + 8);
                     last & regs::IOTLB_IVT == 0
                 })?;
@@ -317,11 +318,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         }
     }
 
-    fn poll_register(
-        &self,
-        what: &'static str,
-        mut done: impl FnMut() -> bool,
-    ) -> Result<(), VtdError> {
+    fn poll_register(&self, what: Wait, mut done: impl FnMut() -> bool) -> Result<(), VtdError> {
         for _ in 0..self.poll_limit() {
             if done() {
                 return Ok(());

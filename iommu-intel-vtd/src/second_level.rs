@@ -37,8 +37,14 @@ pub const SNP: u64 = 1 << 11;
 pub enum FormatError {
     /// The unit's SAGAW does not include tables of this many levels.
     LevelsUnsupported(usize),
-    /// The output address width is outside 32..=52 bits.
+    /// The output address width is outside 32..=52 bits, or an address
+    /// width is beyond what the unit takes (its MGAW for input addresses,
+    /// its address width for output ones).
     BadAddressWidth(u32),
+    /// Superpages the unit does not walk (CAP.SLLPS).
+    SuperpagesUnsupported,
+    /// SNP in leaves, on a unit without snoop control (ECAP.SC).
+    SnoopUnsupported,
 }
 
 /// Second-level tables of 3, 4 or 5 levels.
@@ -110,6 +116,16 @@ impl SecondLevel {
     /// 3 = 5-level).
     pub fn context_aw(&self) -> u8 {
         (self.levels - 2) as u8
+    }
+
+    /// SLLPS bits this format uses (bit 0: 2 MiB, bit 1: 1 GiB).
+    pub fn sllps(&self) -> u8 {
+        u8::from(self.sp_2m) | u8::from(self.sp_1g) << 1
+    }
+
+    /// Whether leaves carry SNP.
+    pub fn snoop(&self) -> bool {
+        self.snoop
     }
 
     fn level(&self, depth: usize) -> usize {

@@ -16,9 +16,11 @@ use iova_core::{
 use crate::descriptor::{self, ContextScope, Descriptor, IotlbScope};
 use crate::fake::{Dma, FakeVtd, QEMU_CAP_39, QEMU_CAP_48, QEMU_ECAP};
 use crate::{
-    Bdf, ContextState, FaultReason, FaultRecord, SecondLevel, UnitConfig, VtdError, VtdInvalidator,
-    VtdUnit,
+    Bdf, ContextState, FaultReason, FaultRecord, SecondLevel, UnitConfig, VtdDomain, VtdError,
+    VtdInvalidator, VtdUnit,
 };
+
+mod attach;
 
 const EDU: Bdf = Bdf::new(0, 1, 0);
 const OTHER: Bdf = Bdf::new(0, 2, 0);
@@ -28,7 +30,10 @@ const RWBF: u64 = 1 << 4;
 const QI: u64 = 1 << 1;
 
 type Unit<'f> = VtdUnit<&'f FakeVtd, Arc<FakeFrames>>;
-type Domain<'u, 'f> =
+type Domain<'u, 'f> = VtdDomain<'u, &'f FakeVtd, Arc<FakeFrames>, Arc<FakeFrames>>;
+/// A table and invalidation that the unit knows nothing of, for tests of
+/// [`VtdUnit::set_context`] itself.
+type RawDomain<'u, 'f> =
     PageTableDomain<SecondLevel, Arc<FakeFrames>, VtdInvalidator<'u, &'f FakeVtd, Arc<FakeFrames>>>;
 
 /// Cache maintenance for the fake's non-coherent walker (QEMU's ECAP has
@@ -66,29 +71,43 @@ fn unit<'f>(f: &'f FakeVtd, frames: &Arc<FakeFrames>) -> Unit<'f> {
     VtdUnit::new(f, Arc::clone(frames), cfg()).unwrap()
 }
 
-fn domain<'u, 'f>(
+/// A second-level domain of `levels` levels (at most) with the unit's next
+/// free domain ID.
+fn domain<'u, 'f>(u: &'u Unit<'f>, frames: &Arc<FakeFrames>, levels: usize) -> Domain<'u, 'f> {
+    u.second_level_domain(Arc::clone(frames), levels).unwrap()
+}
+
+fn attach(u: &Unit<'_>, d: &Domain<'_, '_>, dev: Bdf) {
+    u.attach(dev, d).unwrap();
+}
+
+fn raw_domain<'u, 'f>(
     u: &'u Unit<'f>,
     frames: &Arc<FakeFrames>,
     did: u16,
     levels: usize,
-) -> Domain<'u, 'f> {
+) -> RawDomain<'u, 'f> {
     let fmt = u.second_level_format(levels).unwrap();
     let table = PageTable::new(fmt, Arc::clone(frames)).unwrap();
     PageTableDomain::new(table, VtdInvalidator::new(u, did).unwrap())
 }
 
-fn attach(u: &Unit<'_>, d: &Domain<'_, '_>, dev: Bdf, did: u16) {
+/// Points `dev` at a raw domain with `set_context`.
+///
+/// # Safety
+///
+/// `did` is not held by a [`VtdDomain`] of `u` nor by its pass-through
+/// entries, its present entries all point at `d`, and `d` outlives every
+/// DMA the test makes through them.
+unsafe fn raw_attach(u: &Unit<'_>, d: &RawDomain<'_, '_>, dev: Bdf, did: u16) {
     let aw = d.table().format().context_aw();
-    u.set_context(
-        dev,
-        ContextState::Translated {
-            did,
-            root: d.table().root().0,
-            aw,
-        },
-        false,
-    )
-    .unwrap();
+    let state = ContextState::Translated {
+        did,
+        root: d.table().root().0,
+        aw,
+    };
+    // SAFETY: the caller's contract is `set_context`'s.
+    unsafe { u.set_context(dev, state, false) }.unwrap();
 }
 
 fn faults(u: &Unit<'_>) -> Vec<FaultRecord> {
@@ -97,13 +116,13 @@ fn faults(u: &Unit<'_>) -> Vec<FaultRecord> {
     v
 }
 
-fn map(d: &Domain<'_, '_>, iova: u64, pa: u64, len: u64, prot: Prot) {
+fn map(d: &impl IommuDomain, iova: u64, pa: u64, len: u64, prot: Prot) {
     let mut g = IotlbGather::new();
     d.map(Iova(iova), PhysAddr(pa), len, prot, &mut g).unwrap();
     d.flush(&mut g).unwrap();
 }
 
-fn unmap(d: &Domain<'_, '_>, iova: u64, len: u64) {
+fn unmap(d: &impl IommuDomain, iova: u64, len: u64) {
     let mut g = IotlbGather::new();
     d.unmap(Iova(iova), len, &mut g).unwrap();
     d.flush(&mut g).unwrap();
@@ -149,14 +168,14 @@ fn a_non_coherent_walker_needs_cache_maintenance() {
     // A coherent unit (ECAP.C) needs none, and gets none.
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP | 1);
     let u = VtdUnit::new(&f, Arc::clone(&frames), UnitConfig::default()).unwrap();
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     // A non-coherent one has its tables and queue cleaned.
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let before = CLEANED.0.load(std::sync::atomic::Ordering::Relaxed);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     let after = CLEANED.0.load(std::sync::atomic::Ordering::Relaxed);
     // Root table (4 KiB), three descriptors, the root entry and the
     // context entry at least (other tests run concurrently: at least).
@@ -201,8 +220,8 @@ fn probe_refuses_what_it_cannot_drive() {
 fn devices_without_a_context_entry_are_blocked_and_reported() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     u.enable_translation().unwrap();
     // Same bus as a present entry: context not present.
     assert_eq!(
@@ -236,8 +255,8 @@ fn translated_dma_at_both_depths_with_permissions() {
     for (cap, levels) in [(QEMU_CAP_39, 3), (QEMU_CAP_48, 4)] {
         let (frames, f) = fake(cap, QEMU_ECAP);
         let u = unit(&f, &frames);
-        let d = domain(&u, &frames, 1, levels);
-        attach(&u, &d, EDU, 1);
+        let d = domain(&u, &frames, levels);
+        attach(&u, &d, EDU);
         u.enable_translation().unwrap();
         let iova = 0x40_0000_0000 - 0x10_0000; // near the top of 39 bits
         map(&d, iova, 0x1234_5000, 0x2000, Prot::RW);
@@ -272,50 +291,62 @@ fn translated_dma_at_both_depths_with_permissions() {
 fn pass_through_only_where_offered() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
-    u.set_context(EDU, ContextState::PassThrough { did: 3, aw: 2 }, false)
-        .unwrap();
+    u.pass_through(EDU).unwrap();
     u.enable_translation().unwrap();
     assert_eq!(f.translate(EDU, 0xabc_d000, Dma::Write), Ok(0xabc_d000));
-    assert_eq!(u.context(EDU), ContextState::PassThrough { did: 3, aw: 2 });
+    // The widest AW the unit has, and a domain ID of its own (the first).
+    assert_eq!(u.context(EDU), ContextState::PassThrough { did: 1, aw: 2 });
+    u.pass_through(OTHER).unwrap();
+    assert_eq!(
+        u.context(OTHER),
+        ContextState::PassThrough { did: 1, aw: 2 }
+    );
+    assert_eq!(domain(&u, &frames, 4).did(), 2, "not the pass-through ID");
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP & !(1 << 6));
     let u = unit(&f, &frames);
-    assert_eq!(
-        u.set_context(EDU, ContextState::PassThrough { did: 3, aw: 2 }, false),
-        Err(VtdError::PassThroughUnsupported)
-    );
-    assert_eq!(
-        u.set_context(EDU, ContextState::PassThrough { did: 3, aw: 3 }, false),
-        Err(VtdError::PassThroughUnsupported)
-    );
+    assert_eq!(u.pass_through(EDU), Err(VtdError::PassThroughUnsupported));
+    // SAFETY: refused before anything is written.
+    let raw = unsafe { u.set_context(EDU, ContextState::PassThrough { did: 3, aw: 3 }, false) };
+    assert_eq!(raw, Err(VtdError::PassThroughUnsupported));
+    assert_eq!(domain(&u, &frames, 4).did(), 1, "no ID taken");
 }
 
 #[test]
 fn context_changes_invalidate_the_cached_entry() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
-    let a = domain(&u, &frames, 1, 4);
-    let b = domain(&u, &frames, 2, 4);
+    let a = domain(&u, &frames, 4);
+    let b = domain(&u, &frames, 4);
     map(&a, 0x10_0000, 0xa000, 0x1000, Prot::RW);
     map(&b, 0x10_0000, 0xb000, 0x1000, Prot::RW);
-    attach(&u, &a, EDU, 1);
+    attach(&u, &a, EDU);
     u.enable_translation().unwrap();
     assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xa000));
     assert!(f.cached_contexts() == 1 && f.cached_translations() == 1);
     // Move the device to domain 2: the old context entry and domain 1's
     // translations must not be used any more.
-    attach(&u, &b, EDU, 2);
+    assert_eq!((a.did(), b.did()), (1, 2));
+    attach(&u, &b, EDU);
     assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xb000));
+    assert_eq!((a.attached(), b.attached()), (0, 1));
     // Same domain ID, new table (e.g. the domain was rebuilt): translations
     // cached under the domain ID must go too.
-    let c = domain(&u, &frames, 2, 4);
+    let did = u.alloc_domain_id().unwrap();
+    let c = raw_domain(&u, &frames, did, 4);
+    let c2 = raw_domain(&u, &frames, did, 4);
     map(&c, 0x10_0000, 0xc000, 0x1000, Prot::RW);
-    attach(&u, &c, EDU, 2);
+    map(&c2, 0x10_0000, 0xd000, 0x1000, Prot::RW);
+    // SAFETY: `did` is the test's own; its entry points at `c`, then at
+    // `c2` (the move invalidates `c`'s); both outlive the DMA below.
+    unsafe { raw_attach(&u, &c, EDU, did) };
     assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xc000));
+    // SAFETY: as above.
+    unsafe { raw_attach(&u, &c2, EDU, did) };
+    assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xd000));
     // Pass-through, then detach: blocked again.
-    u.set_context(EDU, ContextState::PassThrough { did: 2, aw: 2 }, false)
-        .unwrap();
+    u.pass_through(EDU).unwrap();
     assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0x10_0000));
-    u.set_context(EDU, ContextState::NotPresent, false).unwrap();
+    u.block(EDU).unwrap();
     assert_eq!(
         f.translate(EDU, 0x10_0000, Dma::Read),
         Err(FaultReason::ContextNotPresent)
@@ -323,47 +354,37 @@ fn context_changes_invalidate_the_cached_entry() {
     assert_eq!(u.context(EDU), ContextState::NotPresent);
     // Domain IDs the unit does not have.
     assert_eq!(VtdInvalidator::new(&u, 0).map(|_| ()), Ok(()));
-    assert!(matches!(
-        u.set_context(
-            EDU,
-            ContextState::Translated {
-                did: 1,
-                root: 0x1234,
-                aw: 2
-            },
-            false
-        ),
-        Err(VtdError::FrameUnreachable(0x1234))
-    ));
-    assert!(matches!(
-        u.set_context(
-            EDU,
-            ContextState::Translated {
-                did: 1,
-                root: 0x1000,
-                aw: 3
-            },
-            false
-        ),
-        Err(VtdError::LevelsUnsupported(5))
-    ));
+    let state = ContextState::Translated {
+        did,
+        root: 0x1234,
+        aw: 2,
+    };
+    // SAFETY: refused before anything is written (the root is unaligned).
+    let r = unsafe { u.set_context(EDU, state, false) };
+    assert!(matches!(r, Err(VtdError::FrameUnreachable(0x1234))));
+    let state = ContextState::Translated {
+        did,
+        root: 0x1000,
+        aw: 3,
+    };
+    // SAFETY: refused before anything is written (no 5-level tables).
+    let r = unsafe { u.set_context(EDU, state, false) };
+    assert!(matches!(r, Err(VtdError::LevelsUnsupported(5))));
 }
 
 #[test]
 fn fault_processing_disable_suppresses_translation_faults() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    u.set_context(
-        EDU,
-        ContextState::Translated {
-            did: 1,
-            root: d.table().root().0,
-            aw: 2,
-        },
-        true,
-    )
-    .unwrap();
+    let did = u.alloc_domain_id().unwrap();
+    let d = raw_domain(&u, &frames, did, 4);
+    let state = ContextState::Translated {
+        did,
+        root: d.table().root().0,
+        aw: 2,
+    };
+    // SAFETY: the test's own domain ID, for `d` only, which outlives the DMA.
+    unsafe { u.set_context(EDU, state, true) }.unwrap();
     u.enable_translation().unwrap();
     assert_eq!(
         f.translate(EDU, 0x5000, Dma::Write),
@@ -389,16 +410,16 @@ fn a_forgotten_iotlb_invalidation_leaves_a_stale_translation() {
     let u = unit(&f, &frames);
     let fmt = u.second_level_format(4).unwrap();
     let broken = PageTableDomain::new(PageTable::new(fmt, Arc::clone(&frames)).unwrap(), Forgetful);
-    u.set_context(
-        EDU,
-        ContextState::Translated {
-            did: 1,
-            root: broken.table().root().0,
-            aw: 2,
-        },
-        false,
-    )
-    .unwrap();
+    let did = u.alloc_domain_id().unwrap();
+    let state = ContextState::Translated {
+        did,
+        root: broken.table().root().0,
+        aw: 2,
+    };
+    // SAFETY: the missing invalidation is the point; it stays harmless
+    // because the fake only reports the addresses a DMA would reach, and
+    // `broken`'s tables outlive every translation the test asks for.
+    unsafe { u.set_context(EDU, state, false) }.unwrap();
     u.enable_translation().unwrap();
     let mut g = IotlbGather::new();
     broken
@@ -412,8 +433,9 @@ fn a_forgotten_iotlb_invalidation_leaves_a_stale_translation() {
     assert_eq!(f.translate(EDU, 0x20_0000, Dma::Write), Ok(0x9000));
 
     // The real invalidator removes it.
-    let d = domain(&u, &frames, 2, 4);
-    attach(&u, &d, OTHER, 2);
+    let d = domain(&u, &frames, 4);
+    assert_eq!(d.did(), 2);
+    attach(&u, &d, OTHER);
     map(&d, 0x20_0000, 0x9000, 0x1000, Prot::RW);
     assert_eq!(f.translate(OTHER, 0x20_0000, Dma::Write), Ok(0x9000));
     let before = u.counters().snapshot();
@@ -435,8 +457,8 @@ fn freed_tables_drop_the_paging_structure_cache() {
     // not carry the leaf-only hint, or the unit keeps walking the freed table.
     let (frames, f) = fake(QEMU_CAP_48 & !(3 << 34), QEMU_ECAP); // no superpages
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     u.enable_translation().unwrap();
     map(&d, 0x40_0000, 0x1_0000, 0x1000, Prot::RW);
     assert_eq!(f.translate(EDU, 0x40_0000, Dma::Read), Ok(0x1_0000));
@@ -462,8 +484,8 @@ fn freed_tables_drop_the_paging_structure_cache() {
 fn two_step_batches_flush_once() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     u.enable_translation().unwrap();
     let aperture = IovaRange::new(Iova(0x1_0000_0000), 1 << 32).unwrap();
     let iovas =
@@ -532,8 +554,8 @@ fn a_flush_queue_is_one_wait_for_many_unlinks() {
     use iova_core::flush_queue::{DeferLimits, FlushQueue};
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     u.enable_translation().unwrap();
     let aperture = IovaRange::new(Iova(0x1_0000_0000), 1 << 32).unwrap();
     let iovas =
@@ -586,8 +608,8 @@ fn adjacent_states_model() {
         for seed in 0..seeds {
             let (frames, f) = fake(cap, QEMU_ECAP);
             let u = unit(&f, &frames);
-            let d = domain(&u, &frames, 1, levels);
-            attach(&u, &d, EDU, 1);
+            let d = domain(&u, &frames, levels);
+            attach(&u, &d, EDU);
             u.enable_translation().unwrap();
             let run = iova_core::fakes::AdjacentStates {
                 window: IovaRange::new(Iova(0x40_0000_0000 >> 2), 24 * 0x1000).unwrap(),
@@ -608,8 +630,8 @@ fn too_many_blocks_fall_back_to_domain_selective() {
     let cap = QEMU_CAP_48 & !(0x3f << 48);
     let (frames, f) = fake(cap, QEMU_ECAP);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     u.enable_translation().unwrap();
     map(&d, 0x10_0000, 0x10_0000, 0x40_000, Prot::RW);
     let before = u.counters().snapshot();
@@ -627,8 +649,8 @@ fn too_many_blocks_fall_back_to_domain_selective() {
     // Without PSI at all: domain-selective.
     let (frames, f) = fake(QEMU_CAP_48 & !(1 << 39), QEMU_ECAP);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     u.enable_translation().unwrap();
     map(&d, 0x10_0000, 0x10_0000, 0x1000, Prot::RW);
     assert!(f.translate(EDU, 0x10_0000, Dma::Read).is_ok());
@@ -654,8 +676,8 @@ fn caching_mode_invalidates_new_entries_too() {
         Err(FaultReason::RootNotPresent)
     );
     faults(&u);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     // ...and the driver invalidated it when making the entry present.
     assert_eq!(
         f.translate(EDU, 0x10_0000, Dma::Read),
@@ -672,16 +694,14 @@ fn caching_mode_invalidates_new_entries_too() {
     // The same with a forgetful driver keeps faulting: the test would catch it.
     let fmt = u.second_level_format(4).unwrap();
     let broken = PageTableDomain::new(PageTable::new(fmt, Arc::clone(&frames)).unwrap(), Forgetful);
-    u.set_context(
-        OTHER,
-        ContextState::Translated {
-            did: 2,
-            root: broken.table().root().0,
-            aw: 2,
-        },
-        false,
-    )
-    .unwrap();
+    let state = ContextState::Translated {
+        did: u.alloc_domain_id().unwrap(),
+        root: broken.table().root().0,
+        aw: 2,
+    };
+    // SAFETY: as in the test above: a forgotten invalidation whose only
+    // effect is the fault the fake reports.
+    unsafe { u.set_context(OTHER, state, false) }.unwrap();
     assert!(f.translate(OTHER, 0x30_0000, Dma::Read).is_err());
     let mut g = IotlbGather::new();
     broken
@@ -705,9 +725,9 @@ fn register_based_invalidation_and_write_buffer_flush() {
         "global context + global IOTLB at probe"
     );
     assert_eq!(s.descriptors.iter().sum::<u64>(), 0);
-    let d = domain(&u, &frames, 1, 4);
+    let d = domain(&u, &frames, 4);
     let wbf = f.stats().write_buffer_flushes;
-    attach(&u, &d, EDU, 1);
+    attach(&u, &d, EDU);
     assert_eq!(
         f.stats().write_buffer_flushes,
         wbf + 1,
@@ -738,7 +758,7 @@ fn register_based_invalidation_and_write_buffer_flush() {
     );
     u.submit(&[Descriptor::wait_interrupt()]).unwrap();
     // Context change through CCMD, device-selective.
-    u.set_context(EDU, ContextState::NotPresent, false).unwrap();
+    u.detach(EDU, &d).unwrap();
     assert_eq!(
         f.translate(EDU, 0x10_1000, Dma::Read),
         Err(FaultReason::ContextNotPresent)
@@ -824,9 +844,9 @@ fn a_wait_that_never_completes_times_out() {
     f.stall_waits(true);
     assert_eq!(
         u.invalidate_all(),
-        Err(VtdError::Timeout("invalidation wait"))
+        Err(VtdError::Timeout(crate::error::Wait::InvalidationWait))
     );
-    let d = domain(&u, &frames, 1, 4);
+    let d = domain(&u, &frames, 4);
     let mut g = IotlbGather::new();
     d.map(Iova(0x1000), PhysAddr(0x1000), 0x1000, Prot::RW, &mut g)
         .unwrap();
@@ -893,8 +913,8 @@ fn fault_overflow_is_reported_and_recording_resumes() {
 fn superpages_where_the_unit_has_them() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     u.enable_translation().unwrap();
     map(&d, 0x4000_0000, 0x8000_0000, 0x4000_0000, Prot::RW);
     map(&d, 0x8020_0000, 0x20_0000, 0x20_0000, Prot::READ);
@@ -915,8 +935,8 @@ fn superpages_where_the_unit_has_them() {
     // A unit without SLLPS gets 4 KiB pages only, and refuses PS entries.
     let (frames, f) = fake(QEMU_CAP_48 & !(3 << 34), QEMU_ECAP);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
-    attach(&u, &d, EDU, 1);
+    let d = domain(&u, &frames, 4);
+    attach(&u, &d, EDU);
     u.enable_translation().unwrap();
     map(&d, 0x20_0000, 0x20_0000, 0x20_0000, Prot::RW);
     assert_eq!(
@@ -941,12 +961,11 @@ mod scalable {
         VtdUnit::new(f, Arc::clone(frames), config).unwrap()
     }
 
-    type FlDomain<'u, 'f> =
-        PageTableDomain<X86_64, Arc<FakeFrames>, VtdInvalidator<'u, &'f FakeVtd, Arc<FakeFrames>>>;
+    type FlDomain<'u, 'f> = VtdDomain<'u, &'f FakeVtd, Arc<FakeFrames>, Arc<FakeFrames>, X86_64>;
 
-    fn fl_domain<'u, 'f>(u: &'u Unit<'f>, frames: &Arc<FakeFrames>, did: u16) -> FlDomain<'u, 'f> {
-        let table = PageTable::new(u.first_level_format().unwrap(), Arc::clone(frames)).unwrap();
-        PageTableDomain::new(table, VtdInvalidator::first_level(u, did).unwrap())
+    /// A first-level domain for requests without a PASID.
+    fn fl_domain<'u, 'f>(u: &'u Unit<'f>, frames: &Arc<FakeFrames>) -> FlDomain<'u, 'f> {
+        u.first_level_domain(Arc::clone(frames), 0).unwrap()
     }
 
     #[test]
@@ -976,16 +995,16 @@ mod scalable {
             u.first_level_format().err(),
             Some(VtdError::FirstLevelUnsupported)
         );
+        let state = ContextState::FirstLevel {
+            did: 1,
+            root: 0x1000,
+        };
+        // SAFETY: refused before anything is written.
+        let r = unsafe { u.set_context(EDU, state, false) };
+        assert_eq!(r, Err(VtdError::FirstLevelUnsupported));
         assert_eq!(
-            u.set_context(
-                EDU,
-                ContextState::FirstLevel {
-                    did: 1,
-                    root: 0x1000
-                },
-                false
-            ),
-            Err(VtdError::FirstLevelUnsupported)
+            u.first_level_domain(Arc::clone(&frames), 0).err(),
+            Some(VtdError::FirstLevelUnsupported)
         );
     }
 
@@ -1001,9 +1020,9 @@ mod scalable {
                 1,
                 "global PASID-cache at probe"
             );
-            let d = domain(&u, &frames, 1, levels);
-            attach(&u, &d, EDU, 1);
-            attach(&u, &d, UPPER, 1);
+            let d = domain(&u, &frames, levels);
+            attach(&u, &d, EDU);
+            attach(&u, &d, UPPER);
             u.enable_translation().unwrap();
             map(&d, 0x40_0000, 0x1234_5000, 0x1000, Prot::RW);
             for dev in [EDU, UPPER] {
@@ -1042,25 +1061,39 @@ mod scalable {
     fn pasid_entry_changes_are_invalidated() {
         let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_SCALABLE);
         let u = scalable_unit(&f, &frames);
-        let a = domain(&u, &frames, 1, 4);
-        let b = domain(&u, &frames, 1, 4); // same domain ID, new table
+        let did = u.alloc_domain_id().unwrap();
+        let a = raw_domain(&u, &frames, did, 4);
+        let b = raw_domain(&u, &frames, did, 4); // same domain ID, new table
         map(&a, 0x10_0000, 0xa000, 0x1000, Prot::RW);
         map(&b, 0x10_0000, 0xb000, 0x1000, Prot::RW);
-        attach(&u, &a, EDU, 1);
+        // SAFETY: the test's own domain ID, on `a` then `b` (moving the entry
+        // invalidates `a`'s); both outlive the DMA below.
+        unsafe { raw_attach(&u, &a, EDU, did) };
         u.enable_translation().unwrap();
         assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xa000));
         let before = u.counters().snapshot();
-        attach(&u, &b, EDU, 1);
+        // SAFETY: as above.
+        unsafe { raw_attach(&u, &b, EDU, did) };
         let c = u.counters().snapshot().since(&before);
         assert_eq!(
             (c.pasid_cache, c.iotlb_domain, c.waits, c.context),
             (1, 1, 1, 0)
         );
         assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xb000));
-        u.set_context(EDU, ContextState::PassThrough { did: 2, aw: 2 }, false)
-            .unwrap();
+        // A domain moving into the entry costs the same.
+        let d = domain(&u, &frames, 4);
+        map(&d, 0x10_0000, 0xe000, 0x1000, Prot::RW);
+        let before = u.counters().snapshot();
+        attach(&u, &d, EDU);
+        let c = u.counters().snapshot().since(&before);
+        assert_eq!(
+            (c.pasid_cache, c.iotlb_domain, c.waits, c.context),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0xe000));
+        u.pass_through(EDU).unwrap();
         assert_eq!(f.translate(EDU, 0x10_0000, Dma::Read), Ok(0x10_0000));
-        u.set_context(EDU, ContextState::NotPresent, false).unwrap();
+        u.block(EDU).unwrap();
         assert_eq!(
             f.translate(EDU, 0x10_0000, Dma::Read),
             Err(FaultReason::PasidEntryNotPresent)
@@ -1080,16 +1113,8 @@ mod scalable {
         for seed in 0..seeds {
             let (frames, f) = fake(QEMU_CAP_48 | CAP_FL1GP, QEMU_ECAP_FLTS);
             let u = scalable_unit(&f, &frames);
-            let d = fl_domain(&u, &frames, 2);
-            u.set_context(
-                EDU,
-                ContextState::FirstLevel {
-                    did: 2,
-                    root: d.table().root().0,
-                },
-                false,
-            )
-            .unwrap();
+            let d = fl_domain(&u, &frames);
+            u.attach(EDU, &d).unwrap();
             u.enable_translation().unwrap();
             let run = iova_core::fakes::AdjacentStates {
                 window: IovaRange::new(Iova(0x40_0000_0000), 24 * 0x1000).unwrap(),
@@ -1108,29 +1133,22 @@ mod scalable {
         let (frames, f) = fake(QEMU_CAP_48 | CAP_FL1GP, QEMU_ECAP_FLTS);
         let u = scalable_unit(&f, &frames);
         // x-flts units have no second level in scalable mode.
-        let sl = domain(&u, &frames, 1, 4);
+        let sl = raw_domain(&u, &frames, 1, 4);
+        let state = ContextState::Translated {
+            did: 1,
+            root: sl.table().root().0,
+            aw: 2,
+        };
+        // SAFETY: refused before anything is written.
+        let r = unsafe { u.set_context(EDU, state, false) };
+        assert_eq!(r, Err(VtdError::SecondLevelUnsupported));
         assert_eq!(
-            u.set_context(
-                EDU,
-                ContextState::Translated {
-                    did: 1,
-                    root: sl.table().root().0,
-                    aw: 2
-                },
-                false
-            ),
-            Err(VtdError::SecondLevelUnsupported)
+            u.second_level_domain(Arc::clone(&frames), 4).err(),
+            Some(VtdError::SecondLevelUnsupported)
         );
-        let d = fl_domain(&u, &frames, 2);
-        u.set_context(
-            EDU,
-            ContextState::FirstLevel {
-                did: 2,
-                root: d.table().root().0,
-            },
-            false,
-        )
-        .unwrap();
+        let d = fl_domain(&u, &frames);
+        assert_eq!((d.did(), d.pasid()), (1, Some(0)));
+        u.attach(EDU, &d).unwrap();
         u.enable_translation().unwrap();
         let mut g = IotlbGather::new();
         d.map(
@@ -1190,7 +1208,7 @@ mod scalable {
         assert_eq!(
             u.context(EDU),
             ContextState::FirstLevel {
-                did: 2,
+                did: 1,
                 root: d.table().root().0
             }
         );
@@ -1204,16 +1222,8 @@ mod scalable {
     fn first_level_iovas_are_the_lower_canonical_half() {
         let (frames, f) = fake(QEMU_CAP_48 | CAP_FL1GP, QEMU_ECAP_FLTS);
         let u = scalable_unit(&f, &frames);
-        let d = fl_domain(&u, &frames, 2);
-        u.set_context(
-            EDU,
-            ContextState::FirstLevel {
-                did: 2,
-                root: d.table().root().0,
-            },
-            false,
-        )
-        .unwrap();
+        let d = fl_domain(&u, &frames);
+        u.attach(EDU, &d).unwrap();
         u.enable_translation().unwrap();
         let top = 1u64 << 47;
         assert_eq!(d.table().ia_bits(), 47);
@@ -1255,16 +1265,8 @@ mod scalable {
         // translations: a driver that used it would leave them stale.
         let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_FLTS);
         let u = scalable_unit(&f, &frames);
-        let d = fl_domain(&u, &frames, 2);
-        u.set_context(
-            EDU,
-            ContextState::FirstLevel {
-                did: 2,
-                root: d.table().root().0,
-            },
-            false,
-        )
-        .unwrap();
+        let d = fl_domain(&u, &frames);
+        u.attach(EDU, &d).unwrap();
         u.enable_translation().unwrap();
         let mut g = IotlbGather::new();
         d.map(Iova(0x20_0000), PhysAddr(0x5000), 0x1000, Prot::RW, &mut g)
@@ -1272,7 +1274,7 @@ mod scalable {
         d.flush(&mut g).unwrap();
         assert_eq!(f.translate(EDU, 0x20_0000, Dma::Read), Ok(0x5000));
         d.unmap(Iova(0x20_0000), 0x1000, &mut g).unwrap();
-        u.submit(&[Descriptor::iotlb(IotlbScope::Domain(2), false, false)])
+        u.submit(&[Descriptor::iotlb(IotlbScope::Domain(d.did()), false, false)])
             .unwrap();
         assert_eq!(f.translate(EDU, 0x20_0000, Dma::Read), Ok(0x5000), "stale");
         d.flush(&mut g).unwrap();
@@ -1286,10 +1288,10 @@ mod scalable {
     fn caching_mode_in_scalable_mode() {
         let (frames, f) = fake(QEMU_CAP_48 | CM, QEMU_ECAP_SCALABLE);
         let u = scalable_unit(&f, &frames);
-        let d = domain(&u, &frames, 1, 4);
-        attach(&u, &d, EDU, 1);
+        let d = domain(&u, &frames, 4);
+        attach(&u, &d, EDU);
         u.enable_translation().unwrap();
-        u.set_context(EDU, ContextState::NotPresent, false).unwrap();
+        u.detach(EDU, &d).unwrap();
         // The not-present PASID entry gets cached...
         assert_eq!(
             f.translate(EDU, 0x1000, Dma::Read),
@@ -1298,7 +1300,7 @@ mod scalable {
         faults(&u);
         // ...and making it present again invalidates it.
         map(&d, 0x1000, 0x7000, 0x1000, Prot::RW);
-        attach(&u, &d, EDU, 1);
+        attach(&u, &d, EDU);
         assert_eq!(f.translate(EDU, 0x1000, Dma::Read), Ok(0x7000));
     }
 
@@ -1371,7 +1373,7 @@ fn reserved_regions_are_identity_mapped_for_their_devices() {
     );
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
-    let dom = domain(&u, &frames, 1, 4);
+    let dom = domain(&u, &frames, 4);
     let mut g = IotlbGather::new();
     let done = map_reserved_regions(&d, 0, EDU, |_| None, &dom, &mut g).unwrap();
     dom.flush(&mut g).unwrap();
@@ -1382,7 +1384,7 @@ fn reserved_regions_are_identity_mapped_for_their_devices() {
             malformed: 1
         }
     );
-    attach(&u, &dom, EDU, 1);
+    attach(&u, &dom, EDU);
     u.enable_translation().unwrap();
     assert_eq!(f.translate(EDU, 0xf_f123, Dma::Write), Ok(0xf_f123));
     assert_eq!(
@@ -1409,9 +1411,17 @@ fn one_domain_on_two_units_is_invalidated_on_both() {
     );
     let u1 = unit(&f1, &frames);
     let u2 = unit(&f2, &frames);
-    // Both units walk 4-level tables here (the second one's SAGAW has both).
-    let fmt = u1.second_level_format(4).unwrap();
-    assert_eq!(u2.second_level_format(4).unwrap().levels(), 4);
+    // Both units walk 4-level tables here (the second one's SAGAW has both),
+    // within the second one's 39 bits.
+    let fmt = u2.second_level_format(4).unwrap();
+    assert_eq!(fmt.levels(), 4);
+    let wide = u1.second_level_format(4).unwrap();
+    assert_eq!(
+        u2.check_second_level(&wide),
+        Err(VtdError::Format(
+            crate::second_level::FormatError::BadAddressWidth(48)
+        ))
+    );
     let mut inval: VtdMultiInvalidator<'_, _, _, 2> = VtdMultiInvalidator::new();
     inval.push(VtdInvalidator::new(&u1, 1).unwrap()).unwrap();
     inval.push(VtdInvalidator::new(&u2, 7).unwrap()).unwrap();
@@ -1419,28 +1429,28 @@ fn one_domain_on_two_units_is_invalidated_on_both() {
         inval.push(VtdInvalidator::new(&u2, 8).unwrap()).is_err(),
         "full"
     );
-    let d = PageTableDomain::new(PageTable::new(fmt, Arc::clone(&frames)).unwrap(), inval);
-    let root = d.table().root().0;
-    u1.set_context(
-        EDU,
+    assert_eq!(
+        VtdDomain::second_level([&u1, &u2], Arc::clone(&frames), wide).err(),
+        Some(VtdError::Format(
+            crate::second_level::FormatError::BadAddressWidth(48)
+        ))
+    );
+    let d = VtdDomain::second_level([&u1, &u2], Arc::clone(&frames), fmt).unwrap();
+    let dids: Vec<_> = d.invalidator().units().iter().map(|i| i.did()).collect();
+    assert_eq!(dids, [1, 1], "each unit's own first ID");
+    u1.attach(EDU, &d).unwrap();
+    u2.attach(FAR, &d).unwrap();
+    // A domain of the first unit only cannot be attached through the second.
+    let only1 = domain(&u1, &frames, 4);
+    assert_eq!(u2.attach(FAR, &only1), Err(VtdError::ForeignDomain));
+    assert_eq!(
+        u2.context(FAR),
         ContextState::Translated {
             did: 1,
-            root,
-            aw: 2,
-        },
-        false,
-    )
-    .unwrap();
-    u2.set_context(
-        FAR,
-        ContextState::Translated {
-            did: 7,
-            root,
-            aw: 2,
-        },
-        false,
-    )
-    .unwrap();
+            root: d.table().root().0,
+            aw: 2
+        }
+    );
     u1.enable_translation().unwrap();
     u2.enable_translation().unwrap();
     let mut g = IotlbGather::new();
@@ -1457,6 +1467,14 @@ fn one_domain_on_two_units_is_invalidated_on_both() {
         let c = u.counters().snapshot();
         assert_eq!(c.iotlb_page, 1);
     }
+    // Dropping it blocks its devices on both units.
+    drop(d);
+    assert_eq!(u1.context(EDU), ContextState::NotPresent);
+    assert_eq!(u2.context(FAR), ContextState::NotPresent);
+    assert_eq!(
+        f2.translate(FAR, 0x10_0000, Dma::Read),
+        Err(FaultReason::ContextNotPresent)
+    );
 }
 
 /// Random map / unmap / flush sequences against a plain model: after every
@@ -1500,29 +1518,19 @@ fn random_sequences_never_leave_stale_translations() {
             seed % n
         };
         // Both formats behind one closure-driven harness.
-        let sl = (!fl).then(|| domain(&u, &frames, 1, 4));
-        let flt = fl.then(|| {
-            let t = PageTable::new(u.first_level_format().unwrap(), Arc::clone(&frames)).unwrap();
-            PageTableDomain::new(t, VtdInvalidator::first_level(&u, 1).unwrap())
-        });
+        let sl = (!fl).then(|| domain(&u, &frames, 4));
+        let flt = fl.then(|| u.first_level_domain(Arc::clone(&frames), 0).unwrap());
         let dom: &dyn IommuDomain = match (&sl, &flt) {
-            (Some(d), _) => d,
-            (_, Some(d)) => d,
+            (Some(d), _) => {
+                u.attach(EDU, d).unwrap();
+                d
+            }
+            (_, Some(d)) => {
+                u.attach(EDU, d).unwrap();
+                d
+            }
             _ => unreachable!(),
         };
-        let state = match (&sl, &flt) {
-            (Some(d), _) => ContextState::Translated {
-                did: 1,
-                root: d.table().root().0,
-                aw: 2,
-            },
-            (_, Some(d)) => ContextState::FirstLevel {
-                did: 1,
-                root: d.table().root().0,
-            },
-            _ => unreachable!(),
-        };
-        u.set_context(EDU, state, false).unwrap();
         u.enable_translation().unwrap();
         // IOVA page -> (pa, writable); mappings as (start page, pages).
         let mut model: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
@@ -1637,12 +1645,12 @@ fn five_level_tables_where_sagaw_has_them() {
         u.second_level_format(4).is_err(),
         "4 levels are not in SAGAW"
     );
-    let d = domain(&u, &frames, 1, 5);
+    let d = domain(&u, &frames, 5);
     assert_eq!(
         (d.table().format().levels(), d.table().format().ia_bits()),
         (5, 57)
     );
-    attach(&u, &d, EDU, 1);
+    attach(&u, &d, EDU);
     assert_eq!(
         u.context(EDU),
         ContextState::Translated {
@@ -1669,14 +1677,14 @@ fn second_level_iovas_stay_below_mgaw() {
     let cap = (QEMU_CAP_48 & !(0x3f << 16)) | 38 << 16;
     let (frames, f) = fake(cap, QEMU_ECAP);
     let u = unit(&f, &frames);
-    let d = domain(&u, &frames, 1, 4);
+    let d = domain(&u, &frames, 4);
     assert_eq!(d.table().format().levels(), 4);
     assert_eq!(d.table().format().context_aw(), 2);
     assert_eq!(
         (d.table().format().ia_bits(), d.table().ia_bits()),
         (39, 39)
     );
-    attach(&u, &d, EDU, 1);
+    attach(&u, &d, EDU);
     u.enable_translation().unwrap();
     let top = 1u64 << 39;
     let mut g = IotlbGather::new();
@@ -1718,9 +1726,11 @@ fn a_unit_left_running_is_taken_over() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     // Neither is dropped while the new driver runs: that would stop the unit.
     let firmware = core::mem::ManuallyDrop::new(unit(&f, &frames));
-    let d = core::mem::ManuallyDrop::new(domain(&firmware, &frames, 1, 4));
-    map(&d, 0x1000, 0x9000, 0x1000, Prot::RW);
-    attach(&firmware, &d, EDU, 1);
+    let d = core::mem::ManuallyDrop::new(raw_domain(&firmware, &frames, 1, 4));
+    map(&*d, 0x1000, 0x9000, 0x1000, Prot::RW);
+    // SAFETY: no domain of `firmware` holds ID 1; `d` lives as long as the
+    // unit can walk it (until the new driver replaces the root table).
+    unsafe { raw_attach(&firmware, &d, EDU, 1) };
     firmware.enable_translation().unwrap();
     assert_eq!(f.translate(EDU, 0x1000, Dma::Read), Ok(0x9000));
     // The new driver stops it, installs an empty root table and starts over:
@@ -1760,7 +1770,7 @@ fn the_platform_address_width_bounds_tables_and_mappings() {
     };
     let u = VtdUnit::new(&f, Arc::clone(&frames), forty).unwrap();
     assert_eq!(u.address_width(), 40);
-    let d = domain(&u, &frames, 1, 4);
+    let d = domain(&u, &frames, 4);
     assert_eq!(d.table().format().oa_bits(), 40);
     let mut g = IotlbGather::new();
     assert_eq!(
@@ -1821,16 +1831,22 @@ fn arbitrary_capability_values_never_panic_the_driver() {
             let t = PageTable::new(fmt, Arc::clone(&frames)).unwrap();
             let levels = fmt.context_aw();
             let root = t.root().0;
-            let _ = u.set_context(
-                EDU,
-                ContextState::Translated {
-                    did: 1,
-                    root,
-                    aw: levels,
-                },
-                false,
-            );
-            let _ = u.set_context(EDU, ContextState::NotPresent, false);
+            let state = ContextState::Translated {
+                did: 1,
+                root,
+                aw: levels,
+            };
+            // SAFETY: no domain of the unit exists, and the entry is made
+            // not present again before `t` goes; nothing DMAs meanwhile.
+            let _ = unsafe { u.set_context(EDU, state, false) };
+            let _ = u.block(EDU);
+            // The same through a domain, which blocks EDU again when dropped
+            // (or leaks its tables if this unit does not complete that: they
+            // come from a borrowed allocator, so nothing else leaks).
+            if let Ok(d) = u.second_level_domain(&*frames, 5) {
+                let _ = u.attach(EDU, &d);
+                let _ = u.pass_through(OTHER);
+            }
         }
         let _ = u.invalidate_all();
         u.drain_faults(|_| {});
@@ -1852,35 +1868,12 @@ fn requests_with_pasids_use_their_own_entries() {
         ..cfg()
     };
     let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
-    let fl = |did, pasid| {
-        let t = PageTable::new(u.first_level_format().unwrap(), Arc::clone(&frames)).unwrap();
-        PageTableDomain::new(
-            t,
-            VtdInvalidator::first_level_pasid(&u, did, pasid).unwrap(),
-        )
-    };
-    let a = fl(1, 5);
-    let b = fl(2, 9);
-    u.set_pasid(
-        EDU,
-        5,
-        ContextState::FirstLevel {
-            did: 1,
-            root: a.table().root().0,
-        },
-        false,
-    )
-    .unwrap();
-    u.set_pasid(
-        EDU,
-        9,
-        ContextState::FirstLevel {
-            did: 2,
-            root: b.table().root().0,
-        },
-        false,
-    )
-    .unwrap();
+    let fl = |pasid| u.first_level_domain(Arc::clone(&frames), pasid).unwrap();
+    let a = fl(5);
+    let b = fl(9);
+    assert_eq!((a.did(), b.did()), (1, 2));
+    u.attach_pasid(EDU, 5, &a).unwrap();
+    u.attach_pasid(EDU, 9, &b).unwrap();
     assert_eq!(
         u.pasid_context(EDU, 5),
         ContextState::FirstLevel {
@@ -1928,19 +1921,13 @@ fn requests_with_pasids_use_their_own_entries() {
     assert_eq!(f.translate_pasid(EDU, 9, 0x10_0008, Dma::Write), Ok(0xb008));
     // Limits: the driver's one-page directory, and units without PASIDs.
     assert_eq!(
-        u.set_pasid(
-            EDU,
-            crate::context::scalable::MAX_PASIDS,
-            ContextState::NotPresent,
-            false
-        ),
+        u.block_pasid(EDU, crate::context::scalable::MAX_PASIDS),
         Err(VtdError::PasidOutOfRange(
             crate::context::scalable::MAX_PASIDS
         ))
     );
     // Detach PASID 9: blocked, the entry invalidated.
-    u.set_pasid(EDU, 9, ContextState::NotPresent, false)
-        .unwrap();
+    u.detach_pasid(EDU, 9, &b).unwrap();
     assert_eq!(
         f.translate_pasid(EDU, 9, 0x10_0008, Dma::Read),
         Err(FaultReason::PasidEntryNotPresent)
@@ -1958,14 +1945,11 @@ fn requests_with_pasids_use_their_own_entries() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_SCALABLE);
     let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
     assert_eq!(
-        u.set_pasid(EDU, 5, ContextState::PassThrough { did: 1, aw: 2 }, false),
+        u.pass_through_pasid(EDU, 5),
         Err(VtdError::PasidUnsupported)
     );
     // Legacy units have no PASIDs at all.
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
-    assert_eq!(
-        u.set_pasid(EDU, 0, ContextState::NotPresent, false),
-        Err(VtdError::ScalableUnsupported)
-    );
+    assert_eq!(u.block_pasid(EDU, 0), Err(VtdError::ScalableUnsupported));
 }

@@ -10,13 +10,9 @@
 use std::sync::Arc;
 
 use iommu_intel_vtd::fake::{Dma, FakeVtd, QEMU_CAP_48, QEMU_ECAP, QEMU_ECAP_SCALABLE};
-use iommu_intel_vtd::{
-    Bdf, ContextState, FaultReason, SecondLevel, UnitConfig, VtdError, VtdInvalidator, VtdUnit,
-};
+use iommu_intel_vtd::{Bdf, ContextState, FaultReason, UnitConfig, VtdDomain, VtdError, VtdUnit};
 use iova_core::fakes::FakeFrames;
-use iova_core::{
-    Error, FrameAllocator, IommuDomain, IotlbGather, Iova, PageTable, PageTableDomain,
-};
+use iova_core::{Error, FrameAllocator, IommuDomain, IotlbGather, Iova, PageTable};
 use iova_core::{PhysAddr, Prot};
 
 const K4: u64 = 0x1000;
@@ -29,8 +25,7 @@ const FAR: Bdf = Bdf::new(3, 0, 0);
 const PASID_20: u64 = 1 << 40 | 19 << 35;
 
 type Unit<'f> = VtdUnit<&'f FakeVtd, Arc<FakeFrames>>;
-type Domain<'u, 'f> =
-    PageTableDomain<SecondLevel, Arc<FakeFrames>, VtdInvalidator<'u, &'f FakeVtd, Arc<FakeFrames>>>;
+type Domain<'u, 'f> = VtdDomain<'u, &'f FakeVtd, Arc<FakeFrames>, Arc<FakeFrames>>;
 
 /// QEMU's walker does not snoop (ECAP.C = 0); the fake reads memory
 /// directly, so cleaning nothing is enough.
@@ -56,15 +51,16 @@ fn unit<'f>(f: &'f FakeVtd, frames: &Arc<FakeFrames>, scalable: bool) -> Unit<'f
     VtdUnit::new(f, Arc::clone(frames), config).unwrap()
 }
 
+/// A 4-level second-level domain with the unit's next domain ID (`did`).
 fn domain<'u, 'f>(u: &'u Unit<'f>, frames: &Arc<FakeFrames>, did: u16) -> Domain<'u, 'f> {
-    let fmt = u.second_level_format(4).unwrap();
-    let table = PageTable::new(fmt, Arc::clone(frames)).unwrap();
-    PageTableDomain::new(table, VtdInvalidator::new(u, did).unwrap())
+    let d = u.second_level_domain(Arc::clone(frames), 4).unwrap();
+    assert_eq!(d.did(), did);
+    d
 }
 
 fn translated(d: &Domain<'_, '_>) -> ContextState {
     ContextState::Translated {
-        did: d.invalidator().did(),
+        did: d.did(),
         root: d.table().root().0,
         aw: d.table().format().context_aw(),
     }
@@ -103,7 +99,7 @@ fn legacy_attach_without_memory_for_a_context_table_leaves_the_device_blocked() 
     let f = FakeVtd::new(Arc::clone(&frames), QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames, false);
     let d = domain(&u, &frames, 1);
-    u.set_context(EDU, translated(&d), false).unwrap();
+    u.attach(EDU, &d).unwrap();
     u.enable_translation().unwrap();
     map(&d, 0x10_0000, 0x4_5000, K4);
 
@@ -116,9 +112,8 @@ fn legacy_attach_without_memory_for_a_context_table_leaves_the_device_blocked() 
         "no second-level root"
     );
     let before = u.counters().snapshot();
-    for state in [translated(&d), ContextState::PassThrough { did: 2, aw: 2 }] {
-        assert_eq!(u.set_context(FAR, state, false), Err(VtdError::NoMemory));
-    }
+    assert_eq!(u.attach(FAR, &d), Err(VtdError::NoMemory));
+    assert_eq!(u.pass_through(FAR), Err(VtdError::NoMemory));
     assert_eq!(frames.live(), live, "nothing held");
     assert_eq!(frames.bad_frees(), 0);
     assert_eq!(u.counters().snapshot(), before, "nothing invalidated");
@@ -133,7 +128,7 @@ fn legacy_attach_without_memory_for_a_context_table_leaves_the_device_blocked() 
     assert_eq!(f.translate(EDU, 0x10_0008, Dma::Write), Ok(0x4_5008));
 
     frames.unlimited();
-    u.set_context(FAR, translated(&d), false).unwrap();
+    u.attach(FAR, &d).unwrap();
     assert_eq!(frames.live(), live + 1, "one context table");
     assert_eq!(f.translate(FAR, 0x10_0010, Dma::Read), Ok(0x4_5010));
     let d2 = domain(&u, &frames, 2);
@@ -153,7 +148,7 @@ fn scalable_first_attach_without_memory_builds_nothing() {
     let f = FakeVtd::new(Arc::clone(&frames), QEMU_CAP_48, QEMU_ECAP_SCALABLE);
     let u = unit(&f, &frames, true);
     let d = domain(&u, &frames, 1);
-    u.set_context(EDU, translated(&d), false).unwrap();
+    u.attach(EDU, &d).unwrap();
     u.enable_translation().unwrap();
     map(&d, 0x10_0000, 0x4_5000, K4);
     let edu_root = root_entry(&frames, &u, 0);
@@ -165,7 +160,7 @@ fn scalable_first_attach_without_memory_builds_nothing() {
             let before = u.counters().snapshot();
             frames.fail_after(left);
             assert_eq!(
-                u.set_context(dev, translated(&d), false),
+                u.attach(dev, &d),
                 Err(VtdError::NoMemory),
                 "{dev:?}, {left} allocations left"
             );
@@ -185,7 +180,7 @@ fn scalable_first_attach_without_memory_builds_nothing() {
         }
         frames.unlimited();
         let live = frames.live();
-        u.set_context(dev, translated(&d), false).unwrap();
+        u.attach(dev, &d).unwrap();
         assert_eq!(frames.live(), live + allocations);
         assert_eq!(f.translate(dev, 0x10_0008, Dma::Write), Ok(0x4_5008));
     }
@@ -208,7 +203,7 @@ fn a_pasid_table_that_cannot_be_allocated_leaves_the_other_entries_intact() {
     let u = unit(&f, &frames, true);
     let d = domain(&u, &frames, 1);
     let d2 = domain(&u, &frames, 2);
-    u.set_context(EDU, translated(&d), false).unwrap();
+    u.attach(EDU, &d).unwrap();
     u.enable_translation().unwrap();
     map(&d, 0x10_0000, 0x4_5000, K4);
     map(&d2, 0x10_0000, 0x7_7000, K4);
@@ -217,10 +212,7 @@ fn a_pasid_table_that_cannot_be_allocated_leaves_the_other_entries_intact() {
     let before = u.counters().snapshot();
     frames.fail_after(0);
     // PASID 100 is in directory entry 1, which has no table.
-    assert_eq!(
-        u.set_pasid(EDU, 100, translated(&d2), false),
-        Err(VtdError::NoMemory)
-    );
+    assert_eq!(u.attach_pasid(EDU, 100, &d2), Err(VtdError::NoMemory));
     assert_eq!(frames.live(), live);
     assert_eq!(u.counters().snapshot(), before, "nothing invalidated");
     assert_eq!(u.pasid_context(EDU, 100), ContextState::NotPresent);
@@ -232,14 +224,14 @@ fn a_pasid_table_that_cannot_be_allocated_leaves_the_other_entries_intact() {
     assert_eq!(u.context(EDU), translated(&d), "RID_PASID intact");
     assert_eq!(f.translate(EDU, 0x10_0008, Dma::Write), Ok(0x4_5008));
     // PASID 5 shares RID_PASID's table: no allocation, so it works dry.
-    u.set_pasid(EDU, 5, translated(&d2), false).unwrap();
+    u.attach_pasid(EDU, 5, &d2).unwrap();
     assert_eq!(
         f.translate_pasid(EDU, 5, 0x10_0008, Dma::Read),
         Ok(0x7_7008)
     );
 
     frames.unlimited();
-    u.set_pasid(EDU, 100, translated(&d2), false).unwrap();
+    u.attach_pasid(EDU, 100, &d2).unwrap();
     assert_eq!(frames.live(), live + 1, "one PASID table");
     assert_eq!(
         f.translate_pasid(EDU, 100, 0x10_0008, Dma::Read),
@@ -260,7 +252,7 @@ fn mapping_without_memory_for_tables_maps_nothing_and_keeps_nothing() {
         let f = FakeVtd::new(Arc::clone(&frames), QEMU_CAP_48, ecap);
         let u = unit(&f, &frames, scalable);
         let d = domain(&u, &frames, 1);
-        u.set_context(EDU, translated(&d), false).unwrap();
+        u.attach(EDU, &d).unwrap();
         u.enable_translation().unwrap();
         let iova = 0x40_0000_0000;
         for tables_left in 0..3 {
@@ -297,7 +289,7 @@ fn running_dry_mid_map_unwinds_and_the_flush_invalidates_the_unwound_page() {
     let f = FakeVtd::new(Arc::clone(&frames), QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames, false);
     let d = domain(&u, &frames, 1);
-    u.set_context(EDU, translated(&d), false).unwrap();
+    u.attach(EDU, &d).unwrap();
     u.enable_translation().unwrap();
     let base = frames.live();
     // Levels 3 and 2 and the first leaf table; not the second leaf table.
@@ -327,7 +319,7 @@ fn running_dry_mid_map_unwinds_and_the_flush_invalidates_the_unwound_page() {
     let mut g = IotlbGather::new();
     assert_eq!(d.unmap(Iova(0), 1 << 39, &mut g), Ok(2 * K4));
     d.flush(&mut g).unwrap();
-    u.set_context(EDU, ContextState::NotPresent, false).unwrap();
+    u.detach(EDU, &d).unwrap();
     drop(d);
     assert_eq!(
         frames.live(),

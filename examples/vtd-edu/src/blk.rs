@@ -35,16 +35,12 @@ use blk_io::{AccessPlatform, BlkDevice, BlkError, Context, Counters, SCRATCH_BYT
 use iommu_intel_vtd::acpi::{self, AcpiError};
 use iommu_intel_vtd::regs::MmioRegion;
 use iommu_intel_vtd::reserved::{map_reserved_regions, reserved_regions_for};
-use iommu_intel_vtd::{
-    Bdf, ContextState, Dmar, FaultRecord, Features, SecondLevel, UnitConfig, VtdError,
-    VtdInvalidator, VtdUnit,
-};
+use iommu_intel_vtd::{Bdf, Dmar, FaultRecord, Features, UnitConfig, VtdDomain, VtdError, VtdUnit};
 use iova_core::flush_queue::DeferredSlot;
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::pt::PtFormat;
 use iova_core::{
     DmaMapper, Error as CoreError, IommuDomain, IotlbGather, Iova, IovaAllocator, IovaRange,
-    PageTable, PageTableDomain,
 };
 use iova_virtio_hal::{DmaShares, HalContext, IommuHal, ShareError};
 use platform::frame_pool::FramePool;
@@ -59,7 +55,7 @@ use virtio_drivers::Hal as VirtioHal;
 use virtio_drivers::PhysAddr;
 use virtio_drivers::transport::pci::PciTransport;
 
-use crate::{CLFLUSH, Clflush, NAME, bridge_buses, rsdp, vtd_bdf};
+use crate::{CLFLUSH, NAME, bridge_buses, rsdp, vtd_bdf};
 
 /// Frames for the unit's structures, the domain's page tables, the
 /// virtqueue and bounce pages (reused: see [`FramePool`]).
@@ -68,8 +64,6 @@ const POOL_FRAMES: usize = 1024;
 /// 39 bits.
 const APERTURE: u64 = 0x20_0000_0000;
 const APERTURE_LEN: u64 = 1 << 32;
-/// The disk's domain ID.
-const DID: u16 = 1;
 /// Extents the IOVA allocator may track (free + live ranges).
 const IOVA_SLOTS: usize = 128;
 /// Live allocations + shares the DMA table holds: the virtqueue's
@@ -77,8 +71,6 @@ const IOVA_SLOTS: usize = 128;
 /// list, header, data, status), and the ones the stale probe leaves behind
 /// (its request is never completed), with room to spare.
 const TABLE_SLOTS: usize = 80;
-/// The pre-mapped domain of the benchmark.
-const PREMAPPED_DID: u16 = 2;
 /// IOVA ranges the flush queue can hold.
 const QUEUE_SLOTS: usize = 256;
 /// Heap for virtio-drivers' indirect descriptor lists (64 KiB).
@@ -173,12 +165,7 @@ from!(BlkError => Blk, ShareError => Share, VtdError => Vtd, CoreError => Core,
       AcpiError => Acpi, PciError => Pci, FramesError => Frames);
 
 type Unit = VtdUnit<MmioRegion, &'static FramePool>;
-type Domain = PageTableDomain<
-    SecondLevel,
-    &'static FramePool,
-    VtdInvalidator<'static, MmioRegion, &'static FramePool>,
-    Clflush,
->;
+type Domain = VtdDomain<'static, MmioRegion, &'static FramePool, &'static FramePool>;
 
 // What the `'static` table borrows that is not built at run time; the rest
 // is leaked into frames of the platform pool by `run`.
@@ -306,27 +293,25 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         ));
     }
 
-    let format: SecondLevel = unit.second_level_format(4)?;
-    let table = PageTable::with_cache(format, pool, Clflush)?;
-    let inval = VtdInvalidator::new(unit, DID)?;
-    let domain: &'static Domain = leak(&mut frames, PageTableDomain::new(table, inval))?;
-    let aw = format.context_aw();
-    let root = domain.table().root().0;
-    unit.set_context(disk, ContextState::Translated { did: DID, root, aw }, false)?;
+    // Never dropped: the disk stays attached for the program's life.
+    let domain: &'static Domain = leak(&mut frames, unit.second_level_domain(pool, 4)?)?;
+    unit.attach(disk, domain)?;
+    let format = *domain.table().format();
+    let did = domain.did();
     let mode = if unit.scalable() {
         "scalable mode (RID_PASID entry)"
     } else {
         "legacy mode"
     };
     println!(
-        "{NAME}: {disk} attached to domain {DID}: {mode}, second-level {}-level tables ({}-bit IOVAs), IOVAs at {APERTURE:#x}..{:#x}",
+        "{NAME}: {disk} attached to domain {did}: {mode}, second-level {}-level tables ({}-bit IOVAs), IOVAs at {APERTURE:#x}..{:#x}",
         format.levels(),
         format.ia_bits(),
         APERTURE + APERTURE_LEN
     );
     demo!(
         "iommu",
-        "Intel VT-d at {:#x} (from ACPI DMAR), {mode}, second-level {}-level tables; {disk} in domain {DID}, every other requester blocked",
+        "Intel VT-d at {:#x} (from ACPI DMAR), {mode}, second-level {}-level tables; {disk} in domain {did}, every other requester blocked",
         drhd.register_base,
         format.levels()
     );
@@ -500,19 +485,17 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     }
     if scenario == Scenario::Bench {
         let mut bufs = frames.alloc(blk_io::bench::MATRIX_BUFFER_BYTES / FRAME_SIZE)?;
-        let table = PageTable::with_cache(format, pool, Clflush)?;
-        let inval = VtdInvalidator::new(unit, PREMAPPED_DID)?;
-        let premapped: &'static Domain = leak(&mut frames, PageTableDomain::new(table, inval))?;
+        let premapped: &'static Domain = leak(&mut frames, unit.second_level_domain(pool, 4)?)?;
         let ram = blk_io::premap_ram(premapped, boot)?;
         println!(
-            "{NAME}: blk-bench: pre-mapped domain {PREMAPPED_DID}: {} MiB of RAM at IOVA = physical address",
+            "{NAME}: blk-bench: pre-mapped domain {}: {} MiB of RAM at IOVA = physical address",
+            premapped.did(),
             ram >> 20
         );
         DirectHal::use_pool(pool);
         let mut bench = Bench {
             unit,
             disk,
-            aw,
             function: &function,
             domain,
             premapped,
@@ -566,12 +549,12 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
 
 const PAGE: u64 = FRAME_SIZE as u64;
 
-/// The VT-d side of the same-boot benchmark: which context entry the disk
-/// gets, and which `Hal` drives it, per policy.
+/// The VT-d side of the same-boot benchmark: which domain (or
+/// pass-through) the disk is attached to, and which `Hal` drives it, per
+/// policy.
 struct Bench<'f> {
     unit: &'static Unit,
     disk: Bdf,
-    aw: u8,
     function: &'f VirtioFunction,
     /// The domain `iova-virtio-hal` maps in.
     domain: &'static Domain,
@@ -592,14 +575,6 @@ impl Bench<'_> {
             work,
             costs,
         )?)
-    }
-
-    fn translated(&self, did: u16, d: &Domain) -> ContextState {
-        ContextState::Translated {
-            did,
-            root: d.table().root().0,
-            aw: self.aw,
-        }
     }
 
     fn waits(&self) -> u64 {
@@ -634,19 +609,15 @@ impl Setup for Bench<'_> {
         };
         let result = match policy {
             Policy::Baseline => {
-                let pt = ContextState::PassThrough {
-                    did: DID,
-                    aw: self.aw,
-                };
-                unit.set_context(disk, pt, false)?;
+                unit.pass_through(disk)?;
                 direct(self, work)
             }
             Policy::Premapped => {
-                unit.set_context(disk, self.translated(PREMAPPED_DID, self.premapped), false)?;
+                unit.attach(disk, self.premapped)?;
                 direct(self, work)
             }
             _ => {
-                unit.set_context(disk, self.translated(DID, self.domain), false)?;
+                unit.attach(disk, self.domain)?;
                 let shares = self.tables.select(policy);
                 let r = self.disk::<IommuHal<Ctx, TABLE_SLOTS>>(work, &mut || {
                     let s = shares.counters();
@@ -665,8 +636,9 @@ impl Setup for Bench<'_> {
                 r
             }
         };
-        // Back to where the scenario left it: the disk in its domain.
-        unit.set_context(disk, self.translated(DID, self.domain), false)?;
+        // Back to where the scenario left it: the disk in its domain (moved
+        // out of pass-through or the pre-mapped domain, invalidated first).
+        unit.attach(disk, self.domain)?;
         result
     }
 }

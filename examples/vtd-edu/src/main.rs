@@ -50,14 +50,14 @@ use iommu_intel_vtd::fault::AccessKind;
 use iommu_intel_vtd::regs::MmioRegion;
 use iommu_intel_vtd::reserved::{map_reserved_regions, reserved_regions_for};
 use iommu_intel_vtd::{
-    Bdf, ContextState, Dmar, FaultReason, FaultRecord, Features, SecondLevel, UnitConfig, VtdError,
-    VtdInvalidator, VtdUnit,
+    Bdf, Dmar, FaultReason, FaultRecord, Features, UnitConfig, VtdDomain, VtdError, VtdFormat,
+    VtdUnit,
 };
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::pt::PtFormat;
 use iova_core::{
     DmaMapper, Error as CoreError, FrameAllocator as TableFrames, IommuDomain, IotlbGather, Iova,
-    IovaAllocator, IovaRange, PageTable, PageTableDomain, PhysAddr, Prot,
+    IovaAllocator, IovaRange, PhysAddr, Prot,
 };
 use platform::edu::{self, Edu, EduError};
 use platform::frames::{FRAME_SIZE, FrameAllocator, Frames, FramesError};
@@ -458,7 +458,6 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         (true, true) => "scalable mode, first-level x86-64 (RID_PASID entry)",
     };
     println!("{NAME}: translation mode: {mode}");
-    const DID: u16 = 1;
     let env = Env {
         boot,
         edu: &mut edu,
@@ -469,11 +468,11 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         pool: &pool,
         dmar: &dmar,
     };
+    // The domain's tables come from the pool and get the unit's cache
+    // maintenance; dropping it (at the end) detaches edu before they go.
     if first_level {
-        let table = PageTable::with_cache(unit.first_level_format()?, &pool, Clflush)?;
-        let domain = PageTableDomain::new(table, VtdInvalidator::first_level(&unit, DID)?);
-        let root = domain.table().root().0;
-        unit.set_context(edu_bdf, ContextState::FirstLevel { did: DID, root }, false)?;
+        let domain = unit.first_level_domain(&pool, 0)?;
+        unit.attach(edu_bdf, &domain)?;
         demo!(
             "iommu",
             "Intel VT-d at {:#x} (from ACPI DMAR), {mode}, {}-bit IOVAs (the lower canonical half)",
@@ -482,17 +481,10 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         );
         checks(env, &unit, &domain, "first-level tables")
     } else {
-        let format: SecondLevel = unit.second_level_format(4)?;
+        let domain = unit.second_level_domain(&pool, 4)?;
+        unit.attach(edu_bdf, &domain)?;
+        let format = *domain.table().format();
         let levels = format.levels();
-        let table = PageTable::with_cache(format, &pool, Clflush)?;
-        let domain = PageTableDomain::new(table, VtdInvalidator::new(&unit, DID)?);
-        let root = domain.table().root().0;
-        let aw = format.context_aw();
-        unit.set_context(
-            edu_bdf,
-            ContextState::Translated { did: DID, root, aw },
-            false,
-        )?;
         demo!(
             "iommu",
             "Intel VT-d at {:#x} (from ACPI DMAR), {mode}, {levels}-level tables ({}-bit IOVAs)",
@@ -520,11 +512,10 @@ struct Env<'a, 'p> {
     dmar: &'a Dmar<'a>,
 }
 
-type Domain<'u, 'p, F> =
-    PageTableDomain<F, &'p TablePool, VtdInvalidator<'u, MmioRegion, &'p TablePool>, Clflush>;
+type Domain<'u, 'p, F> = VtdDomain<'u, MmioRegion, &'p TablePool, &'p TablePool, F>;
 
-/// Checks 1-6 over `domain`, which `edu` is attached to.
-fn checks<F: PtFormat>(
+/// Checks 1-9 over `domain`, which `edu` is attached to.
+fn checks<F: VtdFormat>(
     env: Env<'_, '_>,
     unit: &Unit<'_>,
     domain: &Domain<'_, '_, F>,
@@ -540,10 +531,12 @@ fn checks<F: PtFormat>(
         pool,
         dmar,
     } = env;
-    const DID: u16 = 1;
     let run = selected_checks(boot);
     unit.enable_translation()?;
-    println!("{NAME}: {edu_bdf} attached to domain {DID}; translation enabled");
+    println!(
+        "{NAME}: {edu_bdf} attached to domain {}; translation enabled",
+        domain.did()
+    );
 
     let mut slots = [const { ExtentSlot::new() }; 32];
     let mut cpus = [const { CpuCache::new() }; 1];
@@ -814,8 +807,7 @@ fn checks<F: PtFormat>(
     match second_pci.filter(|_| run[7]) {
         Some(b) if unit.features().ecap.pass_through() => {
             let source = vtd_bdf(b);
-            let aw = unit.features().max_levels().map_or(2, |l| l as u8 - 2);
-            unit.set_context(source, ContextState::PassThrough { did: 2, aw }, false)?;
+            unit.pass_through(source)?;
             let bar = host.bar(b, 0)?;
             // SAFETY: the second edu's BAR0 as SeaBIOS assigned it; it DMAs
             // only when we start it, between pages we own.
@@ -840,7 +832,7 @@ fn checks<F: PtFormat>(
                 return Err(Error::Check("pass-through byte wrong", i as u64));
             }
             // Back to blocked.
-            unit.set_context(source, ContextState::NotPresent, false)?;
+            unit.block(source)?;
             println!(
                 "{NAME}: check 7 OK: {source} in pass-through: 4096 bytes RAM {:#x} -> edu -> RAM {:#x} by physical address; blocked again after",
                 from.phys(),

@@ -658,8 +658,8 @@ pub(crate) mod tests {
 
     #[test]
     fn an_rmrr_of_the_whole_address_space_is_not_empty() {
-        // Found by the vtd_dmar fuzz checks: `len` overflows here, which
-        // `is_empty` used to report as an empty region.
+        // `len` overflows here (the region is 2^64 bytes): that must not
+        // read as an empty region.
         let t = dmar(&[rmrr(0, u64::MAX, &[]), rmrr(0x1000, 0x1000, &[])]);
         let d = Dmar::parse(&t).unwrap();
         let r: Vec<_> = d.reserved_regions().collect();
