@@ -162,65 +162,7 @@ impl LpaeS2 {
     }
 }
 
-impl PtFormat for LpaeS2 {
-    fn levels(&self) -> usize {
-        self.split.levels
-    }
-    fn granule_shift(&self) -> u32 {
-        self.split.granule.shift()
-    }
-    fn index_bits(&self, depth: usize) -> u32 {
-        self.split.index_bits(depth)
-    }
-    fn block_allowed(&self, depth: usize) -> bool {
-        self.split.block_allowed(depth)
-    }
-    fn oa_bits(&self) -> u32 {
-        self.oa_bits
-    }
-    #[inline]
-    fn is_present(&self, _: usize, raw: u64) -> bool {
-        raw & VALID != 0
-    }
-    #[inline]
-    fn is_table(&self, depth: usize, raw: u64) -> bool {
-        self.is_next_table(depth, raw) && !self.split.is_last(depth)
-    }
-    #[inline]
-    fn is_next_table(&self, _: usize, raw: u64) -> bool {
-        raw & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE
-    }
-    #[inline]
-    fn table_pa(&self, raw: u64) -> PhysAddr {
-        // See `Split::TABLE_MASK`.
-        PhysAddr(raw & Split::TABLE_MASK)
-    }
-    #[inline]
-    fn leaf_pa(&self, _: usize, raw: u64) -> PhysAddr {
-        PhysAddr(raw & self.split.addr_mask)
-    }
-    fn leaf_prot(&self, _: usize, raw: u64) -> Prot {
-        leaf_prot(raw)
-    }
-    #[inline]
-    fn encode_table(&self, _: usize, pa: PhysAddr) -> u64 {
-        (pa.0 & Split::TABLE_MASK) | VALID | TABLE_OR_PAGE
-    }
-    #[inline]
-    fn encode_leaf(&self, depth: usize, pa: PhysAddr, prot: Prot) -> u64 {
-        let page = if self.split.is_last(depth) {
-            TABLE_OR_PAGE
-        } else {
-            0
-        };
-        // `pa` is aligned to the leaf's size, so the bits below the
-        // granule are clear already: the constant mask avoids a load.
-        (pa.0 & ADDR_MASK) | page | leaf_attrs(prot)
-    }
-    fn supports(&self, prot: Prot) -> bool {
-        prot.grants_access() && !prot.contains(Prot::MMIO | Prot::CACHE)
-    }
-}
+super::lpae_format!(LpaeS2);
 
 #[cfg(test)]
 mod tests {
