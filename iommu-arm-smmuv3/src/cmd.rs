@@ -1,5 +1,7 @@
 //! Command-queue entries (16 bytes: two little-endian doublewords).
 
+use iova_core::hw::Counter;
+
 /// Size of a command in bytes.
 pub const CMD_BYTES: usize = 16;
 
@@ -335,6 +337,7 @@ impl Command {
 
 /// Counts of issued commands, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub struct CommandCounts {
     /// CFGI_STE.
@@ -365,27 +368,64 @@ pub struct CommandCounts {
     pub errors: u64,
 }
 
-impl CommandCounts {
+/// The live counters behind [`CommandCounts`].
+#[derive(Debug, Default)]
+pub(crate) struct CommandCounters {
+    cfgi_ste: Counter,
+    cfgi_ste_range: Counter,
+    cfgi_cd: Counter,
+    tlbi_nh_va: Counter,
+    tlbi_range: Counter,
+    tlbi_nh_asid: Counter,
+    tlbi_nh_all: Counter,
+    tlbi_s2_ipa: Counter,
+    tlbi_s12_vmall: Counter,
+    tlbi_global: Counter,
+    sync: Counter,
+    total: Counter,
+    pub(crate) errors: Counter,
+}
+
+impl CommandCounters {
     /// Counts one command.
-    pub(crate) fn count(&mut self, c: &Command) {
-        self.total += 1;
+    pub(crate) fn count(&self, c: &Command) {
+        self.total.incr();
         match c.opcode() {
-            op::CFGI_STE => self.cfgi_ste += 1,
-            op::CFGI_STE_RANGE => self.cfgi_ste_range += 1,
-            op::CFGI_CD | op::CFGI_CD_ALL => self.cfgi_cd += 1,
+            op::CFGI_STE => self.cfgi_ste.incr(),
+            op::CFGI_STE_RANGE => self.cfgi_ste_range.incr(),
+            op::CFGI_CD | op::CFGI_CD_ALL => self.cfgi_cd.incr(),
             op::TLBI_NH_VA => {
-                self.tlbi_nh_va += 1;
+                self.tlbi_nh_va.incr();
                 if c.range().is_some() {
-                    self.tlbi_range += 1;
+                    self.tlbi_range.incr();
                 }
             }
-            op::TLBI_NH_ASID => self.tlbi_nh_asid += 1,
-            op::TLBI_NH_ALL => self.tlbi_nh_all += 1,
-            op::TLBI_S2_IPA => self.tlbi_s2_ipa += 1,
-            op::TLBI_S12_VMALL => self.tlbi_s12_vmall += 1,
-            op::TLBI_NSNH_ALL | op::TLBI_EL2_ALL => self.tlbi_global += 1,
-            op::CMD_SYNC => self.sync += 1,
+            op::TLBI_NH_ASID => self.tlbi_nh_asid.incr(),
+            op::TLBI_NH_ALL => self.tlbi_nh_all.incr(),
+            op::TLBI_S2_IPA => self.tlbi_s2_ipa.incr(),
+            op::TLBI_S12_VMALL => self.tlbi_s12_vmall.incr(),
+            op::TLBI_NSNH_ALL | op::TLBI_EL2_ALL => self.tlbi_global.incr(),
+            op::CMD_SYNC => self.sync.incr(),
             _ => {}
+        }
+    }
+
+    /// The counts now.
+    pub(crate) fn snapshot(&self) -> CommandCounts {
+        CommandCounts {
+            cfgi_ste: self.cfgi_ste.get(),
+            cfgi_ste_range: self.cfgi_ste_range.get(),
+            cfgi_cd: self.cfgi_cd.get(),
+            tlbi_nh_va: self.tlbi_nh_va.get(),
+            tlbi_range: self.tlbi_range.get(),
+            tlbi_nh_asid: self.tlbi_nh_asid.get(),
+            tlbi_nh_all: self.tlbi_nh_all.get(),
+            tlbi_s2_ipa: self.tlbi_s2_ipa.get(),
+            tlbi_s12_vmall: self.tlbi_s12_vmall.get(),
+            tlbi_global: self.tlbi_global.get(),
+            sync: self.sync.get(),
+            total: self.total.get(),
+            errors: self.errors.get(),
         }
     }
 }
@@ -492,7 +532,7 @@ mod tests {
 
     #[test]
     fn counts() {
-        let mut n = CommandCounts::default();
+        let n = CommandCounters::default();
         for c in [
             Command::sync(),
             Command::tlbi_nh_va(0, 1, 0, true),
@@ -501,6 +541,7 @@ mod tests {
         ] {
             n.count(&c);
         }
+        let n = n.snapshot();
         assert_eq!(
             (
                 n.total,

@@ -1,7 +1,7 @@
 //! What an SMMU can do, decoded from IDR0-IDR5, and the checks that refuse
 //! hardware this driver cannot drive.
 
-use crate::regs::{Mmio, field, idr0, idr1, idr3, idr5, off};
+use crate::regs::{Mmio, MmioError, field, idr0, idr1, idr3, idr5, off};
 
 /// The raw identification registers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -14,15 +14,19 @@ pub struct IdRegs {
 
 impl IdRegs {
     /// Reads the ID registers, each as a 32-bit access.
-    pub fn read(mmio: &impl Mmio) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// The [`MmioError`] of the first access `mmio` refused.
+    pub fn read(mmio: &impl Mmio) -> Result<Self, MmioError> {
         let mut idr = [0; 6];
         for (i, r) in idr.iter_mut().enumerate() {
-            *r = mmio.read32(off::IDR0 + 4 * i);
+            *r = mmio.read32(off::IDR0 + 4 * i)?;
         }
-        Self {
+        Ok(Self {
             idr,
-            aidr: mmio.read32(off::AIDR),
-        }
+            aidr: mmio.read32(off::AIDR)?,
+        })
     }
 }
 

@@ -14,6 +14,7 @@ use iommu_arm_smmuv3::{
     StreamTableFormat, Wait,
 };
 use iova_core::fakes::{FAKE_PHYS_BASE, FakeFrames};
+use iova_core::hw::WaitBudget;
 use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
 use iova_core::{
     DeviceError, DmaMapper, Error, FrameAllocator, IommuDomain, IotlbGather, Iova, IovaRange,
@@ -56,7 +57,7 @@ fn unmap<D: IommuDomain>(d: &D, iova: u64, len: u64) -> Result<(), Error> {
 
 fn events<M: Mmio, A: FrameAllocator>(smmu: &Smmu<M, A>) -> Vec<Event> {
     let mut v = Vec::new();
-    let r = smmu.drain_events(|e| v.push(e));
+    let r = smmu.drain_events(|e| v.push(e)).unwrap();
     assert!(!r.lost_events());
     v
 }
@@ -78,10 +79,10 @@ fn bring_up_in_order_with_exact_widths() {
     let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
     assert_eq!(fake.bad_accesses(), 0, "every register at its width");
     assert_eq!(
-        fake.read32(off::CR0),
+        fake.read32(off::CR0).unwrap(),
         cr0::SMMUEN | cr0::CMDQEN | cr0::EVENTQEN
     );
-    assert_ne!(fake.read32(off::GBPA) & gbpa::ABORT, 0);
+    assert_ne!(fake.read32(off::GBPA).unwrap() & gbpa::ABORT, 0);
     assert!(smmu.layout().gbpa_abort);
     // Everything cached before us is invalidated, then one sync.
     assert_eq!(
@@ -106,7 +107,7 @@ fn bring_up_in_order_with_exact_widths() {
 #[test]
 fn a_64_bit_read_of_a_32_bit_register_reads_zero_so_probe_uses_32_bits() {
     let fake = FakeSmmu::new(mem(), QEMU_10_VIRT);
-    assert_eq!(fake.read64(off::IDR0), 0);
+    assert_eq!(fake.read64(off::IDR0).unwrap(), 0);
     assert_eq!(fake.bad_accesses(), 1);
     let f = iommu_arm_smmuv3::probe(&fake).unwrap();
     assert!(f.stage1 && f.stage2 && f.ril);
@@ -584,7 +585,7 @@ fn every_wait_is_bounded() {
     let smmu = Smmu::new(
         &fake,
         Arc::clone(&m),
-        Config::default().with_poll_limit(100),
+        Config::default().with_wait(WaitBudget::polls(100)),
     )
     .unwrap();
     fake.set_stalled(true);
@@ -600,7 +601,7 @@ fn every_wait_is_bounded() {
         Smmu::new(
             &fake,
             Arc::clone(&m),
-            Config::default().with_poll_limit(100)
+            Config::default().with_wait(WaitBudget::polls(100))
         )
         .is_err()
     );
@@ -613,7 +614,9 @@ fn command_queue_wraps_and_waits_when_full() {
     let smmu = Smmu::new(
         &fake,
         Arc::clone(&m),
-        Config::default().with_cmdq_log2(2).with_poll_limit(1000),
+        Config::default()
+            .with_cmdq_log2(2)
+            .with_wait(WaitBudget::polls(1000)),
     )
     .unwrap();
     assert_eq!(smmu.layout().cmdq_entries, 4);
@@ -652,20 +655,20 @@ fn event_queue_overflow_is_reported_not_silent() {
     }
     assert_eq!((fake.events_written(), fake.events_lost()), (4, 6));
     let mut got = Vec::new();
-    let r = smmu.drain_events(|e| got.push(e));
+    let r = smmu.drain_events(|e| got.push(e)).unwrap();
     assert_eq!((r.events, r.overflowed, r.write_aborted), (4, true, false));
     assert_eq!(got[3].addr, Some(0x9000_3000));
     assert_eq!(smmu.counters().event_losses, 1);
     // Acknowledged: the next fault is recorded and no new overflow is reported.
     assert!(fake.dma_read(SID, Iova(0x1000), 4).is_err());
-    let r = smmu.drain_events(|_| {});
+    let r = smmu.drain_events(|_| {}).unwrap();
     assert_eq!((r.events, r.overflowed), (1, false));
     // QEMU's way: GERROR.EVENTQ_ABT_ERR.
     fake.set_qemu_event_abort(true);
     for i in 0..6u64 {
         assert!(fake.dma_read(SID, Iova(0x9100_0000 + i * K4), 4).is_err());
     }
-    let r = smmu.drain_events(|_| {});
+    let r = smmu.drain_events(|_| {}).unwrap();
     assert_eq!((r.events, r.overflowed, r.write_aborted), (4, false, true));
     assert!(r.lost_events());
     assert_eq!(smmu.global_errors(), Ok(0), "acknowledged by the drain");
@@ -1011,14 +1014,14 @@ fn takes_over_an_smmu_left_enabled() {
     let m = mem();
     let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
     // "Firmware" left translation on, interrupts enabled, and garbage queues.
-    fake.write32(off::IRQ_CTRL, 0x5);
-    fake.write64(off::CMDQ_BASE, 0xdead_0000 | 4);
-    fake.write32(off::CR0, cr0::SMMUEN | cr0::CMDQEN);
+    fake.write32(off::IRQ_CTRL, 0x5).unwrap();
+    fake.write64(off::CMDQ_BASE, 0xdead_0000 | 4).unwrap();
+    fake.write32(off::CR0, cr0::SMMUEN | cr0::CMDQEN).unwrap();
     assert!(fake.enabled());
     let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
     assert_eq!(fake.bad_accesses(), 0);
     assert_eq!(
-        fake.read32(off::IRQ_CTRL),
+        fake.read32(off::IRQ_CTRL).unwrap(),
         0,
         "interrupts off: the driver polls"
     );
@@ -1059,7 +1062,9 @@ fn concurrent_mappers_share_one_smmu() {
     let c = smmu.counters().commands;
     assert_eq!(c.errors, 0);
     assert!(c.sync >= 200, "one sync per unmap flush: {}", c.sync);
-    let r = smmu.drain_events(|e| assert_eq!(e.kind, FaultKind::Translation));
+    let r = smmu
+        .drain_events(|e| assert_eq!(e.kind, FaultKind::Translation))
+        .unwrap();
     assert_eq!(r.events, 128, "the event queue holds 128 of the 200 faults");
     assert!(r.lost_events());
 }
@@ -1321,7 +1326,7 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
                 label,
             );
         }
-        smmu.drain_events(|_| {});
+        smmu.drain_events(|_| {}).unwrap();
     }
 }
 
@@ -1417,7 +1422,7 @@ fn the_last_granule_of_every_input_size_is_the_walkers_last() {
             check(&fake, &m, &d, ia, &format!("s2 {g:?} {ia}"));
         }
     }
-    smmu.drain_events(|_| {});
+    smmu.drain_events(|_| {}).unwrap();
 }
 
 #[test]
@@ -1709,7 +1714,7 @@ fn a_non_coherent_smmu_needs_cache_maintenance() {
         fn complete(&self) {}
     }
     static FORGETFUL: Forgetful = Forgetful;
-    let cfg = Config::default().with_poll_limit(100);
+    let cfg = Config::default().with_wait(WaitBudget::polls(100));
     let r = Smmu::with_cache(&fake, Arc::clone(&m), cfg, &FORGETFUL);
     assert!(
         matches!(r, Err(SmmuError::Timeout(Wait::CmdSync))),
@@ -1730,7 +1735,7 @@ fn a_non_coherent_smmu_works_with_cache_maintenance() {
     assert!(smmu.maintains_caches());
     // Non-cacheable, outer-shareable walks and queue accesses.
     let nc = cr1::OSH << cr1::TABLE_SH_SHIFT | cr1::OSH << cr1::QUEUE_SH_SHIFT;
-    assert_eq!(fake.read32(off::CR1), nc);
+    assert_eq!(fake.read32(off::CR1).unwrap(), nc);
     // Stage 1: map, DMA, unmap, fault, event (read back after invalidation).
     let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
     smmu.attach_s1(SID, &d).unwrap();
@@ -1908,15 +1913,15 @@ fn interrupts_follow_irq_ctrl() {
     assert!(fake.dma_write(SID + 1, Iova(0), b"x").is_err());
     assert!(smmu.submit(&[Command([0x7f, 0])]).is_err());
     assert_eq!(fake.interrupts(), (0, 0));
-    smmu.drain_events(|_| {});
+    smmu.drain_events(|_| {}).unwrap();
     smmu.set_interrupts(true, true).unwrap();
-    assert_eq!(fake.read32(off::IRQ_CTRL), 0b101);
+    assert_eq!(fake.read32(off::IRQ_CTRL).unwrap(), 0b101);
     assert!(fake.dma_write(SID + 1, Iova(0), b"x").is_err());
     assert_eq!(fake.interrupts(), (1, 0));
     assert!(smmu.submit(&[Command([0x7f, 0])]).is_err());
     assert_eq!(fake.interrupts(), (1, 1));
     // What a handler does: drain, and look at the global errors.
-    assert_eq!(smmu.drain_events(|_| {}).events, 1);
+    assert_eq!(smmu.drain_events(|_| {}).unwrap().events, 1);
     assert_eq!(
         smmu.global_errors(),
         Ok(0),
@@ -1987,26 +1992,26 @@ fn msi_targets_are_programmed_where_the_smmu_has_msis() {
     assert_eq!(fake.bad_accesses(), 0);
     assert_eq!(
         (
-            fake.read64(off::EVENTQ_IRQ_CFG0),
-            fake.read32(off::EVENTQ_IRQ_CFG1),
-            fake.read32(off::EVENTQ_IRQ_CFG2)
+            fake.read64(off::EVENTQ_IRQ_CFG0).unwrap(),
+            fake.read32(off::EVENTQ_IRQ_CFG1).unwrap(),
+            fake.read32(off::EVENTQ_IRQ_CFG2).unwrap()
         ),
         (0x0802_0040, 0x55, 1)
     );
     // Address bits 1:0 and attribute bits above 3:0 are not the SMMU's.
     assert_eq!(
         (
-            fake.read64(off::GERROR_IRQ_CFG0),
-            fake.read32(off::GERROR_IRQ_CFG1),
-            fake.read32(off::GERROR_IRQ_CFG2)
+            fake.read64(off::GERROR_IRQ_CFG0).unwrap(),
+            fake.read32(off::GERROR_IRQ_CFG1).unwrap(),
+            fake.read32(off::GERROR_IRQ_CFG2).unwrap()
         ),
         (0x1_0000_0000, 7, 0xf)
     );
     smmu.set_msi(None, None).unwrap();
     assert_eq!(
         (
-            fake.read64(off::EVENTQ_IRQ_CFG0),
-            fake.read64(off::GERROR_IRQ_CFG0)
+            fake.read64(off::EVENTQ_IRQ_CFG0).unwrap(),
+            fake.read64(off::GERROR_IRQ_CFG0).unwrap()
         ),
         (0, 0)
     );

@@ -14,6 +14,7 @@ use iommu_arm_smmuv3::fake::{DmaFault, FakeSmmu, QEMU_10_VIRT};
 use iommu_arm_smmuv3::regs::{Mmio, off};
 use iommu_arm_smmuv3::{Config, FaultKind, IdRegs, Smmu, SmmuError, Ste, StreamTableFormat};
 use iova_core::fakes::FakeFrames;
+use iova_core::hw::WaitBudget;
 use iova_core::{Error, FrameAllocator, IommuDomain, IotlbGather, Iova, PhysAddr, Prot};
 
 const K4: u64 = 0x1000;
@@ -52,7 +53,7 @@ fn unmap<D: IommuDomain>(d: &D, iova: u64, len: u64, mapped: u64) {
 /// Event kinds drained, asserting none was lost.
 fn event_kinds(smmu: &TestSmmu<'_>) -> Vec<FaultKind> {
     let mut v = Vec::new();
-    let r = smmu.drain_events(|e| v.push(e.kind));
+    let r = smmu.drain_events(|e| v.push(e.kind)).unwrap();
     assert!(!r.lost_events());
     v
 }
@@ -91,9 +92,17 @@ fn bring_up_without_memory_returns_everything_and_leaves_the_smmu_off() {
             assert_eq!(m.live(), 0, "{format:?}: everything returned");
             assert_eq!(m.bad_frees(), 0);
             assert!(!fake.enabled());
-            assert_eq!(fake.read32(off::CR0), 0, "queues off");
-            assert_eq!(fake.read64(off::STRTAB_BASE), 0, "no table programmed");
-            assert_eq!(fake.read64(off::CMDQ_BASE), 0, "no queue programmed");
+            assert_eq!(fake.read32(off::CR0).unwrap(), 0, "queues off");
+            assert_eq!(
+                fake.read64(off::STRTAB_BASE).unwrap(),
+                0,
+                "no table programmed"
+            );
+            assert_eq!(
+                fake.read64(off::CMDQ_BASE).unwrap(),
+                0,
+                "no queue programmed"
+            );
             assert!(fake.commands().is_empty());
         }
         // Three allocations are all bring-up needs.
@@ -400,7 +409,7 @@ fn a_flush_whose_sync_never_completes_times_out_and_can_be_retried() {
     let smmu = Smmu::new(
         &fake,
         Arc::clone(&m),
-        Config::default().with_poll_limit(1000),
+        Config::default().with_wait(WaitBudget::polls(1000)),
     )
     .unwrap();
     let s1 = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
