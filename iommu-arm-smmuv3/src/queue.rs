@@ -429,21 +429,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn index_arithmetic_wraps() {
-        let q = QueueIndex::new(2); // 4 entries
-        assert_eq!((q.size(), q.mask()), (4, 7));
-        assert!(q.is_empty(0, 0) && !q.is_full(0, 0));
-        // prod 4 = slot 0 with the wrap bit set: full against cons 0.
-        assert!(q.is_full(4, 0) && !q.is_empty(4, 0));
-        assert_eq!(q.slot(4), 0);
-        assert_eq!(q.next(3), 4);
-        assert_eq!(q.next(7), 0);
-        assert_eq!(q.used(1, 6), 3);
-        assert!(q.is_full(2, 6));
-        assert!(q.is_empty(5, 5));
-    }
-
-    #[test]
     fn poll_is_bounded() {
         let mut n = 0;
         assert_eq!(
