@@ -350,6 +350,8 @@ pub(crate) struct EventQueue {
     cons: u32,
     /// OVACKFLG we last wrote.
     ov_ack: u32,
+    /// The EVENTQ_CONS value the SMMU last accepted.
+    published: u32,
     cache: SmmuCache,
 }
 
@@ -360,6 +362,7 @@ impl EventQueue {
             idx: QueueIndex::new(log2),
             cons: 0,
             ov_ack: 0,
+            published: 0,
             cache,
         }
     }
@@ -367,6 +370,12 @@ impl EventQueue {
     /// EVENTQ_BASE value.
     pub(crate) fn base_reg(&self) -> u64 {
         (self.mem.pa.0 & queue::BASE_ADDR_MASK) | queue::BASE_ALLOC | u64::from(self.idx.log2)
+    }
+
+    fn publish(&mut self, mmio: &impl Mmio, cons: u32) -> Result<(), MmioError> {
+        mmio.write32(off::EVENTQ_CONS, cons)?;
+        self.published = cons;
+        Ok(())
     }
 
     /// Hands every pending record to `f`, at most two queue-fulls per call
@@ -380,6 +389,11 @@ impl EventQueue {
         report: &mut DrainReport,
     ) -> Result<(), MmioError> {
         let budget = 2 * self.idx.size();
+        // A drain stopped by a refused write left the SMMU with slots we
+        // consumed: free them now, even if no new record arrives.
+        if self.published != self.cons | self.ov_ack {
+            self.publish(mmio, self.cons | self.ov_ack)?;
+        }
         let mut prod_reg = mmio.read32(off::EVENTQ_PROD)?;
         while report.events < budget {
             let prod = prod_reg & self.idx.mask();
@@ -405,13 +419,13 @@ impl EventQueue {
             }
             // Free the slots before looking for more.
             barrier::publish();
-            mmio.write32(off::EVENTQ_CONS, self.cons | self.ov_ack)?;
+            self.publish(mmio, self.cons | self.ov_ack)?;
             prod_reg = mmio.read32(off::EVENTQ_PROD)?;
         }
         let ov = prod_reg & queue::OVFLG;
         if ov != self.ov_ack {
             report.overflowed = true;
-            mmio.write32(off::EVENTQ_CONS, self.cons | ov)?;
+            self.publish(mmio, self.cons | ov)?;
             self.ov_ack = ov;
         }
         let pending = mmio.read32(off::GERROR)? ^ mmio.read32(off::GERRORN)?;

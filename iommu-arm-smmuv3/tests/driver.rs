@@ -14,7 +14,7 @@ use iommu_arm_smmuv3::{
     StreamTableFormat, Wait,
 };
 use iova_core::fakes::{FAKE_PHYS_BASE, FakeFrames};
-use iova_core::hw::WaitBudget;
+use iova_core::hw::{MmioError, WaitBudget, Width, check_access};
 use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
 use iova_core::{
     DeviceError, DmaMapper, Error, FrameAllocator, IommuDomain, IotlbGather, Iova, IovaRange,
@@ -112,6 +112,183 @@ fn a_64_bit_read_of_a_32_bit_register_reads_zero_so_probe_uses_32_bits() {
     let f = iommu_arm_smmuv3::probe(&fake).unwrap();
     assert!(f.stage1 && f.stage2 && f.ril);
     assert_eq!(fake.bad_accesses(), 1);
+}
+
+/// The fake's frame is 128 KiB; an access past it, or misaligned, is refused
+/// as `iova_core::hw::check_access` says, reaches no register and is not
+/// counted as made.
+#[test]
+fn the_fake_refuses_accesses_outside_its_frame_and_changes_nothing() {
+    let fake = FakeSmmu::new(mem(), QEMU_10_VIRT);
+    assert_eq!(fake.size(), off::FRAME_SIZE);
+    let (w32, w64) = (Width::W32, Width::W64);
+    let size = off::FRAME_SIZE;
+    assert_eq!(
+        fake.read32(size),
+        Err(MmioError::OutOfRange {
+            offset: size,
+            width: w32,
+            size
+        })
+    );
+    assert_eq!(
+        fake.write64(size, u64::MAX),
+        Err(MmioError::OutOfRange {
+            offset: size,
+            width: w64,
+            size
+        })
+    );
+    assert_eq!(
+        fake.write32(off::CR0 + 2, cr0::SMMUEN),
+        Err(MmioError::Misaligned {
+            offset: off::CR0 + 2,
+            width: w32
+        })
+    );
+    assert_eq!(
+        fake.write64(off::CMDQ_BASE + 4, 1),
+        Err(MmioError::Misaligned {
+            offset: off::CMDQ_BASE + 4,
+            width: w64
+        })
+    );
+    assert_eq!(
+        fake.read8(off::IDR0),
+        Err(MmioError::Width {
+            offset: off::IDR0,
+            width: Width::W8
+        })
+    );
+    assert_eq!(fake.register_accesses(), (0, 0), "none was made");
+    assert_eq!(fake.bad_accesses(), 0);
+    assert_eq!(fake.read32(off::CR0), Ok(0));
+    assert_eq!(fake.read64(off::CMDQ_BASE), Ok(0));
+    // The last register of page 1 is inside.
+    assert_eq!(fake.read32(off::EVENTQ_CONS), Ok(0));
+}
+
+/// An `Mmio` showing less of the fake's frame than the SMMUv3's 128 KiB.
+struct Window<'f>(&'f FakeSmmu, usize);
+
+impl Mmio for Window<'_> {
+    fn size(&self) -> usize {
+        self.1
+    }
+    fn read32(&self, offset: usize) -> Result<u32, MmioError> {
+        check_access(self.1, offset, Width::W32)?;
+        self.0.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) -> Result<(), MmioError> {
+        check_access(self.1, offset, Width::W32)?;
+        self.0.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> Result<u64, MmioError> {
+        check_access(self.1, offset, Width::W64)?;
+        self.0.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) -> Result<(), MmioError> {
+        check_access(self.1, offset, Width::W64)?;
+        self.0.write64(offset, value)
+    }
+}
+
+/// A register block smaller than the frame (page 0 alone, one byte short,
+/// nothing) is refused by `probe` and `Smmu::new` before any register is
+/// accessed or any frame allocated, with the sizes named; through the core's
+/// error it is the refused access at the frame's last register.
+#[test]
+fn a_register_block_smaller_than_the_frame_is_refused_before_any_access() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    for have in [0x1_0000, off::FRAME_SIZE - 1, 0] {
+        let e = SmmuError::RegistersTooSmall {
+            needed: off::FRAME_SIZE,
+            have,
+        };
+        assert_eq!(iommu_arm_smmuv3::probe(&Window(&fake, have)), Err(e));
+        let r = Smmu::new(Window(&fake, have), Arc::clone(&m), Config::default());
+        assert_eq!(r.err(), Some(e));
+        assert_eq!(
+            fake.register_accesses(),
+            (0, 0),
+            "{have:#x}: nothing accessed"
+        );
+        assert_eq!(m.live(), 0, "{have:#x}: nothing allocated");
+        assert_eq!(
+            Error::from(e),
+            Error::Device(DeviceError::RegisterAccess(MmioError::OutOfRange {
+                offset: off::FRAME_SIZE - 4,
+                width: Width::W32,
+                size: have
+            }))
+        );
+    }
+    assert!(
+        SmmuError::RegistersTooSmall {
+            needed: off::FRAME_SIZE,
+            have: 0x1_0000
+        }
+        .to_string()
+        .contains("0x10000 bytes, the frame needs 0x20000")
+    );
+    // The whole frame is enough.
+    let smmu = Smmu::new(
+        Window(&fake, off::FRAME_SIZE),
+        Arc::clone(&m),
+        Config::default(),
+    )
+    .unwrap();
+    assert!(fake.enabled());
+    drop(smmu);
+    assert_eq!(m.live(), 0);
+}
+
+/// `MmioRegion` (iova-core's, re-exported here) over a frame of plain
+/// memory: accesses land at their offsets, page 1 included; misaligned ones
+/// and those past the frame are refused and touch nothing. A region of one
+/// page is refused by `probe` without a read.
+#[test]
+fn mmio_region_accesses_stay_inside_the_frame_and_aligned() {
+    use iommu_arm_smmuv3::MmioRegion;
+    // A 128 KiB "frame" of plain memory.
+    let mut mem = vec![0u64; off::FRAME_SIZE / 8];
+    // SAFETY: the buffer outlives the region and is only accessed through it.
+    let r = unsafe { MmioRegion::new(mem.as_mut_ptr().cast(), off::FRAME_SIZE) };
+    r.write32(off::CR0, 0x1234_5678).unwrap();
+    r.write64(off::CMDQ_BASE, 0xdead_beef_0000_0013).unwrap();
+    r.write32(off::EVENTQ_CONS, 7).unwrap(); // page 1
+    assert_eq!(r.read32(off::CR0), Ok(0x1234_5678));
+    assert_eq!(r.read64(off::CMDQ_BASE), Ok(0xdead_beef_0000_0013));
+    assert_eq!(r.read32(off::EVENTQ_CONS), Ok(7));
+    // Misaligned or outside the frame: no access at all.
+    assert!(r.write32(off::CR0 + 2, 0xffff_ffff).is_err());
+    assert!(r.write64(off::CR0ACK, 0xffff_ffff_ffff_ffff).is_err());
+    assert!(r.write32(off::FRAME_SIZE, 1).is_err());
+    assert!(r.write64(off::FRAME_SIZE - 4, 1).is_err());
+    assert_eq!(r.read32(off::CR0), Ok(0x1234_5678));
+    assert!(matches!(
+        r.read32(off::FRAME_SIZE),
+        Err(MmioError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        r.read64(off::CR0 + 4),
+        Err(MmioError::Misaligned { .. })
+    ));
+    assert_eq!(mem[off::CR0 / 8] as u32, 0x1234_5678);
+    assert_eq!(mem.iter().filter(|&&w| w != 0).count(), 3);
+
+    let mut page0 = vec![u64::MAX; 0x1_0000 / 8];
+    // SAFETY: as above.
+    let r = unsafe { MmioRegion::new(page0.as_mut_ptr().cast(), 0x1_0000) };
+    assert_eq!(
+        iommu_arm_smmuv3::probe(&r).err(),
+        Some(SmmuError::RegistersTooSmall {
+            needed: off::FRAME_SIZE,
+            have: 0x1_0000
+        })
+    );
+    assert!(page0.iter().all(|&w| w == u64::MAX), "nothing written");
 }
 
 #[test]
