@@ -231,7 +231,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     /// [`SmmuError::NoMemory`], [`SmmuError::Timeout`] (bounded by
     /// [`Config::wait`]), [`SmmuError::AlreadyEnabled`] or
     /// [`SmmuError::Register`] from the bring-up, which gives back the memory
-    /// it allocated (unless the SMMU would not disable: see [`Drop`]).
+    /// it allocated (unless the SMMU would not disable: then, as when the
+    /// driver is dropped, it is kept rather than freed under the SMMU).
     pub fn new(mmio: M, frames: A, config: Config) -> Result<Self, SmmuError> {
         Self::build(mmio, frames, config, SmmuCache::COHERENT)
     }
