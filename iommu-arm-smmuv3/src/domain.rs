@@ -566,7 +566,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             Tag::S2 { vmid, .. } => Command::tlbi_s12_vmall(vmid),
         };
         let mut q = self.cmdq.lock();
-        let m = &self.mmio;
+        let m = self.hw();
         let mut by_whole = !ril && per_page > u64::from(self.config.tlbi_page_threshold);
         if !by_whole {
             for r in gather.ranges() {
@@ -687,6 +687,12 @@ impl<M: Mmio, A: FrameAllocator, T: FrameAllocator, F: S1Format> Drop for S1Doma
             smmu.asids.lock().free(asid);
             // SAFETY: dropped once, here; nothing walks the tables any more.
             unsafe { ManuallyDrop::drop(&mut self.inner) };
+        } else {
+            // A drop cannot return the error: say why the memory is kept.
+            iova_core::warn_event!(
+                "smmuv3: stage-1 domain (ASID {}) not torn down: its CD, tables and ASID are leaked",
+                asid
+            );
         }
     }
 }
@@ -703,6 +709,12 @@ impl<M: Mmio, A: FrameAllocator, T: FrameAllocator> Drop for S2Domain<'_, M, A, 
             smmu.vmids.lock().free(vmid);
             // SAFETY: dropped once, here; no STE walks the tables any more.
             unsafe { ManuallyDrop::drop(&mut self.inner) };
+        } else {
+            // A drop cannot return the error: say why the memory is kept.
+            iova_core::warn_event!(
+                "smmuv3: stage-2 domain (VMID {}) not torn down: its tables and VMID are leaked",
+                vmid
+            );
         }
     }
 }

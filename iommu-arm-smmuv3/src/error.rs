@@ -5,6 +5,7 @@ use core::fmt;
 use crate::cmd::CommandErrorKind;
 use crate::features::Unsupported;
 use iova_core::DeviceError;
+use iova_core::hw::{MmioError, Width};
 
 /// What a bounded wait was waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +81,25 @@ pub enum SmmuError {
     NotAttached(u32),
     /// A page-table engine error.
     Table(iova_core::Error),
+    /// The register block is smaller than the SMMUv3 register frame (pages 0
+    /// and 1, [`crate::regs::off::FRAME_SIZE`] bytes). Refused before any
+    /// register is accessed.
+    RegistersTooSmall {
+        /// Bytes the frame needs.
+        needed: usize,
+        /// Bytes of the block ([`Mmio::size`](crate::Mmio::size)).
+        have: usize,
+    },
+    /// The [`Mmio`](crate::Mmio) refused a register access (nothing was read
+    /// or written there). The operation stopped at that access: what it
+    /// did before stays done, as its documentation says.
+    Register(MmioError),
+}
+
+impl From<MmioError> for SmmuError {
+    fn from(e: MmioError) -> Self {
+        Self::Register(e)
+    }
 }
 
 impl From<Unsupported> for SmmuError {
@@ -97,7 +117,8 @@ impl From<iova_core::Error> for SmmuError {
 impl From<SmmuError> for iova_core::Error {
     /// Timeouts map to [`iova_core::Error::Timeout`], memory and table errors
     /// to their core equivalents, the rest to the [`DeviceError`] naming the
-    /// same cause.
+    /// same cause (a refused register access, and a block too small for the
+    /// frame, to [`DeviceError::RegisterAccess`]).
     fn from(e: SmmuError) -> Self {
         use iova_core::Error as E;
         match e {
@@ -123,6 +144,16 @@ impl From<SmmuError> for iova_core::Error {
             SmmuError::NotAttached(sid) => E::Device(DeviceError::NotAttached(sid)),
             SmmuError::Busy(sid) => E::Device(DeviceError::Busy(sid)),
             SmmuError::StreamsFull => E::Device(DeviceError::DomainFull),
+            SmmuError::Register(e) => E::Device(DeviceError::RegisterAccess(e)),
+            // The frame's last register lies past the block: the access the
+            // driver would have made there, refused.
+            SmmuError::RegistersTooSmall { needed, have } => {
+                E::Device(DeviceError::RegisterAccess(MmioError::OutOfRange {
+                    offset: needed.saturating_sub(4),
+                    width: Width::W32,
+                    size: have,
+                }))
+            }
         }
     }
 }
@@ -154,6 +185,11 @@ impl fmt::Display for SmmuError {
             Self::GranuleUnsupported => f.write_str("translation granule not offered by the SMMU"),
             Self::NotAttached(s) => write!(f, "StreamID {s:#x} is not attached to that domain"),
             Self::Table(e) => write!(f, "page table: {e}"),
+            Self::RegistersTooSmall { needed, have } => write!(
+                f,
+                "SMMUv3 register block of {have:#x} bytes, the frame needs {needed:#x}"
+            ),
+            Self::Register(e) => write!(f, "SMMU register access refused: {e}"),
         }
     }
 }

@@ -3,9 +3,12 @@
 //! It behaves like the hardware as far as a driver can tell, and is stricter
 //! than QEMU's model where the architecture is:
 //!
-//! - registers at their widths (a 64-bit read of a 32-bit register reads 0,
-//!   as on QEMU, and is counted in [`FakeSmmu::bad_accesses`]); CR0ACK and
-//!   GBPA.UPDATE follow writes at once;
+//! - a register frame of [`off::FRAME_SIZE`] bytes behind
+//!   [`iova_core::hw::Mmio`]: an access past it or misaligned is refused as
+//!   [`check_access`] says and changes nothing; registers at their widths (a
+//!   64-bit read of a 32-bit register reads 0, as on QEMU, and is counted in
+//!   [`FakeSmmu::bad_accesses`]); CR0ACK and GBPA.UPDATE follow writes at
+//!   once;
 //! - the command queue is consumed from memory when CMDQ_PROD is written
 //!   (as QEMU does). Unknown opcodes, and commands for a stage the ID
 //!   registers do not offer, stop the queue with CMDQ_CONS.ERR = ILL and
@@ -35,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::vec::Vec;
 
 use iova_core::fakes::{FAKE_PHYS_BASE, FakeFrames};
+use iova_core::hw::{MmioError, Width, check_access};
 use iova_core::{FrameAllocator, Iova, PhysAddr};
 
 use crate::cmd::{Command, op};
@@ -290,7 +294,9 @@ impl FakeSmmu {
         raise_gerror(&mut s, bits);
     }
 
-    /// Register accesses at a width the register does not have.
+    /// Register accesses inside the frame at a width the register does not
+    /// have, or where no register is (read as 0, writes ignored). Accesses
+    /// refused with an [`MmioError`] are not counted: they were not made.
     pub fn bad_accesses(&self) -> usize {
         self.s.lock().unwrap().bad_accesses
     }
@@ -1324,41 +1330,50 @@ impl iova_core::CacheMaintenance for FakeSmmu {
 }
 
 impl Mmio for FakeSmmu {
-    fn read32(&self, offset: usize) -> u32 {
+    fn size(&self) -> usize {
+        off::FRAME_SIZE
+    }
+    fn read32(&self, offset: usize) -> Result<u32, MmioError> {
+        check_access(off::FRAME_SIZE, offset, Width::W32)?;
         let mut s = self.s.lock().unwrap();
         s.reads += 1;
-        match self.read_reg32(&mut s, offset) {
+        Ok(match self.read_reg32(&mut s, offset) {
             Some(v) => v,
             None => {
                 s.bad_accesses += 1;
                 0
             }
-        }
+        })
     }
-    fn write32(&self, offset: usize, value: u32) {
+    fn write32(&self, offset: usize, value: u32) -> Result<(), MmioError> {
+        check_access(off::FRAME_SIZE, offset, Width::W32)?;
         let mut s = self.s.lock().unwrap();
         s.writes += 1;
         if !self.write_reg32(&mut s, offset, value) {
             s.bad_accesses += 1;
         }
+        Ok(())
     }
-    fn read64(&self, offset: usize) -> u64 {
+    fn read64(&self, offset: usize) -> Result<u64, MmioError> {
+        check_access(off::FRAME_SIZE, offset, Width::W64)?;
         let mut s = self.s.lock().unwrap();
         s.reads += 1;
-        match self.read_reg64(&s, offset) {
+        Ok(match self.read_reg64(&s, offset) {
             Some(v) => v,
             None => {
                 // QEMU: RAZ for 64-bit reads of 32-bit registers.
                 s.bad_accesses += 1;
                 0
             }
-        }
+        })
     }
-    fn write64(&self, offset: usize, value: u64) {
+    fn write64(&self, offset: usize, value: u64) -> Result<(), MmioError> {
+        check_access(off::FRAME_SIZE, offset, Width::W64)?;
         let mut s = self.s.lock().unwrap();
         s.writes += 1;
         if !self.write_reg64(&mut s, offset, value) {
             s.bad_accesses += 1;
         }
+        Ok(())
     }
 }

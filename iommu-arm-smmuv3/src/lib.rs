@@ -1,7 +1,10 @@
 //! Arm SMMUv3 backend for [`iova_core`].
 //!
-//! - [`regs`]: register offsets and fields, and the [`Mmio`] access (exact
-//!   widths: 32-bit registers are never read with 64-bit accesses);
+//! - [`regs`]: register offsets and fields; the registers are reached through
+//!   [`iova_core::hw::Mmio`] (re-exported here with [`MmioRegion`] and
+//!   [`MmioError`]) at exact widths: 32-bit registers are never read with
+//!   64-bit accesses, and a block smaller than the 128 KiB register frame is
+//!   refused at [`probe`];
 //! - [`features`]: IDR0-IDR5 decoded into [`Features`], refusing hardware
 //!   the driver cannot use;
 //! - [`ste`], [`cd`], [`cmd`], [`event`]: bit-exact stream table entries,
@@ -12,8 +15,9 @@
 //! - [`Smmu`]: bring-up in the architected order with GBPA abort, a linear or
 //!   two-level stream table (level-2 tables on first use; every stream not
 //!   attached is invalid, so it is blocked and reported), the command queue
-//!   (bounded waits, refused commands reported and skipped), the event queue
-//!   (typed [`Event`]s, overflow reported), counters;
+//!   (waits bounded by [`Config::wait`], refused commands reported and
+//!   skipped), the event queue (typed [`Event`]s, overflow reported),
+//!   counters;
 //! - [`domain`]: stage-1 and stage-2 (4, 16 or 64 KiB granule) and nested
 //!   domains implementing [`iova_core::IommuDomain`]; a flush is one batch of
 //!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC; dropping a domain
@@ -74,8 +78,11 @@
 //! # Features
 //!
 //! - `fakes`: the `fake` SMMU (implies `std`);
-//! - `log`, `defmt`: warnings for conditions a caller cannot see in a return
-//!   value (refused commands, lost events, a GBPA that does not abort).
+//! - `log`, `defmt`: warnings through [`iova_core::warn_event!`] for
+//!   conditions a caller cannot see in a return value (refused commands, lost
+//!   events, a GBPA that does not abort, an SMMU that would not stop when
+//!   the driver was dropped); `defmt` also derives `defmt::Format` for the
+//!   error, event and counter types.
 //!
 //! # Dependencies
 //!
@@ -84,18 +91,6 @@
 //! fixed-capacity list of streams a domain is attached to.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
-
-/// Reports a condition through the optional `log` / `defmt` features.
-macro_rules! warn_event {
-    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
-        #[cfg(feature = "log")]
-        log::warn!($fmt $(, $arg)*);
-        #[cfg(feature = "defmt")]
-        defmt::warn!($fmt $(, $arg)*);
-        $(let _ = &$arg;)*
-    }};
-}
-pub(crate) use warn_event;
 
 mod barrier;
 pub mod cache;
@@ -124,7 +119,7 @@ pub use event::{Event, FaultKind};
 pub use features::{Features, IdRegs, Unsupported};
 pub use iova_core::formats::lpae::{Granule, LpaeS1, LpaeS2};
 pub use queue::DrainReport;
-pub use regs::{Mmio, MmioRegion};
+pub use regs::{Mmio, MmioError, MmioRegion};
 pub use smmu::{Config, Counters, Layout, Msi, Smmu, probe};
 pub use ste::Ste;
 pub use strtab::StreamTableFormat;

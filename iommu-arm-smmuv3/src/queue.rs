@@ -1,14 +1,15 @@
 //! The command and event queues: circular buffers in memory whose producer
 //! and consumer indices carry a wrap bit above the index bits.
 
+use iova_core::hw::{Expired, WaitBudget};
 use iova_core::{FrameAllocator, PhysAddr};
 
 use crate::barrier;
 use crate::cache::SmmuCache;
-use crate::cmd::{Command, CommandCounts, CommandErrorKind};
+use crate::cmd::{Command, CommandCounters, CommandErrorKind};
 use crate::error::{CommandError, SmmuError, Wait};
 use crate::event::Event;
-use crate::regs::{Mmio, gerror, off, queue};
+use crate::regs::{Mmio, MmioError, gerror, off, queue};
 
 /// Memory the SMMU reads or writes, seen by the CPU as doublewords.
 pub(crate) struct DmaBuf {
@@ -132,24 +133,38 @@ impl QueueIndex {
     }
 }
 
-/// Spins until `cond` holds, at most `limit` times.
-pub(crate) fn poll(
-    limit: u32,
+/// Polls `done` until it holds, within `budget`. A refused register access
+/// ends the wait at once: polling it again would be refused again.
+pub(crate) fn wait(
+    budget: &WaitBudget,
     what: Wait,
-    mut cond: impl FnMut() -> bool,
+    mut done: impl FnMut() -> Result<bool, MmioError>,
 ) -> Result<(), SmmuError> {
-    for _ in 0..limit {
-        if cond() {
-            return Ok(());
-        }
-        core::hint::spin_loop();
-    }
-    if cond() {
-        Ok(())
-    } else {
-        Err(SmmuError::Timeout(what))
+    let r = budget.until(|| match done() {
+        Ok(true) => Some(Ok(())),
+        Ok(false) => None,
+        Err(e) => Some(Err(e)),
+    });
+    match r {
+        Ok(r) => r.map_err(SmmuError::Register),
+        Err(Expired) => Err(SmmuError::Timeout(what)),
     }
 }
+
+/// What the command queue reaches the hardware with: the registers, and the
+/// counters it counts commands in (outside the queue's lock, so reading them
+/// never waits for a submission).
+pub(crate) struct Hw<'a, M> {
+    pub(crate) mmio: &'a M,
+    pub(crate) counts: &'a CommandCounters,
+}
+
+impl<M> Clone for Hw<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for Hw<'_, M> {}
 
 /// The command queue: software produces, the SMMU consumes.
 pub(crate) struct CmdQueue {
@@ -159,26 +174,24 @@ pub(crate) struct CmdQueue {
     prod: u32,
     /// Last consumer index read.
     cons: u32,
-    pub(crate) counts: CommandCounts,
     /// Errors of the current batch: the first one is reported.
     batch_error: Option<CommandError>,
     /// The most recent error of all time.
     pub(crate) last_error: Option<CommandError>,
-    pub(crate) poll_limit: u32,
+    pub(crate) wait: WaitBudget,
     cache: SmmuCache,
 }
 
 impl CmdQueue {
-    pub(crate) fn new(mem: DmaBuf, log2: u32, poll_limit: u32, cache: SmmuCache) -> Self {
+    pub(crate) fn new(mem: DmaBuf, log2: u32, wait: WaitBudget, cache: SmmuCache) -> Self {
         Self {
             mem,
             idx: QueueIndex::new(log2),
             prod: 0,
             cons: 0,
-            counts: CommandCounts::default(),
             batch_error: None,
             last_error: None,
-            poll_limit,
+            wait,
             cache,
         }
     }
@@ -207,12 +220,12 @@ impl CmdQueue {
         [self.mem.read(s), self.mem.read(s + 1)]
     }
 
-    fn publish(&self, mmio: &impl Mmio) {
+    fn publish(&self, mmio: &impl Mmio) -> Result<(), MmioError> {
         if !iova_core::CacheMaintenance::is_coherent(&self.cache) {
             iova_core::CacheMaintenance::complete(&self.cache);
         }
         barrier::publish();
-        mmio.write32(off::CMDQ_PROD, self.prod);
+        mmio.write32(off::CMDQ_PROD, self.prod)
     }
 
     /// Reads CMDQ_CONS and deals with a pending command error: the refused
@@ -222,15 +235,16 @@ impl CmdQueue {
     /// GERROR is read only when the SMMU has not consumed up to `target`:
     /// a refused command stops consumption, so an error can only be pending
     /// then. (One register read per poll in the common case.)
-    fn refresh(&mut self, mmio: &impl Mmio, target: u32) {
-        let cons = mmio.read32(off::CMDQ_CONS);
+    fn refresh(&mut self, hw: Hw<'_, impl Mmio>, target: u32) -> Result<(), MmioError> {
+        let mmio = hw.mmio;
+        let cons = mmio.read32(off::CMDQ_CONS)?;
         self.cons = cons & self.idx.mask();
         if self.cons == target {
-            return;
+            return Ok(());
         }
-        let pending = mmio.read32(off::GERROR) ^ mmio.read32(off::GERRORN);
+        let pending = mmio.read32(off::GERROR)? ^ mmio.read32(off::GERRORN)?;
         if pending & gerror::CMDQ_ERR == 0 {
-            return;
+            return Ok(());
         }
         let raw = self.read_entry(self.cons);
         let err = CommandError {
@@ -239,13 +253,13 @@ impl CmdQueue {
             raw,
             kind: CommandErrorKind::from_code(((cons >> queue::CONS_ERR_SHIFT) & 0x7f) as u8),
         };
-        crate::warn_event!(
+        iova_core::warn_event!(
             "smmuv3: command {:#x} at {:#x} refused: {:?}",
             err.opcode,
             err.index,
             err.kind
         );
-        self.counts.errors += 1;
+        hw.counts.errors.incr();
         self.batch_error.get_or_insert(err);
         self.last_error = Some(err);
         self.write_entry(self.cons, &Command::sync());
@@ -253,39 +267,39 @@ impl CmdQueue {
             iova_core::CacheMaintenance::complete(&self.cache);
         }
         barrier::publish();
-        let gerrorn = mmio.read32(off::GERRORN);
-        mmio.write32(off::GERRORN, gerrorn ^ gerror::CMDQ_ERR);
+        let gerrorn = mmio.read32(off::GERRORN)?;
+        mmio.write32(off::GERRORN, gerrorn ^ gerror::CMDQ_ERR)
     }
 
     /// Appends one command, waiting (bounded) for room when the queue is full.
-    pub(crate) fn push(&mut self, mmio: &impl Mmio, c: &Command) -> Result<(), SmmuError> {
+    pub(crate) fn push(&mut self, hw: Hw<'_, impl Mmio>, c: &Command) -> Result<(), SmmuError> {
         if self.idx.is_full(self.prod, self.cons) {
             // Let the SMMU see what we queued, then wait for it to make room.
-            self.publish(mmio);
-            let limit = self.poll_limit;
+            self.publish(hw.mmio)?;
+            let budget = self.wait;
             let target = self.prod;
-            poll(limit, Wait::CmdqSpace, || {
-                self.refresh(mmio, target);
-                !self.idx.is_full(self.prod, self.cons)
+            wait(&budget, Wait::CmdqSpace, || {
+                self.refresh(hw, target)?;
+                Ok(!self.idx.is_full(self.prod, self.cons))
             })?;
         }
         self.write_entry(self.prod, c);
         self.prod = self.idx.next(self.prod);
-        self.counts.count(c);
+        hw.counts.count(c);
         Ok(())
     }
 
     /// Appends a CMD_SYNC, publishes the batch and waits (bounded) until the
     /// SMMU consumed it. Returns the first command error of the batch, if any
     /// (the refused commands were skipped, the rest completed).
-    pub(crate) fn sync(&mut self, mmio: &impl Mmio) -> Result<(), SmmuError> {
-        self.push(mmio, &Command::sync())?;
-        self.publish(mmio);
+    pub(crate) fn sync(&mut self, hw: Hw<'_, impl Mmio>) -> Result<(), SmmuError> {
+        self.push(hw, &Command::sync())?;
+        self.publish(hw.mmio)?;
         let target = self.prod;
-        let limit = self.poll_limit;
-        let r = poll(limit, Wait::CmdSync, || {
-            self.refresh(mmio, target);
-            self.cons == target
+        let budget = self.wait;
+        let r = wait(&budget, Wait::CmdSync, || {
+            self.refresh(hw, target)?;
+            Ok(self.cons == target)
         });
         let err = self.batch_error.take();
         r?;
@@ -296,16 +310,21 @@ impl CmdQueue {
     }
 
     /// Queues `cmds` and one CMD_SYNC, and waits.
-    pub(crate) fn submit(&mut self, mmio: &impl Mmio, cmds: &[Command]) -> Result<(), SmmuError> {
+    pub(crate) fn submit(
+        &mut self,
+        hw: Hw<'_, impl Mmio>,
+        cmds: &[Command],
+    ) -> Result<(), SmmuError> {
         for c in cmds {
-            self.push(mmio, c)?;
+            self.push(hw, c)?;
         }
-        self.sync(mmio)
+        self.sync(hw)
     }
 }
 
 /// What one drain of the event queue found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub struct DrainReport {
     /// Records handed to the callback.
@@ -331,6 +350,8 @@ pub(crate) struct EventQueue {
     cons: u32,
     /// OVACKFLG we last wrote.
     ov_ack: u32,
+    /// The EVENTQ_CONS value the SMMU last accepted.
+    published: u32,
     cache: SmmuCache,
 }
 
@@ -341,6 +362,7 @@ impl EventQueue {
             idx: QueueIndex::new(log2),
             cons: 0,
             ov_ack: 0,
+            published: 0,
             cache,
         }
     }
@@ -350,12 +372,29 @@ impl EventQueue {
         (self.mem.pa.0 & queue::BASE_ADDR_MASK) | queue::BASE_ALLOC | u64::from(self.idx.log2)
     }
 
+    fn publish(&mut self, mmio: &impl Mmio, cons: u32) -> Result<(), MmioError> {
+        mmio.write32(off::EVENTQ_CONS, cons)?;
+        self.published = cons;
+        Ok(())
+    }
+
     /// Hands every pending record to `f`, at most two queue-fulls per call
-    /// (so a storm of events cannot keep us here forever).
-    pub(crate) fn drain(&mut self, mmio: &impl Mmio, mut f: impl FnMut(Event)) -> DrainReport {
-        let mut report = DrainReport::default();
+    /// (so a storm of events cannot keep us here forever), and records what
+    /// it found in `report` as it goes, so a refused register access still
+    /// leaves the records already handed over counted.
+    pub(crate) fn drain(
+        &mut self,
+        mmio: &impl Mmio,
+        mut f: impl FnMut(Event),
+        report: &mut DrainReport,
+    ) -> Result<(), MmioError> {
         let budget = 2 * self.idx.size();
-        let mut prod_reg = mmio.read32(off::EVENTQ_PROD);
+        // A drain stopped by a refused write left the SMMU with slots we
+        // consumed: free them now, even if no new record arrives.
+        if self.published != self.cons | self.ov_ack {
+            self.publish(mmio, self.cons | self.ov_ack)?;
+        }
+        let mut prod_reg = mmio.read32(off::EVENTQ_PROD)?;
         while report.events < budget {
             let prod = prod_reg & self.idx.mask();
             if self.idx.is_empty(prod, self.cons) {
@@ -380,22 +419,22 @@ impl EventQueue {
             }
             // Free the slots before looking for more.
             barrier::publish();
-            mmio.write32(off::EVENTQ_CONS, self.cons | self.ov_ack);
-            prod_reg = mmio.read32(off::EVENTQ_PROD);
+            self.publish(mmio, self.cons | self.ov_ack)?;
+            prod_reg = mmio.read32(off::EVENTQ_PROD)?;
         }
         let ov = prod_reg & queue::OVFLG;
         if ov != self.ov_ack {
             report.overflowed = true;
+            self.publish(mmio, self.cons | ov)?;
             self.ov_ack = ov;
-            mmio.write32(off::EVENTQ_CONS, self.cons | self.ov_ack);
         }
-        let pending = mmio.read32(off::GERROR) ^ mmio.read32(off::GERRORN);
+        let pending = mmio.read32(off::GERROR)? ^ mmio.read32(off::GERRORN)?;
         if pending & gerror::EVENTQ_ABT_ERR != 0 {
             report.write_aborted = true;
-            let n = mmio.read32(off::GERRORN);
-            mmio.write32(off::GERRORN, n ^ gerror::EVENTQ_ABT_ERR);
+            let n = mmio.read32(off::GERRORN)?;
+            mmio.write32(off::GERRORN, n ^ gerror::EVENTQ_ABT_ERR)?;
         }
-        report
+        Ok(())
     }
 }
 
@@ -404,31 +443,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn index_arithmetic_wraps() {
-        let q = QueueIndex::new(2); // 4 entries
-        assert_eq!((q.size(), q.mask()), (4, 7));
-        assert!(q.is_empty(0, 0) && !q.is_full(0, 0));
-        // prod 4 = slot 0 with the wrap bit set: full against cons 0.
-        assert!(q.is_full(4, 0) && !q.is_empty(4, 0));
-        assert_eq!(q.slot(4), 0);
-        assert_eq!(q.next(3), 4);
-        assert_eq!(q.next(7), 0);
-        assert_eq!(q.used(1, 6), 3);
-        assert!(q.is_full(2, 6));
-        assert!(q.is_empty(5, 5));
-    }
-
-    #[test]
     fn poll_is_bounded() {
         let mut n = 0;
         assert_eq!(
-            poll(10, Wait::CmdSync, || {
+            wait(&WaitBudget::polls(10), Wait::CmdSync, || {
                 n += 1;
-                false
+                Ok(false)
             }),
             Err(SmmuError::Timeout(Wait::CmdSync))
         );
         assert_eq!(n, 11);
-        assert_eq!(poll(0, Wait::CmdSync, || true), Ok(()));
+        assert_eq!(
+            wait(&WaitBudget::polls(0), Wait::CmdSync, || Ok(true)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_refused_access_ends_the_wait_with_its_error() {
+        let refused = MmioError::OutOfRange {
+            offset: off::CMDQ_CONS,
+            width: iova_core::hw::Width::W32,
+            size: 0x40,
+        };
+        let mut n = 0;
+        assert_eq!(
+            wait(&WaitBudget::polls(10), Wait::CmdSync, || {
+                n += 1;
+                if n == 3 { Err(refused) } else { Ok(false) }
+            }),
+            Err(SmmuError::Register(refused))
+        );
+        assert_eq!(n, 3, "no poll after the refusal");
     }
 }

@@ -1,10 +1,18 @@
 //! Register offsets and fields of the SMMUv3 programming interface, and the
-//! [`Mmio`] access the driver uses.
+//! [`Mmio`] access the driver uses: [`iova_core::hw`]'s, re-exported here.
 //!
 //! Every register is accessed at its architected width: 32-bit registers with
 //! 32-bit accesses, and only the `*_BASE` and `*_IRQ_CFG0` registers with
 //! 64-bit ones. Real SMMUs may treat other widths as RAZ/WI, and QEMU's model
 //! does exactly that (a 64-bit read of IDR0 returns 0).
+//!
+//! The register block must span the whole frame, pages 0 and 1
+//! ([`off::FRAME_SIZE`] bytes): [`crate::probe`] and [`crate::Smmu::new`]
+//! refuse a smaller one with [`crate::SmmuError::RegistersTooSmall`], so a
+//! driver that probed never meets an out-of-range access. An [`Mmio`] that
+//! refuses an access anyway gives [`crate::SmmuError::Register`].
+
+pub use iova_core::hw::{Mmio, MmioError, MmioRegion};
 
 /// Page 0 offsets.
 pub mod off {
@@ -264,158 +272,7 @@ pub mod queue {
     pub const OVFLG: u32 = 1 << 31;
 }
 
-/// Register access at explicit widths, relative to the SMMU's base.
-///
-/// The driver only ever passes offsets from [`off`]; an implementation backed
-/// by real hardware must reach the SMMU's two 64 KiB pages. Host tests plug in
-/// a fake SMMU here.
-pub trait Mmio: Sync {
-    /// 32-bit read.
-    fn read32(&self, offset: usize) -> u32;
-    /// 32-bit write.
-    fn write32(&self, offset: usize, value: u32);
-    /// 64-bit read (only for the 64-bit registers).
-    fn read64(&self, offset: usize) -> u64;
-    /// 64-bit write (only for the 64-bit registers).
-    fn write64(&self, offset: usize, value: u64);
-}
-
-impl<T: Mmio + ?Sized> Mmio for &T {
-    fn read32(&self, offset: usize) -> u32 {
-        (**self).read32(offset)
-    }
-    fn write32(&self, offset: usize, value: u32) {
-        (**self).write32(offset, value)
-    }
-    fn read64(&self, offset: usize) -> u64 {
-        (**self).read64(offset)
-    }
-    fn write64(&self, offset: usize, value: u64) {
-        (**self).write64(offset, value)
-    }
-}
-
-/// The SMMU's register frame at a CPU virtual address.
-#[derive(Debug)]
-pub struct MmioRegion {
-    base: *mut u8,
-}
-
-// SAFETY: the region is an address of device registers; every access is one
-// volatile load or store, which the SMMU accepts from any CPU. Ordering
-// between accesses is the driver's business (it serialises them with its
-// locks).
-unsafe impl Send for MmioRegion {}
-// SAFETY: as above: `&MmioRegion` only allows single volatile accesses.
-unsafe impl Sync for MmioRegion {}
-
-impl MmioRegion {
-    /// The register frame mapped at `base` (pages 0 and 1, [`off::FRAME_SIZE`] bytes).
-    ///
-    /// # Safety
-    ///
-    /// `base` is the CPU's address of an SMMUv3's register frame, mapped as
-    /// device memory for [`off::FRAME_SIZE`] bytes, and nothing else drives
-    /// this SMMU while the region (or a driver built on it) exists: the
-    /// driver will point the SMMU at memory it DMAs to and from.
-    pub const unsafe fn new(base: *mut u8) -> Self {
-        Self { base }
-    }
-
-    /// The base address.
-    pub fn base(&self) -> *mut u8 {
-        self.base
-    }
-
-    fn addr(&self, offset: usize, width: usize) -> Option<*mut u8> {
-        (offset % width == 0 && offset + width <= off::FRAME_SIZE)
-            .then(|| self.base.wrapping_add(offset))
-    }
-}
-
-// `MmioRegion` holds only a pointer; concurrent register accesses are the
-// driver's business (it serialises them with its locks). Each access is one
-// instruction: on aarch64 an `ldr`/`str` with a plain base register (written
-// in asm, so the compiler cannot pick a writeback or pair form that a
-// hypervisor trapping the access could not decode), elsewhere a volatile
-// access (a single `mov` on x86).
-macro_rules! access {
-    ($read:ident, $write:ident, $ty:ty, $width:literal, $reg:literal) => {
-        fn $read(&self, offset: usize) -> $ty {
-            let Some(a) = self.addr(offset, $width) else {
-                return 0;
-            };
-            #[cfg(all(target_arch = "aarch64", not(test)))]
-            {
-                let v: $ty;
-                // SAFETY: inside the register frame `new`'s caller vouched
-                // for, aligned; the instruction touches nothing else.
-                unsafe {
-                    core::arch::asm!(concat!("ldr {v:", $reg, "}, [{a}]"),
-                        a = in(reg) a, v = out(reg) v, options(nostack, preserves_flags));
-                }
-                v
-            }
-            #[cfg(not(all(target_arch = "aarch64", not(test))))]
-            // SAFETY: inside the register frame `new`'s caller vouched for, aligned.
-            unsafe {
-                core::ptr::read_volatile(a.cast::<$ty>())
-            }
-        }
-        fn $write(&self, offset: usize, value: $ty) {
-            let Some(a) = self.addr(offset, $width) else {
-                return;
-            };
-            #[cfg(all(target_arch = "aarch64", not(test)))]
-            // SAFETY: as in the read; the driver's writes follow the architecture.
-            unsafe {
-                core::arch::asm!(concat!("str {v:", $reg, "}, [{a}]"),
-                    a = in(reg) a, v = in(reg) value, options(nostack, preserves_flags));
-            }
-            #[cfg(not(all(target_arch = "aarch64", not(test))))]
-            // SAFETY: as in the read; the driver's writes follow the architecture.
-            unsafe {
-                core::ptr::write_volatile(a.cast::<$ty>(), value)
-            }
-        }
-    };
-}
-
-impl Mmio for MmioRegion {
-    access!(read32, write32, u32, 4, "w");
-    access!(read64, write64, u64, 8, "x");
-}
-
 /// Extracts `width` bits at `shift`.
 pub(crate) const fn field(v: u32, shift: u32, width: u32) -> u32 {
     (v >> shift) & ((1 << width) - 1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn region_accesses_stay_inside_the_frame_and_aligned() {
-        // A 128 KiB "frame" of plain memory.
-        let mut mem = vec![0u64; off::FRAME_SIZE / 8];
-        // SAFETY: the buffer outlives the region and is only accessed through it.
-        let r = unsafe { MmioRegion::new(mem.as_mut_ptr().cast()) };
-        r.write32(off::CR0, 0x1234_5678);
-        r.write64(off::CMDQ_BASE, 0xdead_beef_0000_0013);
-        r.write32(off::EVENTQ_CONS, 7); // page 1
-        assert_eq!(r.read32(off::CR0), 0x1234_5678);
-        assert_eq!(r.read64(off::CMDQ_BASE), 0xdead_beef_0000_0013);
-        assert_eq!(r.read32(off::EVENTQ_CONS), 7);
-        // Misaligned or outside the frame: no access at all.
-        r.write32(off::CR0 + 2, 0xffff_ffff);
-        r.write64(off::CR0ACK, 0xffff_ffff_ffff_ffff);
-        r.write32(off::FRAME_SIZE, 1);
-        r.write64(off::FRAME_SIZE - 4, 1);
-        assert_eq!(r.read32(off::CR0), 0x1234_5678);
-        assert_eq!(r.read32(off::FRAME_SIZE), 0);
-        assert_eq!(r.read64(off::CR0 + 4), 0);
-        assert_eq!(mem[off::CR0 / 8] as u32, 0x1234_5678);
-        assert_eq!(mem.iter().filter(|&&w| w != 0).count(), 3);
-    }
 }

@@ -1,16 +1,17 @@
 //! The driver: bring-up, stream table updates, command submission, event
 //! draining and counters.
 
+use iova_core::hw::{Counter, WaitBudget};
 use iova_core::{FrameAllocator, PhysAddr};
 use spin::Mutex;
 
 use crate::cache::SmmuCache;
 use crate::cd::{CD_BYTES, Cd};
-use crate::cmd::{Command, CommandCounts};
+use crate::cmd::{Command, CommandCounters, CommandCounts};
 use crate::error::{CommandError, SmmuError, Wait};
 use crate::event::Event;
 use crate::features::{Features, IdRegs, StreamTableLevels};
-use crate::queue::{CmdQueue, DmaBuf, DrainReport, EventQueue, poll};
+use crate::queue::{CmdQueue, DmaBuf, DrainReport, EventQueue, Hw, wait};
 use crate::regs::{Mmio, cr0, cr1, cr2, gbpa, gerror, irq_ctrl, off};
 use crate::ste::Ste;
 use crate::strtab::{StreamTable, StreamTableFormat};
@@ -30,8 +31,10 @@ pub struct Config {
     pub linear_max_sid_bits: u32,
     /// STEs per level-2 table, log2 (6, 8 or 10).
     pub l2_split: u32,
-    /// Spins before any wait on the hardware gives up.
-    pub poll_limit: u32,
+    /// How long any wait on the hardware (CR0ACK, GBPA.UPDATE, IRQ_CTRLACK,
+    /// room in the command queue, a CMD_SYNC) lasts before it gives up with
+    /// [`SmmuError::Timeout`]. Default [`WaitBudget::DEFAULT`].
+    pub wait: WaitBudget,
     /// Without range invalidation, per-page TLBIs of one flush beyond this
     /// many become one invalidation of the whole ASID / VMID.
     pub tlbi_page_threshold: u32,
@@ -45,7 +48,7 @@ impl Default for Config {
             sid_bits: 16,
             linear_max_sid_bits: 8,
             l2_split: 6,
-            poll_limit: 1_000_000,
+            wait: WaitBudget::DEFAULT,
             tlbi_page_threshold: 64,
         }
     }
@@ -72,9 +75,9 @@ impl Config {
         self.linear_max_sid_bits = bits;
         self
     }
-    /// Sets `poll_limit`.
-    pub fn with_poll_limit(mut self, limit: u32) -> Self {
-        self.poll_limit = limit;
+    /// Sets `wait`.
+    pub fn with_wait(mut self, wait: WaitBudget) -> Self {
+        self.wait = wait;
         self
     }
     /// Sets `tlbi_page_threshold`.
@@ -86,6 +89,7 @@ impl Config {
 
 /// What a user can read about the driver's work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub struct Counters {
     /// Commands issued, by kind (CMD_SYNCs in `commands.sync`).
@@ -100,6 +104,7 @@ pub struct Counters {
 
 /// The state of the queues and tables the SMMU was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub struct Layout {
     /// Command queue entries.
@@ -172,7 +177,10 @@ pub struct Smmu<M: Mmio, A: FrameAllocator> {
     pub(crate) cmdq: Mutex<CmdQueue>,
     evtq: Mutex<EventQueue>,
     strtab: Mutex<Option<StreamTable>>,
-    stats: Mutex<(u64, u64, u64)>,
+    pub(crate) cmd_counts: CommandCounters,
+    events: Counter,
+    event_losses: Counter,
+    ste_writes: Counter,
     pub(crate) asids: Mutex<IdAlloc>,
     pub(crate) vmids: Mutex<IdAlloc>,
     pub(crate) cache: SmmuCache,
@@ -181,8 +189,22 @@ pub struct Smmu<M: Mmio, A: FrameAllocator> {
 }
 
 /// Reads and decodes the ID registers without touching anything else.
+///
+/// # Errors
+///
+/// [`SmmuError::RegistersTooSmall`] for a register block smaller than the
+/// frame ([`off::FRAME_SIZE`] bytes; no register is accessed then),
+/// [`SmmuError::Register`] for an access `mmio` refused, and
+/// [`SmmuError::Unsupported`] for hardware the driver cannot drive.
 pub fn probe(mmio: &impl Mmio) -> Result<Features, SmmuError> {
-    Ok(Features::decode(&IdRegs::read(mmio))?)
+    let have = mmio.size();
+    if have < off::FRAME_SIZE {
+        return Err(SmmuError::RegistersTooSmall {
+            needed: off::FRAME_SIZE,
+            have,
+        });
+    }
+    Ok(Features::decode(&IdRegs::read(mmio)?)?)
 }
 
 impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
@@ -201,6 +223,16 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     /// offers it and [`Config::sid_bits`] exceeds
     /// [`Config::linear_max_sid_bits`]). Keep that choice for the life of
     /// the machine: QEMU's model never forgets a two-level format once set.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`probe`], before any register is written (a register block
+    /// too small for the frame, hardware the driver cannot drive); then
+    /// [`SmmuError::NoMemory`], [`SmmuError::Timeout`] (bounded by
+    /// [`Config::wait`]), [`SmmuError::AlreadyEnabled`] or
+    /// [`SmmuError::Register`] from the bring-up, which gives back the memory
+    /// it allocated (unless the SMMU would not disable: then, as when the
+    /// driver is dropped, it is kept rather than freed under the SMMU).
     pub fn new(mmio: M, frames: A, config: Config) -> Result<Self, SmmuError> {
         Self::build(mmio, frames, config, SmmuCache::COHERENT)
     }
@@ -228,23 +260,26 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 crate::features::Unsupported::NotCoherent,
             ));
         }
-        let limit = config.poll_limit;
+        let budget = config.wait;
         // 1-2: abort while disabled, then disable.
-        mmio.write32(off::GBPA, gbpa::UPDATE | gbpa::ABORT);
-        poll(limit, Wait::GbpaUpdate, || {
-            mmio.read32(off::GBPA) & gbpa::UPDATE == 0
+        mmio.write32(off::GBPA, gbpa::UPDATE | gbpa::ABORT)?;
+        wait(&budget, Wait::GbpaUpdate, || {
+            Ok(mmio.read32(off::GBPA)? & gbpa::UPDATE == 0)
         })?;
-        let gbpa_abort = mmio.read32(off::GBPA) & gbpa::ABORT != 0;
+        let gbpa_abort = mmio.read32(off::GBPA)? & gbpa::ABORT != 0;
         if !gbpa_abort {
-            crate::warn_event!(
+            iova_core::warn_event!(
                 "smmuv3: GBPA.ABORT did not stick: streams bypass while the SMMU is off"
             );
         }
-        write_cr0(&mmio, 0, limit).map_err(|_| SmmuError::AlreadyEnabled)?;
+        write_cr0(&mmio, 0, &budget).map_err(|e| match e {
+            SmmuError::Timeout(_) => SmmuError::AlreadyEnabled,
+            e => e,
+        })?;
         // This driver polls: no interrupt may fire behind its back.
-        mmio.write32(off::IRQ_CTRL, 0);
-        poll(limit, Wait::IrqCtrlAck, || {
-            mmio.read32(off::IRQ_CTRLACK) == 0
+        mmio.write32(off::IRQ_CTRL, 0)?;
+        wait(&budget, Wait::IrqCtrlAck, || {
+            Ok(mmio.read32(off::IRQ_CTRLACK)? == 0)
         })?;
 
         // 3: tables and command queue.
@@ -263,8 +298,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 | sh << cr1::QUEUE_SH_SHIFT
                 | ca << cr1::QUEUE_OC_SHIFT
                 | ca << cr1::QUEUE_IC_SHIFT,
-        );
-        mmio.write32(off::CR2, cr2::RECINVSID | cr2::PTM);
+        )?;
+        mmio.write32(off::CR2, cr2::RECINVSID | cr2::PTM)?;
 
         let sid_bits = config.sid_bits.min(features.sid_bits);
         let format = if features.st_levels == StreamTableLevels::TwoLevel
@@ -307,7 +342,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 return Err(SmmuError::NoMemory);
             }
         };
-        let cmdq = CmdQueue::new(cmdq_mem, cmdq_log2, limit, cache);
+        let cmdq = CmdQueue::new(cmdq_mem, cmdq_log2, budget, cache);
         let evtq = EventQueue::new(evtq_mem, evtq_log2, cache);
 
         let smmu = Self {
@@ -323,7 +358,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             cmdq: Mutex::new(cmdq),
             evtq: Mutex::new(evtq),
             strtab: Mutex::new(Some(strtab)),
-            stats: Mutex::new((0, 0, 0)),
+            cmd_counts: CommandCounters::default(),
+            events: Counter::new(),
+            event_losses: Counter::new(),
+            ste_writes: Counter::new(),
             asids: Mutex::new(IdAlloc::new(features.asid_bits)),
             vmids: Mutex::new(IdAlloc::new(features.vmid_bits)),
             mmio,
@@ -335,28 +373,36 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         Ok(smmu)
     }
 
+    /// The registers and the command counters, for the command queue.
+    pub(crate) fn hw(&self) -> Hw<'_, M> {
+        Hw {
+            mmio: &self.mmio,
+            counts: &self.cmd_counts,
+        }
+    }
+
     fn bring_up(&self) -> Result<(), SmmuError> {
         let m = &self.mmio;
-        let limit = self.config.poll_limit;
+        let budget = self.config.wait;
         {
             let st = self.strtab.lock();
             let st = st.as_ref().ok_or(SmmuError::NoMemory)?;
-            m.write64(off::STRTAB_BASE, st.base_reg());
-            m.write32(off::STRTAB_BASE_CFG, st.cfg_reg());
+            m.write64(off::STRTAB_BASE, st.base_reg())?;
+            m.write32(off::STRTAB_BASE_CFG, st.cfg_reg())?;
         }
         {
             let q = self.cmdq.lock();
-            m.write64(off::CMDQ_BASE, q.base_reg());
-            m.write32(off::CMDQ_PROD, 0);
-            m.write32(off::CMDQ_CONS, 0);
+            m.write64(off::CMDQ_BASE, q.base_reg())?;
+            m.write32(off::CMDQ_PROD, 0)?;
+            m.write32(off::CMDQ_CONS, 0)?;
         }
         // Clear errors left from before us.
-        let pending = m.read32(off::GERROR) ^ m.read32(off::GERRORN);
+        let pending = m.read32(off::GERROR)? ^ m.read32(off::GERRORN)?;
         if pending != 0 {
-            m.write32(off::GERRORN, m.read32(off::GERRORN) ^ pending);
+            m.write32(off::GERRORN, m.read32(off::GERRORN)? ^ pending)?;
         }
         crate::barrier::publish();
-        write_cr0(m, cr0::CMDQEN, limit)?;
+        write_cr0(m, cr0::CMDQEN, &budget)?;
         // Nothing cached from before us may survive.
         let inval = [
             Command::cfgi_all(),
@@ -364,15 +410,15 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             Command::tlbi_el2_all(),
         ];
         let n = if self.features.hyp { 3 } else { 2 };
-        self.cmdq.lock().submit(m, &inval[..n])?;
+        self.cmdq.lock().submit(self.hw(), &inval[..n])?;
         {
             let q = self.evtq.lock();
-            m.write64(off::EVENTQ_BASE, q.base_reg());
-            m.write32(off::EVENTQ_PROD, 0);
-            m.write32(off::EVENTQ_CONS, 0);
+            m.write64(off::EVENTQ_BASE, q.base_reg())?;
+            m.write32(off::EVENTQ_PROD, 0)?;
+            m.write32(off::EVENTQ_CONS, 0)?;
         }
-        write_cr0(m, cr0::CMDQEN | cr0::EVENTQEN, limit)?;
-        write_cr0(m, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN, limit)?;
+        write_cr0(m, cr0::CMDQEN | cr0::EVENTQEN, &budget)?;
+        write_cr0(m, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN, &budget)?;
         Ok(())
     }
 
@@ -391,15 +437,14 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         &self.frames
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters. Takes no lock: it never waits for a
+    /// submission in progress.
     pub fn counters(&self) -> Counters {
-        let commands = self.cmdq.lock().counts;
-        let (events, event_losses, ste_writes) = *self.stats.lock();
         Counters {
-            commands,
-            events,
-            event_losses,
-            ste_writes,
+            commands: self.cmd_counts.snapshot(),
+            events: self.events.get(),
+            event_losses: self.event_losses.get(),
+            ste_writes: self.ste_writes.get(),
         }
     }
 
@@ -419,7 +464,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     /// [`SmmuError::Command`]), replaced by a CMD_SYNC so the queue carries
     /// on, and every other command still completes.
     pub fn submit(&self, cmds: &[Command]) -> Result<(), SmmuError> {
-        self.cmdq.lock().submit(&self.mmio, cmds)
+        self.cmdq.lock().submit(self.hw(), cmds)
     }
 
     /// Level-2 stream tables allocated so far.
@@ -474,7 +519,6 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     pub(crate) fn install_ste(&self, sid: u32, ste: &Ste) -> Result<(), SmmuError> {
         let mut st = self.strtab.lock();
         let st = st.as_mut().ok_or(SmmuError::NoMemory)?;
-        let m = &self.mmio;
         let inval = [Command::cfgi_ste(sid, false), Command::cfgi_cd_all(sid)];
         let old = st
             .with_slot(&self.frames, sid, true, |s| s.read())?
@@ -488,7 +532,7 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 s.write_word(0, 0);
                 s.clean(cache, 0, 1);
             })?;
-            self.cmdq.lock().submit(m, &inval)?;
+            self.cmdq.lock().submit(self.hw(), &inval)?;
         }
         st.with_slot(&self.frames, sid, false, |s| {
             for i in 1..8 {
@@ -499,8 +543,8 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
             s.write_word(0, ste.0[0]);
             s.clean(cache, 0, 1);
         })?;
-        self.stats.lock().2 += 1;
-        self.cmdq.lock().submit(m, &inval)
+        self.ste_writes.incr();
+        self.cmdq.lock().submit(self.hw(), &inval)
     }
 
     /// Makes `sid` abort without recording events (an attached-but-blocked stream).
@@ -546,19 +590,27 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
 
     /// Hands every pending event record to `f`, and reports lost events
     /// (queue overflow, event write aborts) so none goes unnoticed.
-    pub fn drain_events(&self, f: impl FnMut(Event)) -> DrainReport {
-        let r = self.evtq.lock().drain(&self.mmio, f);
-        let mut s = self.stats.lock();
-        s.0 += u64::from(r.events);
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::Register`] when the [`Mmio`] refused an access: the
+    /// drain stopped there. The records already handed to `f` are consumed
+    /// (and counted in [`Counters::events`]), the rest stay queued for the
+    /// next drain.
+    pub fn drain_events(&self, f: impl FnMut(Event)) -> Result<DrainReport, SmmuError> {
+        let mut r = DrainReport::default();
+        let done = self.evtq.lock().drain(&self.mmio, f, &mut r);
+        self.events.add(u64::from(r.events));
         if r.lost_events() {
-            s.1 += 1;
-            crate::warn_event!(
+            self.event_losses.incr();
+            iova_core::warn_event!(
                 "smmuv3: events lost (overflow {}, write abort {})",
                 r.overflowed,
                 r.write_aborted
             );
         }
-        r
+        done?;
+        Ok(r)
     }
 
     /// Lets the SMMU raise its event-queue and global-error interrupts
@@ -570,9 +622,9 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
         let v = if events { irq_ctrl::EVENTQ_IRQEN } else { 0 }
             | if gerror { irq_ctrl::GERROR_IRQEN } else { 0 };
         let m = &self.mmio;
-        m.write32(off::IRQ_CTRL, v);
-        poll(self.config.poll_limit, Wait::IrqCtrlAck, || {
-            m.read32(off::IRQ_CTRLACK) == v
+        m.write32(off::IRQ_CTRL, v)?;
+        wait(&self.config.wait, Wait::IrqCtrlAck, || {
+            Ok(m.read32(off::IRQ_CTRLACK)? == v)
         })
     }
 
@@ -607,9 +659,9 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
                 memattr: 0,
             });
             // Address 0 disables the MSI.
-            m.write64(cfg0, msi.addr & 0x000f_ffff_ffff_fffc);
-            m.write32(cfg1, msi.data);
-            m.write32(cfg2, msi.memattr & 0xf);
+            m.write64(cfg0, msi.addr & 0x000f_ffff_ffff_fffc)?;
+            m.write32(cfg1, msi.data)?;
+            m.write32(cfg2, msi.memattr & 0xf)?;
         }
         Ok(())
     }
@@ -618,10 +670,10 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
     /// CMDQ_ERR (which the command queue handles itself).
     pub fn global_errors(&self) -> Result<u32, SmmuError> {
         let m = &self.mmio;
-        let pending = (m.read32(off::GERROR) ^ m.read32(off::GERRORN)) & gerror::ALL;
+        let pending = (m.read32(off::GERROR)? ^ m.read32(off::GERRORN)?) & gerror::ALL;
         let ack = pending & !gerror::CMDQ_ERR;
         if ack != 0 {
-            m.write32(off::GERRORN, m.read32(off::GERRORN) ^ ack);
+            m.write32(off::GERRORN, m.read32(off::GERRORN)? ^ ack)?;
         }
         if pending & gerror::SFM_ERR != 0 {
             return Err(SmmuError::ServiceFailure);
@@ -632,10 +684,16 @@ impl<M: Mmio, A: FrameAllocator> Smmu<M, A> {
 
 impl<M: Mmio, A: FrameAllocator> Drop for Smmu<M, A> {
     /// Disables translation and the queues (GBPA stays abort), then returns
-    /// the queues and stream table. If the SMMU does not acknowledge, the
-    /// memory is leaked rather than freed under its feet.
+    /// the queues and stream table. If the SMMU does not acknowledge (or a
+    /// register access on the way is refused), the memory is leaked rather
+    /// than freed under its feet, with a warning: a drop cannot return the
+    /// error.
     fn drop(&mut self) {
-        if write_cr0(&self.mmio, 0, self.config.poll_limit).is_err() {
+        if let Err(e) = write_cr0(&self.mmio, 0, &self.config.wait) {
+            iova_core::warn_event!(
+                "smmuv3: translation not disabled on drop ({}): queues and tables leaked",
+                e
+            );
             return;
         }
         if let Some(st) = self.strtab.lock().take() {
@@ -654,7 +712,7 @@ impl<M: Mmio, A: FrameAllocator> Drop for Smmu<M, A> {
     }
 }
 
-fn write_cr0(m: &impl Mmio, v: u32, limit: u32) -> Result<(), SmmuError> {
-    m.write32(off::CR0, v);
-    poll(limit, Wait::Cr0Ack, || m.read32(off::CR0ACK) == v)
+fn write_cr0(m: &impl Mmio, v: u32, budget: &WaitBudget) -> Result<(), SmmuError> {
+    m.write32(off::CR0, v)?;
+    wait(budget, Wait::Cr0Ack, || Ok(m.read32(off::CR0ACK)? == v))
 }

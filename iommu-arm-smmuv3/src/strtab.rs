@@ -13,6 +13,7 @@ use crate::ste::{L1_L2PTR_MASK, L1_SPAN_MASK, STE_BYTES, Ste, l1_desc};
 
 /// Which stream-table format the driver builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum StreamTableFormat {
     /// One array of STEs for every StreamID.
     Linear,

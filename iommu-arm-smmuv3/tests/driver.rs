@@ -14,6 +14,7 @@ use iommu_arm_smmuv3::{
     StreamTableFormat, Wait,
 };
 use iova_core::fakes::{FAKE_PHYS_BASE, FakeFrames};
+use iova_core::hw::{MmioError, WaitBudget, Width, check_access};
 use iova_core::iova_alloc::{IovaAllocator, IovaAllocatorConfig};
 use iova_core::{
     DeviceError, DmaMapper, Error, FrameAllocator, IommuDomain, IotlbGather, Iova, IovaRange,
@@ -56,7 +57,7 @@ fn unmap<D: IommuDomain>(d: &D, iova: u64, len: u64) -> Result<(), Error> {
 
 fn events<M: Mmio, A: FrameAllocator>(smmu: &Smmu<M, A>) -> Vec<Event> {
     let mut v = Vec::new();
-    let r = smmu.drain_events(|e| v.push(e));
+    let r = smmu.drain_events(|e| v.push(e)).unwrap();
     assert!(!r.lost_events());
     v
 }
@@ -78,10 +79,10 @@ fn bring_up_in_order_with_exact_widths() {
     let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
     assert_eq!(fake.bad_accesses(), 0, "every register at its width");
     assert_eq!(
-        fake.read32(off::CR0),
+        fake.read32(off::CR0).unwrap(),
         cr0::SMMUEN | cr0::CMDQEN | cr0::EVENTQEN
     );
-    assert_ne!(fake.read32(off::GBPA) & gbpa::ABORT, 0);
+    assert_ne!(fake.read32(off::GBPA).unwrap() & gbpa::ABORT, 0);
     assert!(smmu.layout().gbpa_abort);
     // Everything cached before us is invalidated, then one sync.
     assert_eq!(
@@ -106,11 +107,188 @@ fn bring_up_in_order_with_exact_widths() {
 #[test]
 fn a_64_bit_read_of_a_32_bit_register_reads_zero_so_probe_uses_32_bits() {
     let fake = FakeSmmu::new(mem(), QEMU_10_VIRT);
-    assert_eq!(fake.read64(off::IDR0), 0);
+    assert_eq!(fake.read64(off::IDR0).unwrap(), 0);
     assert_eq!(fake.bad_accesses(), 1);
     let f = iommu_arm_smmuv3::probe(&fake).unwrap();
     assert!(f.stage1 && f.stage2 && f.ril);
     assert_eq!(fake.bad_accesses(), 1);
+}
+
+/// The fake's frame is 128 KiB; an access past it, or misaligned, is refused
+/// as `iova_core::hw::check_access` says, reaches no register and is not
+/// counted as made.
+#[test]
+fn the_fake_refuses_accesses_outside_its_frame_and_changes_nothing() {
+    let fake = FakeSmmu::new(mem(), QEMU_10_VIRT);
+    assert_eq!(fake.size(), off::FRAME_SIZE);
+    let (w32, w64) = (Width::W32, Width::W64);
+    let size = off::FRAME_SIZE;
+    assert_eq!(
+        fake.read32(size),
+        Err(MmioError::OutOfRange {
+            offset: size,
+            width: w32,
+            size
+        })
+    );
+    assert_eq!(
+        fake.write64(size, u64::MAX),
+        Err(MmioError::OutOfRange {
+            offset: size,
+            width: w64,
+            size
+        })
+    );
+    assert_eq!(
+        fake.write32(off::CR0 + 2, cr0::SMMUEN),
+        Err(MmioError::Misaligned {
+            offset: off::CR0 + 2,
+            width: w32
+        })
+    );
+    assert_eq!(
+        fake.write64(off::CMDQ_BASE + 4, 1),
+        Err(MmioError::Misaligned {
+            offset: off::CMDQ_BASE + 4,
+            width: w64
+        })
+    );
+    assert_eq!(
+        fake.read8(off::IDR0),
+        Err(MmioError::Width {
+            offset: off::IDR0,
+            width: Width::W8
+        })
+    );
+    assert_eq!(fake.register_accesses(), (0, 0), "none was made");
+    assert_eq!(fake.bad_accesses(), 0);
+    assert_eq!(fake.read32(off::CR0), Ok(0));
+    assert_eq!(fake.read64(off::CMDQ_BASE), Ok(0));
+    // The last register of page 1 is inside.
+    assert_eq!(fake.read32(off::EVENTQ_CONS), Ok(0));
+}
+
+/// An `Mmio` showing less of the fake's frame than the SMMUv3's 128 KiB.
+struct Window<'f>(&'f FakeSmmu, usize);
+
+impl Mmio for Window<'_> {
+    fn size(&self) -> usize {
+        self.1
+    }
+    fn read32(&self, offset: usize) -> Result<u32, MmioError> {
+        check_access(self.1, offset, Width::W32)?;
+        self.0.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) -> Result<(), MmioError> {
+        check_access(self.1, offset, Width::W32)?;
+        self.0.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> Result<u64, MmioError> {
+        check_access(self.1, offset, Width::W64)?;
+        self.0.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) -> Result<(), MmioError> {
+        check_access(self.1, offset, Width::W64)?;
+        self.0.write64(offset, value)
+    }
+}
+
+/// A register block smaller than the frame (page 0 alone, one byte short,
+/// nothing) is refused by `probe` and `Smmu::new` before any register is
+/// accessed or any frame allocated, with the sizes named; through the core's
+/// error it is the refused access at the frame's last register.
+#[test]
+fn a_register_block_smaller_than_the_frame_is_refused_before_any_access() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    for have in [0x1_0000, off::FRAME_SIZE - 1, 0] {
+        let e = SmmuError::RegistersTooSmall {
+            needed: off::FRAME_SIZE,
+            have,
+        };
+        assert_eq!(iommu_arm_smmuv3::probe(&Window(&fake, have)), Err(e));
+        let r = Smmu::new(Window(&fake, have), Arc::clone(&m), Config::default());
+        assert_eq!(r.err(), Some(e));
+        assert_eq!(
+            fake.register_accesses(),
+            (0, 0),
+            "{have:#x}: nothing accessed"
+        );
+        assert_eq!(m.live(), 0, "{have:#x}: nothing allocated");
+        assert_eq!(
+            Error::from(e),
+            Error::Device(DeviceError::RegisterAccess(MmioError::OutOfRange {
+                offset: off::FRAME_SIZE - 4,
+                width: Width::W32,
+                size: have
+            }))
+        );
+    }
+    assert!(
+        SmmuError::RegistersTooSmall {
+            needed: off::FRAME_SIZE,
+            have: 0x1_0000
+        }
+        .to_string()
+        .contains("0x10000 bytes, the frame needs 0x20000")
+    );
+    // The whole frame is enough.
+    let smmu = Smmu::new(
+        Window(&fake, off::FRAME_SIZE),
+        Arc::clone(&m),
+        Config::default(),
+    )
+    .unwrap();
+    assert!(fake.enabled());
+    drop(smmu);
+    assert_eq!(m.live(), 0);
+}
+
+/// `MmioRegion` (iova-core's, re-exported here) over a frame of plain
+/// memory: accesses land at their offsets, page 1 included; misaligned ones
+/// and those past the frame are refused and touch nothing. A region of one
+/// page is refused by `probe` without a read.
+#[test]
+fn mmio_region_accesses_stay_inside_the_frame_and_aligned() {
+    use iommu_arm_smmuv3::MmioRegion;
+    // A 128 KiB "frame" of plain memory.
+    let mut mem = vec![0u64; off::FRAME_SIZE / 8];
+    // SAFETY: the buffer outlives the region and is only accessed through it.
+    let r = unsafe { MmioRegion::new(mem.as_mut_ptr().cast(), off::FRAME_SIZE) };
+    r.write32(off::CR0, 0x1234_5678).unwrap();
+    r.write64(off::CMDQ_BASE, 0xdead_beef_0000_0013).unwrap();
+    r.write32(off::EVENTQ_CONS, 7).unwrap(); // page 1
+    assert_eq!(r.read32(off::CR0), Ok(0x1234_5678));
+    assert_eq!(r.read64(off::CMDQ_BASE), Ok(0xdead_beef_0000_0013));
+    assert_eq!(r.read32(off::EVENTQ_CONS), Ok(7));
+    // Misaligned or outside the frame: no access at all.
+    assert!(r.write32(off::CR0 + 2, 0xffff_ffff).is_err());
+    assert!(r.write64(off::CR0ACK, 0xffff_ffff_ffff_ffff).is_err());
+    assert!(r.write32(off::FRAME_SIZE, 1).is_err());
+    assert!(r.write64(off::FRAME_SIZE - 4, 1).is_err());
+    assert_eq!(r.read32(off::CR0), Ok(0x1234_5678));
+    assert!(matches!(
+        r.read32(off::FRAME_SIZE),
+        Err(MmioError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        r.read64(off::CR0 + 4),
+        Err(MmioError::Misaligned { .. })
+    ));
+    assert_eq!(mem[off::CR0 / 8] as u32, 0x1234_5678);
+    assert_eq!(mem.iter().filter(|&&w| w != 0).count(), 3);
+
+    let mut page0 = vec![u64::MAX; 0x1_0000 / 8];
+    // SAFETY: as above.
+    let r = unsafe { MmioRegion::new(page0.as_mut_ptr().cast(), 0x1_0000) };
+    assert_eq!(
+        iommu_arm_smmuv3::probe(&r).err(),
+        Some(SmmuError::RegistersTooSmall {
+            needed: off::FRAME_SIZE,
+            have: 0x1_0000
+        })
+    );
+    assert!(page0.iter().all(|&w| w == u64::MAX), "nothing written");
 }
 
 #[test]
@@ -584,7 +762,7 @@ fn every_wait_is_bounded() {
     let smmu = Smmu::new(
         &fake,
         Arc::clone(&m),
-        Config::default().with_poll_limit(100),
+        Config::default().with_wait(WaitBudget::polls(100)),
     )
     .unwrap();
     fake.set_stalled(true);
@@ -600,7 +778,7 @@ fn every_wait_is_bounded() {
         Smmu::new(
             &fake,
             Arc::clone(&m),
-            Config::default().with_poll_limit(100)
+            Config::default().with_wait(WaitBudget::polls(100))
         )
         .is_err()
     );
@@ -613,7 +791,9 @@ fn command_queue_wraps_and_waits_when_full() {
     let smmu = Smmu::new(
         &fake,
         Arc::clone(&m),
-        Config::default().with_cmdq_log2(2).with_poll_limit(1000),
+        Config::default()
+            .with_cmdq_log2(2)
+            .with_wait(WaitBudget::polls(1000)),
     )
     .unwrap();
     assert_eq!(smmu.layout().cmdq_entries, 4);
@@ -652,20 +832,20 @@ fn event_queue_overflow_is_reported_not_silent() {
     }
     assert_eq!((fake.events_written(), fake.events_lost()), (4, 6));
     let mut got = Vec::new();
-    let r = smmu.drain_events(|e| got.push(e));
+    let r = smmu.drain_events(|e| got.push(e)).unwrap();
     assert_eq!((r.events, r.overflowed, r.write_aborted), (4, true, false));
     assert_eq!(got[3].addr, Some(0x9000_3000));
     assert_eq!(smmu.counters().event_losses, 1);
     // Acknowledged: the next fault is recorded and no new overflow is reported.
     assert!(fake.dma_read(SID, Iova(0x1000), 4).is_err());
-    let r = smmu.drain_events(|_| {});
+    let r = smmu.drain_events(|_| {}).unwrap();
     assert_eq!((r.events, r.overflowed), (1, false));
     // QEMU's way: GERROR.EVENTQ_ABT_ERR.
     fake.set_qemu_event_abort(true);
     for i in 0..6u64 {
         assert!(fake.dma_read(SID, Iova(0x9100_0000 + i * K4), 4).is_err());
     }
-    let r = smmu.drain_events(|_| {});
+    let r = smmu.drain_events(|_| {}).unwrap();
     assert_eq!((r.events, r.overflowed, r.write_aborted), (4, false, true));
     assert!(r.lost_events());
     assert_eq!(smmu.global_errors(), Ok(0), "acknowledged by the drain");
@@ -1011,14 +1191,14 @@ fn takes_over_an_smmu_left_enabled() {
     let m = mem();
     let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
     // "Firmware" left translation on, interrupts enabled, and garbage queues.
-    fake.write32(off::IRQ_CTRL, 0x5);
-    fake.write64(off::CMDQ_BASE, 0xdead_0000 | 4);
-    fake.write32(off::CR0, cr0::SMMUEN | cr0::CMDQEN);
+    fake.write32(off::IRQ_CTRL, 0x5).unwrap();
+    fake.write64(off::CMDQ_BASE, 0xdead_0000 | 4).unwrap();
+    fake.write32(off::CR0, cr0::SMMUEN | cr0::CMDQEN).unwrap();
     assert!(fake.enabled());
     let smmu = Smmu::new(&fake, Arc::clone(&m), Config::default()).unwrap();
     assert_eq!(fake.bad_accesses(), 0);
     assert_eq!(
-        fake.read32(off::IRQ_CTRL),
+        fake.read32(off::IRQ_CTRL).unwrap(),
         0,
         "interrupts off: the driver polls"
     );
@@ -1059,7 +1239,9 @@ fn concurrent_mappers_share_one_smmu() {
     let c = smmu.counters().commands;
     assert_eq!(c.errors, 0);
     assert!(c.sync >= 200, "one sync per unmap flush: {}", c.sync);
-    let r = smmu.drain_events(|e| assert_eq!(e.kind, FaultKind::Translation));
+    let r = smmu
+        .drain_events(|e| assert_eq!(e.kind, FaultKind::Translation))
+        .unwrap();
     assert_eq!(r.events, 128, "the event queue holds 128 of the 200 faults");
     assert!(r.lost_events());
 }
@@ -1321,7 +1503,7 @@ fn random_batches_match_a_model_on_every_granule_and_stage() {
                 label,
             );
         }
-        smmu.drain_events(|_| {});
+        smmu.drain_events(|_| {}).unwrap();
     }
 }
 
@@ -1417,7 +1599,7 @@ fn the_last_granule_of_every_input_size_is_the_walkers_last() {
             check(&fake, &m, &d, ia, &format!("s2 {g:?} {ia}"));
         }
     }
-    smmu.drain_events(|_| {});
+    smmu.drain_events(|_| {}).unwrap();
 }
 
 #[test]
@@ -1709,7 +1891,7 @@ fn a_non_coherent_smmu_needs_cache_maintenance() {
         fn complete(&self) {}
     }
     static FORGETFUL: Forgetful = Forgetful;
-    let cfg = Config::default().with_poll_limit(100);
+    let cfg = Config::default().with_wait(WaitBudget::polls(100));
     let r = Smmu::with_cache(&fake, Arc::clone(&m), cfg, &FORGETFUL);
     assert!(
         matches!(r, Err(SmmuError::Timeout(Wait::CmdSync))),
@@ -1730,7 +1912,7 @@ fn a_non_coherent_smmu_works_with_cache_maintenance() {
     assert!(smmu.maintains_caches());
     // Non-cacheable, outer-shareable walks and queue accesses.
     let nc = cr1::OSH << cr1::TABLE_SH_SHIFT | cr1::OSH << cr1::QUEUE_SH_SHIFT;
-    assert_eq!(fake.read32(off::CR1), nc);
+    assert_eq!(fake.read32(off::CR1).unwrap(), nc);
     // Stage 1: map, DMA, unmap, fault, event (read back after invalidation).
     let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
     smmu.attach_s1(SID, &d).unwrap();
@@ -1908,15 +2090,15 @@ fn interrupts_follow_irq_ctrl() {
     assert!(fake.dma_write(SID + 1, Iova(0), b"x").is_err());
     assert!(smmu.submit(&[Command([0x7f, 0])]).is_err());
     assert_eq!(fake.interrupts(), (0, 0));
-    smmu.drain_events(|_| {});
+    smmu.drain_events(|_| {}).unwrap();
     smmu.set_interrupts(true, true).unwrap();
-    assert_eq!(fake.read32(off::IRQ_CTRL), 0b101);
+    assert_eq!(fake.read32(off::IRQ_CTRL).unwrap(), 0b101);
     assert!(fake.dma_write(SID + 1, Iova(0), b"x").is_err());
     assert_eq!(fake.interrupts(), (1, 0));
     assert!(smmu.submit(&[Command([0x7f, 0])]).is_err());
     assert_eq!(fake.interrupts(), (1, 1));
     // What a handler does: drain, and look at the global errors.
-    assert_eq!(smmu.drain_events(|_| {}).events, 1);
+    assert_eq!(smmu.drain_events(|_| {}).unwrap().events, 1);
     assert_eq!(
         smmu.global_errors(),
         Ok(0),
@@ -1987,26 +2169,26 @@ fn msi_targets_are_programmed_where_the_smmu_has_msis() {
     assert_eq!(fake.bad_accesses(), 0);
     assert_eq!(
         (
-            fake.read64(off::EVENTQ_IRQ_CFG0),
-            fake.read32(off::EVENTQ_IRQ_CFG1),
-            fake.read32(off::EVENTQ_IRQ_CFG2)
+            fake.read64(off::EVENTQ_IRQ_CFG0).unwrap(),
+            fake.read32(off::EVENTQ_IRQ_CFG1).unwrap(),
+            fake.read32(off::EVENTQ_IRQ_CFG2).unwrap()
         ),
         (0x0802_0040, 0x55, 1)
     );
     // Address bits 1:0 and attribute bits above 3:0 are not the SMMU's.
     assert_eq!(
         (
-            fake.read64(off::GERROR_IRQ_CFG0),
-            fake.read32(off::GERROR_IRQ_CFG1),
-            fake.read32(off::GERROR_IRQ_CFG2)
+            fake.read64(off::GERROR_IRQ_CFG0).unwrap(),
+            fake.read32(off::GERROR_IRQ_CFG1).unwrap(),
+            fake.read32(off::GERROR_IRQ_CFG2).unwrap()
         ),
         (0x1_0000_0000, 7, 0xf)
     );
     smmu.set_msi(None, None).unwrap();
     assert_eq!(
         (
-            fake.read64(off::EVENTQ_IRQ_CFG0),
-            fake.read64(off::GERROR_IRQ_CFG0)
+            fake.read64(off::EVENTQ_IRQ_CFG0).unwrap(),
+            fake.read64(off::GERROR_IRQ_CFG0).unwrap()
         ),
         (0, 0)
     );
@@ -2096,4 +2278,701 @@ fn a_flush_queue_is_one_cmd_sync_for_many_unlinks() {
         assert!(fake.dma_write(SID, iova, &[0]).is_err(), "never after");
     }
     let _ = events(&smmu);
+}
+
+/// Context descriptors: field layout as the SMMU reads it.
+mod context_descriptors {
+    use iommu_arm_smmuv3::Granule;
+    use iommu_arm_smmuv3::cd::*;
+
+    #[test]
+    fn fields() {
+        let cd = Cd::s1(&CdConfig {
+            asid: 0xbeef,
+            ia_bits: 48,
+            oa_bits: 44,
+            ttb0: 0x4012_3000,
+            mair: iova_core::formats::lpae::MAIR,
+        });
+        let w0 = cd.0[0];
+        assert_eq!(w0 & 0x3f, 16); // T0SZ
+        assert_eq!((w0 >> 6) & 3, 0); // TG0 4K
+        assert_eq!((w0 >> 8) & 3, 1);
+        assert_eq!((w0 >> 10) & 3, 1);
+        assert_eq!((w0 >> 12) & 3, 3);
+        assert_eq!(w0 & (EPD0 | ENDI), 0);
+        assert_ne!(w0 & EPD1, 0);
+        assert_ne!(w0 & V, 0);
+        assert_eq!((w0 >> 32) & 7, 4); // IPS 44
+        // QEMU requires AA64 = A = 1 and S = HA = HD = 0; we set R to see faults.
+        assert_eq!(w0 & (AA64 | A | S | HA | HD | R | AFFD), AA64 | A | R);
+        assert_eq!(w0 >> 48, 0xbeef);
+        assert_eq!(cd.asid(), 0xbeef);
+        assert_eq!(cd.ia_bits(), 48);
+        assert_eq!(cd.0[1], 0x4012_3000);
+        assert_eq!(cd.ttb0(), 0x4012_3000);
+        assert_eq!(cd.0[2], 0);
+        assert_eq!(cd.0[3], 0x04_ff44);
+        assert_eq!(cd.0[4..], [0; 4]);
+    }
+
+    #[test]
+    fn tg0_of_each_granule() {
+        let c = CdConfig {
+            asid: 1,
+            ia_bits: 48,
+            oa_bits: 48,
+            ttb0: 0x10000,
+            mair: 0,
+        };
+        for (g, tg) in [(Granule::K4, 0), (Granule::K16, 2), (Granule::K64, 1)] {
+            let cd = Cd::s1_granule(&c, g);
+            assert_eq!((cd.0[0] >> 6) & 3, tg);
+            assert_eq!(cd.0[0] & !(3 << 6), Cd::s1(&c).0[0]);
+        }
+    }
+
+    #[test]
+    fn non_coherent_walks() {
+        let c = CdConfig {
+            asid: 1,
+            ia_bits: 48,
+            oa_bits: 48,
+            ttb0: 0x10000,
+            mair: 0,
+        };
+        let cd = Cd::s1(&c).with_walk_attrs(true);
+        assert_eq!((cd.0[0] >> 8) & 0x3f, 0b10_00_00);
+        assert_eq!(cd.0[0] & !(0x3f << 8), Cd::s1(&c).0[0] & !(0x3f << 8));
+        assert_eq!(Cd::s1(&c).with_walk_attrs(false), Cd::s1(&c));
+    }
+
+    #[test]
+    fn known_value() {
+        // T0SZ=25 (39-bit VA), IPS=5, ASID=1, TTB0=0x8000_0000, MAIR=0.
+        let cd = Cd::s1(&CdConfig {
+            asid: 1,
+            ia_bits: 39,
+            oa_bits: 48,
+            ttb0: 0x8000_0000,
+            mair: 0,
+        });
+        assert_eq!(cd.0[0], 0x0001_E205_C000_3519);
+        assert!(cd.is_valid());
+    }
+}
+
+/// Command layouts, ranges and error codes.
+mod commands {
+    use iommu_arm_smmuv3::cmd::*;
+
+    #[test]
+    fn cfgi_layouts() {
+        assert_eq!(Command::cfgi_ste(0x8, true).0, [0x0000_0008_0000_0003, 1]);
+        assert_eq!(
+            Command::cfgi_ste(0x1_0008, false).0,
+            [0x0001_0008_0000_0003, 0]
+        );
+        assert_eq!(
+            Command::cfgi_ste_range(0x40, 5).0,
+            [0x0000_0040_0000_0004, 5]
+        );
+        assert_eq!(Command::cfgi_all().0, [0x04, 31]);
+        assert_eq!(Command::cfgi_cd(0x10, true).0, [0x0000_0010_0000_0005, 1]);
+        assert_eq!(Command::cfgi_cd_all(0x10).0, [0x0000_0010_0000_0006, 0]);
+        assert_eq!(Command::cfgi_ste(0x8, true).sid(), 8);
+        let c = Command::cfgi_cd_ssid(0x10, 0x1_2345, false);
+        assert_eq!(c.0, [0x0000_0010_1234_5005, 0]);
+        assert_eq!((c.sid(), c.ssid()), (0x10, 0x1_2345));
+    }
+
+    #[test]
+    fn tlbi_layouts() {
+        assert_eq!(
+            Command::tlbi_nh_asid(2, 0xabcd).0,
+            [0xabcd_0002_0000_0011, 0]
+        );
+        let va = Command::tlbi_nh_va(0, 1, 0x1234_5678_9abc, true);
+        assert_eq!(va.0, [0x0001_0000_0000_0012, 0x1234_5678_9001]);
+        assert_eq!(va.range(), None);
+        assert_eq!(va.addr(), 0x1234_5678_9000);
+        assert!(va.leaf());
+        let r = TlbiRange { num: 3, scale: 6 };
+        let vr = Command::tlbi_nh_va_range(0, 5, 0x8000_0000, r, false);
+        // NUM at 16:12, SCALE at 24:20, TG = 1 at 11:10.
+        assert_eq!(vr.0[0], 0x0005_0000_0000_0012 | 3 << 12 | 6 << 20);
+        assert_eq!(vr.0[1], 0x8000_0000 | 1 << 10);
+        assert_eq!(vr.range(), Some(r));
+        let v64 = Command::tlbi_nh_va_range_tg(0, 5, 0x8000_0000, r, 3, true);
+        assert_eq!(v64.0[1], 0x8000_0000 | 3 << 10 | 1);
+        assert_eq!((v64.0[0], v64.tg(), vr.tg()), (vr.0[0], 3, 1));
+        assert_eq!(vr.asid(), 5);
+        assert!(!vr.leaf());
+        assert_eq!(Command::tlbi_s12_vmall(9).0, [0x0000_0009_0000_0028, 0]);
+        let ipa = Command::tlbi_s2_ipa(9, 0xff_ffff_f000_0fff, true);
+        assert_eq!(ipa.0, [0x0000_0009_0000_002a, 0x000f_ffff_f000_0001]);
+        assert_eq!(ipa.vmid(), 9);
+        let ipr = Command::tlbi_s2_ipa_range(9, 0x4000_0000, TlbiRange { num: 0, scale: 9 }, true);
+        assert_eq!(ipr.0[0], 0x0000_0009_0000_002a | 9 << 20);
+        assert_eq!(ipr.0[1], 0x4000_0000 | 1 << 10 | 1);
+        assert_eq!(Command::tlbi_nh_all(3).0, [0x0000_0003_0000_0010, 0]);
+        assert_eq!(Command::tlbi_nsnh_all().0, [0x30, 0]);
+        assert_eq!(Command::tlbi_el2_all().0, [0x20, 0]);
+    }
+
+    #[test]
+    fn sync_layout() {
+        // CS = 0 (poll), no MSI.
+        assert_eq!(Command::sync().0, [0x46, 0]);
+    }
+
+    #[test]
+    fn ranges_cover_with_one_command() {
+        assert_eq!(TlbiRange::covering(0), None);
+        assert_eq!(TlbiRange::covering(1), Some(TlbiRange { num: 0, scale: 0 }));
+        assert_eq!(
+            TlbiRange::covering(32),
+            Some(TlbiRange { num: 31, scale: 0 })
+        );
+        assert_eq!(
+            TlbiRange::covering(33),
+            Some(TlbiRange { num: 16, scale: 1 })
+        );
+        assert_eq!(
+            TlbiRange::covering(64),
+            Some(TlbiRange { num: 31, scale: 1 })
+        );
+        assert_eq!(
+            TlbiRange::covering(4096),
+            Some(TlbiRange { num: 31, scale: 7 })
+        );
+        for n in 1..5000u64 {
+            let r = TlbiRange::covering(n).unwrap();
+            // Covers the range, and overshoots by less than one step of the scale.
+            assert!(r.pages() >= n && r.pages() - n < 1 << r.scale, "{n}");
+        }
+        assert_eq!(TlbiRange::covering(u64::MAX), None);
+    }
+
+    #[test]
+    fn error_codes() {
+        for c in 0..8u8 {
+            assert_eq!(CommandErrorKind::from_code(c).code(), c);
+        }
+        assert_eq!(CommandErrorKind::from_code(1), CommandErrorKind::Illegal);
+    }
+}
+
+/// StreamIDs from a device tree `iommu-map`.
+mod iommu_map {
+    use iommu_arm_smmuv3::dt::*;
+
+    fn prop(entries: &[[u32; 4]]) -> heapless::Vec<u8, 128> {
+        let mut v = heapless::Vec::new();
+        for e in entries {
+            for c in e {
+                v.extend_from_slice(&c.to_be_bytes()).unwrap();
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn qemu_virt_identity_map() {
+        // QEMU virt: <0x0 &smmu 0x0 0x10000>.
+        let p = prop(&[[0, 0x8002, 0, 0x1_0000]]);
+        assert_eq!(stream_id(&p, None, Some(0x8002), 0x8), Ok(0x8));
+        assert_eq!(stream_id(&p, None, None, 0xffff), Ok(0xffff));
+        assert_eq!(
+            stream_id(&p, None, Some(0x8002), 0x1_0000),
+            Err(MapError::NotMapped(0x1_0000))
+        );
+        assert_eq!(
+            stream_id(&p, None, Some(0x1), 0x8),
+            Err(MapError::NotMapped(0x8))
+        );
+    }
+
+    #[test]
+    fn several_entries_offsets_and_mask() {
+        // Bus 0 -> SIDs 0x100.., bus 1 -> another SMMU, bus 2 -> SIDs 0x800...
+        let p = prop(&[
+            [0x000, 7, 0x100, 0x100],
+            [0x100, 9, 0, 0x100],
+            [0x200, 7, 0x800, 0x100],
+        ]);
+        assert_eq!(stream_id(&p, None, Some(7), 0x0010), Ok(0x110));
+        assert_eq!(stream_id(&p, None, Some(7), 0x0210), Ok(0x810));
+        assert_eq!(
+            stream_id(&p, None, Some(7), 0x0110),
+            Err(MapError::NotMapped(0x110))
+        );
+        assert_eq!(stream_id(&p, None, Some(9), 0x0110), Ok(0x10));
+        // Mask: functions of a device share one StreamID.
+        assert_eq!(stream_id(&p, Some(0xfff8), Some(7), 0x0013), Ok(0x110));
+        assert_eq!(entries(&p).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn malformed_and_overflowing() {
+        assert_eq!(
+            stream_id(&[0; 15], None, None, 0).err(),
+            Some(MapError::Malformed)
+        );
+        let p = prop(&[[0, 1, u32::MAX, 4]]);
+        assert_eq!(stream_id(&p, None, None, 1), Err(MapError::Overflow));
+        assert_eq!(stream_id(&[], None, None, 3), Err(MapError::NotMapped(3)));
+    }
+}
+
+/// Event records decoded as QEMU and the architecture write them.
+mod event_records {
+    use iommu_arm_smmuv3::event::*;
+
+    #[test]
+    fn qemu_translation_fault_record() {
+        // As QEMU 10 writes it for an edu write to an unmapped IOVA:
+        // word0 = 0x10, word1 = SID 8, word3 bit 9:8 = CLASS IN, RnW = 0.
+        let w = [0x10u32, 8, 0, 2 << 8, 0x3000_0040, 0x0, 0, 0];
+        let raw = [
+            w[0] as u64 | (w[1] as u64) << 32,
+            w[2] as u64 | (w[3] as u64) << 32,
+            w[4] as u64 | (w[5] as u64) << 32,
+            w[6] as u64 | (w[7] as u64) << 32,
+        ];
+        let e = Event::decode(raw);
+        assert_eq!(e.kind, FaultKind::Translation);
+        assert_eq!(e.sid, 8);
+        assert_eq!(e.ssid, None);
+        assert_eq!(e.addr, Some(0x3000_0040));
+        assert_eq!(e.read, Some(false));
+        assert_eq!(e.stage, Stage::One);
+        assert_eq!(e.class, Some(FaultClass::Input));
+        assert_eq!(e.ipa, None);
+    }
+
+    #[test]
+    fn read_permission_and_stage2() {
+        let raw = Event::encode(
+            code::F_PERMISSION,
+            0x1_0010,
+            0xdead_b000,
+            0x8000_1000,
+            true,
+            Stage::Two,
+            FaultClass::Input,
+        );
+        // RnW is bit 3 of word 3, CLASS bits 9:8 of word 3 (as QEMU writes them).
+        assert_eq!((raw[1] >> 32) as u32 & 0x8, 0x8);
+        assert_eq!((raw[1] >> 32) as u32 >> 8 & 3, 2);
+        let e = Event::decode(raw);
+        assert_eq!(
+            (e.kind, e.sid, e.addr, e.ipa, e.read, e.stage),
+            (
+                FaultKind::Permission,
+                0x1_0010,
+                Some(0xdead_b000),
+                Some(0x8000_1000),
+                Some(true),
+                Stage::Two
+            )
+        );
+    }
+
+    #[test]
+    fn configuration_errors_carry_no_address() {
+        let e = Event::decode([code::C_BAD_STE as u64 | 0x9 << 32, 0, 0x1234, 0]);
+        assert_eq!(
+            (e.kind, e.sid, e.addr, e.read, e.class),
+            (FaultKind::BadSte, 9, None, None, None)
+        );
+        let e = Event::decode([code::C_BAD_STREAMID as u64 | 1 << 11 | 5 << 12, 0, 0, 0]);
+        assert_eq!((e.kind, e.ssid), (FaultKind::BadStreamId, Some(5)));
+        assert_eq!(FaultKind::from_code(0x77), FaultKind::Other(0x77));
+        for (c, k) in [
+            (0x01, FaultKind::UnsupportedTransaction),
+            (0x03, FaultKind::SteFetch),
+            (0x06, FaultKind::StreamDisabled),
+            (0x07, FaultKind::TranslationForbidden),
+            (0x08, FaultKind::BadSubstreamId),
+            (0x09, FaultKind::CdFetch),
+            (0x0a, FaultKind::BadCd),
+            (0x0b, FaultKind::WalkAbort),
+            (0x11, FaultKind::AddressSize),
+            (0x12, FaultKind::AccessFlag),
+            (0x21, FaultKind::Conflict),
+        ] {
+            assert_eq!(FaultKind::from_code(c), k);
+        }
+    }
+}
+
+/// IDR0-IDR5 decoded, and the hardware the driver refuses.
+mod id_registers {
+    use iommu_arm_smmuv3::features::*;
+    use iommu_arm_smmuv3::regs::{idr0, idr1, idr5};
+
+    fn ids(idr0: u32, idr1: u32, idr3: u32, idr5: u32) -> IdRegs {
+        IdRegs {
+            idr: [idr0, idr1, 0, idr3, 0, idr5],
+            aidr: 1,
+        }
+    }
+
+    #[test]
+    fn qemu_10_virt_nested() {
+        // Measured on QEMU 10.0.2, -M virt,iommu=smmuv3.
+        let f = Features::decode(&ids(0x0D44_101B, 0x0273_0010, 0x1414, 0x74)).unwrap();
+        assert!(f.stage1 && f.stage2 && f.nesting && f.coherent);
+        assert!(!f.btm && !f.hyp && !f.ats && !f.pri && !f.msi && !f.sev && !f.cd2l);
+        assert_eq!((f.asid_bits, f.vmid_bits), (16, 16));
+        assert_eq!(f.st_levels, StreamTableLevels::TwoLevel);
+        assert_eq!((f.sid_bits, f.ssid_bits), (16, 0));
+        assert_eq!((f.cmdq_log2, f.evtq_log2), (19, 19));
+        assert!(f.ril && f.had && f.xnx);
+        assert_eq!(f.bbml, 2);
+        assert_eq!(f.oas_bits, 44);
+        assert_eq!(
+            f.granules,
+            Granules {
+                g4k: true,
+                g16k: true,
+                g64k: true
+            }
+        );
+        assert_eq!((f.ias_s1_bits, f.ias_s2_bits(), f.revision), (48, 44, 1));
+    }
+
+    #[test]
+    fn qemu_7_2_and_virt_9_1_stage1_only() {
+        // 7.2.22: no S2P, no VMID16, no XNX.
+        let f = Features::decode(&ids(0x0D40_101A, 0x0273_0010, 0x1404, 0x74)).unwrap();
+        assert!(f.stage1 && !f.stage2 && !f.nesting);
+        assert_eq!((f.asid_bits, f.vmid_bits), (16, 8));
+        assert!(f.ril && !f.xnx);
+        // 10.0.2 with -M virt-9.1: VMID16 but still stage 1 only.
+        let f = Features::decode(&ids(0x0D44_101A, 0x0273_0010, 0x1404, 0x74)).unwrap();
+        assert!(f.stage1 && !f.stage2 && f.vmid_bits == 16);
+    }
+
+    #[test]
+    fn other_combinations() {
+        // Stage 2 only, linear stream table, 8-bit IDs, no RIL, 48-bit OAS,
+        // 8 SID bits, small queues, 4K only.
+        let idr0 = idr0::S2P | 0b10 << idr0::TTF_SHIFT | idr0::COHACC;
+        let idr1 = 8 | 7 << idr1::EVENTQS_SHIFT | 6 << idr1::CMDQS_SHIFT;
+        let f = Features::decode(&ids(idr0, idr1, 0, 5 | idr5::GRAN4K)).unwrap();
+        assert!(!f.stage1 && f.stage2 && !f.nesting && !f.ril);
+        assert_eq!(f.st_levels, StreamTableLevels::Linear);
+        assert_eq!((f.asid_bits, f.vmid_bits, f.sid_bits), (8, 8, 8));
+        assert_eq!((f.cmdq_log2, f.evtq_log2, f.oas_bits), (6, 7, 48));
+        assert_eq!(f.ias_s2_bits(), 48);
+        // 52-bit OAS is reported, tables stay at 48.
+        let f = Features::decode(&ids(idr0, idr1, 0, 6 | idr5::GRAN4K | 1 << 10)).unwrap();
+        assert_eq!(
+            (f.oas_bits, f.table_oas_bits(), f.ias_s1_bits),
+            (52, 48, 52)
+        );
+        // Both table formats (TTF = 0b11) are fine.
+        let both = idr0::S1P | 0b11 << idr0::TTF_SHIFT | idr0::COHACC;
+        assert!(Features::decode(&ids(both, idr1, 0, idr5::GRAN4K)).is_ok());
+    }
+
+    #[test]
+    fn refusals() {
+        let good0 = 0x0D44_101B;
+        let i1 = 0x0273_0010;
+        let d = |i0, i1, i5| Features::decode(&ids(i0, i1, 0, i5));
+        assert_eq!(d(good0 & !0b11, i1, 0x74), Err(Unsupported::NoTranslation));
+        // AArch32 tables only (TTF = 0b01).
+        assert_eq!(
+            d(good0 & !(0b11 << 2) | 1 << 2, i1, 0x74),
+            Err(Unsupported::NoAarch64Tables)
+        );
+        assert_eq!(
+            d(good0 | 0b11 << idr0::TTENDIAN_SHIFT, i1, 0x74),
+            Err(Unsupported::BigEndianOnly)
+        );
+        assert_eq!(d(good0, i1, 0x64), Err(Unsupported::No4kGranule));
+        assert_eq!(d(good0, i1, 0x77), Err(Unsupported::BadOas(7)));
+        assert_eq!(
+            d(good0, i1 | idr1::TABLES_PRESET, 0x74),
+            Err(Unsupported::Preset)
+        );
+        assert_eq!(
+            d(good0, i1 & !(0x1f << idr1::CMDQS_SHIFT), 0x74),
+            Err(Unsupported::QueueTooSmall)
+        );
+        assert_eq!(
+            d(good0, i1 & !0x3f | 40, 0x74),
+            Err(Unsupported::BadSidSize(40))
+        );
+        // Non-coherent SMMUs decode; the driver needs cache maintenance for them.
+        assert!(!d(good0 & !idr0::COHACC, i1, 0x74).unwrap().coherent);
+    }
+}
+
+/// SMMUv3 nodes and StreamIDs from the ACPI IORT.
+mod iort_tables {
+    use iommu_arm_smmuv3::iort::*;
+
+    /// An IORT with one SMMUv3 (base 0x0905_0000, coherent) and one root
+    /// complex (segment 0) whose RIDs 0..=0xffff map to StreamIDs 0x1_0000..,
+    /// plus an ITS group that RIDs also map to (which is no IOMMU).
+    fn table() -> std::vec::Vec<u8> {
+        let mut t = std::vec![0u8; 48];
+        t[..4].copy_from_slice(b"IORT");
+        t[8] = 3; // revision
+        let its_off = 48u32;
+        let mut its = std::vec![0u8; 24];
+        its[0] = node::ITS_GROUP;
+        its[1..3].copy_from_slice(&24u16.to_le_bytes());
+        its[16..20].copy_from_slice(&1u32.to_le_bytes()); // one ITS
+        let smmu_off = its_off + its.len() as u32;
+        let mut smmu = std::vec![0u8; 68];
+        smmu[0] = node::SMMU_V3;
+        smmu[1..3].copy_from_slice(&68u16.to_le_bytes());
+        smmu[16..24].copy_from_slice(&0x0905_0000u64.to_le_bytes());
+        smmu[24..28].copy_from_slice(&1u32.to_le_bytes());
+        let mut rc = std::vec![0u8; 36 + 2 * 20];
+        rc[0] = node::ROOT_COMPLEX;
+        let rc_len = rc.len() as u16;
+        rc[1..3].copy_from_slice(&rc_len.to_le_bytes());
+        rc[8..12].copy_from_slice(&2u32.to_le_bytes()); // two mappings
+        rc[12..16].copy_from_slice(&36u32.to_le_bytes());
+        rc[28..32].copy_from_slice(&0u32.to_le_bytes()); // segment 0
+        // Mapping 0: RIDs 0x100..=0x1ff -> the ITS (not an IOMMU).
+        let m0 = [0x100u32, 0xff, 0, its_off, 0];
+        // Mapping 1: RIDs 0..=0xffff -> SMMU StreamIDs 0x1_0000 + RID.
+        let m1 = [0u32, 0xffff, 0x1_0000, smmu_off, 0];
+        for (i, m) in [m0, m1].iter().enumerate() {
+            for (j, v) in m.iter().enumerate() {
+                let o = 36 + 20 * i + 4 * j;
+                rc[o..o + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        t.extend_from_slice(&its);
+        t.extend_from_slice(&smmu);
+        t.extend_from_slice(&rc);
+        let len = t.len() as u32;
+        t[4..8].copy_from_slice(&len.to_le_bytes());
+        t[36..40].copy_from_slice(&3u32.to_le_bytes());
+        t[40..44].copy_from_slice(&its_off.to_le_bytes());
+        let sum = t.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        t[9] = 0u8.wrapping_sub(sum);
+        t
+    }
+
+    #[test]
+    fn smmu_nodes_and_stream_ids() {
+        let t = table();
+        let iort = Iort::parse(&t).unwrap();
+        let smmus: std::vec::Vec<_> = iort.smmuv3_nodes().collect();
+        assert_eq!(smmus.len(), 1);
+        assert_eq!(
+            (smmus[0].base, smmus[0].coherent_override, smmus[0].model),
+            (0x0905_0000, true, 0)
+        );
+        assert_eq!(iort.stream_id(0, 0x8), Some((smmus[0], 0x1_0008)));
+        // RID 0x108: the first mapping goes to the ITS, the second to the SMMU.
+        assert_eq!(iort.stream_id(0, 0x108), Some((smmus[0], 0x1_0108)));
+        assert_eq!(iort.stream_id(0, 0x1_0000), None);
+        assert_eq!(iort.stream_id(1, 0x8), None);
+    }
+
+    #[test]
+    fn refuses_malformed_tables() {
+        let t = table();
+        assert!(matches!(Iort::parse(&t[..40]), Err(IortError::NotIort)));
+        let mut bad = t.clone();
+        bad[0] = b'X';
+        assert!(matches!(Iort::parse(&bad), Err(IortError::NotIort)));
+        assert!(matches!(
+            Iort::parse(&t[..t.len() - 1]),
+            Err(IortError::Truncated)
+        ));
+        let mut bad = t.clone();
+        bad[50] ^= 1;
+        assert!(matches!(Iort::parse(&bad), Err(IortError::BadChecksum)));
+        // A node length running past the end (checksum fixed up).
+        let mut bad = t.clone();
+        let rc = bad.len() - 76;
+        bad[rc + 1] = 0xff;
+        bad[rc + 2] = 0x0f;
+        fix(&mut bad);
+        assert!(matches!(Iort::parse(&bad), Err(IortError::BadOffset(_))));
+        // An ID array beyond its node.
+        let mut bad = t.clone();
+        bad[rc + 8] = 9;
+        fix(&mut bad);
+        assert!(matches!(Iort::parse(&bad), Err(IortError::BadOffset(_))));
+    }
+
+    fn fix(t: &mut [u8]) {
+        t[9] = 0;
+        let sum = t.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        t[9] = 0u8.wrapping_sub(sum);
+    }
+}
+
+/// Stream table entries: field layout as the SMMU reads it.
+mod stream_table_entries {
+    use iommu_arm_smmuv3::Granule;
+    use iommu_arm_smmuv3::ste::*;
+
+    #[test]
+    fn abort_bypass_invalid() {
+        assert_eq!(Ste::invalid().0, [0; 8]);
+        assert!(!Ste::invalid().is_valid());
+        assert_eq!(Ste::abort().0[0], 0x1);
+        assert_eq!(Ste::abort().config(), CONFIG_ABORT);
+        // V | Config=0b100 -> 0b1001.
+        assert_eq!(Ste::bypass().0[0], 0x9);
+        assert_eq!(Ste::bypass().0[1], 1 << 44);
+        assert_eq!(Ste::bypass().0[2..], [0; 6]);
+    }
+
+    #[test]
+    fn stage1_fields() {
+        let ste = Ste::s1(0x4123_4540);
+        // V | Config=0b101 (0b1011) | pointer; S1Fmt = S1CDMax = 0.
+        assert_eq!(ste.0[0], 0x4123_4540 | 0xb);
+        assert_eq!(ste.cd_ptr(), 0x4123_4540);
+        assert_eq!(ste.config(), CONFIG_S1);
+        // CIR = COR = 1 (bits 2, 4), CSH = 3 (bits 7:6), SHCFG = 1 (bit 44);
+        // S1STALLD clear (QEMU rejects it), STRW = 0, EATS = 0.
+        assert_eq!(ste.0[1], 1 << 2 | 1 << 4 | 3 << 6 | 1 << 44);
+        assert_eq!(ste.0[1] & S1STALLD, 0);
+        assert_eq!(ste.0[2..], [0; 6]);
+        // Low bits of a misaligned pointer are dropped, not smeared into Config.
+        assert_eq!(Ste::s1(0x1000_003f).0[0], 0x1000_0000 | 0xb);
+    }
+
+    #[test]
+    fn cd_table_fields() {
+        let ste = Ste::s1_cd_table(0x4000_0000, 8);
+        assert_eq!(ste.0[0], 0x4000_0000 | 0xb | 8 << 59);
+        assert_eq!(ste.s1_cd_max(), 8);
+        assert_eq!(ste.0[1] & 3, 0b10); // S1DSS
+        assert_eq!(ste.0[1] & !3, Ste::s1(0).0[1]);
+        assert_eq!(Ste::s1(0x1000).s1_cd_max(), 0);
+    }
+
+    #[test]
+    fn stage2_fields() {
+        let cfg = S2Config {
+            vmid: 0x1234,
+            ia_bits: 40,
+            start_level: 1,
+            oa_bits: 44,
+            ttb: 0x4_5678_9000,
+            granule: Granule::K4,
+        };
+        let ste = Ste::s2(&cfg);
+        assert_eq!(ste.0[0], 0xd); // V | 0b110 << 1
+        let w2 = ste.0[2];
+        assert_eq!(w2 & 0xffff, 0x1234);
+        assert_eq!((w2 >> 32) & 0x3f, 24); // T0SZ = 64 - 40
+        assert_eq!((w2 >> 38) & 3, 1); // SL0: level 1
+        assert_eq!((w2 >> 40) & 3, 1);
+        assert_eq!((w2 >> 42) & 3, 1);
+        assert_eq!((w2 >> 44) & 3, 3);
+        assert_eq!((w2 >> 46) & 3, 0); // 4 KiB
+        assert_eq!((w2 >> 48) & 7, 4); // PS 44 bits
+        // S2AA64 must be set (QEMU 10 asserts otherwise), S2R set, S2ENDI/S2S clear.
+        assert_eq!(w2 & (S2AA64 | S2R | S2ENDI | S2S | S2AFFD), S2AA64 | S2R);
+        assert_eq!(ste.0[3], 0x4_5678_9000);
+        assert_eq!(ste.vmid(), 0x1234);
+        let l0 = Ste::s2(&S2Config {
+            start_level: 0,
+            ia_bits: 48,
+            ..cfg
+        });
+        assert_eq!((l0.0[2] >> 38) & 3, 2);
+        assert_eq!((l0.0[2] >> 32) & 0x3f, 16);
+        let l2 = Ste::s2(&S2Config {
+            start_level: 2,
+            ia_bits: 30,
+            ..cfg
+        });
+        assert_eq!((l2.0[2] >> 38) & 3, 0);
+        // 64K: TG = 1, SL0 = 3 - start; 16K: TG = 2.
+        let g64 = Ste::s2(&S2Config {
+            start_level: 2,
+            ia_bits: 42,
+            granule: Granule::K64,
+            ..cfg
+        });
+        assert_eq!(((g64.0[2] >> 46) & 3, (g64.0[2] >> 38) & 3), (1, 1));
+        let g16 = Ste::s2(&S2Config {
+            start_level: 1,
+            ia_bits: 44,
+            granule: Granule::K16,
+            ..cfg
+        });
+        assert_eq!(((g16.0[2] >> 46) & 3, (g16.0[2] >> 38) & 3), (2, 2));
+    }
+
+    #[test]
+    fn non_coherent_walk_attributes() {
+        let cfg = S2Config {
+            vmid: 1,
+            ia_bits: 40,
+            start_level: 1,
+            oa_bits: 44,
+            ttb: 0x8000_0000,
+            granule: Granule::K4,
+        };
+        let n = Ste::nested(0x1_0000, &cfg).with_walk_attrs(true);
+        // CIR = COR = 0 (NC), CSH = 2 (outer); S2IR0 = S2OR0 = 0, S2SH0 = 2.
+        assert_eq!((n.0[1] >> 2) & 0x3f, 0b10_00_00);
+        assert_eq!((n.0[2] >> 40) & 0x3f, 0b10_00_00);
+        assert_eq!(n.0[0], Ste::nested(0x1_0000, &cfg).0[0]);
+        assert_eq!(Ste::s1(0x1000).with_walk_attrs(false), Ste::s1(0x1000));
+        // Bypass and abort have no S2 half to touch.
+        assert_eq!(Ste::abort().with_walk_attrs(true).0[2], 0);
+    }
+
+    #[test]
+    fn nested_has_both_halves() {
+        let cfg = S2Config {
+            vmid: 7,
+            ia_bits: 44,
+            start_level: 0,
+            oa_bits: 44,
+            ttb: 0x8000_0000,
+            granule: Granule::K4,
+        };
+        let n = Ste::nested(0x1_0000, &cfg);
+        assert_eq!(n.config(), CONFIG_NESTED);
+        assert_eq!(n.0[0], 0x1_0000 | 0xf);
+        assert_eq!(n.0[1], Ste::s1(0).0[1]);
+        assert_eq!(n.0[2..4], Ste::s2(&cfg).0[2..4]);
+    }
+
+    #[test]
+    fn level1_descriptor() {
+        assert_eq!(l1_desc(0x4000_1000, 6), 0x4000_1000 | 7);
+        assert_eq!(l1_desc(0x4000_1000, 8) & L1_SPAN_MASK, 9);
+    }
+}
+
+/// Queue index arithmetic (wrap bit above the index bits).
+mod queue_index {
+    use iommu_arm_smmuv3::queue::*;
+
+    #[test]
+    fn index_arithmetic_wraps() {
+        let q = QueueIndex::new(2); // 4 entries
+        assert_eq!((q.size(), q.mask()), (4, 7));
+        assert!(q.is_empty(0, 0) && !q.is_full(0, 0));
+        // prod 4 = slot 0 with the wrap bit set: full against cons 0.
+        assert!(q.is_full(4, 0) && !q.is_empty(4, 0));
+        assert_eq!(q.slot(4), 0);
+        assert_eq!(q.next(3), 4);
+        assert_eq!(q.next(7), 0);
+        assert_eq!(q.used(1, 6), 3);
+        assert!(q.is_full(2, 6));
+        assert!(q.is_empty(5, 5));
+    }
 }

@@ -2,19 +2,27 @@
 //! at every allocation the driver makes (queues and stream table at bring-up,
 //! level-2 stream tables, context descriptors and CD tables, page tables
 //! while mapping), and a CMD_SYNC that never completes reached through a
-//! domain's `IommuDomain::flush`. Each must end in a typed error with nothing
-//! changed (no frame held, the stream as it was, no command refused) and work
-//! again once the fault is gone.
+//! domain's `IommuDomain::flush`, and register accesses the `Mmio` refuses.
+//! Each must end in a typed error with nothing changed (no frame held, the
+//! stream as it was, no command refused) and work again once the fault is
+//! gone.
 #![cfg(feature = "fakes")]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use iommu_arm_smmuv3::cmd::op;
 use iommu_arm_smmuv3::event::code;
 use iommu_arm_smmuv3::fake::{DmaFault, FakeSmmu, QEMU_10_VIRT};
 use iommu_arm_smmuv3::regs::{Mmio, off};
-use iommu_arm_smmuv3::{Config, FaultKind, IdRegs, Smmu, SmmuError, Ste, StreamTableFormat};
+use iommu_arm_smmuv3::{
+    Command, Config, FaultKind, IdRegs, Smmu, SmmuError, Ste, StreamTableFormat,
+};
 use iova_core::fakes::FakeFrames;
-use iova_core::{Error, FrameAllocator, IommuDomain, IotlbGather, Iova, PhysAddr, Prot};
+use iova_core::hw::{MmioError, WaitBudget, Width};
+use iova_core::{
+    DeviceError, Error, FrameAllocator, IommuDomain, IotlbGather, Iova, PhysAddr, Prot,
+};
 
 const K4: u64 = 0x1000;
 const M2: u64 = 0x20_0000;
@@ -50,9 +58,9 @@ fn unmap<D: IommuDomain>(d: &D, iova: u64, len: u64, mapped: u64) {
 }
 
 /// Event kinds drained, asserting none was lost.
-fn event_kinds(smmu: &TestSmmu<'_>) -> Vec<FaultKind> {
+fn event_kinds<M: Mmio>(smmu: &Smmu<M, Arc<FakeFrames>>) -> Vec<FaultKind> {
     let mut v = Vec::new();
-    let r = smmu.drain_events(|e| v.push(e.kind));
+    let r = smmu.drain_events(|e| v.push(e.kind)).unwrap();
     assert!(!r.lost_events());
     v
 }
@@ -91,9 +99,17 @@ fn bring_up_without_memory_returns_everything_and_leaves_the_smmu_off() {
             assert_eq!(m.live(), 0, "{format:?}: everything returned");
             assert_eq!(m.bad_frees(), 0);
             assert!(!fake.enabled());
-            assert_eq!(fake.read32(off::CR0), 0, "queues off");
-            assert_eq!(fake.read64(off::STRTAB_BASE), 0, "no table programmed");
-            assert_eq!(fake.read64(off::CMDQ_BASE), 0, "no queue programmed");
+            assert_eq!(fake.read32(off::CR0).unwrap(), 0, "queues off");
+            assert_eq!(
+                fake.read64(off::STRTAB_BASE).unwrap(),
+                0,
+                "no table programmed"
+            );
+            assert_eq!(
+                fake.read64(off::CMDQ_BASE).unwrap(),
+                0,
+                "no queue programmed"
+            );
             assert!(fake.commands().is_empty());
         }
         // Three allocations are all bring-up needs.
@@ -400,7 +416,7 @@ fn a_flush_whose_sync_never_completes_times_out_and_can_be_retried() {
     let smmu = Smmu::new(
         &fake,
         Arc::clone(&m),
-        Config::default().with_poll_limit(1000),
+        Config::default().with_wait(WaitBudget::polls(1000)),
     )
     .unwrap();
     let s1 = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
@@ -465,4 +481,251 @@ fn check_flush_timeout<D: IommuDomain>(
     unmap(d, M2, K4, K4);
     assert_eq!(event_kinds(smmu), [FaultKind::Translation]);
     smmu.submit(&[]).unwrap();
+}
+
+/// The fake's registers through an `Mmio` that refuses every access to one
+/// offset while armed, as a bus that faults there would. The refused access
+/// does not reach the fake.
+struct Refusing<'f> {
+    fake: &'f FakeSmmu,
+    /// The refused offset; `usize::MAX`: none.
+    offset: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+impl<'f> Refusing<'f> {
+    fn new(fake: &'f FakeSmmu) -> Self {
+        Self {
+            fake,
+            offset: AtomicUsize::new(usize::MAX),
+            refused: AtomicUsize::new(0),
+        }
+    }
+    fn refuse(&self, offset: usize) {
+        self.offset.store(offset, Ordering::Relaxed);
+    }
+    fn allow(&self) {
+        self.offset.store(usize::MAX, Ordering::Relaxed);
+    }
+    /// Accesses refused so far.
+    fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
+    }
+    fn check(&self, offset: usize, width: Width) -> Result<(), MmioError> {
+        if offset == self.offset.load(Ordering::Relaxed) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(MmioError::Width { offset, width });
+        }
+        Ok(())
+    }
+}
+
+impl Mmio for Refusing<'_> {
+    fn size(&self) -> usize {
+        self.fake.size()
+    }
+    fn read32(&self, offset: usize) -> Result<u32, MmioError> {
+        self.check(offset, Width::W32)?;
+        self.fake.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) -> Result<(), MmioError> {
+        self.check(offset, Width::W32)?;
+        self.fake.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> Result<u64, MmioError> {
+        self.check(offset, Width::W64)?;
+        self.fake.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) -> Result<(), MmioError> {
+        self.check(offset, Width::W64)?;
+        self.fake.write64(offset, value)
+    }
+}
+
+fn refused(offset: usize, width: Width) -> SmmuError {
+    SmmuError::Register(MmioError::Width { offset, width })
+}
+
+/// Every register bring-up touches, refused in turn: `Smmu::new` fails with
+/// `SmmuError::Register` naming that access, returns every frame, leaves
+/// translation off, and the same SMMU comes up once the access works. The
+/// refusal ends any wait at once (one refused access, no polling of it).
+#[test]
+fn a_refused_register_access_at_bring_up_is_typed_and_returns_everything() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let regs = Refusing::new(&fake);
+    let w32 = [
+        off::IDR0,
+        off::IDR5,
+        off::AIDR,
+        off::GBPA,
+        off::CR0,
+        off::CR0ACK,
+        off::IRQ_CTRL,
+        off::IRQ_CTRLACK,
+        off::CR1,
+        off::CR2,
+        off::STRTAB_BASE_CFG,
+        off::CMDQ_PROD,
+        off::CMDQ_CONS,
+        off::GERROR,
+        off::GERRORN,
+        off::EVENTQ_PROD,
+        off::EVENTQ_CONS,
+    ];
+    let w64 = [off::STRTAB_BASE, off::CMDQ_BASE, off::EVENTQ_BASE];
+    let cases = w32
+        .iter()
+        .map(|&o| (o, Width::W32))
+        .chain(w64.iter().map(|&o| (o, Width::W64)));
+    for (offset, width) in cases {
+        regs.refuse(offset);
+        let before = regs.refused();
+        let r = Smmu::new(&regs, Arc::clone(&m), Config::default());
+        assert_eq!(r.err(), Some(refused(offset, width)), "{offset:#x}");
+        assert_eq!(regs.refused() - before, 1, "{offset:#x}: not polled");
+        assert_eq!(m.live(), 0, "{offset:#x}: every frame returned");
+        assert!(!fake.enabled(), "{offset:#x}");
+        regs.allow();
+    }
+    let smmu = Smmu::new(&regs, Arc::clone(&m), Config::default()).unwrap();
+    assert!(fake.enabled());
+    let p = page(&m);
+    smmu.set_bypass(SID).unwrap();
+    fake.dma_write(SID, Iova(p.0), b"up").unwrap();
+    assert_eq!(read_mem(&m, p, 2), b"up");
+}
+
+/// Refused accesses once the driver runs, with the default (10 M poll) wait:
+/// each operation fails at once with the typed error (the core's
+/// `DeviceError::RegisterAccess` through `IommuDomain`), the driver keeps
+/// its state, and the same operation works once the access does.
+#[test]
+fn a_refused_register_access_in_operation_is_typed_at_once_and_recoverable() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let regs = Refusing::new(&fake);
+    let smmu = Smmu::new(&regs, Arc::clone(&m), Config::default()).unwrap();
+    let d = smmu.s1_domain(Arc::clone(&m), 48).unwrap();
+    smmu.attach_s1(SID, &d).unwrap();
+
+    // A submission whose completion cannot be read.
+    fake.clear_commands();
+    regs.refuse(off::CMDQ_CONS);
+    assert_eq!(
+        smmu.submit(&[Command::cfgi_ste(SID, true)]),
+        Err(refused(off::CMDQ_CONS, Width::W32))
+    );
+    assert_eq!(regs.refused(), 1, "the wait ended at the refusal");
+    regs.allow();
+    smmu.submit(&[Command::cfgi_cd_all(SID)]).unwrap();
+    let ops: Vec<u8> = fake.commands().iter().map(Command::opcode).collect();
+    assert_eq!(
+        ops,
+        [op::CFGI_STE, op::CMD_SYNC, op::CFGI_CD_ALL, op::CMD_SYNC],
+        "the queue carried on, every command once"
+    );
+
+    // A flush whose commands cannot be published: the gather keeps its work.
+    let p = page(&m);
+    map(&d, 0x5000, p, K4);
+    fake.dma_write(SID, Iova(0x5000), b"a").unwrap();
+    let mut g = IotlbGather::new();
+    assert_eq!(d.unmap(Iova(0x5000), K4, &mut g), Ok(K4));
+    regs.refuse(off::CMDQ_PROD);
+    let e = Error::Device(DeviceError::RegisterAccess(MmioError::Width {
+        offset: off::CMDQ_PROD,
+        width: Width::W32,
+    }));
+    assert_eq!(d.flush(&mut g), Err(e));
+    assert!(g.has_unmapped(), "the gather keeps its work");
+    regs.allow();
+    assert_eq!(d.flush(&mut g), Ok(()));
+    assert!(g.is_empty());
+    assert_eq!(
+        fake.dma_write(SID, Iova(0x5000), b"x"),
+        Err(DmaFault::Terminated(Some(code::F_TRANSLATION)))
+    );
+
+    // A drain that cannot read the producer index hands over nothing.
+    assert!(fake.dma_read(SID, Iova(0x6000), 4).is_err());
+    regs.refuse(off::EVENTQ_PROD);
+    let mut seen = Vec::new();
+    assert_eq!(
+        smmu.drain_events(|e| seen.push(e.kind)),
+        Err(refused(off::EVENTQ_PROD, Width::W32))
+    );
+    assert!(seen.is_empty());
+    regs.allow();
+    assert_eq!(
+        event_kinds(&smmu),
+        [FaultKind::Translation, FaultKind::Translation]
+    );
+
+    // The interrupt and error registers.
+    regs.refuse(off::IRQ_CTRLACK);
+    assert_eq!(
+        smmu.set_interrupts(true, true),
+        Err(refused(off::IRQ_CTRLACK, Width::W32))
+    );
+    regs.refuse(off::GERRORN);
+    assert_eq!(smmu.global_errors(), Err(refused(off::GERRORN, Width::W32)));
+    regs.allow();
+    smmu.set_interrupts(false, false).unwrap();
+    assert_eq!(smmu.global_errors(), Ok(0));
+    assert_eq!(smmu.last_command_error(), None);
+}
+
+/// A drain whose consumer-index write is refused has handed its records over
+/// (and counted them); the next drain hands over nothing twice and publishes
+/// the consumer index, so the SMMU sees the slots free even when no new
+/// event arrived.
+#[test]
+fn a_refused_consumer_index_write_is_published_by_the_next_drain() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let regs = Refusing::new(&fake);
+    let smmu = Smmu::new(&regs, Arc::clone(&m), Config::default()).unwrap();
+    for i in 0..3u64 {
+        assert_eq!(
+            fake.dma_write(SID, Iova(0x1000 * i), b"x"),
+            Err(DmaFault::Terminated(Some(code::C_BAD_STREAMID)))
+        );
+    }
+    regs.refuse(off::EVENTQ_CONS);
+    let mut n = 0;
+    assert_eq!(
+        smmu.drain_events(|_| n += 1),
+        Err(refused(off::EVENTQ_CONS, Width::W32))
+    );
+    assert_eq!(n, 3, "the records were handed over before the refusal");
+    assert_eq!(smmu.counters().events, 3);
+    assert_eq!(fake.read32(off::EVENTQ_CONS).unwrap(), 0, "not published");
+    regs.allow();
+    assert_eq!(event_kinds(&smmu), [], "nothing handed over twice");
+    assert_eq!(
+        fake.read32(off::EVENTQ_CONS).unwrap(),
+        3,
+        "the slots are free for the SMMU"
+    );
+    assert_eq!(smmu.counters().events, 3);
+}
+
+/// A driver dropped while CR0 cannot be written: no panic, translation stays
+/// on, and the queues and tables the SMMU may still read are kept, not freed
+/// under it.
+#[test]
+fn a_drop_that_cannot_disable_the_smmu_keeps_its_memory() {
+    let m = mem();
+    let fake = FakeSmmu::new(Arc::clone(&m), QEMU_10_VIRT);
+    let regs = Refusing::new(&fake);
+    let smmu = Smmu::new(&regs, Arc::clone(&m), Config::default()).unwrap();
+    let live = m.live();
+    assert!(live > 0);
+    regs.refuse(off::CR0);
+    drop(smmu);
+    assert_eq!(regs.refused(), 1);
+    assert!(fake.enabled());
+    assert_eq!(m.live(), live, "queues and stream table kept");
 }

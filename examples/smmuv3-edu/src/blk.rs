@@ -194,12 +194,12 @@ fn counters(shares: &Shares, smmu: &Driver) -> Counters {
 }
 
 /// Drains the event queue: the count, the loss flags and the first 8.
-fn drain(smmu: &Driver) -> (heapless::Vec<Event, 8>, DrainReport) {
+fn drain(smmu: &Driver) -> Result<(heapless::Vec<Event, 8>, DrainReport), SmmuError> {
     let mut v = heapless::Vec::new();
     let r = smmu.drain_events(|e| {
         let _ = v.push(e);
-    });
-    (v, r)
+    })?;
+    Ok((v, r))
 }
 
 /// The share table must have recorded no failure.
@@ -243,9 +243,10 @@ pub fn run(
     let dma: &'static FramePool = leak(&mut frames, FramePool::new(block))?;
 
     // 1. The SMMU, before the device may master the bus.
-    // SAFETY: the device tree's SMMUv3 register frame, identity mapped (MMU
-    // off), driven by nobody else.
-    let regs = unsafe { MmioRegion::new(node.base as usize as *mut u8) };
+    // SAFETY: the device tree's SMMUv3 register frame, base and size as its
+    // `reg` gives them, identity mapped (MMU off: device memory), driven by
+    // nobody else.
+    let regs = unsafe { MmioRegion::new(node.base as usize as *mut u8, node.size as usize) };
     let smmu = Smmu::new(regs, dma, Config::default().with_evtq_log2(EVTQ_LOG2))?;
     let smmu: &'static Driver = leak(&mut frames, smmu)?;
     let f = smmu.features();
@@ -347,7 +348,7 @@ pub fn run(
         no_share_errors(shares, "after the check")?,
         smmu.counters().commands,
     );
-    let (ev, r) = drain(smmu);
+    let (ev, r) = drain(smmu)?;
     if let Some(e) = ev.first() {
         println!(
             "{NAME}: unexpected event during the check: {}",
@@ -443,7 +444,7 @@ pub fn run(
             tables,
         };
         blk_io::bench::matrix(&mut bench, bufs.as_mut_slice())?;
-        let (_, r) = drain(smmu);
+        let (_, r) = drain(smmu)?;
         if r.events != 0 || r.lost_events() {
             return Err(Error::Check(
                 "SMMU events during the benchmark",
@@ -562,7 +563,7 @@ fn stale_probe(
             a,
         ));
     }
-    let (ev, r) = drain(smmu);
+    let (ev, r) = drain(smmu)?;
     let inside = |e: &Event| e.addr.is_some_and(|x| (a..a + len).contains(&x));
     let first = ev
         .first()

@@ -193,12 +193,12 @@ fn fill(f: &mut Frames, seed: u64) {
 }
 
 /// Drains the event queue, keeping the first 32 records.
-fn drain<'p>(smmu: &Driver<'p>) -> (heapless::Vec<Event, 32>, DrainReport) {
+fn drain<'p>(smmu: &Driver<'p>) -> Result<(heapless::Vec<Event, 32>, DrainReport), SmmuError> {
     let mut v = heapless::Vec::new();
     let r = smmu.drain_events(|e| {
         let _ = v.push(e);
-    });
-    (v, r)
+    })?;
+    Ok((v, r))
 }
 
 fn show(e: &Event) -> impl fmt::Display + '_ {
@@ -235,7 +235,7 @@ fn expect_faults<'p>(
     len: u64,
     read: Option<bool>,
 ) -> Result<(u32, DrainReport), Error> {
-    let (ev, r) = drain(smmu);
+    let (ev, r) = drain(smmu)?;
     let first = ev.first().ok_or(Error::Check("no event reported", lo))?;
     println!("{NAME}: first event: {}", show(first));
     for e in &ev {
@@ -294,9 +294,10 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
 
     let mut frames = FrameAllocator::take().ok_or(Error::NoFrameAllocator)?;
     let pool = Pool::new(frames.alloc_aligned(POOL_FRAMES, 0x1_0000)?);
-    // SAFETY: the device tree's SMMUv3 register frame, identity mapped (MMU
-    // off), driven by nobody else.
-    let regs = unsafe { MmioRegion::new(node.base as usize as *mut u8) };
+    // SAFETY: the device tree's SMMUv3 register frame, base and size as its
+    // `reg` gives them, identity mapped (MMU off: device memory), driven by
+    // nobody else.
+    let regs = unsafe { MmioRegion::new(node.base as usize as *mut u8, node.size as usize) };
     // 256 events, enough for every scenario but `storm`, which shows a
     // queue big enough for a whole 4 KiB fault storm (2048 entries, 64 KiB).
     let evtq_log2 = if scenario == "storm" { 11 } else { 8 };
@@ -586,7 +587,7 @@ fn stale(
     unsafe { dev.edu.dma_from_device(0, ctl_iova, 64)? };
     platform::arch::dma_barrier();
     let blocked = ctl.as_mut_slice().iter().all(|&b| b == 0x77);
-    let _ = drain(smmu);
+    drain(smmu)?;
     if !stale_hit || !blocked {
         return Err(Error::Check(
             "control: expected stale access before the TLBI, none after",
@@ -739,7 +740,7 @@ fn second_fn(
             page.phys(),
         ));
     }
-    let (ev, r) = drain(smmu);
+    let (ev, r) = drain(smmu)?;
     let first = ev
         .first()
         .ok_or(Error::Check("no event for the unattached function", 0))?;
@@ -903,7 +904,7 @@ fn stage2(
             ipa_dst,
         ));
     }
-    let (ev, r) = drain(smmu);
+    let (ev, r) = drain(smmu)?;
     let first = ev
         .first()
         .ok_or(Error::Check("no stage-2 fault reported", ipa_dst))?;
@@ -1005,7 +1006,7 @@ fn nested(
             iova,
         ));
     }
-    let (ev, r) = drain(smmu);
+    let (ev, r) = drain(smmu)?;
     let first = ev
         .first()
         .ok_or(Error::Check("no nested fault reported", iova))?;
@@ -1230,7 +1231,7 @@ fn storm(smmu: &Driver<'_>, pool: &Pool, dev: &mut Device) -> Result<(), Error> 
             bad.get_or_insert(n);
         }
         n += 1;
-    });
+    })?;
     if let Some(i) = bad {
         return Err(Error::Check("storm: event out of order or wrong", i));
     }
@@ -1311,14 +1312,14 @@ fn irq(smmu: &Driver<'_>, fdt: &platform::dtb::Fdt<'_>, dev: &mut Device) -> Res
     fault(dev)?;
     let _ = smmu.submit(&[bad]);
     let quiet = (gic.pending(ev), gic.pending(ge));
-    let _ = drain(smmu);
+    drain(smmu)?;
     // On: the fault pulses eventq, the refused command gerror.
     smmu.set_interrupts(true, true)?;
     fault(dev)?;
     let ev_pending = gic.pending(ev);
     let refused = smmu.submit(&[bad]);
     let ge_pending = gic.pending(ge);
-    let (events, _) = drain(smmu);
+    let (events, _) = drain(smmu)?;
     smmu.set_interrupts(false, false)?;
     gic.clear(ev);
     gic.clear(ge);
