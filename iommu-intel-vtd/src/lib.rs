@@ -5,7 +5,8 @@
 //! - [`acpi`]: finds the DMAR table from the RSDP and parses it (remapping
 //!   units, device scopes, reserved regions, ATS root ports).
 //! - [`caps`]: VER, CAP and ECAP decoded.
-//! - [`regs`]: register offsets and MMIO access ([`regs::Mmio`]).
+//! - [`regs`]: register offsets and MMIO access ([`regs::Mmio`], iova-core's
+//!   [`iova_core::hw::Mmio`] re-exported).
 //! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, global
 //!   commands, domain IDs; [`unit::tables`]: its root, context and PASID
 //!   tables (RID_PASID, and other PASIDs where ECAP.PASID).
@@ -124,7 +125,7 @@
 //! assert_eq!((spent.iotlb_page, spent.waits), (1, 1));
 //! assert_eq!(hw.translate(dev, iova, Dma::Write), Err(FaultReason::WriteDenied));
 //! let mut faults = Vec::new();
-//! unit.drain_faults(|r| faults.push(r));
+//! unit.drain_faults(|r| faults.push(r)).unwrap();
 //! assert_eq!((faults[0].source, faults[0].address), (dev, iova & !0xfff));
 //! state.destroy().unwrap();
 //! drop(mapper);
@@ -145,20 +146,6 @@
 //! `defmt` (optional features, off by default) carry warnings.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
-
-/// Reports what a caller may not see in a return value, or should hear about
-/// even when it handles the error, through the optional `log` and `defmt`
-/// features (nothing when both are off).
-macro_rules! warn_event {
-    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
-        #[cfg(feature = "log")]
-        log::warn!($fmt $(, $arg)*);
-        #[cfg(feature = "defmt")]
-        defmt::warn!($fmt $(, $arg)*);
-        $(let _ = &$arg;)*
-    }};
-}
-pub(crate) use warn_event;
 
 pub mod acpi;
 pub mod caps;

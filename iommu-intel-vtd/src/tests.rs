@@ -112,7 +112,7 @@ unsafe fn raw_attach(u: &Unit<'_>, d: &RawDomain<'_, '_>, dev: Bdf, did: u16) {
 
 fn faults(u: &Unit<'_>) -> Vec<FaultRecord> {
     let mut v = Vec::new();
-    u.drain_faults(|r| v.push(r));
+    u.drain_faults(|r| v.push(r)).unwrap();
     v
 }
 
@@ -148,11 +148,11 @@ fn probe_takes_over_with_queued_invalidation() {
             (c.context, c.iotlb_global, c.waits, c.wait_descriptors),
             (1, 1, 1, 1)
         );
-        assert!(!u.translation_enabled());
+        assert!(!u.translation_enabled().unwrap());
         // Translation off: DMA is untranslated.
         assert_eq!(f.translate(EDU, 0x1234, Dma::Read), Ok(0x1234));
         u.enable_translation().unwrap();
-        assert!(u.translation_enabled());
+        assert!(u.translation_enabled().unwrap());
         u.shutdown().unwrap();
         assert_eq!(frames.live(), 0, "the unit frees its root table and queue");
     }
@@ -837,7 +837,7 @@ fn a_queue_error_is_reported_with_the_descriptor_and_the_queue_recovers() {
 fn a_wait_that_never_completes_times_out() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let config = UnitConfig {
-        poll_limit: 1000,
+        wait: iova_core::hw::WaitBudget::polls(1000),
         ..cfg()
     };
     let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
@@ -887,7 +887,7 @@ fn fault_overflow_is_reported_and_recording_resumes() {
     assert!(f.translate(EDU, 0x2000, Dma::Read).is_err()); // compressed
     assert!(f.translate(OTHER, 0x3000, Dma::Read).is_err()); // overflow
     let mut v = Vec::new();
-    let s = u.drain_faults(|r| v.push(r));
+    let s = u.drain_faults(|r| v.push(r)).unwrap();
     assert_eq!((s.records, s.overflow), (1, true));
     assert_eq!((v[0].source, v[0].address), (EDU, 0x1000));
     assert!(f.translate(OTHER, 0x4000, Dma::Write).is_err());
@@ -901,7 +901,7 @@ fn fault_overflow_is_reported_and_recording_resumes() {
         assert!(f.translate(Bdf::new(bus, 0, 0), 0x1000, Dma::Read).is_err());
     }
     let mut v = Vec::new();
-    let s = u.drain_faults(|r| v.push(r));
+    let s = u.drain_faults(|r| v.push(r)).unwrap();
     assert_eq!((s.records, s.overflow), (8, true));
     assert_eq!(
         v.iter().map(|r| r.source.bus).collect::<Vec<_>>(),
@@ -1582,7 +1582,7 @@ fn random_sequences_never_leave_stale_translations() {
             for _ in 0..4 {
                 let _ = f.translate(EDU, rnd(window) << 12, Dma::Read);
             }
-            u.drain_faults(|_| {});
+            u.drain_faults(|_| {}).unwrap();
             if step % 100 == 99 {
                 dom.flush(&mut g).unwrap();
                 for page in 0..window {
@@ -1597,7 +1597,7 @@ fn random_sequences_never_leave_stale_translations() {
                             assert_eq!(f.translate(EDU, page << 12, Dma::Read), Ok(pa), "{name}");
                         }
                     }
-                    u.drain_faults(|_| {});
+                    u.drain_faults(|_| {}).unwrap();
                 }
             }
         }
@@ -1611,13 +1611,13 @@ fn fault_events_raise_the_configured_interrupt() {
     u.enable_translation().unwrap();
     // Masked (the reset state): the event is held as pending.
     assert!(f.translate(EDU, 0x1000, Dma::Read).is_err());
-    assert!(u.fault_interrupt_pending());
+    assert!(u.fault_interrupt_pending().unwrap());
     assert!(f.fault_interrupts().is_empty());
     faults(&u);
     // Unmasking with an event pending sends it.
-    u.enable_fault_interrupt(0xfee0_0000, 0x51);
+    u.enable_fault_interrupt(0xfee0_0000, 0x51).unwrap();
     assert_eq!(f.fault_interrupts(), [(0xfee0_0000, 0x51)]);
-    assert!(!u.fault_interrupt_pending());
+    assert!(!u.fault_interrupt_pending().unwrap());
     // A new fault with none pending raises it; a second one while the first
     // is still recorded does not (PPF was already set).
     assert!(f.translate(OTHER, 0x2000, Dma::Read).is_err());
@@ -1627,11 +1627,11 @@ fn fault_events_raise_the_configured_interrupt() {
     assert_eq!(faults(&u).len(), 1);
     assert!(f.translate(OTHER, 0x4000, Dma::Read).is_err());
     assert_eq!(f.fault_interrupts().len(), 3);
-    u.disable_fault_interrupt();
+    u.disable_fault_interrupt().unwrap();
     faults(&u);
     assert!(f.translate(OTHER, 0x5000, Dma::Read).is_err());
     assert_eq!(f.fault_interrupts().len(), 3);
-    assert!(u.fault_interrupt_pending());
+    assert!(u.fault_interrupt_pending().unwrap());
     assert_eq!(f.stats().unknown_accesses, 0);
 }
 
@@ -1736,7 +1736,7 @@ fn a_unit_left_running_is_taken_over() {
     // The new driver stops it, installs an empty root table and starts over:
     // nothing cached from before survives.
     let u = unit(&f, &frames);
-    assert!(!u.translation_enabled());
+    assert!(!u.translation_enabled().unwrap());
     u.enable_translation().unwrap();
     assert_eq!(
         f.translate(EDU, 0x1000, Dma::Read),
@@ -1819,7 +1819,7 @@ fn arbitrary_capability_values_never_panic_the_driver() {
         let (frames, f) = fake(cap, ecap);
         let config = UnitConfig {
             scalable: next() & 1 == 0,
-            poll_limit: 1000,
+            wait: iova_core::hw::WaitBudget::polls(1000),
             ..cfg()
         };
         let Ok(u) = VtdUnit::new(&f, Arc::clone(&frames), config) else {
@@ -1849,7 +1849,7 @@ fn arbitrary_capability_values_never_panic_the_driver() {
             }
         }
         let _ = u.invalidate_all();
-        u.drain_faults(|_| {});
+        u.drain_faults(|_| {}).unwrap();
     }
     // About one in ten random units is one the driver can take.
     assert!(

@@ -176,7 +176,7 @@ fn dropping_an_attached_domain_detaches_it_before_freeing_its_tables() {
 fn a_teardown_the_unit_does_not_complete_leaks_the_tables() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let config = UnitConfig {
-        poll_limit: 1000,
+        wait: iova_core::hw::WaitBudget::polls(1000),
         ..cfg()
     };
     let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
