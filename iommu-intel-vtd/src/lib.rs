@@ -154,7 +154,7 @@ pub mod counters;
 pub mod descriptor;
 pub mod domain;
 pub mod error;
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(feature = "fakes")]
 pub mod fake;
 pub mod fault;
 pub mod queue;
@@ -162,9 +162,6 @@ pub mod regs;
 pub mod reserved;
 pub mod second_level;
 pub mod unit;
-
-#[cfg(test)]
-mod tests;
 
 pub use acpi::dmar::{Bdf, Dmar};
 pub use caps::Features;

@@ -1,7 +1,6 @@
 //! Register access through iova-core's `Mmio`: a block too small for the
 //! registers the unit describes is refused at probe, and an access the block
 //! refuses later is a typed error that changes nothing; no panic either way.
-#![cfg(feature = "fakes")]
 
 use std::sync::Arc;
 

@@ -2,6 +2,8 @@
 //! depths, every descriptor, invalidation counts, faults, and tests that fail
 //! if the driver forgets an invalidation.
 
+#![cfg(feature = "fakes")]
+
 use std::sync::Arc;
 use std::vec::Vec;
 
@@ -13,14 +15,19 @@ use iova_core::{
     PageTableDomain, PhysAddr, Prot,
 };
 
-use crate::descriptor::{self, ContextScope, Descriptor, IotlbScope};
-use crate::fake::{Dma, FakeVtd, QEMU_CAP_39, QEMU_CAP_48, QEMU_ECAP};
-use crate::{
+use iommu_intel_vtd::descriptor::{self, ContextScope, Descriptor, IotlbScope};
+use iommu_intel_vtd::fake::{Dma, FakeVtd, QEMU_CAP_39, QEMU_CAP_48, QEMU_ECAP};
+use iommu_intel_vtd::{
     Bdf, ContextState, FaultReason, FaultRecord, SecondLevel, UnitConfig, VtdDomain, VtdError,
     VtdInvalidator, VtdUnit,
 };
 
+#[path = "driver/attach.rs"]
 mod attach;
+#[path = "driver/dmar_tables.rs"]
+mod dmar_tables;
+#[path = "driver/registers.rs"]
+mod registers;
 
 const EDU: Bdf = Bdf::new(0, 1, 0);
 const OTHER: Bdf = Bdf::new(0, 2, 0);
@@ -234,7 +241,7 @@ fn devices_without_a_context_entry_are_blocked_and_reported() {
         (r[0].source, r[0].reason, r[0].address),
         (OTHER, FaultReason::ContextNotPresent, 0x1000)
     );
-    assert_eq!(r[0].access, crate::fault::AccessKind::Write);
+    assert_eq!(r[0].access, iommu_intel_vtd::fault::AccessKind::Write);
     // A bus with no context table: root not present.
     assert_eq!(
         f.translate(FAR, 0x2000, Dma::Read),
@@ -245,7 +252,7 @@ fn devices_without_a_context_entry_are_blocked_and_reported() {
         (r[0].source, r[0].reason),
         (FAR, FaultReason::RootNotPresent)
     );
-    assert_eq!(r[0].access, crate::fault::AccessKind::Read);
+    assert_eq!(r[0].access, iommu_intel_vtd::fault::AccessKind::Read);
     assert_eq!(u.counters().snapshot().faults, 2);
     assert!(faults(&u).is_empty(), "records are cleared");
 }
@@ -844,7 +851,9 @@ fn a_wait_that_never_completes_times_out() {
     f.stall_waits(true);
     assert_eq!(
         u.invalidate_all(),
-        Err(VtdError::Timeout(crate::error::Wait::InvalidationWait))
+        Err(VtdError::Timeout(
+            iommu_intel_vtd::error::Wait::InvalidationWait
+        ))
     );
     let d = domain(&u, &frames, 4);
     let mut g = IotlbGather::new();
@@ -948,7 +957,7 @@ fn superpages_where_the_unit_has_them() {
 
 mod scalable {
     use super::*;
-    use crate::fake::{CAP_FL1GP, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
+    use iommu_intel_vtd::fake::{CAP_FL1GP, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
     use iova_core::formats::x86_64::X86_64;
 
     const UPPER: Bdf = Bdf::new(0, 0x10, 0); // devfn 0x80: the upper context table
@@ -980,7 +989,7 @@ mod scalable {
             Some(VtdError::ScalableUnsupported)
         );
         // Nor without queued invalidation.
-        let (frames2, f2) = fake(QEMU_CAP_48, crate::fake::QEMU_ECAP_SCALABLE & !QI);
+        let (frames2, f2) = fake(QEMU_CAP_48, iommu_intel_vtd::fake::QEMU_ECAP_SCALABLE & !QI);
         let config = UnitConfig {
             scalable: true,
             ..cfg()
@@ -1320,7 +1329,7 @@ mod scalable {
 
 #[test]
 fn queues_wrap_in_both_descriptor_sizes() {
-    use crate::fake::QEMU_ECAP_SCALABLE;
+    use iommu_intel_vtd::fake::QEMU_ECAP_SCALABLE;
     for scalable in [false, true] {
         let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_SCALABLE);
         let config = UnitConfig { scalable, ..cfg() };
@@ -1358,15 +1367,15 @@ fn queues_wrap_in_both_descriptor_sizes() {
 
 #[test]
 fn reserved_regions_are_identity_mapped_for_their_devices() {
-    use crate::acpi::dmar::tests::{dmar, drhd, rmrr, scope};
-    use crate::reserved::{ReservedRegions, map_reserved_regions, reserved_regions_for};
+    use crate::dmar_tables::{dmar, drhd, rmrr, scope};
+    use iommu_intel_vtd::reserved::{ReservedRegions, map_reserved_regions, reserved_regions_for};
     let table = dmar(&[
         drhd(1, 0xfed9_0000, &[]),
         rmrr(0x000e_0000, 0x000f_ffff, &[scope(1, 0, 0, &[(1, 0)])]),
         rmrr(0x3000_0000, 0x2fff_ffff, &[scope(1, 0, 0, &[(1, 0)])]), // limit < base
         rmrr(0x4000_0000, 0x4000_0fff, &[scope(1, 0, 0, &[(2, 0)])]), // another device
     ]);
-    let d = crate::Dmar::parse(&table).unwrap();
+    let d = iommu_intel_vtd::Dmar::parse(&table).unwrap();
     assert_eq!(
         reserved_regions_for(&d, 0, EDU, |_| None).collect::<Vec<_>>(),
         [(0xe_0000, 0x2_0000)]
@@ -1401,7 +1410,7 @@ fn reserved_regions_are_identity_mapped_for_their_devices() {
 
 #[test]
 fn one_domain_on_two_units_is_invalidated_on_both() {
-    use crate::VtdMultiInvalidator;
+    use iommu_intel_vtd::VtdMultiInvalidator;
     let frames = Arc::new(FakeFrames::new());
     let f1 = FakeVtd::new(Arc::clone(&frames), QEMU_CAP_48, QEMU_ECAP);
     let f2 = FakeVtd::new(
@@ -1419,7 +1428,7 @@ fn one_domain_on_two_units_is_invalidated_on_both() {
     assert_eq!(
         u2.check_second_level(&wide),
         Err(VtdError::Format(
-            crate::second_level::FormatError::BadAddressWidth(48)
+            iommu_intel_vtd::second_level::FormatError::BadAddressWidth(48)
         ))
     );
     let mut inval: VtdMultiInvalidator<'_, _, _, 2> = VtdMultiInvalidator::new();
@@ -1432,7 +1441,7 @@ fn one_domain_on_two_units_is_invalidated_on_both() {
     assert_eq!(
         VtdDomain::second_level([&u1, &u2], Arc::clone(&frames), wide).err(),
         Some(VtdError::Format(
-            crate::second_level::FormatError::BadAddressWidth(48)
+            iommu_intel_vtd::second_level::FormatError::BadAddressWidth(48)
         ))
     );
     let d = VtdDomain::second_level([&u1, &u2], Arc::clone(&frames), fmt).unwrap();
@@ -1484,7 +1493,7 @@ fn one_domain_on_two_units_is_invalidated_on_both() {
 /// small PSI limit (domain-selective fallback).
 #[test]
 fn random_sequences_never_leave_stale_translations() {
-    use crate::fake::{CAP_FL1GP, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
+    use iommu_intel_vtd::fake::{CAP_FL1GP, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
     use std::collections::BTreeMap;
     let mamv2 = (QEMU_CAP_48 & !(0x3f << 48)) | 2 << 48;
     let configs = [
@@ -1860,7 +1869,7 @@ fn arbitrary_capability_values_never_panic_the_driver() {
 
 #[test]
 fn requests_with_pasids_use_their_own_entries() {
-    use crate::fake::{QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
+    use iommu_intel_vtd::fake::{QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
     const PASID_20: u64 = 1 << 40 | 19 << 35; // ECAP.PASID, PSS 19: 20-bit PASIDs
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_FLTS | PASID_20);
     let config = UnitConfig {
@@ -1921,9 +1930,9 @@ fn requests_with_pasids_use_their_own_entries() {
     assert_eq!(f.translate_pasid(EDU, 9, 0x10_0008, Dma::Write), Ok(0xb008));
     // Limits: the driver's one-page directory, and units without PASIDs.
     assert_eq!(
-        u.block_pasid(EDU, crate::context::scalable::MAX_PASIDS),
+        u.block_pasid(EDU, iommu_intel_vtd::context::scalable::MAX_PASIDS),
         Err(VtdError::PasidOutOfRange(
-            crate::context::scalable::MAX_PASIDS
+            iommu_intel_vtd::context::scalable::MAX_PASIDS
         ))
     );
     // Detach PASID 9: blocked, the entry invalidated.
