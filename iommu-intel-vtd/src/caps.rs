@@ -227,12 +227,17 @@ impl Features {
 
     /// Reads VER, CAP and ECAP from a unit's registers (no side effects), e.g.
     /// to choose [`UnitConfig::scalable`](crate::UnitConfig) before probing.
-    pub fn read<M: crate::regs::Mmio + ?Sized>(regs: &M) -> Self {
-        Self::from_raw(
-            regs.read32(crate::regs::VER),
-            regs.read64(crate::regs::CAP),
-            regs.read64(crate::regs::ECAP),
-        )
+    ///
+    /// # Errors
+    ///
+    /// The [`MmioError`](crate::regs::MmioError) of a refused read (a block
+    /// too small to hold the three registers).
+    pub fn read<M: crate::regs::Mmio + ?Sized>(regs: &M) -> Result<Self, crate::regs::MmioError> {
+        Ok(Self::from_raw(
+            regs.read32(crate::regs::VER)?,
+            regs.read64(crate::regs::CAP)?,
+            regs.read64(crate::regs::ECAP)?,
+        ))
     }
 
     /// The deepest legacy second-level table the unit supports (5, 4 or 3

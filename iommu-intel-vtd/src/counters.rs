@@ -1,26 +1,27 @@
 //! What the driver did, for users and tests: descriptors by type, waits,
 //! register-based invalidations, write-buffer flushes, faults read.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use iova_core::hw::Counter;
 
 use crate::descriptor::{self, Descriptor};
 
-/// Live counters of one unit (relaxed atomics; read with [`snapshot`](Self::snapshot)).
+/// Live counters of one unit (iova-core's relaxed [`Counter`]s; read with
+/// [`snapshot`](Self::snapshot)).
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub(crate) context: AtomicU64,
-    pub(crate) iotlb_global: AtomicU64,
-    pub(crate) iotlb_domain: AtomicU64,
-    pub(crate) iotlb_page: AtomicU64,
-    pub(crate) wait: AtomicU64,
-    pub(crate) pasid_cache: AtomicU64,
-    pub(crate) pasid_iotlb: AtomicU64,
-    pub(crate) other: AtomicU64,
-    pub(crate) waits: AtomicU64,
-    pub(crate) register_invalidations: AtomicU64,
-    pub(crate) write_buffer_flushes: AtomicU64,
-    pub(crate) faults: AtomicU64,
-    pub(crate) queue_errors: AtomicU64,
+    pub(crate) context: Counter,
+    pub(crate) iotlb_global: Counter,
+    pub(crate) iotlb_domain: Counter,
+    pub(crate) iotlb_page: Counter,
+    pub(crate) wait: Counter,
+    pub(crate) pasid_cache: Counter,
+    pub(crate) pasid_iotlb: Counter,
+    pub(crate) other: Counter,
+    pub(crate) waits: Counter,
+    pub(crate) register_invalidations: Counter,
+    pub(crate) write_buffer_flushes: Counter,
+    pub(crate) faults: Counter,
+    pub(crate) queue_errors: Counter,
 }
 
 /// A copy of the counters at one moment.
@@ -94,12 +95,12 @@ impl Counters {
             descriptor::TYPE_PASID_IOTLB => &self.pasid_iotlb,
             _ => &self.other,
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        c.incr();
     }
 
     /// The current values.
     pub fn snapshot(&self) -> CounterSnapshot {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let r = Counter::get;
         CounterSnapshot {
             context: r(&self.context),
             iotlb_global: r(&self.iotlb_global),

@@ -43,6 +43,7 @@ pub const WAIT_FN: u64 = 1 << 6;
 
 /// One 128-bit invalidation descriptor.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Descriptor {
     /// Bits 63:0.
     pub lo: u64,

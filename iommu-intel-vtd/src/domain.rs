@@ -223,6 +223,7 @@ pub const MAX_ENDPOINTS: usize = 16;
 /// Where a domain is attached: a device, and in scalable mode the PASID
 /// of its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Endpoint {
     /// The device.
     pub dev: Bdf,
@@ -536,7 +537,7 @@ impl<M: Mmio, A: FrameAllocator, T: FrameAllocator, F: VtdFormat, const N: usize
             }
         }
         if !quiet {
-            crate::warn_event!("VT-d: domain teardown not invalidated: its tables are leaked");
+            iova_core::warn_event!("VT-d: domain teardown not invalidated: its tables are leaked");
             return;
         }
         for i in self.invalidator().units() {

@@ -3,6 +3,7 @@
 use core::fmt;
 
 use iova_core::DeviceError;
+use iova_core::hw::MmioError;
 
 use crate::descriptor::Descriptor;
 use crate::domain::Endpoint;
@@ -48,6 +49,7 @@ impl fmt::Display for Wait {
 
 /// Why the driver refused or failed an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum VtdError {
     /// SAGAW is zero: the unit cannot translate DMA (interrupt remapping only).
@@ -61,6 +63,14 @@ pub enum VtdError {
         /// Bytes of the block.
         have: usize,
     },
+    /// A register access was refused (outside the register block, or
+    /// misaligned): nothing was read or written. At probe this is a block
+    /// too small for VER/CAP/ECAP; afterwards a block smaller than the
+    /// registers the unit describes, which probe refuses with
+    /// [`RegistersTooSmall`](Self::RegistersTooSmall), so only an
+    /// [`Mmio`](crate::regs::Mmio) implementation that refuses accesses
+    /// inside its block produces it.
+    Register(MmioError),
     /// MGAW below 32 bits or above 64.
     BadAddressWidth(u32),
     /// The frame allocator returned nothing.
@@ -134,6 +144,7 @@ impl fmt::Display for VtdError {
                 f,
                 "VT-d: registers need {needed:#x} bytes, block has {have:#x}"
             ),
+            Self::Register(e) => write!(f, "VT-d: {e}"),
             Self::BadAddressWidth(w) => write!(f, "VT-d: unusable MGAW {w}"),
             Self::NoMemory => f.write_str("VT-d: out of frames"),
             Self::FrameUnreachable(pa) => write!(f, "VT-d: frame {pa:#x} unusable"),
@@ -171,6 +182,12 @@ impl fmt::Display for VtdError {
             ),
             Self::Table(e) => write!(f, "VT-d: page table: {e}"),
         }
+    }
+}
+
+impl From<MmioError> for VtdError {
+    fn from(e: MmioError) -> Self {
+        Self::Register(e)
     }
 }
 
@@ -214,6 +231,7 @@ impl From<VtdError> for iova_core::Error {
             }
             VtdError::Table(e) => e,
             VtdError::NonCoherentWalker => E::Device(DeviceError::NonCoherentWalker),
+            VtdError::Register(e) => E::Device(DeviceError::RegisterAccess(e)),
             VtdError::NoDmaTranslation
             | VtdError::NoDomains
             | VtdError::PassThroughUnsupported
@@ -314,6 +332,18 @@ mod tests {
             (
                 VtdError::NonCoherentWalker,
                 E::Device(DeviceError::NonCoherentWalker),
+            ),
+            (
+                VtdError::Register(MmioError::OutOfRange {
+                    offset: 0x10,
+                    width: iova_core::hw::Width::W64,
+                    size: 0x10,
+                }),
+                E::Device(DeviceError::RegisterAccess(MmioError::OutOfRange {
+                    offset: 0x10,
+                    width: iova_core::hw::Width::W64,
+                    size: 0x10,
+                })),
             ),
         ];
         for (v, core) in cases {

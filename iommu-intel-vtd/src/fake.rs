@@ -41,7 +41,8 @@ use crate::acpi::dmar::Bdf;
 use crate::caps::{Capability, ExtCapability};
 use crate::descriptor;
 use crate::fault::FaultReason;
-use crate::regs::{self, Mmio};
+use crate::regs::{self, Mmio, MmioError, Width};
+use iova_core::hw::check_access;
 
 /// QEMU 10's default CAP with `aw-bits=48`.
 pub const QEMU_CAP_48: u64 = 0x00D2_008C_222F_0606;
@@ -55,6 +56,11 @@ pub const QEMU_ECAP_SCALABLE: u64 = 0x0000_4800_80F0_0F4A;
 pub const QEMU_ECAP_FLTS: u64 = 0x0000_8800_00F0_0F4A;
 /// CAP.FS1GP: first-level 1 GiB pages (QEMU 10 with `x-flts=on`).
 pub const CAP_FL1GP: u64 = 1 << 56;
+
+/// Bytes of a fake unit's register block unless
+/// [`FakeVtd::with_register_size`] says otherwise: a page, as QEMU's unit
+/// and the DMAR's default register set size.
+pub const DEFAULT_REGISTER_SIZE: usize = 4096;
 
 /// Bytes of fake physical memory the fake reads tables from: that of
 /// [`FakeFrames::new`]. Table pointers outside it are access faults.
@@ -154,6 +160,10 @@ struct State {
     scalable: bool,
     stats: FakeStats,
     stall_waits: bool,
+    /// Bytes of the register block.
+    register_size: usize,
+    /// An offset whose accesses are refused.
+    refused: Option<usize>,
     fedata: u32,
     feaddr: u64,
     /// Fault event messages sent (address, data).
@@ -203,11 +213,36 @@ impl FakeVtd {
                 scalable: false,
                 stats: FakeStats::default(),
                 stall_waits: false,
+                register_size: DEFAULT_REGISTER_SIZE,
+                refused: None,
                 fedata: 0,
                 feaddr: 0,
                 fault_messages: Vec::new(),
             }),
         }
+    }
+
+    /// The same unit with a register block of `size` bytes (default
+    /// [`DEFAULT_REGISTER_SIZE`]): accesses beyond it are refused.
+    pub fn with_register_size(self, size: usize) -> Self {
+        self.lock().register_size = size;
+        self
+    }
+
+    /// From now on, every access at `offset` (`None`: none) is refused with
+    /// [`MmioError::Width`], as by a block that does not take it, and
+    /// changes nothing: the driver's handling of a refused access, tested.
+    pub fn refuse_access(&self, offset: Option<usize>) {
+        self.lock().refused = offset;
+    }
+
+    fn check(&self, offset: usize, width: Width) -> Result<(), MmioError> {
+        let s = self.lock();
+        check_access(s.register_size, offset, width)?;
+        if s.refused == Some(offset) {
+            return Err(MmioError::Width { offset, width });
+        }
+        Ok(())
     }
 
     /// The state; a panic while it was held (the deliberate one on a bad
@@ -974,8 +1009,8 @@ impl State {
     }
 }
 
-impl Mmio for FakeVtd {
-    fn read32(&self, offset: usize) -> u32 {
+impl FakeVtd {
+    fn raw_read32(&self, offset: usize) -> u32 {
         let s = self.lock();
         match offset {
             regs::VER => 0x10,
@@ -985,16 +1020,16 @@ impl Mmio for FakeVtd {
             regs::ICS => s.ics,
             o if o % 8 == 4 => {
                 drop(s);
-                (self.read64(o - 4) >> 32) as u32
+                (self.raw_read64(o - 4) >> 32) as u32
             }
             o => {
                 drop(s);
-                self.read64(o) as u32
+                self.raw_read64(o) as u32
             }
         }
     }
 
-    fn read64(&self, offset: usize) -> u64 {
+    fn raw_read64(&self, offset: usize) -> u64 {
         let mut s = self.lock();
         let iro = s.ecap.iotlb_offset();
         match offset {
@@ -1018,7 +1053,7 @@ impl Mmio for FakeVtd {
         }
     }
 
-    fn write32(&self, offset: usize, v: u32) {
+    fn raw_write32(&self, offset: usize, v: u32) {
         let mut s = self.lock();
         match offset {
             regs::GCMD => self.gcmd(&mut s, v),
@@ -1048,8 +1083,8 @@ impl Mmio for FakeVtd {
                     // A 32-bit write to the high half of a 64-bit register
                     // (CCMD at 0x2c triggers the command, as on QEMU).
                     if o % 8 == 4 {
-                        let low = self.read64(o - 4) as u32;
-                        self.write64(o - 4, u64::from(low) | u64::from(v) << 32);
+                        let low = self.raw_read64(o - 4) as u32;
+                        self.raw_write64(o - 4, u64::from(low) | u64::from(v) << 32);
                     } else {
                         self.lock().stats.unknown_accesses += 1;
                     }
@@ -1058,7 +1093,7 @@ impl Mmio for FakeVtd {
         }
     }
 
-    fn write64(&self, offset: usize, v: u64) {
+    fn raw_write64(&self, offset: usize, v: u64) {
         let mut s = self.lock();
         let iro = s.ecap.iotlb_offset();
         let qi = s.gsts & regs::G_QIE != 0;
@@ -1110,5 +1145,33 @@ impl Mmio for FakeVtd {
                 None => s.stats.unknown_accesses += 1,
             },
         }
+    }
+}
+
+/// The registers of a block of [`Mmio::size`] bytes: an access
+/// outside it or misaligned is refused as [`check_access`] says, and one at
+/// the offset given to [`FakeVtd::refuse_access`] with [`MmioError::Width`];
+/// a refused access reaches nothing.
+impl Mmio for FakeVtd {
+    fn size(&self) -> usize {
+        self.lock().register_size
+    }
+    fn read32(&self, offset: usize) -> Result<u32, MmioError> {
+        self.check(offset, Width::W32)?;
+        Ok(self.raw_read32(offset))
+    }
+    fn read64(&self, offset: usize) -> Result<u64, MmioError> {
+        self.check(offset, Width::W64)?;
+        Ok(self.raw_read64(offset))
+    }
+    fn write32(&self, offset: usize, value: u32) -> Result<(), MmioError> {
+        self.check(offset, Width::W32)?;
+        self.raw_write32(offset, value);
+        Ok(())
+    }
+    fn write64(&self, offset: usize, value: u64) -> Result<(), MmioError> {
+        self.check(offset, Width::W64)?;
+        self.raw_write64(offset, value);
+        Ok(())
     }
 }

@@ -10,16 +10,17 @@
 //! [`VtdUnit::enable_fault_interrupt`] has the unit signal new ones.
 
 use core::fmt;
-use core::sync::atomic::Ordering;
 
 use iova_core::FrameAllocator;
 
 use crate::acpi::dmar::Bdf;
+use crate::error::VtdError;
 use crate::regs::{self, Mmio};
 use crate::unit::VtdUnit;
 
 /// Why the unit blocked a request (the FR field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum FaultReason {
     /// 0x1: the root entry for the bus is not present.
@@ -132,6 +133,7 @@ impl FaultReason {
 
 /// Whether the faulting request read or wrote memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum AccessKind {
     /// A DMA read (device reads memory).
     Read,
@@ -141,6 +143,7 @@ pub enum AccessKind {
 
 /// One primary fault record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FaultRecord {
     /// The requester.
     pub source: Bdf,
@@ -195,6 +198,7 @@ impl fmt::Display for FaultRecord {
 
 /// What one pass over the fault recording registers found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FaultSummary {
     /// Records read and cleared.
     pub records: usize,
@@ -209,54 +213,76 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     /// becomes pending with none pending before; read and clear the records
     /// with [`drain_faults`](Self::drain_faults) so that the next fault
     /// raises it again.
-    pub fn enable_fault_interrupt(&self, addr: u64, data: u32) {
-        self.regs.write32(regs::FECTL, regs::FECTL_IM);
-        self.regs.write32(regs::FEDATA, data);
-        self.regs.write32(regs::FEADDR, addr as u32);
-        self.regs.write32(regs::FEUADDR, (addr >> 32) as u32);
-        self.regs.write32(regs::FECTL, 0);
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Register`] if a register write is refused; the interrupt
+    /// stays masked (the mask is written first and unmasked last).
+    pub fn enable_fault_interrupt(&self, addr: u64, data: u32) -> Result<(), VtdError> {
+        self.regs.write32(regs::FECTL, regs::FECTL_IM)?;
+        self.regs.write32(regs::FEDATA, data)?;
+        self.regs.write32(regs::FEADDR, addr as u32)?;
+        self.regs.write32(regs::FEUADDR, (addr >> 32) as u32)?;
+        self.regs.write32(regs::FECTL, 0)?;
+        Ok(())
     }
 
     /// Masks the fault event interrupt (the reset state).
-    pub fn disable_fault_interrupt(&self) {
-        self.regs.write32(regs::FECTL, regs::FECTL_IM);
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Register`] if the FECTL write is refused.
+    pub fn disable_fault_interrupt(&self) -> Result<(), VtdError> {
+        Ok(self.regs.write32(regs::FECTL, regs::FECTL_IM)?)
     }
 
     /// Whether a fault event arrived while the interrupt was masked
     /// (FECTL.IP); unmasking sends it.
-    pub fn fault_interrupt_pending(&self) -> bool {
-        self.regs.read32(regs::FECTL) & regs::FECTL_IP != 0
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Register`] if the FECTL read is refused.
+    pub fn fault_interrupt_pending(&self) -> Result<bool, VtdError> {
+        Ok(self.regs.read32(regs::FECTL)? & regs::FECTL_IP != 0)
     }
 
     /// Reads every fault record with F set (starting at FSTS.FRI), hands it
     /// to `sink` and clears it; clears and reports a primary fault overflow.
-    pub fn drain_faults(&self, mut sink: impl FnMut(FaultRecord)) -> FaultSummary {
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Register`] if a register access is refused; the records
+    /// handed to `sink` before it were cleared, the others are left as they
+    /// were. (Probe checked that every fault record lies inside the block,
+    /// so only an [`Mmio`] that refuses accesses inside it does this.)
+    pub fn drain_faults(
+        &self,
+        mut sink: impl FnMut(FaultRecord),
+    ) -> Result<FaultSummary, VtdError> {
         let cap = self.features.cap;
         let (base, n) = (cap.fault_record_offset(), cap.fault_records());
-        let fsts = self.regs.read32(regs::FSTS);
+        let fsts = self.regs.read32(regs::FSTS)?;
         let first = (fsts >> regs::FSTS_FRI_SHIFT & 0xff) as usize % n;
         let mut summary = FaultSummary::default();
         for k in 0..n {
             let off = base + 16 * ((first + k) % n);
-            let hi = self.regs.read64(off + 8);
+            let hi = self.regs.read64(off + 8)?;
             if hi & regs::FRCD_F == 0 {
                 continue;
             }
-            let lo = self.regs.read64(off);
+            let lo = self.regs.read64(off)?;
             // F is write-1-to-clear in bit 31 of the record's last dword.
-            self.regs.write32(off + 12, 1 << 31);
+            self.regs.write32(off + 12, 1 << 31)?;
+            self.counters.faults.incr();
             sink(FaultRecord::decode(lo, hi));
             summary.records += 1;
         }
         if fsts & regs::FSTS_PFO != 0 {
-            self.regs.write32(regs::FSTS, regs::FSTS_PFO);
+            self.regs.write32(regs::FSTS, regs::FSTS_PFO)?;
             summary.overflow = true;
-            crate::warn_event!("VT-d: primary fault overflow: faults were lost");
+            iova_core::warn_event!("VT-d: primary fault overflow: faults were lost");
         }
-        self.counters
-            .faults
-            .fetch_add(summary.records as u64, Ordering::Relaxed);
-        summary
+        Ok(summary)
     }
 }
 

@@ -5,7 +5,8 @@
 //! - [`acpi`]: finds the DMAR table from the RSDP and parses it (remapping
 //!   units, device scopes, reserved regions, ATS root ports).
 //! - [`caps`]: VER, CAP and ECAP decoded.
-//! - [`regs`]: register offsets and MMIO access ([`regs::Mmio`]).
+//! - [`regs`]: register offsets and MMIO access ([`regs::Mmio`], iova-core's
+//!   [`iova_core::hw::Mmio`] re-exported).
 //! - [`unit`](mod@unit): one remapping unit ([`VtdUnit`]): probe, global
 //!   commands, domain IDs; [`unit::tables`]: its root, context and PASID
 //!   tables (RID_PASID, and other PASIDs where ECAP.PASID).
@@ -124,7 +125,7 @@
 //! assert_eq!((spent.iotlb_page, spent.waits), (1, 1));
 //! assert_eq!(hw.translate(dev, iova, Dma::Write), Err(FaultReason::WriteDenied));
 //! let mut faults = Vec::new();
-//! unit.drain_faults(|r| faults.push(r));
+//! unit.drain_faults(|r| faults.push(r)).unwrap();
 //! assert_eq!((faults[0].source, faults[0].address), (dev, iova & !0xfff));
 //! state.destroy().unwrap();
 //! drop(mapper);
@@ -146,20 +147,6 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-/// Reports what a caller may not see in a return value, or should hear about
-/// even when it handles the error, through the optional `log` and `defmt`
-/// features (nothing when both are off).
-macro_rules! warn_event {
-    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
-        #[cfg(feature = "log")]
-        log::warn!($fmt $(, $arg)*);
-        #[cfg(feature = "defmt")]
-        defmt::warn!($fmt $(, $arg)*);
-        $(let _ = &$arg;)*
-    }};
-}
-pub(crate) use warn_event;
-
 pub mod acpi;
 pub mod caps;
 pub mod context;
@@ -167,7 +154,7 @@ pub mod counters;
 pub mod descriptor;
 pub mod domain;
 pub mod error;
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(feature = "fakes")]
 pub mod fake;
 pub mod fault;
 pub mod queue;
@@ -175,9 +162,6 @@ pub mod regs;
 pub mod reserved;
 pub mod second_level;
 pub mod unit;
-
-#[cfg(test)]
-mod tests;
 
 pub use acpi::dmar::{Bdf, Dmar};
 pub use caps::Features;

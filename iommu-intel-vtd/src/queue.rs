@@ -107,9 +107,9 @@ impl Invalidation {
             return Ok(());
         };
         q.tail = 0;
-        unit.regs.write64(regs::IQT, 0);
+        unit.regs.write64(regs::IQT, 0)?;
         let dw = if q.wide { IQA_DW } else { 0 };
-        unit.regs.write64(regs::IQA, q.base.0 | dw);
+        unit.regs.write64(regs::IQA, q.base.0 | dw)?;
         unit.global_command(regs::G_QIE, true, Wait::QueuedInvalidationEnable)
     }
 
@@ -165,8 +165,8 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         }
     }
 
-    fn head(&self, q: &Queue) -> usize {
-        (self.regs.read64(regs::IQH) >> q.shift()) as usize % q.entries()
+    fn head(&self, q: &Queue) -> Result<usize, VtdError> {
+        Ok((self.regs.read64(regs::IQH)? >> q.shift()) as usize % q.entries())
     }
 
     fn submit_queued(&self, q: &mut Queue, batch: &[Descriptor]) -> Result<(), VtdError> {
@@ -175,17 +175,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         let need = batch.len() + 1;
         let entries = q.entries();
         let free = |head: usize| (head + entries - q.tail - 1) % entries;
-        let mut room = false;
-        for _ in 0..self.poll_limit() {
-            if free(self.head(q)) >= need {
-                room = true;
-                break;
-            }
-            core::hint::spin_loop();
-        }
-        if !room {
-            return Err(VtdError::Timeout(Wait::QueueSpace));
-        }
+        self.poll(Wait::QueueSpace, || Ok(free(self.head(q)?) >= need))?;
         q.seq = q.seq.wrapping_add(1).max(1);
         let seq = q.seq;
         let wait = Descriptor::wait_status(q.status.0, seq);
@@ -210,25 +200,29 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             self.publish(q.base.0 + (first * size) as u64, (entries - first) * size);
             self.publish(q.base.0, (need - (entries - first)) * size);
         }
-        self.regs.write64(regs::IQT, (q.tail as u64) << q.shift());
-        self.counters.waits.fetch_add(1, Ordering::Relaxed);
+        self.regs.write64(regs::IQT, (q.tail as u64) << q.shift())?;
+        self.counters.waits.incr();
         self.wait_for(q, seq)
     }
 
     fn wait_for(&self, q: &mut Queue, seq: u32) -> Result<(), VtdError> {
         let mut error = None;
-        for _ in 0..self.poll_limit() {
+        // More than a condition per poll (a refused descriptor is replaced
+        // and the queue restarted), so the deadline is spent by hand:
+        // condition, then `expired`, then spin.
+        let mut deadline = self.config.wait.start();
+        loop {
             if self.read_status(q.status) == seq {
                 return error.map_or(Ok(()), Err);
             }
-            if self.regs.read32(regs::FSTS) & regs::FSTS_IQE != 0 {
-                let index = self.head(q);
+            if self.regs.read32(regs::FSTS)? & regs::FSTS_IQE != 0 {
+                let index = self.head(q)?;
                 let [lo, hi, ..] = self.slot(q, index);
                 let descriptor = Descriptor {
                     lo: lo.load(Ordering::Relaxed),
                     hi: hi.load(Ordering::Relaxed),
                 };
-                self.counters.queue_errors.fetch_add(1, Ordering::Relaxed);
+                self.counters.queue_errors.incr();
                 // Replace the refused descriptor, clear the error, and let
                 // the unit run the rest of the batch (our wait included).
                 let global = Descriptor::iotlb(IotlbScope::Global, false, false);
@@ -237,9 +231,9 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 fence(Ordering::SeqCst);
                 let size = if q.wide { 32 } else { 16 };
                 self.publish(q.base.0 + (index * size) as u64, size);
-                self.regs.write32(regs::FSTS, regs::FSTS_IQE);
-                self.regs.write64(regs::IQT, (q.tail as u64) << q.shift());
-                crate::warn_event!(
+                self.regs.write32(regs::FSTS, regs::FSTS_IQE)?;
+                self.regs.write64(regs::IQT, (q.tail as u64) << q.shift())?;
+                iova_core::warn_event!(
                     "VT-d: invalidation queue error at {}: {:#x} {:#x}",
                     index,
                     descriptor.lo,
@@ -249,19 +243,20 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 // ones are replaced the same way so the batch drains.
                 error.get_or_insert(VtdError::QueueError { index, descriptor });
             }
+            if deadline.expired() {
+                break;
+            }
             core::hint::spin_loop();
         }
         if error.is_none() {
-            crate::warn_event!("VT-d: invalidation wait {} timed out", seq);
+            iova_core::warn_event!("VT-d: invalidation wait {} timed out", seq);
         }
         Err(error.unwrap_or(VtdError::Timeout(Wait::InvalidationWait)))
     }
 
     fn submit_register(&self, d: &Descriptor) -> Result<(), VtdError> {
         self.counters.count_descriptor(d);
-        self.counters
-            .register_invalidations
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.register_invalidations.incr();
         match d.kind() {
             descriptor::TYPE_CONTEXT => {
                 // Same field positions as the descriptor, moved: granularity
@@ -271,13 +266,12 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 let sid = (d.lo >> 32) & 0xffff;
                 let fm = (d.lo >> 48) & 3;
                 let cmd = regs::CCMD_ICC | g << 61 | fm << 32 | sid << 16 | did;
-                self.regs.write64(regs::CCMD, cmd);
+                self.regs.write64(regs::CCMD, cmd)?;
                 let mut last = cmd;
-                let r = self.poll_register(Wait::ContextCommand, || {
-                    last = self.regs.read64(regs::CCMD);
-                    last & regs::CCMD_ICC == 0
-                });
-                r?;
+                self.poll(Wait::ContextCommand, || {
+                    last = self.regs.read64(regs::CCMD)?;
+                    Ok(last & regs::CCMD_ICC == 0)
+                })?;
                 if (last >> regs::CCMD_CAIG_SHIFT) & 3 == 0 {
                     return Err(VtdError::RegisterInvalidationFailed);
                 }
@@ -296,13 +290,13 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
                 }
                 if g == 3 {
                     // IVA: address | IH | AM, the descriptor's high half.
-                    self.regs.write64(base, d.hi);
+                    self.regs.write64(base, d.hi)?;
                 }
-                self.regs.write64(base + 8, cmd);
+                self.regs.write64(base + 8, cmd)?;
                 let mut last = cmd;
-                self.poll_register(Wait::IotlbRegister, || {
-                    last = self.regs.read64(base + 8);
-                    last & regs::IOTLB_IVT == 0
+                self.poll(Wait::IotlbRegister, || {
+                    last = self.regs.read64(base + 8)?;
+                    Ok(last & regs::IOTLB_IVT == 0)
                 })?;
                 if (last >> regs::IOTLB_IAIG_SHIFT) & 3 == 0 {
                     return Err(VtdError::RegisterInvalidationFailed);
@@ -316,16 +310,6 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             // needs scalable mode, which needs the queue): never pretend.
             _ => Err(VtdError::RegisterInvalidationFailed),
         }
-    }
-
-    fn poll_register(&self, what: Wait, mut done: impl FnMut() -> bool) -> Result<(), VtdError> {
-        for _ in 0..self.poll_limit() {
-            if done() {
-                return Ok(());
-            }
-            core::hint::spin_loop();
-        }
-        Err(VtdError::Timeout(what))
     }
 
     /// The invalidations that make the removal of `[start, end)` from domain

@@ -1,8 +1,9 @@
 //! Register offsets and bit fields of a remapping unit (VT-d specification,
 //! chapter 11), and MMIO access to them.
 //!
-//! Registers are reached through [`Mmio`], so the driver runs against real
-//! hardware ([`MmioRegion`]) and against the host fake the same way.
+//! Registers are reached through [`Mmio`] (iova-core's, re-exported here), so
+//! the driver runs against real hardware ([`MmioRegion`]) and against the
+//! host fake the same way.
 
 /// Version register (32 bits).
 pub const VER: usize = 0x00;
@@ -115,104 +116,8 @@ pub const FECTL_IP: u32 = 1 << 30;
 /// Fault record, high half: fault (RW1C), bit 63.
 pub const FRCD_F: u64 = 1 << 63;
 
-/// 32- and 64-bit access to a unit's register block.
-///
-/// Offsets are from the block's base; 64-bit accesses are at 8-byte aligned
-/// offsets. Writes may have side effects (starting an invalidation, clearing
-/// RW1C bits), reads of the registers used here do not.
-pub trait Mmio: Sync {
-    /// Reads the 32-bit register at `offset`.
-    fn read32(&self, offset: usize) -> u32;
-    /// Reads the 64-bit register at `offset`.
-    fn read64(&self, offset: usize) -> u64;
-    /// Writes the 32-bit register at `offset`.
-    fn write32(&self, offset: usize, value: u32);
-    /// Writes the 64-bit register at `offset`.
-    fn write64(&self, offset: usize, value: u64);
-    /// Bytes of the block, if known: the driver refuses a unit whose
-    /// registers (as CAP/ECAP place them) would lie beyond it.
-    fn size(&self) -> Option<usize> {
-        None
-    }
-}
-
-impl<T: Mmio + ?Sized> Mmio for &T {
-    fn read32(&self, offset: usize) -> u32 {
-        (**self).read32(offset)
-    }
-    fn read64(&self, offset: usize) -> u64 {
-        (**self).read64(offset)
-    }
-    fn write32(&self, offset: usize, value: u32) {
-        (**self).write32(offset, value)
-    }
-    fn write64(&self, offset: usize, value: u64) {
-        (**self).write64(offset, value)
-    }
-    fn size(&self) -> Option<usize> {
-        (**self).size()
-    }
-}
-
-/// A register block mapped at a virtual address (volatile accesses).
-#[derive(Debug)]
-pub struct MmioRegion {
-    base: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the region is device memory; concurrent volatile accesses from
-// several CPUs are what the hardware expects (the driver serialises the
-// sequences that need it).
-unsafe impl Sync for MmioRegion {}
-// SAFETY: as above; the pointer is not tied to a thread.
-unsafe impl Send for MmioRegion {}
-
-impl MmioRegion {
-    /// The register block of `len` bytes at `base`.
-    ///
-    /// # Safety
-    ///
-    /// `base..base + len` must map a VT-d unit's registers (uncached) for as
-    /// long as the region is used, `base` must be 4 KiB aligned, `len` at
-    /// least 4 KiB (the smallest register set), and nothing else may program
-    /// the unit.
-    pub unsafe fn new(base: *mut u8, len: usize) -> Self {
-        Self { base, len }
-    }
-
-    fn at<T>(&self, offset: usize) -> *mut T {
-        // The driver checks every offset it derives from CAP/ECAP against
-        // `size()` at probe, so this only fires on a driver bug; refuse it
-        // rather than touch other memory.
-        assert!(
-            offset % core::mem::size_of::<T>() == 0
-                && offset + core::mem::size_of::<T>() <= self.len,
-            "VT-d register offset {offset:#x} out of the block"
-        );
-        self.base.wrapping_add(offset).cast()
-    }
-}
-
-impl Mmio for MmioRegion {
-    fn read32(&self, offset: usize) -> u32 {
-        // SAFETY: `new`'s contract: the block is mapped registers; `at`
-        // checked the offset is inside it and aligned.
-        unsafe { self.at::<u32>(offset).read_volatile() }
-    }
-    fn read64(&self, offset: usize) -> u64 {
-        // SAFETY: as in `read32`.
-        unsafe { self.at::<u64>(offset).read_volatile() }
-    }
-    fn write32(&self, offset: usize, value: u32) {
-        // SAFETY: as in `read32`; writes are the unit's programming interface.
-        unsafe { self.at::<u32>(offset).write_volatile(value) }
-    }
-    fn write64(&self, offset: usize, value: u64) {
-        // SAFETY: as in `write32`.
-        unsafe { self.at::<u64>(offset).write_volatile(value) }
-    }
-    fn size(&self) -> Option<usize> {
-        Some(self.len)
-    }
-}
+/// Register access, shared with the other backends: the driver reaches the
+/// unit's registers through [`Mmio`] ([`MmioRegion`] on hardware, the fake in
+/// tests), 32- and 64-bit accesses at naturally aligned offsets; an access
+/// outside the block is refused with an [`MmioError`], never made.
+pub use iova_core::hw::{Mmio, MmioError, MmioRegion, Width};

@@ -33,6 +33,7 @@ pub const SNP: u64 = 1 << 11;
 
 /// Why a second-level format cannot be built for a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum FormatError {
     /// The unit's SAGAW does not include tables of this many levels.

@@ -20,6 +20,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use iova_core::formats::x86_64::X86_64;
+use iova_core::hw::WaitBudget;
 use iova_core::{CacheMaintenance, FrameAllocator, PhysAddr};
 
 use crate::caps::Features;
@@ -38,8 +39,10 @@ pub struct UnitConfig {
     /// Bytes of the register block (the DRHD's register set size; 4 KiB
     /// when the table does not say).
     pub register_size: usize,
-    /// How many times a status is polled before [`VtdError::Timeout`].
-    pub poll_limit: u32,
+    /// How long a status is polled before [`VtdError::Timeout`] (every
+    /// wait of the unit: global commands, queue space, invalidation waits,
+    /// register-based invalidations).
+    pub wait: WaitBudget,
     /// Most page-selective descriptors one flush issues before it uses one
     /// domain-selective invalidation instead.
     pub psi_limit: usize,
@@ -63,7 +66,7 @@ impl fmt::Debug for UnitConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnitConfig")
             .field("register_size", &self.register_size)
-            .field("poll_limit", &self.poll_limit)
+            .field("wait", &self.wait)
             .field("psi_limit", &self.psi_limit)
             .field("scalable", &self.scalable)
             .field("walk_cache", &self.walk_cache.is_some())
@@ -76,7 +79,7 @@ impl Default for UnitConfig {
     fn default() -> Self {
         Self {
             register_size: 4096,
-            poll_limit: 10_000_000,
+            wait: WaitBudget::DEFAULT,
             psi_limit: 16,
             scalable: false,
             walk_cache: None,
@@ -161,7 +164,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     /// Probes and initialises the unit behind `regs` (see the module docs).
     /// Translation stays off until [`enable_translation`](Self::enable_translation).
     pub fn new(regs: M, frames: A, config: UnitConfig) -> Result<Self, VtdError> {
-        let features = Features::read(&regs);
+        let features = Features::read(&regs)?;
         let cap = features.cap;
         if features.max_levels().is_none() {
             return Err(VtdError::NoDmaTranslation);
@@ -189,9 +192,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             return Err(VtdError::NonCoherentWalker);
         }
         let needed = features.register_span();
-        let have = regs
-            .size()
-            .map_or(config.register_size, |s| s.min(config.register_size));
+        let have = regs.size().min(config.register_size);
         if needed > have {
             return Err(VtdError::RegistersTooSmall { needed, have });
         }
@@ -229,10 +230,10 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     fn take_over(&self) -> Result<(), VtdError> {
         // Firmware may have left the unit running; stop it before replacing
         // its tables and queue.
-        if self.gsts() & regs::G_TE != 0 {
+        if self.gsts()? & regs::G_TE != 0 {
             self.global_command(regs::G_TE, false, Wait::TranslationEnable)?;
         }
-        if self.gsts() & regs::G_QIE != 0 {
+        if self.gsts()? & regs::G_QIE != 0 {
             self.global_command(regs::G_QIE, false, Wait::QueuedInvalidationEnable)?;
         }
         let ttm = if self.scalable {
@@ -243,7 +244,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         // The zeroed root table (and the queue) must be in memory before
         // the unit reads them.
         self.publish(self.root.0, FRAME);
-        self.regs.write64(regs::RTADDR, self.root.0 | ttm);
+        self.regs.write64(regs::RTADDR, self.root.0 | ttm)?;
         self.one_shot(regs::G_SRTP, Wait::RootTablePointer)?;
         self.inval.lock().enable(self)?;
         self.invalidate_all()
@@ -347,42 +348,45 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         }
     }
 
-    pub(crate) fn gsts(&self) -> u32 {
-        self.regs.read32(regs::GSTS)
+    pub(crate) fn gsts(&self) -> Result<u32, VtdError> {
+        Ok(self.regs.read32(regs::GSTS)?)
     }
 
-    fn poll(&self, what: Wait, mut done: impl FnMut() -> bool) -> Result<(), VtdError> {
-        for _ in 0..self.config.poll_limit.max(1) {
-            if done() {
-                return Ok(());
-            }
-            core::hint::spin_loop();
-        }
-        if done() {
-            Ok(())
-        } else {
-            Err(VtdError::Timeout(what))
-        }
+    /// Polls `done` within [`UnitConfig::wait`]; a refused register access
+    /// ends the wait with its error.
+    pub(crate) fn poll(
+        &self,
+        what: Wait,
+        mut done: impl FnMut() -> Result<bool, VtdError>,
+    ) -> Result<(), VtdError> {
+        self.config
+            .wait
+            .until(|| match done() {
+                Ok(false) => None,
+                Ok(true) => Some(Ok(())),
+                Err(e) => Some(Err(e)),
+            })
+            .map_err(|_| VtdError::Timeout(what))?
     }
 
     /// Turns an enable bit of GCMD (TE, QIE) on or off and waits (`what`) for
     /// GSTS to agree.
     pub(crate) fn global_command(&self, bit: u32, on: bool, what: Wait) -> Result<(), VtdError> {
-        let persistent = self.gsts() & !regs::G_ONE_SHOT;
+        let persistent = self.gsts()? & !regs::G_ONE_SHOT;
         let value = if on {
             persistent | bit
         } else {
             persistent & !bit
         };
-        self.regs.write32(regs::GCMD, value);
-        self.poll(what, || (self.gsts() & bit != 0) == on)
+        self.regs.write32(regs::GCMD, value)?;
+        self.poll(what, || Ok((self.gsts()? & bit != 0) == on))
     }
 
     /// Issues a one-shot command (SRTP) and waits for its status bit.
     fn one_shot(&self, bit: u32, what: Wait) -> Result<(), VtdError> {
-        let persistent = self.gsts() & !regs::G_ONE_SHOT;
-        self.regs.write32(regs::GCMD, persistent | bit);
-        self.poll(what, || self.gsts() & bit != 0)
+        let persistent = self.gsts()? & !regs::G_ONE_SHOT;
+        self.regs.write32(regs::GCMD, persistent | bit)?;
+        self.poll(what, || Ok(self.gsts()? & bit != 0))
     }
 
     /// Flushes the unit's write buffer (needed after table updates when
@@ -391,12 +395,12 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         if !self.features.cap.rwbf() {
             return Ok(());
         }
-        let persistent = self.gsts() & !regs::G_ONE_SHOT;
-        self.regs.write32(regs::GCMD, persistent | regs::G_WBF);
-        self.counters
-            .write_buffer_flushes
-            .fetch_add(1, Ordering::Relaxed);
-        self.poll(Wait::WriteBufferFlush, || self.gsts() & regs::G_WBF == 0)
+        let persistent = self.gsts()? & !regs::G_ONE_SHOT;
+        self.regs.write32(regs::GCMD, persistent | regs::G_WBF)?;
+        self.counters.write_buffer_flushes.incr();
+        self.poll(Wait::WriteBufferFlush, || {
+            Ok(self.gsts()? & regs::G_WBF == 0)
+        })
     }
 
     /// Turns DMA remapping on: from now on devices without a present
@@ -411,8 +415,8 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     }
 
     /// Whether remapping is on (GSTS.TES).
-    pub fn translation_enabled(&self) -> bool {
-        self.gsts() & regs::G_TE != 0
+    pub fn translation_enabled(&self) -> Result<bool, VtdError> {
+        Ok(self.gsts()? & regs::G_TE != 0)
     }
 
     fn entry(&self, table: u64, index: usize) -> &AtomicU64 {
@@ -462,10 +466,6 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         // and keeps for the unit's life; 4-byte aligned.
         unsafe { AtomicU32::from_ptr(p) }.load(Ordering::Acquire)
     }
-
-    pub(crate) fn poll_limit(&self) -> u32 {
-        self.config.poll_limit.max(1)
-    }
 }
 
 impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
@@ -485,8 +485,18 @@ impl<M: Mmio, A: FrameAllocator> Drop for VtdUnit<M, A> {
         // With translation on, the unit keeps walking these tables and
         // devices stay confined by them: keep (leak) them rather than turn
         // protection off behind the caller's back (`shutdown` does that).
-        if self.translation_enabled() {
-            return;
+        // A refused GSTS read leaves the state unknown: the unit may still
+        // walk them, so they are leaked too.
+        match self.translation_enabled() {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => {
+                iova_core::warn_event!(
+                    "VT-d: unit dropped, status unreadable ({}): tables leaked",
+                    e
+                );
+                return;
+            }
         }
         // Stop the queue before freeing it; if it does not stop, leak.
         if self.inval.lock().is_queued()

@@ -83,7 +83,7 @@ fn root_entry(frames: &FakeFrames, u: &Unit<'_>, bus: u8) -> [u64; 2] {
 
 fn drain(u: &Unit<'_>) -> Vec<FaultReason> {
     let mut v = Vec::new();
-    u.drain_faults(|r| v.push(r.reason));
+    u.drain_faults(|r| v.push(r.reason)).unwrap();
     v
 }
 

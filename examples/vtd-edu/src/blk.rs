@@ -212,9 +212,9 @@ fn counters(unit: &Unit, shares: &DmaShares<'static, Domain, TABLE_SLOTS>) -> Co
 
 /// The fault records since the last drain, each printed; `(records,
 /// overflow)`.
-fn drain(unit: &Unit, mut each: impl FnMut(&FaultRecord)) -> (usize, bool) {
-    let s = unit.drain_faults(|r| each(&r));
-    (s.records, s.overflow)
+fn drain(unit: &Unit, mut each: impl FnMut(&FaultRecord)) -> Result<(usize, bool), Error> {
+    let s = unit.drain_faults(|r| each(&r))?;
+    Ok((s.records, s.overflow))
 }
 
 /// Runs `scenario`.
@@ -273,7 +273,10 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         address_width: Some(dmar.address_bits()),
         // Second-level tables in either mode; scalable mode where the unit
         // has it (x-scalable-mode=on), through the RID_PASID entry.
-        scalable: Features::read(&regs).ecap.scalable_mode(),
+        scalable: Features::read(&regs)
+            .map_err(VtdError::Register)?
+            .ecap
+            .scalable_mode(),
         ..UnitConfig::default()
     };
     let unit = VtdUnit::new(regs, pool, config)?;
@@ -386,7 +389,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     let report = blk_io::check(&mut dev, scratch, &mut ctx)?;
     let (records, overflow) = drain(unit, |r| {
         println!("{NAME}: blk: fault during the check: {r}");
-    });
+    })?;
     if records != 0 || overflow {
         return Err(Error::Check(
             "fault records during the check",
@@ -505,7 +508,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         println!("{NAME}: blk-bench: matrix done");
     }
 
-    let (records, overflow) = drain(unit, |r| println!("{NAME}: blk: unexpected fault: {r}"));
+    let (records, overflow) = drain(unit, |r| println!("{NAME}: blk: unexpected fault: {r}"))?;
     if records != 0 || overflow {
         return Err(Error::Check("unexpected fault records", records as u64));
     }
@@ -681,7 +684,7 @@ fn stale_probe(
             others += 1;
             println!("{NAME}: blk: other fault record: {r}");
         }
-    });
+    })?;
     if !seen.blocked() {
         return Err(Error::Check(
             "stale probe: the device reached the unshared buffer through its old IOVA",

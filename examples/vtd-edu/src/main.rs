@@ -339,7 +339,7 @@ fn one_fault(unit: &Unit<'_>) -> Result<FaultRecord, Error> {
     let mut first = None;
     let summary = unit.drain_faults(|r| {
         first.get_or_insert(r);
-    });
+    })?;
     match first {
         Some(r) if summary.records == 1 && !summary.overflow => Ok(r),
         _ => Err(Error::Check(
@@ -446,7 +446,10 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     // Scalable mode where the unit has it (x-scalable-mode=on), and then
     // first-level translation where it has that (x-flts=on).
     let config = UnitConfig {
-        scalable: Features::read(&regs).ecap.scalable_mode(),
+        scalable: Features::read(&regs)
+            .map_err(VtdError::Register)?
+            .ecap
+            .scalable_mode(),
         ..config
     };
     let unit = VtdUnit::new(regs, &pool, config)?;
@@ -859,13 +862,13 @@ fn checks<F: VtdFormat>(
                 u64::from(vector),
             ));
         }
-        unit.enable_fault_interrupt(0xfee0_0000 | u64::from(apic_id) << 12, u32::from(vector));
+        unit.enable_fault_interrupt(0xfee0_0000 | u64::from(apic_id) << 12, u32::from(vector))?;
         let nowhere = Iova(APERTURE + (1 << 32) - PAGE);
         // SAFETY: nothing is mapped there; the read is blocked.
         unsafe { edu.dma_to_device(nowhere.0, 0, 64)? };
         let raised = platform::time::poll_until(1000, || irr(vector).then_some(())).is_ok();
         let f8 = one_fault(unit)?;
-        unit.disable_fault_interrupt();
+        unit.disable_fault_interrupt()?;
         check_fault(
             &f8,
             edu_bdf,
@@ -978,7 +981,7 @@ fn checks<F: VtdFormat>(
     }
 
     mapper.unmap(src_map).map_err(|r| r.error)?;
-    let stray = unit.drain_faults(|r| println!("{NAME}: unexpected fault: {r}"));
+    let stray = unit.drain_faults(|r| println!("{NAME}: unexpected fault: {r}"))?;
     if stray.records != 0 || stray.overflow {
         return Err(Error::Check("unexpected faults", stray.records as u64));
     }

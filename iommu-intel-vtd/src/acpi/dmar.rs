@@ -94,6 +94,7 @@ pub struct Dmar<'t> {
 
 /// A PCI bus/device/function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Bdf {
     /// Bus number.
     pub bus: u8,

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use iova_core::{DeviceError, FrameAllocator};
 
 use super::*;
-use crate::domain::{Endpoint, MAX_ENDPOINTS, VtdFormat};
-use crate::fake::{CAP_FL1GP, FakeStats, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
+use iommu_intel_vtd::domain::{Endpoint, MAX_ENDPOINTS, VtdFormat};
+use iommu_intel_vtd::fake::{CAP_FL1GP, FakeStats, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
 
 /// ECAP.PASID with PSS 19 (20-bit PASIDs).
 const PASID_20: u64 = 1 << 40 | 19 << 35;
@@ -176,7 +176,7 @@ fn dropping_an_attached_domain_detaches_it_before_freeing_its_tables() {
 fn a_teardown_the_unit_does_not_complete_leaks_the_tables() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let config = UnitConfig {
-        poll_limit: 1000,
+        wait: iova_core::hw::WaitBudget::polls(1000),
         ..cfg()
     };
     let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
@@ -373,10 +373,10 @@ fn domain_ids_run_out_and_come_back() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let u = unit(&f, &frames);
     assert_eq!(u.features().cap.domains(), 1 << 16);
-    let n = (1..crate::MAX_ALLOCATED_DIDS)
+    let n = (1..iommu_intel_vtd::MAX_ALLOCATED_DIDS)
         .take_while(|_| u.alloc_domain_id().is_ok())
         .count();
-    assert_eq!(n as u32, crate::MAX_ALLOCATED_DIDS - 1);
+    assert_eq!(n as u32, iommu_intel_vtd::MAX_ALLOCATED_DIDS - 1);
     assert_eq!(u.alloc_domain_id(), Err(VtdError::DomainIdsExhausted));
 }
 

@@ -2,6 +2,8 @@
 //! depths, every descriptor, invalidation counts, faults, and tests that fail
 //! if the driver forgets an invalidation.
 
+#![cfg(feature = "fakes")]
+
 use std::sync::Arc;
 use std::vec::Vec;
 
@@ -13,14 +15,19 @@ use iova_core::{
     PageTableDomain, PhysAddr, Prot,
 };
 
-use crate::descriptor::{self, ContextScope, Descriptor, IotlbScope};
-use crate::fake::{Dma, FakeVtd, QEMU_CAP_39, QEMU_CAP_48, QEMU_ECAP};
-use crate::{
+use iommu_intel_vtd::descriptor::{self, ContextScope, Descriptor, IotlbScope};
+use iommu_intel_vtd::fake::{Dma, FakeVtd, QEMU_CAP_39, QEMU_CAP_48, QEMU_ECAP};
+use iommu_intel_vtd::{
     Bdf, ContextState, FaultReason, FaultRecord, SecondLevel, UnitConfig, VtdDomain, VtdError,
     VtdInvalidator, VtdUnit,
 };
 
+#[path = "driver/attach.rs"]
 mod attach;
+#[path = "driver/dmar_tables.rs"]
+mod dmar_tables;
+#[path = "driver/registers.rs"]
+mod registers;
 
 const EDU: Bdf = Bdf::new(0, 1, 0);
 const OTHER: Bdf = Bdf::new(0, 2, 0);
@@ -112,7 +119,7 @@ unsafe fn raw_attach(u: &Unit<'_>, d: &RawDomain<'_, '_>, dev: Bdf, did: u16) {
 
 fn faults(u: &Unit<'_>) -> Vec<FaultRecord> {
     let mut v = Vec::new();
-    u.drain_faults(|r| v.push(r));
+    u.drain_faults(|r| v.push(r)).unwrap();
     v
 }
 
@@ -148,11 +155,11 @@ fn probe_takes_over_with_queued_invalidation() {
             (c.context, c.iotlb_global, c.waits, c.wait_descriptors),
             (1, 1, 1, 1)
         );
-        assert!(!u.translation_enabled());
+        assert!(!u.translation_enabled().unwrap());
         // Translation off: DMA is untranslated.
         assert_eq!(f.translate(EDU, 0x1234, Dma::Read), Ok(0x1234));
         u.enable_translation().unwrap();
-        assert!(u.translation_enabled());
+        assert!(u.translation_enabled().unwrap());
         u.shutdown().unwrap();
         assert_eq!(frames.live(), 0, "the unit frees its root table and queue");
     }
@@ -234,7 +241,7 @@ fn devices_without_a_context_entry_are_blocked_and_reported() {
         (r[0].source, r[0].reason, r[0].address),
         (OTHER, FaultReason::ContextNotPresent, 0x1000)
     );
-    assert_eq!(r[0].access, crate::fault::AccessKind::Write);
+    assert_eq!(r[0].access, iommu_intel_vtd::fault::AccessKind::Write);
     // A bus with no context table: root not present.
     assert_eq!(
         f.translate(FAR, 0x2000, Dma::Read),
@@ -245,7 +252,7 @@ fn devices_without_a_context_entry_are_blocked_and_reported() {
         (r[0].source, r[0].reason),
         (FAR, FaultReason::RootNotPresent)
     );
-    assert_eq!(r[0].access, crate::fault::AccessKind::Read);
+    assert_eq!(r[0].access, iommu_intel_vtd::fault::AccessKind::Read);
     assert_eq!(u.counters().snapshot().faults, 2);
     assert!(faults(&u).is_empty(), "records are cleared");
 }
@@ -837,14 +844,16 @@ fn a_queue_error_is_reported_with_the_descriptor_and_the_queue_recovers() {
 fn a_wait_that_never_completes_times_out() {
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP);
     let config = UnitConfig {
-        poll_limit: 1000,
+        wait: iova_core::hw::WaitBudget::polls(1000),
         ..cfg()
     };
     let u = VtdUnit::new(&f, Arc::clone(&frames), config).unwrap();
     f.stall_waits(true);
     assert_eq!(
         u.invalidate_all(),
-        Err(VtdError::Timeout(crate::error::Wait::InvalidationWait))
+        Err(VtdError::Timeout(
+            iommu_intel_vtd::error::Wait::InvalidationWait
+        ))
     );
     let d = domain(&u, &frames, 4);
     let mut g = IotlbGather::new();
@@ -887,7 +896,7 @@ fn fault_overflow_is_reported_and_recording_resumes() {
     assert!(f.translate(EDU, 0x2000, Dma::Read).is_err()); // compressed
     assert!(f.translate(OTHER, 0x3000, Dma::Read).is_err()); // overflow
     let mut v = Vec::new();
-    let s = u.drain_faults(|r| v.push(r));
+    let s = u.drain_faults(|r| v.push(r)).unwrap();
     assert_eq!((s.records, s.overflow), (1, true));
     assert_eq!((v[0].source, v[0].address), (EDU, 0x1000));
     assert!(f.translate(OTHER, 0x4000, Dma::Write).is_err());
@@ -901,7 +910,7 @@ fn fault_overflow_is_reported_and_recording_resumes() {
         assert!(f.translate(Bdf::new(bus, 0, 0), 0x1000, Dma::Read).is_err());
     }
     let mut v = Vec::new();
-    let s = u.drain_faults(|r| v.push(r));
+    let s = u.drain_faults(|r| v.push(r)).unwrap();
     assert_eq!((s.records, s.overflow), (8, true));
     assert_eq!(
         v.iter().map(|r| r.source.bus).collect::<Vec<_>>(),
@@ -948,7 +957,7 @@ fn superpages_where_the_unit_has_them() {
 
 mod scalable {
     use super::*;
-    use crate::fake::{CAP_FL1GP, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
+    use iommu_intel_vtd::fake::{CAP_FL1GP, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
     use iova_core::formats::x86_64::X86_64;
 
     const UPPER: Bdf = Bdf::new(0, 0x10, 0); // devfn 0x80: the upper context table
@@ -980,7 +989,7 @@ mod scalable {
             Some(VtdError::ScalableUnsupported)
         );
         // Nor without queued invalidation.
-        let (frames2, f2) = fake(QEMU_CAP_48, crate::fake::QEMU_ECAP_SCALABLE & !QI);
+        let (frames2, f2) = fake(QEMU_CAP_48, iommu_intel_vtd::fake::QEMU_ECAP_SCALABLE & !QI);
         let config = UnitConfig {
             scalable: true,
             ..cfg()
@@ -1320,7 +1329,7 @@ mod scalable {
 
 #[test]
 fn queues_wrap_in_both_descriptor_sizes() {
-    use crate::fake::QEMU_ECAP_SCALABLE;
+    use iommu_intel_vtd::fake::QEMU_ECAP_SCALABLE;
     for scalable in [false, true] {
         let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_SCALABLE);
         let config = UnitConfig { scalable, ..cfg() };
@@ -1358,15 +1367,15 @@ fn queues_wrap_in_both_descriptor_sizes() {
 
 #[test]
 fn reserved_regions_are_identity_mapped_for_their_devices() {
-    use crate::acpi::dmar::tests::{dmar, drhd, rmrr, scope};
-    use crate::reserved::{ReservedRegions, map_reserved_regions, reserved_regions_for};
+    use crate::dmar_tables::{dmar, drhd, rmrr, scope};
+    use iommu_intel_vtd::reserved::{ReservedRegions, map_reserved_regions, reserved_regions_for};
     let table = dmar(&[
         drhd(1, 0xfed9_0000, &[]),
         rmrr(0x000e_0000, 0x000f_ffff, &[scope(1, 0, 0, &[(1, 0)])]),
         rmrr(0x3000_0000, 0x2fff_ffff, &[scope(1, 0, 0, &[(1, 0)])]), // limit < base
         rmrr(0x4000_0000, 0x4000_0fff, &[scope(1, 0, 0, &[(2, 0)])]), // another device
     ]);
-    let d = crate::Dmar::parse(&table).unwrap();
+    let d = iommu_intel_vtd::Dmar::parse(&table).unwrap();
     assert_eq!(
         reserved_regions_for(&d, 0, EDU, |_| None).collect::<Vec<_>>(),
         [(0xe_0000, 0x2_0000)]
@@ -1401,7 +1410,7 @@ fn reserved_regions_are_identity_mapped_for_their_devices() {
 
 #[test]
 fn one_domain_on_two_units_is_invalidated_on_both() {
-    use crate::VtdMultiInvalidator;
+    use iommu_intel_vtd::VtdMultiInvalidator;
     let frames = Arc::new(FakeFrames::new());
     let f1 = FakeVtd::new(Arc::clone(&frames), QEMU_CAP_48, QEMU_ECAP);
     let f2 = FakeVtd::new(
@@ -1419,7 +1428,7 @@ fn one_domain_on_two_units_is_invalidated_on_both() {
     assert_eq!(
         u2.check_second_level(&wide),
         Err(VtdError::Format(
-            crate::second_level::FormatError::BadAddressWidth(48)
+            iommu_intel_vtd::second_level::FormatError::BadAddressWidth(48)
         ))
     );
     let mut inval: VtdMultiInvalidator<'_, _, _, 2> = VtdMultiInvalidator::new();
@@ -1432,7 +1441,7 @@ fn one_domain_on_two_units_is_invalidated_on_both() {
     assert_eq!(
         VtdDomain::second_level([&u1, &u2], Arc::clone(&frames), wide).err(),
         Some(VtdError::Format(
-            crate::second_level::FormatError::BadAddressWidth(48)
+            iommu_intel_vtd::second_level::FormatError::BadAddressWidth(48)
         ))
     );
     let d = VtdDomain::second_level([&u1, &u2], Arc::clone(&frames), fmt).unwrap();
@@ -1484,7 +1493,7 @@ fn one_domain_on_two_units_is_invalidated_on_both() {
 /// small PSI limit (domain-selective fallback).
 #[test]
 fn random_sequences_never_leave_stale_translations() {
-    use crate::fake::{CAP_FL1GP, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
+    use iommu_intel_vtd::fake::{CAP_FL1GP, QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
     use std::collections::BTreeMap;
     let mamv2 = (QEMU_CAP_48 & !(0x3f << 48)) | 2 << 48;
     let configs = [
@@ -1582,7 +1591,7 @@ fn random_sequences_never_leave_stale_translations() {
             for _ in 0..4 {
                 let _ = f.translate(EDU, rnd(window) << 12, Dma::Read);
             }
-            u.drain_faults(|_| {});
+            u.drain_faults(|_| {}).unwrap();
             if step % 100 == 99 {
                 dom.flush(&mut g).unwrap();
                 for page in 0..window {
@@ -1597,7 +1606,7 @@ fn random_sequences_never_leave_stale_translations() {
                             assert_eq!(f.translate(EDU, page << 12, Dma::Read), Ok(pa), "{name}");
                         }
                     }
-                    u.drain_faults(|_| {});
+                    u.drain_faults(|_| {}).unwrap();
                 }
             }
         }
@@ -1611,13 +1620,13 @@ fn fault_events_raise_the_configured_interrupt() {
     u.enable_translation().unwrap();
     // Masked (the reset state): the event is held as pending.
     assert!(f.translate(EDU, 0x1000, Dma::Read).is_err());
-    assert!(u.fault_interrupt_pending());
+    assert!(u.fault_interrupt_pending().unwrap());
     assert!(f.fault_interrupts().is_empty());
     faults(&u);
     // Unmasking with an event pending sends it.
-    u.enable_fault_interrupt(0xfee0_0000, 0x51);
+    u.enable_fault_interrupt(0xfee0_0000, 0x51).unwrap();
     assert_eq!(f.fault_interrupts(), [(0xfee0_0000, 0x51)]);
-    assert!(!u.fault_interrupt_pending());
+    assert!(!u.fault_interrupt_pending().unwrap());
     // A new fault with none pending raises it; a second one while the first
     // is still recorded does not (PPF was already set).
     assert!(f.translate(OTHER, 0x2000, Dma::Read).is_err());
@@ -1627,11 +1636,11 @@ fn fault_events_raise_the_configured_interrupt() {
     assert_eq!(faults(&u).len(), 1);
     assert!(f.translate(OTHER, 0x4000, Dma::Read).is_err());
     assert_eq!(f.fault_interrupts().len(), 3);
-    u.disable_fault_interrupt();
+    u.disable_fault_interrupt().unwrap();
     faults(&u);
     assert!(f.translate(OTHER, 0x5000, Dma::Read).is_err());
     assert_eq!(f.fault_interrupts().len(), 3);
-    assert!(u.fault_interrupt_pending());
+    assert!(u.fault_interrupt_pending().unwrap());
     assert_eq!(f.stats().unknown_accesses, 0);
 }
 
@@ -1736,7 +1745,7 @@ fn a_unit_left_running_is_taken_over() {
     // The new driver stops it, installs an empty root table and starts over:
     // nothing cached from before survives.
     let u = unit(&f, &frames);
-    assert!(!u.translation_enabled());
+    assert!(!u.translation_enabled().unwrap());
     u.enable_translation().unwrap();
     assert_eq!(
         f.translate(EDU, 0x1000, Dma::Read),
@@ -1819,7 +1828,7 @@ fn arbitrary_capability_values_never_panic_the_driver() {
         let (frames, f) = fake(cap, ecap);
         let config = UnitConfig {
             scalable: next() & 1 == 0,
-            poll_limit: 1000,
+            wait: iova_core::hw::WaitBudget::polls(1000),
             ..cfg()
         };
         let Ok(u) = VtdUnit::new(&f, Arc::clone(&frames), config) else {
@@ -1849,7 +1858,7 @@ fn arbitrary_capability_values_never_panic_the_driver() {
             }
         }
         let _ = u.invalidate_all();
-        u.drain_faults(|_| {});
+        u.drain_faults(|_| {}).unwrap();
     }
     // About one in ten random units is one the driver can take.
     assert!(
@@ -1860,7 +1869,7 @@ fn arbitrary_capability_values_never_panic_the_driver() {
 
 #[test]
 fn requests_with_pasids_use_their_own_entries() {
-    use crate::fake::{QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
+    use iommu_intel_vtd::fake::{QEMU_ECAP_FLTS, QEMU_ECAP_SCALABLE};
     const PASID_20: u64 = 1 << 40 | 19 << 35; // ECAP.PASID, PSS 19: 20-bit PASIDs
     let (frames, f) = fake(QEMU_CAP_48, QEMU_ECAP_FLTS | PASID_20);
     let config = UnitConfig {
@@ -1921,9 +1930,9 @@ fn requests_with_pasids_use_their_own_entries() {
     assert_eq!(f.translate_pasid(EDU, 9, 0x10_0008, Dma::Write), Ok(0xb008));
     // Limits: the driver's one-page directory, and units without PASIDs.
     assert_eq!(
-        u.block_pasid(EDU, crate::context::scalable::MAX_PASIDS),
+        u.block_pasid(EDU, iommu_intel_vtd::context::scalable::MAX_PASIDS),
         Err(VtdError::PasidOutOfRange(
-            crate::context::scalable::MAX_PASIDS
+            iommu_intel_vtd::context::scalable::MAX_PASIDS
         ))
     );
     // Detach PASID 9: blocked, the entry invalidated.
