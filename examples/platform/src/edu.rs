@@ -7,6 +7,10 @@
 //! through whichever IOMMU covers its bus, so a "bus address" below is an
 //! IOVA when an IOMMU is translating, and a physical address otherwise.
 //!
+//! Interrupts: [`Edu::raise_irq`] / [`Edu::ack_irq`] set and clear the
+//! interrupt status; with MSI enabled ([`enable_msi`]) raising sends one
+//! MSI write (it goes through the IOMMU like any DMA).
+//!
 //! Note `dma_mask`: edu ANDs every DMA address with its `dma_mask` property,
 //! `(1 << 28) - 1` by default. Use `-device edu,dma_mask=0xffffffffffffffff`
 //! unless all bus addresses are below 256 MiB.
@@ -14,6 +18,7 @@
 use core::fmt;
 
 use crate::mmio;
+use crate::pci::{Bdf, Ecam};
 
 /// PCI vendor ID.
 pub const VENDOR_ID: u16 = 0x1234;
@@ -33,6 +38,9 @@ pub const DMA_TIMEOUT_MS: u64 = 5000;
 
 const REG_ID: usize = 0x00;
 const REG_LIVENESS: usize = 0x04;
+const REG_IRQ_STATUS: usize = 0x24;
+const REG_IRQ_RAISE: usize = 0x60;
+const REG_IRQ_ACK: usize = 0x64;
 const REG_DMA_SRC: usize = 0x80;
 const REG_DMA_DST: usize = 0x88;
 const REG_DMA_COUNT: usize = 0x90;
@@ -61,6 +69,13 @@ pub enum EduError {
     ZeroLength,
     /// The transfer would leave the internal buffer (offset, length).
     OutsideBuffer(u32, u32),
+    /// The function has no MSI capability (ID 0x05) in its capability list.
+    NoMsi,
+    /// The MSI capability cannot take a 64-bit address, and the address
+    /// given is above 4 GiB.
+    MsiAddress(u64),
+    /// The MSI enable bit did not stick (Message Control read back).
+    MsiNotEnabled(u16),
 }
 
 impl fmt::Display for EduError {
@@ -86,6 +101,15 @@ impl fmt::Display for EduError {
             Self::OutsideBuffer(off, len) => write!(
                 f,
                 "edu: {len:#x} bytes at buffer offset {off:#x} exceed the {BUFFER_SIZE:#x}-byte buffer"
+            ),
+            Self::NoMsi => f.write_str("edu: no MSI capability"),
+            Self::MsiAddress(a) => write!(
+                f,
+                "edu: MSI address {a:#x} needs 64 bits, the capability has 32"
+            ),
+            Self::MsiNotEnabled(c) => write!(
+                f,
+                "edu: MSI enable did not stick (Message Control {c:#06x})"
             ),
         }
     }
@@ -116,8 +140,10 @@ impl Edu {
     }
 
     fn write32(&mut self, offset: usize, value: u32) {
-        // SAFETY: as in `read32`; only the ID/liveness registers are written
-        // with this, which have no side effects beyond the register itself.
+        // SAFETY: as in `read32`; only the liveness and interrupt registers
+        // are written with this: the first has no side effect beyond itself,
+        // the others raise or lower the device's interrupt (an MSI write to
+        // the address `enable_msi`'s caller vouched for).
         unsafe { mmio::write32(self.bar0 + offset, value) }
     }
 
@@ -147,6 +173,22 @@ impl Edu {
             }
         }
         Ok(())
+    }
+
+    /// Sets `bits` in the interrupt status register (`0x60`): the device
+    /// asserts its interrupt, which with MSI enabled is one MSI write.
+    pub fn raise_irq(&mut self, bits: u32) {
+        self.write32(REG_IRQ_RAISE, bits);
+    }
+
+    /// Clears `bits` in the interrupt status register (`0x64`).
+    pub fn ack_irq(&mut self, bits: u32) {
+        self.write32(REG_IRQ_ACK, bits);
+    }
+
+    /// The interrupt status register (`0x24`).
+    pub fn irq_status(&self) -> u32 {
+        self.read32(REG_IRQ_STATUS)
     }
 
     /// Whether a transfer is running.
@@ -221,6 +263,70 @@ impl Edu {
         crate::arch::dma_barrier();
         result.map_err(|_| EduError::Timeout(self.read64(REG_DMA_CMD)))
     }
+}
+
+/// PCI capability ID of MSI.
+pub const CAP_MSI: u8 = 0x05;
+const CAP_POINTER: u16 = 0x34;
+const STATUS_CAP_LIST: u16 = 1 << 4;
+const MSI_ENABLE: u16 = 1 << 0;
+const MSI_64BIT: u16 = 1 << 7;
+/// Multiple Message Enable (bits 6:4): 0 = one vector.
+const MSI_MME: u16 = 7 << 4;
+
+/// Config-space offset of `bdf`'s capability `id`, walking the list from
+/// the capability pointer (bounded: at most 48 entries fit in config space).
+pub fn find_capability(ecam: &Ecam, bdf: Bdf, id: u8) -> Option<u16> {
+    if ecam.read16(bdf, crate::pci::reg::STATUS) & STATUS_CAP_LIST == 0 {
+        return None;
+    }
+    let mut at = u16::from(ecam.read8(bdf, CAP_POINTER) & !3);
+    for _ in 0..48 {
+        if at < 0x40 {
+            return None;
+        }
+        if ecam.read8(bdf, at) == id {
+            return Some(at);
+        }
+        at = u16::from(ecam.read8(bdf, at + 1) & !3);
+    }
+    None
+}
+
+/// Programs `bdf`'s MSI capability with one vector writing `data` to bus
+/// address `addr`, and enables it; returns the capability's offset.
+///
+/// # Safety
+///
+/// `bdf` must be an `edu` function on `ecam` that nobody else drives; once
+/// enabled, each raised interrupt makes the device write `data` (4 bytes)
+/// to `addr` on the bus, which must be sound (an interrupt controller's
+/// doorbell, or an IOVA an IOMMU maps to one or blocks).
+pub unsafe fn enable_msi(ecam: &Ecam, bdf: Bdf, addr: u64, data: u16) -> Result<u16, EduError> {
+    let cap = find_capability(ecam, bdf, CAP_MSI).ok_or(EduError::NoMsi)?;
+    let ctl = ecam.read16(bdf, cap + 2);
+    let wide = ctl & MSI_64BIT != 0;
+    if !wide && addr >> 32 != 0 {
+        return Err(EduError::MsiAddress(addr));
+    }
+    // SAFETY: MSI capability registers of the caller's edu function; the
+    // caller vouches for the address, written before enabling.
+    unsafe {
+        ecam.write16(bdf, cap + 2, ctl & !(MSI_ENABLE | MSI_MME));
+        ecam.write32(bdf, cap + 4, addr as u32);
+        if wide {
+            ecam.write32(bdf, cap + 8, (addr >> 32) as u32);
+            ecam.write16(bdf, cap + 12, data);
+        } else {
+            ecam.write16(bdf, cap + 8, data);
+        }
+        ecam.write16(bdf, cap + 2, (ctl & !MSI_MME) | MSI_ENABLE);
+    }
+    let now = ecam.read16(bdf, cap + 2);
+    if now & MSI_ENABLE == 0 {
+        return Err(EduError::MsiNotEnabled(now));
+    }
+    Ok(cap)
 }
 
 fn check_range(offset: u32, len: u32) -> Result<(), EduError> {

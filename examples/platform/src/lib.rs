@@ -5,7 +5,8 @@
 //! `qemu-system-x86_64 -M q35` (SeaBIOS, then PVH entry). Not a library for
 //! production use: it is the scaffolding every example shares: boot stubs,
 //! serial console, exit with a status, bounded waits, a frame allocator (and
-//! a pool over it that reuses freed frames), a DTB reader, PCI enumeration and BAR assignment, and an `edu` driver.
+//! a pool over it that reuses freed frames), a DTB reader, PCI enumeration and BAR assignment, an `edu` driver (DMA
+//! and MSI), and on aarch64 a GICv3 ITS bring-up that turns MSIs into LPIs.
 //!
 //! An example is a `#![no_std] #![no_main]` binary that depends on this crate,
 //! copies `edu-dma/build.rs` (which applies our linker script), and names its
@@ -42,6 +43,8 @@ pub mod edu;
 pub mod exit;
 pub mod frame_pool;
 pub mod frames;
+#[cfg(target_arch = "aarch64")]
+pub mod gic_its;
 pub mod heap;
 pub mod leak;
 pub mod mmio;

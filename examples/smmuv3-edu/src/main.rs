@@ -32,6 +32,10 @@
 //!   to a guest (`s2-16k`, `s2-64k`: with the larger granules); `nested`:
 //!   stage 1 over stage 2;
 //! - `gran16k`, `gran64k`: stage 1 with a 16 KiB / 64 KiB granule.
+//! - `its-msi` (`-M virt,gic-version=3,its=on`): edu's MSI goes through the
+//!   SMMU to the GICv3 ITS: the doorbell page containing `GITS_TRANSLATER`
+//!   is mapped at an IOVA (reserved in the allocator), the MSI arrives as
+//!   LPI 8192 at the CPU interface; unmapped, no LPI and a translation fault.
 //! - `blk`, `blk-bench`: a virtio-blk-pci disk instead of edu, driven by
 //!   virtio-drivers through `iova-virtio-hal`'s `IommuHal` (see [`blk`]).
 //!
@@ -90,6 +94,8 @@ enum Error {
     UnknownScenario,
     Check(&'static str, u64),
     Blk(blk::Error),
+    #[cfg(target_arch = "aarch64")]
+    Its(platform::gic_its::ItsError),
 }
 
 impl fmt::Display for Error {
@@ -105,10 +111,12 @@ impl fmt::Display for Error {
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::NoDtb => f.write_str("no device tree"),
             Self::UnknownScenario => f.write_str(
-                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains|storm|irq|blk|blk-bench)",
+                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains|storm|irq|its-msi|blk|blk-bench)",
             ),
             Self::Check(what, at) => write!(f, "{what} (at {at:#x})"),
             Self::Blk(e) => write!(f, "{e}"),
+            #[cfg(target_arch = "aarch64")]
+            Self::Its(e) => write!(f, "{e}"),
         }
     }
 }
@@ -122,6 +130,8 @@ macro_rules! from {
         }
     )*};
 }
+#[cfg(target_arch = "aarch64")]
+from!(platform::gic_its::ItsError => Its);
 from!(PciError => Pci, EduError => Edu, FramesError => Frames, CoreError => Core, SmmuError => Smmu, DtError => Dt);
 
 type Driver<'p> = Smmu<MmioRegion, &'p Pool>;
@@ -337,6 +347,8 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         "perm" => perm(&smmu, &pool, &mut frames, &mut devs[0]),
         "storm" => storm(&smmu, &pool, &mut devs[0]),
         "irq" => irq(&smmu, &fdt, &mut devs[0]),
+        #[cfg(target_arch = "aarch64")]
+        "its-msi" => its_msi(&smmu, &pool, boot, &fdt, &mut frames, &mut devs[0]),
         "second-fn" => second_fn(&smmu, &pool, &mut frames, &mut devs),
         "two-domains" => two_domains(&smmu, &pool, &mut frames, &mut devs),
         "block" => block(&smmu, &pool, boot, &mut frames, &mut devs[0]),
@@ -1339,6 +1351,133 @@ fn irq(smmu: &Driver<'_>, fdt: &platform::dtb::Fdt<'_>, dev: &mut Device) -> Res
     demo!(
         "irq",
         "set_interrupts: a fault pulses the eventq SPI ({ev}), a refused command the gerror SPI ({ge}); off, neither"
+    );
+    Ok(())
+}
+
+/// edu's MSI through the SMMU to the GICv3 ITS: mapped doorbell -> LPI;
+/// unmapped -> no LPI, a translation fault for edu's StreamID.
+#[cfg(target_arch = "aarch64")]
+fn its_msi(
+    smmu: &Driver<'_>,
+    pool: &Pool,
+    boot: &BootInfo,
+    fdt: &platform::dtb::Fdt<'_>,
+    frames: &mut FrameAllocator,
+    dev: &mut Device,
+) -> Result<(), Error> {
+    use platform::gic_its::{self, GicAddrs, Its, LPI_BASE};
+    /// How long an MSI may take to arrive as an LPI (it is delivered
+    /// synchronously by QEMU; the bound is for a loaded machine).
+    const LPI_WAIT_MS: u64 = 200;
+    let addrs = GicAddrs::from_device_tree(fdt)?;
+    // SAFETY: the device tree's GICv3 and ITS, identity mapped, driven by
+    // nobody else; the boot stub left DAIF masked, so enabling group 1 never
+    // interrupts the CPU.
+    let mut its = unsafe { Its::bring_up(addrs, frames)? };
+    // The ITS sees the requester ID as DeviceID (virt's msi-map is 1:1).
+    let device_id = u32::from(dev.bdf.rid());
+    let event = 0u16;
+    its.map_event(frames, device_id, u32::from(event), LPI_BASE)?;
+    println!(
+        "{NAME}: GICv3 ITS at {:#x} (GITS_TYPER {:#x}), GICD {:#x}, GICR {:#x}: DeviceID {device_id:#x} EventID {event} -> LPI {LPI_BASE} on CPU 0",
+        addrs.its,
+        its.typer(),
+        addrs.gicd,
+        addrs.gicr
+    );
+    if let Some(id) = gic_its::poll_lpi(1) {
+        return Err(Error::Check(
+            "interrupt pending before any MSI",
+            u64::from(id),
+        ));
+    }
+
+    let d = smmu.s1_domain(pool, 48)?;
+    smmu.attach_s1(dev.sid, &d)?;
+    iovas!(iovas);
+    let translater = addrs.translater();
+    let page_pa = translater & !(PAGE - 1);
+    let offset = translater - page_pa;
+    // A fixed doorbell IOVA, punched out of the allocator so that no DMA
+    // buffer is ever handed the same address.
+    let doorbell = APERTURE + 0x1000_0000;
+    iovas
+        .reserve(IovaRange::new(Iova(doorbell), PAGE).map_err(CoreError::from)?)
+        .map_err(CoreError::from)?;
+    let mut g = iova_core::IotlbGather::new();
+    // Write-only device memory; LPAE stage 1 cannot express write-only and
+    // grants read too.
+    d.map(
+        Iova(doorbell),
+        PhysAddr(page_pa),
+        PAGE,
+        Prot::WRITE | Prot::MMIO,
+        &mut g,
+    )?;
+    d.flush(&mut g)?;
+    let host = pci::discover(boot)?;
+    // SAFETY: edu's MSI capability; its write goes to the doorbell IOVA,
+    // which the SMMU maps to GITS_TRANSLATER (and later blocks).
+    let cap = unsafe { edu::enable_msi(host.ecam(), dev.bdf, doorbell + offset, event)? };
+    // SAFETY: bus mastering was already on (`open_edus`); the device's DMA
+    // and MSI go through the SMMU.
+    unsafe { host.enable(dev.bdf, CMD_BUS_MASTER)? };
+    let raise = |dev: &mut Device| {
+        dev.edu.raise_irq(1);
+        let got = gic_its::poll_lpi(LPI_WAIT_MS);
+        dev.edu.ack_irq(1);
+        got
+    };
+    let got = raise(dev);
+    if got != Some(LPI_BASE) {
+        return Err(Error::Check(
+            "no LPI 8192 for edu's MSI (INTID read, 0 = none)",
+            u64::from(got.unwrap_or(0)),
+        ));
+    }
+    let (ev, _) = drain(smmu)?;
+    if let Some(e) = ev.first() {
+        println!("{NAME}: unexpected event: {}", show(e));
+        return Err(Error::Check(
+            "SMMU event for a mapped doorbell",
+            u64::from(e.code),
+        ));
+    }
+    println!(
+        "{NAME}: its-msi: edu MSI (capability at {cap:#x}) -> IOVA {:#x} -> GITS_TRANSLATER {translater:#x}: LPI {LPI_BASE} received",
+        doorbell + offset
+    );
+    demo!(
+        "msi",
+        "edu MSI to IOVA {:#x}, translated by the SMMUv3 to GITS_TRANSLATER {translater:#x}: LPI {LPI_BASE}",
+        doorbell + offset
+    );
+
+    d.unmap(Iova(doorbell), PAGE, &mut g)?;
+    d.flush(&mut g)?;
+    if let Some(id) = raise(dev) {
+        return Err(Error::Check(
+            "interrupt after the doorbell was unmapped",
+            u64::from(id),
+        ));
+    }
+    let (n, _) = expect_faults(
+        smmu,
+        dev.sid,
+        FaultKind::Translation,
+        doorbell + offset,
+        4,
+        Some(false),
+    )?;
+    println!(
+        "{NAME}: its-msi: doorbell unmapped: no LPI, SMMU event F_TRANSLATION for StreamID {:#x} at IOVA {:#x} ({n} event(s))",
+        dev.sid,
+        doorbell + offset
+    );
+    demo!(
+        "msi-blocked",
+        "doorbell unmapped: edu's MSI faults in the SMMU (F_TRANSLATION), no LPI"
     );
     Ok(())
 }

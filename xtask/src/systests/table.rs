@@ -337,6 +337,19 @@ const SMMUV3: &[Scenario] = &[
         ..SMMU
     },
     Scenario {
+        variant: "its-msi",
+        summary: "iommu-arm-smmuv3 + GICv3 ITS (gic-version=3,its=on): edu's MSI to a doorbell IOVA the SMMU maps to GITS_TRANSLATER arrives as LPI 8192; doorbell unmapped: no LPI, F_TRANSLATION for edu's StreamID",
+        machine: "virt,gic-version=3,its=on,iommu=smmuv3",
+        append: Some("its-msi"),
+        require: &[
+            "-> GITS_TRANSLATER 0x8090040: LPI 8192 received",
+            "smmuv3-edu: its-msi: edu MSI (capability at",
+            "smmuv3-edu: its-msi: doorbell unmapped: no LPI, SMMU event F_TRANSLATION for StreamID",
+            "smmuv3-edu: scenario `its-msi` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
         variant: "map-virt91",
         summary: "iommu-arm-smmuv3 on a stage-1-only SMMU (virt-9.1: IDR0.S2P = 0): the driver adapts, map scenario passes",
         iommu: "SMMUv3 (stage 1 only)",
