@@ -20,6 +20,9 @@
 //! - [`hw`]: what the backends share on the hardware side: register access
 //!   with one out-of-range policy, bounded waits, counters (and the
 //!   [`warn_event!`] logging macro);
+//! - [`msi`]: MSI windows ([`MsiWindow`]): interrupt doorbells mapped
+//!   write-only at fixed IOVAs that the allocator never hands out, as
+//!   Linux's MSI cookie does;
 //! - `fakes` (feature `fakes`): an in-memory IOMMU with its own IOTLB, for
 //!   tests;
 //! - `guarantees` (documented with the `fakes` feature): the misuse the types
@@ -116,6 +119,7 @@ pub mod hw;
 #[cfg(feature = "fakes")]
 pub mod guarantees;
 pub mod iova_alloc;
+pub mod msi;
 pub mod prot;
 pub mod pt;
 
@@ -128,5 +132,6 @@ pub use flush_queue::{DeferLimits, FlushQueue};
 pub use frame::FrameAllocator;
 pub use gather::IotlbGather;
 pub use iova_alloc::{CurrentCpu, IovaAlloc, IovaAllocError, IovaAllocator, IovaAllocatorConfig};
+pub use msi::{MsiError, MsiWindow};
 pub use prot::Prot;
 pub use pt::{PageTable, PtFormat};
