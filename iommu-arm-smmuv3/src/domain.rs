@@ -8,6 +8,30 @@
 //! CMD_SYNC for the batch. New mappings need no command (the SMMU does not
 //! cache invalid entries), only a barrier so the walker sees them.
 //!
+//! # MSI doorbells
+//!
+//! On Arm a device's MSI is a DMA write to the interrupt controller's
+//! doorbell (the GICv3 ITS's `GITS_TRANSLATER`), so it goes through the SMMU
+//! like any other write and needs a translation. Put the doorbell in an
+//! [`iova_core::msi::MsiWindow`] over the domain and program the device's MSI
+//! address with what [`map_doorbell`](iova_core::msi::MsiWindow::map_doorbell)
+//! returns. The window goes in the stage that the device's MSI address is an
+//! input of:
+//!
+//! - an [`S1Domain`]: the window's IOVA. LPAE stage 1 cannot express
+//!   write-only, so the doorbell page is readable too (as in Linux);
+//! - an [`S2Domain`] (a hypervisor giving the device to a guest): the
+//!   window's IPA; the page is write-only (S2AP = `0b10`), a read faults;
+//! - nested ([`Smmu::attach_nested`]) with a guest-owned stage 1: the guest
+//!   maps its MSI IOVA to the IPA where it sees its doorbell; the hypervisor
+//!   places its window over the stage-2 domain at that IPA
+//!   ([`MsiWindow::at`](iova_core::msi::MsiWindow::at) with the guest's
+//!   doorbell page) and maps the real doorbell there. The combined access is
+//!   write-only, because stage 2 is.
+//!
+//! `tests/msi.rs` walks a write to the doorbell IOVA through the fake SMMU in
+//! all three and checks it reaches the doorbell.
+//!
 //! # Teardown
 //!
 //! A domain remembers the streams attached to it. Dropping it first makes

@@ -20,11 +20,15 @@
 //!   or by ASID/VMID/all). TLBI_S2_IPA leaves combined stage-1+2 entries
 //!   alone, as the architecture allows;
 //! - translations walk STE -> CD -> stage-1 tables and/or stage-2 tables in
-//!   fake memory ([`FakeFrames`]), check AF and permissions, and write event
+//!   fake memory ([`FakeFrames`]), check AF and permissions (a nested access
+//!   that stage 1 allows and stage 2 denies is a stage-2 fault, with its IPA,
+//!   also when it hits a combined TLB entry), and write event
 //!   records to the event queue (overflow toggles EVENTQ_PROD.OVFLG, or with
 //!   [`FakeSmmu::set_qemu_event_abort`] raises GERROR.EVENTQ_ABT_ERR as QEMU
 //!   does);
-//! - devices DMA with [`FakeSmmu::dma_read`] / [`FakeSmmu::dma_write`];
+//! - devices DMA with [`FakeSmmu::dma_read`] / [`FakeSmmu::dma_write`]; an
+//!   MSI is one of those writes (to the doorbell's IOVA), translated like
+//!   any other: [`FakeSmmu::translate`] with `write` shows where it lands;
 //! - [`FakeSmmu::set_non_coherent`] makes it a non-coherent SMMU: it sees
 //!   only what the CPU cleaned, and its event records reach the CPU only
 //!   when invalidated (its [`iova_core::CacheMaintenance`] implementation is
@@ -90,6 +94,21 @@ struct TlbEntry {
     pa: u64,
     read: bool,
     write: bool,
+    /// For a combined stage-1+2 entry: its stage-2 half, so that an access
+    /// stage 1 allows and stage 2 denies is reported as a stage-2 fault.
+    s2: Option<S2Half>,
+}
+
+/// The stage-2 half of a combined (nested) TLB entry.
+#[derive(Clone, Copy, Debug)]
+struct S2Half {
+    /// The IPA of the entry's page.
+    ipa: u64,
+    /// Stage 1's permissions (the entry's own are both stages' together).
+    s1_read: bool,
+    s1_write: bool,
+    /// STE.S2R: whether stage-2 faults are recorded.
+    record: bool,
 }
 
 /// A cached table pointer: the table at `level` that covers `base..base+span`.
@@ -907,10 +926,17 @@ impl FakeSmmu {
         )?;
         let (mut pa, mut r, mut wr) = (w.pa, w.read, w.write);
         let (mut base, mut size) = (w.base, w.size);
+        let mut half = None;
         if let Some(s2) = &s2 {
             // The output is an IPA; the combined entry is one page of stage 2's leaf.
             let ipa = pa;
             let w2 = self.walk_s2(s, s2, iova, ipa, FaultClass::Input)?;
+            half = Some(S2Half {
+                ipa: ipa & !0xfff,
+                s1_read: r,
+                s1_write: wr,
+                record: s2.record,
+            });
             pa = w2.pa;
             r &= w2.read;
             wr &= w2.write;
@@ -924,6 +950,7 @@ impl FakeSmmu {
             pa: pa & !(size - 1),
             read: r,
             write: wr,
+            s2: half,
         };
         s.tlb.push(e);
         check_perm(&e, iova, write, &|c| fault(c, record))
@@ -982,6 +1009,7 @@ impl FakeSmmu {
             pa: w.pa & !(w.size - 1),
             read: w.read,
             write: w.write,
+            s2: None,
         };
         s.tlb.push(e);
         check_perm(&e, ipa, write, &|c| f(c, true))
@@ -1292,7 +1320,16 @@ fn check_perm(
     fault: &dyn Fn(u8) -> Fault,
 ) -> Result<u64, Option<Fault>> {
     if (write && !e.write) || (!write && !e.read) {
-        return Err(Some(fault(code::F_PERMISSION)));
+        let mut f = fault(code::F_PERMISSION);
+        if let Some(h) = e.s2 {
+            if (write && h.s1_write) || (!write && h.s1_read) {
+                // Stage 1 allows it: stage 2's permission denied it.
+                f.stage = Stage::Two;
+                f.ipa = h.ipa + (a - e.base);
+                f.record = h.record;
+            }
+        }
+        return Err(Some(f));
     }
     Ok(e.pa + (a - e.base))
 }

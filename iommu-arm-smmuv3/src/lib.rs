@@ -21,7 +21,9 @@
 //! - [`domain`]: stage-1 and stage-2 (4, 16 or 64 KiB granule) and nested
 //!   domains implementing [`iova_core::IommuDomain`]; a flush is one batch of
 //!   TLBIs (range form with IDR3.RIL) and one CMD_SYNC; dropping a domain
-//!   detaches its streams before its tables are freed;
+//!   detaches its streams before its tables are freed; MSI doorbells (the
+//!   GICv3 ITS) go in an [`iova_core::msi::MsiWindow`] over the domain, in
+//!   the stage the device's MSI address is an input of (see [`domain`]);
 //! - [`substream`]: SubstreamIDs (PASIDs) through per-stream CD tables;
 //! - [`cache`]: cache maintenance for non-coherent SMMUs;
 //! - [`dt`]: StreamIDs from a PCI host's `iommu-map` device-tree property;
