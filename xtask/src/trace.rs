@@ -3,6 +3,10 @@
 //! guest prints `trace-count: <key>=<n>` (totals since boot) before it
 //! exits; the row runs with `-trace <event>` for each event and `-D` a trace
 //! file next to its log, and passes only if every count matches.
+//!
+//! Other rows require trace lines instead ([`TraceLine`]): what the emulated
+//! hardware did, in order (the SMMU translated the MSI's IOVA, then the ITS
+//! took the write and translated its DeviceID and EventID).
 
 use std::fs;
 use std::path::PathBuf;
@@ -81,6 +85,76 @@ pub fn checks(test: &SystemTest) -> &'static [TraceCount] {
         .map_or(&[], |(_, c)| c)
 }
 
+/// A trace line a row requires: one line of the trace file that contains
+/// every part, found after the line the previous requirement matched.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceLine {
+    /// What the line shows, for the failure message.
+    pub what: &'static str,
+    /// Substrings the line must contain (the event name first).
+    pub parts: &'static [&'static str],
+}
+
+/// `its-msi`: edu's MSI (EventID 0 from DeviceID 8, edu's requester ID and
+/// StreamID) to the MSI window's IOVA 0x800_0040, which the SMMU translates
+/// to virt's GITS_TRANSLATER 0x0809_0040; the ITS maps it to LPI 8192.
+const ITS_MSI: &[TraceLine] = &[
+    TraceLine {
+        what: "the SMMU translated the doorbell IOVA to GITS_TRANSLATER",
+        parts: &[
+            "smmuv3_translate_success",
+            "sid=0x8 iova=0x8000040 translated=0x8090040",
+        ],
+    },
+    TraceLine {
+        what: "the ITS received the MSI write from requester 0x8",
+        parts: &[
+            "gicv3_its_translation_write",
+            "offset 0x40 data 0x0 size 4 requester_id 0x8",
+        ],
+    },
+    TraceLine {
+        what: "the ITS looked up DeviceID 0x8",
+        parts: &["gicv3_its_dte_read", "DeviceID 0x8: valid 1"],
+    },
+    TraceLine {
+        what: "the ITS translated EventID 0 to LPI 8192",
+        parts: &[
+            "gicv3_its_ite_read",
+            "EventID 0x0: valid 1 inttype 1 intid 0x2000",
+        ],
+    },
+];
+
+/// The rows with required trace lines: their trace events and the lines.
+const LINE_ROWS: &[(&str, &[&str], &[TraceLine])] = &[(
+    "smmuv3-edu-aarch64-its-msi",
+    &["smmuv3_*", "gicv3_its_*"],
+    ITS_MSI,
+)];
+
+/// The trace events and required lines of `test` (none for most rows).
+fn line_checks(test: &SystemTest) -> (&'static [&'static str], &'static [TraceLine]) {
+    LINE_ROWS
+        .iter()
+        .find(|(name, _, _)| *name == test.name)
+        .map_or((&[], &[]), |(_, events, lines)| (*events, *lines))
+}
+
+/// The first requirement of `lines` that `trace` lacks, in order, if any.
+fn missing_line(trace: &str, lines: &[TraceLine]) -> Option<&'static str> {
+    let mut rest = trace.lines();
+    for req in lines {
+        if !rest
+            .by_ref()
+            .any(|l| req.parts.iter().all(|p| l.contains(p)))
+        {
+            return Some(req.what);
+        }
+    }
+    None
+}
+
 /// Where the row's trace goes: `target/xtask/logs/<row>.trace`.
 fn trace_path(test: &SystemTest) -> PathBuf {
     let name = util::log_file_name(test.name);
@@ -94,11 +168,11 @@ fn trace_path(test: &SystemTest) -> PathBuf {
 
 /// QEMU arguments for the row's trace events (none without checks).
 pub fn args(test: &SystemTest) -> Vec<String> {
-    let checks = checks(test);
-    if checks.is_empty() {
+    let mut events: Vec<&str> = checks(test).iter().map(|c| c.event).collect();
+    events.extend(line_checks(test).0);
+    if events.is_empty() {
         return Vec::new();
     }
-    let mut events: Vec<&str> = checks.iter().map(|c| c.event).collect();
     events.dedup();
     let mut args = Vec::new();
     for e in events {
@@ -113,7 +187,8 @@ pub fn args(test: &SystemTest) -> Vec<String> {
 /// The trace file is written afresh by each run: remove a stale one first.
 pub fn prepare(test: &SystemTest) -> Result<(), String> {
     let path = trace_path(test);
-    if checks(test).is_empty() || !path.exists() {
+    let traced = !checks(test).is_empty() || !line_checks(test).0.is_empty();
+    if !traced || !path.exists() {
         return Ok(());
     }
     fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))
@@ -135,7 +210,8 @@ fn guest_count(serial: &[String], key: &str) -> Option<u64> {
 /// Compares every check of the row: a summary, or every mismatch.
 pub fn verify(test: &SystemTest, serial: &[String]) -> Result<Option<String>, String> {
     let checks = checks(test);
-    if checks.is_empty() {
+    let (_, lines) = line_checks(test);
+    if checks.is_empty() && lines.is_empty() {
         return Ok(None);
     }
     let path = trace_path(test);
@@ -149,14 +225,25 @@ pub fn verify(test: &SystemTest, serial: &[String]) -> Result<Option<String>, St
             None => wrong.push(format!("{}: no `trace-count: {}=` line", c.key, c.key)),
         }
     }
+    if !lines.is_empty() {
+        match missing_line(&trace, lines) {
+            None => matched.push(format!("{} required trace lines in order", lines.len())),
+            Some(what) => wrong.push(format!("no trace line (in order) showing {what}")),
+        }
+    }
     if wrong.is_empty() {
+        let what = if checks.is_empty() {
+            "shows what the row requires"
+        } else {
+            "agrees with the guest's counters"
+        };
         Ok(Some(format!(
-            "QEMU trace {} agrees with the guest's counters: {}",
+            "QEMU trace {} {what}: {}",
             util::display_path(&path),
             matched.join(", ")
         )))
     } else {
-        Err(format!("trace counts differ: {}", wrong.join("; ")))
+        Err(format!("trace check failed: {}", wrong.join("; ")))
     }
 }
 
@@ -172,6 +259,56 @@ mod tests {
         ];
         assert_eq!(guest_count(&serial, "map"), Some(12));
         assert_eq!(guest_count(&serial, "unmap"), None);
+    }
+
+    #[test]
+    fn required_lines_must_appear_in_order() {
+        let trace = "smmuv3_translate_success x sid=0x8 iova=0x8000040 translated=0x8090040 perm=0x3\n\
+            gicv3_its_translation_write GICv3 ITS TRANSLATER write: offset 0x40 data 0x0 size 4 requester_id 0x8\n\
+            gicv3_its_dte_read GICv3 ITS: Device Table read for DeviceID 0x8: valid 1 size 0x7\n\
+            gicv3_its_ite_read GICv3 ITS: Interrupt Table read for ITTaddr 0x1 EventID 0x0: valid 1 inttype 1 intid 0x2000 ICID 0x0\n";
+        assert_eq!(missing_line(trace, ITS_MSI), None);
+        // The ITS line before the SMMU's: out of order.
+        let lines: Vec<&str> = trace.lines().collect();
+        let swapped = [lines[1], lines[0], lines[2], lines[3]].join("\n");
+        assert_eq!(
+            missing_line(&swapped, ITS_MSI),
+            Some("the ITS received the MSI write from requester 0x8")
+        );
+        // Another IOVA is not the doorbell's.
+        let other = trace.replace("iova=0x8000040", "iova=0x8000080");
+        assert_eq!(
+            missing_line(&other, ITS_MSI),
+            Some("the SMMU translated the doorbell IOVA to GITS_TRANSLATER")
+        );
+        assert_eq!(
+            missing_line(&trace.replace("intid 0x2000", "intid 0x2001"), ITS_MSI),
+            Some("the ITS translated EventID 0 to LPI 8192")
+        );
+    }
+
+    #[test]
+    fn every_row_with_line_checks_exists_and_traces_its_events() {
+        for (name, events, lines) in LINE_ROWS {
+            let row = crate::systests::SYSTEM_TESTS
+                .iter()
+                .find(|t| t.name == *name)
+                .unwrap_or_else(|| panic!("{name}"));
+            let args = args(row);
+            for e in *events {
+                assert!(args.iter().any(|a| a == e), "{name}: -trace {e}");
+            }
+            // Each line's event is one the row enables.
+            for l in *lines {
+                let event = l.parts[0];
+                assert!(
+                    events
+                        .iter()
+                        .any(|e| event.starts_with(e.trim_end_matches('*'))),
+                    "{name}: {event} not traced"
+                );
+            }
+        }
     }
 
     #[test]

@@ -33,9 +33,14 @@
 //!   stage 1 over stage 2;
 //! - `gran16k`, `gran64k`: stage 1 with a 16 KiB / 64 KiB granule.
 //! - `its-msi` (`-M virt,gic-version=3,its=on`): edu's MSI goes through the
-//!   SMMU to the GICv3 ITS: the doorbell page containing `GITS_TRANSLATER`
-//!   is mapped at an IOVA (reserved in the allocator), the MSI arrives as
-//!   LPI 8192 at the CPU interface; unmapped, no LPI and a translation fault.
+//!   SMMU to the GICv3 ITS: a stage-1 domain's MSI window
+//!   (`iova_core::msi::MsiWindow`, Linux's 0x800_0000 reserved in the
+//!   allocator) maps the doorbell page containing `GITS_TRANSLATER`, edu is
+//!   programmed with the IOVA it returns, and the MSI arrives as LPI 8192 at
+//!   the CPU interface; window torn down, no LPI and a translation fault;
+//!   `its-msi-s2` (with `virtualization=on`, at EL2): the same through a
+//!   stage-2 domain's window (write-only at stage 2), as a hypervisor maps a
+//!   guest's doorbell; the fault is a stage-2 one.
 //! - `blk`, `blk-bench`: a virtio-blk-pci disk instead of edu, driven by
 //!   virtio-drivers through `iova-virtio-hal`'s `IommuHal` (see [`blk`]).
 //!
@@ -58,7 +63,8 @@ use iommu_arm_smmuv3::{
 };
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::{
-    DmaMapper, Error as CoreError, IommuDomain, Iova, IovaAllocator, IovaRange, PhysAddr, Prot,
+    DmaMapper, Error as CoreError, IommuDomain, Iova, IovaAllocator, IovaRange, MsiError,
+    MsiWindow, PhysAddr, Prot,
 };
 use platform::edu::{self, Edu, EduError};
 use platform::frames::{FRAME_SIZE, FrameAllocator, Frames, FramesError};
@@ -86,6 +92,7 @@ enum Error {
     Edu(EduError),
     Frames(FramesError),
     Core(CoreError),
+    Msi(MsiError),
     Smmu(SmmuError),
     Dt(DtError),
     NoEdu(usize),
@@ -105,13 +112,14 @@ impl fmt::Display for Error {
             Self::Edu(e) => write!(f, "{e}"),
             Self::Frames(e) => write!(f, "{e}"),
             Self::Core(e) => write!(f, "iova-core: {e}"),
+            Self::Msi(e) => write!(f, "iova-core: {e}"),
             Self::Smmu(e) => write!(f, "smmuv3: {e}"),
             Self::Dt(e) => write!(f, "{e}"),
             Self::NoEdu(n) => write!(f, "this scenario needs {n} edu device(s)"),
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::NoDtb => f.write_str("no device tree"),
             Self::UnknownScenario => f.write_str(
-                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains|storm|irq|its-msi|blk|blk-bench)",
+                "unknown scenario (-append map|batch|stale|perm|second-fn|block|s2|s2-16k|s2-64k|nested|gran16k|gran64k|two-domains|storm|irq|its-msi|its-msi-s2|blk|blk-bench)",
             ),
             Self::Check(what, at) => write!(f, "{what} (at {at:#x})"),
             Self::Blk(e) => write!(f, "{e}"),
@@ -132,7 +140,7 @@ macro_rules! from {
 }
 #[cfg(target_arch = "aarch64")]
 from!(platform::gic_its::ItsError => Its);
-from!(PciError => Pci, EduError => Edu, FramesError => Frames, CoreError => Core, SmmuError => Smmu, DtError => Dt);
+from!(PciError => Pci, EduError => Edu, FramesError => Frames, CoreError => Core, MsiError => Msi, SmmuError => Smmu, DtError => Dt);
 
 type Driver<'p> = Smmu<MmioRegion, &'p Pool>;
 
@@ -348,7 +356,25 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         "storm" => storm(&smmu, &pool, &mut devs[0]),
         "irq" => irq(&smmu, &fdt, &mut devs[0]),
         #[cfg(target_arch = "aarch64")]
-        "its-msi" => its_msi(&smmu, &pool, boot, &fdt, &mut frames, &mut devs[0]),
+        "its-msi" => its_msi(
+            &smmu,
+            &pool,
+            boot,
+            &fdt,
+            &mut frames,
+            &mut devs[0],
+            Stage::One,
+        ),
+        #[cfg(target_arch = "aarch64")]
+        "its-msi-s2" => its_msi(
+            &smmu,
+            &pool,
+            boot,
+            &fdt,
+            &mut frames,
+            &mut devs[0],
+            Stage::Two,
+        ),
         "second-fn" => second_fn(&smmu, &pool, &mut frames, &mut devs),
         "two-domains" => two_domains(&smmu, &pool, &mut frames, &mut devs),
         "block" => block(&smmu, &pool, boot, &mut frames, &mut devs[0]),
@@ -1365,11 +1391,9 @@ fn its_msi(
     fdt: &platform::dtb::Fdt<'_>,
     frames: &mut FrameAllocator,
     dev: &mut Device,
+    stage: Stage,
 ) -> Result<(), Error> {
     use platform::gic_its::{self, GicAddrs, Its, LPI_BASE};
-    /// How long an MSI may take to arrive as an LPI (it is delivered
-    /// synchronously by QEMU; the bound is for a loaded machine).
-    const LPI_WAIT_MS: u64 = 200;
     let addrs = GicAddrs::from_device_tree(fdt)?;
     // SAFETY: the device tree's GICv3 and ITS, identity mapped, driven by
     // nobody else; the boot stub left DAIF masked, so enabling group 1 never
@@ -1392,34 +1416,84 @@ fn its_msi(
             u64::from(id),
         ));
     }
+    let doorbell = Doorbell {
+        translater: addrs.translater(),
+        event,
+        lpi: LPI_BASE,
+    };
+    match stage {
+        Stage::One => {
+            let d = smmu.s1_domain(pool, 48)?;
+            smmu.attach_s1(dev.sid, &d)?;
+            msi_through_window(smmu, boot, &d, dev, &doorbell, "its-msi", stage)
+        }
+        Stage::Two => {
+            // A hypervisor's view: the device belongs to a guest, its MSI
+            // address is an IPA, and the doorbell goes in stage 2.
+            let d = smmu.s2_domain(pool, 40)?;
+            smmu.attach_s2(dev.sid, &d)?;
+            msi_through_window(smmu, boot, &d, dev, &doorbell, "its-msi-s2", stage)
+        }
+    }
+}
 
-    let d = smmu.s1_domain(pool, 48)?;
-    smmu.attach_s1(dev.sid, &d)?;
-    iovas!(iovas);
-    let translater = addrs.translater();
-    let page_pa = translater & !(PAGE - 1);
-    let offset = translater - page_pa;
-    // A fixed doorbell IOVA, punched out of the allocator so that no DMA
-    // buffer is ever handed the same address.
-    let doorbell = APERTURE + 0x1000_0000;
-    iovas
-        .reserve(IovaRange::new(Iova(doorbell), PAGE).map_err(CoreError::from)?)
-        .map_err(CoreError::from)?;
-    let mut g = iova_core::IotlbGather::new();
-    // Write-only device memory; LPAE stage 1 cannot express write-only and
-    // grants read too.
-    d.map(
-        Iova(doorbell),
-        PhysAddr(page_pa),
-        PAGE,
-        Prot::WRITE | Prot::MMIO,
-        &mut g,
-    )?;
-    d.flush(&mut g)?;
+/// Where edu's MSI must arrive: the ITS doorbell, the EventID edu sends and
+/// the LPI the ITS maps it to.
+#[cfg(target_arch = "aarch64")]
+struct Doorbell {
+    translater: u64,
+    event: u16,
+    lpi: u32,
+}
+
+/// edu's MSI through `d`'s MSI window: mapped, the MSI arrives as the LPI and
+/// the SMMU reports nothing; torn down, no LPI and a translation fault at
+/// `stage` for edu's StreamID at the doorbell's address.
+#[cfg(target_arch = "aarch64")]
+fn msi_through_window<D: IommuDomain>(
+    smmu: &Driver<'_>,
+    boot: &BootInfo,
+    d: &D,
+    dev: &mut Device,
+    bell: &Doorbell,
+    name: &str,
+    stage: Stage,
+) -> Result<(), Error> {
+    use platform::gic_its;
+    /// How long an MSI may take to arrive as an LPI (it is delivered
+    /// synchronously by QEMU; the bound is for a loaded machine).
+    const LPI_WAIT_MS: u64 = 200;
+    let space = if stage == Stage::Two { "IPA" } else { "IOVA" };
+    // The domain's address space (for stage 2 the guest's IPAs): the low
+    // 4 GiB above 16 MiB, which holds Linux's MSI window at 0x800_0000.
+    let mut slots = [const { ExtentSlot::new() }; 16];
+    let mut cpus = [const { CpuCache::new() }; 1];
+    let aperture =
+        IovaRange::new(Iova(0x100_0000), (1 << 32) - 0x100_0000).map_err(CoreError::from)?;
+    let iovas = IovaAllocator::new(
+        IovaAllocatorConfig::new(aperture, PAGE),
+        &mut slots,
+        &mut cpus,
+    )
+    .map_err(CoreError::from)?;
+    // The window is reserved in the allocator: no DMA buffer is ever handed
+    // an address in it. The doorbell page is mapped write-only device memory
+    // (stage 1 cannot express write-only and grants read too).
+    let mut window = MsiWindow::<_, 1>::new(d, &iovas)?;
+    let msi = window.map_doorbell(PhysAddr(bell.translater))?;
+    let translater = bell.translater;
+    let lpi = bell.lpi;
+    println!(
+        "{NAME}: {name}: MSI window [{:#x}, {:#x}) reserved; doorbell page {:#x} mapped at {space} {:#x}",
+        window.range().start.0,
+        window.range().end.0,
+        translater & !(PAGE - 1),
+        msi.0 & !(PAGE - 1)
+    );
     let host = pci::discover(boot)?;
-    // SAFETY: edu's MSI capability; its write goes to the doorbell IOVA,
-    // which the SMMU maps to GITS_TRANSLATER (and later blocks).
-    let cap = unsafe { edu::enable_msi(host.ecam(), dev.bdf, doorbell + offset, event)? };
+    // SAFETY: edu's MSI capability; its write goes to the window's doorbell
+    // address, which the SMMU maps to GITS_TRANSLATER (and later blocks).
+    let cap = unsafe { edu::enable_msi(host.ecam(), dev.bdf, msi.0, bell.event)? };
     // SAFETY: bus mastering was already on (`open_edus`); the device's DMA
     // and MSI go through the SMMU.
     unsafe { host.enable(dev.bdf, CMD_BUS_MASTER)? };
@@ -1430,9 +1504,9 @@ fn its_msi(
         got
     };
     let got = raise(dev);
-    if got != Some(LPI_BASE) {
+    if got != Some(lpi) {
         return Err(Error::Check(
-            "no LPI 8192 for edu's MSI (INTID read, 0 = none)",
+            "no LPI for edu's MSI (INTID read, 0 = none)",
             u64::from(got.unwrap_or(0)),
         ));
     }
@@ -1445,39 +1519,56 @@ fn its_msi(
         ));
     }
     println!(
-        "{NAME}: its-msi: edu MSI (capability at {cap:#x}) -> IOVA {:#x} -> GITS_TRANSLATER {translater:#x}: LPI {LPI_BASE} received",
-        doorbell + offset
+        "{NAME}: {name}: edu MSI (capability at {cap:#x}) -> {space} {:#x} -> GITS_TRANSLATER {translater:#x}: LPI {lpi} received",
+        msi.0
     );
     demo!(
         "msi",
-        "edu MSI to IOVA {:#x}, translated by the SMMUv3 to GITS_TRANSLATER {translater:#x}: LPI {LPI_BASE}",
-        doorbell + offset
+        "edu MSI to {space} {:#x}, translated by the SMMUv3 (stage {}) to GITS_TRANSLATER {translater:#x}: LPI {lpi}",
+        msi.0,
+        if stage == Stage::Two { 2 } else { 1 }
     );
 
-    d.unmap(Iova(doorbell), PAGE, &mut g)?;
-    d.flush(&mut g)?;
+    window.teardown().map_err(|r| r.error)?;
     if let Some(id) = raise(dev) {
         return Err(Error::Check(
-            "interrupt after the doorbell was unmapped",
+            "interrupt after the MSI window was torn down",
             u64::from(id),
         ));
     }
-    let (n, _) = expect_faults(
-        smmu,
-        dev.sid,
-        FaultKind::Translation,
-        doorbell + offset,
-        4,
-        Some(false),
-    )?;
+    let (ev, r) = drain(smmu)?;
+    let first = ev
+        .first()
+        .ok_or(Error::Check("no event for the MSI after teardown", msi.0))?;
+    println!("{NAME}: first event: {}", show(first));
+    for e in &ev {
+        let at = match stage {
+            Stage::Two => e.ipa.map(|a| a & !0xfff) == Some(msi.0 & !0xfff),
+            _ => e.addr.is_some_and(|a| (msi.0..msi.0 + 4).contains(&a)),
+        };
+        if e.kind != FaultKind::Translation
+            || e.sid != dev.sid
+            || e.stage != stage
+            || e.read != Some(false)
+            || !at
+        {
+            println!("{NAME}: unexpected event: {}", show(e));
+            return Err(Error::Check(
+                "expected a translation fault for the MSI write",
+                u64::from(e.code),
+            ));
+        }
+    }
     println!(
-        "{NAME}: its-msi: doorbell unmapped: no LPI, SMMU event F_TRANSLATION for StreamID {:#x} at IOVA {:#x} ({n} event(s))",
+        "{NAME}: {name}: MSI window torn down: no LPI, SMMU event F_TRANSLATION (stage {}) for StreamID {:#x} at {space} {:#x} ({} event(s))",
+        if stage == Stage::Two { 2 } else { 1 },
         dev.sid,
-        doorbell + offset
+        msi.0,
+        r.events
     );
     demo!(
         "msi-blocked",
-        "doorbell unmapped: edu's MSI faults in the SMMU (F_TRANSLATION), no LPI"
+        "MSI window torn down: edu's MSI faults in the SMMU (F_TRANSLATION), no LPI"
     );
     Ok(())
 }

@@ -338,14 +338,29 @@ const SMMUV3: &[Scenario] = &[
     },
     Scenario {
         variant: "its-msi",
-        summary: "iommu-arm-smmuv3 + GICv3 ITS (gic-version=3,its=on): edu's MSI to a doorbell IOVA the SMMU maps to GITS_TRANSLATER arrives as LPI 8192; doorbell unmapped: no LPI, F_TRANSLATION for edu's StreamID",
+        summary: "iommu-arm-smmuv3 + GICv3 ITS (gic-version=3,its=on): a stage-1 domain's MSI window (iova_core MsiWindow at 0x800_0000, reserved in the allocator) maps GITS_TRANSLATER; edu's MSI to the IOVA it returns arrives as LPI 8192 (QEMU trace: SMMU translated the doorbell IOVA, ITS translated DeviceID/EventID); window torn down: no LPI, F_TRANSLATION for edu's StreamID",
         machine: "virt,gic-version=3,its=on,iommu=smmuv3",
         append: Some("its-msi"),
         require: &[
-            "-> GITS_TRANSLATER 0x8090040: LPI 8192 received",
+            "smmuv3-edu: its-msi: MSI window [0x8000000, 0x8100000) reserved; doorbell page 0x8090000 mapped at IOVA 0x8000000",
+            "-> IOVA 0x8000040 -> GITS_TRANSLATER 0x8090040: LPI 8192 received",
             "smmuv3-edu: its-msi: edu MSI (capability at",
-            "smmuv3-edu: its-msi: doorbell unmapped: no LPI, SMMU event F_TRANSLATION for StreamID",
+            "smmuv3-edu: its-msi: MSI window torn down: no LPI, SMMU event F_TRANSLATION (stage 1) for StreamID",
             "smmuv3-edu: scenario `its-msi` passed",
+        ],
+        ..SMMU
+    },
+    Scenario {
+        variant: "its-msi-s2",
+        summary: "iommu-arm-smmuv3 stage 2 from EL2 + GICv3 ITS: a stage-2 domain's MSI window (write-only at stage 2) maps GITS_TRANSLATER at IPA 0x800_0000, as a hypervisor maps a guest's doorbell; edu's MSI to that IPA arrives as LPI 8192; window torn down: no LPI, stage-2 F_TRANSLATION",
+        machine: "virt,gic-version=3,its=on,iommu=smmuv3,virtualization=on",
+        append: Some("its-msi-s2"),
+        require: &[
+            "smmuv3-edu: CPU at EL2",
+            "smmuv3-edu: its-msi-s2: MSI window [0x8000000, 0x8100000) reserved; doorbell page 0x8090000 mapped at IPA 0x8000000",
+            "-> IPA 0x8000040 -> GITS_TRANSLATER 0x8090040: LPI 8192 received",
+            "smmuv3-edu: its-msi-s2: MSI window torn down: no LPI, SMMU event F_TRANSLATION (stage 2) for StreamID",
+            "smmuv3-edu: scenario `its-msi-s2` passed",
         ],
         ..SMMU
     },
