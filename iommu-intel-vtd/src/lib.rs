@@ -172,7 +172,7 @@ pub use domain::{Endpoint, VtdCache, VtdDomain, VtdFormat, VtdInvalidator, VtdMu
 pub use error::{IrteError, VtdError, Wait};
 pub use fault::{FaultReason, FaultRecord};
 pub use intremap::{
-    DeliveryMode, DestinationMode, InterruptRemapping, IrConfig, Irte, IrtIndex, MsiMessage,
+    DeliveryMode, DestinationMode, InterruptRemapping, IrConfig, IrtIndex, Irte, MsiMessage,
     SourceValidation, TriggerMode,
 };
 pub use second_level::SecondLevel;

@@ -31,9 +31,7 @@ use crate::error::{VtdError, Wait};
 use crate::regs::{self, Mmio};
 use crate::unit::{FRAME, VtdUnit};
 
-pub use entry::{
-    DeliveryMode, DestinationMode, Irte, MsiMessage, SourceValidation, TriggerMode,
-};
+pub use entry::{DeliveryMode, DestinationMode, Irte, MsiMessage, SourceValidation, TriggerMode};
 
 /// Most entries a table can hold (IRTA.S = 15).
 pub const MAX_ENTRIES: u32 = 65536;
