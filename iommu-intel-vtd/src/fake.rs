@@ -460,7 +460,7 @@ impl FakeVtd {
             };
             return s.compatibility(sid, compat);
         }
-        let handle = ((address >> 5) & 0x7fff) as u32 | ((address >> 2) & 1) as u32 * 0x8000;
+        let handle = ((address >> 5) & 0x7fff) as u32 | (((address >> 2) & 1) as u32) << 15;
         let index = if address & MSI_SHV != 0 {
             if data >> 16 != 0 {
                 return s.ir_fault(sid, 0, FaultReason::InterruptRequestReserved);
@@ -501,7 +501,7 @@ impl FakeVtd {
         if rte & (0x7 << 8 | 0x7fff_fffe_0000) != 0 {
             return s.ir_fault(sid, 0, FaultReason::InterruptRequestReserved);
         }
-        let index = (rte >> 49) as u32 | ((rte >> 11) & 1) as u32 * 0x8000;
+        let index = (rte >> 49) as u32 | (((rte >> 11) & 1) as u32) << 15;
         self.remap(&mut s, sid, index)
     }
 

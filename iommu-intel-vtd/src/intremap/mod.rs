@@ -18,6 +18,45 @@
 //! The entry cache is invalidated only by a queued descriptor, so interrupt
 //! remapping needs queued invalidation (ECAP.QI). Posted interrupts (IRTE
 //! mode 1) are not supported.
+//!
+//! ```
+//! # #[cfg(feature = "fakes")] {
+//! use std::sync::Arc;
+//! use iova_core::fakes::FakeFrames;
+//! use iommu_intel_vtd::fake::FakeVtd;
+//! use iommu_intel_vtd::{Bdf, FaultReason, IrConfig, Irte, SourceValidation, UnitConfig, VtdUnit};
+//! # struct Clflush;
+//! # impl iova_core::CacheMaintenance for Clflush {
+//! #     fn is_coherent(&self) -> bool { false }
+//! #     fn clean(&self, _: iova_core::PhysAddr, _: u64) {}
+//! #     fn invalidate(&self, _: iova_core::PhysAddr, _: u64) {}
+//! #     fn complete(&self) {}
+//! # }
+//! # static CACHE: Clflush = Clflush;
+//!
+//! let frames = Arc::new(FakeFrames::new());
+//! let hw = FakeVtd::qemu(Arc::clone(&frames), 48);
+//! let config = UnitConfig { walk_cache: Some(&CACHE), ..UnitConfig::default() };
+//! let unit = VtdUnit::new(&hw, Arc::clone(&frames), config).unwrap();
+//! let ir = unit.enable_interrupt_remapping(IrConfig::default()).unwrap();
+//!
+//! // edu (00:01.0) may raise vector 0x41 on APIC 0, nobody else may use the entry.
+//! let edu = Bdf::new(0, 1, 0);
+//! let index = ir.alloc().unwrap();
+//! let only_edu = SourceValidation::Requester { rid: edu.source_id(), ignore_function_bits: 0 };
+//! ir.program(index, &Irte::fixed(0, 0x41, only_edu)).unwrap();
+//! let msi = ir.msi(index); // for edu's MSI capability
+//! assert_eq!(hw.deliver_msi(edu, msi.address, msi.data).unwrap().vector, 0x41);
+//! let other = Bdf::new(0, 2, 0);
+//! assert_eq!(
+//!     hw.deliver_msi(other, msi.address, msi.data),
+//!     Err(FaultReason::InterruptSourceInvalid)
+//! );
+//! let mut faults = Vec::new();
+//! unit.drain_faults(|r| faults.push(r)).unwrap();
+//! assert_eq!(faults[0].interrupt_index(), Some(index.get()));
+//! # }
+//! ```
 
 pub mod entry;
 
