@@ -247,11 +247,16 @@ impl Features {
     }
 
     /// Bytes of the register block the decoded offsets need (IOTLB registers
-    /// and fault records included).
+    /// and fault records included, and IRTA with ECAP.IR).
     pub fn register_span(&self) -> usize {
         let iotlb = self.ecap.iotlb_offset() + 16;
         let faults = self.cap.fault_record_offset() + 16 * self.cap.fault_records();
-        iotlb.max(faults).max(crate::regs::IQERCD + 8)
+        let irta = if self.ecap.interrupt_remapping() {
+            crate::regs::IRTA + 8
+        } else {
+            0
+        };
+        iotlb.max(faults).max(crate::regs::IQERCD + 8).max(irta)
     }
 }
 

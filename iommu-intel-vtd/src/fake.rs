@@ -28,7 +28,19 @@
 //!   tables; first-level translations are dropped only by PASID-based IOTLB
 //!   invalidations, which it accepts only in a 256-bit queue (as QEMU);
 //! - a fault that makes a record pending raises the fault event interrupt
-//!   ([`FakeVtd::fault_interrupts`]), or sets FECTL.IP while it is masked.
+//!   ([`FakeVtd::fault_interrupts`]), or sets FECTL.IP while it is masked;
+//! - with ECAP.IR ([`FakeVtd::with_interrupt_remapping`]) it latches IRTA on
+//!   SIRTP and honours IRE and CFI; [`FakeVtd::deliver_msi`] and
+//!   [`FakeVtd::deliver_ioapic`] are interrupt requests: remappable ones are
+//!   looked up in the table (index within IRTA.S, P, reserved bits, source
+//!   validation by SVT/SQ/SID or bus range), compatibility-format ones are
+//!   blocked (fault 0x25) unless CFI is set and EIME clear; faults are
+//!   recorded like DMA faults, with the interrupt index in FI. Entries read
+//!   are **cached until an interrupt entry cache invalidation** (global, or
+//!   index-selective with its mask) covers them, so a driver that changes
+//!   an entry without one keeps getting the old entry. (QEMU caches
+//!   nothing and lets compatibility-format MSIs through even with CFI
+//!   clear; the fake is stricter, as hardware is.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +53,11 @@ use crate::acpi::dmar::Bdf;
 use crate::caps::{Capability, ExtCapability};
 use crate::descriptor;
 use crate::fault::FaultReason;
+use crate::intremap::entry::{
+    IRTE_DM, IRTE_FPD, IRTE_IM, IRTE_P, IRTE_RESERVED_HI, IRTE_RESERVED_LO, IRTE_TM,
+    IRTE_XAPIC_RESERVED, MSI_REMAPPABLE, MSI_SHV, RTE_REMAPPABLE,
+};
+use crate::intremap::{DeliveryMode, DestinationMode, TriggerMode};
 use crate::regs::{self, Mmio, MmioError, Width};
 use iova_core::hw::check_access;
 
@@ -56,6 +73,36 @@ pub const QEMU_ECAP_SCALABLE: u64 = 0x0000_4800_80F0_0F4A;
 pub const QEMU_ECAP_FLTS: u64 = 0x0000_8800_00F0_0F4A;
 /// CAP.FS1GP: first-level 1 GiB pages (QEMU 10 with `x-flts=on`).
 pub const CAP_FL1GP: u64 = 1 << 56;
+/// ECAP.IR: interrupt remapping (set in [`QEMU_ECAP`]).
+pub const ECAP_IR: u64 = 1 << 3;
+/// ECAP.EIM: extended interrupt mode (QEMU with `eim=on`).
+pub const ECAP_EIM: u64 = 1 << 4;
+
+/// An interrupt as it reaches the interrupt controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// APIC ID (or logical destination).
+    pub destination: u32,
+    /// Vector.
+    pub vector: u8,
+    /// Delivery mode.
+    pub delivery: DeliveryMode,
+    /// Trigger mode.
+    pub trigger: TriggerMode,
+    /// Destination mode.
+    pub destination_mode: DestinationMode,
+    /// The remapping entry used; `None`: a compatibility-format request
+    /// let through (CFI, or remapping off).
+    pub index: Option<u16>,
+}
+
+/// The interrupt remapping table latched by SIRTP.
+#[derive(Debug, Clone, Copy)]
+struct Irt {
+    base: u64,
+    entries: u32,
+    eime: bool,
+}
 
 /// Bytes of a fake unit's register block unless
 /// [`FakeVtd::with_register_size`] says otherwise: a page, as QEMU's unit
@@ -102,6 +149,16 @@ pub struct FakeStats {
     pub context_hits: u64,
     /// Accesses to offsets the fake does not implement.
     pub unknown_accesses: u64,
+    /// Global interrupt entry cache invalidations processed.
+    pub iec_global: u64,
+    /// Index-selective interrupt entry cache invalidations processed.
+    pub iec_index: u64,
+    /// Interrupt remapping entries read from memory.
+    pub irte_reads: u64,
+    /// Interrupt requests answered from the interrupt entry cache.
+    pub irte_cache_hits: u64,
+    /// SIRTP commands.
+    pub irt_pointer_sets: u64,
 }
 
 /// What a resolved context (and PASID) entry says to walk.
@@ -168,6 +225,10 @@ struct State {
     feaddr: u64,
     /// Fault event messages sent (address, data).
     fault_messages: Vec<(u64, u32)>,
+    irta: u64,
+    irt: Option<Irt>,
+    /// Interrupt remapping entries by index (raw lo, hi).
+    irte_cache: BTreeMap<u16, [u64; 2]>,
 }
 
 /// A fake VT-d unit over fake physical memory.
@@ -181,6 +242,8 @@ const CC_RESERVED: u64 = 0xfffc_0000_0000_f1c0;
 const IOTLB_RESERVED: [u64; 2] = [0xffff_ffff_0000_f100, 0xf80];
 const WAIT_RESERVED: [u64; 2] = [0xffff_f180, 0b11];
 const PASID_RESERVED: [u64; 2] = [0xfff0_0000_0000_f1c0, 0xf80];
+/// QEMU's `VTD_INV_DESC_IEC_RSVD`.
+const IEC_RESERVED: u64 = 0xffff_0000_07ff_f1e0;
 
 impl FakeVtd {
     /// A unit with these CAP and ECAP values whose tables and queue live in
@@ -218,6 +281,9 @@ impl FakeVtd {
                 fedata: 0,
                 feaddr: 0,
                 fault_messages: Vec::new(),
+                irta: 0,
+                irt: None,
+                irte_cache: BTreeMap::new(),
             }),
         }
     }
@@ -226,6 +292,23 @@ impl FakeVtd {
     /// [`DEFAULT_REGISTER_SIZE`]): accesses beyond it are refused.
     pub fn with_register_size(self, size: usize) -> Self {
         self.lock().register_size = size;
+        self
+    }
+
+    /// The same unit with ECAP.IR (interrupt remapping) and ECAP.EIM
+    /// (x2APIC destinations) set as given.
+    pub fn with_interrupt_remapping(self, ir: bool, eim: bool) -> Self {
+        {
+            let mut s = self.lock();
+            let mut e = s.ecap.0 & !(ECAP_IR | ECAP_EIM);
+            if ir {
+                e |= ECAP_IR;
+            }
+            if eim {
+                e |= ECAP_EIM;
+            }
+            s.ecap = ExtCapability(e);
+        }
         self
     }
 
@@ -269,6 +352,11 @@ impl FakeVtd {
     /// Cached translations (leaf and not-present) now held.
     pub fn cached_translations(&self) -> usize {
         self.lock().iotlb.len()
+    }
+
+    /// Cached interrupt remapping entries now held.
+    pub fn cached_irtes(&self) -> usize {
+        self.lock().irte_cache.len()
     }
 
     /// Cached context entries now held.
@@ -334,6 +422,178 @@ impl FakeVtd {
             }
         }
         result
+    }
+
+    /// An MSI write by `source` of `data` to `address`: where the interrupt
+    /// goes, or the fault reason (recorded in the fault registers unless the
+    /// entry's FPD suppresses it, compressed, or lost to overflow). A
+    /// remappable-format request while remapping is off is refused as
+    /// reserved, unrecorded.
+    pub fn deliver_msi(
+        &self,
+        source: Bdf,
+        address: u64,
+        data: u32,
+    ) -> Result<Delivered, FaultReason> {
+        let mut s = self.lock();
+        let sid = source.source_id();
+        if address >> 32 != 0 || (address >> 20) & 0xfff != 0xfee {
+            return s.ir_fault(sid, 0, FaultReason::InterruptRequestReserved);
+        }
+        if address & MSI_REMAPPABLE == 0 {
+            let compat = Delivered {
+                destination: ((address >> 12) & 0xff) as u32,
+                vector: data as u8,
+                delivery: DeliveryMode::from_code(((data >> 8) & 7) as u8)
+                    .ok_or(FaultReason::InterruptRequestReserved)?,
+                trigger: if data & 1 << 15 != 0 {
+                    TriggerMode::Level
+                } else {
+                    TriggerMode::Edge
+                },
+                destination_mode: if address & 1 << 2 != 0 {
+                    DestinationMode::Logical
+                } else {
+                    DestinationMode::Physical
+                },
+                index: None,
+            };
+            return s.compatibility(sid, compat);
+        }
+        let handle = ((address >> 5) & 0x7fff) as u32 | (((address >> 2) & 1) as u32) << 15;
+        let index = if address & MSI_SHV != 0 {
+            if data >> 16 != 0 {
+                return s.ir_fault(sid, 0, FaultReason::InterruptRequestReserved);
+            }
+            handle + (data & 0xffff)
+        } else {
+            handle
+        };
+        self.remap(&mut s, sid, index)
+    }
+
+    /// An interrupt from an I/O APIC (whose source ID is `source`) with
+    /// redirection table entry `rte`: as [`deliver_msi`](Self::deliver_msi).
+    pub fn deliver_ioapic(&self, source: Bdf, rte: u64) -> Result<Delivered, FaultReason> {
+        let mut s = self.lock();
+        let sid = source.source_id();
+        if rte & RTE_REMAPPABLE == 0 {
+            let compat = Delivered {
+                destination: (rte >> 56) as u32,
+                vector: rte as u8,
+                delivery: DeliveryMode::from_code(((rte >> 8) & 7) as u8)
+                    .ok_or(FaultReason::InterruptRequestReserved)?,
+                trigger: if rte & 1 << 15 != 0 {
+                    TriggerMode::Level
+                } else {
+                    TriggerMode::Edge
+                },
+                destination_mode: if rte & 1 << 11 != 0 {
+                    DestinationMode::Logical
+                } else {
+                    DestinationMode::Physical
+                },
+                index: None,
+            };
+            return s.compatibility(sid, compat);
+        }
+        // Bits 10:8 and 47:17 are reserved in remappable format.
+        if rte & (0x7 << 8 | 0x7fff_fffe_0000) != 0 {
+            return s.ir_fault(sid, 0, FaultReason::InterruptRequestReserved);
+        }
+        let index = (rte >> 49) as u32 | (((rte >> 11) & 1) as u32) << 15;
+        self.remap(&mut s, sid, index)
+    }
+
+    /// A remappable request naming entry `index`.
+    fn remap(&self, s: &mut State, sid: u16, index: u32) -> Result<Delivered, FaultReason> {
+        if s.gsts & regs::G_IRE == 0 {
+            return Err(FaultReason::InterruptRequestReserved);
+        }
+        let Some(irt) = s.irt else {
+            return s.ir_fault(sid, 0, FaultReason::InterruptTableAccess);
+        };
+        // The index is 16 bits; with a subhandle it may carry past them.
+        let Ok(i16) = u16::try_from(index) else {
+            return s.ir_fault(sid, 0, FaultReason::InterruptIndexBeyondTable);
+        };
+        if index >= irt.entries {
+            return s.ir_fault(sid, i16, FaultReason::InterruptIndexBeyondTable);
+        }
+        let [lo, hi] = match s.irte_cache.get(&i16) {
+            Some(&e) => {
+                s.stats.irte_cache_hits += 1;
+                e
+            }
+            None => {
+                let at = irt.base + 16 * u64::from(index);
+                if !self.in_frames(at) {
+                    return s.ir_fault(sid, i16, FaultReason::InterruptTableAccess);
+                }
+                s.stats.irte_reads += 1;
+                [self.read_mem(at), self.read_mem(at + 8)]
+            }
+        };
+        let fpd = lo & IRTE_FPD != 0;
+        let qualified = |s: &mut State, reason| {
+            if fpd {
+                Err(reason)
+            } else {
+                s.ir_fault(sid, i16, reason)
+            }
+        };
+        if lo & IRTE_P == 0 {
+            return qualified(s, FaultReason::IrteNotPresent);
+        }
+        let delivery = DeliveryMode::from_code(((lo >> 5) & 7) as u8);
+        let svt = (hi >> 18) & 3;
+        // Posted format (IM) is reserved without CAP.PI, which the fake
+        // never has.
+        let reserved = lo & (IRTE_RESERVED_LO | IRTE_IM) != 0
+            || (!irt.eime && lo & IRTE_XAPIC_RESERVED != 0)
+            || hi & IRTE_RESERVED_HI != 0
+            || svt == 3
+            || delivery.is_none();
+        let Some(delivery) = delivery.filter(|_| !reserved) else {
+            return qualified(s, FaultReason::IrteReserved);
+        };
+        // Hardware caches what it read of a valid entry until told otherwise.
+        s.irte_cache.insert(i16, [lo, hi]);
+        let want = hi as u16;
+        let source_ok = match svt {
+            0 => true,
+            1 => {
+                let mask = [0xffffu16, 0xfffb, 0xfff9, 0xfff8][((hi >> 16) & 3) as usize];
+                sid & mask == want & mask
+            }
+            _ => {
+                let bus = (sid >> 8) as u8;
+                ((want >> 8) as u8..=want as u8).contains(&bus)
+            }
+        };
+        if !source_ok {
+            return qualified(s, FaultReason::InterruptSourceInvalid);
+        }
+        Ok(Delivered {
+            destination: if irt.eime {
+                (lo >> 32) as u32
+            } else {
+                ((lo >> 40) & 0xff) as u32
+            },
+            vector: (lo >> 16) as u8,
+            delivery,
+            trigger: if lo & IRTE_TM != 0 {
+                TriggerMode::Level
+            } else {
+                TriggerMode::Edge
+            },
+            destination_mode: if lo & IRTE_DM != 0 {
+                DestinationMode::Logical
+            } else {
+                DestinationMode::Physical
+            },
+            index: Some(i16),
+        })
     }
 
     fn read_mem(&self, pa: u64) -> u64 {
@@ -748,7 +1008,13 @@ impl FakeVtd {
                     && hi & IOTLB_RESERVED[1] == 0
                     && s.invalidate_iotlb((lo >> 4) & 3, (lo >> 16) as u16, hi)
             }
-            descriptor::TYPE_DEVICE_TLB | descriptor::TYPE_IEC => true,
+            descriptor::TYPE_DEVICE_TLB => true,
+            descriptor::TYPE_IEC => {
+                lo & IEC_RESERVED == 0
+                    && hi == 0
+                    && s.ecap.interrupt_remapping()
+                    && s.invalidate_iec(lo)
+            }
             descriptor::TYPE_WAIT => {
                 let (sw, irq) = (lo & descriptor::WAIT_SW != 0, lo & descriptor::WAIT_IF != 0);
                 assert!(
@@ -798,7 +1064,25 @@ impl FakeVtd {
         if v & regs::G_WBF != 0 {
             s.stats.write_buffer_flushes += 1;
         }
-        for bit in [regs::G_TE, regs::G_QIE] {
+        let ir = s.ecap.interrupt_remapping();
+        if v & regs::G_SIRTP != 0 && ir {
+            // The entry cache is left as it was: software invalidates it
+            // after pointing the unit at a table.
+            let irta = s.irta;
+            s.irt = Some(Irt {
+                base: irta & !0xfff,
+                entries: 2 << (irta & regs::IRTA_S_MASK),
+                eime: irta & regs::IRTA_EIME != 0 && s.ecap.eim(),
+            });
+            s.gsts |= regs::G_SIRTP;
+            s.stats.irt_pointer_sets += 1;
+        }
+        let enables: &[u32] = if ir {
+            &[regs::G_TE, regs::G_QIE, regs::G_IRE, regs::G_CFI]
+        } else {
+            &[regs::G_TE, regs::G_QIE]
+        };
+        for &bit in enables {
             let on = v & bit != 0;
             if on != (s.gsts & bit != 0) {
                 if on {
@@ -815,6 +1099,47 @@ impl FakeVtd {
 }
 
 impl State {
+    /// Records an interrupt-remapping fault (FI = index << 48) and returns it.
+    fn ir_fault<T>(&mut self, sid: u16, index: u16, reason: FaultReason) -> Result<T, FaultReason> {
+        self.record_frcd(
+            sid,
+            u64::from(index) << 48,
+            u64::from(reason.code()) << 32 | u64::from(sid),
+        );
+        Err(reason)
+    }
+
+    /// A compatibility-format request: through only with remapping off, or
+    /// with CFI set and EIME clear.
+    fn compatibility(&mut self, sid: u16, d: Delivered) -> Result<Delivered, FaultReason> {
+        if self.gsts & regs::G_IRE == 0 {
+            return Ok(d);
+        }
+        let eime = self.irt.is_some_and(|t| t.eime);
+        if self.gsts & regs::G_CFI == 0 || eime {
+            return self.ir_fault(sid, 0, FaultReason::CompatibilityFormatBlocked);
+        }
+        Ok(d)
+    }
+
+    fn invalidate_iec(&mut self, lo: u64) -> bool {
+        if lo & descriptor::IEC_INDEX == 0 {
+            self.irte_cache.clear();
+            self.stats.iec_global += 1;
+            return true;
+        }
+        let im = ((lo >> 27) & 0x1f) as u32;
+        if im > self.ecap.mhmv() {
+            return false;
+        }
+        let first = u32::from((lo >> 32) as u16) & !((1 << im) - 1);
+        let end = first + (1 << im);
+        self.irte_cache
+            .retain(|&i, _| !(first..end).contains(&u32::from(i)));
+        self.stats.iec_index += 1;
+        true
+    }
+
     fn invalidate_context(&mut self, lo: u64) -> bool {
         match (lo >> 4) & 3 {
             1 => self.context_cache.clear(),
@@ -942,6 +1267,26 @@ impl State {
         reason: FaultReason,
         pasid: Option<u32>,
     ) {
+        let t = match access {
+            Dma::Read => 1u64 << 62,
+            Dma::Write => 0,
+        };
+        // Like QEMU: PV reads all ones for requests without a PASID.
+        let pv = match pasid {
+            Some(p) => u64::from(p & 0xf_ffff) << 40 | 1 << 31,
+            None => 0xffff << 40,
+        };
+        self.record_frcd(
+            sid,
+            iova & !0xfff,
+            t | pv | u64::from(reason.code()) << 32 | u64::from(sid),
+        );
+    }
+
+    /// Fills the next fault record with `lo` and `hi` (F added), unless the
+    /// records overflowed or one of `sid` is pending already (QEMU's
+    /// compression).
+    fn record_frcd(&mut self, sid: u16, lo: u64, hi: u64) {
         if self.fsts & regs::FSTS_PFO != 0 {
             return;
         }
@@ -957,19 +1302,7 @@ impl State {
             self.fsts |= regs::FSTS_PFO;
             return;
         }
-        let t = match access {
-            Dma::Read => 1u64 << 62,
-            Dma::Write => 0,
-        };
-        // Like QEMU: PV reads all ones for requests without a PASID.
-        let pv = match pasid {
-            Some(p) => u64::from(p & 0xf_ffff) << 40 | 1 << 31,
-            None => 0xffff << 40,
-        };
-        self.frcd[i] = [
-            iova & !0xfff,
-            regs::FRCD_F | t | pv | u64::from(reason.code()) << 32 | u64::from(sid),
-        ];
+        self.frcd[i] = [lo, regs::FRCD_F | hi];
         if !self
             .frcd
             .iter()
@@ -1040,6 +1373,7 @@ impl FakeVtd {
             regs::IQH => s.iqh,
             regs::IQT => s.iqt,
             regs::IQA => s.iqa,
+            regs::IRTA => s.irta,
             o if o == iro => s.iva,
             o if o == iro + 8 => s.iotlb_reg,
             o => match s.fault_slot(o) {
@@ -1122,6 +1456,7 @@ impl FakeVtd {
                 self.process_queue(&mut s);
             }
             regs::IQA => s.iqa = v,
+            regs::IRTA => s.irta = v,
             o if o == iro => s.iva = v,
             o if o == iro + 8 => {
                 s.iotlb_reg = v;

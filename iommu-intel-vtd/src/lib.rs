@@ -25,6 +25,9 @@
 //!   (and [`VtdMultiInvalidator`] for several units).
 //! - [`fault`]: typed fault records, their reading, and the fault event
 //!   interrupt.
+//! - [`intremap`]: interrupt remapping ([`InterruptRemapping`], from
+//!   [`VtdUnit::enable_interrupt_remapping`]): the table, its entries, and
+//!   the remappable MSI and I/O APIC requests that name them.
 //! - [`reserved`]: identity maps for the DMAR's reserved memory regions.
 //! - [`counters`]: what the driver did.
 //! - `fake` (feature `fakes`): a VT-d unit behind mocked MMIO, for tests.
@@ -137,6 +140,41 @@
 //! # }
 //! ```
 //!
+//! # Interrupt remapping
+//!
+//! Without it a device that can write the interrupt address range
+//! (`0xFEEx_xxxx`) can raise any vector on any CPU: DMA remapping never
+//! sees those writes. [`VtdUnit::enable_interrupt_remapping`] (needs ECAP.IR
+//! and queued invalidation; x2APIC destinations need ECAP.EIM) gives the
+//! unit a table of up to 65536 entries; each entry ([`Irte`]) names the
+//! vector, destination, delivery and trigger mode, and which requester may
+//! use it ([`SourceValidation`]: one requester ID, optionally ignoring
+//! function bits, or a bus range). [`InterruptRemapping::alloc`] hands out
+//! an index, [`InterruptRemapping::program`] writes the entry and
+//! invalidates the unit's cached copy (index-selective, with its wait:
+//! hardware caches entries, QEMU does not, the fake does), and
+//! [`InterruptRemapping::msi`] / [`InterruptRemapping::ioapic_rte`] give
+//! the remappable-format MSI message or I/O APIC redirection entry to
+//! program into the device or the I/O APIC. A request that fails the
+//! checks (entry not present, beyond the table, wrong requester) is blocked
+//! and recorded as a fault with its interrupt index
+//! ([`FaultRecord::interrupt_index`]), next to DMA faults in
+//! [`VtdUnit::drain_faults`]. Dropping the [`InterruptRemapping`] turns
+//! remapping off.
+//!
+//! Compatibility-format interrupts (the pre-remapping MSI and RTE layout,
+//! destination and vector in the request) are blocked (fault 0x25) unless
+//! [`IrConfig::allow_compatibility_format`] sets GCMD.CFI. That opt-in
+//! brings back the hole remapping closes: such a request bypasses the
+//! table and its source validation, so any device may again send any
+//! vector anywhere. Use it only while something still sends that format
+//! (legacy firmware, an unconverted driver); QEMU lets compatibility-format
+//! MSIs through even without it, so only hardware and the fake show the
+//! difference. In x2APIC mode they are blocked either way.
+//!
+//! Posted interrupts (IRTE mode 1, CAP.PI) are not supported: entries are
+//! always in remapped format.
+//!
 //! # Dependencies
 //!
 //! `zerocopy` reads firmware tables without `unsafe` and without reading
@@ -157,6 +195,7 @@ pub mod error;
 #[cfg(feature = "fakes")]
 pub mod fake;
 pub mod fault;
+pub mod intremap;
 pub mod queue;
 pub mod regs;
 pub mod reserved;
@@ -168,7 +207,11 @@ pub use caps::Features;
 pub use context::ContextState;
 pub use counters::CounterSnapshot;
 pub use domain::{Endpoint, VtdCache, VtdDomain, VtdFormat, VtdInvalidator, VtdMultiInvalidator};
-pub use error::{VtdError, Wait};
+pub use error::{IrteError, VtdError, Wait};
 pub use fault::{FaultReason, FaultRecord};
+pub use intremap::{
+    DeliveryMode, DestinationMode, InterruptRemapping, IrConfig, IrtIndex, Irte, MsiMessage,
+    SourceValidation, TriggerMode,
+};
 pub use second_level::SecondLevel;
 pub use unit::{MAX_ALLOCATED_DIDS, UnitConfig, VtdUnit};
