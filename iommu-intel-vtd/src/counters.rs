@@ -16,6 +16,8 @@ pub struct Counters {
     pub(crate) wait: Counter,
     pub(crate) pasid_cache: Counter,
     pub(crate) pasid_iotlb: Counter,
+    pub(crate) iec: Counter,
+    pub(crate) iec_global: Counter,
     pub(crate) other: Counter,
     pub(crate) waits: Counter,
     pub(crate) register_invalidations: Counter,
@@ -41,6 +43,11 @@ pub struct CounterSnapshot {
     pub pasid_cache: u64,
     /// PASID-based IOTLB invalidations (first-level translation).
     pub pasid_iotlb: u64,
+    /// Interrupt entry cache invalidations (every granularity; the global
+    /// ones are counted in [`iec_global`](Self::iec_global) too).
+    pub iec: u64,
+    /// Global interrupt entry cache invalidations.
+    pub iec_global: u64,
     /// Descriptors of other types.
     pub other: u64,
     /// Completion waits (one per queued batch).
@@ -71,6 +78,8 @@ impl CounterSnapshot {
             wait_descriptors: self.wait_descriptors - earlier.wait_descriptors,
             pasid_cache: self.pasid_cache - earlier.pasid_cache,
             pasid_iotlb: self.pasid_iotlb - earlier.pasid_iotlb,
+            iec: self.iec - earlier.iec,
+            iec_global: self.iec_global - earlier.iec_global,
             other: self.other - earlier.other,
             waits: self.waits - earlier.waits,
             register_invalidations: self.register_invalidations - earlier.register_invalidations,
@@ -93,6 +102,12 @@ impl Counters {
             descriptor::TYPE_WAIT => &self.wait,
             descriptor::TYPE_PASID_CACHE => &self.pasid_cache,
             descriptor::TYPE_PASID_IOTLB => &self.pasid_iotlb,
+            descriptor::TYPE_IEC => {
+                if d.lo & descriptor::IEC_INDEX == 0 {
+                    self.iec_global.incr();
+                }
+                &self.iec
+            }
             _ => &self.other,
         };
         c.incr();
@@ -109,6 +124,8 @@ impl Counters {
             wait_descriptors: r(&self.wait),
             pasid_cache: r(&self.pasid_cache),
             pasid_iotlb: r(&self.pasid_iotlb),
+            iec: r(&self.iec),
+            iec_global: r(&self.iec_global),
             other: r(&self.other),
             waits: r(&self.waits),
             register_invalidations: r(&self.register_invalidations),

@@ -34,6 +34,8 @@ const IOTLB_DW: u64 = 1 << 6;
 const IOTLB_DR: u64 = 1 << 7;
 /// IOTLB descriptor, high half: invalidation hint (leaves only).
 const IOTLB_IH: u64 = 1 << 6;
+/// IEC descriptor: index-selective (clear: global).
+pub const IEC_INDEX: u64 = 1 << 4;
 /// Wait descriptor: interrupt on completion.
 pub const WAIT_IF: u64 = 1 << 4;
 /// Wait descriptor: status write on completion.
@@ -117,6 +119,21 @@ pub enum PasidCacheScope {
     },
     /// Every entry.
     Global,
+}
+
+/// Which interrupt-remapping entries an interrupt entry cache invalidation
+/// drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IecScope {
+    /// Every cached entry.
+    Global,
+    /// `2^mask` entries from `index` (aligned to that count).
+    Index {
+        /// First interrupt index (IIDX).
+        index: u16,
+        /// Index mask (IM): log2 of the number of entries, at most ECAP.MHMV.
+        mask: u8,
+    },
 }
 
 /// Which first-level (PASID-tagged) translations a PASID-based IOTLB
@@ -235,6 +252,21 @@ impl Descriptor {
         Self {
             lo: TYPE_PASID_IOTLB | g | u64::from(did) << 16 | u64::from(pasid & 0xf_ffff) << 32,
             hi,
+        }
+    }
+
+    /// An interrupt entry cache invalidation (type 4: G bit 4 set for
+    /// index-selective, IM bits 31:27, IIDX bits 47:32).
+    pub fn iec(scope: IecScope) -> Self {
+        let lo = match scope {
+            IecScope::Global => 0,
+            IecScope::Index { index, mask } => {
+                IEC_INDEX | u64::from(mask & 0x1f) << 27 | u64::from(index) << 32
+            }
+        };
+        Self {
+            lo: lo | TYPE_IEC,
+            hi: 0,
         }
     }
 
@@ -386,6 +418,23 @@ mod tests {
         for d in [pc, pi, pp] {
             assert_eq!(d.lo & PASID_RESERVED[0], 0);
             assert_eq!(d.hi & PASID_RESERVED[1], 0);
+        }
+    }
+
+    #[test]
+    fn iec_descriptors() {
+        /// QEMU's `VTD_INV_DESC_IEC_RSVD`.
+        const IEC_RESERVED: u64 = 0xffff_0000_07ff_f1e0;
+        let g = Descriptor::iec(IecScope::Global);
+        assert_eq!((g.lo, g.hi), (0x4, 0));
+        let i = Descriptor::iec(IecScope::Index {
+            index: 0xfedc,
+            mask: 3,
+        });
+        assert_eq!((i.lo, i.hi), (0xfedc_1800_0014, 0));
+        assert_eq!(i.kind(), TYPE_IEC);
+        for d in [g, i] {
+            assert_eq!(d.lo & IEC_RESERVED, 0);
         }
     }
 

@@ -30,6 +30,14 @@ pub enum Wait {
     ContextCommand,
     /// IOTLB_REG.IVT to clear (a register-based IOTLB invalidation).
     IotlbRegister,
+    /// GSTS.IRTPS after GCMD.SIRTP (the interrupt remapping table pointer
+    /// latched).
+    InterruptTablePointer,
+    /// GSTS.IRES to follow GCMD.IRE (interrupt remapping turned on or off).
+    InterruptRemappingEnable,
+    /// GSTS.CFIS to follow GCMD.CFI (compatibility-format interrupts let
+    /// through or blocked).
+    CompatibilityFormat,
 }
 
 impl fmt::Display for Wait {
@@ -43,6 +51,9 @@ impl fmt::Display for Wait {
             Self::InvalidationWait => "an invalidation wait descriptor",
             Self::ContextCommand => "a register-based context-cache invalidation (CCMD.ICC)",
             Self::IotlbRegister => "a register-based IOTLB invalidation (IOTLB_REG.IVT)",
+            Self::InterruptTablePointer => "the interrupt remapping table pointer (GSTS.IRTPS)",
+            Self::InterruptRemappingEnable => "the interrupt remapping status (GSTS.IRES)",
+            Self::CompatibilityFormat => "the compatibility format status (GSTS.CFIS)",
         })
     }
 }
@@ -133,6 +144,64 @@ pub enum VtdError {
     },
     /// The page-table engine could not build the domain's table.
     Table(iova_core::Error),
+    /// Interrupt remapping asked of a unit without ECAP.IR.
+    InterruptRemappingUnsupported,
+    /// Interrupt remapping needs queued invalidation (its entry cache is
+    /// invalidated only by a queued descriptor), which the unit lacks
+    /// (ECAP.QI = 0).
+    InterruptRemappingNeedsQueue,
+    /// x2APIC destinations (IRTA.EIME) asked of a unit without ECAP.EIM.
+    ExtendedInterruptModeUnsupported,
+    /// An interrupt remapping table size that is not a power of two in
+    /// 2..=65536.
+    BadInterruptTableSize(u32),
+    /// The unit already has a live
+    /// [`InterruptRemapping`](crate::intremap::InterruptRemapping).
+    InterruptRemappingActive,
+    /// Every entry of the interrupt remapping table is allocated.
+    InterruptTableFull,
+    /// The interrupt index is beyond the table's entries.
+    InterruptIndexOutOfRange(u16),
+    /// The interrupt index is not allocated (never, or freed already).
+    InterruptIndexNotAllocated(u16),
+    /// The interrupt remapping entry cannot be programmed as given.
+    BadIrte(IrteError),
+}
+
+/// Why an [`Irte`](crate::intremap::Irte) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum IrteError {
+    /// An APIC ID above 0xFF without x2APIC mode (IRTA.EIME).
+    DestinationOutOfRange(u32),
+    /// A vector below 16 for fixed or lowest-priority delivery (vectors
+    /// 0-15 are reserved for exceptions).
+    ReservedVector(u8),
+    /// A source qualifier (SQ) above 3.
+    BadSourceQualifier(u8),
+    /// A bus range whose first bus is above its last.
+    BadBusRange {
+        /// First bus.
+        first: u8,
+        /// Last bus.
+        last: u8,
+    },
+}
+
+impl fmt::Display for IrteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DestinationOutOfRange(d) => {
+                write!(f, "APIC ID {d:#x} needs x2APIC mode")
+            }
+            Self::ReservedVector(v) => write!(f, "vector {v} is reserved"),
+            Self::BadSourceQualifier(q) => write!(f, "source qualifier {q} is not 0..=3"),
+            Self::BadBusRange { first, last } => {
+                write!(f, "bus range {first:#x}..={last:#x} is empty")
+            }
+        }
+    }
 }
 
 impl fmt::Display for VtdError {
@@ -181,6 +250,30 @@ impl fmt::Display for VtdError {
                 "VT-d: first-level domain of PASID {domain:#x} attached as PASID {requested:#x}"
             ),
             Self::Table(e) => write!(f, "VT-d: page table: {e}"),
+            Self::InterruptRemappingUnsupported => {
+                f.write_str("VT-d: no interrupt remapping (ECAP.IR = 0)")
+            }
+            Self::InterruptRemappingNeedsQueue => {
+                f.write_str("VT-d: interrupt remapping needs queued invalidation (ECAP.QI = 0)")
+            }
+            Self::ExtendedInterruptModeUnsupported => {
+                f.write_str("VT-d: no x2APIC interrupt mode (ECAP.EIM = 0)")
+            }
+            Self::BadInterruptTableSize(n) => write!(
+                f,
+                "VT-d: {n} interrupt remapping entries (a power of two in 2..=65536)"
+            ),
+            Self::InterruptRemappingActive => {
+                f.write_str("VT-d: interrupt remapping is already set up on this unit")
+            }
+            Self::InterruptTableFull => f.write_str("VT-d: interrupt remapping table full"),
+            Self::InterruptIndexOutOfRange(i) => {
+                write!(f, "VT-d: interrupt index {i} beyond the table")
+            }
+            Self::InterruptIndexNotAllocated(i) => {
+                write!(f, "VT-d: interrupt index {i} is not allocated")
+            }
+            Self::BadIrte(e) => write!(f, "VT-d: interrupt remapping entry: {e}"),
         }
     }
 }
@@ -230,6 +323,17 @@ impl From<VtdError> for iova_core::Error {
                 E::Device(DeviceError::NotAttached(u32::from(e.dev.source_id())))
             }
             VtdError::Table(e) => e,
+            VtdError::InterruptRemappingUnsupported
+            | VtdError::InterruptRemappingNeedsQueue
+            | VtdError::ExtendedInterruptModeUnsupported => E::Device(DeviceError::Unsupported),
+            VtdError::BadInterruptTableSize(_) => E::Device(DeviceError::BadGeometry),
+            VtdError::InterruptRemappingActive => E::Device(DeviceError::Busy(0)),
+            VtdError::InterruptTableFull => E::Device(DeviceError::IdsExhausted),
+            VtdError::InterruptIndexOutOfRange(i) => {
+                E::Device(DeviceError::IdOutOfRange(u32::from(i)))
+            }
+            VtdError::InterruptIndexNotAllocated(_) => E::NotMapped,
+            VtdError::BadIrte(_) => E::OutOfRange,
             VtdError::NonCoherentWalker => E::Device(DeviceError::NonCoherentWalker),
             VtdError::Register(e) => E::Device(DeviceError::RegisterAccess(e)),
             VtdError::NoDmaTranslation
@@ -254,7 +358,7 @@ mod tests {
     use crate::acpi::dmar::Bdf;
     use iova_core::Error as E;
 
-    const WAITS: [Wait; 8] = [
+    const WAITS: [Wait; 11] = [
         Wait::TranslationEnable,
         Wait::QueuedInvalidationEnable,
         Wait::RootTablePointer,
@@ -263,6 +367,9 @@ mod tests {
         Wait::InvalidationWait,
         Wait::ContextCommand,
         Wait::IotlbRegister,
+        Wait::InterruptTablePointer,
+        Wait::InterruptRemappingEnable,
+        Wait::CompatibilityFormat,
     ];
 
     #[test]
@@ -325,6 +432,39 @@ mod tests {
             ),
             (VtdError::ForeignDomain, E::Device(DeviceError::Unsupported)),
             (VtdError::Table(E::OutOfRange), E::OutOfRange),
+            (
+                VtdError::InterruptRemappingUnsupported,
+                E::Device(DeviceError::Unsupported),
+            ),
+            (
+                VtdError::InterruptRemappingNeedsQueue,
+                E::Device(DeviceError::Unsupported),
+            ),
+            (
+                VtdError::ExtendedInterruptModeUnsupported,
+                E::Device(DeviceError::Unsupported),
+            ),
+            (
+                VtdError::BadInterruptTableSize(3),
+                E::Device(DeviceError::BadGeometry),
+            ),
+            (
+                VtdError::InterruptRemappingActive,
+                E::Device(DeviceError::Busy(0)),
+            ),
+            (
+                VtdError::InterruptTableFull,
+                E::Device(DeviceError::IdsExhausted),
+            ),
+            (
+                VtdError::InterruptIndexOutOfRange(300),
+                E::Device(DeviceError::IdOutOfRange(300)),
+            ),
+            (VtdError::InterruptIndexNotAllocated(7), E::NotMapped),
+            (
+                VtdError::BadIrte(IrteError::ReservedVector(3)),
+                E::OutOfRange,
+            ),
             (
                 VtdError::LevelsUnsupported(5),
                 E::Device(DeviceError::BadGeometry),

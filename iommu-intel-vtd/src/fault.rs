@@ -4,7 +4,9 @@
 //! address (4 KiB aligned), the high half the fault flag F (bit 63, write 1
 //! to clear), the request type T (bit 62: 1 = read), the reason FR (39:32),
 //! the PASID and whether it is present (PV 59:40, PP 31), and the source ID
-//! (15:0).
+//! (15:0). A fault of an interrupt request (interrupt remapping, reasons
+//! 0x20..=0x27) carries the interrupt index in bits 63:48 of the low half
+//! instead of an address; [`VtdUnit::drain_faults`] returns both kinds.
 //!
 //! [`VtdUnit::drain_faults`] reads and clears them;
 //! [`VtdUnit::enable_fault_interrupt`] has the unit signal new ones.
@@ -51,6 +53,25 @@ pub enum FaultReason {
     TranslationTypeBlocked,
     /// 0xE: the output address is in the interrupt address range.
     InterruptAddress,
+    /// 0x20: a reserved field of the interrupt request is set.
+    InterruptRequestReserved,
+    /// 0x21: the interrupt index is beyond the table (IRTA.S).
+    InterruptIndexBeyondTable,
+    /// 0x22: the interrupt remapping entry is not present.
+    IrteNotPresent,
+    /// 0x23: reading the interrupt remapping table failed (IRTA points
+    /// beyond the address width, or the access failed).
+    InterruptTableAccess,
+    /// 0x24: a reserved field of a present interrupt remapping entry is set.
+    IrteReserved,
+    /// 0x25: a compatibility-format interrupt was blocked (GSTS.CFIS clear,
+    /// or IRTA.EIME set).
+    CompatibilityFormatBlocked,
+    /// 0x26: the requester failed the entry's source validation (SID, SQ,
+    /// SVT).
+    InterruptSourceInvalid,
+    /// 0x27: reading the posted interrupt descriptor failed.
+    PostedDescriptorAccess,
     /// 0x51: the PASID directory entry is not present (scalable mode).
     PasidDirNotPresent,
     /// 0x59: the PASID table entry is not present (scalable mode).
@@ -89,6 +110,14 @@ impl FaultReason {
             0xc => Self::PagingReserved,
             0xd => Self::TranslationTypeBlocked,
             0xe => Self::InterruptAddress,
+            0x20 => Self::InterruptRequestReserved,
+            0x21 => Self::InterruptIndexBeyondTable,
+            0x22 => Self::IrteNotPresent,
+            0x23 => Self::InterruptTableAccess,
+            0x24 => Self::IrteReserved,
+            0x25 => Self::CompatibilityFormatBlocked,
+            0x26 => Self::InterruptSourceInvalid,
+            0x27 => Self::PostedDescriptorAccess,
             0x51 => Self::PasidDirNotPresent,
             0x59 => Self::PasidEntryNotPresent,
             0x5b => Self::PasidEntryInvalid,
@@ -99,6 +128,12 @@ impl FaultReason {
             0x85 => Self::ScalableWriteDenied,
             c => Self::Other(c),
         }
+    }
+
+    /// Whether the fault was an interrupt request's (interrupt remapping,
+    /// reasons 0x20..=0x27) rather than a DMA request's.
+    pub fn is_interrupt(self) -> bool {
+        (0x20..=0x27).contains(&self.code())
     }
 
     /// The FR code.
@@ -118,6 +153,14 @@ impl FaultReason {
             Self::PagingReserved => 0xc,
             Self::TranslationTypeBlocked => 0xd,
             Self::InterruptAddress => 0xe,
+            Self::InterruptRequestReserved => 0x20,
+            Self::InterruptIndexBeyondTable => 0x21,
+            Self::IrteNotPresent => 0x22,
+            Self::InterruptTableAccess => 0x23,
+            Self::IrteReserved => 0x24,
+            Self::CompatibilityFormatBlocked => 0x25,
+            Self::InterruptSourceInvalid => 0x26,
+            Self::PostedDescriptorAccess => 0x27,
             Self::PasidDirNotPresent => 0x51,
             Self::PasidEntryNotPresent => 0x59,
             Self::PasidEntryInvalid => 0x5b,
@@ -147,9 +190,12 @@ pub enum AccessKind {
 pub struct FaultRecord {
     /// The requester.
     pub source: Bdf,
-    /// The faulting address, 4 KiB aligned.
+    /// The faulting address, 4 KiB aligned (the record's FI field). For an
+    /// interrupt request ([`FaultReason::is_interrupt`]) FI holds the
+    /// interrupt index in bits 63:48 instead
+    /// ([`interrupt_index`](Self::interrupt_index)).
     pub address: u64,
-    /// Read or write.
+    /// Read or write (interrupt requests are writes).
     pub access: AccessKind,
     /// Why it was blocked.
     pub reason: FaultReason,
@@ -175,8 +221,30 @@ impl FaultRecord {
     }
 }
 
+impl FaultRecord {
+    /// The index of the interrupt remapping entry the faulting interrupt
+    /// request named (FI bits 63:48), for interrupt-remapping faults; `None`
+    /// for DMA faults. (For a fault found before the index was computed,
+    /// e.g. a blocked compatibility-format request, the unit reports 0.)
+    pub fn interrupt_index(&self) -> Option<u16> {
+        self.reason
+            .is_interrupt()
+            .then_some((self.address >> 48) as u16)
+    }
+}
+
 impl fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(index) = self.interrupt_index() {
+            return write!(
+                f,
+                "interrupt request fault from {}, index {}: {:?} (reason {:#x})",
+                self.source,
+                index,
+                self.reason,
+                self.reason.code()
+            );
+        }
         write!(
             f,
             "DMA {} fault from {} at {:#x}: {:?} (reason {:#x})",
@@ -307,6 +375,39 @@ mod tests {
         assert_eq!(r.reason, FaultReason::ContextNotPresent);
         assert_eq!(r.pasid, Some(0x12345));
         assert_eq!(r.source, Bdf::new(1, 2, 0));
+    }
+
+    #[test]
+    fn decodes_an_interrupt_remapping_record() {
+        // QEMU's layout: FI = index << 48, SID, FR, no T, PV or PP.
+        let r = FaultRecord::decode(0x1234 << 48, 1 << 63 | 0x26 << 32 | 0x0108);
+        assert_eq!(r.reason, FaultReason::InterruptSourceInvalid);
+        assert!(r.reason.is_interrupt());
+        assert_eq!(r.interrupt_index(), Some(0x1234));
+        assert_eq!(r.source, Bdf::new(1, 1, 0));
+        assert_eq!(r.access, AccessKind::Write);
+        let text = std::format!("{r}");
+        assert!(text.starts_with("interrupt request fault from"), "{text}");
+        assert!(text.contains("index 4660"), "{text}");
+        // A DMA fault has no interrupt index, whatever its address.
+        let d = FaultRecord::decode(0xffff_0000_0000_0000, 1 << 63 | 0x05 << 32);
+        assert_eq!(d.interrupt_index(), None);
+        let names = [
+            FaultReason::InterruptRequestReserved,
+            FaultReason::InterruptIndexBeyondTable,
+            FaultReason::IrteNotPresent,
+            FaultReason::InterruptTableAccess,
+            FaultReason::IrteReserved,
+            FaultReason::CompatibilityFormatBlocked,
+            FaultReason::InterruptSourceInvalid,
+            FaultReason::PostedDescriptorAccess,
+        ];
+        for (k, reason) in names.into_iter().enumerate() {
+            assert_eq!(FaultReason::from_code(0x20 + k as u8), reason);
+            assert!(reason.is_interrupt());
+        }
+        assert!(!FaultReason::from_code(0x1f).is_interrupt());
+        assert!(!FaultReason::from_code(0x28).is_interrupt());
     }
 
     #[test]

@@ -157,6 +157,7 @@ pub mod error;
 #[cfg(feature = "fakes")]
 pub mod fake;
 pub mod fault;
+pub mod intremap;
 pub mod queue;
 pub mod regs;
 pub mod reserved;
@@ -168,7 +169,11 @@ pub use caps::Features;
 pub use context::ContextState;
 pub use counters::CounterSnapshot;
 pub use domain::{Endpoint, VtdCache, VtdDomain, VtdFormat, VtdInvalidator, VtdMultiInvalidator};
-pub use error::{VtdError, Wait};
+pub use error::{IrteError, VtdError, Wait};
 pub use fault::{FaultReason, FaultRecord};
+pub use intremap::{
+    DeliveryMode, DestinationMode, InterruptRemapping, IrConfig, Irte, IrtIndex, MsiMessage,
+    SourceValidation, TriggerMode,
+};
 pub use second_level::SecondLevel;
 pub use unit::{MAX_ALLOCATED_DIDS, UnitConfig, VtdUnit};

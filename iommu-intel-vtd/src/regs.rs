@@ -39,6 +39,13 @@ pub const IQA: usize = 0x90;
 pub const ICS: usize = 0x9c;
 /// Invalidation queue error record (64 bits).
 pub const IQERCD: usize = 0xb0;
+/// Interrupt remapping table address (64 bits).
+pub const IRTA: usize = 0xb8;
+
+/// IRTA: extended interrupt mode enable (x2APIC destinations).
+pub const IRTA_EIME: u64 = 1 << 11;
+/// IRTA: table size field S, bits 3:0 (`2^(S + 1)` entries).
+pub const IRTA_S_MASK: u64 = 0xf;
 
 /// GCMD/GSTS: translation enable / status.
 pub const G_TE: u32 = 1 << 31;

@@ -17,7 +17,7 @@
 pub mod tables;
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use iova_core::formats::x86_64::X86_64;
 use iova_core::hw::WaitBudget;
@@ -149,6 +149,9 @@ pub struct VtdUnit<M: Mmio, A: FrameAllocator> {
     pub(crate) inval: spin::Mutex<Invalidation>,
     pub(crate) counters: Counters,
     dids: spin::Mutex<DomainIds>,
+    /// An [`InterruptRemapping`](crate::intremap::InterruptRemapping) of
+    /// this unit is alive.
+    pub(crate) ir_live: AtomicBool,
 }
 
 impl<M: Mmio, A: FrameAllocator> fmt::Debug for VtdUnit<M, A> {
@@ -222,6 +225,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
             inval: spin::Mutex::new(inval),
             counters: Counters::default(),
             dids: spin::Mutex::new(DomainIds::new(cap.domains())),
+            ir_live: AtomicBool::new(false),
         };
         unit.take_over()?;
         Ok(unit)
@@ -383,7 +387,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     }
 
     /// Issues a one-shot command (SRTP) and waits for its status bit.
-    fn one_shot(&self, bit: u32, what: Wait) -> Result<(), VtdError> {
+    pub(crate) fn one_shot(&self, bit: u32, what: Wait) -> Result<(), VtdError> {
         let persistent = self.gsts()? & !regs::G_ONE_SHOT;
         self.regs.write32(regs::GCMD, persistent | bit)?;
         self.poll(what, || Ok(self.gsts()? & bit != 0))
