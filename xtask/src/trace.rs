@@ -2,7 +2,8 @@
 //! what the emulated IOMMU saw, counted from QEMU's own trace events. The
 //! guest prints `trace-count: <key>=<n>` (totals since boot) before it
 //! exits; the row runs with `-trace <event>` for each event and `-D` a trace
-//! file next to its log, and passes only if every count matches.
+//! file next to its log, and passes only if every count matches and the
+//! trace holds every line the row requires of it ([`TraceRow::lines`]).
 
 use std::fs;
 use std::path::PathBuf;
@@ -65,20 +66,91 @@ const VIRTIO_IOMMU: &[TraceCount] = &[
     },
 ];
 
+/// Interrupt remapping: the IEC descriptors the driver queued, the
+/// interrupts QEMU remapped through the table (a successful IRTE lookup;
+/// compatibility-format ones and faults trace no `vtd_ir_remap index`),
+/// and the fault records it made.
+const VTD_IR: &[TraceCount] = &[
+    TraceCount {
+        key: "iec",
+        event: "vtd_inv_desc_iec",
+        line: "vtd_inv_desc_iec ",
+    },
+    TraceCount {
+        key: "ir_remapped",
+        event: "vtd_ir_*",
+        line: "vtd_ir_remap index ",
+    },
+    TraceCount {
+        key: "ir_faults",
+        event: "vtd_frr_new",
+        line: "vtd_frr_new ",
+    },
+];
+
+/// A row with trace checks.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceRow {
+    /// The row's name.
+    pub row: &'static str,
+    /// Guest counters that must match trace line counts.
+    pub counts: &'static [TraceCount],
+    /// Strings that must each occur in some line of the trace.
+    pub lines: &'static [&'static str],
+}
+
 /// The rows with trace checks: one virtio-blk row per backend (and
-/// architecture), where every policy's probe runs.
-const ROWS: &[(&str, &[TraceCount])] = &[
-    ("smmuv3-edu-aarch64-blk", SMMUV3),
-    ("vtd-edu-x86_64-blk", VTD),
-    ("virtio-iommu-edu-aarch64-blk", VIRTIO_IOMMU),
-    ("virtio-iommu-edu-x86_64-blk", VIRTIO_IOMMU),
+/// architecture), where every policy's probe runs; and the interrupt
+/// remapping row.
+const ROWS: &[TraceRow] = &[
+    TraceRow {
+        row: "smmuv3-edu-aarch64-blk",
+        counts: SMMUV3,
+        lines: &[],
+    },
+    TraceRow {
+        row: "vtd-edu-x86_64-blk",
+        counts: VTD,
+        lines: &[],
+    },
+    TraceRow {
+        row: "virtio-iommu-edu-aarch64-blk",
+        counts: VIRTIO_IOMMU,
+        lines: &[],
+    },
+    TraceRow {
+        row: "virtio-iommu-edu-x86_64-blk",
+        counts: VIRTIO_IOMMU,
+        lines: &[],
+    },
+    TraceRow {
+        row: "vtd-edu-x86_64-ir",
+        counts: VTD_IR,
+        // QEMU's view of the scenario: IRTE 0 remapped to vector 0x31 (49),
+        // then 0x32 (50), at APIC 0 (edu's MSI names handle 0: 0xfee00010);
+        // the wrong requester 00:02.0 (SID 0x10) and the freed entry (SID
+        // 0x8) recorded with reasons 0x26 and 0x22.
+        lines: &[
+            "vtd_ir_enable enable 1",
+            "vtd_ir_remap index 0 trigger 0 vector 49 deliver 0 dest 0x0 mode 0",
+            "vtd_ir_remap_msi (addr 0xfee00010, data 0x0) -> (addr 0xfee00000, data 0x4031)",
+            "vtd_ir_remap index 0 trigger 0 vector 50 deliver 0 dest 0x0 mode 0",
+            "vtd_ir_remap_msi (addr 0xfee00010, data 0x0) -> (addr 0xfee00000, data 0x4032)",
+            "vtd_frr_new index 0 high 0x2600000010 low 0x0",
+            "vtd_frr_new index 0 high 0x2200000008 low 0x0",
+            "vtd_ir_enable enable 0",
+        ],
+    },
 ];
 
 /// The trace checks of `test` (none for most rows).
+fn row(test: &SystemTest) -> Option<&'static TraceRow> {
+    ROWS.iter().find(|r| r.row == test.name)
+}
+
+/// The trace counts of `test` (none for most rows).
 pub fn checks(test: &SystemTest) -> &'static [TraceCount] {
-    ROWS.iter()
-        .find(|(name, _)| *name == test.name)
-        .map_or(&[], |(_, c)| c)
+    row(test).map_or(&[], |r| r.counts)
 }
 
 /// Where the row's trace goes: `target/xtask/logs/<row>.trace`.
@@ -134,14 +206,21 @@ fn guest_count(serial: &[String], key: &str) -> Option<u64> {
 
 /// Compares every check of the row: a summary, or every mismatch.
 pub fn verify(test: &SystemTest, serial: &[String]) -> Result<Option<String>, String> {
-    let checks = checks(test);
-    if checks.is_empty() {
+    let Some(row) = row(test) else {
         return Ok(None);
-    }
+    };
     let path = trace_path(test);
     let trace = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (mut matched, mut wrong) = (Vec::new(), Vec::new());
-    for c in checks {
+    for line in row.lines {
+        if !trace.lines().any(|l| l.contains(line)) {
+            wrong.push(format!("no trace line contains {line:?}"));
+        }
+    }
+    if !row.lines.is_empty() && wrong.is_empty() {
+        matched.push(format!("{} required lines", row.lines.len()));
+    }
+    for c in row.counts {
         let seen = trace.lines().filter(|l| l.contains(c.line)).count() as u64;
         match guest_count(serial, c.key) {
             Some(n) if n == seen => matched.push(format!("{} {n}", c.key)),
@@ -176,13 +255,15 @@ mod tests {
 
     #[test]
     fn every_row_with_checks_exists() {
-        for (name, _) in ROWS {
+        for r in ROWS {
             assert!(
                 crate::systests::SYSTEM_TESTS
                     .iter()
-                    .any(|t| t.name == *name),
-                "{name}"
+                    .any(|t| t.name == r.row),
+                "{}",
+                r.row
             );
+            assert!(!r.counts.is_empty(), "{}: no trace events", r.row);
         }
     }
 }

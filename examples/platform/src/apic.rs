@@ -25,6 +25,7 @@ const BASE_ENABLE: u64 = 1 << 11;
 const BASE_ADDRESS: u64 = 0xf_ffff_f000;
 /// x2APIC ID, EOI and spurious-vector registers (MSRs).
 const X2APIC_ID: u32 = 0x802;
+const X2APIC_LDR: u32 = 0x80d;
 const X2APIC_EOI: u32 = 0x80b;
 const X2APIC_SVR: u32 = 0x80f;
 /// xAPIC ID, EOI and spurious-vector registers (offsets in the MMIO page).
@@ -184,6 +185,18 @@ impl LocalApic {
         match self.mode {
             ApicMode::XApic => self.read(XAPIC_ID, X2APIC_ID) >> 24,
             ApicMode::X2Apic => self.read(XAPIC_ID, X2APIC_ID),
+        }
+    }
+
+    /// In x2APIC mode, the logical destination register (MSR 0x80D: the
+    /// cluster in bits 31:16, one bit of 15:0 for this CPU); `None` in
+    /// xAPIC mode (whose LDR software sets up).
+    pub fn x2apic_logical_id(&self) -> Option<u32> {
+        match self.mode {
+            ApicMode::XApic => None,
+            // SAFETY: x2APIC mode is on, so the LDR MSR exists; reading it
+            // has no side effect.
+            ApicMode::X2Apic => Some(unsafe { arch::rdmsr(X2APIC_LDR) as u32 }),
         }
     }
 

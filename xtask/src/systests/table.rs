@@ -658,7 +658,7 @@ const VTD_IR: Scenario = Scenario {
 const VTD_IR_SCENARIOS: &[Scenario] = &[
     Scenario {
         variant: "ir",
-        summary: "Intel VT-d interrupt remapping (intremap=on), local APIC in xAPIC mode: IRTE 0 -> APIC ID 0, vector 0x31, source-validated for edu 00:01.0: edu's remappable MSI arrives as 0x31 once; reprogrammed (1 IEC) -> 0x32; the second edu with the same handle -> no interrupt, fault 0x26 with its SID and index 0; compatibility format with CFIS clear: QEMU delivers it (reported, not claimed blocked); freed (1 IEC) -> fault 0x22; QEMU's trace agrees on IECs and remaps",
+        summary: "Intel VT-d interrupt remapping (intremap=on), local APIC in xAPIC mode: IRTE 0 -> APIC ID 0, vector 0x31, source-validated for edu 00:01.0: edu's remappable MSI arrives as 0x31 once; reprogrammed (1 IEC) -> 0x32; APIC ID 0x100 refused without x2APIC mode, nothing written; the second edu with the same handle -> no interrupt, fault 0x26 with its SID and index 0; compatibility format with CFIS clear: QEMU delivers it (reported, not claimed blocked); freed (1 IEC) -> fault 0x22; QEMU's trace agrees on IECs and remaps",
         iommu_device: Some("intel-iommu,intremap=on"),
         append: Some("ir"),
         require: &[
@@ -669,6 +669,7 @@ const VTD_IR_SCENARIOS: &[Scenario] = &[
             ", EIME 0; GSTS 0x47000000: IRES 1, IRTPS 1, CFIS 0; 1 global IEC + 1 wait",
             "vtd-edu: ir: IRTE 0 = APIC ID 0, vector 0x31, SID 00:01.0 (0x0008) only (1 index-selective IEC + 1 wait); edu's MSI address 0xfee00010 (bit 4 = remappable, handle 0), data 0x0: received [0x31]",
             "vtd-edu: ir: IRTE 0 reprogrammed to vector 0x32 (1 index-selective IEC + 1 wait): the same MSI now received [0x32]",
+            "vtd-edu: ir: IRTE 0 -> APIC ID 0x100 without x2APIC mode: refused (VT-d: interrupt remapping entry: APIC ID 0x100 needs x2APIC mode), entry unchanged, 0 IEC",
             "vtd-edu: ir: 00:02.0 (0x0010) sending IRTE 0's handle: received [], interrupt request fault from 00:02.0, index 0: InterruptSourceInvalid (reason 0x26)",
             "vtd-edu: ir: compatibility-format MSI (address 0xfee00000, data 0x41) with GSTS 0x47000000 (IRES 1, CFIS 0): QEMU delivered it, received [0x41], no fault record",
             "vtd-edu: ir: IRTE 0 freed (1 index-selective IEC + 1 wait): edu's MSI with its handle: received [], interrupt request fault from 00:01.0, index 0: IrteNotPresent (reason 0x22)",
@@ -680,7 +681,7 @@ const VTD_IR_SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         variant: "ir-x2apic",
-        summary: "Intel VT-d interrupt remapping in extended interrupt mode (intremap=on,eim=on, -cpu max), local APIC in x2APIC mode: IRTE 0 with a 32-bit destination (APIC ID 0), EIME 1: remapped MSI as 0x31, reprogrammed -> 0x32, wrong requester -> fault 0x26, freed -> fault 0x22",
+        summary: "Intel VT-d interrupt remapping in extended interrupt mode (intremap=on,eim=on, -cpu max), local APIC in x2APIC mode: IRTE 0 (EIME 1) -> APIC ID 0: remapped MSI as 0x31, reprogrammed -> 0x32; x2APIC ID 0x100 kept whole (reaches nobody), logical destination = our LDR 0x1 -> 0x32; wrong requester -> fault 0x26, freed -> fault 0x22",
         cpu: Some("max"),
         iommu_device: Some("intel-iommu,intremap=on,eim=on"),
         append: Some("ir-x2apic"),
@@ -691,10 +692,11 @@ const VTD_IR_SCENARIOS: &[Scenario] = &[
             ", EIME 1; GSTS 0x47000000: IRES 1, IRTPS 1, CFIS 0; 1 global IEC + 1 wait",
             "vtd-edu: ir: IRTE 0 = APIC ID 0, vector 0x31, SID 00:01.0 (0x0008) only (1 index-selective IEC + 1 wait); edu's MSI address 0xfee00010 (bit 4 = remappable, handle 0), data 0x0: received [0x31]",
             "vtd-edu: ir: IRTE 0 reprogrammed to vector 0x32 (1 index-selective IEC + 1 wait): the same MSI now received [0x32]",
+            "vtd-edu: ir: IRTE 0 -> x2APIC ID 0x100 (no such CPU; its low 8 bits are ours): received [], no fault; -> logical destination 0x1 (our x2APIC LDR): received [0x32]",
             "vtd-edu: ir: 00:02.0 (0x0010) sending IRTE 0's handle: received [], interrupt request fault from 00:02.0, index 0: InterruptSourceInvalid (reason 0x26)",
             "QEMU delivered it, received [0x41], no fault record",
             "vtd-edu: ir: IRTE 0 freed (1 index-selective IEC + 1 wait): edu's MSI with its handle: received [], interrupt request fault from 00:01.0, index 0: IrteNotPresent (reason 0x22)",
-            "in all 5 IEC (2 global), 4 interrupts received, 0 spurious",
+            "in all 8 IEC (2 global), 5 interrupts received, 0 spurious",
             "vtd-edu: scenario `ir` (x2APIC) passed",
         ],
         ..VTD_IR
