@@ -36,8 +36,8 @@ use core::sync::atomic::AtomicUsize;
 use iommu_intel_vtd::acpi;
 use iommu_intel_vtd::regs::MmioRegion;
 use iommu_intel_vtd::{
-    Bdf, CounterSnapshot, DestinationMode, Dmar, FaultReason, FaultRecord, IrConfig, Irte,
-    IrteError, IrtIndex, MsiMessage, SourceValidation, UnitConfig, VtdError, VtdUnit,
+    Bdf, CounterSnapshot, DestinationMode, Dmar, FaultReason, FaultRecord, IrConfig, IrtIndex,
+    Irte, IrteError, MsiMessage, SourceValidation, UnitConfig, VtdError, VtdUnit,
 };
 use platform::apic::{self, ApicMode, IrqLog, LocalApic};
 use platform::edu::{self, Edu};
@@ -369,7 +369,10 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     // 4. Reprogrammed: the unit must not use the old entry.
     entry.vector = V2;
     let ((), cost) = counted(&unit, || ir.program(index, &entry))?;
-    one_iec("reprogramming the entry: not one index-selective IEC", &cost)?;
+    one_iec(
+        "reprogramming the entry: not one index-selective IEC",
+        &cost,
+    )?;
     let got = raise(&mut edu);
     no_faults(&unit, "faults after reprogramming")?;
     if got != [V2] {
@@ -462,12 +465,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
             u64::from(got[0]),
         ));
     }
-    let f = one_ir_fault(
-        &unit,
-        FaultReason::InterruptSourceInvalid,
-        other_bdf,
-        index,
-    )?;
+    let f = one_ir_fault(&unit, FaultReason::InterruptSourceInvalid, other_bdf, index)?;
     println!(
         "{NAME}: ir: {other_bdf} ({:#06x}) sending IRTE {}'s handle: received [], {f}",
         other_bdf.source_id(),
@@ -547,10 +545,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         cost.iec_global, c.iec, c.iec_global, log.received, log.spurious
     );
     if log.spurious != 0 {
-        return Err(Error::Check(
-            "spurious interrupts",
-            u64::from(log.spurious),
-        ));
+        return Err(Error::Check("spurious interrupts", u64::from(log.spurious)));
     }
     println!("trace-count: iec={}", c.iec);
     println!("trace-count: ir_remapped={remapped}");
