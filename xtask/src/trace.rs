@@ -235,7 +235,7 @@ pub fn verify(test: &SystemTest, serial: &[String]) -> Result<Option<String>, St
             matched.join(", ")
         )))
     } else {
-        Err(format!("trace counts differ: {}", wrong.join("; ")))
+        Err(format!("QEMU trace disagrees: {}", wrong.join("; ")))
     }
 }
 
