@@ -289,6 +289,9 @@ pub struct Scenario {
     pub iommu: &'static str,
     /// `-M`: the machine and its options.
     pub machine: &'static str,
+    /// `-cpu`, after the machine. None: the architecture's (x86_64: QEMU's
+    /// default; aarch64: [`Arch::base_args`]' cortex-a57).
+    pub cpu: Option<&'static str>,
     /// `-device`: an IOMMU on the PCI bus (intel-iommu, virtio-iommu-pci),
     /// first on the bus. None: no IOMMU, or one the machine has (virt's SMMUv3).
     pub iommu_device: Option<&'static str>,
@@ -315,6 +318,7 @@ impl Scenario {
         summary: "",
         iommu: "none",
         machine: "{machine}",
+        cpu: None,
         iommu_device: None,
         disk: false,
         devices: &[],
@@ -376,6 +380,9 @@ fn row(example: &'static str, config: &Config, scenario: &Scenario) -> SystemTes
         }
     }
     let mut args = vec!["-M", config.fill(scenario.machine)];
+    if let Some(cpu) = scenario.cpu {
+        args.extend(["-cpu", config.fill(cpu)]);
+    }
     if let Some(iommu) = scenario.iommu_device {
         args.extend(["-device", config.fill(iommu)]);
     }
@@ -432,6 +439,7 @@ mod tests {
     fn scenario_strings(s: &Scenario) -> impl Iterator<Item = &'static str> {
         [s.variant, s.summary, s.iommu, s.machine]
             .into_iter()
+            .chain(s.cpu)
             .chain(s.iommu_device)
             .chain(s.devices.iter().copied())
             .chain(s.append)
@@ -462,6 +470,7 @@ mod tests {
                 Scenario {
                     variant: "blk",
                     iommu: "an IOMMU",
+                    cpu: Some("cpu-{what}"),
                     iommu_device: Some("iommu-{what}"),
                     disk: true,
                     devices: &["edu", "edu-{what}"],
@@ -493,7 +502,7 @@ mod tests {
         assert_eq!(plain.require, ["aarch64 says one", GUEST_OK]);
         let blk = &rows[3];
         assert_eq!((blk.arch, blk.iommu), (Arch::X86_64, "an IOMMU"));
-        let mut args = vec!["-M", "q35", "-device", "iommu-two"];
+        let mut args = vec!["-M", "q35", "-cpu", "cpu-two", "-device", "iommu-two"];
         args.extend(DISK_ARGS);
         args.extend(["-device", "edu", "-device", "edu-two", "-append", "go"]);
         assert_eq!(blk.qemu_args, args);

@@ -2,11 +2,10 @@
 //! what the emulated IOMMU saw, counted from QEMU's own trace events. The
 //! guest prints `trace-count: <key>=<n>` (totals since boot) before it
 //! exits; the row runs with `-trace <event>` for each event and `-D` a trace
-//! file next to its log, and passes only if every count matches.
-//!
-//! Other rows require trace lines instead ([`TraceLine`]): what the emulated
-//! hardware did, in order (the SMMU translated the MSI's IOVA, then the ITS
-//! took the write and translated its DeviceID and EventID).
+//! file next to its log, and passes only if every count matches and the
+//! trace holds, in order, every line the row requires of it
+//! ([`TraceRow::lines`]: what the emulated hardware did, e.g. the SMMU
+//! translated an MSI's IOVA, then the ITS took the write).
 
 use std::fs;
 use std::path::PathBuf;
@@ -69,21 +68,27 @@ const VIRTIO_IOMMU: &[TraceCount] = &[
     },
 ];
 
-/// The rows with trace checks: one virtio-blk row per backend (and
-/// architecture), where every policy's probe runs.
-const ROWS: &[(&str, &[TraceCount])] = &[
-    ("smmuv3-edu-aarch64-blk", SMMUV3),
-    ("vtd-edu-x86_64-blk", VTD),
-    ("virtio-iommu-edu-aarch64-blk", VIRTIO_IOMMU),
-    ("virtio-iommu-edu-x86_64-blk", VIRTIO_IOMMU),
+/// Interrupt remapping: the IEC descriptors the driver queued, the
+/// interrupts QEMU remapped through the table (a successful IRTE lookup;
+/// compatibility-format ones and faults trace no `vtd_ir_remap index`),
+/// and the fault records it made.
+const VTD_IR: &[TraceCount] = &[
+    TraceCount {
+        key: "iec",
+        event: "vtd_inv_desc_iec",
+        line: "vtd_inv_desc_iec ",
+    },
+    TraceCount {
+        key: "ir_remapped",
+        event: "vtd_ir_*",
+        line: "vtd_ir_remap index ",
+    },
+    TraceCount {
+        key: "ir_faults",
+        event: "vtd_frr_new",
+        line: "vtd_frr_new ",
+    },
 ];
-
-/// The trace checks of `test` (none for most rows).
-pub fn checks(test: &SystemTest) -> &'static [TraceCount] {
-    ROWS.iter()
-        .find(|(name, _)| *name == test.name)
-        .map_or(&[], |(_, c)| c)
-}
 
 /// A trace line a row requires: one line of the trace file that contains
 /// every part, found after the line the previous requirement matched.
@@ -126,19 +131,107 @@ const ITS_MSI: &[TraceLine] = &[
     },
 ];
 
-/// The rows with required trace lines: their trace events and the lines.
-const LINE_ROWS: &[(&str, &[&str], &[TraceLine])] = &[(
-    "smmuv3-edu-aarch64-its-msi",
-    &["smmuv3_*", "gicv3_its_*"],
-    ITS_MSI,
-)];
+/// A row with trace checks.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceRow {
+    /// The row's name.
+    pub row: &'static str,
+    /// Guest counters that must match trace line counts.
+    pub counts: &'static [TraceCount],
+    /// Trace events to enable besides those of `counts`.
+    pub events: &'static [&'static str],
+    /// Lines the trace must hold, in this order.
+    pub lines: &'static [TraceLine],
+}
 
-/// The trace events and required lines of `test` (none for most rows).
-fn line_checks(test: &SystemTest) -> (&'static [&'static str], &'static [TraceLine]) {
-    LINE_ROWS
-        .iter()
-        .find(|(name, _, _)| *name == test.name)
-        .map_or((&[], &[]), |(_, events, lines)| (*events, *lines))
+/// The rows with trace checks: one virtio-blk row per backend (and
+/// architecture), where every policy's probe runs; and the interrupt
+/// remapping row.
+const ROWS: &[TraceRow] = &[
+    TraceRow {
+        row: "smmuv3-edu-aarch64-blk",
+        counts: SMMUV3,
+        events: &[],
+        lines: &[],
+    },
+    TraceRow {
+        row: "vtd-edu-x86_64-blk",
+        counts: VTD,
+        events: &[],
+        lines: &[],
+    },
+    TraceRow {
+        row: "virtio-iommu-edu-aarch64-blk",
+        counts: VIRTIO_IOMMU,
+        events: &[],
+        lines: &[],
+    },
+    TraceRow {
+        row: "virtio-iommu-edu-x86_64-blk",
+        counts: VIRTIO_IOMMU,
+        events: &[],
+        lines: &[],
+    },
+    TraceRow {
+        row: "smmuv3-edu-aarch64-its-msi",
+        counts: &[],
+        events: &["smmuv3_*", "gicv3_its_*"],
+        lines: ITS_MSI,
+    },
+    TraceRow {
+        row: "vtd-edu-x86_64-ir",
+        counts: VTD_IR,
+        // QEMU's view of the scenario: IRTE 0 remapped to vector 0x31 (49),
+        // then 0x32 (50), at APIC 0 (edu's MSI names handle 0: 0xfee00010);
+        // the wrong requester 00:02.0 (SID 0x10) and the freed entry (SID
+        // 0x8) recorded with reasons 0x26 and 0x22.
+        events: &[],
+        lines: &[
+            TraceLine {
+                what: "remapping was turned on",
+                parts: &["vtd_ir_enable enable 1"],
+            },
+            TraceLine {
+                what: "IRTE 0 remapped edu's MSI to vector 0x31 at APIC 0",
+                parts: &["vtd_ir_remap index 0 trigger 0 vector 49 deliver 0 dest 0x0 mode 0"],
+            },
+            TraceLine {
+                what: "the remappable MSI (handle 0) became vector 0x31",
+                parts: &[
+                    "vtd_ir_remap_msi",
+                    "(addr 0xfee00010, data 0x0) -> (addr 0xfee00000, data 0x4031)",
+                ],
+            },
+            TraceLine {
+                what: "the reprogrammed IRTE 0 gave vector 0x32",
+                parts: &["vtd_ir_remap index 0 trigger 0 vector 50 deliver 0 dest 0x0 mode 0"],
+            },
+            TraceLine {
+                what: "the remappable MSI became vector 0x32",
+                parts: &[
+                    "vtd_ir_remap_msi",
+                    "(addr 0xfee00010, data 0x0) -> (addr 0xfee00000, data 0x4032)",
+                ],
+            },
+            TraceLine {
+                what: "a source-validation fault (0x26) for SID 0x10",
+                parts: &["vtd_frr_new index 0 high 0x2600000010 low 0x0"],
+            },
+            TraceLine {
+                what: "a not-present fault (0x22) for SID 0x8",
+                parts: &["vtd_frr_new index 0 high 0x2200000008 low 0x0"],
+            },
+            TraceLine {
+                what: "remapping was turned off",
+                parts: &["vtd_ir_enable enable 0"],
+            },
+        ],
+    },
+];
+
+/// The trace checks of `test` (none for most rows).
+fn row(test: &SystemTest) -> Option<&'static TraceRow> {
+    ROWS.iter().find(|r| r.row == test.name)
 }
 
 /// The first requirement of `lines` that `trace` lacks, in order, if any.
@@ -168,11 +261,11 @@ fn trace_path(test: &SystemTest) -> PathBuf {
 
 /// QEMU arguments for the row's trace events (none without checks).
 pub fn args(test: &SystemTest) -> Vec<String> {
-    let mut events: Vec<&str> = checks(test).iter().map(|c| c.event).collect();
-    events.extend(line_checks(test).0);
-    if events.is_empty() {
+    let Some(row) = row(test) else {
         return Vec::new();
-    }
+    };
+    let mut events: Vec<&str> = row.counts.iter().map(|c| c.event).collect();
+    events.extend(row.events);
     events.dedup();
     let mut args = Vec::new();
     for e in events {
@@ -187,8 +280,7 @@ pub fn args(test: &SystemTest) -> Vec<String> {
 /// The trace file is written afresh by each run: remove a stale one first.
 pub fn prepare(test: &SystemTest) -> Result<(), String> {
     let path = trace_path(test);
-    let traced = !checks(test).is_empty() || !line_checks(test).0.is_empty();
-    if !traced || !path.exists() {
+    if row(test).is_none() || !path.exists() {
         return Ok(());
     }
     fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))
@@ -209,15 +301,19 @@ fn guest_count(serial: &[String], key: &str) -> Option<u64> {
 
 /// Compares every check of the row: a summary, or every mismatch.
 pub fn verify(test: &SystemTest, serial: &[String]) -> Result<Option<String>, String> {
-    let checks = checks(test);
-    let (_, lines) = line_checks(test);
-    if checks.is_empty() && lines.is_empty() {
+    let Some(row) = row(test) else {
         return Ok(None);
-    }
+    };
     let path = trace_path(test);
     let trace = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (mut matched, mut wrong) = (Vec::new(), Vec::new());
-    for c in checks {
+    if !row.lines.is_empty() {
+        match missing_line(&trace, row.lines) {
+            None => matched.push(format!("{} required lines in order", row.lines.len())),
+            Some(what) => wrong.push(format!("no trace line (in order) showing {what}")),
+        }
+    }
+    for c in row.counts {
         let seen = trace.lines().filter(|l| l.contains(c.line)).count() as u64;
         match guest_count(serial, c.key) {
             Some(n) if n == seen => matched.push(format!("{} {n}", c.key)),
@@ -225,25 +321,14 @@ pub fn verify(test: &SystemTest, serial: &[String]) -> Result<Option<String>, St
             None => wrong.push(format!("{}: no `trace-count: {}=` line", c.key, c.key)),
         }
     }
-    if !lines.is_empty() {
-        match missing_line(&trace, lines) {
-            None => matched.push(format!("{} required trace lines in order", lines.len())),
-            Some(what) => wrong.push(format!("no trace line (in order) showing {what}")),
-        }
-    }
     if wrong.is_empty() {
-        let what = if checks.is_empty() {
-            "shows what the row requires"
-        } else {
-            "agrees with the guest's counters"
-        };
         Ok(Some(format!(
-            "QEMU trace {} {what}: {}",
+            "QEMU trace {} agrees with the row: {}",
             util::display_path(&path),
             matched.join(", ")
         )))
     } else {
-        Err(format!("trace check failed: {}", wrong.join("; ")))
+        Err(format!("QEMU trace disagrees: {}", wrong.join("; ")))
     }
 }
 
@@ -288,22 +373,22 @@ mod tests {
     }
 
     #[test]
-    fn every_row_with_line_checks_exists_and_traces_its_events() {
-        for (name, events, lines) in LINE_ROWS {
+    fn every_row_with_line_checks_traces_their_events() {
+        for r in ROWS {
+            let name = r.row;
             let row = crate::systests::SYSTEM_TESTS
                 .iter()
-                .find(|t| t.name == *name)
+                .find(|t| t.name == name)
                 .unwrap_or_else(|| panic!("{name}"));
             let args = args(row);
-            for e in *events {
+            for e in r.events.iter().chain(r.counts.iter().map(|c| &c.event)) {
                 assert!(args.iter().any(|a| a == e), "{name}: -trace {e}");
             }
             // Each line's event is one the row enables.
-            for l in *lines {
+            for l in r.lines {
                 let event = l.parts[0];
                 assert!(
-                    events
-                        .iter()
+                    args.iter()
                         .any(|e| event.starts_with(e.trim_end_matches('*'))),
                     "{name}: {event} not traced"
                 );
@@ -313,12 +398,18 @@ mod tests {
 
     #[test]
     fn every_row_with_checks_exists() {
-        for (name, _) in ROWS {
+        for r in ROWS {
             assert!(
                 crate::systests::SYSTEM_TESTS
                     .iter()
-                    .any(|t| t.name == *name),
-                "{name}"
+                    .any(|t| t.name == r.row),
+                "{}",
+                r.row
+            );
+            assert!(
+                !r.counts.is_empty() || !r.lines.is_empty(),
+                "{}: checks nothing",
+                r.row
             );
         }
     }

@@ -6,7 +6,8 @@
 //! production use: it is the scaffolding every example shares: boot stubs,
 //! serial console, exit with a status, bounded waits, a frame allocator (and
 //! a pool over it that reuses freed frames), a DTB reader, PCI enumeration and BAR assignment, an `edu` driver (DMA
-//! and MSI), and on aarch64 a GICv3 ITS bring-up that turns MSIs into LPIs.
+//! and MSI), and on aarch64 a GICv3 ITS bring-up that turns MSIs into LPIs; on x86_64
+//! the local APIC (xAPIC or x2APIC) and interrupt gates that log vectors.
 //!
 //! An example is a `#![no_std] #![no_main]` binary that depends on this crate,
 //! copies `edu-dma/build.rs` (which applies our linker script), and names its
@@ -34,6 +35,8 @@
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(target_arch = "x86_64")]
+pub mod apic;
 pub mod arch;
 pub mod cmdline;
 pub mod console;

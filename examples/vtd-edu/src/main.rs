@@ -34,12 +34,15 @@
 //! its own pass/fail line.
 //!
 //! `-append blk` / `-append blk-bench` run a virtio-blk disk behind the unit
-//! instead (no edu needed): see [`blk`].
+//! instead (no edu needed): see [`blk`]. `-append ir` / `-append ir-x2apic`
+//! run interrupt remapping of edu's MSIs instead (two edus): see `ir`.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod blk;
+#[cfg(target_arch = "x86_64")]
+mod ir;
 
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -93,6 +96,8 @@ enum Error {
     NoUnit(Bdf),
     Check(&'static str, u64),
     Blk(blk::Error),
+    #[cfg(target_arch = "x86_64")]
+    Apic(platform::apic::ApicError),
 }
 
 impl fmt::Display for Error {
@@ -109,6 +114,8 @@ impl fmt::Display for Error {
             Self::NoUnit(b) => write!(f, "no DMAR unit covers {b}"),
             Self::Check(what, at) => write!(f, "{what} ({at:#x})"),
             Self::Blk(e) => write!(f, "{e}"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Apic(e) => write!(f, "{e}"),
         }
     }
 }
@@ -124,6 +131,8 @@ macro_rules! from {
 }
 from!(SetupError => Setup, pci::PciError => Pci, EduError => Edu, FramesError => Frames,
       CoreError => Core, AcpiError => Acpi, VtdError => Vtd);
+#[cfg(target_arch = "x86_64")]
+from!(platform::apic::ApicError => Apic);
 
 /// Firmware tables, read where they are: the boot stub identity-maps 0-4 GiB.
 /// Only below 2 GiB, where q35 has RAM and nothing with read side effects.
@@ -381,6 +390,10 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     platform::banner(NAME, boot);
     if let Some(scenario) = blk::scenario(boot) {
         return blk::run(boot, scenario).map_err(Error::Blk);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(scenario) = ir::scenario(boot) {
+        return ir::run(boot, scenario);
     }
 
     // Discovery: RSDP from the PVH start info -> DMAR.

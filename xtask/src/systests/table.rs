@@ -105,6 +105,11 @@ pub const GROUPS: &[Group] = &[
         scenarios: VTD_OTHERS,
     },
     Group {
+        example: "vtd-edu",
+        configs: &[Q35],
+        scenarios: VTD_IR_SCENARIOS,
+    },
+    Group {
         example: "virtio-iommu-edu",
         configs: &[VIRT, Q35],
         scenarios: VIRTIO_IOMMU_EDU,
@@ -653,6 +658,63 @@ const VTD_OTHERS: &[Scenario] = &[
             "vtd-edu: scenario `blk-bench` passed",
         ],
         ..VTD_CHECK
+    },
+];
+
+/// vtd-edu's interrupt remapping scenarios: a unit with `intremap=on`,
+/// DMA translation off, two edus (the second sends the first's handle).
+const VTD_IR: Scenario = Scenario {
+    iommu: "Intel VT-d interrupt remapping (iommu-intel-vtd)",
+    machine: "q35",
+    devices: &["edu", "edu"],
+    ..Scenario::BASE
+};
+
+const VTD_IR_SCENARIOS: &[Scenario] = &[
+    Scenario {
+        variant: "ir",
+        summary: "Intel VT-d interrupt remapping (intremap=on), local APIC in xAPIC mode: IRTE 0 -> APIC ID 0, vector 0x31, source-validated for edu 00:01.0: edu's remappable MSI arrives as 0x31 once; reprogrammed (1 IEC) -> 0x32; APIC ID 0x100 refused without x2APIC mode, nothing written; the second edu with the same handle -> no interrupt, fault 0x26 with its SID and index 0; compatibility format with CFIS clear: QEMU delivers it (reported, not claimed blocked); freed (1 IEC) -> fault 0x22; QEMU's trace agrees on IECs and remaps",
+        iommu_device: Some("intel-iommu,intremap=on"),
+        append: Some("ir"),
+        require: &[
+            "vtd-edu: ir: local APIC in xAPIC mode, APIC ID 0; 8259 PIC masked, spurious vector 0xff",
+            "ECAP.IR true, ECAP.EIM false",
+            "vtd-edu: ir: IR off: compatibility-format MSI (address 0xfee00000, data 0x40) from 00:01.0: received [0x40]",
+            "vtd-edu: ir: remapping on: 256-entry table at ",
+            ", EIME 0; GSTS 0x47000000: IRES 1, IRTPS 1, CFIS 0; 1 global IEC + 1 wait",
+            "vtd-edu: ir: IRTE 0 = APIC ID 0, vector 0x31, SID 00:01.0 (0x0008) only (1 index-selective IEC + 1 wait); edu's MSI address 0xfee00010 (bit 4 = remappable, handle 0), data 0x0: received [0x31]",
+            "vtd-edu: ir: IRTE 0 reprogrammed to vector 0x32 (1 index-selective IEC + 1 wait): the same MSI now received [0x32]",
+            "vtd-edu: ir: IRTE 0 -> APIC ID 0x100 without x2APIC mode: refused (VT-d: interrupt remapping entry: APIC ID 0x100 needs x2APIC mode), entry unchanged, 0 IEC",
+            "vtd-edu: ir: 00:02.0 (0x0010) sending IRTE 0's handle: received [], interrupt request fault from 00:02.0, index 0: InterruptSourceInvalid (reason 0x26)",
+            "vtd-edu: ir: compatibility-format MSI (address 0xfee00000, data 0x41) with GSTS 0x47000000 (IRES 1, CFIS 0): QEMU delivered it, received [0x41], no fault record",
+            "vtd-edu: ir: IRTE 0 freed (1 index-selective IEC + 1 wait): edu's MSI with its handle: received [], interrupt request fault from 00:01.0, index 0: IrteNotPresent (reason 0x22)",
+            "vtd-edu: ir: remapping off after the drop (1 global IEC): GSTS 0x45000000;",
+            "in all 5 IEC (2 global), 4 interrupts received, 0 spurious",
+            "vtd-edu: scenario `ir` (xAPIC) passed",
+        ],
+        ..VTD_IR
+    },
+    Scenario {
+        variant: "ir-x2apic",
+        summary: "Intel VT-d interrupt remapping in extended interrupt mode (intremap=on,eim=on, -cpu max), local APIC in x2APIC mode: IRTE 0 (EIME 1) -> APIC ID 0: remapped MSI as 0x31, reprogrammed -> 0x32; x2APIC ID 0x100 kept whole (reaches nobody), logical destination = our LDR 0x1 -> 0x32; wrong requester -> fault 0x26, freed -> fault 0x22",
+        cpu: Some("max"),
+        iommu_device: Some("intel-iommu,intremap=on,eim=on"),
+        append: Some("ir-x2apic"),
+        require: &[
+            "vtd-edu: ir: local APIC in x2APIC mode, APIC ID 0; 8259 PIC masked, spurious vector 0xff",
+            "ECAP.IR true, ECAP.EIM true",
+            "vtd-edu: ir: IR off: compatibility-format MSI (address 0xfee00000, data 0x40) from 00:01.0: received [0x40]",
+            ", EIME 1; GSTS 0x47000000: IRES 1, IRTPS 1, CFIS 0; 1 global IEC + 1 wait",
+            "vtd-edu: ir: IRTE 0 = APIC ID 0, vector 0x31, SID 00:01.0 (0x0008) only (1 index-selective IEC + 1 wait); edu's MSI address 0xfee00010 (bit 4 = remappable, handle 0), data 0x0: received [0x31]",
+            "vtd-edu: ir: IRTE 0 reprogrammed to vector 0x32 (1 index-selective IEC + 1 wait): the same MSI now received [0x32]",
+            "vtd-edu: ir: IRTE 0 -> x2APIC ID 0x100 (no such CPU; its low 8 bits are ours): received [], no fault; -> logical destination 0x1 (our x2APIC LDR): received [0x32]",
+            "vtd-edu: ir: 00:02.0 (0x0010) sending IRTE 0's handle: received [], interrupt request fault from 00:02.0, index 0: InterruptSourceInvalid (reason 0x26)",
+            "QEMU delivered it, received [0x41], no fault record",
+            "vtd-edu: ir: IRTE 0 freed (1 index-selective IEC + 1 wait): edu's MSI with its handle: received [], interrupt request fault from 00:01.0, index 0: IrteNotPresent (reason 0x22)",
+            "in all 8 IEC (2 global), 5 interrupts received, 0 spurious",
+            "vtd-edu: scenario `ir` (x2APIC) passed",
+        ],
+        ..VTD_IR
     },
 ];
 

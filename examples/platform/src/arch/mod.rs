@@ -3,7 +3,9 @@
 //!
 //! Each architecture module provides the same set of items (`ArchBootInfo`,
 //! `console_putc`, `exit`, `halt`, `clock`, `dma_barrier`, `cpu_can_reach`,
-//! `discover_pci`, `describe`); aarch64 also has `current_el`.
+//! `discover_pci`, `describe`); aarch64 also has `current_el`, x86_64 the
+//! port, MSR and `cpuid` accessors and `enable_interrupts` /
+//! `disable_interrupts`.
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;

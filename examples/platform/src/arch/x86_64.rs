@@ -173,12 +173,57 @@ platform_isr_common:
     hlt
     jmp     5b
 
+    // Interrupt stubs (vectors 32-255): push the vector, save the registers
+    // a Rust call may clobber, call the handler (which logs the vector and
+    // sends the EOI), restore, return to the interrupted code. The target
+    // has no red zone and no SSE state to save.
+    .macro PLATFORM_IRQ n
+platform_irq_\n:
+    pushq   $\n
+    jmp     platform_irq_common
+    .endm
+    .irp    i, 32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100,101,102,103,104,105,106,107,108,109,110,111,112,113,114,115,116,117,118,119,120,121,122,123,124,125,126,127,128,129,130,131,132,133,134,135,136,137,138,139,140,141,142,143,144,145,146,147,148,149,150,151,152,153,154,155,156,157,158,159,160,161,162,163,164,165,166,167,168,169,170,171,172,173,174,175,176,177,178,179,180,181,182,183,184,185,186,187,188,189,190,191,192,193,194,195,196,197,198,199,200,201,202,203,204,205,206,207,208,209,210,211,212,213,214,215,216,217,218,219,220,221,222,223,224,225,226,227,228,229,230,231,232,233,234,235,236,237,238,239,240,241,242,243,244,245,246,247,248,249,250,251,252,253,254,255
+    PLATFORM_IRQ \i
+    .endr
+platform_irq_common:
+    pushq   %rax
+    pushq   %rcx
+    pushq   %rdx
+    pushq   %rsi
+    pushq   %rdi
+    pushq   %r8
+    pushq   %r9
+    pushq   %r10
+    pushq   %r11
+    pushq   %rbp
+    movq    %rsp, %rbp
+    movq    80(%rsp), %rdi              // the vector pushed by the stub
+    andq    $-16, %rsp
+    cld
+    call    platform_x86_64_irq
+    movq    %rbp, %rsp
+    popq    %rbp
+    popq    %r11
+    popq    %r10
+    popq    %r9
+    popq    %r8
+    popq    %rdi
+    popq    %rsi
+    popq    %rdx
+    popq    %rcx
+    popq    %rax
+    addq    $8, %rsp                    // the vector
+    iretq
+
     .section .rodata.platform_isr_table, "a"
     .balign 8
     .globl  platform_isr_table
 platform_isr_table:
     .irp    i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad   platform_isr_\i
+    .endr
+    .irp    i, 32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100,101,102,103,104,105,106,107,108,109,110,111,112,113,114,115,116,117,118,119,120,121,122,123,124,125,126,127,128,129,130,131,132,133,134,135,136,137,138,139,140,141,142,143,144,145,146,147,148,149,150,151,152,153,154,155,156,157,158,159,160,161,162,163,164,165,166,167,168,169,170,171,172,173,174,175,176,177,178,179,180,181,182,183,184,185,186,187,188,189,190,191,192,193,194,195,196,197,198,199,200,201,202,203,204,205,206,207,208,209,210,211,212,213,214,215,216,217,218,219,220,221,222,223,224,225,226,227,228,229,230,231,232,233,234,235,236,237,238,239,240,241,242,243,244,245,246,247,248,249,250,251,252,253,254,255
+    .quad   platform_irq_\i
     .endr
 
     .section .data.platform_boot_gdt, "aw"
@@ -581,7 +626,7 @@ pub fn describe(boot: &crate::BootInfo, f: &mut fmt::Formatter<'_>) -> fmt::Resu
     }
 }
 
-// ---- Exceptions ----
+// ---- Exceptions and interrupts ----
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -595,8 +640,11 @@ struct IdtEntry {
     reserved: u32,
 }
 
+/// Gates: the 32 exceptions, then the interrupt vectors 32-255.
+const IDT_ENTRIES: usize = 256;
+
 #[repr(C, align(16))]
-struct Idt(UnsafeCell<[IdtEntry; 32]>);
+struct Idt(UnsafeCell<[IdtEntry; IDT_ENTRIES]>);
 
 // SAFETY: written once by `init_idt` during single-threaded boot, then only
 // read by the CPU.
@@ -611,12 +659,13 @@ static IDT: Idt = Idt(UnsafeCell::new(
         offset_mid: 0,
         offset_high: 0,
         reserved: 0,
-    }; 32],
+    }; IDT_ENTRIES],
 ));
 
 unsafe extern "C" {
-    /// Addresses of the 32 exception stubs (defined in the boot assembly).
-    static platform_isr_table: [u64; 32];
+    /// Addresses of the 32 exception stubs and the 224 interrupt stubs
+    /// (defined in the boot assembly).
+    static platform_isr_table: [u64; IDT_ENTRIES];
 }
 
 #[repr(C, packed)]
@@ -626,7 +675,7 @@ struct DescriptorPointer {
 }
 
 fn init_idt() {
-    // SAFETY: the table is defined in the assembly above with 32 entries.
+    // SAFETY: the table is defined in the assembly above with 256 entries.
     let stubs = unsafe { &platform_isr_table };
     // SAFETY: boot is single-threaded and the IDT is not loaded yet, so this
     // is the only reference.
@@ -643,7 +692,7 @@ fn init_idt() {
         };
     }
     let pointer = DescriptorPointer {
-        limit: (core::mem::size_of::<[IdtEntry; 32]>() - 1) as u16,
+        limit: (core::mem::size_of::<[IdtEntry; IDT_ENTRIES]>() - 1) as u16,
         base: IDT.0.get() as u64,
     };
     // SAFETY: the IDT is static, fully initialised, and its gates point at
@@ -715,4 +764,66 @@ extern "C" fn platform_x86_64_exception(frame: *const ExceptionFrame) -> ! {
         frame.rsp,
         frame.ss,
     ))
+}
+
+/// Called by the interrupt stubs (vectors 32-255) with interrupts disabled;
+/// returns to the stub, which resumes the interrupted code.
+#[unsafe(no_mangle)]
+extern "C" fn platform_x86_64_irq(vector: u64) {
+    crate::apic::handle_interrupt(vector as u8);
+}
+
+/// Reads a model-specific register.
+///
+/// # Safety
+///
+/// `msr` must exist on this CPU (else `#GP`, which the exception handler
+/// reports fatally), and reading it must have no side effect that breaks
+/// memory safety.
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Writes a model-specific register.
+///
+/// # Safety
+///
+/// `msr` must exist and take `value`, and the write's effect (e.g. moving
+/// the local APIC) must not break memory safety.
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags))
+    };
+}
+
+/// `cpuid` leaf `leaf`, subleaf 0: `(eax, ebx, ecx, edx)`.
+pub fn cpuid(leaf: u32) -> (u32, u32, u32, u32) {
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// Enables maskable interrupts (`sti`).
+///
+/// # Safety
+///
+/// Every vector that can arrive must have a handler that returns (the IDT
+/// gates 32-255 do; an exception vector would be fatal), and no code that
+/// runs with interrupts enabled may hold state the handlers use.
+pub unsafe fn enable_interrupts() {
+    // SAFETY: guaranteed by the caller; `sti` changes only RFLAGS.IF.
+    unsafe { asm!("sti", options(nostack)) };
+}
+
+/// Disables maskable interrupts (`cli`).
+pub fn disable_interrupts() {
+    // SAFETY: `cli` changes only RFLAGS.IF; masking is always safe. (No
+    // `nomem`: a compiler barrier, so reads of what handlers wrote stay
+    // after it.)
+    unsafe { asm!("cli", options(nostack)) };
 }
