@@ -418,6 +418,17 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
         self.global_command(regs::G_TE, false, Wait::TranslationEnable)
     }
 
+    /// The global status register (GSTS) as the unit reports it; the
+    /// [`regs`](crate::regs) `G_*` constants name its bits (TES, IRTPS, IRES,
+    /// CFIS, ...). Reading it has no side effect.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Register`] if the register access is refused.
+    pub fn global_status(&self) -> Result<u32, VtdError> {
+        self.gsts()
+    }
+
     /// Whether remapping is on (GSTS.TES).
     pub fn translation_enabled(&self) -> Result<bool, VtdError> {
         Ok(self.gsts()? & regs::G_TE != 0)

@@ -17,6 +17,7 @@ use iova_core::{
 
 use iommu_intel_vtd::descriptor::{self, ContextScope, Descriptor, IotlbScope};
 use iommu_intel_vtd::fake::{Dma, FakeVtd, QEMU_CAP_39, QEMU_CAP_48, QEMU_ECAP};
+use iommu_intel_vtd::regs;
 use iommu_intel_vtd::{
     Bdf, ContextState, FaultReason, FaultRecord, SecondLevel, UnitConfig, VtdDomain, VtdError,
     VtdInvalidator, VtdUnit,
@@ -156,10 +157,16 @@ fn probe_takes_over_with_queued_invalidation() {
             (1, 1, 1, 1)
         );
         assert!(!u.translation_enabled().unwrap());
+        let status = u.global_status().unwrap();
+        assert_eq!(
+            status & (regs::G_TE | regs::G_SRTP | regs::G_QIE),
+            regs::G_SRTP | regs::G_QIE
+        );
         // Translation off: DMA is untranslated.
         assert_eq!(f.translate(EDU, 0x1234, Dma::Read), Ok(0x1234));
         u.enable_translation().unwrap();
         assert!(u.translation_enabled().unwrap());
+        assert_eq!(u.global_status().unwrap(), status | regs::G_TE);
         u.shutdown().unwrap();
         assert_eq!(frames.live(), 0, "the unit frees its root table and queue");
     }

@@ -63,8 +63,8 @@ use iommu_arm_smmuv3::{
 };
 use iova_core::iova_alloc::{CpuCache, ExtentSlot, IovaAllocatorConfig};
 use iova_core::{
-    DmaMapper, Error as CoreError, IommuDomain, Iova, IovaAllocator, IovaRange, MsiError,
-    MsiWindow, PhysAddr, Prot,
+    DmaMapper, Error as CoreError, IommuDomain, Iova, IovaAllocator, IovaRange, MsiError, PhysAddr,
+    Prot,
 };
 use platform::edu::{self, Edu, EduError};
 use platform::frames::{FRAME_SIZE, FrameAllocator, Frames, FramesError};
@@ -1479,7 +1479,7 @@ fn msi_through_window<D: IommuDomain>(
     // The window is reserved in the allocator: no DMA buffer is ever handed
     // an address in it. The doorbell page is mapped write-only device memory
     // (stage 1 cannot express write-only and grants read too).
-    let mut window = MsiWindow::<_, 1>::new(d, &iovas)?;
+    let mut window = iova_core::MsiWindow::<_, 1>::new(d, &iovas)?;
     let msi = window.map_doorbell(PhysAddr(bell.translater))?;
     let translater = bell.translater;
     let lpi = bell.lpi;

@@ -31,13 +31,11 @@
 //! (xtask/src/trace.rs): IEC descriptors queued, interrupts remapped through
 //! the table, fault records read.
 
-use core::sync::atomic::AtomicUsize;
-
 use iommu_intel_vtd::acpi;
-use iommu_intel_vtd::regs::MmioRegion;
+use iommu_intel_vtd::regs::{G_CFI, G_IRE, G_SIRTP};
 use iommu_intel_vtd::{
     Bdf, CounterSnapshot, DestinationMode, Dmar, FaultReason, FaultRecord, IrConfig, IrtIndex,
-    Irte, IrteError, MsiMessage, SourceValidation, UnitConfig, VtdError, VtdUnit,
+    Irte, IrteError, MsiMessage, SourceValidation, VtdError,
 };
 use platform::apic::{self, ApicMode, IrqLog, LocalApic};
 use platform::edu::{self, Edu};
@@ -46,10 +44,7 @@ use platform::pci::{self, CMD_BUS_MASTER, CMD_MEMORY, Ecam};
 use platform::setup::SetupError;
 use platform::{BootInfo, demo, println};
 
-use super::{
-    CLFLUSH, Error, IdentityMapped, NAME, TABLE_FRAMES, TablePool, Unit, bridge_buses, rsdp,
-    vtd_bdf,
-};
+use super::{Error, IdentityMapped, NAME, TablePool, Unit, bridge_buses, open_unit, rsdp, vtd_bdf};
 
 /// Vector of the compatibility-format MSI before remapping is on.
 pub const V_BEFORE: u8 = 0x40;
@@ -65,13 +60,6 @@ const WIDE_APIC_ID: u32 = 0x100;
 const QUIET_MS: u64 = 200;
 /// Most interrupts a step records (a storm ends the step, and fails it).
 const MAX_PER_STEP: usize = 8;
-
-/// GSTS and its interrupt remapping bits (read directly: reading GSTS has
-/// no side effect, and the library does not expose it).
-const GSTS: usize = 0x1c;
-const GSTS_IRES: u32 = 1 << 25;
-const GSTS_IRTPS: u32 = 1 << 24;
-const GSTS_CFIS: u32 = 1 << 23;
 
 /// Which scenario the command line names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,39 +216,12 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     let drhd = dmar
         .unit_for(0, edu_bdf, |b| bridge_buses(&host, b))
         .ok_or(Error::NoUnit(edu_bdf))?;
-    if !platform::arch::cpu_can_reach(drhd.register_base, drhd.register_size()) {
-        return Err(Error::Check(
-            "unit registers not mapped",
-            drhd.register_base,
-        ));
-    }
-    let gsts = || {
-        // SAFETY: GSTS of the DRHD's register block (identity mapped,
-        // uncached); reading it has no side effect.
-        unsafe { platform::mmio::read32(drhd.register_base as usize + GSTS) }
-    };
     let mut frames = FrameAllocator::take().ok_or(Error::Check("frame pool taken", 0))?;
-    let pool = TablePool {
-        block: frames.alloc(TABLE_FRAMES)?,
-        next: AtomicUsize::new(0),
-        freed: AtomicUsize::new(0),
-    };
-    // SAFETY: the DRHD's register block, identity mapped and uncached by the
-    // boot stub (above 2 GiB), programmed by nobody else (reads of GSTS
-    // above aside).
-    let regs = unsafe {
-        MmioRegion::new(
-            drhd.register_base as usize as *mut u8,
-            drhd.register_size() as usize,
-        )
-    };
-    let config = UnitConfig {
-        register_size: drhd.register_size() as usize,
-        walk_cache: Some(&CLFLUSH),
-        address_width: Some(dmar.address_bits()),
-        ..UnitConfig::default()
-    };
-    let unit = VtdUnit::new(regs, &pool, config)?;
+    let pool = TablePool::new(&mut frames)?;
+    // Legacy mode: interrupt remapping does not depend on the translation
+    // mode, and DMA translation stays off.
+    let unit = open_unit(&dmar, &drhd, &pool, false)?;
+    let gsts = || unit.global_status();
     let ecap = unit.features().ecap;
     println!(
         "{NAME}: ir: unit at {:#x} covers {edu_bdf} and {other_bdf}: ECAP.IR {}, ECAP.EIM {}, CAP.NFR+1 = {} fault record(s); DMA translation stays off",
@@ -302,8 +263,8 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
             ..IrConfig::default()
         })
     })?;
-    let status = gsts();
-    if status & (GSTS_IRES | GSTS_IRTPS) != GSTS_IRES | GSTS_IRTPS || status & GSTS_CFIS != 0 {
+    let status = gsts()?;
+    if status & (G_IRE | G_SIRTP) != G_IRE | G_SIRTP || status & G_CFI != 0 {
         return Err(Error::Check(
             "GSTS after enabling: not IRES + IRTPS without CFIS",
             u64::from(status),
@@ -476,8 +437,8 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     // 6. Compatibility format with CFIS clear: whatever QEMU does.
     let late = compat(V_COMPAT)?;
     program_msi(ecam, edu_pci, late)?;
-    let status = gsts();
-    if status & GSTS_CFIS != 0 {
+    let status = gsts()?;
+    if status & G_CFI != 0 {
         return Err(Error::Check("GSTS.CFIS set", u64::from(status)));
     }
     let got = raise(&mut edu);
@@ -530,8 +491,8 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         drop(ir);
         Ok(())
     })?;
-    let status = gsts();
-    if status & GSTS_IRES != 0 {
+    let status = gsts()?;
+    if status & G_IRE != 0 {
         return Err(Error::Check(
             "GSTS.IRES still set after the drop",
             u64::from(status),

@@ -47,7 +47,7 @@ mod ir;
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use iommu_intel_vtd::acpi::dmar::Structure;
+use iommu_intel_vtd::acpi::dmar::{Drhd, Structure};
 use iommu_intel_vtd::acpi::{self, AcpiError, PhysMemory};
 use iommu_intel_vtd::fault::AccessKind;
 use iommu_intel_vtd::regs::MmioRegion;
@@ -185,6 +185,53 @@ unsafe impl TableFrames for TablePool {
 }
 
 type Unit<'p> = VtdUnit<MmioRegion, &'p TablePool>;
+
+impl TablePool {
+    /// A pool of [`TABLE_FRAMES`] frames taken from `frames`.
+    fn new(frames: &mut FrameAllocator) -> Result<Self, Error> {
+        Ok(Self {
+            block: frames.alloc(TABLE_FRAMES)?,
+            next: AtomicUsize::new(0),
+            freed: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// The unit whose registers `drhd` describes, with its tables from `pool`;
+/// in scalable mode if `scalable` and the unit offers it.
+fn open_unit<'p>(
+    dmar: &Dmar,
+    drhd: &Drhd<'_>,
+    pool: &'p TablePool,
+    scalable: bool,
+) -> Result<Unit<'p>, Error> {
+    if !platform::arch::cpu_can_reach(drhd.register_base, drhd.register_size()) {
+        return Err(Error::Check(
+            "unit registers not mapped",
+            drhd.register_base,
+        ));
+    }
+    // SAFETY: the DRHD's register block, identity mapped and uncached by the
+    // boot stub (above 2 GiB), programmed by nobody else.
+    let regs = unsafe {
+        MmioRegion::new(
+            drhd.register_base as usize as *mut u8,
+            drhd.register_size() as usize,
+        )
+    };
+    let offered = Features::read(&regs)
+        .map_err(VtdError::Register)?
+        .ecap
+        .scalable_mode();
+    let config = UnitConfig {
+        register_size: drhd.register_size() as usize,
+        walk_cache: Some(&CLFLUSH),
+        address_width: Some(dmar.address_bits()),
+        scalable: scalable && offered,
+        ..UnitConfig::default()
+    };
+    Ok(VtdUnit::new(regs, pool, config)?)
+}
 
 /// Writes CPU caches back for a unit whose table walks do not snoop them
 /// (ECAP.C = 0, as QEMU reports): `clflush` per 64-byte line, `mfence` to
@@ -429,43 +476,12 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
             ", explicit scope"
         }
     );
-    if !platform::arch::cpu_can_reach(drhd.register_base, drhd.register_size()) {
-        return Err(Error::Check(
-            "unit registers not mapped",
-            drhd.register_base,
-        ));
-    }
 
     let mut frames = FrameAllocator::take().ok_or(Error::Check("frame pool taken", 0))?;
-    let pool = TablePool {
-        block: frames.alloc(TABLE_FRAMES)?,
-        next: AtomicUsize::new(0),
-        freed: AtomicUsize::new(0),
-    };
-    // SAFETY: the DRHD's register block, identity mapped and uncached by the
-    // boot stub (above 2 GiB), programmed by nobody else.
-    let regs = unsafe {
-        MmioRegion::new(
-            drhd.register_base as usize as *mut u8,
-            drhd.register_size() as usize,
-        )
-    };
-    let config = UnitConfig {
-        register_size: drhd.register_size() as usize,
-        walk_cache: Some(&CLFLUSH),
-        address_width: Some(dmar.address_bits()),
-        ..UnitConfig::default()
-    };
+    let pool = TablePool::new(&mut frames)?;
     // Scalable mode where the unit has it (x-scalable-mode=on), and then
     // first-level translation where it has that (x-flts=on).
-    let config = UnitConfig {
-        scalable: Features::read(&regs)
-            .map_err(VtdError::Register)?
-            .ecap
-            .scalable_mode(),
-        ..config
-    };
-    let unit = VtdUnit::new(regs, &pool, config)?;
+    let unit = open_unit(&dmar, &drhd, &pool, true)?;
     println!("{NAME}: {}", unit.features());
     let first_level = unit.scalable() && unit.features().ecap.first_level_translation();
     let mode = match (unit.scalable(), first_level) {

@@ -96,6 +96,13 @@ fn a_refused_access_after_probe_is_a_typed_error_and_changes_nothing() {
     assert_eq!(u.translation_enabled(), Ok(false));
     f.refuse_access(Some(regs::GSTS));
     assert_eq!(
+        u.global_status(),
+        Err(VtdError::Register(MmioError::Width {
+            offset: regs::GSTS,
+            width: Width::W32
+        }))
+    );
+    assert_eq!(
         u.translation_enabled(),
         Err(VtdError::Register(MmioError::Width {
             offset: regs::GSTS,
