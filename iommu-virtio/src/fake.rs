@@ -304,7 +304,8 @@ pub struct FakeConfig {
     pub domain_range: (u32, u32),
     /// `probe_size`.
     pub probe_size: u32,
-    /// Initial `bypass`.
+    /// Initial `bypass`. Only a device that offers `BYPASS_CONFIG` looks at
+    /// it (see [`FakeIommu::dma`]).
     pub bypass: u8,
     /// Largest queue size.
     pub max_queue: u16,
@@ -483,6 +484,12 @@ impl FakeIommu {
 
     /// A DMA by `endpoint` at `iova`: the physical address it reaches, or
     /// `None` after posting the fault the device reports.
+    ///
+    /// An endpoint attached to no domain bypasses translation as the
+    /// specification's "bypass mode" says: when the device offers
+    /// `BYPASS_CONFIG` and `bypass` is 1 (whether or not the driver accepted
+    /// `BYPASS_CONFIG`: the initial value holds then), or when the driver
+    /// accepted `BYPASS`. Otherwise its DMA faults.
     pub fn dma(&self, endpoint: u32, iova: u64, write: bool) -> Option<u64> {
         let mut s = self.lock();
         let need = if write {
@@ -497,7 +504,7 @@ impl FakeIommu {
         };
         let fault = match s.attached.get(&endpoint).and_then(|d| s.domains.get(d)) {
             None => {
-                if s.config.bypass == 1 {
+                if s.unattached_bypass() {
                     return Some(iova);
                 }
                 let reason = if s.endpoints.contains_key(&endpoint) {
@@ -663,6 +670,17 @@ fn body<T: FromBytes>(out: &[u8]) -> Option<T> {
 impl State {
     fn negotiated(&self, f: Features) -> bool {
         self.driver_features & f.bits() != 0
+    }
+
+    fn offered(&self, f: Features) -> bool {
+        self.device_features & f.bits() != 0
+    }
+
+    /// Whether endpoints attached to no domain are in bypass mode: the two
+    /// cases of the specification's definition, either one enough.
+    fn unattached_bypass(&self) -> bool {
+        (self.offered(Features::BYPASS_CONFIG) && self.config.bypass == 1)
+            || self.negotiated(Features::BYPASS)
     }
 
     fn push_used(&mut self, qi: usize, id: u32, len: u32) {
