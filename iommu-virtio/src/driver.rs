@@ -70,9 +70,13 @@ pub const DEFAULT_WAIT: WaitBudget = WaitBudget::polls(50_000_000);
 pub struct DriverConfig {
     /// The wait for replies and for the reset ([`DEFAULT_WAIT`] by default).
     pub wait: WaitBudget,
-    /// Let endpoints nobody attached bypass translation. Off by default:
-    /// when the device offers `BYPASS_CONFIG` the driver writes `bypass = 0`,
-    /// so their DMA faults (default deny).
+    /// Let endpoints nobody attached bypass translation. Off by default
+    /// (default deny): the driver declines `BYPASS` and, when the device
+    /// offers `BYPASS_CONFIG`, writes `bypass = 0`, so their DMA faults. On,
+    /// the driver writes `bypass = 1` with `BYPASS_CONFIG`, or else accepts
+    /// `BYPASS`; a device that offers neither is refused
+    /// ([`VirtioIommuError::MissingFeatures`]). See the crate's
+    /// "Default deny" section.
     pub bypass_unattached: bool,
 }
 
@@ -103,7 +107,9 @@ pub struct Geometry {
     pub domain_end: u32,
     /// Bytes of properties in a PROBE reply (0 without `PROBE`).
     pub probe_size: u32,
-    /// Whether endpoints nobody attached bypass translation, after init.
+    /// Whether endpoints nobody attached bypass translation, after init:
+    /// `bypass` as read back with `BYPASS_CONFIG`, otherwise whether `BYPASS`
+    /// was accepted.
     pub unattached_bypass: bool,
 }
 
@@ -523,6 +529,9 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
     /// sets `DRIVER_OK`.
     ///
     /// On error the device is left with `FAILED` set (or still in reset).
+    /// [`VirtioIommuError::MissingFeatures`] with `BYPASS | BYPASS_CONFIG`:
+    /// [`DriverConfig::bypass_unattached`] asked for bypass and the device
+    /// offers neither way to give it.
     pub fn new(mut transport: T, config: DriverConfig) -> Result<Self, VirtioIommuError> {
         match Self::init(&mut transport, &config) {
             Ok((features, geometry, req, evt)) => {
@@ -566,7 +575,17 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioIommu<H, T, Q> {
                 (Features::REQUIRED - offered).bits(),
             ));
         }
-        let features = offered & Features::SUPPORTED;
+        let bypass_features = Features::BYPASS | Features::BYPASS_CONFIG;
+        if config.bypass_unattached && !offered.intersects(bypass_features) {
+            return Err(VirtioIommuError::MissingFeatures(bypass_features.bits()));
+        }
+        let mut features = offered & Features::SUPPORTED;
+        // Once accepted, F_BYPASS lets unattached endpoints through whatever
+        // `bypass` says; BYPASS_CONFIG supersedes it and keeps that choice
+        // the driver's.
+        if !config.bypass_unattached || features.contains(Features::BYPASS_CONFIG) {
+            features.remove(Features::BYPASS);
+        }
         t.write_driver_features(features.bits());
         let ok = DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK;
         t.set_status(ok);

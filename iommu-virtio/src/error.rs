@@ -206,7 +206,10 @@ pub enum Wait {
 pub enum VirtioIommuError {
     /// The transport's device is not a virtio-iommu (device type).
     NotAnIommu(u32),
-    /// The device does not offer a feature the driver needs.
+    /// The device does not offer a feature the driver needs: the bits of
+    /// those missing. `BYPASS | BYPASS_CONFIG` (0x48): the
+    /// [`DriverConfig`](crate::DriverConfig) asks for bypass of unattached
+    /// endpoints and the device offers neither (either would do).
     MissingFeatures(u64),
     /// The device did not keep `FEATURES_OK` set after negotiation.
     FeaturesRejected,

@@ -11,7 +11,11 @@ bitflags::bitflags! {
         const DOMAIN_RANGE = 1 << 1;
         /// MAP and UNMAP requests are supported.
         const MAP_UNMAP = 1 << 2;
-        /// Unattached endpoints bypass translation (fixed by the device).
+        /// Unattached endpoints bypass translation while this is negotiated.
+        /// Accepted only when [`DriverConfig::bypass_unattached`] asks for it
+        /// and `BYPASS_CONFIG` is not offered.
+        ///
+        /// [`DriverConfig::bypass_unattached`]: crate::DriverConfig::bypass_unattached
         const BYPASS = 1 << 3;
         /// PROBE requests are supported; `probe_size` is valid.
         const PROBE = 1 << 4;
@@ -35,7 +39,8 @@ bitflags::bitflags! {
 
 impl Features {
     /// What this driver accepts when offered. `VERSION_1` and `MAP_UNMAP` are
-    /// required; the others are used when present. Indirect descriptors and
+    /// required; the others are used when present, but `BYPASS` only as its
+    /// own documentation says (default deny). Indirect descriptors and
     /// event-index suppression are not needed (requests are two descriptors,
     /// the driver polls).
     pub const SUPPORTED: Features = Features::VERSION_1

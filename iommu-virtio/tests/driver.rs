@@ -108,8 +108,8 @@ fn bypass_is_kept_only_when_asked_and_never_written_without_bypass_config() {
         "writing bypass without BYPASS_CONFIG fails QEMU"
     );
     assert!(
-        d.geometry().unattached_bypass,
-        "F_BYPASS: the device bypasses"
+        !d.geometry().unattached_bypass,
+        "F_BYPASS offered, bypass not asked: declined"
     );
     assert_eq!(d.geometry().probe_size, 0, "no PROBE: probe_size not read");
     assert_eq!(
@@ -122,6 +122,116 @@ fn bypass_is_kept_only_when_asked_and_never_written_without_bypass_config() {
         d.probe(EP),
         Err(VirtioIommuError::NotNegotiated(_))
     ));
+}
+
+/// The endpoint's DMA faults, and the driver sees a DOMAIN fault for it.
+fn assert_unattached_dma_is_blocked(fake: &FakeIommu, d: &Driver, why: &str) {
+    assert_eq!(fake.dma(EP, 0x1234_5000, false), None, "{why}: blocked");
+    assert_eq!(
+        d.pop_fault().map(|f| (f.reason, f.endpoint, f.address)),
+        Some((FaultReason::Domain, EP, Some(0x1234_5000))),
+        "{why}: a DOMAIN fault"
+    );
+}
+
+#[test]
+fn f_bypass_without_bypass_config_is_declined_unless_asked_and_unattached_dma_faults() {
+    // bypass = 1 in the config: a device without BYPASS_CONFIG ignores it.
+    let cfg = FakeConfig {
+        features: Features::VERSION_1 | Features::MAP_UNMAP | Features::BYPASS,
+        bypass: 1,
+        ..Default::default()
+    };
+    let (fake, d) = setup::<16>(cfg, patient());
+    assert_unattached_dma_is_blocked(&fake, &d, "F_BYPASS offered, not asked");
+    assert!(!d.geometry().unattached_bypass);
+    assert_eq!(
+        fake.driver_features(),
+        Features::VERSION_1 | Features::MAP_UNMAP,
+        "F_BYPASS declined"
+    );
+    assert_eq!(d.features(), fake.driver_features());
+    assert_eq!(fake.bypass_writes(), 0);
+}
+
+#[test]
+fn every_offer_of_bypass_and_bypass_config_against_either_request_agrees_with_the_device() {
+    const B: Features = Features::BYPASS;
+    const C: Features = Features::BYPASS_CONFIG;
+    const NONE: Features = Features::empty();
+    // (offered, asked) -> negotiated of B | C, bypass written (None: never),
+    // unattached endpoints bypass. Both offered: BYPASS_CONFIG supersedes,
+    // F_BYPASS is never accepted (it would bypass whatever `bypass` says).
+    let rows: [(Features, bool, Features, Option<u8>, bool); 7] = [
+        (NONE, false, NONE, None, false),
+        (B, false, NONE, None, false),
+        (B, true, B, None, true),
+        (C, false, C, Some(0), false),
+        (C, true, C, Some(1), true),
+        (B | C, false, C, Some(0), false),
+        (B | C, true, C, Some(1), true),
+    ];
+    let base = FakeConfig::default().features - C;
+    for (offered, asked, negotiated, written, bypass) in rows {
+        // The byte the device starts with must not decide anything.
+        for initial in [0u8, 1] {
+            let case = format!("offered {offered:?}, asked {asked}, initial bypass {initial}");
+            let (fake, t) = FakeIommu::new(FakeConfig {
+                features: base | offered,
+                bypass: initial,
+                ..Default::default()
+            });
+            let dc = DriverConfig {
+                bypass_unattached: asked,
+                ..patient()
+            };
+            let d = Driver::new(t, dc).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(d.features(), fake.driver_features(), "{case}");
+            assert_eq!(fake.driver_features() & (B | C), negotiated, "{case}");
+            assert_eq!(
+                fake.driver_features() - (B | C),
+                base & Features::SUPPORTED,
+                "{case}"
+            );
+            match written {
+                Some(v) => assert_eq!((fake.bypass_writes(), fake.bypass()), (1, v), "{case}"),
+                None => assert_eq!(fake.bypass_writes(), 0, "{case}"),
+            }
+            assert_eq!(d.geometry().unattached_bypass, bypass, "{case}");
+            if bypass {
+                assert_eq!(fake.dma(EP, 0x1234_5000, true), Some(0x1234_5000), "{case}");
+                assert_eq!(d.pop_fault(), None, "{case}");
+            } else {
+                assert_unattached_dma_is_blocked(&fake, &d, &case);
+            }
+            // Attached, the endpoint translates in every case.
+            d.attach(EP, 1).unwrap();
+            d.request(map(1, 0x10_0000, 0x1000, 0x4000_0000, wire::MAP_F_READ))
+                .unwrap();
+            assert_eq!(fake.dma(EP, 0x10_0008, false), Some(0x4000_0008), "{case}");
+            assert_eq!(fake.dma(EP, 0x1234_5000, false), None, "{case}");
+        }
+    }
+
+    // Asked for bypass, offered neither: refused before any feature is
+    // accepted, as a missing required feature is.
+    let (fake, t) = FakeIommu::new(FakeConfig {
+        features: base,
+        ..Default::default()
+    });
+    let dc = DriverConfig {
+        bypass_unattached: true,
+        ..patient()
+    };
+    assert_eq!(
+        Driver::<16>::new(t, dc).err(),
+        Some(VirtioIommuError::MissingFeatures((B | C).bits()))
+    );
+    assert_eq!(fake.driver_features(), NONE, "nothing accepted");
+    assert_ne!(fake.status() & DeviceStatus::FAILED.bits() as u8, 0);
+    assert_eq!(fake.status() & DeviceStatus::DRIVER_OK.bits() as u8, 0);
+    assert_eq!(fake.bypass_writes(), 0);
+    assert_eq!(fake.dma(EP, 0x1234_5000, false), None, "blocked");
 }
 
 #[test]
