@@ -13,12 +13,13 @@
 //!   [`virtio_drivers::transport::Transport`] works.
 //! - [`VirtioIommu`] ([`driver`]): reset with a bounded wait, feature
 //!   negotiation (VERSION_1, MAP_UNMAP required; INPUT_RANGE, DOMAIN_RANGE,
-//!   PROBE, MMIO, BYPASS_CONFIG, BYPASS used when offered; ACCESS_PLATFORM
-//!   never, the IOMMU's own rings are untranslated), the configuration read
-//!   under the generation counter ([`Geometry`]: granule from
-//!   `page_size_mask`, aperture from `input_range`, domain IDs, `probe_size`),
-//!   and `bypass = 0` whenever BYPASS_CONFIG is offered so that endpoints
-//!   nobody attached cannot DMA. Requests (ATTACH, with the bypass flag for
+//!   PROBE, MMIO, BYPASS_CONFIG used when offered; BYPASS only when asked
+//!   for; ACCESS_PLATFORM never, the IOMMU's own rings are untranslated), the
+//!   configuration read under the generation counter ([`Geometry`]: granule
+//!   from `page_size_mask`, aperture from `input_range`, domain IDs,
+//!   `probe_size`), and endpoints nobody attached kept from memory unless
+//!   the caller asks otherwise (see [Default deny](#default-deny)).
+//!   Requests (ATTACH, with the bypass flag for
 //!   identity domains; DETACH; MAP; UNMAP; PROBE) go out in batches with one
 //!   notification; every reply is waited for with a bound
 //!   ([`WaitBudget`], iova-core's, [`driver::DEFAULT_WAIT`] unless
@@ -89,6 +90,29 @@
 //! assert_eq!((fault.endpoint, fault.address), (0x10, Some(dev.0)));
 //! # }
 //! ```
+//!
+//! # Default deny
+//!
+//! An endpoint attached to no domain reaches no memory unless
+//! [`DriverConfig::bypass_unattached`] asks for it (off by default).
+//! The specification puts such an endpoint in bypass mode (identity
+//! translation) when the device offers BYPASS_CONFIG and its `bypass` byte
+//! is 1 (even if the driver does not accept BYPASS_CONFIG), or when the
+//! driver accepts BYPASS. So the driver:
+//!
+//! | device offers | `bypass_unattached: false` | `bypass_unattached: true` |
+//! |---|---|---|
+//! | neither | nothing to do: blocked | refused: [`VirtioIommuError::MissingFeatures`] with `BYPASS \| BYPASS_CONFIG` |
+//! | BYPASS | BYPASS declined: blocked | BYPASS accepted: bypass |
+//! | BYPASS_CONFIG | accepted, `bypass = 0` written and read back: blocked | accepted, `bypass = 1`: bypass |
+//! | both | BYPASS declined, `bypass = 0`: blocked | BYPASS declined (BYPASS_CONFIG supersedes it), `bypass = 1`: bypass |
+//!
+//! A `bypass` byte that does not read back as written is
+//! [`VirtioIommuError::BadConfig`]`(`[`ConfigField::Bypass`]`)`. After
+//! bring-up, [`Geometry::unattached_bypass`] says which holds. Endpoints
+//! attached to a bypass domain ([`VirtioIommu::attach_bypass`], needs
+//! BYPASS_CONFIG) bypass whatever this says; a detached endpoint falls back
+//! to it.
 //!
 //! # What comes from `virtio-drivers`, and what does not
 //!
