@@ -419,7 +419,7 @@ impl<M: Mmio, A: FrameAllocator> VtdUnit<M, A> {
     }
 
     /// The global status register (GSTS) as the unit reports it; the
-    /// [`regs`](crate::regs) `G_*` constants name its bits (TES, IRTPS, IRES,
+    /// [`regs`] `G_*` constants name its bits (TES, IRTPS, IRES,
     /// CFIS, ...). Reading it has no side effect.
     ///
     /// # Errors
