@@ -9,8 +9,11 @@
 //! its vector and sends the EOI before `iretq`; the spurious vector is
 //! counted apart and gets no EOI, as the architecture requires.
 //!
-//! Interrupts stay masked (`RFLAGS.IF = 0`) except inside [`wait_vector`],
-//! so a device's interrupt waits in the APIC's IRR until a test asks for it.
+//! Interrupts stay masked (`RFLAGS.IF = 0`) except inside [`wait_vector`]
+//! and [`idle`] (which [`crate::irq`]'s waits call), so a device's
+//! interrupt waits in the APIC's IRR until a test asks for it. A vector
+//! with a handler registered through [`crate::irq`] runs it before the EOI;
+//! [`idle`] sleeps with the APIC timer armed ([`TIMER_VECTOR`], one-shot).
 
 use core::fmt;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
@@ -35,6 +38,22 @@ const XAPIC_SVR: usize = 0xf0;
 const SVR_ENABLE: u32 = 1 << 8;
 /// The spurious-interrupt vector [`LocalApic::enable`] programs.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// The vector of the local APIC timer that bounds [`idle`]'s sleep.
+pub const TIMER_VECTOR: u8 = 0xfe;
+/// Timer registers: LVT timer, initial count, current count, divide
+/// configuration (xAPIC offsets, x2APIC MSRs).
+const XAPIC_LVT_TIMER: usize = 0x320;
+const X2APIC_LVT_TIMER: u32 = 0x832;
+const XAPIC_TIMER_INITIAL: usize = 0x380;
+const X2APIC_TIMER_INITIAL: u32 = 0x838;
+const XAPIC_TIMER_CURRENT: usize = 0x390;
+const X2APIC_TIMER_CURRENT: u32 = 0x839;
+const XAPIC_TIMER_DIVIDE: usize = 0x3e0;
+const X2APIC_TIMER_DIVIDE: u32 = 0x83e;
+/// Divide configuration 0b0011: the timer counts at the bus clock / 16.
+const TIMER_DIVIDE_16: u32 = 0b0011;
+/// LVT mask bit; timer mode bits 18:17 = 0 is one-shot.
+const LVT_MASKED: u32 = 1 << 16;
 /// The 8259 PICs' data (mask) ports.
 const PIC_MASTER_DATA: u16 = 0x21;
 const PIC_SLAVE_DATA: u16 = 0xa1;
@@ -223,6 +242,109 @@ impl LocalApic {
     }
 }
 
+/// Enables the local APIC in the mode the CPU is in now (x2APIC if
+/// `IA32_APIC_BASE` says so, else xAPIC): what code that only needs
+/// interrupts delivered, and leaves the mode to the program, calls.
+pub fn enable_current_mode() -> Result<LocalApic, ApicError> {
+    let (_, _, _, edx) = arch::cpuid(1);
+    if edx & CPUID1_EDX_APIC == 0 {
+        return Err(ApicError::NoApic);
+    }
+    // SAFETY: CPUID says the APIC exists, so IA32_APIC_BASE does; reading
+    // it has no side effect.
+    let base = unsafe { arch::rdmsr(IA32_APIC_BASE) };
+    let mode = if base & BASE_X2APIC != 0 {
+        ApicMode::X2Apic
+    } else {
+        ApicMode::XApic
+    };
+    LocalApic::enable(mode)
+}
+
+/// Reads a timer register of the enabled APIC; `None` before
+/// [`LocalApic::enable`].
+fn timer_read(offset: usize, msr: u32) -> Option<u32> {
+    match MODE.load(Ordering::Acquire) {
+        // SAFETY: mode 1 was stored after `enable` checked the xAPIC page is
+        // identity mapped uncached; the timer registers only are read,
+        // without side effect.
+        1 => Some(unsafe { mmio::read32(XAPIC_BASE.load(Ordering::Relaxed) + offset) }),
+        // SAFETY: mode 2 means x2APIC mode is on, so the timer MSRs exist.
+        2 => Some(unsafe { arch::rdmsr(msr) as u32 }),
+        _ => None,
+    }
+}
+
+/// Writes a timer register of the enabled APIC (nothing before enable).
+fn timer_write(offset: usize, msr: u32, value: u32) {
+    match MODE.load(Ordering::Acquire) {
+        // SAFETY: as in `timer_read`; the timer registers only start, stop
+        // or configure the timer, whose vector's gate returns.
+        1 => unsafe { mmio::write32(XAPIC_BASE.load(Ordering::Relaxed) + offset, value) },
+        // SAFETY: as in `timer_read`.
+        2 => unsafe { arch::wrmsr(msr, u64::from(value)) },
+        _ => {}
+    }
+}
+
+/// Timer ticks per millisecond at divide-by-16, measured on first use:
+/// 0 = not yet, `u32::MAX` = the measurement failed (no clock, no APIC,
+/// or the timer did not count).
+static TICKS_PER_MS: AtomicU32 = AtomicU32::new(0);
+
+/// The timer's rate, measuring it against [`crate::time`]'s clock (for
+/// 1 ms, the timer masked) the first time; `None` if it cannot be used.
+fn timer_ticks_per_ms() -> Option<u32> {
+    match TICKS_PER_MS.load(Ordering::Relaxed) {
+        0 => {}
+        u32::MAX => return None,
+        t => return Some(t),
+    }
+    crate::time::clock()?;
+    timer_read(XAPIC_TIMER_CURRENT, X2APIC_TIMER_CURRENT)?;
+    timer_write(XAPIC_LVT_TIMER, X2APIC_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    timer_write(XAPIC_TIMER_DIVIDE, X2APIC_TIMER_DIVIDE, TIMER_DIVIDE_16);
+    timer_write(XAPIC_TIMER_INITIAL, X2APIC_TIMER_INITIAL, u32::MAX);
+    let mut deadline = crate::time::Deadline::after_ms(1);
+    while !deadline.expired() {
+        core::hint::spin_loop();
+    }
+    let left = timer_read(XAPIC_TIMER_CURRENT, X2APIC_TIMER_CURRENT).unwrap_or(u32::MAX);
+    timer_write(XAPIC_TIMER_INITIAL, X2APIC_TIMER_INITIAL, 0);
+    let ticks = u32::MAX - left;
+    let stored = if ticks == 0 || ticks == u32::MAX { u32::MAX } else { ticks };
+    TICKS_PER_MS.store(stored, Ordering::Relaxed);
+    (stored != u32::MAX).then_some(stored)
+}
+
+/// Sleeps (`sti; hlt`) for at most `us` microseconds: arms the local APIC
+/// timer in one-shot mode, halts with interrupts enabled until the first
+/// interrupt (taken, its handler run), then masks interrupts and stops the
+/// timer. Without a usable timer it only opens an interrupt window and
+/// returns, so a caller's loop polls instead of sleeping: a halt with
+/// nothing armed to end it could last for ever.
+pub fn idle(us: u64) {
+    let Some(per_ms) = timer_ticks_per_ms() else {
+        // SAFETY: every gate 32-255 returns (see `wait_vector`); the window
+        // is one instruction long.
+        unsafe { arch::enable_interrupts() };
+        core::hint::spin_loop();
+        arch::disable_interrupts();
+        return;
+    };
+    let count = (u64::from(per_ms) * us / 1000).clamp(1, u64::from(u32::MAX)) as u32;
+    timer_write(XAPIC_LVT_TIMER, X2APIC_LVT_TIMER, u32::from(TIMER_VECTOR));
+    timer_write(XAPIC_TIMER_DIVIDE, X2APIC_TIMER_DIVIDE, TIMER_DIVIDE_16);
+    timer_write(XAPIC_TIMER_INITIAL, X2APIC_TIMER_INITIAL, count);
+    // SAFETY: every gate 32-255 leads to a stub that runs the handler,
+    // sends the EOI and returns; the timer is armed, so the halt ends by
+    // its expiry at the latest.
+    unsafe { arch::enable_interrupts_and_halt() };
+    arch::disable_interrupts();
+    timer_write(XAPIC_TIMER_INITIAL, X2APIC_TIMER_INITIAL, 0);
+    timer_write(XAPIC_LVT_TIMER, X2APIC_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+}
+
 /// Signals end of interrupt to the local APIC, in whichever mode
 /// [`LocalApic::enable`] put it (nothing before that).
 fn eoi() {
@@ -250,14 +372,27 @@ static SPURIOUS: AtomicU32 = AtomicU32::new(0);
 
 /// Called by the interrupt stubs, with interrupts masked. Only it writes
 /// the log (one CPU, handlers do not nest), so plain loads and stores do.
+///
+/// The sleep timer's vector only ends (it is not logged); any other runs
+/// its registered handler ([`crate::irq`]) and, if that asks, has its
+/// IOAPIC pin masked, before the EOI: for a level-triggered vector the EOI
+/// is what clears the IOAPIC's Remote IRR, after which a line still
+/// asserted fires again.
 pub(crate) fn handle_interrupt(vector: u8) {
     if vector == SPURIOUS_VECTOR {
         SPURIOUS.store(SPURIOUS.load(Ordering::Relaxed) + 1, Ordering::Release);
         return;
     }
+    if vector == TIMER_VECTOR {
+        eoi();
+        return;
+    }
     let n = RECEIVED.load(Ordering::Relaxed);
     LAST[n as usize % LOG_LEN].store(vector, Ordering::Relaxed);
     RECEIVED.store(n.wrapping_add(1), Ordering::Release);
+    if let Some(gsi) = crate::irq::dispatch(u32::from(vector)) {
+        crate::ioapic::set_masked(gsi, true);
+    }
     eoi();
 }
 

@@ -11,9 +11,10 @@
 //! 0xff, group 1 on). Tables are programmed before `GITS_CTLR.Enabled`, as
 //! the ITS ignores them afterwards.
 //!
-//! Interrupts stay masked in `DAIF`: the CPU is never interrupted; an LPI is
-//! found by reading `ICC_IAR1_EL1` ([`poll_lpi`]), which also acknowledges
-//! it. Every wait is bounded.
+//! Interrupts stay masked in `DAIF`: the CPU is not interrupted by an LPI;
+//! one is found by reading `ICC_IAR1_EL1` ([`poll_lpi`]), which also
+//! acknowledges it. Every wait is bounded. (Wired interrupts, taken as IRQ
+//! exceptions, are [`crate::gic`]'s.)
 //!
 //! All tables come from the frame allocator (zeroed) and are never given
 //! back: the ITS and redistributor keep using them.
@@ -48,14 +49,8 @@ const VALID: u64 = 1 << 63;
 const BASER_TYPE_DEVICE: u64 = 1;
 const BASER_TYPE_COLLECTION: u64 = 4;
 
-const GICD_CTLR: usize = 0x0;
-const GICD_CTLR_GRP1NS: u32 = 1 << 1;
-const GICD_CTLR_RWP: u32 = 1 << 31;
 const GICR_CTLR: usize = 0x0;
 const GICR_CTLR_ENABLE_LPIS: u32 = 1;
-const GICR_WAKER: usize = 0x14;
-const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
-const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
 const GICR_PROPBASER: usize = 0x70;
 const GICR_PENDBASER: usize = 0x78;
 
@@ -113,6 +108,18 @@ impl fmt::Display for ItsError {
     }
 }
 
+impl From<crate::gic::GicError> for ItsError {
+    fn from(e: crate::gic::GicError) -> Self {
+        use crate::gic::GicError;
+        match e {
+            GicError::NotInDeviceTree(what) => Self::NotInDeviceTree(what),
+            GicError::Timeout(what, v) => Self::Timeout(what, v),
+            // `bring_up`'s steps report only the two above.
+            _ => Self::NotInDeviceTree("usable GICv3"),
+        }
+    }
+}
+
 impl From<FramesError> for ItsError {
     fn from(e: FramesError) -> Self {
         Self::Frames(e)
@@ -134,14 +141,7 @@ impl GicAddrs {
     /// From the `arm,gic-v3` node (`reg`: distributor, redistributors) and
     /// its `arm,gic-v3-its` child.
     pub fn from_device_tree(fdt: &Fdt<'_>) -> Result<Self, ItsError> {
-        let gic = fdt
-            .find_compatible("arm,gic-v3")
-            .ok()
-            .flatten()
-            .ok_or(ItsError::NotInDeviceTree("arm,gic-v3 node"))?;
-        let mut reg = gic.reg();
-        let (gicd, _) = reg.next().ok_or(ItsError::NotInDeviceTree("GICD reg"))?;
-        let (gicr, _) = reg.next().ok_or(ItsError::NotInDeviceTree("GICR reg"))?;
+        let (gicd, gicr) = crate::gic::regs_from_device_tree(fdt)?;
         let (its, _) = fdt
             .find_compatible("arm,gic-v3-its")
             .ok()
@@ -253,13 +253,7 @@ impl Its {
 
         // CPU 0's redistributor: awake, LPI tables, LPIs on.
         let rd = addrs.gicr;
-        let waker = read32(rd + GICR_WAKER as u64);
-        // SAFETY: waking the redistributor has no memory effect.
-        unsafe { write32(rd + GICR_WAKER as u64, waker & !WAKER_PROCESSOR_SLEEP) };
-        wait("redistributor wake-up", || {
-            let w = read32(rd + GICR_WAKER as u64);
-            (w & WAKER_CHILDREN_ASLEEP == 0, u64::from(w))
-        })?;
+        crate::gic::wake_redistributor(rd)?;
         let prop = frames.alloc(PROP_FRAMES)?;
         let pend = frames.alloc_aligned(PEND_FRAMES, 0x1_0000)?;
         crate::arch::dma_barrier();
@@ -279,13 +273,7 @@ impl Its {
         }
 
         // Distributor: group 1 (non-secure) on; ARE stays as QEMU has it.
-        let d = addrs.gicd + GICD_CTLR as u64;
-        // SAFETY: enabling a group; no SPI is enabled, and DAIF masks the CPU.
-        unsafe { write32(d, read32(d) | GICD_CTLR_GRP1NS) };
-        wait("GICD_CTLR write", || {
-            let c = read32(d);
-            (c & GICD_CTLR_RWP == 0, u64::from(c))
-        })?;
+        crate::gic::enable_group1(addrs.gicd, false)?;
         cpu_interface_on();
 
         // SAFETY: every table is programmed; the ITS now reads them.
@@ -406,7 +394,7 @@ macro_rules! msr {
 }
 
 /// System register interface on, priority mask 0xff, group 1 on.
-fn cpu_interface_on() {
+pub(crate) fn cpu_interface_on() {
     if crate::arch::current_el() == 2 {
         // ICC_SRE_EL2: SRE | Enable (EL1 may use the system registers too).
         let v = mrs!("S3_4_C12_C9_5");

@@ -8,6 +8,9 @@
 //! a pool over it that reuses freed frames), a DTB reader, PCI enumeration and BAR assignment, an `edu` driver (DMA
 //! and MSI), and on aarch64 a GICv3 ITS bring-up that turns MSIs into LPIs; on x86_64
 //! the local APIC (xAPIC or x2APIC) and interrupt gates that log vectors.
+//! Both: legacy PCI INTx ([`intx`]: I/O APIC on q35, GIC SPIs on virt),
+//! handlers per interrupt and sleeping until an interrupt or a timeout
+//! ([`irq`]).
 //!
 //! An example is a `#![no_std] #![no_main]` binary that depends on this crate,
 //! copies `edu-dma/build.rs` (which applies our linker script), and names its
@@ -47,8 +50,14 @@ pub mod exit;
 pub mod frame_pool;
 pub mod frames;
 #[cfg(target_arch = "aarch64")]
+pub mod gic;
+#[cfg(target_arch = "aarch64")]
 pub mod gic_its;
 pub mod heap;
+pub mod intx;
+#[cfg(target_arch = "x86_64")]
+pub mod ioapic;
+pub mod irq;
 pub mod leak;
 pub mod mmio;
 pub mod pci;

@@ -56,6 +56,19 @@ impl Deadline {
         Self { kind }
     }
 
+    /// Microseconds left until the deadline (0 once it has passed), or
+    /// `None` for a deadline that counts polls (no clock).
+    pub fn remaining_us(&self) -> Option<u64> {
+        match &self.kind {
+            DeadlineKind::Clock { end } => {
+                let (now, hz) = clock()?;
+                let left = end.saturating_sub(now) as u128 * 1_000_000 / hz as u128;
+                Some(left.min(u64::MAX as u128) as u64)
+            }
+            DeadlineKind::Polls { .. } => None,
+        }
+    }
+
     /// Whether the deadline has passed. Call once per poll.
     pub fn expired(&mut self) -> bool {
         match &mut self.kind {

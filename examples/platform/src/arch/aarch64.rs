@@ -7,7 +7,8 @@
 //!
 //! The stub drops from EL2 to EL1 if needed, enables FP/SIMD (CPACR_EL1.FPEN),
 //! sets up the stack, zeroes `.bss`, installs an exception vector table that
-//! reports and exits, and calls into Rust. EL3 (`secure=on`) runs at EL3
+//! reports and exits (IRQs at the current EL excepted: they go to
+//! [`crate::gic`]'s handler and return), and calls into Rust. EL3 (`secure=on`) runs at EL3
 //! without vectors.
 //!
 //! An example that plays hypervisor (`platform::entry!(main, stay_at_el2)`)
@@ -104,15 +105,86 @@ _start:
     // Exception vectors (VBAR_EL1, or VBAR_EL2 when staying at EL2): 16
     // entries of 0x80 bytes; each passes its index, the syndrome registers of
     // the EL it was taken to and that EL to Rust, which reports and exits.
+    // Except entry 5, an IRQ at the current EL on SP_ELx (where we run):
+    // it is handled (see `gic`) and returns.
     .section .text.vectors, "ax"
     .balign 0x800
     .globl platform_aarch64_vectors
 platform_aarch64_vectors:
     .irp    i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
     .balign 0x80
+    .if     \i == 5
+    b       platform_aarch64_irq_entry
+    .else
     mov     x0, #\i
     b       platform_aarch64_exception_common
+    .endif
     .endr
+
+    // IRQ: save every register a Rust call may clobber (x0-x18, x29, x30,
+    // all of q0-q31: the interrupted code may be anywhere IRQs are
+    // unmasked), call the handler, restore, return. IRQs stay masked
+    // throughout (the exception set DAIF.I), so ELR/SPSR are not
+    // overwritten by a nested one. 688 bytes keep SP 16-byte aligned.
+platform_aarch64_irq_entry:
+    sub     sp, sp, #688
+    stp     x0, x1, [sp, #0]
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x29, [sp, #144]
+    str     x30, [sp, #160]
+    stp     q0, q1, [sp, #176]
+    stp     q2, q3, [sp, #208]
+    stp     q4, q5, [sp, #240]
+    stp     q6, q7, [sp, #272]
+    stp     q8, q9, [sp, #304]
+    stp     q10, q11, [sp, #336]
+    stp     q12, q13, [sp, #368]
+    stp     q14, q15, [sp, #400]
+    stp     q16, q17, [sp, #432]
+    stp     q18, q19, [sp, #464]
+    stp     q20, q21, [sp, #496]
+    stp     q22, q23, [sp, #528]
+    stp     q24, q25, [sp, #560]
+    stp     q26, q27, [sp, #592]
+    stp     q28, q29, [sp, #624]
+    stp     q30, q31, [sp, #656]
+    bl      platform_aarch64_irq
+    ldp     q30, q31, [sp, #656]
+    ldp     q28, q29, [sp, #624]
+    ldp     q26, q27, [sp, #592]
+    ldp     q24, q25, [sp, #560]
+    ldp     q22, q23, [sp, #528]
+    ldp     q20, q21, [sp, #496]
+    ldp     q18, q19, [sp, #464]
+    ldp     q16, q17, [sp, #432]
+    ldp     q14, q15, [sp, #400]
+    ldp     q12, q13, [sp, #368]
+    ldp     q10, q11, [sp, #336]
+    ldp     q8, q9, [sp, #304]
+    ldp     q6, q7, [sp, #272]
+    ldp     q4, q5, [sp, #240]
+    ldp     q2, q3, [sp, #208]
+    ldp     q0, q1, [sp, #176]
+    ldr     x30, [sp, #160]
+    ldp     x18, x29, [sp, #144]
+    ldp     x16, x17, [sp, #128]
+    ldp     x14, x15, [sp, #112]
+    ldp     x12, x13, [sp, #96]
+    ldp     x10, x11, [sp, #80]
+    ldp     x8, x9, [sp, #64]
+    ldp     x6, x7, [sp, #48]
+    ldp     x4, x5, [sp, #32]
+    ldp     x2, x3, [sp, #16]
+    ldp     x0, x1, [sp, #0]
+    add     sp, sp, #688
+    eret
 platform_aarch64_exception_common:
     mrs     x5, CurrentEL
     ubfx    x5, x5, #2, #2

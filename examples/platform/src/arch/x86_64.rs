@@ -820,6 +820,20 @@ pub unsafe fn enable_interrupts() {
     unsafe { asm!("sti", options(nostack)) };
 }
 
+/// Enables maskable interrupts and halts until the next one (`sti; hlt`:
+/// `sti` takes effect after the next instruction, so an interrupt already
+/// pending wakes the `hlt` instead of being taken before it and leaving
+/// the CPU halted). Interrupts are still enabled on return.
+///
+/// # Safety
+///
+/// As for [`enable_interrupts`], and something must be armed to interrupt
+/// the halt (a timer), or it may never end.
+pub unsafe fn enable_interrupts_and_halt() {
+    // SAFETY: guaranteed by the caller; changes RFLAGS.IF and waits.
+    unsafe { asm!("sti", "hlt", options(nostack)) };
+}
+
 /// Disables maskable interrupts (`cli`).
 pub fn disable_interrupts() {
     // SAFETY: `cli` changes only RFLAGS.IF; masking is always safe. (No
