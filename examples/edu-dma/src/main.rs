@@ -10,10 +10,15 @@
 //! destination checks that the device wrote exactly what was asked.
 //!
 //! Runs unchanged on aarch64 `virt` and x86_64 `q35`.
+//!
+//! `-append intx` runs the `intx` scenario instead (see [`intx`]): edu's
+//! legacy INTx through `platform::intx`.
 
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
+
+mod intx;
 
 use core::fmt;
 
@@ -24,7 +29,7 @@ use platform::{BootInfo, demo, println};
 
 platform::entry!(main);
 
-const NAME: &str = "edu-dma";
+pub(crate) const NAME: &str = "edu-dma";
 /// Bytes moved each way: the whole edu buffer.
 const LEN: usize = edu::BUFFER_SIZE as usize;
 const POISON_SRC: u8 = 0x11;
@@ -34,8 +39,10 @@ const POISON_DST: u8 = 0xee;
 enum Error {
     Setup(SetupError),
     Edu(EduError),
+    Intx(intx::IntxCheckError),
     Frames(FramesError),
     NoFrameAllocator,
+    UnknownScenario(&'static str),
     Mismatch {
         what: &'static str,
         offset: usize,
@@ -50,8 +57,12 @@ impl fmt::Display for Error {
         match self {
             Self::Setup(e) => write!(f, "{e}"),
             Self::Edu(e) => write!(f, "{e}"),
+            Self::Intx(e) => write!(f, "{e}"),
             Self::Frames(e) => write!(f, "{e}"),
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
+            Self::UnknownScenario(s) => {
+                write!(f, "unknown scenario `{s}` (none: DMA round trip; `intx`)")
+            }
             Self::Mismatch {
                 what,
                 offset,
@@ -69,6 +80,11 @@ impl fmt::Display for Error {
 impl From<SetupError> for Error {
     fn from(e: SetupError) -> Self {
         Self::Setup(e)
+    }
+}
+impl From<intx::IntxCheckError> for Error {
+    fn from(e: intx::IntxCheckError) -> Self {
+        Self::Intx(e)
     }
 }
 impl From<EduError> for Error {
@@ -115,6 +131,11 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
     demo!("iommu", "none (the device uses physical addresses)");
 
     let mut edu = platform::setup::open_edu(boot, NAME)?;
+    match platform::cmdline::command_line(boot).trim() {
+        "intx" => return Ok(intx::run(boot, edu)?),
+        "" => {}
+        other => return Err(Error::UnknownScenario(other)),
+    }
 
     let mut frames = FrameAllocator::take().ok_or(Error::NoFrameAllocator)?;
     let mut src = frames.alloc(1)?;

@@ -53,12 +53,34 @@ pub const GROUPS: &[Group] = &[
                 ],
                 ..EDU_DMA
             },
+            Scenario {
+                // QEMU's virt defaults to a GICv2; INTx are GICv3 SPIs here.
+                machine: "virt,gic-version=3",
+                require: &[
+                    "edu-dma: INTx pin A of 00:01.0 -> INTID 36",
+                    "edu-dma: intx: 3 raises -> 3 handler runs, none more within 200 ms after the acks",
+                    "edu-dma: intx: raise while masked -> nothing within 200 ms (status 0x40 held), unmask -> 1 handler run",
+                    "edu-dma: scenario `intx` passed",
+                ],
+                ..EDU_INTX
+            },
         ],
     },
     Group {
         example: "edu-dma",
         configs: &[Q35],
-        scenarios: &[EDU_DMA],
+        scenarios: &[
+            EDU_DMA,
+            Scenario {
+                require: &[
+                    "edu-dma: INTx pin A of 00:01.0 -> GSI 21 vector 0x55",
+                    "edu-dma: intx: 3 raises -> 3 handler runs, none more within 200 ms after the acks",
+                    "edu-dma: intx: raise while masked -> nothing within 200 ms (status 0x40 held), unmask -> 1 handler run",
+                    "edu-dma: scenario `intx` passed",
+                ],
+                ..EDU_INTX
+            },
+        ],
     },
     Group {
         example: "two-step-sw",
@@ -162,6 +184,19 @@ const EDU_DMA: Scenario = Scenario {
     summary: "edu DMA RAM -> device -> RAM on {machine}",
     devices: &["{edu}"],
     require: &["edu-dma: no IOMMU, 4096 bytes RAM->edu->RAM"],
+    ..Scenario::BASE
+};
+
+/// edu's legacy INTx, no MSI: routed by `platform::intx` (q35: ICH9 PIRQ ->
+/// I/O APIC GSI; virt: the DT interrupt-map's GIC SPI); three raises run
+/// the handler three times, none after the acks; a raise while masked
+/// waits for the unmask. The rows name the GSI / INTID QEMU wires slot 1
+/// pin A to, so a wrong route fails them.
+const EDU_INTX: Scenario = Scenario {
+    variant: "intx",
+    summary: "edu legacy INTx on {machine}: routed GSI/INTID, handler per interrupt acks edu, exactly one run per raise, masked raise held until unmask, bounded waits",
+    devices: &["{edu}"],
+    append: Some("intx"),
     ..Scenario::BASE
 };
 
