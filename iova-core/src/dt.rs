@@ -110,8 +110,14 @@ mod tests {
         assert_eq!(output_id(p, None, Some(5), 7), Ok(7));
         assert_eq!(output_id(p, None, Some(5), 8), Err(MapError::NotMapped(8)));
         assert_eq!(output_id(p, None, Some(5), 0xffff), Ok(0xffff));
-        assert_eq!(output_id(p, None, Some(5), 0x1_0000), Err(MapError::NotMapped(0x1_0000)));
-        assert_eq!(output_id(p, None, Some(6), 0x10), Err(MapError::NotMapped(0x10)));
+        assert_eq!(
+            output_id(p, None, Some(5), 0x1_0000),
+            Err(MapError::NotMapped(0x1_0000))
+        );
+        assert_eq!(
+            output_id(p, None, Some(6), 0x10),
+            Err(MapError::NotMapped(0x10))
+        );
         // Offsets and the mask (functions of a device share one ID).
         let p = prop([[0x100, 7, 0x800, 0x100]]);
         let p = p.as_flattened();
@@ -124,6 +130,9 @@ mod tests {
         assert_eq!(output_id(&[0; 15], None, None, 0), Err(MapError::Malformed));
         let p = prop([[0, 1, u32::MAX, 4]]);
         assert_eq!(output_id(p.as_flattened(), None, None, 0), Ok(u32::MAX));
-        assert_eq!(output_id(p.as_flattened(), None, None, 1), Err(MapError::Overflow));
+        assert_eq!(
+            output_id(p.as_flattened(), None, None, 1),
+            Err(MapError::Overflow)
+        );
     }
 }
