@@ -152,7 +152,7 @@ impl Firmware {
                 }
             };
             println!(
-                "{NAME}: VIOT via RSDP {rsdp:#x}: {} nodes; virtio-iommu {iommu} (node at {:#x}) is the one we opened",
+                "{NAME}: VIOT via RSDP {rsdp:#x}, {} nodes: its virtio-iommu (node at {:#x}) is {iommu}, the one we opened",
                 v.nodes().count(),
                 node.offset
             );
@@ -183,15 +183,15 @@ impl Firmware {
             .map_err(DiscoverError::Dtb)?
             .ok_or(DiscoverError::NoIommuMap)?;
         println!(
-            "{NAME}: device tree: {} (phandle {:#x}) is the virtio-iommu we opened ({iommu}); PCI host iommu-map of {} entries{}",
-            node.name(),
-            dt.phandle,
+            "{NAME}: device tree, PCI host iommu-map of {} entries{}: its virtio-iommu ({}, phandle {:#x}) is {iommu}, the one we opened",
             map.map.len() / iova_core::dt::ENTRY_LEN,
             if map.mask.is_some() {
-                ", with iommu-map-mask"
+                " and a mask"
             } else {
                 ""
-            }
+            },
+            node.name(),
+            dt.phandle,
         );
         Ok(Self::Dt(dt, map))
     }

@@ -1,7 +1,10 @@
 //! `virtio-iommu-edu`: the iommu-virtio driver on QEMU's `virtio-iommu-pci`,
 //! with the `edu` device doing real DMA through the mappings.
 //!
-//! Every run brings the device up (PCI enumeration, BAR4, our modern PCI
+//! Every run takes the endpoint ID of each device from the firmware (the
+//! ACPI VIOT on q35, the device tree's `virtio,pci-iommu` node and the PCI
+//! host's `iommu-map` on virt: [`discover`]; a device they do not list is
+//! refused), brings the device up (PCI enumeration, BAR4, our modern PCI
 //! transport, reset/negotiation/config, `bypass = 0`), PROBEs edu's endpoint
 //! (its reserved regions become allocator holes) and attaches edu to domain
 //! 1. Then the scenario named by `-append` runs (all of them without one):
