@@ -5,6 +5,12 @@
 //! StreamIDs of a given SMMU. Every offset and length is bounds-checked; a
 //! malformed table is an error, never a panic.
 
+use iova_core::acpi::{AcpiError, verify_table};
+
+/// The IORT header: the standard 36 bytes, node count, node array offset,
+/// a reserved word.
+const IORT_HEADER_LEN: usize = 48;
+
 /// Node types.
 pub mod node {
     /// ITS group.
@@ -84,17 +90,19 @@ impl<'a> Iort<'a> {
     /// Checks the signature, length and checksum of `bytes` (the whole table,
     /// header included) and every node's bounds.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, IortError> {
-        if bytes.len() < 48 || &bytes[..4] != b"IORT" {
+        if bytes.len() < IORT_HEADER_LEN || &bytes[..4] != b"IORT" {
             return Err(IortError::NotIort);
         }
-        let len = u32_at(bytes, 4).ok_or(IortError::NotIort)? as usize;
-        if len < 48 || len > bytes.len() {
+        // The IORT's own header (node count and offset) must fit too.
+        if (u32_at(bytes, 4).ok_or(IortError::NotIort)? as usize) < IORT_HEADER_LEN {
             return Err(IortError::Truncated);
         }
-        let t = &bytes[..len];
-        if t.iter().fold(0u8, |a, &b| a.wrapping_add(b)) != 0 {
-            return Err(IortError::BadChecksum);
-        }
+        // Length and checksum, checked as for every ACPI table.
+        let (_, t) = verify_table(bytes).map_err(|e| match e {
+            AcpiError::BadChecksum(_) => IortError::BadChecksum,
+            AcpiError::TooShort(_) => IortError::Truncated,
+            _ => IortError::NotIort,
+        })?;
         let iort = Self { t };
         for n in iort.nodes() {
             let n = n?;

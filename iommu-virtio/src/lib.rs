@@ -158,6 +158,7 @@
 mod dma;
 pub mod domain;
 pub mod driver;
+pub mod dt;
 pub mod error;
 #[cfg(feature = "fakes")]
 pub mod fake;
@@ -166,6 +167,7 @@ pub mod features;
 mod owners;
 pub mod probe;
 pub mod transport;
+pub mod viot;
 pub mod wire;
 
 pub use domain::VirtioDomain;

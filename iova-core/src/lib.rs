@@ -23,6 +23,9 @@
 //! - [`msi`]: MSI windows ([`MsiWindow`]): interrupt doorbells mapped
 //!   write-only at fixed IOVAs that the allocator never hands out, as
 //!   Linux's MSI cookie does;
+//! - [`acpi`] and [`dt`]: firmware discovery the backends share: the RSDP
+//!   -> XSDT/RSDT walk with every checksum and length checked, and the
+//!   device tree's `iommu-map` / `iommu-map-mask` decoder;
 //! - `fakes` (feature `fakes`): an in-memory IOMMU with its own IOTLB, for
 //!   tests;
 //! - `guarantees` (documented with the `fakes` feature): the misuse the types
@@ -70,7 +73,7 @@
 //!
 //! # Dependencies
 //!
-//! `bitflags` for [`Prot`]; `spin` for the allocator's and the flush queue's
+//! `bitflags` for [`Prot`]; `zerocopy` reads ACPI headers without `unsafe`; `spin` for the allocator's and the flush queue's
 //! locks (no OS to block on, and critical sections are short and bounded); `heapless` for fixed
 //! capacity storage when there is no heap.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
@@ -103,10 +106,12 @@ macro_rules! warn_event {
     }};
 }
 
+pub mod acpi;
 pub mod addr;
 pub mod cache;
 pub mod dma;
 pub mod domain;
+pub mod dt;
 pub mod error;
 #[cfg(feature = "fakes")]
 pub mod fakes;

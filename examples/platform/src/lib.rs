@@ -5,7 +5,7 @@
 //! `qemu-system-x86_64 -M q35` (SeaBIOS, then PVH entry). Not a library for
 //! production use: it is the scaffolding every example shares: boot stubs,
 //! serial console, exit with a status, bounded waits, a frame allocator (and
-//! a pool over it that reuses freed frames), a DTB reader, PCI enumeration and BAR assignment, an `edu` driver (DMA
+//! a pool over it that reuses freed frames), a DTB reader, where the firmware tables are (RSDP, device tree, the PCI host's `iommu-map`), PCI enumeration and BAR assignment, an `edu` driver (DMA
 //! and MSI), and on aarch64 a GICv3 ITS bring-up that turns MSIs into LPIs; on x86_64
 //! the local APIC (xAPIC or x2APIC) and interrupt gates that log vectors.
 //! Both: legacy PCI INTx ([`intx`]: I/O APIC on q35, GIC SPIs on virt),
@@ -47,6 +47,7 @@ pub mod demo;
 pub mod dtb;
 pub mod edu;
 pub mod exit;
+pub mod firmware;
 pub mod frame_pool;
 pub mod frames;
 #[cfg(target_arch = "aarch64")]

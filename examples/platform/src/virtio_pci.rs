@@ -49,7 +49,7 @@ pub struct VirtioAndEdu {
     pub virtio: VirtioFunction,
     /// The edu driver.
     pub edu: Edu,
-    /// Where edu is (its requester ID is the IOMMU endpoint ID).
+    /// Where edu is (which IOMMU ID that is, the firmware tables say).
     pub edu_bdf: Bdf,
     /// A second edu, if there is one (e.g. for an endpoint nobody attaches).
     pub second_edu: Option<(Edu, Bdf)>,
@@ -144,7 +144,7 @@ pub fn open_virtio_and_edu(
     };
     demo!(
         "device",
-        "virtio {VIRTIO_VENDOR:04x}:{device:04x} at {}, edu at {} (endpoint {:#x})",
+        "virtio {VIRTIO_VENDOR:04x}:{device:04x} at {}, edu at {} (requester ID {:#x})",
         vf.bdf,
         ef.bdf,
         ef.bdf.rid()

@@ -55,13 +55,10 @@ pub fn smmu(fdt: &Fdt<'_>) -> Result<SmmuNode, DtError> {
 /// The StreamID of requester `rid`: from the `iommu-map` (and
 /// `iommu-map-mask`) of the ECAM host bridge, decoded by the driver crate.
 pub fn stream_id(fdt: &Fdt<'_>, smmu: &SmmuNode, rid: u16) -> Result<u32, DtError> {
-    let host = fdt
-        .find_compatible("pci-host-ecam-generic")
+    let host = platform::firmware::pci_host_iommu_map(fdt)
         .map_err(DtError::Dtb)?
         .ok_or(DtError::NoMapping(rid))?;
-    let map = host.prop("iommu-map").ok_or(DtError::NoMapping(rid))?;
-    let mask = host.prop_u32("iommu-map-mask");
-    iommu_arm_smmuv3::dt::stream_id(map, mask, smmu.phandle, u32::from(rid))
+    iommu_arm_smmuv3::dt::stream_id(host.map, host.mask, smmu.phandle, u32::from(rid))
         .map_err(|_| DtError::NoMapping(rid))
 }
 

@@ -177,18 +177,6 @@ fn open_edus(boot: &BootInfo) -> Result<heapless::Vec<(Bdf, Edu), 2>, Error> {
     Ok(out)
 }
 
-/// The device tree. The SMMUv3 exists only on aarch64 here; on x86_64 (the
-/// example is linted for it too) there is none.
-#[cfg(target_arch = "aarch64")]
-fn device_tree(boot: &BootInfo) -> Option<platform::dtb::Fdt<'static>> {
-    boot.arch.dtb.ok()
-}
-
-#[cfg(not(target_arch = "aarch64"))]
-fn device_tree(_: &BootInfo) -> Option<platform::dtb::Fdt<'static>> {
-    None
-}
-
 /// The CPU's exception level, read now from `CurrentEL` (aarch64 only).
 #[cfg(target_arch = "aarch64")]
 fn exception_level() -> Option<u8> {
@@ -288,7 +276,7 @@ fn main(boot: &BootInfo) -> Result<(), Error> {
         println!("{NAME}: CPU at EL{el} ({role})");
         demo!("el", "EL{el}");
     }
-    let fdt = device_tree(boot).ok_or(Error::NoDtb)?;
+    let fdt = platform::firmware::device_tree(boot).ok_or(Error::NoDtb)?;
     let scenario = dt::bootargs(&fdt).unwrap_or("map").trim();
     println!("{NAME}: scenario `{scenario}`");
     let node = dt::smmu(&fdt)?;

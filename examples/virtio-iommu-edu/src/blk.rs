@@ -59,6 +59,7 @@ use iova_core::flush_queue::DeferredSlot;
 use platform::leak::leak_slice;
 use platform::virtio_pci::VirtioFunction;
 
+use crate::discover::{DiscoverError, Firmware};
 use crate::{Config, Domain, HAL_END, HAL_FRAMES, HAL_NEXT, IOVA_BASE, Iommu, NAME, PAGE, now_us};
 
 /// Frames of the [`FramePool`]: the virtqueue (2 blocks) and the bounce pages
@@ -121,6 +122,7 @@ pub enum Error {
     Share(ShareError),
     NoFrameAllocator,
     Check(&'static str, u64),
+    Discover(DiscoverError),
 }
 
 impl fmt::Display for Error {
@@ -135,6 +137,7 @@ impl fmt::Display for Error {
             Self::Share(e) => write!(f, "DmaShares: {e}"),
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::Check(what, at) => write!(f, "{what} ({at:#x})"),
+            Self::Discover(e) => write!(f, "{e}"),
         }
     }
 }
@@ -149,7 +152,8 @@ macro_rules! from {
     )*};
 }
 from!(VirtioSetupError => Setup, PciTransportError => Transport, VirtioIommuError => Iommu,
-      CoreError => Core, FramesError => Frames, BlkError => Blk, ShareError => Share);
+      CoreError => Core, FramesError => Frames, BlkError => Blk, ShareError => Share,
+      DiscoverError => Discover);
 
 fn check(ok: bool, what: &'static str, value: u64) -> Result<(), Error> {
     if ok {
@@ -282,7 +286,9 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         NAME,
         [IOMMU_DEVICE_ID, blk_io::pci::VIRTIO_BLK_DEVICE_ID],
     )?;
-    let endpoint = u32::from(blk.bdf.rid());
+    // The disk's endpoint ID as the firmware gives it, never assumed.
+    let firmware = Firmware::find(boot, viommu.bdf)?;
+    let endpoint = firmware.endpoint("virtio-blk", blk.bdf)?;
     println!(
         "{NAME}: virtio-iommu at {}, virtio-blk at {} (endpoint {endpoint:#x})",
         viommu.bdf, blk.bdf
@@ -501,7 +507,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
                 "blk-bench needs an edu device to keep domain 1 attached while the disk moves",
                 0,
             ))?;
-        domain.attach(u32::from(anchor.bdf.rid()))?;
+        domain.attach(firmware.endpoint("edu", anchor.bdf)?)?;
         let premapped: &'static Domain<'static> =
             leak(&mut frames, VirtioDomain::new(iommu, PREMAPPED_DOMAIN)?)?;
         DirectHal::use_pool(dma_frames);

@@ -1,7 +1,10 @@
 //! `virtio-iommu-edu`: the iommu-virtio driver on QEMU's `virtio-iommu-pci`,
 //! with the `edu` device doing real DMA through the mappings.
 //!
-//! Every run brings the device up (PCI enumeration, BAR4, our modern PCI
+//! Every run takes the endpoint ID of each device from the firmware (the
+//! ACPI VIOT on q35, the device tree's `virtio,pci-iommu` node and the PCI
+//! host's `iommu-map` on virt: [`discover`]; a device they do not list is
+//! refused), brings the device up (PCI enumeration, BAR4, our modern PCI
 //! transport, reset/negotiation/config, `bypass = 0`), PROBEs edu's endpoint
 //! (its reserved regions become allocator holes) and attaches edu to domain
 //! 1. Then the scenario named by `-append` runs (all of them without one):
@@ -63,6 +66,7 @@ use platform::virtio_pci::{VirtioFunction, VirtioSetupError, open_virtio_and_edu
 use platform::{BootInfo, demo, println};
 
 mod blk;
+mod discover;
 
 platform::entry!(main);
 
@@ -94,6 +98,7 @@ enum Error {
     NoFrameAllocator,
     Check(&'static str, u64),
     Blk(blk::Error),
+    Discover(discover::DiscoverError),
 }
 
 impl fmt::Display for Error {
@@ -108,6 +113,7 @@ impl fmt::Display for Error {
             Self::NoFrameAllocator => f.write_str("frame allocator already taken"),
             Self::Check(what, at) => write!(f, "{what} ({at:#x})"),
             Self::Blk(e) => write!(f, "{e}"),
+            Self::Discover(e) => write!(f, "{e}"),
         }
     }
 }
@@ -122,7 +128,8 @@ macro_rules! from {
     )*};
 }
 from!(VirtioSetupError => Setup, PciTransportError => Transport, VirtioIommuError => Iommu,
-      CoreError => Core, EduError => Edu, FramesError => Frames);
+      CoreError => Core, EduError => Edu, FramesError => Frames,
+      discover::DiscoverError => Discover);
 
 /// The driver's DMA memory: a bump allocator over one block of the platform
 /// pool, set once in `main`. Single CPU, interrupts masked, so plain loads
@@ -235,6 +242,8 @@ struct Ctx<'a> {
     iovas: &'a IovaAllocator<'a>,
     edu: Edu,
     second_edu: Option<(Edu, Bdf)>,
+    /// The second edu's endpoint ID (from the firmware).
+    second_endpoint: Option<u32>,
     frames: FrameAllocator,
     endpoint: u32,
     info: &'a ProbeInfo,
@@ -287,7 +296,13 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
         "virtio-iommu-pci, driven by iommu-virtio (our modern PCI transport, virtio-drivers' split virtqueue)"
     );
     let found = open_virtio_and_edu(boot, NAME, IOMMU_DEVICE_ID)?;
-    let endpoint = u32::from(found.edu_bdf.rid());
+    // Endpoint IDs as the firmware gives them, never assumed.
+    let firmware = discover::Firmware::find(boot, found.virtio.bdf)?;
+    let endpoint = firmware.endpoint("edu", found.edu_bdf)?;
+    let second_endpoint = match &found.second_edu {
+        Some((_, bdf)) => Some(firmware.endpoint("edu #2", *bdf)?),
+        None => None,
+    };
 
     let mut frames = FrameAllocator::take().ok_or(Error::NoFrameAllocator)?;
     let hal = frames.alloc(HAL_FRAMES)?;
@@ -365,6 +380,7 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
         iovas: &iovas,
         edu: found.edu,
         second_edu: found.second_edu,
+        second_endpoint,
         frames,
         endpoint,
         info: &info,
@@ -700,7 +716,9 @@ fn scenario_deny(ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let Some((edu2, bdf2)) = ctx.second_edu.as_mut() else {
         return Err(Error::Check("no second edu (run with two -device edu)", 0));
     };
-    let ep2 = u32::from(bdf2.rid());
+    let ep2 = ctx
+        .second_endpoint
+        .ok_or(Error::Check("no endpoint ID for edu #2", 0))?;
     let mut target = ctx.frames.alloc(1)?;
     target.as_mut_slice().fill(0x22);
     // SAFETY: nobody attached edu #2 and bypass is 0: the write to our page's
@@ -776,10 +794,12 @@ fn scenario_msi(ctx: &mut Ctx<'_>) -> Result<(), Error> {
 /// A bypass (identity) domain: DMA to physical addresses works; after
 /// DETACH the endpoint is denied again.
 fn scenario_identity(ctx: &mut Ctx<'_>) -> Result<(), Error> {
-    let Some((edu2, bdf2)) = ctx.second_edu.as_mut() else {
+    let Some((edu2, _)) = ctx.second_edu.as_mut() else {
         return Err(Error::Check("no second edu (run with two -device edu)", 0));
     };
-    let ep2 = u32::from(bdf2.rid());
+    let ep2 = ctx
+        .second_endpoint
+        .ok_or(Error::Check("no endpoint ID for edu #2", 0))?;
     let mut src = ctx.frames.alloc(1)?;
     fill(&mut src, 55);
     let mut target = ctx.frames.alloc(1)?;

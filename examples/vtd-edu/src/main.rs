@@ -48,7 +48,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use iommu_intel_vtd::acpi::dmar::{Drhd, Structure};
-use iommu_intel_vtd::acpi::{self, AcpiError, PhysMemory};
+use iommu_intel_vtd::acpi::{self, AcpiError};
 use iommu_intel_vtd::fault::AccessKind;
 use iommu_intel_vtd::regs::MmioRegion;
 use iommu_intel_vtd::reserved::{map_reserved_regions, reserved_regions_for};
@@ -62,7 +62,9 @@ use iova_core::{
     DmaMapper, Error as CoreError, FrameAllocator as TableFrames, IommuDomain, IotlbGather, Iova,
     IovaAllocator, IovaRange, PhysAddr, Prot,
 };
+// Firmware tables are read in place (`ir` and `blk` use these too).
 use platform::edu::{self, Edu, EduError};
+use platform::firmware::{IdentityMapped, rsdp};
 use platform::frames::{FRAME_SIZE, FrameAllocator, Frames, FramesError};
 use platform::pci::{self, CMD_BUS_MASTER, CMD_MEMORY, PciHost};
 use platform::setup::SetupError;
@@ -133,22 +135,6 @@ from!(SetupError => Setup, pci::PciError => Pci, EduError => Edu, FramesError =>
       CoreError => Core, AcpiError => Acpi, VtdError => Vtd);
 #[cfg(target_arch = "x86_64")]
 from!(platform::apic::ApicError => Apic);
-
-/// Firmware tables, read where they are: the boot stub identity-maps 0-4 GiB.
-/// Only below 2 GiB, where q35 has RAM and nothing with read side effects.
-struct IdentityMapped;
-
-impl PhysMemory for IdentityMapped {
-    fn read(&self, pa: u64, len: usize) -> Option<&[u8]> {
-        let end = pa.checked_add(len as u64)?;
-        if pa == 0 || end > 0x8000_0000 {
-            return None;
-        }
-        // SAFETY: identity-mapped RAM (or unbacked space reading as ones);
-        // firmware tables are not written while we parse them.
-        Some(unsafe { core::slice::from_raw_parts(pa as usize as *const u8, len) })
-    }
-}
 
 /// Frames for the unit and its page tables: a bump allocator over one block
 /// of the platform pool (single CPU, so plain loads and stores).
@@ -369,21 +355,6 @@ fn local_apic() -> Option<(u8, impl Fn(u8) -> bool)> {
 #[cfg(not(target_arch = "x86_64"))]
 fn local_apic() -> Option<(u8, impl Fn(u8) -> bool)> {
     None::<(u8, fn(u8) -> bool)>
-}
-
-/// The RSDP's physical address from the PVH start info. VT-d exists only on
-/// x86; on other targets (the example is linted for them too) there is none.
-#[cfg(target_arch = "x86_64")]
-fn rsdp(boot: &BootInfo) -> Option<u64> {
-    boot.arch
-        .start_info
-        .map(|s| s.rsdp_paddr)
-        .filter(|&a| a != 0)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn rsdp(_: &BootInfo) -> Option<u64> {
-    None
 }
 
 fn pattern(page: u64, i: usize) -> u8 {

@@ -244,7 +244,7 @@ fn iommu_map(b: &[u8]) {
     for (e, raw) in entries.iter().zip(map.chunks_exact(16)) {
         let cell = |o: usize| u32::from_be_bytes(raw[o..o + 4].try_into().unwrap());
         assert_eq!(
-            (e.rid_base, e.phandle, e.sid_base, e.len),
+            (e.rid_base, e.phandle, e.out_base, e.len),
             (cell(0), cell(4), cell(8), cell(12))
         );
     }
@@ -257,7 +257,7 @@ fn iommu_map(b: &[u8]) {
     let want = match hit {
         None => Err(MapError::NotMapped(rid)),
         Some(e) => e
-            .sid_base
+            .out_base
             .checked_add(masked - e.rid_base)
             .ok_or(MapError::Overflow),
     };

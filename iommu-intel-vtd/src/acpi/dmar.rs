@@ -519,7 +519,7 @@ pub(crate) mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::acpi::test_support::table;
+    use iova_core::acpi::test_support::table;
 
     pub(crate) fn scope(kind: u8, id: u8, bus: u8, path: &[(u8, u8)]) -> Vec<u8> {
         let mut s = vec![kind, (6 + 2 * path.len()) as u8, 0, 0, id, bus];
@@ -769,7 +769,7 @@ pub(crate) mod tests {
     fn table_level_errors() {
         let mut t = qemu_like();
         t[0] = b'X';
-        crate::acpi::test_support::fix_checksum(&mut t);
+        iova_core::acpi::test_support::fix_checksum(&mut t);
         assert_eq!(
             Dmar::parse(&t).err(),
             Some(AcpiError::BadSignature(*b"XMAR"))
@@ -815,7 +815,7 @@ pub(crate) mod tests {
                 let i = 36 + (seed as usize % (t.len() - 36));
                 t[i] = (seed >> 32) as u8;
             }
-            crate::acpi::test_support::fix_checksum(&mut t);
+            iova_core::acpi::test_support::fix_checksum(&mut t);
             let Ok(d) = Dmar::parse(&t) else { continue };
             let mut n = 0;
             for s in d.structures() {

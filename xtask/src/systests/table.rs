@@ -21,6 +21,8 @@ const VIRT: Config = Config {
         ("edu", EDU),
         // The CPU's page-table format.
         ("page_table", "LPAE"),
+        // Where virtio-iommu endpoint IDs come from.
+        ("firmware", "the device tree"),
     ],
 };
 
@@ -33,6 +35,7 @@ const Q35: Config = Config {
         // Our buffers are below 256 MiB, so the default dma_mask is fine here.
         ("edu", "edu"),
         ("page_table", "x86-64"),
+        ("firmware", "VIOT"),
     ],
 };
 
@@ -769,6 +772,9 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         summary: "iommu-virtio on virtio-iommu-pci ({machine}): map at an IOVA != PA, DMA RAM -> edu -> RAM checked",
         append: Some("map"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (edu) from {firmware}",
+            "virtio-iommu-edu: endpoint 0x18 for 00:03.0 (edu #2) from {firmware}",
+            "is 00:01.0, the one we opened",
             "virtio-iommu-edu: map: 4096 bytes RAM",
             "virtio-iommu-edu: scenario `map` passed",
             "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
@@ -781,6 +787,9 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         summary: "iommu-virtio on virtio-iommu-pci ({machine}): 64 scattered pages linked, one sync = 64 MAPs and 1 notification, DMA through all checked",
         append: Some("batch"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (edu) from {firmware}",
+            "virtio-iommu-edu: endpoint 0x18 for 00:03.0 (edu #2) from {firmware}",
+            "is 00:01.0, the one we opened",
             "virtio-iommu-edu: two-step: 64 scattered pages linked",
             "one sync: 64 MAP requests, 1 notification",
             "virtio-iommu-edu: DMA through all 64 linked pages",
@@ -795,6 +804,9 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         summary: "iommu-virtio on virtio-iommu-pci ({machine}): unlink + sync, DMA to the old IOVA blocked, MAPPING fault (endpoint, address) drained",
         append: Some("unlink"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (edu) from {firmware}",
+            "virtio-iommu-edu: endpoint 0x18 for 00:03.0 (edu #2) from {firmware}",
+            "is 00:01.0, the one we opened",
             "virtio-iommu-edu: unlink: after unlink + sync (1 UNMAP, 1 notification)",
             "virtio-iommu-edu: scenario `unlink` passed",
             "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
@@ -807,6 +819,9 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         summary: "iommu-virtio on virtio-iommu-pci ({machine}): two states on adjacent IOVAs over contiguous pages get a MAP each; each destroy removes exactly its own page (edu blocked there, the neighbour reached); one of two contiguous links unlinks alone",
         append: Some("adjacent"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (edu) from {firmware}",
+            "virtio-iommu-edu: endpoint 0x18 for 00:03.0 (edu #2) from {firmware}",
+            "is 00:01.0, the one we opened",
             "virtio-iommu-edu: adjacent: states at IOVA",
             "destroy A removed only A's page",
             "virtio-iommu-edu: adjacent: one state, two contiguous links",
@@ -821,6 +836,9 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         summary: "iommu-virtio on virtio-iommu-pci ({machine}): device write to a read-only mapping blocked, fault with the write flag",
         append: Some("readonly"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (edu) from {firmware}",
+            "virtio-iommu-edu: endpoint 0x18 for 00:03.0 (edu #2) from {firmware}",
+            "is 00:01.0, the one we opened",
             "virtio-iommu-edu: read-only: edu's write to read-only IOVA",
             "virtio-iommu-edu: scenario `readonly` passed",
             "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
@@ -833,6 +851,9 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         summary: "iommu-virtio on virtio-iommu-pci ({machine}): bypass = 0: a second edu nobody attached cannot DMA, fault reported",
         append: Some("deny"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (edu) from {firmware}",
+            "virtio-iommu-edu: endpoint 0x18 for 00:03.0 (edu #2) from {firmware}",
+            "is 00:01.0, the one we opened",
             "virtio-iommu-edu: default deny: edu #2",
             "virtio-iommu-edu: scenario `deny` passed",
             "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
@@ -845,6 +866,9 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         summary: "iommu-virtio on virtio-iommu-pci ({machine}): PROBE's MSI region is never handed out as an IOVA",
         append: Some("msi"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (edu) from {firmware}",
+            "virtio-iommu-edu: endpoint 0x18 for 00:03.0 (edu #2) from {firmware}",
+            "is 00:01.0, the one we opened",
             "virtio-iommu-edu: PROBE hole:",
             "virtio-iommu-edu: scenario `msi` passed",
             "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
@@ -857,6 +881,9 @@ const VIRTIO_IOMMU_EDU: &[Scenario] = &[
         summary: "iommu-virtio on virtio-iommu-pci ({machine}): ATTACH with the bypass flag: identity DMA works, denied again after DETACH",
         append: Some("identity"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (edu) from {firmware}",
+            "virtio-iommu-edu: endpoint 0x18 for 00:03.0 (edu #2) from {firmware}",
+            "is 00:01.0, the one we opened",
             "virtio-iommu-edu: identity: edu #2",
             "virtio-iommu-edu: scenario `identity` passed",
             "virtio-iommu-edu: teardown: dropping domain 1 with a page mapped",
@@ -876,6 +903,8 @@ const VIRTIO_IOMMU_BLK: &[Scenario] = &[
         devices: &[],
         append: Some("blk"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (virtio-blk) from {firmware}",
+            "is 00:01.0, the one we opened",
             "virtio-iommu-edu: pool probe: 4 KiB buffer B' copied into pool slot",
             "it went to the pool, B' canary intact",
             "virtio-iommu-edu: deferred probe: after the queue flush B's old IOVA is blocked, as under strict",
@@ -900,6 +929,9 @@ const VIRTIO_IOMMU_BLK: &[Scenario] = &[
         devices: &["edu"],
         append: Some("blk-bench"),
         require: &[
+            "virtio-iommu-edu: endpoint 0x10 for 00:02.0 (virtio-blk) from {firmware}",
+            "virtio-iommu-edu: endpoint 0x18 for 00:03.0 (edu) from {firmware}",
+            "is 00:01.0, the one we opened",
             "0 faults, 0 fault events: every DMA of the disk went to an IOVA we mapped",
             "write pattern checked",
             "blk-bench: backend=virtio-iommu arch={arch} policy=baseline size=4096 depth=1 rounds=5 ratio=1.00",
