@@ -99,8 +99,14 @@ fn misaligned_maps_and_unmaps_are_refused_and_nothing_reaches_the_device() {
         assert_eq!(fake.handled().len(), handled, "the device saw nothing");
         assert_eq!(fake.mappings(1), Some(vec![]));
         // The aligned map goes through, as one MAP of its size.
-        d.map(Iova(base), PhysAddr(0x4000_0000), 3 * g, Prot::RW, &mut gather)
-            .unwrap();
+        d.map(
+            Iova(base),
+            PhysAddr(0x4000_0000),
+            3 * g,
+            Prot::RW,
+            &mut gather,
+        )
+        .unwrap();
         d.flush(&mut gather).unwrap();
         assert_eq!(
             fake.mappings(1).unwrap(),
@@ -220,7 +226,11 @@ fn a_partial_link_becomes_one_granule_aligned_map() {
         let maps = fake.mappings(1).unwrap();
         assert_eq!(maps.len(), 1);
         assert_eq!(
-            (maps[0].start % g, maps[0].end + 1 - maps[0].start, maps[0].phys),
+            (
+                maps[0].start % g,
+                maps[0].end + 1 - maps[0].start,
+                maps[0].phys
+            ),
             (0, g, pa - 0x200),
             "granule {g:#x}"
         );
@@ -248,7 +258,11 @@ fn probe_holes_cover_whole_granules() {
         let hole = IovaRange::new(Iova(doorbell), g).unwrap();
         let mut got = 0;
         while let Ok(a) = iovas.alloc(0, g, g) {
-            assert!(!a.range().overlaps(&hole), "granule {g:#x}: {:?}", a.range());
+            assert!(
+                !a.range().overlaps(&hole),
+                "granule {g:#x}: {:?}",
+                a.range()
+            );
             assert_eq!(a.range().start.0 % g, 0);
             got += 1;
         }
