@@ -59,7 +59,7 @@ use iova_core::flush_queue::DeferredSlot;
 use platform::leak::leak_slice;
 use platform::virtio_pci::VirtioFunction;
 
-use crate::{Config, Domain, HAL_END, HAL_FRAMES, HAL_NEXT, IOVA_BASE, Iommu, NAME, PAGE, now_us};
+use crate::{Config, Domain, FRAME, HAL_END, HAL_FRAMES, HAL_NEXT, IOVA_BASE, Iommu, NAME, now_us};
 
 /// Frames of the [`FramePool`]: the virtqueue (2 blocks) and the bounce pages
 /// of the requests in flight (up to 16, at most 4 each), and the two bounce
@@ -334,7 +334,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     let slots = leak(&mut frames, [const { ExtentSlot::new() }; IOVA_SLOTS])?;
     let cpus = leak(&mut frames, [const { CpuCache::new() }; 1])?;
     let iovas = IovaAllocator::new(
-        IovaAllocatorConfig::new(window, g.granule.max(PAGE)),
+        IovaAllocatorConfig::new(window, g.granule.max(FRAME)),
         slots,
         cpus,
     )
