@@ -354,14 +354,18 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         &mut frames,
         DmaShares::new(mapper, dma_frames, &IdentityMapped)?,
     )?;
-    let pooled = DmaShares::with_pool(mapper, dma_frames, &IdentityMapped, blk_io::bench::POOL)?;
+    // Pool slots of at least a granule (the pool's size kept).
+    let granule = shares.granule();
+    let pool = blk_io::bench::pool_at(blk_io::bench::POOL, granule);
+    let deferred_pool = blk_io::bench::pool_at(blk_io::bench::DEFERRED_POOL, granule);
+    let pooled = DmaShares::with_pool(mapper, dma_frames, &IdentityMapped, pool)?;
     let queue_slots = leak_slice(&mut frames, QUEUE_SLOTS, DeferredSlot::new)?;
     let queue = leak(&mut frames, blk_io::bench::flush_queue(queue_slots))?;
     let deferred = DmaShares::with_pool(
         mapper.with_flush_queue(queue),
         dma_frames,
         &IdentityMapped,
-        blk_io::bench::DEFERRED_POOL,
+        deferred_pool,
     )?;
     let tables = PolicyTables::new(
         shares,
@@ -370,14 +374,18 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     );
     let tables = TABLES.call_once(|| tables);
     println!(
-        "{NAME}: DmaShares over domain 1: IOVAs {:#x}..{:#x} ({holes} PROBE holes), poison IOVA {:#x}, bounce granule {:#x}",
+        "{NAME}: DmaShares over domain 1: IOVAs {:#x}..{:#x} ({holes} PROBE holes), poison IOVA {:#x}, bounce granule {:#x}; pools of {} x {:#x}-byte slots",
         IOVA_BASE,
         IOVA_BASE + IOVA_WINDOW,
         shares.poison().0,
-        shares.granule()
+        shares.granule(),
+        pool.slots,
+        pool.slot_size
     );
 
-    let mut scratch = frames.alloc(SCRATCH_BYTES / FRAME_SIZE)?;
+    // Granule aligned, so that the check's aligned buffers are mapped in
+    // place where they are whole granules, and bounced where not.
+    let mut scratch = frames.alloc_aligned(SCRATCH_BYTES / FRAME_SIZE, granule)?;
     let scratch = scratch.as_mut_slice();
 
     let pci = blk_io::pci::pci_transport::<H>(&blk)?;
