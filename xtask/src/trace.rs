@@ -142,7 +142,16 @@ pub struct TraceRow {
     pub events: &'static [&'static str],
     /// Lines the trace must hold, in this order.
     pub lines: &'static [TraceLine],
+    /// Every MAP QEMU's virtio-iommu handled (`virtio_iommu_map`, traced
+    /// for it) maps whole granules of this size: `virt_start`,
+    /// `virt_end + 1` and `phys_start` multiples of it, and there is at
+    /// least one. QEMU takes an unaligned MAP without complaint, so only
+    /// the trace shows that the driver never sent one.
+    pub map_granule: Option<u64>,
 }
+
+/// The QEMU event [`TraceRow::map_granule`] reads.
+const MAP_EVENT: &str = "virtio_iommu_map";
 
 /// The rows with trace checks: one virtio-blk row per backend (and
 /// architecture), where every policy's probe runs; and the interrupt
@@ -153,30 +162,35 @@ const ROWS: &[TraceRow] = &[
         counts: SMMUV3,
         events: &[],
         lines: &[],
+        map_granule: None,
     },
     TraceRow {
         row: "vtd-edu-x86_64-blk",
         counts: VTD,
         events: &[],
         lines: &[],
+        map_granule: None,
     },
     TraceRow {
         row: "virtio-iommu-edu-aarch64-blk",
         counts: VIRTIO_IOMMU,
         events: &[],
         lines: &[],
+        map_granule: None,
     },
     TraceRow {
         row: "virtio-iommu-edu-x86_64-blk",
         counts: VIRTIO_IOMMU,
         events: &[],
         lines: &[],
+        map_granule: None,
     },
     TraceRow {
         row: "smmuv3-edu-aarch64-its-msi",
         counts: &[],
         events: &["smmuv3_*", "gicv3_its_*"],
         lines: ITS_MSI,
+        map_granule: None,
     },
     TraceRow {
         row: "vtd-edu-x86_64-ir",
@@ -226,6 +240,52 @@ const ROWS: &[TraceRow] = &[
                 parts: &["vtd_ir_enable enable 0"],
             },
         ],
+        map_granule: None,
+    },
+    // At granule=64k every MAP the device saw is 64 KiB aligned in IOVA and
+    // physical address, and whole 64 KiB long: the edu scenarios (pages of
+    // a granule) and the disk (virtqueue memory, bounce pages, pools).
+    TraceRow {
+        row: "virtio-iommu-edu-aarch64-64k-all",
+        counts: &[],
+        events: &[],
+        lines: &[],
+        map_granule: Some(0x1_0000),
+    },
+    TraceRow {
+        row: "virtio-iommu-edu-x86_64-64k-all",
+        counts: &[],
+        events: &[],
+        lines: &[],
+        map_granule: Some(0x1_0000),
+    },
+    TraceRow {
+        row: "virtio-iommu-edu-aarch64-64k-blk",
+        counts: VIRTIO_IOMMU,
+        events: &[],
+        lines: &[],
+        map_granule: Some(0x1_0000),
+    },
+    TraceRow {
+        row: "virtio-iommu-edu-x86_64-64k-blk",
+        counts: VIRTIO_IOMMU,
+        events: &[],
+        lines: &[],
+        map_granule: Some(0x1_0000),
+    },
+    TraceRow {
+        row: "virtio-iommu-edu-aarch64-16k-blk",
+        counts: VIRTIO_IOMMU,
+        events: &[],
+        lines: &[],
+        map_granule: Some(0x4000),
+    },
+    TraceRow {
+        row: "virtio-iommu-edu-x86_64-16k-blk",
+        counts: VIRTIO_IOMMU,
+        events: &[],
+        lines: &[],
+        map_granule: Some(0x4000),
     },
 ];
 
@@ -248,6 +308,36 @@ fn missing_line(trace: &str, lines: &[TraceLine]) -> Option<&'static str> {
     None
 }
 
+/// The number of `virtio_iommu_map` lines in `trace` if each maps whole
+/// granules of `granule` bytes, else the first line that does not (or that
+/// cannot be read).
+fn maps_in_granules(trace: &str, granule: u64) -> Result<usize, String> {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let at = line.find(&format!(" {name}=0x"))? + name.len() + 4;
+        let hex = line[at..].split(|c: char| !c.is_ascii_hexdigit()).next()?;
+        u64::from_str_radix(hex, 16).ok()
+    };
+    let mut maps = 0;
+    for line in trace.lines().filter(|l| l.contains(MAP_EVENT)) {
+        let fields = (
+            field(line, "virt_start"),
+            field(line, "virt_end"),
+            field(line, "phys_start"),
+        );
+        let (Some(start), Some(end), Some(phys)) = fields else {
+            return Err(format!("unreadable MAP line {line:?}"));
+        };
+        let whole = [start, end.wrapping_add(1), phys]
+            .iter()
+            .all(|a| a % granule == 0);
+        if !whole {
+            return Err(format!("MAP not in {granule:#x}-byte granules: {line:?}"));
+        }
+        maps += 1;
+    }
+    Ok(maps)
+}
+
 /// Where the row's trace goes: `target/xtask/logs/<row>.trace`.
 fn trace_path(test: &SystemTest) -> PathBuf {
     let name = util::log_file_name(test.name);
@@ -266,7 +356,15 @@ pub fn args(test: &SystemTest) -> Vec<String> {
     };
     let mut events: Vec<&str> = row.counts.iter().map(|c| c.event).collect();
     events.extend(row.events);
-    events.dedup();
+    if row.map_granule.is_some() {
+        events.push(MAP_EVENT);
+    }
+    let mut seen = Vec::new();
+    events.retain(|e| {
+        let first = !seen.contains(e);
+        seen.push(*e);
+        first
+    });
     let mut args = Vec::new();
     for e in events {
         args.push("-trace".to_string());
@@ -311,6 +409,15 @@ pub fn verify(test: &SystemTest, serial: &[String]) -> Result<Option<String>, St
         match missing_line(&trace, row.lines) {
             None => matched.push(format!("{} required lines in order", row.lines.len())),
             Some(what) => wrong.push(format!("no trace line (in order) showing {what}")),
+        }
+    }
+    if let Some(g) = row.map_granule {
+        match maps_in_granules(&trace, g) {
+            Ok(0) => wrong.push(format!(
+                "no {MAP_EVENT} line (every MAP in {g:#x} granules)"
+            )),
+            Ok(n) => matched.push(format!("{n} MAPs, all in {g:#x}-byte granules")),
+            Err(e) => wrong.push(e),
         }
     }
     for c in row.counts {
@@ -373,6 +480,33 @@ mod tests {
     }
 
     #[test]
+    fn every_map_must_be_whole_granules() {
+        let trace = "virtio_iommu_map domain=1 virt_start=0x4000000000 virt_end=0x400000ffff phys_start=0x1080000 flags=1\n\
+            virtio_iommu_unmap domain=1 virt_start=0x4000000000 virt_end=0x400000ffff\n\
+            virtio_iommu_map domain=1 virt_start=0x4100000000 virt_end=0x410003ffff phys_start=0x10a0000 flags=3\n";
+        assert_eq!(maps_in_granules(trace, 0x1_0000), Ok(2));
+        assert_eq!(maps_in_granules("", 0x1_0000), Ok(0));
+        // A 4 KiB MAP, one at a 4 KiB IOVA, one at a 4 KiB physical address.
+        let t = trace.replacen(
+            "virt_end=0x400000ffff phys",
+            "virt_end=0x4000000fff phys",
+            1,
+        );
+        assert!(maps_in_granules(&t, 0x1_0000).is_err());
+        let t = trace.replacen(
+            "virt_start=0x4000000000 virt_end=0x400000ffff phys",
+            "virt_start=0x4000001000 virt_end=0x400000ffff phys",
+            1,
+        );
+        assert!(maps_in_granules(&t, 0x1_0000).is_err());
+        let t = trace.replacen("phys_start=0x1080000", "phys_start=0x1081000", 1);
+        assert!(maps_in_granules(&t, 0x1_0000).is_err());
+        assert_eq!(maps_in_granules(&t, 0x1000), Ok(2), "fine at 4 KiB");
+        let t = trace.replacen("virt_end=0x400000ffff phys", "phys", 1);
+        assert!(maps_in_granules(&t, 0x1000).is_err(), "unreadable");
+    }
+
+    #[test]
     fn every_row_with_line_checks_traces_their_events() {
         for r in ROWS {
             let name = r.row;
@@ -407,7 +541,7 @@ mod tests {
                 r.row
             );
             assert!(
-                !r.counts.is_empty() || !r.lines.is_empty(),
+                !r.counts.is_empty() || !r.lines.is_empty() || r.map_granule.is_some(),
                 "{}: checks nothing",
                 r.row
             );

@@ -503,6 +503,25 @@ pub const DEFERRED_POOL: iova_virtio_hal::PoolConfig = iova_virtio_hal::PoolConf
     ..POOL
 };
 
+/// `config` for a table whose granule is `granule` (its
+/// [`DmaShares::granule`](iova_virtio_hal::DmaShares::granule)): slots of
+/// at least a granule (a slot must hold a bounced partial granule), and
+/// fewer of them, so the pool keeps its size (512 KiB for [`POOL`]: 128
+/// slots at 4 KiB, 32 at 16 KiB, 8 at 64 KiB). The threshold stays: a
+/// 4 KiB request is still copied whole.
+pub const fn pool_at(config: iova_virtio_hal::PoolConfig, granule: usize) -> iova_virtio_hal::PoolConfig {
+    if config.slot_size >= granule {
+        return config;
+    }
+    let bytes = config.slots * config.slot_size;
+    let slots = bytes / granule;
+    iova_virtio_hal::PoolConfig {
+        slots: if slots == 0 { 1 } else { slots },
+        slot_size: granule,
+        ..config
+    }
+}
+
 /// The examples' flush queue for [`Policy::Deferred`]: Linux's DMA-FQ
 /// figures (256 unlinks, 10 ms) and at most 4 MiB waiting, its age read in
 /// the platform clock's own ticks (no conversion on every read); `slots`

@@ -188,12 +188,14 @@ pub unsafe fn stale_read<H: Hal, T: Transport>(
 }
 
 /// Step 2 under deferred invalidation, between [`record`] and the caller's
-/// reservation of A: B (whole pages, mapped in place) must still be mapped,
+/// reservation of A: B (whole granules at 4 KiB, mapped in place) must still be mapped,
 /// either kept by `shares` for its next share (parked) or its unlink waiting
 /// in the flush queue, so that its IOVA is not handed out again and the
 /// device may still reach B: the stated window. Then `shares` evicts what it
 /// keeps and flushes the queue, after which A must be as dead as under the
-/// strict policy, which the stale read then checks.
+/// strict policy, which the stale read then checks. At a granule larger
+/// than B (or one B does not start on) B is bounced instead, which no
+/// policy defers: then nothing of it may be kept or waiting.
 pub fn settle_deferred<D: IommuDomain + ?Sized, const N: usize>(
     ctx: &Context<'_>,
     shares: &DmaShares<'_, D, N>,
@@ -204,6 +206,26 @@ pub fn settle_deferred<D: IommuDomain + ?Sized, const N: usize>(
         .flush_queue()
         .ok_or(BlkError::Probe("the deferred table has no flush queue", a))?;
     let (parked, waiting, held) = (shares.parked(), queue.pending(), queue.pending_iovas());
+    let g = shares.granule() as u64;
+    if a % g != 0 || PROBE_BYTES as u64 % g != 0 {
+        // B is not whole granules (the granule is larger than B, or B does
+        // not start on one): its partial granules are bounced, a bounced
+        // share never parks, and its unshare flushes the queue before the
+        // bounce memory goes back. So nothing of B may wait: it is torn
+        // down as under the strict policy.
+        if parked != 0 || waiting != 0 {
+            return Err(BlkError::Probe(
+                "B was bounced, yet mappings are kept or unlinks wait after its unshare",
+                a,
+            ));
+        }
+        platform::println!(
+            "{}: deferred probe: B ({} KiB at device address {a:#x}) is not whole granules of {g:#x} bytes: bounced, never kept; its unshare flushed the queue (0 kept, 0 waiting)",
+            ctx.name,
+            PROBE_BYTES >> 10
+        );
+        return Ok(());
+    }
     if parked == 0 && (waiting == 0 || held == 0) {
         return Err(BlkError::Probe(
             "B's mapping was neither kept nor its unlink queued",

@@ -60,7 +60,7 @@ use platform::leak::leak_slice;
 use platform::virtio_pci::VirtioFunction;
 
 use crate::discover::{DiscoverError, Firmware};
-use crate::{Config, Domain, HAL_END, HAL_FRAMES, HAL_NEXT, IOVA_BASE, Iommu, NAME, PAGE, now_us};
+use crate::{Config, Domain, FRAME, HAL_END, HAL_FRAMES, HAL_NEXT, IOVA_BASE, Iommu, NAME, now_us};
 
 /// Frames of the [`FramePool`]: the virtqueue (2 blocks) and the bounce pages
 /// of the requests in flight (up to 16, at most 4 each), and the two bounce
@@ -340,7 +340,7 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     let slots = leak(&mut frames, [const { ExtentSlot::new() }; IOVA_SLOTS])?;
     let cpus = leak(&mut frames, [const { CpuCache::new() }; 1])?;
     let iovas = IovaAllocator::new(
-        IovaAllocatorConfig::new(window, g.granule.max(PAGE)),
+        IovaAllocatorConfig::new(window, g.granule.max(FRAME)),
         slots,
         cpus,
     )
@@ -360,14 +360,18 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
         &mut frames,
         DmaShares::new(mapper, dma_frames, &IdentityMapped)?,
     )?;
-    let pooled = DmaShares::with_pool(mapper, dma_frames, &IdentityMapped, blk_io::bench::POOL)?;
+    // Pool slots of at least a granule (the pool's size kept).
+    let granule = shares.granule();
+    let pool = blk_io::bench::pool_at(blk_io::bench::POOL, granule);
+    let deferred_pool = blk_io::bench::pool_at(blk_io::bench::DEFERRED_POOL, granule);
+    let pooled = DmaShares::with_pool(mapper, dma_frames, &IdentityMapped, pool)?;
     let queue_slots = leak_slice(&mut frames, QUEUE_SLOTS, DeferredSlot::new)?;
     let queue = leak(&mut frames, blk_io::bench::flush_queue(queue_slots))?;
     let deferred = DmaShares::with_pool(
         mapper.with_flush_queue(queue),
         dma_frames,
         &IdentityMapped,
-        blk_io::bench::DEFERRED_POOL,
+        deferred_pool,
     )?;
     let tables = PolicyTables::new(
         shares,
@@ -376,14 +380,18 @@ pub fn run(boot: &BootInfo, scenario: Scenario) -> Result<(), Error> {
     );
     let tables = TABLES.call_once(|| tables);
     println!(
-        "{NAME}: DmaShares over domain 1: IOVAs {:#x}..{:#x} ({holes} PROBE holes), poison IOVA {:#x}, bounce granule {:#x}",
+        "{NAME}: DmaShares over domain 1: IOVAs {:#x}..{:#x} ({holes} PROBE holes), poison IOVA {:#x}, bounce granule {:#x}; pools of {} x {:#x}-byte slots",
         IOVA_BASE,
         IOVA_BASE + IOVA_WINDOW,
         shares.poison().0,
-        shares.granule()
+        shares.granule(),
+        pool.slots,
+        pool.slot_size
     );
 
-    let mut scratch = frames.alloc(SCRATCH_BYTES / FRAME_SIZE)?;
+    // Granule aligned, so that the check's aligned buffers are mapped in
+    // place where they are whole granules, and bounced where not.
+    let mut scratch = frames.alloc_aligned(SCRATCH_BYTES / FRAME_SIZE, granule)?;
     let scratch = scratch.as_mut_slice();
 
     let pci = blk_io::pci::pci_transport::<H>(&blk)?;

@@ -71,7 +71,9 @@ mod discover;
 platform::entry!(main);
 
 const NAME: &str = "virtio-iommu-edu";
-const PAGE: u64 = FRAME_SIZE as u64;
+/// A CPU frame: the smallest page a virtio-iommu may map. The scenarios'
+/// page is the mapping granule (the device's, at least this).
+const FRAME: u64 = FRAME_SIZE as u64;
 /// Pages linked with one sync.
 const PAGES: u64 = 64;
 /// Frames for the driver's queues and request buffers.
@@ -247,6 +249,23 @@ struct Ctx<'a> {
     frames: FrameAllocator,
     endpoint: u32,
     info: &'a ProbeInfo,
+    /// What the scenarios map in: the device's granule, at least a frame.
+    /// Everything mapped is whole pages of frames allocated for it, so a
+    /// mapping never reaches memory the scenario did not mean to give.
+    page: u64,
+}
+
+impl Ctx<'_> {
+    /// `n` zeroed pages (see [`Ctx::page`]), aligned to a page.
+    fn pages(&mut self, n: usize) -> Result<Frames, Error> {
+        pages(&mut self.frames, self.page, n)
+    }
+}
+
+/// `n` zeroed pages of `page` bytes from `frames`, aligned to `page`.
+fn pages(frames: &mut FrameAllocator, page: u64, n: usize) -> Result<Frames, Error> {
+    let per = (page / FRAME) as usize;
+    Ok(frames.alloc_aligned(n * per, page as usize)?)
 }
 
 type Domain<'a> = VirtioDomain<'a, PoolHal, VirtioPciTransport, QUEUE, MAPPINGS>;
@@ -355,7 +374,14 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
     domain.attach(endpoint)?;
     println!("{NAME}: edu (endpoint {endpoint:#x}) attached to domain 1");
 
+    // The mapping granule: the device's smallest page, at least a frame.
+    let page = g.granule.max(FRAME);
     let window = IovaRange::new(Iova(IOVA_BASE), 1 << 32).map_err(CoreError::from)?;
+    check(
+        window.start.0 % page == 0 && window.end.0 % page == 0,
+        "IOVA window not granule aligned",
+        page,
+    )?;
     // The window must lie inside what the device translates.
     g.aperture()
         .filter(|a| a.contains_range(&window))
@@ -366,12 +392,17 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
     let mut slots = [const { ExtentSlot::new() }; 32];
     let mut cpus = [const { CpuCache::new() }; 1];
     let iovas = IovaAllocator::new(
-        IovaAllocatorConfig::new(window, g.granule.max(PAGE)),
+        IovaAllocatorConfig::new(window, page),
         &mut slots,
         &mut cpus,
     )
     .map_err(CoreError::from)?;
     info.reserve_in(&iovas).map_err(CoreError::from)?;
+    println!(
+        "{NAME}: mapping granule {page:#x}: the scenarios map whole {page:#x}-byte pages of frames allocated {page:#x}-aligned for them; IOVAs {:#x}..{:#x} in {page:#x} units, PROBE holes rounded out to them",
+        window.start.0,
+        window.end.0
+    );
     let cpu = || 0;
     let mapper = DmaMapper::new(&domain, &iovas, &cpu)?;
     let mut ctx = Ctx {
@@ -384,6 +415,7 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
         frames,
         endpoint,
         info: &info,
+        page,
     };
     for (name, scenario) in chosen {
         drain_faults(&iommu);
@@ -402,7 +434,7 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
         ..
     } = ctx;
     // A page just past the allocator's window, so no IOVA state owns it.
-    let spare = IovaRange::new(window.end, PAGE).map_err(CoreError::from)?;
+    let spare = IovaRange::new(window.end, page).map_err(CoreError::from)?;
     g.aperture()
         .filter(|a| a.contains_range(&spare))
         .ok_or(Error::Check(
@@ -416,6 +448,7 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
         &mut frames,
         endpoint,
         spare.start.0,
+        page,
     )?;
     let total = iommu.counters();
     println!(
@@ -440,13 +473,14 @@ fn fill(frames: &mut Frames, page: u64) {
 
 /// One page through IOVAs that differ from the physical addresses.
 fn scenario_map(ctx: &mut Ctx<'_>) -> Result<(), Error> {
-    let mut src = ctx.frames.alloc(1)?;
-    let mut dst = ctx.frames.alloc(1)?;
+    let page = ctx.page;
+    let mut src = ctx.pages(1)?;
+    let mut dst = ctx.pages(1)?;
     fill(&mut src, 999);
     dst.as_mut_slice().fill(0xee);
     let before = ctx.iommu.counters();
-    let src_map = ctx.mapper.map(PhysAddr(src.phys()), PAGE, Prot::READ)?;
-    let dst_map = ctx.mapper.map(PhysAddr(dst.phys()), PAGE, Prot::WRITE)?;
+    let src_map = ctx.mapper.map(PhysAddr(src.phys()), page, Prot::READ)?;
+    let dst_map = ctx.mapper.map(PhysAddr(dst.phys()), page, Prot::WRITE)?;
     check(
         src_map.addr().0 != src.phys(),
         "IOVA equals the physical address",
@@ -465,11 +499,13 @@ fn scenario_map(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         ctx.edu
             .dma_from_device(0, dst_map.addr().0, edu::BUFFER_SIZE)?;
     }
+    // edu's buffer is 4 KiB: the rest of a larger page keeps its fill.
+    let n = edu::BUFFER_SIZE as usize;
     let bad = dst
         .as_mut_slice()
         .iter()
         .enumerate()
-        .position(|(i, &b)| b != pattern(999, i));
+        .position(|(i, &b)| b != if i < n { pattern(999, i) } else { 0xee });
     check(
         bad.is_none(),
         "byte came back wrong",
@@ -477,7 +513,7 @@ fn scenario_map(ctx: &mut Ctx<'_>) -> Result<(), Error> {
     )?;
     let c = ctx.iommu.counters().since(&before);
     println!(
-        "{NAME}: map: 4096 bytes RAM {:#x} -> IOVA {:#x} -> edu -> IOVA {:#x} -> RAM {:#x}, every byte checked ({} MAP, {} notifications)",
+        "{NAME}: map: 4096 bytes RAM {:#x} -> IOVA {:#x} -> edu -> IOVA {:#x} -> RAM {:#x}, every byte checked ({} MAP of {page:#x} bytes each, {} notifications)",
         src.phys(),
         src_map.addr().0,
         dst_map.addr().0,
@@ -500,14 +536,19 @@ fn scenario_map(ctx: &mut Ctx<'_>) -> Result<(), Error> {
 
 /// 64 scattered pages linked, one sync, DMA through all of them.
 fn scenario_batch(ctx: &mut Ctx<'_>) -> Result<(), Error> {
-    let mut dst = ctx.frames.alloc(1)?;
-    let sink = ctx.mapper.map(PhysAddr(dst.phys()), PAGE, Prot::WRITE)?;
-    let mut block = ctx.frames.alloc(2 * PAGES as usize)?;
+    let page = ctx.page;
+    let mut dst = ctx.pages(1)?;
+    let sink = ctx.mapper.map(PhysAddr(dst.phys()), page, Prot::WRITE)?;
+    // Piece p is page `stride * (63 - p)` of the block: reversed, and with a
+    // page between pieces where the pool has room for it (up to 16 KiB
+    // pages; 64 pieces of 64 KiB with gaps would take the whole pool).
+    let stride = if 2 * PAGES * page <= 2 << 20 { 2 } else { 1 };
+    let mut block = ctx.pages((stride * PAGES) as usize)?;
     let base = block.phys();
-    let piece = |p: u64| base + 2 * (PAGES - 1 - p) * PAGE;
+    let piece = |p: u64| base + stride * (PAGES - 1 - p) * page;
     for p in 0..PAGES {
         let off = (piece(p) - base) as usize;
-        for (i, b) in block.as_mut_slice()[off..off + FRAME_SIZE]
+        for (i, b) in block.as_mut_slice()[off..off + page as usize]
             .iter_mut()
             .enumerate()
         {
@@ -516,10 +557,10 @@ fn scenario_batch(ctx: &mut Ctx<'_>) -> Result<(), Error> {
     }
     let mut state =
         ctx.mapper
-            .try_alloc_with(PAGES * PAGE, PAGE, heapless::Vec::<Link, 64>::new())?;
+            .try_alloc_with(PAGES * page, page, heapless::Vec::<Link, 64>::new())?;
     let before = ctx.iommu.counters();
     for p in 0..PAGES {
-        state.link(p * PAGE, PhysAddr(piece(p)), PAGE, Prot::READ)?;
+        state.link(p * page, PhysAddr(piece(p)), page, Prot::READ)?;
     }
     let linked = ctx.iommu.counters().since(&before);
     check(
@@ -541,17 +582,18 @@ fn scenario_batch(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         c.notifications,
     )?;
     println!(
-        "{NAME}: two-step: {PAGES} scattered pages linked at IOVA {:#x}, one sync: {} MAP requests, {} notification, {} replies",
+        "{NAME}: two-step: {PAGES} scattered pages linked at IOVA {:#x}, one sync: {} MAP requests, {} notification, {} replies (pages of {page:#x} bytes)",
         state.iova().0,
         c.map,
         c.notifications,
         c.replies
     );
-    // Each transfer reads the second half of page 2k and the first half of
-    // page 2k+1: consecutive IOVAs, physically far apart and reversed.
-    let half = FRAME_SIZE / 2;
+    // Each transfer reads the last 2 KiB of page 2k and the first 2 KiB of
+    // page 2k+1: consecutive IOVAs, physically apart and reversed.
+    let half = edu::BUFFER_SIZE as usize / 2;
+    let n = edu::BUFFER_SIZE as usize;
     for k in 0..PAGES / 2 {
-        let from = state.dma_addr(2 * k * PAGE + half as u64)?;
+        let from = state.dma_addr((2 * k + 1) * page - half as u64)?;
         dst.as_mut_slice().fill(0xee);
         // SAFETY: edu reads two linked pages of `block` and writes the sink.
         unsafe {
@@ -560,9 +602,9 @@ fn scenario_batch(ctx: &mut Ctx<'_>) -> Result<(), Error> {
                 .dma_from_device(0, sink.addr().0, edu::BUFFER_SIZE)?;
         }
         let out = dst.as_mut_slice();
-        let bad = (0..FRAME_SIZE).find(|&i| {
+        let bad = (0..n).find(|&i| {
             let want = if i < half {
-                pattern(2 * k, half + i)
+                pattern(2 * k, page as usize - half + i)
             } else {
                 pattern(2 * k + 1, i - half)
             };
@@ -595,15 +637,16 @@ fn scenario_batch(ctx: &mut Ctx<'_>) -> Result<(), Error> {
 /// Unlink + sync, then DMA to the old IOVA: blocked, bytes unchanged, a
 /// MAPPING fault for edu at that address.
 fn scenario_unlink(ctx: &mut Ctx<'_>) -> Result<(), Error> {
-    let mut src = ctx.frames.alloc(1)?;
+    let page = ctx.page;
+    let mut src = ctx.pages(1)?;
     fill(&mut src, 999);
-    let src_map = ctx.mapper.map(PhysAddr(src.phys()), PAGE, Prot::READ)?;
-    let mut victim = ctx.frames.alloc(1)?;
+    let src_map = ctx.mapper.map(PhysAddr(src.phys()), page, Prot::READ)?;
+    let mut victim = ctx.pages(1)?;
     victim.as_mut_slice().fill(0x11);
     let mut vstate = ctx
         .mapper
-        .try_alloc_with(PAGE, PAGE, heapless::Vec::<Link, 1>::new())?;
-    vstate.link(0, PhysAddr(victim.phys()), PAGE, Prot::WRITE)?;
+        .try_alloc_with(page, page, heapless::Vec::<Link, 1>::new())?;
+    vstate.link(0, PhysAddr(victim.phys()), page, Prot::WRITE)?;
     vstate.sync()?;
     let viova = vstate.dma_addr(0)?.0;
     // SAFETY: edu copies our source page to the victim page, both through
@@ -613,11 +656,13 @@ fn scenario_unlink(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             .dma_to_device(src_map.addr().0, 0, edu::BUFFER_SIZE)?;
         ctx.edu.dma_from_device(0, viova, edu::BUFFER_SIZE)?;
     }
+    // edu's 4 KiB buffer lands at the start of the page.
+    let n = edu::BUFFER_SIZE as usize;
     let reached = victim
         .as_mut_slice()
         .iter()
         .enumerate()
-        .all(|(i, &b)| b == pattern(999, i));
+        .all(|(i, &b)| b == if i < n { pattern(999, i) } else { 0x11 });
     check(
         reached,
         "DMA through the victim's IOVA did not arrive",
@@ -625,7 +670,7 @@ fn scenario_unlink(ctx: &mut Ctx<'_>) -> Result<(), Error> {
     )?;
     victim.as_mut_slice().fill(0x11);
     let before = ctx.iommu.counters();
-    vstate.unlink(0, PAGE)?;
+    vstate.unlink(0, page)?;
     vstate.sync()?;
     let c = ctx.iommu.counters().since(&before);
     check(
@@ -672,12 +717,13 @@ fn scenario_unlink(ctx: &mut Ctx<'_>) -> Result<(), Error> {
 
 /// A read-only mapping written by the device: fault, memory unchanged.
 fn scenario_readonly(ctx: &mut Ctx<'_>) -> Result<(), Error> {
-    let mut page = ctx.frames.alloc(1)?;
-    fill(&mut page, 7);
-    let ro = ctx.mapper.map(PhysAddr(page.phys()), PAGE, Prot::READ)?;
+    let page = ctx.page;
+    let mut target = ctx.pages(1)?;
+    fill(&mut target, 7);
+    let ro = ctx.mapper.map(PhysAddr(target.phys()), page, Prot::READ)?;
     // SAFETY: the page is mapped read-only: the write must be blocked.
     unsafe { ctx.edu.dma_from_device(0, ro.addr().0, 8)? };
-    let kept = page
+    let kept = target
         .as_mut_slice()
         .iter()
         .enumerate()
@@ -755,6 +801,7 @@ fn scenario_deny(ctx: &mut Ctx<'_>) -> Result<(), Error> {
 
 /// PROBE's reserved regions are holes: never handed out as IOVAs.
 fn scenario_msi(ctx: &mut Ctx<'_>) -> Result<(), Error> {
+    let page = ctx.page;
     const MIB: u64 = 1 << 20;
     check(
         !ctx.info.reserved.is_empty(),
@@ -765,7 +812,7 @@ fn scenario_msi(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         let start = r.start & !(16 * MIB - 1);
         let around = IovaRange::new(Iova(start), 16 * MIB).map_err(CoreError::from)?;
         let mut slots = [const { ExtentSlot::new() }; 64];
-        let iovas = IovaAllocator::new(IovaAllocatorConfig::new(around, PAGE), &mut slots, &mut [])
+        let iovas = IovaAllocator::new(IovaAllocatorConfig::new(around, page), &mut slots, &mut [])
             .map_err(CoreError::from)?;
         ctx.info.reserve_in(&iovas).map_err(CoreError::from)?;
         let touched = ((r.end | (MIB - 1)) + 1 - (r.start & !(MIB - 1))) / MIB;
@@ -848,10 +895,10 @@ fn scenario_identity(ctx: &mut Ctx<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Drops `domain` with a page still mapped at `iova` and edu (`endpoint`)
-/// attached: the drop sends one UNMAP and one DETACH in one notification,
-/// and afterwards edu's write to `iova` is blocked (attached nowhere,
-/// bypass = 0) with a fault for its endpoint.
+/// Drops `domain` with a page (of `page` bytes) still mapped at `iova` and
+/// edu (`endpoint`) attached: the drop sends one UNMAP and one DETACH in one
+/// notification, and afterwards edu's write to `iova` is blocked (attached
+/// nowhere, bypass = 0) with a fault for its endpoint.
 fn teardown(
     iommu: &Iommu,
     domain: Domain<'_>,
@@ -859,14 +906,15 @@ fn teardown(
     frames: &mut FrameAllocator,
     endpoint: u32,
     iova: u64,
+    page: u64,
 ) -> Result<(), Error> {
-    let mut page = frames.alloc(1)?;
-    fill(&mut page, 77);
+    let mut target = pages(frames, page, 1)?;
+    fill(&mut target, 77);
     let mut gather = IotlbGather::new();
     domain.map(
         Iova(iova),
-        PhysAddr(page.phys()),
-        PAGE,
+        PhysAddr(target.phys()),
+        page,
         Prot::RW,
         &mut gather,
     )?;
@@ -874,15 +922,15 @@ fn teardown(
     // SAFETY: `iova` maps to our page: edu reads it, then writes its first
     // 8 bytes back over a fill.
     unsafe { edu.dma_to_device(iova, 0, 8)? };
-    page.as_mut_slice().fill(0x44);
+    target.as_mut_slice().fill(0x44);
     // SAFETY: as above.
     unsafe { edu.dma_from_device(0, iova, 8)? };
-    let reached = page.as_mut_slice()[..8]
+    let reached = target.as_mut_slice()[..8]
         .iter()
         .enumerate()
         .all(|(i, &b)| b == pattern(77, i));
     check(reached, "DMA through domain 1 did not arrive", iova)?;
-    page.as_mut_slice().fill(0x44);
+    target.as_mut_slice().fill(0x44);
 
     let before = iommu.counters();
     drop(domain);
@@ -906,7 +954,7 @@ fn teardown(
     // the write to our page's old IOVA must be blocked.
     unsafe { edu.dma_from_device(0, iova, 8)? };
     check(
-        page.as_mut_slice().iter().all(|&b| b == 0x44),
+        target.as_mut_slice().iter().all(|&b| b == 0x44),
         "edu wrote memory after its domain was dropped",
         iova,
     )?;
@@ -947,27 +995,28 @@ fn edu_write_reaches(
 /// Two states on adjacent IOVAs over physically contiguous pages tear down
 /// on their own; so do two adjacent contiguous links of one state.
 fn scenario_adjacent(ctx: &mut Ctx<'_>) -> Result<(), Error> {
-    let mut src = ctx.frames.alloc(1)?;
+    let page = ctx.page;
+    let mut src = ctx.pages(1)?;
     fill(&mut src, 321);
-    let src_map = ctx.mapper.map(PhysAddr(src.phys()), PAGE, Prot::READ)?;
+    let src_map = ctx.mapper.map(PhysAddr(src.phys()), page, Prot::READ)?;
     // SAFETY: edu reads our source page through an IOVA mapped to it.
     unsafe {
         ctx.edu
             .dma_to_device(src_map.addr().0, 0, edu::BUFFER_SIZE)?;
     }
-    let mut pair = ctx.frames.alloc(2)?;
+    let mut pair = ctx.pages(2)?;
     pair.as_mut_slice().fill(0x11);
     // CPU index 1 has no IOVA cache: fresh ranges from the shared allocator,
     // which packs them, so the two states are neighbours.
     let shared = || 1usize;
     let mapper = DmaMapper::new(ctx.mapper.domain(), ctx.iovas, &shared)?;
-    let mut a = mapper.try_alloc_with(PAGE, PAGE, heapless::Vec::<Link, 2>::new())?;
-    let mut b = mapper.try_alloc_with(PAGE, PAGE, heapless::Vec::<Link, 2>::new())?;
+    let mut a = mapper.try_alloc_with(page, page, heapless::Vec::<Link, 2>::new())?;
+    let mut b = mapper.try_alloc_with(page, page, heapless::Vec::<Link, 2>::new())?;
     let (ia, ib) = (a.iova().0, b.iova().0);
-    check(ib == ia + PAGE, "the two states are not adjacent", ib)?;
+    check(ib == ia + page, "the two states are not adjacent", ib)?;
     let before = ctx.iommu.counters();
-    a.link(0, PhysAddr(pair.phys()), PAGE, Prot::RW)?;
-    b.link(0, PhysAddr(pair.phys() + PAGE), PAGE, Prot::RW)?;
+    a.link(0, PhysAddr(pair.phys()), page, Prot::RW)?;
+    b.link(0, PhysAddr(pair.phys() + page), page, Prot::RW)?;
     a.sync()?;
     b.sync()?;
     let c = ctx.iommu.counters().since(&before);
@@ -976,12 +1025,13 @@ fn scenario_adjacent(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         "two adjacent contiguous links: MAP count",
         c.map,
     )?;
-    // A write straddling both pages reaches both through one IOVA run.
-    let half = (PAGE / 2) as usize;
-    // SAFETY: [ia + PAGE/2, ia + 3 PAGE/2) is mapped to the middle of `pair`.
+    // A write straddling both pages (2 KiB in each) reaches both through
+    // one IOVA run.
+    let half = (page - u64::from(edu::BUFFER_SIZE) / 2) as usize;
+    // SAFETY: [ia + half, ia + half + 4 KiB) is mapped to the middle of `pair`.
     unsafe {
         ctx.edu
-            .dma_from_device(0, ia + PAGE / 2, edu::BUFFER_SIZE)?
+            .dma_from_device(0, ia + half as u64, edu::BUFFER_SIZE)?
     };
     let straddled = pair.as_mut_slice()[half..half + edu::BUFFER_SIZE as usize]
         .iter()
@@ -1004,29 +1054,29 @@ fn scenario_adjacent(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         ia,
     )?;
     check(
-        edu_write_reaches(ctx, ib, &mut pair, PAGE as usize)?,
+        edu_write_reaches(ctx, ib, &mut pair, page as usize)?,
         "B's page gone with A",
         ib,
     )?;
     b.destroy().map_err(|r| r.error)?;
     check(
-        !edu_write_reaches(ctx, ib, &mut pair, PAGE as usize)?,
+        !edu_write_reaches(ctx, ib, &mut pair, page as usize)?,
         "B's page reachable after destroy",
         ib,
     )?;
     println!(
         "{NAME}: adjacent: states at IOVA {ia:#x} and {ib:#x} on contiguous pages {:#x}/{:#x}: one MAP each, a DMA across both arrived; destroy A removed only A's page (edu blocked there, B still reached), destroy B removed B's",
         pair.phys(),
-        pair.phys() + PAGE
+        pair.phys() + page
     );
 
     // One state, two adjacent contiguous links: either unlinks alone.
-    let mut s = mapper.try_alloc_with(2 * PAGE, PAGE, heapless::Vec::<Link, 2>::new())?;
-    s.link(0, PhysAddr(pair.phys()), PAGE, Prot::RW)?;
-    s.link(PAGE, PhysAddr(pair.phys() + PAGE), PAGE, Prot::RW)?;
+    let mut s = mapper.try_alloc_with(2 * page, page, heapless::Vec::<Link, 2>::new())?;
+    s.link(0, PhysAddr(pair.phys()), page, Prot::RW)?;
+    s.link(page, PhysAddr(pair.phys() + page), page, Prot::RW)?;
     s.sync()?;
     let base = s.iova().0;
-    s.unlink(0, PAGE)?;
+    s.unlink(0, page)?;
     s.sync()?;
     check(
         !edu_write_reaches(ctx, base, &mut pair, 0)?,
@@ -1034,15 +1084,15 @@ fn scenario_adjacent(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         base,
     )?;
     check(
-        edu_write_reaches(ctx, base + PAGE, &mut pair, PAGE as usize)?,
+        edu_write_reaches(ctx, base + page, &mut pair, page as usize)?,
         "the other link went too",
-        base + PAGE,
+        base + page,
     )?;
     s.destroy().map_err(|r| r.error)?;
     check(
-        !edu_write_reaches(ctx, base + PAGE, &mut pair, PAGE as usize)?,
+        !edu_write_reaches(ctx, base + page, &mut pair, page as usize)?,
         "page reachable after destroy",
-        base + PAGE,
+        base + page,
     )?;
     println!(
         "{NAME}: adjacent: one state, two contiguous links at {base:#x}: unlinking the first left the second reachable; destroy removed it"
