@@ -509,7 +509,10 @@ pub const DEFERRED_POOL: iova_virtio_hal::PoolConfig = iova_virtio_hal::PoolConf
 /// fewer of them, so the pool keeps its size (512 KiB for [`POOL`]: 128
 /// slots at 4 KiB, 32 at 16 KiB, 8 at 64 KiB). The threshold stays: a
 /// 4 KiB request is still copied whole.
-pub const fn pool_at(config: iova_virtio_hal::PoolConfig, granule: usize) -> iova_virtio_hal::PoolConfig {
+pub const fn pool_at(
+    config: iova_virtio_hal::PoolConfig,
+    granule: usize,
+) -> iova_virtio_hal::PoolConfig {
     if config.slot_size >= granule {
         return config;
     }

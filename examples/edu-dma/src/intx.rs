@@ -117,8 +117,16 @@ fn raise_and_take(line: &IntxLine, bits: u32, what: &'static str) -> Result<(), 
     line.wait(WAIT_MS)
         .map_err(|_| IntxCheckError::Timeout(what))?;
     expect(what, runs + 1, line.runs())?;
-    expect("status seen by the handler", bits, LAST_STATUS.load(Ordering::Acquire))?;
-    expect("status after the handler's ack", 0, AFTER_ACK.load(Ordering::Acquire))
+    expect(
+        "status seen by the handler",
+        bits,
+        LAST_STATUS.load(Ordering::Acquire),
+    )?;
+    expect(
+        "status after the handler's ack",
+        0,
+        AFTER_ACK.load(Ordering::Acquire),
+    )
 }
 
 /// Nothing may arrive for [`QUIET_MS`].
@@ -171,7 +179,11 @@ pub fn run(boot: &BootInfo, mut edu: Edu) -> Result<(), IntxCheckError> {
     line.wait(WAIT_MS)
         .map_err(|_| IntxCheckError::Timeout("unmask after a masked raise"))?;
     expect("runs after unmask", runs + 1, line.runs())?;
-    expect("status seen after unmask", MASKED_RAISE, LAST_STATUS.load(Ordering::Acquire))?;
+    expect(
+        "status seen after unmask",
+        MASKED_RAISE,
+        LAST_STATUS.load(Ordering::Acquire),
+    )?;
     quiet("interrupts after the unmasked ack", &line, runs + 1)?;
     println!(
         "{NAME}: intx: raise while masked -> nothing within {QUIET_MS} ms (status {MASKED_RAISE:#x} held), unmask -> 1 handler run"

@@ -302,7 +302,11 @@ fn timer_ticks_per_ms() -> Option<u32> {
     }
     crate::time::clock()?;
     timer_read(XAPIC_TIMER_CURRENT, X2APIC_TIMER_CURRENT)?;
-    timer_write(XAPIC_LVT_TIMER, X2APIC_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    timer_write(
+        XAPIC_LVT_TIMER,
+        X2APIC_LVT_TIMER,
+        LVT_MASKED | u32::from(TIMER_VECTOR),
+    );
     timer_write(XAPIC_TIMER_DIVIDE, X2APIC_TIMER_DIVIDE, TIMER_DIVIDE_16);
     timer_write(XAPIC_TIMER_INITIAL, X2APIC_TIMER_INITIAL, u32::MAX);
     let mut deadline = crate::time::Deadline::after_ms(1);
@@ -312,7 +316,11 @@ fn timer_ticks_per_ms() -> Option<u32> {
     let left = timer_read(XAPIC_TIMER_CURRENT, X2APIC_TIMER_CURRENT).unwrap_or(u32::MAX);
     timer_write(XAPIC_TIMER_INITIAL, X2APIC_TIMER_INITIAL, 0);
     let ticks = u32::MAX - left;
-    let stored = if ticks == 0 || ticks == u32::MAX { u32::MAX } else { ticks };
+    let stored = if ticks == 0 || ticks == u32::MAX {
+        u32::MAX
+    } else {
+        ticks
+    };
     TICKS_PER_MS.store(stored, Ordering::Relaxed);
     (stored != u32::MAX).then_some(stored)
 }
@@ -342,7 +350,11 @@ pub fn idle(us: u64) {
     unsafe { arch::enable_interrupts_and_halt() };
     arch::disable_interrupts();
     timer_write(XAPIC_TIMER_INITIAL, X2APIC_TIMER_INITIAL, 0);
-    timer_write(XAPIC_LVT_TIMER, X2APIC_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    timer_write(
+        XAPIC_LVT_TIMER,
+        X2APIC_LVT_TIMER,
+        LVT_MASKED | u32::from(TIMER_VECTOR),
+    );
 }
 
 /// Signals end of interrupt to the local APIC, in whichever mode

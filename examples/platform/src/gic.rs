@@ -89,10 +89,16 @@ impl fmt::Display for GicError {
                 "gic: {what} not done within {TIMEOUT_MS} ms (register {v:#x})"
             ),
             Self::NoAffinityRouting(c) => {
-                write!(f, "gic: affinity routing does not turn on (GICD_CTLR {c:#x})")
+                write!(
+                    f,
+                    "gic: affinity routing does not turn on (GICD_CTLR {c:#x})"
+                )
             }
             Self::NotAnSpi(id, max) => {
-                write!(f, "gic: INTID {id} is not an SPI of this distributor (32..={max})")
+                write!(
+                    f,
+                    "gic: INTID {id} is not an SPI of this distributor (32..={max})"
+                )
             }
         }
     }
@@ -219,7 +225,10 @@ fn timer_intid(fdt: &Fdt<'_>) -> Result<u32, GicError> {
         .ok_or(missing)?;
     let cells = timer.prop("interrupts").ok_or(missing)?;
     // Three cells per entry; the second entry.
-    let (kind, rest) = cells.get(12..).and_then(|c| read_cells(c, 1)).ok_or(missing)?;
+    let (kind, rest) = cells
+        .get(12..)
+        .and_then(|c| read_cells(c, 1))
+        .ok_or(missing)?;
     let (ppi, _) = read_cells(rest, 1).ok_or(missing)?;
     if kind != DT_PPI || ppi >= 16 {
         return Err(missing);
@@ -244,8 +253,14 @@ pub fn bring_up(fdt: &Fdt<'_>) -> Result<(), GicError> {
     // SAFETY: the timer PPI: group 1, priority, enabled. The timer itself
     // is off until `idle` arms it, and DAIF masks the CPU.
     unsafe {
-        write32(sgi + GICR_IGROUPR0 as u64, read32(sgi + GICR_IGROUPR0 as u64) | bit);
-        mmio::write8((sgi + GICR_IPRIORITYR as u64 + u64::from(timer)) as usize, PRIORITY);
+        write32(
+            sgi + GICR_IGROUPR0 as u64,
+            read32(sgi + GICR_IGROUPR0 as u64) | bit,
+        );
+        mmio::write8(
+            (sgi + GICR_IPRIORITYR as u64 + u64::from(timer)) as usize,
+            PRIORITY,
+        );
         write32(sgi + GICR_ISENABLER0 as u64, bit);
     }
     let lines = read32(gicd + GICD_TYPER as u64) & 0x1f;
@@ -288,7 +303,10 @@ pub fn configure_spi(intid: u32, level: bool) -> Result<(), GicError> {
     unsafe {
         let g = d + GICD_IGROUPR as u64 + word;
         write32(g, read32(g) | bit);
-        mmio::write8((d + GICD_IPRIORITYR as u64 + u64::from(intid)) as usize, PRIORITY);
+        mmio::write8(
+            (d + GICD_IPRIORITYR as u64 + u64::from(intid)) as usize,
+            PRIORITY,
+        );
         let c = read32(cfg);
         write32(cfg, if level { c & !edge_bit } else { c | edge_bit });
         write32(router, affinity as u32);
@@ -307,10 +325,19 @@ pub fn set_enabled(intid: u32, enabled: bool) {
     if !(32..=largest_spi()).contains(&intid) {
         return;
     }
-    let reg = if enabled { GICD_ISENABLER } else { GICD_ICENABLER };
+    let reg = if enabled {
+        GICD_ISENABLER
+    } else {
+        GICD_ICENABLER
+    };
     // SAFETY: the set/clear-enable bit of a configured SPI (its handler or
     // none: the IRQ entry ends an interrupt without a handler too).
-    unsafe { write32(d + reg as u64 + u64::from(intid / 32) * 4, 1 << (intid % 32)) };
+    unsafe {
+        write32(
+            d + reg as u64 + u64::from(intid / 32) * 4,
+            1 << (intid % 32),
+        )
+    };
     if !enabled {
         // Bounded; a timeout leaves the SPI disabled a little later.
         let _ = wait_rwp(d);
@@ -356,6 +383,14 @@ pub fn idle(us: u64) {
     // SAFETY: the vector table's IRQ entry saves what it clobbers, runs
     // `platform_aarch64_irq` and returns; IRQs are unmasked only between
     // the two DAIF writes.
-    unsafe { asm!("wfi", "msr daifclr, #2", "isb", "msr daifset, #2", options(nostack)) };
+    unsafe {
+        asm!(
+            "wfi",
+            "msr daifclr, #2",
+            "isb",
+            "msr daifset, #2",
+            options(nostack)
+        )
+    };
     msr!("cntp_ctl_el0", 0);
 }

@@ -103,7 +103,10 @@ impl fmt::Display for IntxError {
             #[cfg(target_arch = "x86_64")]
             Self::IoApic(e) => write!(f, "intx: {e}"),
             Self::VectorOutOfRange(gsi, v) => {
-                write!(f, "intx: GSI {gsi} would need vector {v:#x}, which is taken or too big")
+                write!(
+                    f,
+                    "intx: GSI {gsi} would need vector {v:#x}, which is taken or too big"
+                )
             }
             Self::Dtb(e) => write!(f, "intx: {e}"),
             Self::NoInterruptMap(why) => write!(f, "intx: PCIe host interrupt-map: {why}"),
@@ -115,7 +118,10 @@ impl fmt::Display for IntxError {
                 "intx: interrupt-map names parent phandle {ph:#x}, not the arm,gic-v3 node"
             ),
             Self::NotSpi(kind) => {
-                write!(f, "intx: interrupt-map names a GIC interrupt of type {kind}, not an SPI")
+                write!(
+                    f,
+                    "intx: interrupt-map names a GIC interrupt of type {kind}, not an SPI"
+                )
             }
             Self::BadTrigger(flags) => write!(
                 f,
@@ -210,10 +216,9 @@ fn arch_route(_boot: &BootInfo, bdf: Bdf, pin: u8) -> Result<(u32, u32, u32), In
     let apic = crate::apic::enable_current_mode().map_err(IntxError::Apic)?;
     let ioapic = IoApic::probe().map_err(IntxError::IoApic)?;
     if gsi >= ioapic.pins() {
-        return Err(IntxError::IoApic(crate::ioapic::IoApicError::GsiOutOfRange(
-            gsi,
-            ioapic.pins(),
-        )));
+        return Err(IntxError::IoApic(
+            crate::ioapic::IoApicError::GsiOutOfRange(gsi, ioapic.pins()),
+        ));
     }
     let vector = u32::from(VECTOR_BASE) + gsi;
     if vector >= u32::from(crate::apic::TIMER_VECTOR) {
@@ -287,7 +292,10 @@ fn arch_route(boot: &BootInfo, bdf: Bdf, pin: u8) -> Result<(u32, u32, u32), Int
         for i in 0..parent_addr + parent_int {
             let (v, r) = read_cells(map, 1).ok_or(bad)?;
             map = r;
-            if let Some(s) = i.checked_sub(parent_addr).and_then(|j| spec.get_mut(j as usize)) {
+            if let Some(s) = i
+                .checked_sub(parent_addr)
+                .and_then(|j| spec.get_mut(j as usize))
+            {
                 *s = v;
             }
         }
@@ -353,9 +361,8 @@ impl IntxLine {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            let programmed = crate::ioapic::IoApic::probe().and_then(|io| {
-                io.route_level(self.source, self.irq as u8, self.extra, false)
-            });
+            let programmed = crate::ioapic::IoApic::probe()
+                .and_then(|io| io.route_level(self.source, self.irq as u8, self.extra, false));
             if let Err(e) = programmed {
                 crate::irq::unregister(self.irq);
                 return Err(IntxError::IoApic(e));

@@ -133,7 +133,8 @@ impl IoApic {
             return Err(IoApicError::DestinationTooWide(apic_id));
         }
         let reg = REG_REDIRECTION + 2 * gsi;
-        let low = u32::from(vector) | RTE_LEVEL | RTE_ACTIVE_LOW | if masked { RTE_MASKED } else { 0 };
+        let low =
+            u32::from(vector) | RTE_LEVEL | RTE_ACTIVE_LOW | if masked { RTE_MASKED } else { 0 };
         // SAFETY: a redirection entry of a pin the I/O APIC has: masked
         // first, destination next, then the vector (>= 32: its gate
         // returns) with the mask bit as asked.

@@ -111,10 +111,15 @@ pub(crate) fn dispatch(irq: u32) -> Option<u32> {
     // The lock is free unless a handler was registered with interrupts
     // unmasked, which the crate never does; a taken lock counts as no
     // handler.
-    let slot = SLOTS.try_lock().and_then(|s| s.get(irq as usize).copied().flatten())?;
+    let slot = SLOTS
+        .try_lock()
+        .and_then(|s| s.get(irq as usize).copied().flatten())?;
     let outcome = (slot.handler)();
     if let Some(runs) = RUNS.get(irq as usize) {
-        runs.store(runs.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+        runs.store(
+            runs.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Release,
+        );
     }
     (outcome == Handled::Mask).then_some(slot.source)
 }

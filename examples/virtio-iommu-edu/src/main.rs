@@ -400,8 +400,7 @@ fn run(boot: &BootInfo) -> Result<(), Error> {
     info.reserve_in(&iovas).map_err(CoreError::from)?;
     println!(
         "{NAME}: mapping granule {page:#x}: the scenarios map whole {page:#x}-byte pages of frames allocated {page:#x}-aligned for them; IOVAs {:#x}..{:#x} in {page:#x} units, PROBE holes rounded out to them",
-        window.start.0,
-        window.end.0
+        window.start.0, window.end.0
     );
     let cpu = || 0;
     let mapper = DmaMapper::new(&domain, &iovas, &cpu)?;
