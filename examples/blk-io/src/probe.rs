@@ -207,7 +207,7 @@ pub fn settle_deferred<D: IommuDomain + ?Sized, const N: usize>(
         .ok_or(BlkError::Probe("the deferred table has no flush queue", a))?;
     let (parked, waiting, held) = (shares.parked(), queue.pending(), queue.pending_iovas());
     let g = shares.granule() as u64;
-    if a % g != 0 || PROBE_BYTES as u64 % g != 0 {
+    if !a.is_multiple_of(g) || !(PROBE_BYTES as u64).is_multiple_of(g) {
         // B is not whole granules (the granule is larger than B, or B does
         // not start on one): its partial granules are bounced, a bounced
         // share never parks, and its unshare flushes the queue before the
