@@ -58,7 +58,6 @@ USAGE:
     miri-<crate>                  cargo +nightly miri test -p <crate> --all-features for
                                   iova-core, iova-virtio-hal and the three backends; strict
                                   provenance (iommu-virtio: permissive, virtio-drivers
-                                  fake: permissive, virtio-drivers
                                   casts integers to pointers), isolation off (the nightly miri component
                                   is installed with rustup if missing; the step fails if it cannot be)
     loom-iova-core                RUSTFLAGS=\"--cfg loom\" cargo test -p iova-core --release
